@@ -1,0 +1,1 @@
+"""Generated gRPC code lives here (`make protos`)."""
