@@ -5,7 +5,7 @@ import warnings
 
 from pagoda.engine.v1 import engine_pb2 as pagoda_dot_engine_dot_v1_dot_engine__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.84.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
