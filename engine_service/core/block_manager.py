@@ -1,0 +1,179 @@
+"""The paged KV cache's bookkeeping: block ids, reference counts and the hash-chained prefix cache.
+
+Pure Python, no torch. A block is in exactly one of three states:
+    in use    ref_count > 0                     (held by one or more sequences)
+    cached    ref_count == 0, has a hash        (reusable by a later prefix hit, evictable)
+    free      ref_count == 0, no hash
+Cached and free blocks sit together in one LRU queue; allocation pops from its front, evicting the
+block's hash if it has one. A freed sequence returns its blocks tail first, so a prompt's tail blocks
+are evicted before its head (which more requests are likely to share).
+
+A full block is keyed by hash((parent_key, its token ids, salt)): equal keys mean equal prefixes.
+Partial blocks are never shared.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+from engine_service.request import Sequence
+
+
+@dataclass
+class Block:
+    block_id: int
+    ref_count: int = 0
+    key: int | None = None  # prefix-cache key when the block is full and registered
+
+
+def block_key(parent: int | None, token_ids: Seq[int], salt: str | None) -> int:
+    return hash((parent, tuple(token_ids), salt))
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError(f"need at least one block of at least one token, got {num_blocks} x {block_size}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self._lru: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self._cached: dict[int, int] = {}  # key -> block id
+        self._tables: dict[str, list[int]] = {}  # seq id -> block ids, in token order
+        self._keys: dict[str, list[int]] = {}  # seq id -> keys of its leading full blocks
+        self.num_query_tokens = 0  # prompt tokens looked up in the prefix cache
+        self.num_hit_tokens = 0  # of which were found
+
+    # ---- queries -------------------------------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation may take: free ones and evictable cached ones."""
+        return len(self._lru)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - len(self._lru) / self.num_blocks
+
+    def block_table(self, seq: Sequence) -> list[int]:
+        return self._tables.get(seq.seq_id, [])
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def get_computed_blocks(self, seq: Sequence) -> list[int]:
+        """The longest cached prefix of `seq`, in blocks; always leaves at least its last token to compute."""
+        if not self.enable_prefix_caching:
+            return []
+        max_blocks = (seq.num_tokens - 1) // self.block_size
+        hits: list[int] = []
+        for key in self._full_block_keys(seq, max_blocks):
+            block_id = self._cached.get(key)
+            if block_id is None:
+                break
+            hits.append(block_id)
+        return hits
+
+    def can_allocate(self, seq: Sequence, num_new_tokens: int, computed_blocks: Seq[int] = ()) -> bool:
+        have = len(self._tables.get(seq.seq_id, ())) + len(computed_blocks)
+        need = self.blocks_for(seq.num_computed_tokens + num_new_tokens) - have
+        revived = sum(1 for b in computed_blocks if self.blocks[b].ref_count == 0)
+        return need <= len(self._lru) - revived
+
+    # ---- actions -------------------------------------------------------------------------------
+    def allocate(self, seq: Sequence, num_new_tokens: int, computed_blocks: Seq[int] = ()) -> None:
+        """Give `seq` blocks for `num_new_tokens` more tokens (after taking `computed_blocks` as its prefix).
+
+        Full blocks among the tokens computed this step are registered in the prefix cache at once: the
+        forward pass writes every new token's KV before any attention reads it, so a sequence scheduled
+        later in the same step may already share them.
+        """
+        table = self._tables.setdefault(seq.seq_id, [])
+        if computed_blocks:
+            assert not table and seq.num_computed_tokens == 0, "prefix hits only for a sequence with no blocks"
+            for block_id in computed_blocks:
+                self._take(block_id)
+                table.append(block_id)
+            seq.num_computed_tokens = len(computed_blocks) * self.block_size
+            self._keys[seq.seq_id] = self._full_block_keys(seq, len(computed_blocks))
+        num_tokens = seq.num_computed_tokens + num_new_tokens
+        while len(table) < self.blocks_for(num_tokens):
+            table.append(self._pop_free())
+        if self.enable_prefix_caching:
+            self._register_full_blocks(seq, num_tokens // self.block_size)
+
+    def record_lookup(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:
+        self.num_query_tokens += num_prompt_tokens
+        self.num_hit_tokens += num_hit_tokens
+
+    def free(self, seq: Sequence) -> None:
+        """Release `seq`'s blocks, tail first, so that its tail is evicted before its shared head."""
+        for block_id in reversed(self._tables.pop(seq.seq_id, [])):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self._lru[block_id] = None
+        self._keys.pop(seq.seq_id, None)
+
+    def reset_prefix_cache(self) -> None:
+        for block_id in self._cached.values():
+            self.blocks[block_id].key = None
+        self._cached.clear()
+
+    def check_integrity(self) -> None:
+        """free + cached + in use == total, and every index agrees with the blocks' own state."""
+        refs = [0] * self.num_blocks
+        for table in self._tables.values():
+            for block_id in table:
+                refs[block_id] += 1
+        for block in self.blocks:
+            assert block.ref_count == refs[block.block_id], f"block {block.block_id}: ref count {block.ref_count}"
+            assert (block.block_id in self._lru) == (block.ref_count == 0), f"block {block.block_id}: LRU state"
+        for key, block_id in self._cached.items():
+            assert self.blocks[block_id].key == key, f"block {block_id}: cached key mismatch"
+        in_use = sum(1 for b in self.blocks if b.ref_count > 0)
+        cached = sum(1 for b in self.blocks if b.ref_count == 0 and b.key is not None)
+        free = sum(1 for b in self.blocks if b.ref_count == 0 and b.key is None)
+        assert free + cached + in_use == self.num_blocks
+        assert free + cached == len(self._lru)
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _full_block_keys(self, seq: Sequence, num_blocks: int) -> list[int]:
+        keys: list[int] = []
+        parent = None
+        bs = self.block_size
+        for i in range(num_blocks):
+            parent = block_key(parent, seq.token_ids_slice(i * bs, (i + 1) * bs), seq.cache_salt)
+            keys.append(parent)
+        return keys
+
+    def _register_full_blocks(self, seq: Sequence, num_full: int) -> None:
+        keys = self._keys.setdefault(seq.seq_id, [])
+        table = self._tables[seq.seq_id]
+        bs = self.block_size
+        while len(keys) < num_full:
+            i = len(keys)
+            key = block_key(keys[-1] if keys else None, seq.token_ids_slice(i * bs, (i + 1) * bs), seq.cache_salt)
+            keys.append(key)
+            block = self.blocks[table[i]]
+            if block.key is None and key not in self._cached:
+                block.key = key
+                self._cached[key] = block.block_id
+
+    def _take(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self._lru[block_id]
+        block.ref_count += 1
+
+    def _pop_free(self) -> int:
+        block_id, _ = self._lru.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.key is not None:
+            if self._cached.get(block.key) == block_id:
+                del self._cached[block.key]
+            block.key = None
+        block.ref_count = 1
+        return block_id

@@ -1,0 +1,177 @@
+"""The scheduler: each step gives every running sequence a number of tokens within one token budget.
+
+There is no prefill phase and no decode phase. A sequence has `num_computed_tokens` of `num_tokens`;
+each step it catches up by as many tokens as the budget allows (a prompt may take several steps: chunked
+prefill), and when it has caught up a new token is sampled for it. Running sequences are served first,
+oldest first; when KV blocks run out, the newest running sequence is preempted (its blocks are freed, and
+it is recomputed later, mostly from the prefix cache). Waiting sequences are admitted in arrival order
+while the budget, `max_num_seqs` and the free blocks allow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from engine_service.core.block_manager import BlockManager
+from engine_service.request import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledSequence:
+    seq: Sequence
+    num_new_tokens: int
+    start: int  # num_computed_tokens before this step (positions start..start+num_new_tokens-1)
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step brings the sequence up to date, so a token is sampled for it."""
+        return self.start + self.num_new_tokens == self.seq.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSequence] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        eos_token_ids: Iterable[int] = (),
+    ):
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    # ---- requests in and out -------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def abort(self, seqs: Iterable[Sequence]) -> None:
+        for seq in seqs:
+            if seq.is_finished:
+                continue
+            if seq.status is SequenceStatus.RUNNING:
+                self.running.remove(seq)
+            else:
+                self.waiting.remove(seq)
+            self._finish(seq, "abort")
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    # ---- one step --------------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        bm = self.block_manager
+
+        # 1. Running sequences, oldest first. Preempt from the newest end when blocks run out.
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not bm.can_allocate(seq, num_new):
+                victim = self.running.pop()
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                out.scheduled.append(ScheduledSequence(seq, num_new, seq.num_computed_tokens))
+                bm.allocate(seq, num_new)
+                budget -= num_new
+                i += 1
+                continue
+            break  # `seq` itself was preempted: nothing behind it is left
+
+        # 2. Waiting sequences, in arrival order, unless this step had to preempt.
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
+            seq = self.waiting[0]
+            hits = bm.get_computed_blocks(seq)
+            num_computed = len(hits) * bm.block_size
+            num_new = min(seq.num_tokens - num_computed, budget)
+            if not bm.can_allocate(seq, num_new, hits):
+                break
+            self.waiting.popleft()
+            if seq.num_cached_tokens < 0:  # first scheduling: count the prefix-cache lookup
+                seq.num_cached_tokens = num_computed
+                seq.first_scheduled_time = time.monotonic()
+                bm.record_lookup(seq.num_prompt_tokens, num_computed)
+            bm.allocate(seq, num_new, hits)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.scheduled.append(ScheduledSequence(seq, num_new, num_computed))
+            budget -= num_new
+        return out
+
+    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Sequence]:
+        """Advance computed counts, append sampled tokens, and finish sequences that hit a stop.
+
+        `sampled` maps seq_id -> token id for the sequences that sampled this step. Returns the
+        sequences that finished.
+        """
+        finished: list[Sequence] = []
+        for item in out.scheduled:
+            seq = item.seq
+            if seq.is_finished:  # aborted between schedule() and now
+                continue
+            seq.num_computed_tokens = item.start + item.num_new_tokens
+            token = sampled.get(seq.seq_id)
+            if token is None:
+                continue
+            seq.output_token_ids.append(token)
+            reason = self._stop_reason(seq, token)
+            if reason is not None:
+                self.running.remove(seq)
+                self._finish(seq, reason)
+                finished.append(seq)
+        return finished
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        # The sampler masks EOS and stop ids until min_tokens tokens exist, so a stop token can only
+        # come after them.
+        is_stop_token = (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids
+        if is_stop_token and seq.num_output_tokens > p.min_tokens:
+            seq.stop_reason = token
+            return "stop"
+        if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+            return "length"
+        if seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        self.block_manager.free(seq)

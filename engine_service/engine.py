@@ -1,0 +1,226 @@
+"""The engine: requests in, one scheduler step + forward pass + sampling per `step()`, updates out.
+
+The offline `LLM` and the gRPC service both drive this same loop. It is not thread-safe: whoever owns
+it calls add_request / abort / step from one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine_service.config import EngineConfig
+from engine_service.core.block_manager import BlockManager
+from engine_service.core.scheduler import Scheduler
+from engine_service.model_config import ModelConfig
+from engine_service.model_runner import ModelRunner, resolve_device, resolve_dtype
+from engine_service.outputs import SequenceUpdate
+from engine_service.request import Sequence
+from engine_service.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    served_model_name: str
+    model_path: str
+    architecture: str
+    max_model_len: int
+    block_size: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    dtype: str
+    device: str
+    tensor_parallel_size: int
+    max_num_seqs: int
+    num_kv_blocks: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_hit_rate: float
+    num_free_blocks: int
+    num_total_blocks: int
+    num_preemptions: int
+    num_prompt_tokens: int
+    num_generation_tokens: int
+
+
+class Engine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.model_config = mc = ModelConfig.from_dir(config.model)
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        self.max_model_len = self._max_model_len(config, mc)
+        self.runner = ModelRunner(
+            mc, device, dtype, config.block_size, config.load_format, config.seed, 0, config.tensor_parallel_size
+        )
+        num_blocks = self._num_kv_blocks(config)
+        self.runner.allocate_kv_cache(num_blocks)
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
+            mc.eos_token_ids,
+        )
+        self.tokenizer = _load_tokenizer(mc.path)
+        self.model_info = ModelInfo(
+            served_model_name=config.served_model_name or Path(mc.path).name,
+            model_path=mc.path,
+            architecture=mc.architecture,
+            max_model_len=self.max_model_len,
+            block_size=config.block_size,
+            vocab_size=mc.vocab_size,
+            eos_token_ids=mc.eos_token_ids,
+            dtype=str(dtype).removeprefix("torch."),
+            device=device.type,
+            tensor_parallel_size=config.tensor_parallel_size,
+            max_num_seqs=config.max_num_seqs,
+            num_kv_blocks=num_blocks,
+        )
+        self._requests: dict[str, list[Sequence]] = {}
+        self.num_prompt_tokens = 0
+        self.num_generation_tokens = 0
+        log.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens per request: %.1fx",
+            num_blocks, config.block_size, num_blocks * self.runner.kv_bytes_per_block / 2**30,
+            self.max_model_len, num_blocks * config.block_size / self.max_model_len,
+        )
+
+    # ---- requests ------------------------------------------------------------------------------
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, cache_salt: str | None = None
+    ) -> None:
+        """Validate and queue a request; raises ValueError naming the field and its limit."""
+        if request_id in self._requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        self._validate(prompt_token_ids, params)
+        seqs = [
+            Sequence(f"{request_id}#{i}", request_id, i, list(prompt_token_ids), params, cache_salt)
+            for i in range(params.n)
+        ]
+        self._requests[request_id] = seqs
+        for seq in seqs:
+            self.scheduler.add(seq)
+
+    def abort(self, request_id: str, index: int | None = None) -> bool:
+        seqs = self._requests.get(request_id)
+        if not seqs:
+            return False
+        targets = [s for s in seqs if index is None or s.index == index]
+        self.scheduler.abort(targets)
+        self._forget_finished(request_id)
+        return bool(targets)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def step(self) -> list[SequenceUpdate]:
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        tables = [self.block_manager.block_table(s.seq) for s in out.scheduled]
+        result = self.runner.execute(out, tables)
+        sampling = [s.seq for s in out.scheduled if s.samples]
+        sampled = {seq.seq_id: tok for seq, tok in zip(sampling, result.token_ids, strict=True)}
+        finished = set(self.scheduler.update_from_output(out, sampled))
+        now = time.monotonic()
+        self.num_prompt_tokens += sum(
+            max(0, min(s.start + s.num_new_tokens, s.seq.num_prompt_tokens) - s.start) for s in out.scheduled
+        )
+        self.num_generation_tokens += len(sampling)
+        updates = []
+        for seq, token, logprobs in zip(sampling, result.token_ids, result.logprobs, strict=True):
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            updates.append(SequenceUpdate(
+                request_id=seq.request_id, index=seq.index, new_token_ids=[token],
+                new_logprobs=None if logprobs is None else [logprobs],
+                finish_reason=seq.finish_reason if seq in finished else None,
+                stop_reason=seq.stop_reason if seq in finished else None,
+                num_prompt_tokens=seq.num_prompt_tokens, num_cached_tokens=max(seq.num_cached_tokens, 0),
+            ))
+        for seq in finished:
+            self.runner.sampler.forget(seq.seq_id)
+            self._forget_finished(seq.request_id)
+        if not self.has_unfinished():
+            self.block_manager.check_integrity()
+        return updates
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=bm.usage,
+            prefix_cache_hit_rate=bm.num_hit_tokens / bm.num_query_tokens if bm.num_query_tokens else 0.0,
+            num_free_blocks=bm.num_free_blocks,
+            num_total_blocks=bm.num_blocks,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_generation_tokens=self.num_generation_tokens,
+        )
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _validate(self, prompt: list[int], params: SamplingParams) -> None:
+        if not prompt:
+            raise ValueError("prompt must contain at least one token")
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"prompt token id {bad!r} is outside the vocabulary [0, {vocab})")
+        params.validate(vocab, self.config.max_logprobs)
+        capacity = min(self.max_model_len, self.block_manager.num_blocks * self.block_manager.block_size)
+        if len(prompt) >= capacity:
+            raise ValueError(
+                f"prompt has {len(prompt)} tokens; the limit is {capacity - 1} "
+                f"(max_model_len {self.max_model_len}, leaving room for one generated token)"
+            )
+        if params.max_tokens is not None and len(prompt) + params.max_tokens > capacity:
+            raise ValueError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the limit of "
+                f"{capacity} tokens (max_model_len {self.max_model_len})"
+            )
+
+    def _forget_finished(self, request_id: str) -> None:
+        seqs = self._requests.get(request_id)
+        if seqs is not None and all(s.is_finished for s in seqs):
+            del self._requests[request_id]
+
+    @staticmethod
+    def _max_model_len(config: EngineConfig, mc: ModelConfig) -> int:
+        limit = mc.max_position_embeddings
+        cfg = mc.hf_config
+        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+        if window:  # full attention is only exact within the window: cap the context there
+            limit = min(limit, int(window))
+        if config.max_model_len is not None:
+            if config.max_model_len > limit:
+                raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's limit of {limit}")
+            return config.max_model_len
+        return limit
+
+    def _num_kv_blocks(self, config: EngineConfig) -> int:
+        if config.num_kv_blocks is not None:
+            return config.num_kv_blocks
+        per_block = self.runner.kv_bytes_per_block
+        if self.runner.device.type == "cuda":
+            return self.runner.profile_num_kv_blocks(config.gpu_memory_utilization, config.max_num_batched_tokens)
+        return max(1, int(config.cpu_kv_cache_gib * 2**30) // per_block)
+
+
+def _load_tokenizer(path: str):
+    folder = Path(path)
+    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+

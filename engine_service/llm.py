@@ -1,0 +1,91 @@
+"""The offline API: `LLM(model=...).generate(...)`, driving the same add_request / step loop as the server."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence as Seq
+from dataclasses import fields
+
+from engine_service.config import EngineConfig
+from engine_service.engine import Engine
+from engine_service.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from engine_service.sampling_params import SamplingParams
+
+_ENGINE_FIELDS = {f.name for f in fields(EngineConfig)}
+
+
+class LLM:
+    def __init__(self, model: str | None = None, **kwargs):
+        unknown = set(kwargs) - _ENGINE_FIELDS
+        if unknown:
+            raise TypeError(f"LLM() got unknown arguments: {sorted(unknown)}")
+        from pagoda.models import resolve_model
+
+        self.engine = Engine(EngineConfig(model=str(resolve_model(model)), **kwargs))
+        self._ids = itertools.count()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: str | Seq[str] | None = None,
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        prompt_token_ids: Seq[Seq[int]] | None = None,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (text or token ids) and return the outputs in prompt order."""
+        token_lists = self._token_lists(prompts, prompt_token_ids)
+        params = sampling_params or SamplingParams()
+        params_list = [params] * len(token_lists) if isinstance(params, SamplingParams) else list(params)
+        if len(params_list) != len(token_lists):
+            raise ValueError(f"got {len(params_list)} SamplingParams for {len(token_lists)} prompts")
+        texts = [prompts] if isinstance(prompts, str) else list(prompts or [None] * len(token_lists))
+
+        # Validate everything first, so a bad prompt raises before any request enters the loop.
+        for ids, p in zip(token_lists, params_list, strict=True):
+            self.engine._validate(ids, p)
+        results: dict[str, RequestOutput] = {}
+        order = []
+        for ids, p, text in zip(token_lists, params_list, texts, strict=True):
+            rid = f"llm-{next(self._ids)}"
+            self.engine.add_request(rid, ids, p)
+            order.append(rid)
+            results[rid] = RequestOutput(
+                request_id=rid, prompt_token_ids=list(ids), prompt=text, num_cached_tokens=0,
+                outputs=[CompletionOutput(i, [], None, None, logprobs=[] if p.logprobs is not None else None)
+                         for i in range(p.n)],
+                metrics=RequestMetrics(arrival_time=time.monotonic()),
+            )
+        while self.engine.has_unfinished():
+            for update in self.engine.step():
+                result = results[update.request_id]
+                out = result.outputs[update.index]
+                out.token_ids += update.new_token_ids
+                if update.new_logprobs is not None:
+                    out.logprobs += update.new_logprobs
+                result.num_cached_tokens = update.num_cached_tokens
+                if result.metrics.first_token_time is None:
+                    result.metrics.first_token_time = time.monotonic()
+                if update.finish_reason is not None:
+                    out.finish_reason, out.stop_reason = update.finish_reason, update.stop_reason
+                    if result.finished:
+                        result.metrics.finished_time = time.monotonic()
+        tokenizer = self.engine.tokenizer
+        for rid in order:
+            for out in results[rid].outputs:
+                if tokenizer is not None:
+                    skip = params_list[order.index(rid)].skip_special_tokens
+                    out.text = tokenizer.decode(out.token_ids, skip_special_tokens=skip)
+        return [results[rid] for rid in order]
+
+    def _token_lists(self, prompts, prompt_token_ids) -> list[list[int]]:
+        if (prompts is None) == (prompt_token_ids is None):
+            raise ValueError("give exactly one of prompts (text) and prompt_token_ids")
+        if prompt_token_ids is not None:
+            return [list(ids) for ids in prompt_token_ids]
+        if self.engine.tokenizer is None:
+            raise ValueError("text prompts need a tokenizer, and the model folder has none: pass prompt_token_ids")
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return [self.engine.tokenizer.encode(t) for t in texts]

@@ -1,0 +1,187 @@
+"""The Llama family: Llama 2/3/3.x, SmolLM2 and Mistral; Qwen2 and Qwen3 differ only in two switches.
+
+    x -> embed -> [ RMSNorm -> attention -> +residual -> RMSNorm -> SwiGLU MLP -> +residual ] x L -> RMSNorm -> LM head
+
+`qkv_bias` (Qwen2) adds biases to the q/k/v projection; `qk_norm` (Qwen3) RMS-normalizes each head of
+q and k before the rotary embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine_service.layers.activation import SiluAndMul
+from engine_service.layers.attention import Attention, AttentionMetadata
+from engine_service.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from engine_service.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from engine_service.layers.norm import RMSNorm
+from engine_service.layers.rotary import RotaryEmbedding, rope_parameters
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LlamaArgs:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_positions: int
+    rope: dict[str, Any]
+    tie_word_embeddings: bool
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False
+    tp_rank: int = 0
+    tp_size: int = 1
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any], tp_rank: int = 0, tp_size: int = 1, **switches: bool) -> LlamaArgs:
+        num_heads = cfg["num_attention_heads"]
+        attention_bias = bool(cfg.get("attention_bias", False))  # Llama checkpoints with biased projections
+        switches = {"qkv_bias": attention_bias, "o_bias": attention_bias, **switches}
+        return cls(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // num_heads,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            max_positions=cfg.get("max_position_embeddings", 2048),
+            rope=rope_parameters(cfg),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            tp_rank=tp_rank,
+            tp_size=tp_size,
+            **switches,
+        )
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, a: LlamaArgs, rotary: RotaryEmbedding):
+        super().__init__()
+        self.qkv_proj = QKVParallelLinear(
+            a.hidden_size, a.head_dim, a.num_heads, a.num_kv_heads, a.qkv_bias, a.tp_rank, a.tp_size
+        )
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
+        self.head_dim = a.head_dim
+        self.o_proj = RowParallelLinear(a.num_heads * a.head_dim, a.hidden_size, a.o_bias, a.tp_rank, a.tp_size)
+        self.rotary = rotary
+        self.q_norm = RMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
+        self.k_norm = RMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
+        self.attn = Attention(self.num_heads, self.num_kv_heads, a.head_dim)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, kv: KVCache, meta: AttentionMetadata) -> torch.Tensor:
+        T = x.shape[0]
+        qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) D]
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q = q.reshape(T, self.num_heads, self.head_dim)  # [T, Hq, D]
+        k = k.reshape(T, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        v = v.reshape(T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        out = self.attn(q, k, v, kv, meta)  # [T, Hq, D]
+        return self.o_proj(out.reshape(T, q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, a: LlamaArgs):
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(
+            a.hidden_size, [a.intermediate_size] * 2, False, a.tp_rank, a.tp_size
+        )
+        self.down_proj = RowParallelLinear(a.intermediate_size, a.hidden_size, False, a.tp_rank, a.tp_size)
+        self.act = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, a: LlamaArgs, rotary: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        self.self_attn = LlamaAttention(a, rotary)
+        self.post_attention_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        self.mlp = LlamaMLP(a)
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
+        kv: KVCache, meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual, x = x, self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(positions, x, kv, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, a: LlamaArgs):
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(a.vocab_size, a.hidden_size, a.tp_rank, a.tp_size)
+        rotary = RotaryEmbedding(a.head_dim, a.max_positions, a.rope)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(a, rotary) for _ in range(a.num_layers))
+        self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache], meta: AttentionMetadata
+    ) -> torch.Tensor:  # [T] -> [T, hidden]
+        x, residual = self.embed_tokens(input_ids), None
+        for layer, kv in zip(self.layers, kv_caches, strict=True):
+            x, residual = layer(positions, x, residual, kv, meta)
+        x, _ = self.norm(x, residual)
+        return x
+
+
+class LlamaForCausalLM(nn.Module):
+    # checkpoint name fragment -> (our parameter fragment, shard id)
+    stacked_params = {
+        ".q_proj.": (".qkv_proj.", "q"),
+        ".k_proj.": (".qkv_proj.", "k"),
+        ".v_proj.": (".qkv_proj.", "v"),
+        ".gate_proj.": (".gate_up_proj.", 0),
+        ".up_proj.": (".gate_up_proj.", 1),
+    }
+    switches: dict[str, bool] = {}
+
+    def __init__(self, hf_config: dict[str, Any], tp_rank: int = 0, tp_size: int = 1):
+        super().__init__()
+        self.args = a = LlamaArgs.from_hf(hf_config, tp_rank, tp_size, **self.switches)
+        self.model = LlamaModel(a)
+        self.lm_head = ParallelLMHead(a.vocab_size, a.hidden_size, a.tp_rank, a.tp_size)
+        if a.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache], meta: AttentionMetadata
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, kv_caches, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [B, hidden] -> [B, vocab]
+        return self.lm_head(hidden)
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    pass
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    switches = {"qkv_bias": True}
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    switches = {"qk_norm": True}

@@ -1,0 +1,27 @@
+"""Model architectures by the name config.json gives them."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from engine_service.models.llama import (
+    LlamaForCausalLM,
+    MistralForCausalLM,
+    Qwen2ForCausalLM,
+    Qwen3ForCausalLM,
+)
+
+MODELS: dict[str, type[nn.Module]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": MistralForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
+    "Qwen3ForCausalLM": Qwen3ForCausalLM,
+}
+
+
+def model_class(architecture: str) -> type[nn.Module]:
+    try:
+        return MODELS[architecture]
+    except KeyError:
+        supported = ", ".join(sorted(MODELS))
+        raise ValueError(f"architecture {architecture!r} is not supported (supported: {supported})") from None
