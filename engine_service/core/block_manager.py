@@ -78,7 +78,8 @@ class BlockManager:
 
     def can_allocate(self, seq: Sequence, num_new_tokens: int, computed_blocks: Seq[int] = ()) -> bool:
         have = len(self._tables.get(seq.seq_id, ())) + len(computed_blocks)
-        need = self.blocks_for(seq.num_computed_tokens + num_new_tokens) - have
+        num_computed = seq.num_computed_tokens + len(computed_blocks) * self.block_size
+        need = self.blocks_for(num_computed + num_new_tokens) - have
         revived = sum(1 for b in computed_blocks if self.blocks[b].ref_count == 0)
         return need <= len(self._lru) - revived
 

@@ -24,11 +24,10 @@ class ScheduledSequence:
     seq: Sequence
     num_new_tokens: int
     start: int  # num_computed_tokens before this step (positions start..start+num_new_tokens-1)
+    samples: bool = False  # this step brings the sequence up to date, so a token is sampled for it
 
-    @property
-    def samples(self) -> bool:
-        """Whether this step brings the sequence up to date, so a token is sampled for it."""
-        return self.start + self.num_new_tokens == self.seq.num_tokens
+    def __post_init__(self) -> None:
+        self.samples = self.start + self.num_new_tokens == self.seq.num_tokens
 
 
 @dataclass

@@ -1,0 +1,116 @@
+"""The block manager with exact block ids, reference counts and eviction order."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine_service.core.block_manager import BlockManager
+from engine_service.request import Sequence
+from engine_service.sampling_params import SamplingParams
+
+
+def seq(name: str, tokens: list[int], salt: str | None = None) -> Sequence:
+    return Sequence(f"{name}#0", name, 0, tokens, SamplingParams(), salt)
+
+
+def admit(bm: BlockManager, s: Sequence) -> list[int]:
+    hits = bm.get_computed_blocks(s)
+    num_new = s.num_tokens - len(hits) * bm.block_size
+    assert bm.can_allocate(s, num_new, hits)
+    bm.allocate(s, num_new, hits)
+    s.num_computed_tokens += num_new
+    return hits
+
+
+def test_allocate_and_free_exact_ids():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = seq("a", list(range(10)))  # 3 blocks: 2 full + 1 partial
+    admit(bm, a)
+    assert bm.block_table(a) == [0, 1, 2]
+    assert [bm.blocks[i].ref_count for i in range(4)] == [1, 1, 1, 0]
+    assert bm.num_free_blocks == 5
+    bm.check_integrity()
+    bm.free(a)
+    assert bm.num_free_blocks == 8
+    bm.check_integrity()
+
+
+def test_prefix_hit_shares_full_blocks_and_recomputes_last_token():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = seq("a", list(range(12)))  # exactly 3 full blocks
+    admit(bm, a)
+    b = seq("b", list(range(12)))
+    hits = admit(bm, b)
+    # The last token is always recomputed: only 2 of the 3 full blocks are hits.
+    assert hits == [0, 1]
+    assert bm.block_table(b) == [0, 1, 3]
+    assert bm.blocks[0].ref_count == 2 and bm.blocks[2].ref_count == 1
+    bm.check_integrity()
+
+
+def test_partial_blocks_are_never_shared():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    admit(bm, seq("a", list(range(6))))
+    b = seq("b", list(range(6)))
+    assert bm.get_computed_blocks(b) == [0]  # block 1 holds 2 tokens: not shared
+
+
+def test_eviction_is_lru_and_tail_first():
+    bm = BlockManager(num_blocks=6, block_size=2)
+    a = seq("a", [1, 2, 3, 4, 5, 6])  # blocks 0, 1, 2 (all full)
+    admit(bm, a)
+    bm.free(a)  # freed tail first: LRU order now 3, 4, 5, 2, 1, 0
+    bm.check_integrity()
+    b = seq("b", [9, 9, 9, 9, 9, 9, 9, 9])  # needs 4 blocks: takes 3, 4, 5 and then evicts block 2 (a's tail)
+    admit(bm, b)
+    assert bm.block_table(b) == [3, 4, 5, 2]
+    # a's head (blocks 0, 1) is still cached: a new request with a's prefix hits it.
+    c = seq("c", [1, 2, 3, 4, 7])
+    assert bm.get_computed_blocks(c) == [0, 1]
+    # a's tail was evicted: its third block no longer hits.
+    d = seq("d", [1, 2, 3, 4, 5, 6, 7])
+    assert bm.get_computed_blocks(d) == [0, 1]
+    bm.check_integrity()
+
+
+def test_cached_hit_revives_a_free_block():
+    bm = BlockManager(num_blocks=4, block_size=2)
+    a = seq("a", [1, 2, 3, 4, 5])
+    admit(bm, a)
+    bm.free(a)
+    b = seq("b", [1, 2, 3, 4, 6])
+    assert bm.can_allocate(b, 1, [0, 1])
+    admit(bm, b)
+    assert bm.block_table(b)[:2] == [0, 1]
+    assert bm.blocks[0].ref_count == 1
+    bm.check_integrity()
+
+
+def test_salt_separates_tenants():
+    bm = BlockManager(num_blocks=8, block_size=2)
+    admit(bm, seq("a", [1, 2, 3, 4, 5], salt="tenant-a"))
+    assert bm.get_computed_blocks(seq("b", [1, 2, 3, 4, 5], salt="tenant-b")) == []
+    assert bm.get_computed_blocks(seq("c", [1, 2, 3, 4, 5], salt="tenant-a")) == [0, 1]
+
+
+def test_can_allocate_counts_revived_blocks():
+    bm = BlockManager(num_blocks=3, block_size=2)
+    a = seq("a", [1, 2, 3, 4, 5])  # uses all 3 blocks
+    admit(bm, a)
+    bm.free(a)
+    b = seq("b", [1, 2, 3, 4, 5, 6, 7, 8, 9])  # hits 2 blocks, needs 3 more: only 1 left once the hits are taken
+    hits = bm.get_computed_blocks(b)
+    assert hits == [0, 1]
+    assert not bm.can_allocate(b, b.num_tokens - 4, hits)
+
+
+def test_prefix_caching_off_never_hits():
+    bm = BlockManager(num_blocks=8, block_size=2, enable_prefix_caching=False)
+    admit(bm, seq("a", [1, 2, 3, 4, 5]))
+    assert bm.get_computed_blocks(seq("b", [1, 2, 3, 4, 5])) == []
+    bm.check_integrity()
+
+
+def test_rejects_empty_pool():
+    with pytest.raises(ValueError, match="at least one block"):
+        BlockManager(num_blocks=0, block_size=16)
