@@ -37,7 +37,7 @@ def test_budget_is_shared_and_prefill_chunks():
     out, _ = run_step(s)
     # a decodes one token; b continues its prompt with the rest of the budget (5 tokens: exactly its remainder).
     assert [(x.seq.request_id, x.num_new_tokens, x.samples) for x in out.scheduled] == [("a", 1, True), ("b", 5, True)]
-    assert a.num_output_tokens == 1 and b.num_output_tokens == 1
+    assert a.num_output_tokens == 2 and b.num_output_tokens == 1
     s.block_manager.check_integrity()
 
 
