@@ -9,6 +9,7 @@ from dataclasses import fields
 
 from engine_service.config import EngineConfig
 from engine_service.engine import Engine
+from engine_service.output_processor import OutputProcessor
 from engine_service.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from engine_service.sampling_params import SamplingParams
 
@@ -44,40 +45,47 @@ class LLM:
         texts = [prompts] if isinstance(prompts, str) else list(prompts or [None] * len(token_lists))
 
         # Validate everything first, so a bad prompt raises before any request enters the loop.
-        for ids, p in zip(token_lists, params_list, strict=True):
+        processor = OutputProcessor(self.engine.tokenizer)
+        rids = [f"llm-{next(self._ids)}" for _ in token_lists]
+        for rid, ids, p in zip(rids, token_lists, params_list, strict=True):
             self.engine._validate(ids, p)
+            processor.add_request(rid, ids, p)
+        has_text = self.engine.tokenizer is not None
         results: dict[str, RequestOutput] = {}
         order = []
-        for ids, p, text in zip(token_lists, params_list, texts, strict=True):
-            rid = f"llm-{next(self._ids)}"
+        for rid, ids, p, text in zip(rids, token_lists, params_list, texts, strict=True):
             self.engine.add_request(rid, ids, p)
             order.append(rid)
             results[rid] = RequestOutput(
                 request_id=rid, prompt_token_ids=list(ids), prompt=text, num_cached_tokens=0,
-                outputs=[CompletionOutput(i, [], None, None, logprobs=[] if p.logprobs is not None else None)
-                         for i in range(p.n)],
+                outputs=[
+                    CompletionOutput(i, [], "" if has_text else None, None,
+                                     logprobs=[] if p.logprobs is not None else None)
+                    for i in range(p.n)
+                ],
                 metrics=RequestMetrics(arrival_time=time.monotonic()),
             )
         while self.engine.has_unfinished():
-            for update in self.engine.step():
-                result = results[update.request_id]
-                out = result.outputs[update.index]
-                out.token_ids += update.new_token_ids
-                if update.new_logprobs is not None:
-                    out.logprobs += update.new_logprobs
-                result.num_cached_tokens = update.num_cached_tokens
+            # The output processor detokenizes and applies stop strings; a stop string ends a sample
+            # here, and the engine is told to drop it.
+            deltas, aborts = processor.process(self.engine.step())
+            for rid, index in aborts:
+                self.engine.abort(rid, index)
+            for delta in deltas:
+                result = results[delta.request_id]
+                out = result.outputs[delta.index]
+                out.token_ids += delta.token_ids
+                if has_text:
+                    out.text += delta.text
+                if delta.logprobs is not None:
+                    out.logprobs += delta.logprobs
                 if result.metrics.first_token_time is None:
                     result.metrics.first_token_time = time.monotonic()
-                if update.finish_reason is not None:
-                    out.finish_reason, out.stop_reason = update.finish_reason, update.stop_reason
-                    if result.finished:
-                        result.metrics.finished_time = time.monotonic()
-        tokenizer = self.engine.tokenizer
-        for rid in order:
-            for out in results[rid].outputs:
-                if tokenizer is not None:
-                    skip = params_list[order.index(rid)].skip_special_tokens
-                    out.text = tokenizer.decode(out.token_ids, skip_special_tokens=skip)
+                if delta.finish_reason is not None:
+                    out.finish_reason, out.stop_reason = delta.finish_reason, delta.stop_reason
+                if delta.usage is not None:
+                    result.num_cached_tokens = delta.usage.cached_prompt_tokens
+                    result.metrics.finished_time = time.monotonic()
         return [results[rid] for rid in order]
 
     def _token_lists(self, prompts, prompt_token_ids) -> list[list[int]]:
