@@ -64,6 +64,8 @@ class Engine:
         )
         num_blocks = self._num_kv_blocks(config)
         self.runner.allocate_kv_cache(num_blocks)
+        if device.type == "cuda" and not config.enforce_eager:
+            self.runner.capture_cuda_graphs(config.max_num_seqs, self.max_model_len)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,

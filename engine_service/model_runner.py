@@ -8,10 +8,12 @@ for the sequences that caught up, and samples them.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
 from engine_service.core.scheduler import SchedulerOutput
+from engine_service.cuda_graphs import DecodeGraphs
 from engine_service.layers.attention import AttentionMetadata
 from engine_service.model_config import ModelConfig
 from engine_service.models.registry import model_class
@@ -59,6 +61,7 @@ class ModelRunner:
         self.model.eval()
         self.sampler = Sampler(device, model_config.eos_token_ids, seed)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.graphs: DecodeGraphs | None = None
 
     # ---- KV cache ------------------------------------------------------------------------------
     @property
@@ -116,48 +119,69 @@ class ModelRunner:
         ]
 
     # ---- one step ------------------------------------------------------------------------------
+    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        self.graphs = DecodeGraphs(
+            self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size, self.device
+        )
+        self.graphs.capture()
+
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
         """Run the scheduled tokens; `block_tables[i]` is the i-th scheduled sequence's block table."""
-        input_ids, positions, meta, logits_indices = self._prepare(out, block_tables)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
+        step = _HostStep.build(out, block_tables, self.block_size)
         sampling = [s.seq for s in out.scheduled if s.samples]
+        if self.graphs is not None and step.is_decode and len(sampling) <= self.graphs.max_batch_size:
+            hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, block_tables)
+            return self.sampler(self.model.compute_logits(hidden), sampling)
+        hidden = self.model(*step.to_device(block_tables, self.device, self.kv_caches))  # [T, hidden]
         if not sampling:
             return SampleResult([], [])
-        logits = self.model.compute_logits(hidden[logits_indices])  # [B, vocab]
+        indices = torch.tensor(step.logits_indices, dtype=torch.int64, device=self.device)
+        logits = self.model.compute_logits(hidden[indices])  # [B, vocab]
         return self.sampler(logits, sampling)
 
-    def _prepare(self, out: SchedulerOutput, block_tables: list[list[int]]):
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start = [0]
-        seq_lens: list[int] = []
-        logits_indices: list[int] = []
+
+@dataclass
+class _HostStep:
+    """A step's inputs as host lists: tokens, their positions and KV slots, per-sequence lengths."""
+
+    input_ids: list[int]
+    positions: list[int]
+    slots: list[int]
+    query_start: list[int]
+    seq_lens: list[int]
+    logits_indices: list[int]
+    max_query_len: int
+
+    @property
+    def is_decode(self) -> bool:
+        return self.max_query_len == 1 and len(self.logits_indices) == len(self.seq_lens)
+
+    @classmethod
+    def build(cls, out: SchedulerOutput, block_tables: list[list[int]], bs: int) -> _HostStep:
+        step = cls([], [], [], [0], [], [], max(s.num_new_tokens for s in out.scheduled))
         for item, table in zip(out.scheduled, block_tables, strict=True):
             start, end = item.start, item.start + item.num_new_tokens
-            input_ids += item.seq.token_ids_slice(start, end)
-            positions += range(start, end)
-            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
-            query_start.append(query_start[-1] + item.num_new_tokens)
-            seq_lens.append(end)
+            step.input_ids += item.seq.token_ids_slice(start, end)
+            step.positions += range(start, end)
+            step.slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
+            step.query_start.append(step.query_start[-1] + item.num_new_tokens)
+            step.seq_lens.append(end)
             if item.samples:
-                logits_indices.append(query_start[-1] - 1)
+                step.logits_indices.append(step.query_start[-1] - 1)
+        return step
+
+    def to_device(self, block_tables: list[list[int]], dev: torch.device, kv_caches: list):
         width = max(len(t) for t in block_tables)
         padded = [t + [0] * (width - len(t)) for t in block_tables]
-        dev = self.device
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            query_start_loc=torch.tensor(query_start, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            slot_mapping=torch.tensor(self.slots, dtype=torch.int64, device=dev),
+            query_start_loc=torch.tensor(self.query_start, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(self.seq_lens, dtype=torch.int32, device=dev),
             block_tables=torch.tensor(padded, dtype=torch.int32, device=dev),
-            max_query_len=max(s.num_new_tokens for s in out.scheduled),
-            max_seq_len=max(seq_lens),
+            max_query_len=self.max_query_len,
+            max_seq_len=max(self.seq_lens),
         )
-        return (
-            torch.tensor(input_ids, dtype=torch.int64, device=dev),
-            torch.tensor(positions, dtype=torch.int64, device=dev),
-            meta,
-            torch.tensor(logits_indices, dtype=torch.int64, device=dev),
-        )
+        input_ids = torch.tensor(self.input_ids, dtype=torch.int64, device=dev)
+        positions = torch.tensor(self.positions, dtype=torch.int64, device=dev)
+        return input_ids, positions, kv_caches, meta

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine_service.ops import torch_ops as ops
+from engine_service.ops import dispatch as ops
 
 
 class SiluAndMul(nn.Module):

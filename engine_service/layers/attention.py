@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engine_service.ops import torch_ops as ops
+from engine_service.ops import dispatch as ops
 
 
 @dataclass
@@ -18,8 +18,9 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor  # int32 [S + 1]
     seq_lens: torch.Tensor  # int32 [S]
     block_tables: torch.Tensor  # int32 [S, M]
-    max_query_len: int
+    max_query_len: int  # host-side upper bounds: launch-shape hints for the GPU kernels
     max_seq_len: int
+    num_kv_splits: int | None = None  # fixed split-KV count for decode steps captured in CUDA graphs
 
 
 class Attention(nn.Module):
@@ -39,5 +40,6 @@ class Attention(nn.Module):
         k_cache, v_cache = kv_cache
         ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         return ops.paged_attention(
-            q, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, self.scale
+            q, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, self.scale,
+            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, num_kv_splits=meta.num_kv_splits,
         )

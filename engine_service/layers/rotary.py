@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine_service.ops import torch_ops as ops
+from engine_service.ops import dispatch as ops
 
 
 def rope_parameters(hf_config: dict[str, Any]) -> dict[str, Any]:
