@@ -44,6 +44,11 @@ def make_tiny_model(folder: Path, arch: str, seed: int = 0) -> transformers.PreT
 
 
 @pytest.fixture(scope="session")
+def tiny_model_factory():
+    return make_tiny_model
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, tuple[Path, transformers.PreTrainedModel]]:
     out = {}
     for arch in CONFIGS:
