@@ -82,9 +82,7 @@ class DecodeGraphs:
         B = len(input_ids)
         bs = self.sizes[bisect.bisect_left(self.sizes, B)]
         width = max(len(t) for t in block_tables)
-        table = torch.zeros(B, width, dtype=torch.int32)
-        for i, t in enumerate(block_tables):
-            table[i, : len(t)] = torch.tensor(t, dtype=torch.int32)
+        table = torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32)
         host = torch.tensor([input_ids, positions, slots], dtype=torch.int64)
         self.input_ids[:B].copy_(host[0], non_blocking=True)
         self.positions[:B].copy_(host[1], non_blocking=True)
