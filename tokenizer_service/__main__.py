@@ -1,0 +1,5 @@
+import sys
+
+from tokenizer_service.main import main
+
+sys.exit(main())

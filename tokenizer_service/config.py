@@ -1,0 +1,22 @@
+"""The tokenizer service's configuration: built once from flags in main() and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    # As given on the command line: a model folder, a .gguf file, or None for the default model.
+    model: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 50052
+    metrics_port: int = 9101  # 0 = no metrics endpoint
+    # Worker threads, each with its own tokenizer: tokenization never runs on the event loop.
+    workers: int = 4
+    log_format: str = "text"  # text | json
+    # On SIGTERM: health turns NOT_SERVING, then calls in flight get this long to finish.
+    shutdown_grace_period: float = 10.0
+    # A 1M-token prompt is about 4 MB of text and 5 MB of ids: gRPC's 4 MB default is too small.
+    max_message_bytes: int = 64 * 1024 * 1024
+    model_cache_dir: str | None = None  # where .gguf conversions go (None: ~/.cache/pagoda/models)

@@ -1,0 +1,107 @@
+"""`pagoda tokenizer` / `python -m tokenizer_service`: flags -> TokenizerConfig -> a running server.
+
+SIGTERM or SIGINT: health turns NOT_SERVING, calls in flight get the grace period, then exit 0.
+A model that cannot be loaded exits 1 with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from tokenizer_service.config import TokenizerConfig
+
+log = logging.getLogger("tokenizer_service")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="pagoda tokenizer", description="Run the gRPC tokenizer service.")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a Hugging Face model folder or a .gguf file (default: SmolLM2-135M-Instruct)",
+    )
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=50052, help="gRPC port (0: any free port)")
+    p.add_argument("--metrics-port", type=int, default=9101, help="Prometheus /metrics port (0: off)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="tokenizer threads, each with its own tokenizer (default: min(4, CPUs))",
+    )
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> TokenizerConfig:
+    return TokenizerConfig(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        workers=args.workers,
+        log_format=args.log_format,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = build_config(parse_args(argv))
+    setup_logging(config.log_format)
+    return asyncio.run(serve(config))
+
+
+async def serve(config: TokenizerConfig) -> int:
+    from tokenizer_service.server import TokenizerServer  # grpc and transformers load after flag errors
+
+    server = TokenizerServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    load = asyncio.create_task(server.load())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({load, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if load.done() and load.exception() is not None:
+        log.error("could not load the tokenizer: %s", load.exception())
+        code = 1
+    else:
+        await stopping
+        log.info("stopping: health NOT_SERVING, %.0f s for calls in flight", config.shutdown_grace_period)
+    load.cancel()
+    stopping.cancel()
+    await server.stop()
+    log.info("stopped")
+    return code
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

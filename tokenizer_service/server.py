@@ -1,0 +1,97 @@
+"""The tokenizer service's gRPC server: TokenizerService, grpc.health.v1 and reflection.
+
+Life cycle: `start()` listens at once with health NOT_SERVING (so probes see the process is up),
+`load()` resolves the model and loads the tokenizers in a thread, then SERVING; `stop()` turns
+health NOT_SERVING first, so that load balancers move away, then lets calls in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pagoda.models import resolve_model, served_model_name
+from pagoda.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+from tokenizer_service.config import TokenizerConfig
+from tokenizer_service.metrics import TokenizerMetrics
+from tokenizer_service.pool import TokenizerPool
+from tokenizer_service.servicer import TokenizerServicer
+
+log = logging.getLogger(__name__)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_NAME = tokenizer_pb2.DESCRIPTOR.services_by_name["TokenizerService"].full_name
+
+
+class TokenizerServer:
+    def __init__(self, config: TokenizerConfig) -> None:
+        self.config = config
+        self.metrics = TokenizerMetrics()
+        self.servicer = TokenizerServicer(self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.pool: TokenizerPool | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        size = self.config.max_message_bytes
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+        )
+        tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        await self._set_health(NOT_SERVING)
+        self.port = server.add_insecure_port(_address(self.config.host, self.config.port))
+        await server.start()
+        self._server = server
+        if self.config.metrics_port:
+            self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port)
+        log.info(
+            "tokenizer service listening on %s:%d (metrics port %s)",
+            self.config.host,
+            self.port,
+            self.metrics_port or "off",
+        )
+
+    async def load(self) -> None:
+        """Resolves the model (a .gguf file is converted once) and loads one tokenizer per worker."""
+        config = self.config
+        model_dir: Path = await asyncio.to_thread(resolve_model, config.model, config.model_cache_dir)
+        pool = await asyncio.to_thread(TokenizerPool.load, model_dir, config.workers)
+        info = pool.first.describe(model_dir, served_model_name(config.model))
+        self.pool = pool
+        self.servicer.set_ready(pool, info)
+        await self._set_health(SERVING)
+        log.info(
+            "loaded the tokenizer of %s (%d workers, vocabulary %d, chat template: %s)",
+            model_dir,
+            config.workers,
+            info.vocab_size,
+            "yes" if info.has_chat_template else "no",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()  # NOT_SERVING for good, even if a load finishes now
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_period if grace is None else grace)
+            self._server = None
+        if self.pool is not None:
+            self.pool.close()
+        self.metrics.close()
+
+    async def _set_health(self, status) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,157 @@
+"""The TokenizerService RPCs: protobuf in, a pool job, protobuf out.
+
+Errors map to status codes in one place (`_rpc`): bad input is INVALID_ARGUMENT naming the
+field, chat for a model without a chat template is FAILED_PRECONDITION, calls before the
+tokenizer has loaded are UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+
+import grpc
+
+from pagoda.tokenizer.v1 import tokenizer_pb2 as pb
+from pagoda.tokenizer.v1 import tokenizer_pb2_grpc
+from tokenizer_service.metrics import TokenizerMetrics
+from tokenizer_service.pool import TokenizerPool
+from tokenizer_service.tokenizer import ChatRequest, InvalidInput, NoChatTemplate, TokenizerInfo
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(RuntimeError):
+    pass
+
+
+def _rpc(method):
+    """Times and counts the call and turns exceptions into gRPC status codes."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def handler(self: TokenizerServicer, request, context: grpc.aio.ServicerContext):
+        started = self.metrics.started(name)
+        code, message = grpc.StatusCode.OK, ""
+        try:
+            return await method(self, request)
+        except InvalidInput as e:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(e)
+        except NoChatTemplate as e:
+            code, message = grpc.StatusCode.FAILED_PRECONDITION, str(e)
+        except NotReady as e:
+            code, message = grpc.StatusCode.UNAVAILABLE, str(e)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as e:
+            log.exception("%s failed", name)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"
+        finally:
+            self.metrics.finished(name, code, started)
+        await context.abort(code, message)
+
+    return handler
+
+
+class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
+    def __init__(self, metrics: TokenizerMetrics) -> None:
+        self.metrics = metrics
+        self._pool: TokenizerPool | None = None
+        self._info: pb.InfoResponse | None = None
+
+    def set_ready(self, pool: TokenizerPool, info: TokenizerInfo) -> None:
+        self._pool, self._info = pool, info_to_pb(info)
+
+    @property
+    def pool(self) -> TokenizerPool:
+        if self._pool is None:
+            raise NotReady("the tokenizer is still loading")
+        return self._pool
+
+    @_rpc
+    async def Encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
+        kind = request.WhichOneof("input")
+        if kind is None:
+            raise InvalidInput("input", "set text or chat")
+        # Defaults: special tokens for plain text, none for chat (the template writes them).
+        add_special = request.add_special_tokens if request.HasField("add_special_tokens") else kind == "text"
+        if kind == "text":
+            text = request.text
+            encoded = await self.pool.run(lambda t: t.encode_text(text, add_special))
+        else:
+            chat = chat_from_pb(request.chat)
+            encoded = await self.pool.run(lambda t: t.encode_chat(chat, add_special))
+        self.metrics.tokens_encoded.labels(kind).inc(len(encoded.token_ids))
+        return pb.EncodeResponse(
+            token_ids=encoded.token_ids, num_tokens=len(encoded.token_ids), prompt_text=encoded.prompt_text
+        )
+
+    @_rpc
+    async def Decode(self, request: pb.DecodeRequest) -> pb.DecodeResponse:
+        ids = list(request.token_ids)
+        skip = request.skip_special_tokens if request.HasField("skip_special_tokens") else True
+        return pb.DecodeResponse(text=await self.pool.run(lambda t: t.decode(ids, skip)))
+
+    @_rpc
+    async def Info(self, request: pb.InfoRequest) -> pb.InfoResponse:
+        if self._info is None:
+            raise NotReady("the tokenizer is still loading")
+        return self._info
+
+
+def chat_from_pb(chat: pb.ChatInput) -> ChatRequest:
+    if not chat.messages:
+        raise InvalidInput("chat.messages", "must not be empty")
+    messages = []
+    for i, m in enumerate(chat.messages):
+        if not m.role:
+            raise InvalidInput(f"chat.messages[{i}].role", "must not be empty")
+        message = {"role": m.role, "content": m.content}
+        if m.HasField("name"):
+            message["name"] = m.name
+        messages.append(message)
+    if chat.continue_final_message and chat.add_generation_prompt:
+        raise InvalidInput(
+            "chat.add_generation_prompt", "cannot be true together with continue_final_message"
+        )
+    add_generation_prompt = (
+        chat.add_generation_prompt
+        if chat.HasField("add_generation_prompt")
+        else not chat.continue_final_message
+    )
+    return ChatRequest(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        continue_final_message=chat.continue_final_message,
+        template_kwargs=_template_kwargs(chat.chat_template_kwargs_json),
+        chat_template=chat.chat_template or None,
+    )
+
+
+def _template_kwargs(text: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput("chat.chat_template_kwargs_json", f"not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise InvalidInput(
+            "chat.chat_template_kwargs_json", f"must be a JSON object, got {type(value).__name__}"
+        )
+    return value
+
+
+def info_to_pb(info: TokenizerInfo) -> pb.InfoResponse:
+    return pb.InfoResponse(
+        vocab_size=info.vocab_size,
+        bos_token_id=info.bos_token_id,
+        eos_token_ids=info.eos_token_ids,
+        special_tokens=info.special_tokens,
+        has_chat_template=info.has_chat_template,
+        model_max_length=info.model_max_length,
+        model_name=info.model_name,
+    )

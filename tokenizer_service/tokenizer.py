@@ -1,0 +1,148 @@
+"""One model's tokenizer: encode text or chat messages, decode ids, describe the vocabulary.
+
+Plain synchronous code over a Hugging Face tokenizer (no torch needed); the pool runs it off the
+event loop. Bad input raises `InvalidInput` naming the request field at fault.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+# transformers' "no limit" sentinel for model_max_length is about 1e30; anything past 2^32 is that.
+_NO_LIMIT = 2**32
+
+
+class InvalidInput(ValueError):
+    """The request is wrong; the message starts with the field at fault."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+class NoChatTemplate(RuntimeError):
+    """Chat input for a model that has no chat template, and the request brings none."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[dict[str, str]]
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None  # None: the model's own
+
+
+@dataclass(frozen=True)
+class Encoded:
+    token_ids: list[int]
+    prompt_text: str = ""  # the rendered chat, for chat input
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    vocab_size: int
+    bos_token_id: int | None
+    eos_token_ids: list[int]
+    special_tokens: list[str]
+    has_chat_template: bool
+    model_max_length: int  # 0 when unknown
+    model_name: str
+
+
+def load_hf_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+class ModelTokenizer:
+    """Wraps one Hugging Face tokenizer. Not thread-safe: the pool gives each thread its own."""
+
+    def __init__(self, hf_tokenizer) -> None:
+        self.hf = hf_tokenizer
+        self.vocab_size = len(hf_tokenizer)
+        # Template variables a request may set; the other apply_chat_template parameters are
+        # controlled by the request's own fields (or must stay as they are, like `tokenize`).
+        params = set(inspect.signature(hf_tokenizer.apply_chat_template).parameters)
+        self._reserved_kwargs = params - {"tools", "documents", "kwargs"}
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.hf.chat_template)
+
+    def encode_text(self, text: str, add_special_tokens: bool = True) -> Encoded:
+        return Encoded(self.hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def encode_chat(self, chat: ChatRequest, add_special_tokens: bool = False) -> Encoded:
+        prompt = self.render_chat(chat)
+        return Encoded(self.hf.encode(prompt, add_special_tokens=add_special_tokens), prompt)
+
+    def render_chat(self, chat: ChatRequest) -> str:
+        if chat.chat_template is None and not self.has_chat_template:
+            raise NoChatTemplate(
+                "this model has no chat template: send plain text, or a template in chat.chat_template"
+            )
+        reserved = sorted(self._reserved_kwargs & set(chat.template_kwargs))
+        if reserved:
+            raise InvalidInput(
+                "chat.chat_template_kwargs_json", f"{', '.join(reserved)} cannot be set as template variables"
+            )
+        field_name = "chat.messages" if chat.chat_template is None else "chat.chat_template"
+        try:
+            return self.hf.apply_chat_template(
+                chat.messages,
+                chat_template=chat.chat_template,
+                add_generation_prompt=chat.add_generation_prompt,
+                continue_final_message=chat.continue_final_message,
+                tokenize=False,
+                **chat.template_kwargs,
+            )
+        except jinja2.TemplateSyntaxError as e:
+            raise InvalidInput("chat.chat_template", f"not a valid Jinja template: {e}") from e
+        except jinja2.TemplateError as e:
+            # Templates reject conversations they do not support with raise_exception(...).
+            raise InvalidInput(field_name, f"the chat template failed to render: {e}") from e
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise InvalidInput(field_name, f"the chat template failed to render: {e}") from e
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        for i, token_id in enumerate(token_ids):
+            if token_id >= self.vocab_size:
+                raise InvalidInput(
+                    f"token_ids[{i}]", f"{token_id} is outside the vocabulary [0, {self.vocab_size})"
+                )
+        return self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def describe(self, model_dir: Path, model_name: str) -> TokenizerInfo:
+        config = _read_json(model_dir / "config.json")
+        generation = _read_json(model_dir / "generation_config.json")
+        eos = _ids(self.hf.eos_token_id) + _ids(generation.get("eos_token_id", config.get("eos_token_id")))
+        max_len = self.hf.model_max_length
+        if not max_len or max_len >= _NO_LIMIT:
+            max_len = config.get("max_position_embeddings") or 0
+        return TokenizerInfo(
+            vocab_size=self.vocab_size,
+            bos_token_id=self.hf.bos_token_id,
+            eos_token_ids=list(dict.fromkeys(eos)),
+            special_tokens=list(self.hf.all_special_tokens),
+            has_chat_template=self.has_chat_template,
+            model_max_length=int(max_len),
+            model_name=model_name,
+        )
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _ids(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
