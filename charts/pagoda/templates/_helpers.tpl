@@ -1,0 +1,265 @@
+{{/*
+Names. Every resource is `<fullname>-<component>`; engines add the model: `<fullname>-engine-<model>`.
+*/}}
+{{- define "pagoda.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pagoda.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.engine.fullname" -}}
+{{- printf "%s-engine-%s" (include "pagoda.fullname" .ctx) .model.name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The headless Service of all engines of the release: the router discovers engines through it. */}}
+{{- define "pagoda.engine.serviceName" -}}
+{{- printf "%s-engine" (include "pagoda.fullname" .) }}
+{{- end }}
+
+{{- define "pagoda.router.fullname" -}}
+{{- printf "%s-router" (include "pagoda.fullname" .) }}
+{{- end }}
+
+{{- define "pagoda.tokenizer.fullname" -}}
+{{- printf "%s-tokenizer" (include "pagoda.fullname" .) }}
+{{- end }}
+
+{{- define "pagoda.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pagoda.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.router.serviceAccountName" -}}
+{{- if .Values.router.serviceAccount.create }}
+{{- default (include "pagoda.router.fullname" .) .Values.router.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.router.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.apiKeys.secretName" -}}
+{{- default (printf "%s-api-keys" (include "pagoda.fullname" .)) .Values.router.apiKeys.existingSecret }}
+{{- end }}
+
+{{- define "pagoda.servedModelName" -}}
+{{- default .name .servedModelName }}
+{{- end }}
+
+{{/*
+Labels. Call with (dict "ctx" $ "component" "engine"); engines also pass "model".
+Selector labels never change after install (a Deployment's selector is immutable).
+*/}}
+{{- define "pagoda.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pagoda.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .model }}
+pagoda.dev/model: {{ .name }}
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "pagoda.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: pagoda
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The router's --k8s-label-selector: every engine pod of this release, whatever its model. */}}
+{{- define "pagoda.engine.discoverySelector" -}}
+{{- $labels := include "pagoda.selectorLabels" (dict "ctx" . "component" "engine") | fromYaml }}
+{{- $pairs := list }}
+{{- range $key := keys $labels | sortAlpha }}
+{{- $pairs = append $pairs (printf "%s=%s" $key (get $labels $key)) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
+{{/* An image reference; call with (dict "ctx" $ "image" .Values.images.engine). */}}
+{{- define "pagoda.image" -}}
+{{- $repo := .image.repository }}
+{{- with .ctx.Values.images.registry }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo }}
+{{- end }}
+{{- if .image.digest }}
+{{- printf "%s@%s" $repo .image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repo (default .ctx.Chart.AppVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+topologySpreadConstraints with each constraint's missing labelSelector set to the workload's pods.
+Call with (dict "constraints" list "selector" (selector labels as a map)).
+*/}}
+{{- define "pagoda.topologySpread" -}}
+{{- $out := list }}
+{{- range .constraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $.selector) }}
+{{- end }}
+{{- $out = append $out $c }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* Environment every Pagoda container gets. */}}
+{{- define "pagoda.commonEnv" -}}
+- name: HOME
+  value: /home/pagoda
+{{- with .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The writable emptyDirs that let the root filesystem stay read-only. */}}
+{{- define "pagoda.scratchVolumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: home
+  emptyDir: {}
+{{- end }}
+
+{{- define "pagoda.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: home
+  mountPath: /home/pagoda
+{{- end }}
+
+{{/*
+Model sources: where an engine (or the tokenizer) finds a model. Call each with
+(dict "ctx" $ "source" <source> "name" <model name>). Weights are mounted at /models/<name>.
+*/}}
+{{- define "pagoda.source.path" -}}
+{{- if ne .source.type "builtin" }}
+{{- $dir := printf "/models/%s" .name }}
+{{- if .source.file }}{{ printf "%s/%s" $dir .source.file }}{{ else }}{{ $dir }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.source.volumes" -}}
+{{- $src := .source }}
+{{- if eq $src.type "pvc" }}
+- name: model
+  persistentVolumeClaim:
+    claimName: {{ $src.pvc.claimName }}
+    readOnly: true
+{{- else if eq $src.type "hostPath" }}
+- name: model
+  hostPath:
+    path: {{ $src.hostPath.path }}
+    type: {{ dig "type" "Directory" $src.hostPath }}
+{{- else if or (eq $src.type "image") (eq $src.type "objectStore") }}
+- name: model
+  emptyDir:
+    sizeLimit: {{ default .ctx.Values.engine.weightsSizeLimit $src.sizeLimit }}
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.source.mounts" -}}
+{{- $src := .source }}
+{{- if ne $src.type "builtin" }}
+- name: model
+  mountPath: /models/{{ .name }}
+  readOnly: true
+  {{- if and (eq $src.type "pvc") $src.pvc.subPath }}
+  subPath: {{ $src.pvc.subPath }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* An init container that fills the weights emptyDir; none for builtin, pvc and hostPath. */}}
+{{- define "pagoda.source.initContainers" -}}
+{{- $src := .source }}
+{{- $dst := printf "/models/%s" .name }}
+{{- $security := .ctx.Values.security.containerSecurityContext }}
+{{- if eq $src.type "image" }}
+- name: copy-weights
+  image: {{ printf "%s:%s" $src.image.repository (default "latest" $src.image.tag) }}
+  imagePullPolicy: {{ dig "pullPolicy" "IfNotPresent" $src.image }}
+  # `cp -R src/. dst/` copies the folder's contents with GNU or busybox cp: no shell needed.
+  command: ["cp", "-R", {{ printf "%s/." (dig "path" "/model" $src.image) | quote }}, {{ printf "%s/" $dst | quote }}]
+  securityContext:
+    {{- toYaml $security | nindent 4 }}
+  volumeMounts:
+    - name: model
+      mountPath: {{ $dst }}
+{{- else if eq $src.type "objectStore" }}
+{{- $store := $src.objectStore }}
+{{- $image := dig "image" (dict) $store }}
+- name: fetch-weights
+  image: {{ printf "%s:%s" (dig "repository" "amazon/aws-cli" $image) (dig "tag" "2.22.0" $image) }}
+  imagePullPolicy: IfNotPresent
+  {{- if $store.command }}
+  command:
+    {{- toYaml $store.command | nindent 4 }}
+  {{- else }}
+  command:
+    - aws
+    - s3
+    - sync
+    - --no-progress
+    {{- with $store.endpointUrl }}
+    - --endpoint-url={{ . }}
+    {{- end }}
+    - {{ $store.uri | quote }}
+    - {{ $dst | quote }}
+  {{- end }}
+  env:
+    - name: HOME
+      value: /tmp
+    - name: DEST
+      value: {{ $dst | quote }}
+  {{- with $store.credentialsSecret }}
+  envFrom:
+    - secretRef:
+        name: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $security | nindent 4 }}
+  volumeMounts:
+    - name: model
+      mountPath: {{ $dst }}
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+{{- end }}
+
+{{/* Seconds from the start of termination to SIGKILL for an engine pod. */}}
+{{- define "pagoda.engine.terminationGracePeriodSeconds" -}}
+{{- $e := .Values.engine }}
+{{- if gt (int $e.terminationGracePeriodSeconds) 0 }}
+{{- $e.terminationGracePeriodSeconds }}
+{{- else }}
+{{- add $e.preStopSleepSeconds $e.shutdownGracePeriodSeconds 15 }}
+{{- end }}
+{{- end }}
+
+{{/* The source the tokenizer loads: tokenizer.source, else the first model's. */}}
+{{- define "pagoda.tokenizer.source" -}}
+{{- $first := first .Values.models }}
+{{- $src := .Values.tokenizer.source }}
+{{- if not $src }}{{ $src = $first.source }}{{ end }}
+{{- toYaml $src }}
+{{- end }}
