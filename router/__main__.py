@@ -1,0 +1,7 @@
+"""`python -m router`: the same as `pagoda router`."""
+
+import sys
+
+from router.main import main
+
+sys.exit(main())

@@ -1,0 +1,155 @@
+"""The aiohttp application: routes, the auth/error middleware, and the parts that live as long as the app
+(the engine registry with its discovery sources, the tokenizer client, metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from router import chat, completions, status, tokenize
+from router.auth import OPEN_PATHS, ApiKeys
+from router.config import RouterConfig
+from router.context import CONTEXT, STARTED, RouterContext
+from router.discovery.dns import DnsDiscovery
+from router.discovery.static import StaticDiscovery
+from router.dispatch import Dispatcher
+from router.engines import EngineRegistry
+from router.errors import OpenAIError
+from router.metrics import RouterMetrics
+from router.policies import make_policy
+from router.tokenizer import TokenizerClient
+
+log = logging.getLogger(__name__)
+
+
+def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
+    """`k8s_api_client` overrides the in-cluster / kubeconfig client (tests point it at a fake API server)."""
+    api_keys = ApiKeys(config.api_keys, config.api_key_file)
+    policy = make_policy(config)
+    app = web.Application(middlewares=[_middleware], client_max_size=config.max_body_bytes)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        registry = EngineRegistry(
+            interval_s=config.health_interval_s,
+            probe_timeout_s=config.probe_timeout_s,
+            failures_to_eject=config.probe_failures_to_eject,
+            max_backoff_s=config.max_backoff_s,
+            drain_grace_s=config.drain_grace_s,
+        )
+        metrics = RouterMetrics()
+        metrics.watch_engines(lambda: registry.engines)
+        dispatcher = Dispatcher(
+            registry,
+            policy,
+            metrics,
+            max_attempts=config.max_attempts,
+            connect_timeout_s=config.connect_timeout_s,
+            first_token_timeout_s=config.first_token_timeout_s,
+        )
+        tokenizer = TokenizerClient(config.tokenizer, config.tokenizer_timeout_s)
+        app[CONTEXT] = RouterContext(config, registry, dispatcher, tokenizer, metrics, api_keys)
+        tasks = [
+            asyncio.create_task(source.run(functools.partial(registry.update, name)), name=name)
+            for name, source in _discovery_sources(config, k8s_api_client)
+        ]
+        tasks.append(asyncio.create_task(api_keys.watch_file()))
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await registry.close()
+        await tokenizer.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.add_routes(
+        [
+            web.post("/v1/chat/completions", chat.chat_completions),
+            web.post("/v1/completions", completions.completions),
+            web.get("/v1/models", status.list_models),
+            web.get("/v1/models/{model:.+}", status.get_model),
+            web.post("/tokenize", tokenize.tokenize),
+            web.post("/detokenize", tokenize.detokenize),
+            web.get("/health", status.health),
+            web.get("/version", status.version),
+        ]
+    )
+    if config.metrics:
+        app.router.add_get("/metrics", status.metrics)
+    return app
+
+
+def _discovery_sources(config: RouterConfig, k8s_api_client) -> list[tuple[str, object]]:
+    sources: list[tuple[str, object]] = []
+    if config.engines:
+        sources.append(("static", StaticDiscovery(config.engines)))
+    for target in config.engine_dns:
+        sources.append((f"dns:{target}", DnsDiscovery(target, config.dns_interval_s)))
+    if config.k8s_service or config.k8s_label_selector:
+        from router.discovery.kubernetes import EndpointSliceDiscovery, load_api_client
+
+        source = EndpointSliceDiscovery(
+            k8s_api_client or load_api_client(config.kubeconfig),
+            config.k8s_namespace or "default",
+            service=config.k8s_service,
+            label_selector=config.k8s_label_selector,
+            port=config.k8s_engine_port,
+            resync_s=config.k8s_resync_s,
+        )
+        sources.append(("kubernetes", source))
+    return sources
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler) -> web.StreamResponse:
+    """API keys, errors in OpenAI's format (never a bare 500 page), and request metrics."""
+    request[STARTED] = time.perf_counter()
+    ctx = request.app[CONTEXT]
+    try:
+        if ctx.api_keys.enabled and request.path not in OPEN_PATHS:
+            ctx.api_keys.check(request.headers.get("Authorization"))
+        response = await handler(request)
+    except OpenAIError as err:
+        response = err.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = OpenAIError(exc.status, exc.reason, type="invalid_request_error").response()
+    except asyncio.CancelledError:
+        ctx.metrics.client_disconnects.inc()
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        response = OpenAIError(500, "Internal server error.", type="server_error").response()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    ctx.metrics.requests.labels(route, str(response.status)).inc()
+    ctx.metrics.request_seconds.labels(route).observe(time.perf_counter() - request[STARTED])
+    return response
+
+
+async def start(config: RouterConfig, **app_kwargs) -> web.AppRunner:
+    """Starts the router on config.host:config.port (0: a free port; see `runner.addresses`)."""
+    # handler_cancellation: a client that disconnects cancels its handler, which cancels the gRPC call.
+    runner = web.AppRunner(build_app(config, **app_kwargs), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
+    return runner
+
+
+async def serve(config: RouterConfig) -> None:
+    runner = await start(config)
+    host, port = runner.addresses[0][:2]
+    log.info("router listening on http://%s:%d", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("router stopping")
+    await runner.cleanup()

@@ -1,0 +1,112 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from router.context import CONTEXT, STARTED, read_json
+from router.dispatch import EngineStreamError
+from router.generation import FINISH_REASONS, Generation
+from router.logprobs import chat_logprobs
+from router.openai_schema import ChatRequest, parse_chat
+from router.streaming import DONE, Chunks, ClientGone, dumps, error_event, json_str, open_sse, write
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    req = parse_chat(await read_json(request))
+    card = ctx.registry.resolve(req.model)
+    encoded = await ctx.tokenizer.encode_chat(
+        req.messages,
+        add_generation_prompt=req.add_generation_prompt,
+        continue_final_message=req.continue_final_message,
+        chat_template_kwargs_json=req.chat_template_kwargs_json,
+        chat_template=req.chat_template,
+    )
+    req.sampling.check(len(encoded.token_ids), card, "messages")
+    session = ctx.session_key(request, req.user)
+    gen = await Generation.open(
+        ctx.dispatcher,
+        card,
+        "chatcmpl",
+        [encoded.token_ids],
+        req.sampling,
+        started=request[STARTED],
+        cache_salt=req.cache_salt,
+        session_key=session,
+    )
+    try:
+        if req.stream:
+            return await _stream(request, req, gen)
+        return web.json_response(await _collect(req, gen), dumps=dumps)
+    finally:
+        gen.close()
+
+
+async def _collect(req: ChatRequest, gen: Generation) -> dict:
+    texts: list[list[str]] = [[] for _ in range(gen.num_choices)]
+    logprobs: list[list[dict]] = [[] for _ in range(gen.num_choices)]
+    finish: list[str | None] = [None] * gen.num_choices
+    try:
+        async for i, msg in gen.messages():
+            texts[i].append(msg.text)
+            if req.logprobs:
+                logprobs[i].extend(chat_logprobs(msg.logprobs))
+            if msg.finish_reason:
+                finish[i] = FINISH_REASONS[msg.finish_reason]
+    except EngineStreamError as err:
+        raise err.error from None
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": "".join(texts[i])},
+            "logprobs": {"content": logprobs[i]} if req.logprobs else None,
+            "finish_reason": finish[i],
+        }
+        for i in range(gen.num_choices)
+    ]
+    return {
+        "id": gen.id,
+        "object": "chat.completion",
+        "created": gen.created,
+        "model": gen.model,
+        "choices": choices,
+        "usage": gen.usage,
+    }
+
+
+async def _stream(request: web.Request, req: ChatRequest, gen: Generation) -> web.StreamResponse:
+    chunks = Chunks(gen.id, "chat.completion.chunk", gen.created, gen.model, req.include_usage)
+    response = await open_sse(request)
+    try:
+        # OpenAI opens every choice with the assistant role before any content.
+        await write(
+            response,
+            b"".join(
+                chunks.choice(_delta(i, '"role":"assistant","content":""')) for i in range(gen.num_choices)
+            ),
+        )
+        try:
+            async for i, msg in gen.messages():
+                out = b""
+                if msg.text or msg.logprobs:
+                    lp = dumps({"content": chat_logprobs(msg.logprobs)}) if req.logprobs else "null"
+                    out = chunks.choice(_delta(i, f'"content":{json_str(msg.text)}', lp))
+                if msg.finish_reason:
+                    out += chunks.choice(_delta(i, "", "null", f'"{FINISH_REASONS[msg.finish_reason]}"'))
+                if out:
+                    await write(response, out)
+        except EngineStreamError as err:
+            request.app[CONTEXT].metrics.stream_errors.inc()
+            await write(response, error_event(err.error) + DONE)
+            return response
+        if req.include_usage:
+            await write(response, chunks.usage(gen.usage))
+        await write(response, DONE)
+    except ClientGone:
+        request.app[CONTEXT].metrics.client_disconnects.inc()
+    return response
+
+
+def _delta(index: int, delta: str, logprobs: str = "null", finish_reason: str = "null") -> str:
+    return f'{{"index":{index},"delta":{{{delta}}},"logprobs":{logprobs},"finish_reason":{finish_reason}}}'

@@ -1,0 +1,148 @@
+"""POST /v1/completions: one or more prompts (text or token ids), `n` samples each, optional echo."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from router.context import CONTEXT, STARTED, RouterContext, read_json
+from router.dispatch import EngineStreamError
+from router.errors import bad_request
+from router.generation import FINISH_REASONS, Generation
+from router.logprobs import CompletionLogprobs
+from router.model_card import ModelCard
+from router.openai_schema import CompletionRequest, parse_completion
+from router.streaming import DONE, Chunks, ClientGone, dumps, error_event, json_str, open_sse, write
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    req = parse_completion(await read_json(request))
+    card = ctx.registry.resolve(req.model)
+    prompts = await asyncio.gather(*(_token_ids(ctx, card, p, i) for i, p in enumerate(req.prompts)))
+    for ids in prompts:
+        req.sampling.check(len(ids), card, "prompt")
+    echoes = await _echo_texts(ctx, req, prompts) if req.echo else None
+    gen = await Generation.open(
+        ctx.dispatcher,
+        card,
+        "cmpl",
+        prompts,
+        req.sampling,
+        started=request[STARTED],
+        cache_salt=req.cache_salt,
+        session_key=ctx.session_key(request, req.user),
+    )
+    try:
+        if req.stream:
+            return await _stream(request, req, gen, echoes)
+        return web.json_response(await _collect(req, gen, echoes), dumps=dumps)
+    finally:
+        gen.close()
+
+
+async def _token_ids(ctx: RouterContext, card: ModelCard, prompt: str | list[int], i: int):
+    if isinstance(prompt, str):
+        ids = (await ctx.tokenizer.encode_text(prompt)).token_ids
+        if not ids:
+            raise bad_request(f"'prompt' {i} encodes to no tokens.", "prompt")
+        return ids
+    for t in prompt:
+        if t >= card.vocab_size:
+            raise bad_request(
+                f"'prompt' holds token id {t}, outside the vocabulary (size {card.vocab_size}).", "prompt"
+            )
+    return prompt
+
+
+async def _echo_texts(ctx: RouterContext, req: CompletionRequest, prompts) -> list[str]:
+    """The prompts as text: as given, or decoded when given as token ids."""
+
+    async def text(prompt: str | list[int], ids) -> str:
+        return (
+            prompt
+            if isinstance(prompt, str)
+            else await ctx.tokenizer.decode(ids, req.sampling.skip_special_tokens)
+        )
+
+    return list(await asyncio.gather(*(text(p, ids) for p, ids in zip(req.prompts, prompts, strict=True))))
+
+
+def _choice_logprobs(req: CompletionRequest, gen: Generation) -> list[CompletionLogprobs] | None:
+    return None if req.sampling.logprobs is None else [CompletionLogprobs() for _ in range(gen.num_choices)]
+
+
+async def _collect(req: CompletionRequest, gen: Generation, echoes: list[str] | None) -> dict:
+    texts = [[echoes[i // gen.n]] if echoes else [] for i in range(gen.num_choices)]
+    logprobs = _choice_logprobs(req, gen)
+    finish: list[str | None] = [None] * gen.num_choices
+    try:
+        async for i, msg in gen.messages():
+            texts[i].append(msg.text)
+            if logprobs:
+                logprobs[i].add(msg.logprobs)
+            if msg.finish_reason:
+                finish[i] = FINISH_REASONS[msg.finish_reason]
+    except EngineStreamError as err:
+        raise err.error from None
+    choices = [
+        {
+            "index": i,
+            "text": "".join(texts[i]),
+            "logprobs": logprobs[i].take() if logprobs else None,
+            "finish_reason": finish[i],
+        }
+        for i in range(gen.num_choices)
+    ]
+    return {
+        "id": gen.id,
+        "object": "text_completion",
+        "created": gen.created,
+        "model": gen.model,
+        "choices": choices,
+        "usage": gen.usage,
+    }
+
+
+async def _stream(
+    request: web.Request, req: CompletionRequest, gen: Generation, echoes: list[str] | None
+) -> web.StreamResponse:
+    chunks = Chunks(gen.id, "text_completion", gen.created, gen.model, req.include_usage)
+    logprobs = _choice_logprobs(req, gen)
+    response = await open_sse(request)
+    try:
+        if echoes:
+            await write(
+                response,
+                b"".join(chunks.choice(_choice(i, echoes[i // gen.n])) for i in range(gen.num_choices)),
+            )
+        try:
+            async for i, msg in gen.messages():
+                out = b""
+                if msg.text or msg.logprobs:
+                    lp = "null"
+                    if logprobs:
+                        logprobs[i].add(msg.logprobs)
+                        lp = dumps(logprobs[i].take())
+                    out = chunks.choice(_choice(i, msg.text, lp))
+                if msg.finish_reason:
+                    out += chunks.choice(_choice(i, "", "null", f'"{FINISH_REASONS[msg.finish_reason]}"'))
+                if out:
+                    await write(response, out)
+        except EngineStreamError as err:
+            request.app[CONTEXT].metrics.stream_errors.inc()
+            await write(response, error_event(err.error) + DONE)
+            return response
+        if req.include_usage:
+            await write(response, chunks.usage(gen.usage))
+        await write(response, DONE)
+    except ClientGone:
+        request.app[CONTEXT].metrics.client_disconnects.inc()
+    return response
+
+
+def _choice(index: int, text: str, logprobs: str = "null", finish_reason: str = "null") -> str:
+    return (
+        f'{{"index":{index},"text":{json_str(text)},"logprobs":{logprobs},"finish_reason":{finish_reason}}}'
+    )

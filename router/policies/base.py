@@ -1,0 +1,41 @@
+"""The interface every routing policy implements.
+
+A policy sees only the engines that may take the request (ready, serving its model, not yet tried for
+it) and picks one. Policies hold no network state, so they are tested with stub engine lists.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+
+class Routable(Protocol):
+    """What a policy may look at: `Engine` satisfies it, and so do the stubs in tests."""
+
+    address: str
+    num_outstanding: int
+
+    @property
+    def load(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    token_ids: Sequence[int]  # the prompt, for prefix affinity
+    block_size: int = 16  # the model's KV block size
+    session_key: str | None = None  # for the session policy
+
+
+class Policy(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def pick(self, engines: Sequence[Routable], request: RouteRequest) -> Routable:
+        """Returns one of `engines` (never empty)."""
+
+
+def least_loaded(engines: Sequence[Routable]) -> Routable:
+    return min(engines, key=lambda e: (e.load, e.num_outstanding))

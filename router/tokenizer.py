@@ -1,0 +1,63 @@
+"""The router's client of the tokenizer service: chat templates and text to token ids, and back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from pagoda.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+from router.engines import CHANNEL_OPTIONS
+from router.errors import from_grpc
+from router.openai_schema import Message
+
+
+class TokenizerClient:
+    def __init__(self, target: str, timeout_s: float):
+        # A DNS name with several tokenizer pods behind it is spread over with round-robin.
+        self._channel = grpc.aio.insecure_channel(
+            target, options=[*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+        )
+        self._stub = tokenizer_pb2_grpc.TokenizerServiceStub(self._channel)
+        self._timeout_s = timeout_s
+
+    async def close(self) -> None:
+        await self._channel.close(grace=None)
+
+    async def encode_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool,
+        continue_final_message: bool,
+        chat_template_kwargs_json: str = "",
+        chat_template: str = "",
+    ) -> tokenizer_pb2.EncodeResponse:
+        chat = tokenizer_pb2.ChatInput(
+            messages=[
+                tokenizer_pb2.ChatMessage(role=m.role, content=m.content, name=m.name) for m in messages
+            ],
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            chat_template_kwargs_json=chat_template_kwargs_json,
+            chat_template=chat_template,
+        )
+        return await self._call(self._stub.Encode, tokenizer_pb2.EncodeRequest(chat=chat))
+
+    async def encode_text(
+        self, text: str, add_special_tokens: bool | None = None
+    ) -> tokenizer_pb2.EncodeResponse:
+        request = tokenizer_pb2.EncodeRequest(text=text)
+        if add_special_tokens is not None:
+            request.add_special_tokens = add_special_tokens
+        return await self._call(self._stub.Encode, request)
+
+    async def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        request = tokenizer_pb2.DecodeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)
+        return (await self._call(self._stub.Decode, request)).text
+
+    async def _call(self, method, request):
+        try:
+            return await method(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err, "tokenizer") from None

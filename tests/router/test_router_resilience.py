@@ -1,0 +1,199 @@
+"""Engines failing, hanging, draining, leaving; clients going away; traffic across several engines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import aiohttp
+import grpc
+import openai
+import pytest
+from conftest import wait_for
+from router_fakes import Script
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+async def test_failure_before_first_token_retries_on_another_engine(make_stack):
+    stack = await make_stack(
+        [Script(fail_before_first=grpc.StatusCode.UNAVAILABLE), Script()], policy="round_robin"
+    )
+    client = stack.client()
+    for _ in range(4):
+        r = await client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=2)
+        assert r.choices[0].message.content == "He"
+    bad, good = stack.engines
+    assert bad.requests, "round robin never tried the failing engine"
+    # Each request the failing engine saw was served by the other one under the same id.
+    assert {r.request_id for r in bad.requests} <= {r.request_id for r in good.requests}
+
+
+async def test_failure_after_first_token_ends_the_stream_with_an_error(make_stack):
+    stack = await make_stack([Script(fail_after_messages=3)])
+    stream = await stack.client().chat.completions.create(model="scripted", messages=MSGS, stream=True)
+    received = ""
+    with pytest.raises(openai.APIError) as info:
+        async for chunk in stream:
+            received += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    assert received == "Hel" and "engine failed" in info.value.message
+    # Without streaming the same failure is a 503, not a truncated answer.
+    status, err, _ = await stack.post("/v1/chat/completions", {"model": "scripted", "messages": MSGS})
+    assert status == 503 and err["error"]["type"] == "server_error"
+
+
+async def test_hung_engine_does_not_hang_clients(make_stack):
+    stack = await make_stack([Script(delay_s=0.02), Script(delay_s=0.02)], policy="round_robin")
+    client = stack.client()
+    streams = [
+        await client.chat.completions.create(model="scripted", messages=MSGS, stream=True) for _ in range(2)
+    ]
+    hung = stack.engines[0]
+    hung.script.hang = True  # stops mid-stream and stops answering probes
+    started = time.monotonic()
+    outcomes = []
+    for stream in streams:
+        try:
+            async for _ in stream:
+                pass
+            outcomes.append("ok")
+        except openai.APIError as err:
+            outcomes.append(err.message)
+    assert sorted(outcomes) == ["The engine stopped responding.", "ok"]
+    assert time.monotonic() - started < 5
+    # New requests go to the healthy engine.
+    for _ in range(3):
+        r = await client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=2)
+        assert r.choices[0].finish_reason == "length"
+
+
+async def test_engine_that_never_answers_times_out_before_first_token(make_stack):
+    stack = await make_stack([Script(), Script()], policy="round_robin", first_token_timeout_s=0.3)
+    stack.engines[0].script.hang = True
+    stack.engines[0].script.delay_s = 0
+    client = stack.client()
+    started = time.monotonic()
+    for _ in range(2):  # one of them lands on the hung engine first and is retried
+        r = await client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=2)
+        assert r.choices[0].message.content == "He"
+    assert time.monotonic() - started < 3
+
+
+async def test_engine_killed_mid_run(make_stack):
+    stack = await make_stack([Script(delay_s=0.01), Script(delay_s=0.01)], policy="round_robin")
+    client = stack.client()
+
+    async def one(i: int) -> str:
+        try:
+            r = await client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=20)
+            return r.choices[0].finish_reason
+        except openai.APIStatusError as err:
+            return f"http {err.status_code}"
+
+    tasks = [asyncio.create_task(one(i)) for i in range(8)]
+    await asyncio.sleep(0.05)
+    await stack.engine_servers[0].stop(0)  # the engine dies with requests in flight
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert "length" in results and set(results) <= {"length", "http 503"}
+    # Every new request succeeds on the survivor.
+    results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(8))), 10)
+    assert results == ["length"] * 8
+
+
+async def test_client_disconnect_mid_stream_cancels_the_engine_call(make_stack):
+    stack = await make_stack([Script(delay_s=0.02, reply="x" * 400)])
+    engine = stack.engines[0]
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "scripted", "messages": MSGS, "stream": True}
+        async with session.post(stack.url + "/v1/chat/completions", json=body) as r:
+            await r.content.readline()
+            await r.content.readline()
+        # Leaving the block closes the connection mid-stream.
+    await wait_for(lambda: engine.cancelled, what="the engine call to be cancelled")
+    assert not engine.finished and not engine.active
+    await wait_for(lambda: stack.ctx.registry.engines[0].num_outstanding == 0, what="outstanding back to 0")
+
+
+async def test_client_disconnect_without_streaming_cancels_the_engine_call(make_stack):
+    stack = await make_stack([Script(delay_s=0.02, reply="x" * 400)])
+    engine = stack.engines[0]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
+        with pytest.raises(asyncio.TimeoutError):
+            await session.post(stack.url + "/v1/completions", json={"model": "scripted", "prompt": "x"})
+    await wait_for(lambda: engine.cancelled, what="the engine call to be cancelled")
+    assert not engine.finished
+
+
+async def test_draining_engine_gets_no_new_requests(make_stack):
+    stack = await make_stack([Script(), Script()], policy="round_robin")
+    stack.engines[0].script.draining = True
+    registry = stack.ctx.registry
+    await wait_for(lambda: sum(e.ready for e in registry.engines) == 1, what="the draining engine to leave")
+    for _ in range(4):
+        await stack.client().chat.completions.create(model="scripted", messages=MSGS, max_tokens=1)
+    assert not stack.engines[0].requests and len(stack.engines[1].requests) == 4
+
+
+async def test_engine_removed_by_discovery_finishes_its_streams(make_stack):
+    stack = await make_stack([Script(delay_s=0.01), Script()])
+    registry = stack.ctx.registry
+    first = f"127.0.0.1:{stack.engine_ports[0]}"
+    registry.update("static", [f"127.0.0.1:{stack.engine_ports[1]}"])  # the first engine is leaving...
+    assert first not in {e.address for e in registry.engines}
+    r = await stack.client().chat.completions.create(model="scripted", messages=MSGS)
+    assert r.choices[0].finish_reason == "stop" and not stack.engines[0].requests
+    # ...and one removed while streaming completes its stream.
+    stack2 = await make_stack([Script(delay_s=0.01)])
+    stream = await stack2.client().chat.completions.create(model="scripted", messages=MSGS, stream=True)
+    stack2.ctx.registry.update("static", [])
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == Script().reply
+
+
+async def test_requests_go_only_to_engines_of_their_model(make_stack):
+    stack = await make_stack([Script(model="a"), Script(model="b"), Script(model="b")])
+    client = stack.client()
+    assert sorted(m.id for m in (await client.models.list()).data) == ["a", "b"]
+    for model in ("a", "b", "b", "a", "b"):
+        r = await client.chat.completions.create(model=model, messages=MSGS, max_tokens=1)
+        assert r.model == model
+    assert (
+        len(stack.engines[0].requests) == 2
+        and len(stack.engines[1].requests + stack.engines[2].requests) == 3
+    )
+
+
+async def test_two_engines_spread_traffic_and_keep_prefix_affinity(make_stack):
+    stack = await make_stack([Script(), Script()])  # default policy: prefix_affinity
+    client = stack.client()
+
+    async def ask(system: str, user: str) -> None:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        await client.chat.completions.create(model="scripted", messages=messages, max_tokens=1)
+
+    # 30 different system prompts: both engines get a share.
+    for i in range(30):
+        await ask(f"{i:03d}: you are a helpful assistant.", "hello")  # differs within the hashed blocks
+    shares = [len(e.requests) for e in stack.engines]
+    assert min(shares) >= 5, shares
+    # One system prompt, many user turns: every request lands where the prefix already went.
+    before = [len(e.requests) for e in stack.engines]
+    for i in range(10):
+        await ask("A long shared system prompt that many users send first.", f"question {i}")
+    gained = [len(e.requests) - b for e, b in zip(stack.engines, before, strict=True)]
+    assert sorted(gained) == [0, 10], gained
+
+
+async def test_ejected_engine_comes_back(make_stack):
+    stack = await make_stack([Script(), Script()], policy="round_robin")
+    registry = stack.ctx.registry
+    victim = registry.engines[0]
+    registry.request_failed(victim, "test")
+    assert not victim.ready
+    await wait_for(lambda: victim.ready, timeout_s=3, what="the engine to be re-probed and readmitted")
+    engine_counts = Counter()
+    for _ in range(4):
+        await stack.client().chat.completions.create(model="scripted", messages=MSGS, max_tokens=1)
+    engine_counts.update(len(e.requests) for e in stack.engines)
+    assert all(len(e.requests) == 2 for e in stack.engines)
