@@ -10,6 +10,8 @@ cannot start is an `{"error": ...}` entry, never a crash of the benchmark.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,7 +61,7 @@ class PeerJob:
 
 
 def run_worker(
-    module: str, job: PeerJob, env: dict[str, str], timeout_s: float, log=sys.stderr
+    module: str, job: PeerJob, env: dict[str, str], timeout_s: float, log=sys.stderr, extra_args=()
 ) -> dict[str, Any]:
     """Run `python -m module JOB OUT` and return its result, or {"error": ...} with the log's tail."""
     with tempfile.TemporaryDirectory(prefix="pagoda-peer-") as tmp:
@@ -67,18 +69,22 @@ def run_worker(
         job_path.write_text(job.to_json())
         started = time.perf_counter()
         with open(log_path, "w") as log_file:
+            # A session of its own: vLLM starts its engine core as a grandchild, and a peer that times out
+            # must give all of its GPU memory back before the next engine starts.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, str(job_path), str(out_path), *extra_args],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
-                proc = subprocess.run(
-                    [sys.executable, "-m", module, str(job_path), str(out_path)],
-                    env=env,
-                    cwd=REPO_ROOT,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout_s,
-                )
-                failure = None if proc.returncode == 0 else f"exit status {proc.returncode}"
+                code = proc.wait(timeout=timeout_s)
+                failure = None if code == 0 else f"exit status {code}"
             except subprocess.TimeoutExpired:
                 failure = f"timed out after {timeout_s:.0f} s"
+            _kill_group(proc)
         tail = log_path.read_text(errors="replace").splitlines()[-40:]
         print(
             f"--- {module} ({job.mode or 'run'}): {time.perf_counter() - started:.0f} s, last lines:",
@@ -88,6 +94,15 @@ def run_worker(
         if failure is None and out_path.exists():
             return json.loads(out_path.read_text())
         return {"error": failure or "no result written", "log_tail": "\n".join(tail[-15:])}
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End what is left of the worker's process group (its own process and anything it started)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def write_result(out_path: str, result: dict[str, Any]) -> None:

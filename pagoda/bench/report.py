@@ -14,6 +14,10 @@ One row per configuration, appended by `pagoda bench throughput` (the full figur
 in `results.jsonl`). Random bf16 weights (`load_format="dummy"`), token-id prompts, EOS ignored,
 temperature 1.0; every engine on the same card in the same call, one after another.
 
+Workloads (`pagoda/bench/workloads.py`): **fixed** N prompts × 512 tokens → 256; **random** input uniform in
+256–768, output in 128–384; **shared-prefix** the same 1,024 tokens + 512 of each prompt's own → 256, with
+prefix caching on and off. Shapes: llama-1b (Llama-3.2-1B), qwen-0.5b (Qwen2.5-0.5B), llama-8b (Llama-3.1-8B).
+
 - **out tok/s**, **total tok/s**: generated tokens, and prompt + generated tokens, per second of the timed
   `generate` call (start-up and warm-up excluded).
 - **eff**: efficiency = the roofline floor's time / the measured time. The floor is

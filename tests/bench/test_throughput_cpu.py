@@ -214,3 +214,51 @@ def test_hf_static_peer_on_cpu(tmp_path):
     assert result["engine"].startswith("transformers ") and result["engine"].endswith("(generate)")
     assert (result["num_prompts"], result["num_output_tokens"], result["generated_tokens"]) == (5, 20, 20)
     assert result["max_num_seqs"] == 2 and set(result["decode_step_ms"]) == {"1"}
+
+
+def test_a_hung_peer_is_killed_with_everything_it_started(tmp_path):
+    import time
+
+    config = throughput.build_config(throughput.parse_args([*TINY, "--num-prompts", "2"]))
+    job = peers.PeerJob(
+        model_dir=str(tmp_path),
+        device="cpu",
+        workload=config.workload.to_dict(),
+        vocab_size=512,
+        prefix_caching=True,
+        dtype="float32",
+        temperature=1.0,
+        max_model_len=64,
+        gpu_memory_utilization=0.9,
+        max_num_seqs=None,
+        max_num_batched_tokens=None,
+        decode_batch_sizes=(),
+        decode_tokens=(2, 4),
+        num_prompts=2,
+        batch_size=2,
+    )
+    pid_file = tmp_path / "grandchild.pid"
+    started = time.monotonic()
+    result = peers.run_worker(
+        "tests.bench.fake_peer",
+        job,
+        throughput.peer_env("hf", config),
+        timeout_s=2,
+        extra_args=[str(pid_file)],
+    )
+    assert result["error"] == "timed out after 2 s" and time.monotonic() - started < 10
+    pid = int(pid_file.read_text())
+    for _ in range(50):  # SIGKILL is asynchronous; a killed, reparented process may linger as a zombie
+        if not _running(pid):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the peer's grandchild {pid} outlived it")
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -1,0 +1,82 @@
+#!/bin/bash
+# One device call's work on the GPU machine, run from the repository root:
+#
+#     COMMIT=<sha> PEERS=vllm bash benchmarks/gpu_session.sh STAGE [STAGE...]
+#
+# Stages, run in the order given (a failing stage is logged and the next one still runs):
+#   stash      copy the carried .vllm_xfer/* into /tmp/vx (the vLLM bundle comes in 4 parts over 4 calls;
+#              /tmp/vx survives while the machine stays warm)
+#   assemble   check the 4 parts and unpack vLLM into /tmp/site (../shared/tools/vllm-peer/device_assemble.sh)
+#   tests      the GPU tests (pytest -m gpu), stopped after TEST_TIMEOUT seconds
+#   quick      llama-1b, fixed, QUICK_PROMPTS prompts, Pagoda alone: does it run, and roughly how fast
+#   1b         llama-1b, fixed 1000 x 512 / 256                          (+ PEERS)
+#   1b-prefix  llama-1b, shared prefix of 1024 + 512 / 256, prefix caching on, then off   (+ PEERS)
+#   1b-random  llama-1b, random lengths 256-768 / 128-384                (+ PEERS)
+#   qwen       qwen-0.5b, fixed 1000 x 512 / 256                         (+ PEERS)
+#   8b         llama-8b, fixed 1000 x 512 / 256                          (+ PEERS)
+#   hf         llama-1b, fixed, with the transformers peers (static generate + continuous batching) on
+#              HF_PROMPTS prompts
+#
+# Environment: COMMIT (recorded in results; the device copy has no .git), PEERS ("vllm", "vllm hf" or ""
+# for Pagoda alone; default vllm), NUM_PROMPTS (1000), QUICK_PROMPTS (200), HF_PROMPTS (256),
+# TEST_TIMEOUT (300), PEER_TIMEOUT (420), BENCH_ARGS (flags appended to every bench run: they win).
+#
+# Everything lands in $OUT: session.log (all output), tests.log, and results.jsonl / RESULTS.md = the
+# repo's benchmarks files plus this call's rows: copy those two back over benchmarks/ after the call.
+# Pagoda runs on the machine's own packages; vLLM's folder /tmp/site goes on PYTHONPATH only inside the
+# vLLM peer's subprocess (pagoda/bench/throughput.py sets it).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+COMMIT=${COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
+PEERS=${PEERS-vllm}
+NUM_PROMPTS=${NUM_PROMPTS:-1000}
+LOG=$OUT/session.log
+[ -f "$OUT/results.jsonl" ] || cp benchmarks/results.jsonl "$OUT/results.jsonl"
+[ -f "$OUT/RESULTS.md" ] || cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+
+say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+
+bench() {  # bench ARGS...: one configuration, every engine, one results row
+  local peers=()
+  for p in $PEERS; do peers+=(--peer "$p"); done
+  python3 -m pagoda.cli bench throughput --results-dir "$OUT" --commit "$COMMIT" \
+    --peer-timeout "${PEER_TIMEOUT:-420}" ${peers[@]+"${peers[@]}"} "$@" ${BENCH_ARGS:-}
+}
+
+stage() {
+  case "$1" in
+    stash) mkdir -p /tmp/vx && cp .vllm_xfer/* /tmp/vx/ && ls -la /tmp/vx ;;
+    assemble) bash /tmp/vx/device_assemble.sh ;;
+    tests)
+      nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm --format=csv
+      timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider --maxfail=5 tests \
+        2>&1 | tee "$OUT/tests.log" ;;
+    quick) PEERS="" bench --shape llama-1b --num-prompts "${QUICK_PROMPTS:-200}" ;;
+    1b) bench --shape llama-1b --num-prompts "$NUM_PROMPTS" ;;
+    1b-prefix)
+      bench --shape llama-1b --workload shared-prefix --num-prompts "$NUM_PROMPTS"; local rc=$?
+      bench --shape llama-1b --workload shared-prefix --num-prompts "$NUM_PROMPTS" --no-prefix-caching \
+        && return $rc ;;
+    1b-random) bench --shape llama-1b --workload random --num-prompts "$NUM_PROMPTS" ;;
+    qwen) bench --shape qwen-0.5b --num-prompts "$NUM_PROMPTS" ;;
+    8b) bench --shape llama-8b --num-prompts "$NUM_PROMPTS" ;;
+    hf) PEERS=hf bench --shape llama-1b --num-prompts "$NUM_PROMPTS" --hf-num-prompts "${HF_PROMPTS:-256}" ;;
+    *) echo "unknown stage $1 (see the top of $0)"; return 2 ;;
+  esac
+}
+
+[ $# -gt 0 ] || { sed -n '2,28p' "$0"; exit 2; }
+status=0
+for s in "$@"; do
+  say "stage $s: start"
+  start=$SECONDS
+  stage "$s" 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+  say "stage $s: rc=$rc in $((SECONDS - start)) s"
+  [ "$rc" = 0 ] || status=1
+done
+say "results rows this call:"
+tail -n +"$(($(wc -l < benchmarks/RESULTS.md) + 1))" "$OUT/RESULTS.md" | tee -a "$LOG"
+exit $status
