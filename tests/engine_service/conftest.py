@@ -24,7 +24,12 @@ from safetensors.torch import save_file
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 64, 2, 4, 2, 64
 EOS = 2
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
 
 # name -> (text, what its last token leads to: "eos" or "loop")
 SCRIPTS = {
@@ -59,11 +64,22 @@ def tiny_model_dir(tmp_path_factory, default_model_dir, tokenizer, scripts) -> P
     vocab = len(tokenizer)
     save_file(_weights(successors, vocab), str(folder / "model.safetensors"))
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
-        "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
-        "bos_token_id": 1, "eos_token_id": EOS, "torch_dtype": "float32",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": HIDDEN,
+        "intermediate_size": FFN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": EOS,
+        "torch_dtype": "float32",
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     for name in TOKENIZER_FILES:
@@ -79,13 +95,19 @@ def _weights(successors: dict[int, int], vocab: int) -> dict[str, torch.Tensor]:
     for i, (token, succ) in enumerate(successors.items()):
         embed[token, i] = 1.0
         lm_head[succ, i] += 4.0
-    w = {"model.embed_tokens.weight": embed, "lm_head.weight": lm_head, "model.norm.weight": torch.ones(HIDDEN)}
+    w = {
+        "model.embed_tokens.weight": embed,
+        "lm_head.weight": lm_head,
+        "model.norm.weight": torch.ones(HIDDEN),
+    }
     gen = torch.Generator().manual_seed(0)
     for layer in range(LAYERS):
         p = f"model.layers.{layer}."
         shapes = {
-            "self_attn.q_proj": (HEADS * head_dim, HIDDEN), "self_attn.k_proj": (KV_HEADS * head_dim, HIDDEN),
-            "self_attn.v_proj": (KV_HEADS * head_dim, HIDDEN), "mlp.gate_proj": (FFN, HIDDEN),
+            "self_attn.q_proj": (HEADS * head_dim, HIDDEN),
+            "self_attn.k_proj": (KV_HEADS * head_dim, HIDDEN),
+            "self_attn.v_proj": (KV_HEADS * head_dim, HIDDEN),
+            "mlp.gate_proj": (FFN, HIDDEN),
             "mlp.up_proj": (FFN, HIDDEN),
         }
         for name, shape in shapes.items():  # random, so attention and the MLP really run

@@ -46,7 +46,10 @@ def test_stop_ends_only_its_sample_and_frees_the_engine(llm, scripts):
     params = [greedy(stop=["blue red"]), greedy(max_tokens=7)]
     a, b = llm.generate(prompt_token_ids=[loop[:1], loop[:1]], sampling_params=params)
     assert (a.outputs[0].text, a.outputs[0].finish_reason) == (" green ", "stop")
-    assert (b.outputs[0].text, b.outputs[0].finish_reason) == (" green blue red green blue red green", "length")
+    assert (b.outputs[0].text, b.outputs[0].finish_reason) == (
+        " green blue red green blue red green",
+        "length",
+    )
     assert not llm.engine.has_unfinished()
     assert llm.engine.stats().kv_cache_usage == 0.0
 

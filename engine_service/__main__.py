@@ -1,0 +1,7 @@
+"""`python -m engine_service ...`: the same as `pagoda engine ...`."""
+
+import sys
+
+from engine_service.main import main
+
+sys.exit(main())

@@ -1,0 +1,355 @@
+"""AsyncEngine: the engine loop in its own thread, and the asyncio side that streams its output.
+
+    asyncio thread (gRPC front)                          engine thread (EngineLoop)
+      add_request: validate, register ──▶ inbox ──▶  drain inbox: add_request / abort
+      abort / stop-string aborts        ──▶ inbox      engine.step()  (GPU work; no network)
+      _on_step: detokenize, stop strings ◀── call_soon_threadsafe(updates, stats), once per step
+      RequestStream.get(): all deltas queued for the request, one merged delta per sample
+
+The Engine is not thread-safe, so only the loop thread touches it; the front talks to it through the
+inbox (a FIFO, so an abort always reaches the engine before a later add with the same request id).
+While idle the loop blocks on the inbox. Every step's updates cross to the event loop in one callback,
+and a stream sends everything queued for it in one message per sample: when the front falls behind,
+messages carry more tokens instead of piling up.
+
+A watchdog fails the engine (every stream ends with INTERNAL, `on_fatal` is called) when the loop
+thread dies or one step runs longer than `step_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine_service.engine import Engine, EngineStats
+from engine_service.errors import EngineDeadError, EngineOverloadedError
+from engine_service.output_processor import OutputProcessor, SampleDelta
+from engine_service.outputs import SequenceUpdate
+from engine_service.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+# ---- commands into the loop ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Add:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    cache_salt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    request_id: str
+    index: int | None = None
+
+
+_STOP = object()
+
+# What the loop hands back after each iteration: updates, a stats snapshot, rejected (request_id, message).
+Publish = Callable[[list[SequenceUpdate], EngineStats, list[tuple[str, str]]], None]
+
+
+class EngineLoop:
+    """Owns the Engine and drives it from one thread."""
+
+    def __init__(self, engine: Engine, publish: Publish, on_exit: Callable[[BaseException | None], None]):
+        self.engine = engine
+        self._publish = publish
+        self._on_exit = on_exit
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.step_started_at: float | None = None  # set while engine.step() runs (read by the watchdog)
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, command) -> None:
+        self._inbox.put(command)
+
+    def stop(self) -> None:
+        self._inbox.put(_STOP)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        error = None
+        try:
+            self._loop()
+        except BaseException as e:  # noqa: BLE001 (whatever kills the loop must reach the watchdog)
+            error = e
+        self._on_exit(error)
+
+    def _loop(self) -> None:
+        engine = self.engine
+        changed = False  # since the last integrity check
+        while True:
+            idle = not engine.has_unfinished()
+            if idle and changed:  # nothing left: every block must be free or cached (cheap when idle)
+                engine.block_manager.check_integrity()
+                changed = False
+            rejected = []
+            for command in self._next_commands(block=idle):
+                if command is _STOP:
+                    return
+                rejected += self._apply(command)
+            changed = True
+            updates = []
+            if engine.has_unfinished():
+                self.step_started_at = time.monotonic()
+                updates = engine.step()
+                self.step_started_at = None
+            self._publish(updates, engine.stats(), rejected)
+
+    def _next_commands(self, block: bool) -> list:
+        commands = [self._inbox.get()] if block else []
+        while True:
+            try:
+                commands.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return commands
+
+    def _apply(self, command) -> list[tuple[str, str]]:
+        if isinstance(command, _Abort):
+            self.engine.abort(command.request_id, command.index)
+            return []
+        try:  # the front validated already; this catches what only the engine can know
+            self.engine.add_request(
+                command.request_id, command.prompt_token_ids, command.params, command.cache_salt
+            )
+        except ValueError as e:
+            return [(command.request_id, str(e))]
+        return []
+
+
+# ---- the asyncio side ------------------------------------------------------------------------------
+class RequestStream:
+    """What the engine produced for one request and its consumer has not taken yet."""
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self.started = False  # a first token (or any output) arrived
+        self.finished = False  # the request's last delta (with usage) was queued
+        self._deltas: list[SampleDelta] = []
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, delta: SampleDelta) -> None:
+        self._deltas.append(delta)
+        self.started = True
+        self.finished = delta.usage is not None
+        self._ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._ready.set()
+
+    async def get(self) -> list[SampleDelta]:
+        """Everything queued since the last call, merged into one delta per sample (usage last)."""
+        await self._ready.wait()
+        self._ready.clear()
+        if self._error is not None:
+            raise self._error
+        deltas, self._deltas = self._deltas, []
+        merged: dict[int, SampleDelta] = {}
+        for d in deltas:
+            if d.index in merged:
+                merged[d.index].merge(d)
+            else:
+                merged[d.index] = d
+        return sorted(merged.values(), key=lambda d: d.usage is not None)
+
+
+class RateMeter:
+    """Generated tokens per second over the last `window_s` seconds, from a running total."""
+
+    def __init__(self, window_s: float = 5.0):
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()  # (time, total), at most one per 0.1 s
+
+    def record(self, total: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._samples and now - self._samples[-1][0] < 0.1:
+            self._samples[-1] = (self._samples[-1][0], total)
+        else:
+            self._samples.append((now, total))
+        # Keep one sample at or before the window's start as the base.
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self.window_s:
+            self._samples.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, n0), (_, n1) = self._samples[0], self._samples[-1]
+        return (n1 - n0) / (now - t0) if now > t0 else 0.0
+
+
+class AsyncEngine:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_waiting: int,
+        step_timeout_s: float,
+        on_fatal: Callable[[str], None] = lambda reason: None,
+    ):
+        self.model_info = engine.model_info
+        self.tokenizer = engine.tokenizer
+        # Validation reads only what the engine fixed at start-up, so the front may call it.
+        self._validate = engine._validate
+        self._max_waiting = max_waiting
+        self._step_timeout_s = step_timeout_s
+        self._on_fatal = on_fatal
+        self._processor = OutputProcessor(engine.tokenizer)
+        self._streams: dict[str, RequestStream] = {}
+        self._num_waiting = 0  # streams with no output yet: bounded by max_waiting
+        self.stats: EngineStats = engine.stats()
+        self.meter = RateMeter()
+        self.error: str | None = None
+        self._stopping = False
+        self._loop = asyncio.get_running_loop()
+        self._core = EngineLoop(engine, self._publish_threadsafe, self._on_core_exit)
+        self._watchdog: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._core.start()
+        self._watchdog = asyncio.create_task(self._watch(), name="engine-watchdog")
+
+    # ---- requests ------------------------------------------------------------------------------
+    @property
+    def num_requests(self) -> int:
+        return len(self._streams)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests accepted that have produced nothing yet (queued, or in their prefill)."""
+        return self._num_waiting
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        cache_salt: str | None = None,
+    ) -> RequestStream:
+        """Validates and queues a request; raises ValueError (bad input) or EngineOverloadedError."""
+        if self.error is not None:
+            raise EngineDeadError(self.error)
+        if request_id in self._streams:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        self._validate(prompt_token_ids, params)
+        if self._num_waiting >= self._max_waiting:
+            raise EngineOverloadedError(
+                f"the engine has {self._max_waiting} requests waiting (--max-waiting): retry later"
+            )
+        self._processor.add_request(request_id, prompt_token_ids, params)
+        stream = self._streams[request_id] = RequestStream(request_id)
+        self._num_waiting += 1
+        self._core.submit(_Add(request_id, list(prompt_token_ids), params, cache_salt))
+        return stream
+
+    def abort(self, request_id: str) -> bool:
+        """Ends the request's stream now (finish_reason "abort"); the engine frees its blocks next step."""
+        if request_id not in self._streams:
+            return False
+        self._core.submit(_Abort(request_id))
+        self._deliver(self._processor.abort(request_id))
+        return True
+
+    def abort_all(self) -> None:
+        for request_id in list(self._streams):
+            self.abort(request_id)
+
+    async def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Aborts what is left and stops the loop thread."""
+        self._stopping = True
+        self.abort_all()
+        self._core.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await asyncio.to_thread(self._core.join, timeout_s)
+
+    # ---- from the loop thread ------------------------------------------------------------------
+    def _publish_threadsafe(self, updates, stats, rejected) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._on_step, updates, stats, rejected)
+        except RuntimeError:  # the event loop is closed: the process is exiting
+            pass
+
+    def _on_step(
+        self, updates: list[SequenceUpdate], stats: EngineStats, rejected: list[tuple[str, str]]
+    ) -> None:
+        if self.error is not None:
+            return
+        self.stats = stats
+        self.meter.record(stats.num_generation_tokens)
+        deltas, aborts = self._processor.process(updates)
+        for request_id, index in aborts:  # stop strings
+            self._core.submit(_Abort(request_id, index))
+        self._deliver(deltas)
+        for request_id, message in rejected:
+            self._processor.abort(request_id)
+            stream = self._streams.pop(request_id, None)
+            if stream is not None:
+                self._num_waiting -= not stream.started
+                stream.fail(ValueError(message))
+
+    def _deliver(self, deltas: list[SampleDelta]) -> None:
+        for d in deltas:
+            stream = self._streams.get(d.request_id)
+            if stream is None:
+                continue
+            if not stream.started:
+                self._num_waiting -= 1
+            stream.put(d)
+            if stream.finished:
+                del self._streams[d.request_id]
+
+    def _on_core_exit(self, error: BaseException | None) -> None:
+        if error is not None:
+            log.critical("the engine loop died", exc_info=error)
+        if not self._stopping:
+            reason = (
+                f"the engine loop died: {type(error).__name__}: {error}"
+                if error
+                else "the engine loop exited"
+            )
+            try:
+                self._loop.call_soon_threadsafe(self._fail, reason)
+            except RuntimeError:  # the event loop is closed: the process is exiting
+                pass
+
+    # ---- failure -------------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        interval = min(1.0, self._step_timeout_s / 4)
+        while self.error is None:
+            await asyncio.sleep(interval)
+            self.meter.record(self.stats.num_generation_tokens)  # keeps the rate falling while idle
+            started = self._core.step_started_at
+            if started is not None and time.monotonic() - started > self._step_timeout_s:
+                self._fail(f"an engine step has run for more than {self._step_timeout_s:g} s (stalled)")
+            elif not self._core.is_alive() and not self._stopping:
+                self._fail("the engine loop thread is gone")
+
+    def _fail(self, reason: str) -> None:
+        if self.error is not None or self._stopping:
+            return
+        log.critical("engine failed: %s", reason)
+        self.error = reason
+        self._core.stop()  # a stalled loop exits once its step returns
+        streams, self._streams, self._num_waiting = self._streams, {}, 0
+        for stream in streams.values():
+            stream.fail(EngineDeadError(f"engine failed: {reason}"))
+        self._on_fatal(reason)

@@ -1,0 +1,156 @@
+"""The engine's gRPC server and its life: bind, load + warm up, serve, drain, exit.
+
+    start()   port bound; health NOT_SERVING; RPCs answer UNAVAILABLE ("still loading")
+    load()    weights loaded and one warm-up request run (in a worker thread); health SERVING
+    drain()   SIGTERM: health NOT_SERVING, new Generate calls UNAVAILABLE; in-flight requests get up to the
+              grace period to finish, then are aborted; the server stops and wait() returns 0
+    fatal     the engine loop died or stalled: health NOT_SERVING, streams end INTERNAL, wait() returns 1
+
+Health keeps answering while draining, so Kubernetes sees NOT_SERVING rather than a refused connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from engine_service import convert
+from engine_service.async_engine import AsyncEngine
+from engine_service.engine import Engine
+from engine_service.sampling_params import SamplingParams
+from engine_service.service_config import EngineServiceConfig
+from engine_service.servicer import EngineServicer, ServingState
+from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
+# Generate streams to hundreds of clients at once; the default limits suit that. Messages are small.
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.so_reuseport", 0)]
+
+
+class EngineServer:
+    def __init__(self, config: EngineServiceConfig):
+        self.config = config
+        self.state = ServingState()
+        self.port: int | None = None
+        self.exit_code: int | None = None
+        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        self._health = health.aio.HealthServicer()
+        self._done = asyncio.Event()
+        self._force = asyncio.Event()  # a second SIGTERM: stop draining now
+
+    @property
+    def engine(self) -> AsyncEngine | None:
+        return self.state.engine
+
+    async def start(self) -> int:
+        engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(self.state), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if not self.port:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        await self._server.start()
+        await self._set_health(serving=False)
+        log.info("engine gRPC server listening on %s:%d (loading the model)", self.config.host, self.port)
+        return self.port
+
+    async def load(self, engine: Engine | None = None) -> None:
+        """Builds the engine (unless given) and warms it up in a worker thread, then serves."""
+        if engine is None:
+            engine = await asyncio.to_thread(Engine, self.config.engine)
+        await asyncio.to_thread(warm_up, engine)
+        if self.state.draining:  # SIGTERM came while loading
+            return
+        async_engine = AsyncEngine(
+            engine,
+            max_waiting=self.config.max_waiting,
+            step_timeout_s=self.config.step_timeout_s,
+            on_fatal=self._on_fatal,
+        )
+        async_engine.start()
+        self.state.token_texts = convert.TokenTexts(engine.tokenizer)
+        self.state.engine = async_engine
+        await self._set_health(serving=True)
+        info = engine.model_info
+        log.info(
+            "serving %s (%s, %s on %s, %d KV blocks of %d tokens)",
+            info.served_model_name,
+            info.architecture,
+            info.dtype,
+            info.device,
+            info.num_kv_blocks,
+            info.block_size,
+        )
+
+    async def drain(self) -> None:
+        """Stops taking requests, lets in-flight ones finish within the grace period, then stops (exit 0)."""
+        if self.state.draining:
+            self._force.set()
+            return
+        self.state.draining = True
+        await self._set_health(serving=False)
+        engine = self.state.engine
+        grace = self.config.shutdown_grace_period_s
+        if engine is not None and engine.num_requests:
+            log.info("draining: %d requests in flight, %g s grace period", engine.num_requests, grace)
+            try:
+                await asyncio.wait_for(self._until_idle(engine), grace)
+            except TimeoutError:
+                log.warning("grace period over: aborting %d requests", engine.num_requests)
+        await self.stop(exit_code=0)
+
+    async def stop(self, exit_code: int = 0) -> None:
+        if self._done.is_set():
+            return
+        if self.exit_code is None:
+            self.exit_code = exit_code
+        engine = self.state.engine
+        if engine is not None:
+            engine.abort_all()  # streams still open end with finish_reason ABORT ...
+        await self._server.stop(grace=1.0)  # ... and get a moment to send it
+        if engine is not None:
+            await engine.shutdown()
+        self._done.set()
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        return self.exit_code or 0
+
+    async def _until_idle(self, engine: AsyncEngine) -> None:
+        while engine.num_requests and not self._force.is_set() and engine.error is None:
+            await asyncio.sleep(0.05)
+
+    def _on_fatal(self, reason: str) -> None:
+        # Kubernetes restarts the pod when the process exits non-zero.
+        log.critical("engine failed (%s): exiting with status 1", reason)
+        self.exit_code = 1
+        asyncio.get_running_loop().create_task(self._fail())
+
+    async def _fail(self) -> None:
+        await self._set_health(serving=False)
+        await self._server.stop(grace=1.0)
+        self._done.set()
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+
+
+def warm_up(engine: Engine) -> None:
+    """One short request through the whole path (prefill, decode, sampling) before health says SERVING."""
+    vocab = engine.model_info.vocab_size
+    prompt = [(7 * i + 11) % vocab for i in range(8)]
+    engine.add_request("warm-up", prompt, SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+    while engine.has_unfinished():
+        engine.step()
