@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         attention_backend="FLASH_ATTN",
         seed=job.seed,
     )
+    if job.tensor_parallel_size > 1:
+        kwargs["tensor_parallel_size"] = job.tensor_parallel_size
     if job.max_num_seqs:
         kwargs["max_num_seqs"] = job.max_num_seqs
     if job.max_num_batched_tokens:

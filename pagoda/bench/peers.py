@@ -44,6 +44,7 @@ class PeerJob:
     batch_size: int  # HF static generate: requests per generate() call
     mode: str = ""  # HF: static | cb
     seed: int = 0
+    tensor_parallel_size: int = 1  # vLLM
 
     @property
     def spec(self) -> WorkloadSpec:

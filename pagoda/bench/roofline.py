@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -207,8 +208,10 @@ def efficiency(floor: Floor, measured_s: float) -> float:
 def _median_ms(fn, iters: int) -> float:
     import torch
 
-    for _ in range(3):  # warm-up: handles, cuBLAS heuristics, clocks
+    deadline = time.perf_counter() + 0.2  # warm-up: handles, cuBLAS heuristics, and clocks up to speed
+    while time.perf_counter() < deadline:
         fn()
+        torch.cuda.synchronize()
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -328,6 +328,7 @@ def run_peers(config: BenchConfig, vocab_size: int) -> dict[str, dict[str, Any]]
                 if is_hf
                 else config.workload.num_prompts,
                 batch_size=config.hf_batch_size,
+                tensor_parallel_size=config.tensor_parallel_size,
                 mode=mode,
                 seed=config.workload.seed,
             )
