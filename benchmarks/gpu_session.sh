@@ -21,8 +21,10 @@
 # for Pagoda alone; default vllm), NUM_PROMPTS (1000), QUICK_PROMPTS (200), HF_PROMPTS (256),
 # TEST_TIMEOUT (300), PEER_TIMEOUT (420), BENCH_ARGS (flags appended to every bench run: they win).
 #
-# Everything lands in $OUT: session.log (all output), tests.log, and results.jsonl / RESULTS.md = the
-# repo's benchmarks files plus this call's rows: copy those two back over benchmarks/ after the call.
+# Results accumulate in /tmp/pagoda-results, seeded from benchmarks/ on the machine's first call and kept
+# while it stays warm, and are copied to $OUT after every stage: each call's $OUT/results.jsonl and
+# $OUT/RESULTS.md are the repo's files plus every row this machine produced, so copying the last call's two
+# files over benchmarks/ is the whole merge. $OUT also gets session.log (all output) and tests.log.
 # Pagoda runs on the machine's own packages; vLLM's folder /tmp/site goes on PYTHONPATH only inside the
 # vLLM peer's subprocess (pagoda/bench/throughput.py sets it).
 set -uo pipefail
@@ -33,15 +35,15 @@ COMMIT=${COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 PEERS=${PEERS-vllm}
 NUM_PROMPTS=${NUM_PROMPTS:-1000}
 LOG=$OUT/session.log
-[ -f "$OUT/results.jsonl" ] || cp benchmarks/results.jsonl "$OUT/results.jsonl"
-[ -f "$OUT/RESULTS.md" ] || cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+RES=/tmp/pagoda-results
+[ -f "$RES/results.jsonl" ] || { mkdir -p "$RES" && cp benchmarks/results.jsonl benchmarks/RESULTS.md "$RES/"; }
 
 say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 
 bench() {  # bench ARGS...: one configuration, every engine, one results row
   local peers=()
   for p in $PEERS; do peers+=(--peer "$p"); done
-  python3 -m pagoda.cli bench throughput --results-dir "$OUT" --commit "$COMMIT" \
+  python3 -m pagoda.cli bench throughput --results-dir "$RES" --commit "$COMMIT" \
     --peer-timeout "${PEER_TIMEOUT:-420}" ${peers[@]+"${peers[@]}"} "$@" ${BENCH_ARGS:-}
 }
 
@@ -67,16 +69,17 @@ stage() {
   esac
 }
 
-[ $# -gt 0 ] || { sed -n '2,28p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,30p' "$0"; exit 2; }
 status=0
 for s in "$@"; do
   say "stage $s: start"
   start=$SECONDS
   stage "$s" 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
+  cp "$RES/results.jsonl" "$RES/RESULTS.md" "$OUT/"
   say "stage $s: rc=$rc in $((SECONDS - start)) s"
   [ "$rc" = 0 ] || status=1
 done
-say "results rows this call:"
-tail -n +"$(($(wc -l < benchmarks/RESULTS.md) + 1))" "$OUT/RESULTS.md" | tee -a "$LOG"
+say "rows this machine added to RESULTS.md:"
+tail -n +"$(($(wc -l < benchmarks/RESULTS.md) + 1))" "$RES/RESULTS.md" | tee -a "$LOG"
 exit $status
