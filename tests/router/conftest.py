@@ -87,14 +87,27 @@ class Stack:
 async def make_stack():
     stacks: list[Stack] = []
 
-    async def make(scripts: list[Script] | None = None, *, wait_ready: bool = True, **overrides) -> Stack:
+    async def make(
+        scripts: list[Script] | None = None,
+        *,
+        wait_ready: bool = True,
+        engine_hosts: list[str] | None = None,
+        engine_port: int = 0,
+        static: bool = True,
+        **overrides,
+    ) -> Stack:
+        """Scripted engines (on engine_hosts, all on engine_port when given) and a router in front of them,
+        which knows them from its static list unless `static` is False (discovery tests)."""
         scripts = scripts if scripts is not None else [Script()]
+        hosts = engine_hosts or ["127.0.0.1"] * len(scripts)
         tok_server, tok_port, tokenizer = await start_tokenizer()
-        started = [await start_engine(s) for s in scripts]
+        started = [await start_engine(s, h, engine_port) for s, h in zip(scripts, hosts, strict=True)]
         config = replace(
             TEST_CONFIG,
             tokenizer=f"127.0.0.1:{tok_port}",
-            engines=tuple(f"127.0.0.1:{port}" for _, port, _ in started),
+            engines=tuple(f"{h}:{port}" for h, (_, port, _) in zip(hosts, started, strict=True))
+            if static
+            else (),
             **overrides,
         )
         runner = await start(config)

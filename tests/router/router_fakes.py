@@ -209,11 +209,13 @@ def _logprobs(token: int, k: int) -> engine_pb2.PositionLogprobs:
     return engine_pb2.PositionLogprobs(sampled=sampled, top=top)
 
 
-async def start_engine(script: Script | None = None) -> tuple[grpc.aio.Server, int, ScriptedEngine]:
+async def start_engine(
+    script: Script | None = None, host: str = "127.0.0.1", port: int = 0
+) -> tuple[grpc.aio.Server, int, ScriptedEngine]:
     engine = ScriptedEngine(script or Script())
     server = grpc.aio.server()
     engine_pb2_grpc.add_EngineServiceServicer_to_server(_AbortAdapter(engine), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server, port, engine
 
