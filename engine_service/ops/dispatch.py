@@ -1,0 +1,120 @@
+"""Pick a kernel path per call: Triton for CUDA tensors, plain torch (`torch_ops`) otherwise.
+
+Triton is imported on the first CUDA call, so CPU-only use never needs it installed. Both paths take the same
+arguments and return the same values; two Triton functions also work in place (`fused_add_rms_norm` updates
+`residual`, `rotary_embedding` rotates q and k), so callers must use the returned tensors and must not rely
+on the inputs being either unchanged or updated.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+
+from engine_service.ops import torch_ops
+
+
+@functools.cache
+def _triton_ops() -> ModuleType:
+    try:
+        from engine_service.ops import triton_ops
+    except ImportError as exc:  # a CUDA tensor without triton installed
+        raise RuntimeError(
+            "CUDA tensors need the Triton kernels: install triton (pip install 'pagoda[gpu]')"
+        ) from exc
+    return triton_ops
+
+
+def _on_gpu(t: torch.Tensor) -> bool:
+    return t.is_cuda
+
+
+def write_kv_cache(
+    k: torch.Tensor,  # [T, Hkv, D]
+    v: torch.Tensor,  # [T, Hkv, D]
+    k_cache: torch.Tensor,  # [N, B, Hkv, D]
+    v_cache: torch.Tensor,  # [N, B, Hkv, D]
+    slot_mapping: torch.Tensor,  # int64 [T]; -1 = skip
+) -> None:
+    ops = _triton_ops() if _on_gpu(k_cache) else torch_ops
+    ops.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+
+
+def paged_attention(
+    q: torch.Tensor,  # [T, Hq, D]
+    k_cache: torch.Tensor,  # [N, B, Hkv, D]
+    v_cache: torch.Tensor,  # [N, B, Hkv, D]
+    query_start_loc: torch.Tensor,  # int32 [S + 1]
+    seq_lens: torch.Tensor,  # int32 [S]
+    block_tables: torch.Tensor,  # int32 [S, M]
+    scale: float,
+    *,
+    max_query_len: int,
+    max_seq_len: int,
+    out: torch.Tensor | None = None,  # [T, Hq, D]
+    num_kv_splits: int | None = None,
+) -> torch.Tensor:  # [T, Hq, D]
+    """Causal paged attention. max_query_len / max_seq_len are host-side upper bounds (launch-shape hints
+    for the Triton path; see `triton_attention.paged_attention`); num_kv_splits fixes the KV split of a
+    decode step (CUDA graphs). The torch path ignores the hints."""
+    if _on_gpu(q):
+        return _triton_ops().paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            query_start_loc,
+            seq_lens,
+            block_tables,
+            scale,
+            max_query_len=max_query_len,
+            max_seq_len=max_seq_len,
+            out=out,
+            num_kv_splits=num_kv_splits,
+        )
+    result = torch_ops.paged_attention(q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, scale)
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    ops = _triton_ops() if _on_gpu(x) else torch_ops
+    return ops.rms_norm(x, weight, eps)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual). The Triton path writes the sum into `residual` in place."""
+    ops = _triton_ops() if _on_gpu(x) else torch_ops
+    return ops.fused_add_rms_norm(x, residual, weight, eps)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # int64 [T]
+    q: torch.Tensor,  # [T, Hq, D]
+    k: torch.Tensor,  # [T, Hkv, D]
+    cos_sin_cache: torch.Tensor,  # float32 [max_positions, D]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox-style rotary embedding. The Triton path rotates q and k in place (and returns them)."""
+    ops = _triton_ops() if _on_gpu(q) else torch_ops
+    return ops.rotary_embedding(positions, q, k, cos_sin_cache)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [T, 2I] (gate then up) -> silu(gate) * up: [T, I]."""
+    ops = _triton_ops() if _on_gpu(x) else torch_ops
+    return ops.silu_and_mul(x)
+
+
+__all__ = [
+    "fused_add_rms_norm",
+    "paged_attention",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "write_kv_cache",
+]

@@ -1,0 +1,24 @@
+"""The Triton kernels of the CUDA path, behind the signatures of `torch_ops`.
+
+Differences from `torch_ops`, all documented at each function:
+  - `paged_attention` takes host-side hints (`max_query_len`, `max_seq_len`), an optional `out` and an
+    optional fixed `num_kv_splits` (CUDA graphs), and never syncs with the host.
+  - `fused_add_rms_norm` updates `residual` in place; `rotary_embedding` rotates q and k in place.
+Importing this module imports triton; `dispatch` imports it only when a CUDA tensor shows up.
+"""
+
+from engine_service.ops.triton_activation import silu_and_mul
+from engine_service.ops.triton_attention import choose_num_kv_splits, paged_attention
+from engine_service.ops.triton_kv_cache import write_kv_cache
+from engine_service.ops.triton_norm import fused_add_rms_norm, rms_norm
+from engine_service.ops.triton_rotary import rotary_embedding
+
+__all__ = [
+    "choose_num_kv_splits",
+    "fused_add_rms_norm",
+    "paged_attention",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "write_kv_cache",
+]
