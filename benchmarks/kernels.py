@@ -1,0 +1,433 @@
+"""GPU micro-benchmark of the Triton paged-attention kernels (decode first, with a prefill reference point).
+
+    python benchmarks/kernels.py --out kernels.json            # the table below, in about a minute
+    python benchmarks/kernels.py --out kernels.json --sweep    # also launch shapes and split counts
+
+Decode: batch 1 and 256, context 512 and 8k, llama-1b (32 q / 8 kv heads, head_dim 64) and llama-8b (32/8,
+head_dim 128) head shapes, bf16, block size 16, blocks shuffled over the cache. The floor is the KV bytes
+(each sequence's K and V read once) over the copy bandwidth measured in the same run (a 1 GiB device copy,
+bytes read + written). Times are medians:
+  - eager: one call, `triton.testing.do_bench` (flushes L2 before each call; the launch gap of the reduce
+    kernel is hidden behind the flush, so this is device time);
+  - graph: one CUDA graph replaying the call over enough distinct caches to defeat L2, time per call: what a
+    decode step under CUDA graphs pays per layer.
+A peer on the same card: torch SDPA (flash) on contiguous, unpaged K/V of the same shapes.
+Every timed case is also checked against the torch reference in fp32 (rel err column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+import triton.testing
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine_service.ops import torch_ops  # noqa: E402
+from engine_service.ops import triton_attention as ta  # noqa: E402
+
+# The SDPA peer may use only fused kernels: the math fallback would repeat K/V per query head (GBs).
+FUSED_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+SHAPES = {"llama-1b": (32, 8, 64), "llama-8b": (32, 8, 128)}  # q heads, kv heads, head_dim
+BLOCK_SIZE = 16
+L2_DEFEAT_BYTES = 256 << 20
+SWEEP_SPLITS = [1, 2, 4, 8, 16, 32, 64]
+SWEEP_SHORT = [
+    ta.AttentionTiles(16, 32, 4, 3),
+    ta.AttentionTiles(16, 64, 4, 3),
+    ta.AttentionTiles(16, 128, 4, 3),
+    ta.AttentionTiles(16, 64, 4, 5),
+    ta.AttentionTiles(16, 64, 8, 3),
+    ta.AttentionTiles(16, 128, 8, 5),
+]
+SWEEP_LONG = [
+    ta.AttentionTiles(128, 64, 8, 2),
+    ta.AttentionTiles(128, 64, 8, 3),
+    ta.AttentionTiles(128, 128, 8, 2),
+    ta.AttentionTiles(64, 64, 4, 3),
+]
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a large device-to-device copy (read + write)."""
+    src = torch.randn(1 << 28, device="cuda")  # 1 GiB of fp32
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+class DecodeCase:
+    """One paged decode batch: `copies` disjoint block-table sets over one cache, to rotate through under
+    graph timing so the KV comes from DRAM, not L2."""
+
+    def __init__(self, shape: str, batch: int, context: int, copies: int = 1, q_len: int = 1, extra=()):
+        heads, kv_heads, dim = SHAPES[shape]
+        self.shape, self.batch, self.context, self.heads, self.kv_heads, self.dim = (
+            shape,
+            batch,
+            context,
+            heads,
+            kv_heads,
+            dim,
+        )
+        # (q_len, seq_len) per sequence: `batch` decodes (or q_len-query chunks) plus extra entries.
+        self.pairs = [(q_len, context)] * batch + list(extra)
+        blocks_per_seq = [math.ceil(s / BLOCK_SIZE) for _, s in self.pairs]
+        width = max(blocks_per_seq)
+        num_blocks = sum(blocks_per_seq)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        cache_shape = (num_blocks * copies, BLOCK_SIZE, kv_heads, dim)
+        self.k_cache = torch.randn(cache_shape, generator=g, device="cuda", dtype=torch.bfloat16)
+        self.v_cache = torch.randn(cache_shape, generator=g, device="cuda", dtype=torch.bfloat16)
+        self.block_tables = []
+        for c in range(copies):
+            perm = torch.randperm(num_blocks, generator=g, device="cuda").to(torch.int32) + c * num_blocks
+            table = torch.zeros(len(self.pairs), width, dtype=torch.int32, device="cuda")
+            used = 0
+            for s, n in enumerate(blocks_per_seq):
+                table[s, :n] = perm[used : used + n]
+                used += n
+            self.block_tables.append(table)
+        q_lens = [p[0] for p in self.pairs]
+        self.q = torch.randn(sum(q_lens), heads, dim, generator=g, device="cuda", dtype=torch.bfloat16)
+        self.query_start_loc = torch.tensor([0] + q_lens, device="cuda").cumsum(0).to(torch.int32)
+        self.seq_lens = torch.tensor([p[1] for p in self.pairs], dtype=torch.int32, device="cuda")
+        self.max_query_len = max(q_lens)
+        self.max_seq_len = max(p[1] for p in self.pairs)
+        self.out = torch.empty_like(self.q)
+        self.kv_bytes = sum(s for _, s in self.pairs) * kv_heads * dim * 2 * 2  # K and V, bf16
+        self.scale = dim**-0.5
+
+    def call(self, copy: int = 0, **kwargs) -> torch.Tensor:
+        return ta._paged_attention(
+            self.q,
+            self.k_cache,
+            self.v_cache,
+            self.query_start_loc,
+            self.seq_lens,
+            self.block_tables[copy],
+            self.scale,
+            max_query_len=self.max_query_len,
+            max_seq_len=self.max_seq_len,
+            out=self.out,
+            **kwargs,
+        )
+
+    def rel_err(self, **kwargs) -> float:
+        self.out.fill_(float("nan"))
+        got = self.call(**kwargs).double()
+        ref = torch_ops.paged_attention(
+            self.q.float(),
+            self.k_cache,
+            self.v_cache,
+            self.query_start_loc,
+            self.seq_lens,
+            self.block_tables[0],
+            self.scale,
+        ).double()
+        return float((got - ref).norm() / ref.norm())
+
+    def eager_us(self, **kwargs) -> float:
+        return 1e3 * triton.testing.do_bench(
+            lambda: self.call(**kwargs), warmup=25, rep=100, return_mode="median"
+        )
+
+    def graph_us(self, reps: int = 20, **kwargs) -> float:
+        self.call(**kwargs)  # compile outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for c in range(len(self.block_tables)):
+                self.call(copy=c, **kwargs)
+        graph.replay()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e3 / len(self.block_tables))
+        return sorted(times)[len(times) // 2]
+
+
+def sdpa_us(case: DecodeCase) -> float | None:
+    """torch SDPA (flash) on contiguous K/V of the same shapes: a peer for the decode rows."""
+    try:
+        q = case.q.view(case.batch, 1, case.heads, case.dim).transpose(1, 2)  # [B, Hq, 1, D]
+        k = torch.randn(
+            case.batch, case.kv_heads, case.context, case.dim, device="cuda", dtype=torch.bfloat16
+        )
+        v = torch.randn_like(k)
+        f = torch.nn.functional.scaled_dot_product_attention
+        with sdpa_kernel(FUSED_SDPA):
+            f(q, k, v, enable_gqa=True)
+            ms = triton.testing.do_bench(
+                lambda: f(q, k, v, enable_gqa=True), warmup=25, rep=100, return_mode="median"
+            )
+        return ms * 1e3
+    except Exception as exc:  # an older torch, or no kernel for this shape: report, don't fail the run
+        print(f"  sdpa peer unavailable: {exc}", file=sys.stderr)
+        return None
+
+
+def bench_decode(copy_bw: float, sweep: bool) -> tuple[list[dict], list[dict]]:
+    rows, sweeps = [], []
+    for shape in SHAPES:
+        for batch in (1, 256):
+            for context in (512, 8192):
+                kv_bytes = batch * context * SHAPES[shape][1] * SHAPES[shape][2] * 4
+                copies = max(1, min(256, math.ceil(L2_DEFEAT_BYTES / kv_bytes)))
+                case = DecodeCase(shape, batch, context, copies=copies)
+                splits = ta.choose_num_kv_splits(batch, case.kv_heads, context, ta._num_sms(0))
+                err = case.rel_err()
+                eager, graph = case.eager_us(), case.graph_us()
+                peer = sdpa_us(case)
+                floor_us = case.kv_bytes / copy_bw * 1e6
+                rows.append(
+                    dict(
+                        shape=shape,
+                        batch=batch,
+                        context=context,
+                        num_kv_splits=splits,
+                        kv_bytes=case.kv_bytes,
+                        eager_us=eager,
+                        graph_us=graph,
+                        floor_us=floor_us,
+                        eager_GBps=case.kv_bytes / eager / 1e3,
+                        graph_GBps=case.kv_bytes / graph / 1e3,
+                        graph_frac_of_copy=floor_us / graph,
+                        sdpa_us=peer,
+                        rel_err=err,
+                    )
+                )
+                print(
+                    f"decode {shape} b{batch} ctx{context}: eager {eager:.1f} us, graph {graph:.1f} us, "
+                    f"floor {floor_us:.1f} us, splits {splits}, err {err:.1e}",
+                    file=sys.stderr,
+                )
+                if sweep:
+                    sweeps += sweep_decode(case, copy_bw)
+                del case
+                torch.cuda.empty_cache()
+    return rows, sweeps
+
+
+def sweep_decode(case: DecodeCase, copy_bw: float) -> list[dict]:
+    out = []
+    split_list = SWEEP_SPLITS if case.batch * case.kv_heads < 2 * ta._num_sms(0) else [1, 2]
+    for splits in split_list:
+        if splits > 1 and case.context // splits < 64:
+            continue
+        us = case.graph_us(num_kv_splits=splits)
+        out.append(
+            dict(
+                case=_name(case),
+                knob="num_kv_splits",
+                value=splits,
+                graph_us=us,
+                frac_of_copy=case.kv_bytes / copy_bw * 1e6 / us,
+            )
+        )
+    splits = ta.choose_num_kv_splits(case.batch, case.kv_heads, case.context, ta._num_sms(0))
+    for tiles in SWEEP_SHORT:
+        try:
+            err = case.rel_err(short=tiles, num_kv_splits=splits)
+            us = case.graph_us(short=tiles, num_kv_splits=splits)
+        except Exception as exc:  # e.g. out of shared memory for this shape
+            out.append(dict(case=_name(case), knob="short", value=str(tiles), error=str(exc)[:200]))
+            continue
+        out.append(
+            dict(
+                case=_name(case),
+                knob="short",
+                value=str(tiles),
+                graph_us=us,
+                rel_err=err,
+                frac_of_copy=case.kv_bytes / copy_bw * 1e6 / us,
+            )
+        )
+    return out
+
+
+def _name(case: DecodeCase) -> str:
+    return f"{case.shape} b{case.batch} ctx{case.context}"
+
+
+def bench_prefill(matmul_flops: float, sweep: bool) -> tuple[list[dict], list[dict]]:
+    """One causal prompt per sequence (q_len == seq_len); FLOPs counted for the causal half."""
+    rows, sweeps = [], []
+    for shape in SHAPES:
+        for batch, prompt in ((1, 4096), (8, 1024)):
+            case = DecodeCase(shape, batch, prompt, q_len=prompt)
+            flops = 2 * 2 * batch * case.heads * case.dim * prompt * (prompt + 1) / 2
+            err = case.rel_err()
+            us = case.eager_us()
+            q = case.q.view(batch, prompt, case.heads, case.dim).transpose(1, 2)
+            k = torch.randn(batch, case.kv_heads, prompt, case.dim, device="cuda", dtype=torch.bfloat16)
+            f = torch.nn.functional.scaled_dot_product_attention
+            try:
+                with sdpa_kernel(FUSED_SDPA):
+                    peer = 1e3 * triton.testing.do_bench(
+                        lambda q=q, k=k, f=f: f(q, k, k, is_causal=True, enable_gqa=True),
+                        warmup=25,
+                        rep=100,
+                        return_mode="median",
+                    )
+            except Exception as exc:
+                print(f"  sdpa peer unavailable: {exc}", file=sys.stderr)
+                peer = None
+            rows.append(
+                dict(
+                    shape=shape,
+                    batch=batch,
+                    prompt=prompt,
+                    us=us,
+                    tflops=flops / us / 1e6,
+                    frac_of_matmul=flops / us / 1e6 / (matmul_flops / 1e12),
+                    sdpa_us=peer,
+                    rel_err=err,
+                )
+            )
+            print(
+                f"prefill {shape} b{batch} x{prompt}: {us:.1f} us, {flops / us / 1e6:.0f} TFLOP/s, "
+                f"sdpa {peer}, err {err:.1e}",
+                file=sys.stderr,
+            )
+            if sweep:
+                for tiles in SWEEP_LONG:
+                    try:
+                        t_us = case.eager_us(long=tiles)
+                        sweeps.append(
+                            dict(
+                                case=f"prefill {shape} b{batch} x{prompt}",
+                                knob="long",
+                                value=str(tiles),
+                                us=t_us,
+                                tflops=flops / t_us / 1e6,
+                            )
+                        )
+                    except Exception as exc:
+                        sweeps.append(
+                            dict(
+                                case=f"prefill {shape} b{batch} x{prompt}",
+                                knob="long",
+                                value=str(tiles),
+                                error=str(exc)[:200],
+                            )
+                        )
+            del case, q, k
+            torch.cuda.empty_cache()
+    return rows, sweeps
+
+
+def bench_mixed(copy_bw: float) -> list[dict]:
+    """A chunked-prefill step: 255 decodes at 1k context beside one 1k-token prompt (two launches)."""
+    rows = []
+    for shape in SHAPES:
+        case = DecodeCase(shape, 255, 1024, extra=[(1024, 1024)])
+        err = case.rel_err()
+        us = case.eager_us()
+        decode_only = DecodeCase(shape, 255, 1024)
+        decode_us = decode_only.eager_us()
+        rows.append(
+            dict(
+                shape=shape,
+                us=us,
+                decode_only_us=decode_us,
+                floor_us=case.kv_bytes / copy_bw * 1e6,
+                rel_err=err,
+            )
+        )
+        del case, decode_only
+        torch.cuda.empty_cache()
+    return rows
+
+
+def matmul_rate() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = triton.testing.do_bench(lambda: a @ b, warmup=50, rep=200, return_mode="median")
+    return 2 * 8192**3 / (ms * 1e-3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="where to write the JSON results")
+    parser.add_argument("--sweep", action="store_true", help="also sweep split counts and launch shapes")
+    parser.add_argument("--no-prefill", action="store_true", help="decode rows only")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU")
+
+    started = time.time()
+    copy_bw, mm = copy_bandwidth(), matmul_rate()
+    decode, decode_sweep = bench_decode(copy_bw, args.sweep)
+    prefill, prefill_sweep = ([], []) if args.no_prefill else bench_prefill(mm, args.sweep)
+    mixed = [] if args.no_prefill else bench_mixed(copy_bw)
+    result = dict(
+        device=torch.cuda.get_device_name(),
+        num_sms=ta._num_sms(0),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        copy_GBps=copy_bw / 1e9,
+        matmul_TFLOPs=mm / 1e12,
+        decode=decode,
+        prefill=prefill,
+        mixed=mixed,
+        sweep=decode_sweep + prefill_sweep,
+        wall_s=time.time() - started,
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+    print(
+        f"\n{result['device']}: copy {copy_bw / 1e9:.0f} GB/s, bf16 matmul {mm / 1e12:.0f} TFLOP/s, "
+        f"triton {triton.__version__}"
+    )
+    print(
+        "| shape | batch | ctx | splits | eager us | graph us | floor us | GB/s | of copy | sdpa us | err |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in decode:
+        sdpa = f"{r['sdpa_us']:.1f}" if r["sdpa_us"] else "-"
+        print(
+            f"| {r['shape']} | {r['batch']} | {r['context']} | {r['num_kv_splits']} | {r['eager_us']:.1f} | "
+            f"{r['graph_us']:.1f} | {r['floor_us']:.1f} | {r['graph_GBps']:.0f} | "
+            f"{r['graph_frac_of_copy']:.2f} | "
+            f"{sdpa} | {r['rel_err']:.1e} |"
+        )
+    for r in prefill:
+        sdpa = f"{r['sdpa_us']:.0f}" if r["sdpa_us"] else "-"
+        print(
+            f"prefill {r['shape']} {r['batch']}x{r['prompt']}: {r['us']:.0f} us, {r['tflops']:.0f} TFLOP/s "
+            f"({r['frac_of_matmul']:.2f} of matmul), sdpa {sdpa} us, err {r['rel_err']:.1e}"
+        )
+    for r in mixed:
+        print(
+            f"mixed {r['shape']} 255 decodes@1k + 1x1k prompt: {r['us']:.0f} us (decodes alone "
+            f"{r['decode_only_us']:.0f} us, KV floor {r['floor_us']:.0f} us), err {r['rel_err']:.1e}"
+        )
+    if result["sweep"]:
+        best: dict[str, dict] = {}
+        for r in result["sweep"]:
+            t = r.get("graph_us", r.get("us"))
+            key = f"{r['case']} {r['knob']}"
+            if t is not None and (key not in best or t < best[key].get("graph_us", best[key].get("us"))):
+                best[key] = r
+        for key, r in sorted(best.items()):
+            print(f"best {key}: {r['value']} -> {r.get('graph_us', r.get('us')):.1f} us")
+    print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
