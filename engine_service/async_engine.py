@@ -1,136 +1,34 @@
-"""AsyncEngine: the engine loop in its own thread, and the asyncio side that streams its output.
+"""AsyncEngine: the asyncio side of the engine, over an engine loop running apart (engine_loop.py).
 
-    asyncio thread (gRPC front)                          engine thread (EngineLoop)
-      add_request: validate, register ──▶ inbox ──▶  drain inbox: add_request / abort
-      abort / stop-string aborts        ──▶ inbox      engine.step()  (GPU work; no network)
-      _on_step: detokenize, stop strings ◀── call_soon_threadsafe(updates, stats), once per step
+      add_request: validate, register ──▶ core.submit ──▶  engine loop (thread or process)
+      abort / stop-string aborts        ──▶ core.submit
+      _on_step: detokenize, stop strings ◀── publish(updates, stats), once per loop iteration
       RequestStream.get(): all deltas queued for the request, one merged delta per sample
 
-The Engine is not thread-safe, so only the loop thread touches it; the front talks to it through the
-inbox (a FIFO, so an abort always reaches the engine before a later add with the same request id).
-While idle the loop blocks on the inbox. Every step's updates cross to the event loop in one callback,
-and a stream sends everything queued for it in one message per sample: when the front falls behind,
-messages carry more tokens instead of piling up.
+Every step's updates reach the event loop in one callback, and a stream sends everything queued for it
+in one message per sample: when the front falls behind, messages carry more tokens instead of piling up.
 
-A watchdog fails the engine (every stream ends with INTERNAL, `on_fatal` is called) when the loop
-thread dies or one step runs longer than `step_timeout_s`.
+A watchdog fails the engine (every stream ends with INTERNAL, `on_fatal` is called) when the loop exits
+or dies, or when requests are outstanding and the loop has not finished an iteration for
+`step_timeout_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from engine_service.engine import Engine, EngineStats
+from engine_service.engine import EngineStats
+from engine_service.engine_loop import AbortRequest, AddRequest, ProcessCore, ThreadCore
 from engine_service.errors import EngineDeadError, EngineOverloadedError
 from engine_service.output_processor import OutputProcessor, SampleDelta
 from engine_service.outputs import SequenceUpdate
 from engine_service.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
-
-
-# ---- commands into the loop ----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class _Add:
-    request_id: str
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    cache_salt: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Abort:
-    request_id: str
-    index: int | None = None
-
-
-_STOP = object()
-
-# What the loop hands back after each iteration: updates, a stats snapshot, rejected (request_id, message).
-Publish = Callable[[list[SequenceUpdate], EngineStats, list[tuple[str, str]]], None]
-
-
-class EngineLoop:
-    """Owns the Engine and drives it from one thread."""
-
-    def __init__(self, engine: Engine, publish: Publish, on_exit: Callable[[BaseException | None], None]):
-        self.engine = engine
-        self._publish = publish
-        self._on_exit = on_exit
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.step_started_at: float | None = None  # set while engine.step() runs (read by the watchdog)
-        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, command) -> None:
-        self._inbox.put(command)
-
-    def stop(self) -> None:
-        self._inbox.put(_STOP)
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        error = None
-        try:
-            self._loop()
-        except BaseException as e:  # noqa: BLE001 (whatever kills the loop must reach the watchdog)
-            error = e
-        self._on_exit(error)
-
-    def _loop(self) -> None:
-        engine = self.engine
-        changed = False  # since the last integrity check
-        while True:
-            idle = not engine.has_unfinished()
-            if idle and changed:  # nothing left: every block must be free or cached (cheap when idle)
-                engine.block_manager.check_integrity()
-                changed = False
-            rejected = []
-            for command in self._next_commands(block=idle):
-                if command is _STOP:
-                    return
-                rejected += self._apply(command)
-            changed = True
-            updates = []
-            if engine.has_unfinished():
-                self.step_started_at = time.monotonic()
-                updates = engine.step()
-                self.step_started_at = None
-            self._publish(updates, engine.stats(), rejected)
-
-    def _next_commands(self, block: bool) -> list:
-        commands = [self._inbox.get()] if block else []
-        while True:
-            try:
-                commands.append(self._inbox.get_nowait())
-            except queue.Empty:
-                return commands
-
-    def _apply(self, command) -> list[tuple[str, str]]:
-        if isinstance(command, _Abort):
-            self.engine.abort(command.request_id, command.index)
-            return []
-        try:  # the front validated already; this catches what only the engine can know
-            self.engine.add_request(
-                command.request_id, command.prompt_token_ids, command.params, command.cache_salt
-            )
-        except ValueError as e:
-            return [(command.request_id, str(e))]
-        return []
 
 
 # ---- the asyncio side ------------------------------------------------------------------------------
@@ -197,34 +95,41 @@ class RateMeter:
 
 
 class AsyncEngine:
+    """Streams requests through an engine loop (ThreadCore or ProcessCore). Lives on one event loop."""
+
     def __init__(
         self,
-        engine: Engine,
+        core: ThreadCore | ProcessCore,
+        tokenizer,
         *,
         max_waiting: int,
         step_timeout_s: float,
+        max_logprobs: int = 20,
         on_fatal: Callable[[str], None] = lambda reason: None,
     ):
-        self.model_info = engine.model_info
-        self.tokenizer = engine.tokenizer
-        # Validation reads only what the engine fixed at start-up, so the front may call it.
-        self._validate = engine._validate
+        self.model_info = core.info.model_info
+        self.tokenizer = tokenizer
+        # In a thread, validate with the engine's own checks (they read only what it fixed at start-up).
+        # In a process, check the sampling options here; the loop rejects what only the engine can know.
+        self._validate = core.engine._validate if isinstance(core, ThreadCore) else self._check_params
+        self._max_logprobs = max_logprobs
         self._max_waiting = max_waiting
         self._step_timeout_s = step_timeout_s
         self._on_fatal = on_fatal
-        self._processor = OutputProcessor(engine.tokenizer)
+        self._processor = OutputProcessor(tokenizer)
         self._streams: dict[str, RequestStream] = {}
         self._num_waiting = 0  # streams with no output yet: bounded by max_waiting
-        self.stats: EngineStats = engine.stats()
+        self.stats: EngineStats = core.info.stats
         self.meter = RateMeter()
         self.error: str | None = None
         self._stopping = False
+        self._last_progress = time.monotonic()  # the loop's last iteration, or when work arrived while idle
         self._loop = asyncio.get_running_loop()
-        self._core = EngineLoop(engine, self._publish_threadsafe, self._on_core_exit)
+        self._core = core
         self._watchdog: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._core.start()
+        self._core.start(self._publish_threadsafe, self._on_core_exit)
         self._watchdog = asyncio.create_task(self._watch(), name="engine-watchdog")
 
     # ---- requests ------------------------------------------------------------------------------
@@ -255,16 +160,18 @@ class AsyncEngine:
                 f"the engine has {self._max_waiting} requests waiting (--max-waiting): retry later"
             )
         self._processor.add_request(request_id, prompt_token_ids, params)
+        if not self._streams:  # the loop was idle: it owes an iteration from now on
+            self._last_progress = time.monotonic()
         stream = self._streams[request_id] = RequestStream(request_id)
         self._num_waiting += 1
-        self._core.submit(_Add(request_id, list(prompt_token_ids), params, cache_salt))
+        self._core.submit(AddRequest(request_id, list(prompt_token_ids), params, cache_salt))
         return stream
 
     def abort(self, request_id: str) -> bool:
         """Ends the request's stream now (finish_reason "abort"); the engine frees its blocks next step."""
         if request_id not in self._streams:
             return False
-        self._core.submit(_Abort(request_id))
+        self._core.submit(AbortRequest(request_id))
         self._deliver(self._processor.abort(request_id))
         return True
 
@@ -273,7 +180,7 @@ class AsyncEngine:
             self.abort(request_id)
 
     async def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Aborts what is left and stops the loop thread."""
+        """Aborts what is left and stops the loop."""
         self._stopping = True
         self.abort_all()
         self._core.stop()
@@ -281,7 +188,12 @@ class AsyncEngine:
             self._watchdog.cancel()
         await asyncio.to_thread(self._core.join, timeout_s)
 
-    # ---- from the loop thread ------------------------------------------------------------------
+    def _check_params(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_token_ids:
+            raise ValueError("prompt must contain at least one token")
+        params.validate(self.model_info.vocab_size, self._max_logprobs)
+
+    # ---- from the loop -------------------------------------------------------------------------
     def _publish_threadsafe(self, updates, stats, rejected) -> None:
         try:
             self._loop.call_soon_threadsafe(self._on_step, updates, stats, rejected)
@@ -293,11 +205,12 @@ class AsyncEngine:
     ) -> None:
         if self.error is not None:
             return
+        self._last_progress = time.monotonic()
         self.stats = stats
         self.meter.record(stats.num_generation_tokens)
         deltas, aborts = self._processor.process(updates)
         for request_id, index in aborts:  # stop strings
-            self._core.submit(_Abort(request_id, index))
+            self._core.submit(AbortRequest(request_id, index))
         self._deliver(deltas)
         for request_id, message in rejected:
             self._processor.abort(request_id)
@@ -319,7 +232,7 @@ class AsyncEngine:
 
     def _on_core_exit(self, error: BaseException | None) -> None:
         if error is not None:
-            log.critical("the engine loop died", exc_info=error)
+            log.critical("the engine loop died: %s", error, exc_info=error)
         if not self._stopping:
             reason = (
                 f"the engine loop died: {type(error).__name__}: {error}"
@@ -337,11 +250,9 @@ class AsyncEngine:
         while self.error is None:
             await asyncio.sleep(interval)
             self.meter.record(self.stats.num_generation_tokens)  # keeps the rate falling while idle
-            started = self._core.step_started_at
-            if started is not None and time.monotonic() - started > self._step_timeout_s:
-                self._fail(f"an engine step has run for more than {self._step_timeout_s:g} s (stalled)")
-            elif not self._core.is_alive() and not self._stopping:
-                self._fail("the engine loop thread is gone")
+            silent_s = time.monotonic() - self._last_progress
+            if self._streams and silent_s > self._step_timeout_s:
+                self._fail(f"the engine loop has not finished a step for {silent_s:.1f} s (stalled)")
 
     def _fail(self, reason: str) -> None:
         if self.error is not None or self._stopping:
@@ -349,6 +260,7 @@ class AsyncEngine:
         log.critical("engine failed: %s", reason)
         self.error = reason
         self._core.stop()  # a stalled loop exits once its step returns
+        self._core.kill()  # an engine process is killed at once
         streams, self._streams, self._num_waiting = self._streams, {}, 0
         for stream in streams.values():
             stream.fail(EngineDeadError(f"engine failed: {reason}"))

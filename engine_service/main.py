@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=300.0,
         help="an engine step running longer than this many seconds fails the engine (exit 1)",
     )
+    p.add_argument(
+        "--engine-core",
+        choices=("thread", "process"),
+        default="thread",
+        help="run the engine loop in a thread of this process or in a process of its own",
+    )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--otlp-endpoint", default=None, help="OTLP endpoint for traces (not wired yet)")
     return p.parse_args(argv)
@@ -99,6 +105,7 @@ def build_config(args: argparse.Namespace):
         max_waiting=args.max_waiting,
         shutdown_grace_period_s=args.shutdown_grace_period,
         step_timeout_s=args.step_timeout,
+        engine_core=args.engine_core,
         log_format=args.log_format,
         otlp_endpoint=args.otlp_endpoint,
     )

@@ -21,7 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from engine_service import convert
 from engine_service.async_engine import AsyncEngine
 from engine_service.engine import Engine
-from engine_service.sampling_params import SamplingParams
+from engine_service.engine import _load_tokenizer as load_tokenizer
+from engine_service.engine_loop import ProcessCore, ThreadCore, warm_up
 from engine_service.service_config import EngineServiceConfig
 from engine_service.servicer import EngineServicer, ServingState
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
@@ -63,31 +64,46 @@ class EngineServer:
         return self.port
 
     async def load(self, engine: Engine | None = None) -> None:
-        """Builds the engine (unless given) and warms it up in a worker thread, then serves."""
-        if engine is None:
-            engine = await asyncio.to_thread(Engine, self.config.engine)
-        await asyncio.to_thread(warm_up, engine)
+        """Builds the engine (unless given) and warms it up off the event loop, then serves.
+
+        --engine-core thread: the engine is built here and its loop runs in a thread of this process;
+        process: a spawned process builds it and runs the loop (a given engine always runs in a thread).
+        """
+        config = self.config
+        if engine is None and config.engine_core == "process":
+            core = ProcessCore(config.engine)
+            await asyncio.to_thread(core.load)
+            tokenizer = await asyncio.to_thread(load_tokenizer, config.engine.model)
+        else:
+            if engine is None:
+                engine = await asyncio.to_thread(Engine, config.engine)
+            await asyncio.to_thread(warm_up, engine)
+            core, tokenizer = ThreadCore(engine), engine.tokenizer
         if self.state.draining:  # SIGTERM came while loading
+            core.stop()
             return
         async_engine = AsyncEngine(
-            engine,
-            max_waiting=self.config.max_waiting,
-            step_timeout_s=self.config.step_timeout_s,
+            core,
+            tokenizer,
+            max_waiting=config.max_waiting,
+            step_timeout_s=config.step_timeout_s,
+            max_logprobs=config.engine.max_logprobs,
             on_fatal=self._on_fatal,
         )
         async_engine.start()
-        self.state.token_texts = convert.TokenTexts(engine.tokenizer)
+        self.state.token_texts = convert.TokenTexts(tokenizer)
         self.state.engine = async_engine
         await self._set_health(serving=True)
-        info = engine.model_info
+        info = async_engine.model_info
         log.info(
-            "serving %s (%s, %s on %s, %d KV blocks of %d tokens)",
+            "serving %s (%s, %s on %s, %d KV blocks of %d tokens; engine loop in a %s)",
             info.served_model_name,
             info.architecture,
             info.dtype,
             info.device,
             info.num_kv_blocks,
             info.block_size,
+            "process" if isinstance(core, ProcessCore) else "thread",
         )
 
     async def drain(self) -> None:
@@ -145,12 +161,3 @@ class EngineServer:
         )
         for service in ("", SERVICE_NAME):
             await self._health.set(service, status)
-
-
-def warm_up(engine: Engine) -> None:
-    """One short request through the whole path (prefill, decode, sampling) before health says SERVING."""
-    vocab = engine.model_info.vocab_size
-    prompt = [(7 * i + 11) % vocab for i in range(8)]
-    engine.add_request("warm-up", prompt, SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
-    while engine.has_unfinished():
-        engine.step()

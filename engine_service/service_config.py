@@ -15,6 +15,7 @@ class EngineServiceConfig:
     metrics_port: int = 9100  # 0: no metrics server
     max_waiting: int = 1024  # accepted requests with no output yet; past it, RESOURCE_EXHAUSTED
     shutdown_grace_period_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
+    engine_core: str = "thread"  # thread | process: where the engine loop runs (engine_loop.py)
     step_timeout_s: float = 300.0  # one engine step longer than this means the loop is stuck
     log_format: str = "text"  # text | json
     otlp_endpoint: str | None = None

@@ -17,18 +17,25 @@ from engine_service.service_config import EngineServiceConfig
 from pagoda.engine.v1 import engine_pb2_grpc
 
 
-def tiny_engine(model_dir, **kw) -> Engine:
+def tiny_config(model_dir, **kw) -> EngineConfig:
     defaults = dict(
         device="cpu", dtype="float32", num_kv_blocks=64, max_num_seqs=16, max_num_batched_tokens=512
     )
-    return Engine(EngineConfig(model=str(model_dir), **{**defaults, **kw}))
+    return EngineConfig(model=str(model_dir), **{**defaults, **kw})
+
+
+def tiny_engine(model_dir, **kw) -> Engine:
+    return Engine(tiny_config(model_dir, **kw))
 
 
 class ServerThread:
-    def __init__(self, engine: Engine, **service_kw):
+    """Serves a given Engine (its loop in a thread), or builds one from an EngineConfig (per engine_core)."""
+
+    def __init__(self, engine: Engine | EngineConfig, **service_kw):
         defaults = dict(host="127.0.0.1", port=0, metrics_port=0)
-        self.config = EngineServiceConfig(engine=engine.config, **{**defaults, **service_kw})
-        self.engine = engine
+        config = engine if isinstance(engine, EngineConfig) else engine.config
+        self.config = EngineServiceConfig(engine=config, **{**defaults, **service_kw})
+        self.engine = None if isinstance(engine, EngineConfig) else engine
         self.exit_code: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()

@@ -100,7 +100,8 @@ def test_dead_or_stalled_loop_fails_streams_and_exits_nonzero(tiny_model_dir, sc
         assert s.wait() == 1
 
 
-def test_sigterm_with_a_stream_in_flight(tiny_model_dir, scripts):
+@pytest.mark.parametrize("core", ["thread", "process"])
+def test_sigterm_with_a_stream_in_flight(tiny_model_dir, scripts, core):
     """A real `python -m engine_service`: NOT_SERVING while loading, SERVING, SIGTERM drains, exit 0."""
     proc = subprocess.Popen(
         [
@@ -123,6 +124,8 @@ def test_sigterm_with_a_stream_in_flight(tiny_model_dir, scripts):
             "64",
             "--shutdown-grace-period",
             "30",
+            "--engine-core",
+            core,
         ],
         cwd=REPO,
         stderr=subprocess.PIPE,

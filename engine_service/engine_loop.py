@@ -1,0 +1,244 @@
+"""The engine loop, apart from the gRPC front: in a thread of the same process, or in a process of its own.
+
+    front (asyncio)                                 engine loop (never waits on the network)
+      submit(AddRequest / AbortRequest) ──FIFO──▶   drain commands: engine.add_request / engine.abort
+                                                    engine.step()
+      publish(updates, stats, rejected) ◀───────    once per iteration
+
+The Engine is not thread-safe; only the loop touches it. Commands arrive in order, so an abort always
+reaches the engine before a later add that reuses the request id. With no work the loop blocks on its
+inbox. Each iteration publishes once, even with no new tokens (a chunked prefill), so the front can tell
+a busy loop from a stuck one.
+
+ThreadCore runs the loop in a daemon thread (shares the GIL with the front). ProcessCore runs it in a
+spawned process and exchanges pickled commands and step results over two pipes, so streaming to many
+clients never takes the GIL from the GPU loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from engine_service.config import EngineConfig
+from engine_service.engine import Engine, EngineStats, ModelInfo
+from engine_service.outputs import SequenceUpdate
+from engine_service.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AddRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    cache_salt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AbortRequest:
+    request_id: str
+    index: int | None = None  # None: every sample of the request
+
+
+STOP = "stop"  # the command that ends the loop
+
+# One iteration's result: new tokens, a stats snapshot, rejected (request_id, message) adds.
+Publish = Callable[[list[SequenceUpdate], EngineStats, list[tuple[str, str]]], None]
+OnExit = Callable[[BaseException | None], None]
+
+
+def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) -> None:
+    """Runs until STOP. `receive(block)` returns the pending commands, waiting for one when block is true."""
+    changed = False  # since the last integrity check
+    while True:
+        idle = not engine.has_unfinished()
+        if idle and changed:  # nothing left: every block must be free or cached (cheap while idle)
+            engine.block_manager.check_integrity()
+            changed = False
+        rejected = []
+        for command in receive(idle):
+            if command == STOP:
+                return
+            rejected += _apply(engine, command)
+        changed = True
+        updates = engine.step() if engine.has_unfinished() else []
+        publish(updates, engine.stats(), rejected)
+
+
+def _apply(engine: Engine, command: AddRequest | AbortRequest) -> list[tuple[str, str]]:
+    if isinstance(command, AbortRequest):
+        engine.abort(command.request_id, command.index)
+        return []
+    try:  # a request the engine cannot take is reported back, never raised into the loop
+        engine.add_request(command.request_id, command.prompt_token_ids, command.params, command.cache_salt)
+    except ValueError as e:
+        return [(command.request_id, str(e))]
+    return []
+
+
+def warm_up(engine: Engine) -> None:
+    """One short request through prefill, decode and sampling, before the service says SERVING."""
+    vocab = engine.model_info.vocab_size
+    prompt = [(7 * i + 11) % vocab for i in range(8)]
+    engine.add_request("warm-up", prompt, SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+    while engine.has_unfinished():
+        engine.step()
+
+
+@dataclass(frozen=True)
+class CoreInfo:
+    """What the front needs from the engine once it is up."""
+
+    model_info: ModelInfo
+    stats: EngineStats
+
+
+class ThreadCore:
+    """The loop in a daemon thread of this process, over an already built (and warmed-up) Engine."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.info = CoreInfo(engine.model_info, engine.stats())
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self, publish: Publish, on_exit: OnExit) -> None:
+        def run() -> None:
+            error = None
+            try:
+                run_loop(self.engine, self._receive, publish)
+            except BaseException as e:  # noqa: BLE001 (whatever ends the loop must reach the watchdog)
+                error = e
+            on_exit(error)
+
+        self._thread = threading.Thread(target=run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    def submit(self, command) -> None:
+        self._inbox.put(command)
+
+    def stop(self) -> None:
+        self._inbox.put(STOP)
+
+    def join(self, timeout: float | None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def kill(self) -> None:
+        pass  # a thread cannot be killed; it is a daemon, and the process exits
+
+    def _receive(self, block: bool) -> list:
+        commands = [self._inbox.get()] if block else []
+        while True:
+            try:
+                commands.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return commands
+
+
+class ProcessCore:
+    """The loop in a spawned process: builds the Engine there, warms it up, then serves commands."""
+
+    def __init__(self, config: EngineConfig):
+        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        self._commands_rx, self._commands_tx = ctx.Pipe(duplex=False)
+        self._results_rx, self._results_tx = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(
+            target=_process_main,
+            args=(config, self._commands_rx, self._results_tx),
+            name="engine-core",
+            daemon=True,
+        )
+        self._reader: threading.Thread | None = None
+        self.info: CoreInfo | None = None
+
+    def load(self) -> CoreInfo:
+        """Starts the process and waits (blocking) until its engine is built and warm."""
+        self._process.start()
+        self._commands_rx.close()  # the child's ends: closed here, so EOF is seen when the child dies
+        self._results_tx.close()
+        try:
+            kind, payload = self._results_rx.recv()
+        except EOFError:
+            raise RuntimeError(f"the engine process exited with status {self._process.exitcode}") from None
+        if kind == "error":
+            raise RuntimeError(f"the engine process failed to start: {payload}")
+        self.info = payload
+        return payload
+
+    def start(self, publish: Publish, on_exit: OnExit) -> None:
+        def read() -> None:
+            error: BaseException | None = None
+            try:
+                while True:
+                    kind, payload = self._results_rx.recv()
+                    if kind == "step":
+                        publish(*payload)
+                    else:  # "exit": the loop ended (payload: None or the error's text)
+                        error = RuntimeError(payload) if payload else None
+                        break
+            except (EOFError, OSError):
+                error = RuntimeError(f"the engine process died (exit status {self._process.exitcode})")
+            on_exit(error)
+
+        self._reader = threading.Thread(target=read, name="engine-results", daemon=True)
+        self._reader.start()
+
+    def submit(self, command) -> None:
+        self._commands_tx.send(command)
+
+    def stop(self) -> None:
+        try:
+            self._commands_tx.send(STOP)
+        except OSError:  # the process is gone already
+            pass
+
+    def join(self, timeout: float | None) -> None:
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self.kill()
+        if self._reader is not None:
+            self._reader.join(timeout)
+
+    def kill(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _process_main(config: EngineConfig, commands: Connection, results: Connection) -> None:
+    # The front owns shutdown: it drains on SIGTERM and then sends STOP; Ctrl-C reaches the whole group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        engine = Engine(config)
+        warm_up(engine)
+    except Exception as e:
+        results.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    results.send(("ready", CoreInfo(engine.model_info, engine.stats())))
+
+    def receive(block: bool) -> list:
+        out = [commands.recv()] if block else []
+        while commands.poll():
+            out.append(commands.recv())
+        return out
+
+    def publish(updates, stats, rejected) -> None:
+        results.send(("step", (updates, stats, rejected)))
+
+    try:
+        run_loop(engine, receive, publish)
+    except EOFError:  # the front is gone
+        return
+    except BaseException as e:
+        results.send(("exit", f"{type(e).__name__}: {e}"))
+        raise
+    results.send(("exit", None))
