@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 test-gpu:
-	PYTHONPATH=$(CURDIR) $(GPU_PY) -m pytest -q -m gpu -p no:cacheprovider tests
+	PYTHONPATH=$(CURDIR) $(GPU_PY) -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests
 
 run: $(STAMP)
 	$(VENV)/bin/pagoda serve $(if $(MODEL),--model $(MODEL)) --port $(PORT)

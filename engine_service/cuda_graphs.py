@@ -3,7 +3,7 @@
 A decode step of a small model is mostly launch overhead: dozens of kernels per layer, each a few
 microseconds of work. Capturing the whole forward pass once per batch size turns a step into one replay.
 The graphs read persistent input buffers; a step copies its inputs into them and pads the batch up to the
-next captured size (padding rows write no KV: slot -1; they attend over one key and are discarded).
+next captured size (padding rows are sequences of length 0: they write no KV (slot -1) and attend to nothing).
 
     sizes: 1 2 4 8 16 24 ... max_num_seqs (rounded up to a multiple of 8)
 """
@@ -40,7 +40,7 @@ class DecodeGraphs:
         self.input_ids = torch.zeros(max_bs, dtype=i64, device=device)
         self.positions = torch.zeros(max_bs, dtype=i64, device=device)
         self.slot_mapping = torch.full((max_bs,), -1, dtype=i64, device=device)
-        self.seq_lens = torch.ones(max_bs, dtype=i32, device=device)
+        self.seq_lens = torch.zeros(max_bs, dtype=i32, device=device)
         self.block_tables = torch.zeros(max_bs, max_blocks, dtype=i32, device=device)
         self.query_start_loc = torch.arange(max_bs + 1, dtype=i32, device=device)  # one query per sequence
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -89,9 +89,9 @@ class DecodeGraphs:
         self.slot_mapping[:B].copy_(host[2], non_blocking=True)
         self.seq_lens[:B].copy_(torch.tensor(seq_lens, dtype=torch.int32), non_blocking=True)
         self.block_tables[:B, :width].copy_(table, non_blocking=True)
-        if bs > B:  # padding rows: no KV write, one key to attend to
+        if bs > B:  # padding rows: their own empty sequences, no KV write, zeros out
             self.slot_mapping[B:bs].fill_(-1)
-            self.seq_lens[B:bs].fill_(1)
+            self.seq_lens[B:bs].fill_(0)
         graph, out = self.graphs[bs]
         graph.replay()
         return out[:B]
