@@ -52,6 +52,7 @@ class Engine:
         self.info = engine_pb2.ServerInfo()
         self.num_outstanding = 0  # this router's requests in flight on the engine
         self.ejected = True  # until the first probe succeeds
+        self.ever_ready = False
         self.ejected_until = 0.0
         self.backoff_s = 0.0
         self.probe_failures = 0
@@ -67,8 +68,11 @@ class Engine:
         return self.num_outstanding + self.info.num_waiting + KV_FULL_WEIGHT * self.info.kv_cache_usage
 
     def eject(self, reason: str, max_backoff_s: float) -> None:
-        self.backoff_s = min(max_backoff_s, self.backoff_s * 2 or 1.0)
-        self.ejected_until = time.monotonic() + self.backoff_s
+        # An engine still starting up is probed every interval, so it serves as soon as it is up;
+        # one that served and then failed backs off.
+        if self.ever_ready:
+            self.backoff_s = min(max_backoff_s, self.backoff_s * 2 or 1.0)
+            self.ejected_until = time.monotonic() + self.backoff_s
         if not self.ejected:
             log.warning("engine %s ejected for %.0fs: %s", self.address, self.backoff_s, reason)
         self.ejected = True
@@ -205,6 +209,7 @@ class EngineRegistry:
         if engine.ejected:
             log.info("engine %s ready: model %s", engine.address, engine.card.name)
             engine.ejected = False
+            engine.ever_ready = True
             engine.backoff_s = 0.0
         if engine.ready:
             self._ready_event.set()

@@ -13,8 +13,9 @@ class PrefixAffinity(Policy):
 
     The key is the first `max_blocks` full blocks (fewer when the prompt is shorter): long enough to tell
     apart system prompts that share a chat template's opening, short enough that a conversation keeps
-    its key as it grows turn by turn. A prompt without one full block shares nothing cacheable: it goes
-    to the least loaded engine.
+    its key as it grows turn by turn. Two prompts with different keys share fewer than `max_blocks`
+    leading blocks, so whatever affinity misses costs at most that much prefill. A prompt without one
+    full block shares nothing cacheable: it goes to the least loaded engine.
     """
 
     name = "prefix_affinity"

@@ -122,8 +122,13 @@ class FakeKubeApi:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         if since < self.compacted:
-            gone = {"kind": "Status", "status": "Failure", "reason": "Expired", "code": 410,
-                    "message": f"too old resource version: {since} ({self.compacted})"}  # fmt: skip
+            gone = {
+                "kind": "Status",
+                "status": "Failure",
+                "reason": "Expired",
+                "code": 410,
+                "message": f"too old resource version: {since} ({self.compacted})",
+            }
             await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
             self.gone_sent += 1
             return response

@@ -102,9 +102,15 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
         if s.hang:
             await asyncio.Event().wait()
         return engine_pb2.ModelInfo(
-            served_model_name=s.model, max_model_len=s.max_model_len, block_size=s.block_size,
-            vocab_size=VOCAB, eos_token_ids=[EOS], dtype="float32", device="cpu", max_num_seqs=256,
-        )  # fmt: skip
+            served_model_name=s.model,
+            max_model_len=s.max_model_len,
+            block_size=s.block_size,
+            vocab_size=VOCAB,
+            eos_token_ids=[EOS],
+            dtype="float32",
+            device="cpu",
+            max_num_seqs=256,
+        )
 
     async def GetServerInfo(self, request, context):
         if self.script.hang:

@@ -148,10 +148,16 @@ async def test_sampling_fields_reach_the_engine(stack):
         seed=-1,
         user="alice",
         extra_body={
-            "top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1, "min_tokens": 2, "ignore_eos": True,
-            "stop_token_ids": [9], "skip_special_tokens": False, "max_tokens": 4,
+            "top_k": 40,
+            "min_p": 0.05,
+            "repetition_penalty": 1.1,
+            "min_tokens": 2,
+            "ignore_eos": True,
+            "stop_token_ids": [9],
+            "skip_special_tokens": False,
+            "max_tokens": 4,
         },
-    )  # fmt: skip
+    )
     p = stack.engines[0].requests[-1].sampling_params
     assert p.temperature == pytest.approx(0.5) and p.top_p == pytest.approx(0.9) and p.top_k == 40
     assert p.min_p == pytest.approx(0.05) and p.repetition_penalty == pytest.approx(1.1)
@@ -183,9 +189,13 @@ async def test_completions_prompt_forms_and_indexes(stack):
 
 async def test_completions_stream_multi_prompt_with_echo(stack):
     stream = await stack.client().completions.create(
-        model="scripted", prompt=["ab", "cd"], max_tokens=3, echo=True, stream=True,
+        model="scripted",
+        prompt=["ab", "cd"],
+        max_tokens=3,
+        echo=True,
+        stream=True,
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     texts, finish, usage = {0: "", 1: ""}, {}, None
     async for chunk in stream:
         assert chunk.object == "text_completion"

@@ -100,9 +100,14 @@ async def test_bad_completion_bodies_are_400(stack, body, phrase):
 
 async def test_neutral_values_of_unsupported_fields_are_accepted(stack):
     r = await stack.client().chat.completions.create(
-        model="scripted", messages=MSGS, max_tokens=1, response_format={"type": "text"}, tool_choice="none",
-        store=False, parallel_tool_calls=False,
-    )  # fmt: skip
+        model="scripted",
+        messages=MSGS,
+        max_tokens=1,
+        response_format={"type": "text"},
+        tool_choice="none",
+        store=False,
+        parallel_tool_calls=False,
+    )
     assert r.choices[0].finish_reason == "length"
 
 
