@@ -46,8 +46,15 @@ def test_gpu_chunked_prefill_prefix_hits_and_preemption(tiny_models):
     ps = prompts([40, 33, 57, 21], seed=2)
     shared = [ps[0][:32] + p[:5] for p in ps]
     cpu = tokens(LLM(str(folder), device="cpu", dtype="float32", num_kv_blocks=256), ps + shared)
-    gpu = LLM(str(folder), device="cuda", dtype="float32", num_kv_blocks=24, block_size=16,
-              max_num_batched_tokens=24, max_num_seqs=8)
+    gpu = LLM(
+        str(folder),
+        device="cuda",
+        dtype="float32",
+        num_kv_blocks=12,
+        block_size=16,
+        max_num_batched_tokens=24,
+        max_num_seqs=8,
+    )
     assert tokens(gpu, ps + shared) == cpu
     assert gpu.engine.scheduler.num_preemptions > 0
     assert gpu.engine.block_manager.num_hit_tokens > 0
@@ -58,7 +65,9 @@ def test_bf16_logprobs_close_to_transformers_fp32(tiny_models):
     folder, model = tiny_models["llama"]
     ps = prompts([5, 64, 200], seed=3)
     llm = LLM(str(folder), device="cuda", dtype="bfloat16", num_kv_blocks=128)
-    outs = llm.generate(prompt_token_ids=ps, sampling_params=SamplingParams(max_tokens=1, temperature=0.0, logprobs=5))
+    outs = llm.generate(
+        prompt_token_ids=ps, sampling_params=SamplingParams(max_tokens=1, temperature=0.0, logprobs=5)
+    )
     for p, out in zip(ps, outs, strict=True):
         with torch.no_grad():
             ref = torch.log_softmax(model(torch.tensor([p])).logits[0, -1].float(), -1)
@@ -70,9 +79,22 @@ def test_bf16_logprobs_close_to_transformers_fp32(tiny_models):
 def test_gpu_sampling_options_run(tiny_models):
     folder, _ = tiny_models["llama"]
     llm = LLM(str(folder), device="cuda", dtype="bfloat16", num_kv_blocks=128)
-    params = SamplingParams(n=3, max_tokens=16, temperature=0.8, top_k=20, top_p=0.9, min_p=0.05,
-                            presence_penalty=0.5, frequency_penalty=0.5, repetition_penalty=1.2,
-                            logit_bias={5: 2.0}, seed=11, min_tokens=4, logprobs=3, ignore_eos=True)
+    params = SamplingParams(
+        n=3,
+        max_tokens=16,
+        temperature=0.8,
+        top_k=20,
+        top_p=0.9,
+        min_p=0.05,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        repetition_penalty=1.2,
+        logit_bias={5: 2.0},
+        seed=11,
+        min_tokens=4,
+        logprobs=3,
+        ignore_eos=True,
+    )
     a = llm.generate(prompt_token_ids=[[3, 4, 5]], sampling_params=params)[0]
     b = llm.generate(prompt_token_ids=[[3, 4, 5], [7, 8]], sampling_params=params)[0]
     assert [o.token_ids for o in a.outputs] == [o.token_ids for o in b.outputs]  # seeded: batch-independent
