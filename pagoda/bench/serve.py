@@ -1,0 +1,331 @@
+"""`pagoda bench serve`: an online benchmark against any OpenAI-compatible server (ours or another).
+
+    pagoda bench serve --url http://127.0.0.1:8000 --num-prompts 500 --input-len 512 --output-len 128 \\
+        --request-rate 20            # Poisson arrivals; or --max-concurrency 64 (or both)
+
+Every request streams (`stream_options.include_usage`, so token counts are the server's own), which gives
+time to first token (TTFT), the gaps between streamed chunks (ITL), time per output token after the first
+(TPOT) and end-to-end latency per request. Prompts are random token ids (`/v1/completions`, fixed or
+random lengths), random words (`--endpoint chat`), or a JSONL file with one `{"prompt": ...}` or
+`{"messages": [...]}` object a line (optionally `"max_tokens"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from pagoda.bench.report import percentiles_ms
+
+_WORDS = """time person year way day thing man world life hand part child eye woman place work week case point
+company number group problem fact water room mother area money story month lot right study book job word
+business issue side kind head house service friend father power hour game line""".split()
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    url: str
+    model: str | None = None
+    endpoint: str = "completions"  # or "chat"
+    num_prompts: int = 200
+    input_len: int = 256
+    output_len: int = 128
+    range_ratio: float = 0.0  # lengths uniform in len * [1 - r, 1 + r]
+    dataset: str | None = None
+    request_rate: float = math.inf  # requests per second (Poisson); inf: all at once
+    max_concurrency: int | None = None
+    temperature: float = 1.0
+    ignore_eos: bool = True
+    seed: int = 0
+    # Random prompt token ids: inside any real vocabulary and clear of the special tokens at its start.
+    token_range: tuple[int, int] = (1000, 5000)
+    api_key: str | None = None
+    timeout_s: float = 600.0
+    progress: bool = True
+
+
+@dataclass
+class Request:
+    prompt: str | list[int] | None  # completions
+    messages: list[dict] | None  # chat
+    max_tokens: int
+
+
+@dataclass
+class Outcome:
+    ok: bool = False
+    error: str | None = None
+    ttft_s: float | None = None
+    e2e_s: float = 0.0
+    itl_s: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+
+
+def build_requests(config: BenchConfig) -> list[Request]:
+    rng = np.random.default_rng(config.seed)
+    if config.dataset:
+        return _dataset_requests(config)
+
+    def lengths(mean: int) -> list[int]:
+        lo, hi = max(1, int(mean * (1 - config.range_ratio))), max(1, int(mean * (1 + config.range_ratio)))
+        return [int(x) for x in rng.integers(lo, hi + 1, config.num_prompts)]
+
+    out = []
+    for n_in, n_out in zip(lengths(config.input_len), lengths(config.output_len), strict=True):
+        if config.endpoint == "chat":
+            text = " ".join(rng.choice(_WORDS, n_in))
+            out.append(Request(None, [{"role": "user", "content": text}], n_out))
+        else:
+            out.append(Request([int(t) for t in rng.integers(*config.token_range, n_in)], None, n_out))
+    return out
+
+
+def _dataset_requests(config: BenchConfig) -> list[Request]:
+    out = []
+    for line in Path(config.dataset).read_text().splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        max_tokens = int(item.get("max_tokens", config.output_len))
+        out.append(Request(item.get("prompt"), item.get("messages"), max_tokens))
+        if len(out) == config.num_prompts:
+            break
+    if not out:
+        raise SystemExit(f"pagoda bench serve: no prompts in {config.dataset}")
+    return out
+
+
+def _body(config: BenchConfig, model: str, r: Request) -> tuple[str, dict]:
+    body = {
+        "model": model,
+        "max_tokens": r.max_tokens,
+        "temperature": config.temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if config.ignore_eos:
+        body["ignore_eos"] = True
+    if r.messages is not None:
+        return "/v1/chat/completions", {**body, "messages": r.messages}
+    return "/v1/completions", {**body, "prompt": r.prompt}
+
+
+async def send(session: aiohttp.ClientSession, config: BenchConfig, model: str, r: Request) -> Outcome:
+    path, body = _body(config, model, r)
+    out = Outcome()
+    start = last = time.perf_counter()
+    try:
+        async with session.post(config.url.rstrip("/") + path, json=body) as resp:
+            if resp.status != 200:
+                out.error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+                return out
+            async for line in resp.content:
+                if not line.startswith(b"data: "):
+                    continue
+                payload = line[6:].strip()
+                if payload == b"[DONE]":
+                    break
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    out.error = f"stream error: {chunk['error'].get('message')}"
+                    return out
+                if chunk.get("usage"):
+                    out.prompt_tokens = chunk["usage"]["prompt_tokens"]
+                    out.output_tokens = chunk["usage"]["completion_tokens"]
+                if any(_text(c) for c in chunk.get("choices") or ()):
+                    now = time.perf_counter()
+                    if out.ttft_s is None:
+                        out.ttft_s = now - start
+                    else:
+                        out.itl_s.append(now - last)
+                    last = now
+    except (aiohttp.ClientError, TimeoutError) as err:
+        out.error = f"{type(err).__name__}: {err}"
+        return out
+    out.e2e_s = time.perf_counter() - start
+    out.ok = out.ttft_s is not None
+    if not out.ok:
+        out.error = "no tokens streamed"
+    return out
+
+
+def _text(choice: dict) -> str:
+    return choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+
+
+class Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.started = time.perf_counter()
+
+    def step(self) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 30
+        filled = width * self.done // self.total
+        elapsed = time.perf_counter() - self.started
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:6.1f}s"
+        )
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+async def discover_model(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.get(url.rstrip("/") + "/v1/models") as resp:
+        resp.raise_for_status()
+        return (await resp.json())["data"][0]["id"]
+
+
+async def run(config: BenchConfig, requests: list[Request] | None = None) -> dict:
+    """Sends the workload and returns the report (see `summarize`)."""
+    requests = requests if requests is not None else build_requests(config)
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
+        model = config.model or await discover_model(session, config.url)
+        gate = asyncio.Semaphore(config.max_concurrency or len(requests))
+        progress = Progress(len(requests), config.progress and sys.stderr.isatty())
+        rng = np.random.default_rng(config.seed + 1)
+
+        async def one(r: Request) -> Outcome:
+            async with gate:
+                outcome = await send(session, config, model, r)
+            progress.step()
+            return outcome
+
+        tasks = []
+        start = time.perf_counter()
+        for r in requests:
+            tasks.append(asyncio.create_task(one(r)))
+            if math.isfinite(config.request_rate):
+                await asyncio.sleep(rng.exponential(1.0 / config.request_rate))
+        outcomes = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - start
+    return summarize(config, model, outcomes, duration)
+
+
+def summarize(config: BenchConfig, model: str, outcomes: list[Outcome], duration_s: float) -> dict:
+    ok = [o for o in outcomes if o.ok]
+    out_tokens = sum(o.output_tokens for o in ok)
+    in_tokens = sum(o.prompt_tokens for o in ok)
+    tpot = [(o.e2e_s - o.ttft_s) / (o.output_tokens - 1) for o in ok if o.output_tokens > 1]
+    errors = [o.error for o in outcomes if not o.ok]
+    return {
+        "kind": "serve",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {
+            k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(config).items()
+        },
+        "model": model,
+        "num_requests": len(outcomes),
+        "completed": len(ok),
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:3],
+        "duration_s": round(duration_s, 3),
+        "request_throughput": round(len(ok) / duration_s, 3),
+        "input_tokens": in_tokens,
+        "output_tokens": out_tokens,
+        "output_tok_s": round(out_tokens / duration_s, 1),
+        "total_tok_s": round((in_tokens + out_tokens) / duration_s, 1),
+        "ttft_ms": percentiles_ms([o.ttft_s for o in ok]),
+        "itl_ms": percentiles_ms([gap for o in ok for gap in o.itl_s]),
+        "tpot_ms": percentiles_ms(tpot),
+        "e2e_ms": percentiles_ms([o.e2e_s for o in ok]),
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"model {report['model']}: {report['completed']}/{report['num_requests']} requests in "
+        f"{report['duration_s']:.2f} s, {report['errors']} errors",
+        f"  requests/s {report['request_throughput']:.2f}   output tok/s {report['output_tok_s']:,.0f}   "
+        f"total tok/s {report['total_tok_s']:,.0f}",
+        f"  {'ms':<6}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}",
+    ]
+    for name in ("ttft", "itl", "tpot", "e2e"):
+        p = report[f"{name}_ms"]
+        if p:
+            lines.append(f"  {name:<6}" + "".join(f"{p[k]:>10.2f}" for k in ("p50", "p90", "p99", "mean")))
+    lines += [f"  error: {e}" for e in report["error_examples"]]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="pagoda bench serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL (without /v1)")
+    p.add_argument("--model", default=None, help="default: the first of /v1/models")
+    p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    p.add_argument("--num-prompts", type=int, default=200)
+    p.add_argument("--input-len", type=int, default=256)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--range-ratio", type=float, default=0.0, help="random lengths in len * [1-r, 1+r]")
+    p.add_argument("--dataset", help="JSONL file of prompts instead of random ones")
+    p.add_argument("--request-rate", type=float, default=math.inf, help="requests/s, Poisson (default: inf)")
+    p.add_argument("--max-concurrency", type=int, default=None, help="most requests in flight")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false", help="stop at EOS")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--token-range", default="1000,5000", help="LO,HI: random prompt token ids in [LO, HI)")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--json", help="write the report to this file")
+    p.add_argument("--results-dir", help="append the report to DIR/results.jsonl")
+    a = p.parse_args(argv)
+    if (
+        not 0 <= a.range_ratio < 1
+        or a.num_prompts < 1
+        or (a.max_concurrency is not None and a.max_concurrency < 1)
+    ):
+        p.error("--range-ratio must be in [0, 1); --num-prompts and --max-concurrency at least 1")
+    config = BenchConfig(
+        url=a.url,
+        model=a.model,
+        endpoint=a.endpoint,
+        num_prompts=a.num_prompts,
+        input_len=a.input_len,
+        output_len=a.output_len,
+        range_ratio=a.range_ratio,
+        dataset=a.dataset,
+        request_rate=a.request_rate,
+        max_concurrency=a.max_concurrency,
+        temperature=a.temperature,
+        ignore_eos=a.ignore_eos,
+        seed=a.seed,
+        token_range=tuple(int(x) for x in a.token_range.split(",")),
+        api_key=a.api_key,
+        timeout_s=a.timeout,
+        progress=a.progress,
+    )
+    return config, a
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, args = parse_args(argv)
+    try:
+        report = asyncio.run(run(config))
+    except aiohttp.ClientError as err:
+        print(f"pagoda bench serve: cannot reach {config.url}: {err}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.results_dir:
+        with open(Path(args.results_dir) / "results.jsonl", "a") as f:
+            f.write(json.dumps(report) + "\n")
+    return 0 if report["completed"] else 1
