@@ -33,21 +33,32 @@ log = logging.getLogger(__name__)
 
 # ---- the asyncio side ------------------------------------------------------------------------------
 class RequestStream:
-    """What the engine produced for one request and its consumer has not taken yet."""
+    """What the engine produced for one request and its consumer has not taken yet.
 
-    def __init__(self, request_id: str):
+    The consumer is woken for the first output, for every finish, and otherwise once `stream_interval`
+    tokens are waiting (1: every step). A larger interval sends fewer, bigger messages: less host work
+    per token for the front, at the cost of smoothness (as vLLM's --stream-interval).
+    """
+
+    def __init__(self, request_id: str, stream_interval: int = 1):
         self.request_id = request_id
         self.started = False  # a first token (or any output) arrived
         self.finished = False  # the request's last delta (with usage) was queued
+        self._interval = stream_interval
+        self._held = 0  # tokens queued since the consumer was last woken
         self._deltas: list[SampleDelta] = []
         self._error: BaseException | None = None
         self._ready = asyncio.Event()
 
     def put(self, delta: SampleDelta) -> None:
+        first = not self.started
         self._deltas.append(delta)
         self.started = True
         self.finished = delta.usage is not None
-        self._ready.set()
+        self._held += len(delta.token_ids)
+        if first or delta.finish_reason is not None or self._held >= self._interval:
+            self._held = 0
+            self._ready.set()
 
     def fail(self, error: BaseException) -> None:
         self._error = error
@@ -87,11 +98,21 @@ class RateMeter:
             self._samples.popleft()
 
     def rate(self, now: float | None = None) -> float:
+        """Tokens since the newest sample at or before the window's start, per second since that sample.
+
+        The owner records at least every second (the watchdog does), so that sample is about
+        window_s old.
+        """
         now = time.monotonic() if now is None else now
-        if len(self._samples) < 2:
+        if not self._samples:
             return 0.0
-        (t0, n0), (_, n1) = self._samples[0], self._samples[-1]
-        return (n1 - n0) / (now - t0) if now > t0 else 0.0
+        base = self._samples[0]
+        for sample in self._samples:
+            if sample[0] > now - self.window_s:
+                break
+            base = sample
+        elapsed = now - base[0]
+        return (self._samples[-1][1] - base[1]) / elapsed if elapsed > 0 else 0.0
 
 
 class AsyncEngine:
@@ -105,6 +126,7 @@ class AsyncEngine:
         max_waiting: int,
         step_timeout_s: float,
         max_logprobs: int = 20,
+        stream_interval: int = 1,
         on_fatal: Callable[[str], None] = lambda reason: None,
     ):
         self.model_info = core.info.model_info
@@ -114,6 +136,7 @@ class AsyncEngine:
         self._validate = core.engine._validate if isinstance(core, ThreadCore) else self._check_params
         self._max_logprobs = max_logprobs
         self._max_waiting = max_waiting
+        self._stream_interval = stream_interval
         self._step_timeout_s = step_timeout_s
         self._on_fatal = on_fatal
         self._processor = OutputProcessor(tokenizer)
@@ -162,7 +185,7 @@ class AsyncEngine:
         self._processor.add_request(request_id, prompt_token_ids, params)
         if not self._streams:  # the loop was idle: it owes an iteration from now on
             self._last_progress = time.monotonic()
-        stream = self._streams[request_id] = RequestStream(request_id)
+        stream = self._streams[request_id] = RequestStream(request_id, self._stream_interval)
         self._num_waiting += 1
         self._core.submit(AddRequest(request_id, list(prompt_token_ids), params, cache_salt))
         return stream

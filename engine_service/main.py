@@ -65,10 +65,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an engine step running longer than this many seconds fails the engine (exit 1)",
     )
     p.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="tokens a stream collects before a message is sent (the first token and finishes go at once)",
+    )
+    p.add_argument(
         "--engine-core",
-        choices=("thread", "process"),
-        default="thread",
-        help="run the engine loop in a thread of this process or in a process of its own",
+        choices=("process", "thread"),
+        default="process",
+        help="run the engine loop in a process of its own (default: streaming never takes the GIL from "
+        "the GPU loop) or in a thread of the gRPC process",
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--otlp-endpoint", default=None, help="OTLP endpoint for traces (not wired yet)")
@@ -106,6 +113,7 @@ def build_config(args: argparse.Namespace):
         shutdown_grace_period_s=args.shutdown_grace_period,
         step_timeout_s=args.step_timeout,
         engine_core=args.engine_core,
+        stream_interval=args.stream_interval,
         log_format=args.log_format,
         otlp_endpoint=args.otlp_endpoint,
     )

@@ -88,6 +88,7 @@ class EngineServer:
             max_waiting=config.max_waiting,
             step_timeout_s=config.step_timeout_s,
             max_logprobs=config.engine.max_logprobs,
+            stream_interval=config.stream_interval,
             on_fatal=self._on_fatal,
         )
         async_engine.start()

@@ -15,7 +15,8 @@ class EngineServiceConfig:
     metrics_port: int = 9100  # 0: no metrics server
     max_waiting: int = 1024  # accepted requests with no output yet; past it, RESOURCE_EXHAUSTED
     shutdown_grace_period_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
-    engine_core: str = "thread"  # thread | process: where the engine loop runs (engine_loop.py)
+    stream_interval: int = 1  # tokens a stream collects before it is sent (first token and finishes: at once)
+    engine_core: str = "process"  # process | thread: where the engine loop runs (engine_loop.py)
     step_timeout_s: float = 300.0  # one engine step longer than this means the loop is stuck
     log_format: str = "text"  # text | json
     otlp_endpoint: str | None = None
@@ -29,6 +30,7 @@ class EngineServiceConfig:
                 self.shutdown_grace_period_s >= 0,
                 f"shutdown_grace_period must be >= 0, got {self.shutdown_grace_period_s}",
             ),
+            (self.stream_interval >= 1, f"stream_interval must be >= 1, got {self.stream_interval}"),
             (self.step_timeout_s > 0, f"step_timeout must be > 0, got {self.step_timeout_s}"),
             (
                 self.log_format in ("text", "json"),

@@ -1,0 +1,439 @@
+"""`pagoda bench grpc`: the offline throughput workload, driven through the engine gRPC service.
+
+    pagoda bench grpc --shape llama-1b --concurrency 256 --engine-core thread --engine-core process
+
+Takes every flag of `pagoda bench throughput` (shape, workload, batch limits; peers are ignored), plus
+the ones below. For each --engine-core it starts `python -m engine_service` on random weights with the
+same settings as the offline run, waits for health SERVING, sends an untimed warm-up, then streams the
+whole workload over --concurrency concurrent Generate calls (token-id prompts, EOS ignored) and stops
+the server with SIGTERM. Then, unless --no-offline, it runs the offline `LLM.generate` on the same
+workload in this process (pagoda.bench.throughput.run_pagoda). The figure of merit is the ratio of
+generated tokens per second, gRPC / offline. One JSON object per engine core goes to results.jsonl
+and one row to the gRPC table of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pagoda.bench import report, shapes, throughput, workloads
+from pagoda.bench.peers import REPO_ROOT
+
+GRPC_BEGIN, GRPC_END = "<!-- grpc-results:begin -->", "<!-- grpc-results:end -->"
+COLUMNS = [
+    "date",
+    "card",
+    "commit",
+    "shape",
+    "workload",
+    "core",
+    "streams",
+    "gRPC out tok/s",
+    "offline out tok/s",
+    "ratio",
+    "TTFT p50",
+    "TPOT p50",
+    "msgs/s",
+    "tok/msg",
+]
+GRPC_TABLE = f"""{GRPC_BEGIN}
+## Streaming through the engine gRPC service (`pagoda bench grpc`)
+
+The same workloads, sent as concurrent `Generate` streams to `python -m engine_service` on the same card;
+**ratio** = gRPC out tok/s / offline out tok/s (offline: `LLM.generate` in the same call). **core**: the
+engine loop in a thread of the gRPC process or in a process of its own. **tok/msg**: generated tokens per
+streamed message (the front batches every token a request produced since its last message).
+
+| {" | ".join(COLUMNS)} |
+|{"---|" * len(COLUMNS)}
+{GRPC_END}
+"""
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, throughput.BenchConfig]:
+    p = argparse.ArgumentParser(
+        prog="pagoda bench grpc",
+        description="The offline throughput workload through the engine gRPC service (plus every flag of "
+        "`pagoda bench throughput`).",
+    )
+    p.add_argument("--concurrency", type=int, default=256, help="concurrent Generate streams")
+    p.add_argument(
+        "--engine-core",
+        action="append",
+        choices=("thread", "process"),
+        default=[],
+        help="where the engine loop runs (repeatable; default: process)",
+    )
+    p.add_argument("--channels", type=int, default=8, help="client connections the streams are spread over")
+    p.add_argument("--stream-interval", type=int, default=1, help="the engine's --stream-interval")
+    p.add_argument("--no-offline", action="store_true", help="skip the offline run (no ratio)")
+    p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for the server to be SERVING")
+    args, rest = p.parse_known_args(argv)
+    if args.concurrency < 1 or args.channels < 1:
+        p.error("--concurrency and --channels must be at least 1")
+    args.engine_core = list(dict.fromkeys(args.engine_core or ["process"]))
+    if not any(a.startswith("--decode-batch-sizes") for a in rest):
+        rest += ["--decode-batch-sizes", ""]  # the offline run's decode-step probe is not what we compare
+    return args, throughput.build_config(throughput.parse_args(rest))
+
+
+# ---- the server --------------------------------------------------------------------------------------------
+
+
+def server_command(config: throughput.BenchConfig, core: str, stream_interval: int) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine_service",
+        "--model",
+        config.model_dir,
+        "--load-format",
+        "dummy",
+        "--served-model-name",
+        config.shape,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--device",
+        config.device,
+        "--dtype",
+        config.dtype,
+        "--max-model-len",
+        str(config.max_model_len),
+        "--max-num-seqs",
+        str(config.max_num_seqs),
+        "--max-num-batched-tokens",
+        str(config.max_num_batched_tokens),
+        "--gpu-memory-utilization",
+        str(config.gpu_memory_utilization),
+        "--seed",
+        str(config.workload.seed),
+        "--tensor-parallel-size",
+        str(config.tensor_parallel_size),
+        "--engine-core",
+        core,
+        "--stream-interval",
+        str(stream_interval),
+        "--max-waiting",
+        str(max(1024, config.workload.num_prompts)),
+    ]
+    if not config.prefix_caching:
+        cmd.append("--no-prefix-caching")
+    if config.enforce_eager:
+        cmd.append("--enforce-eager")
+    return cmd
+
+
+class EngineProcess:
+    """`python -m engine_service` in a subprocess; its log goes to our stderr once the port is read."""
+
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+        self.port = self._read_port()
+
+    def _read_port(self) -> int:
+        for line in self.proc.stderr:
+            sys.stderr.write(line)
+            match = re.search(r"listening on [\d.]+:(\d+)", line)
+            if match:
+                import threading
+
+                threading.Thread(target=self._pump, daemon=True).start()
+                return int(match.group(1))
+        raise RuntimeError(f"the engine exited with status {self.proc.wait()} before listening")
+
+    def _pump(self) -> None:
+        for line in self.proc.stderr:
+            sys.stderr.write(line)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+# ---- the client --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamStats:
+    sent: float
+    first: float | None = None
+    last: float | None = None
+    num_tokens: int = 0
+    num_messages: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def wait_serving(address: str, timeout: float) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the engine at {address} was not SERVING within {timeout:.0f} s")
+            await asyncio.sleep(0.5)
+
+
+async def drive(
+    address: str, requests: list[workloads.Request], temperature: float, concurrency: int, channels: int
+) -> tuple[float, list[StreamStats]]:
+    """Streams every request (at most `concurrency` at once); returns the wall time and per-request stats."""
+    import grpc
+
+    from pagoda.engine.v1 import engine_pb2 as pb
+    from pagoda.engine.v1 import engine_pb2_grpc
+
+    # Separate connections: one HTTP/2 connection serializes all its streams on one client I/O path.
+    chans = [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(channels)
+    ]
+    stubs = [engine_pb2_grpc.EngineServiceStub(c) for c in chans]
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int, r: workloads.Request) -> StreamStats:
+        req = pb.GenerateRequest(
+            request_id=f"bench-{i}",
+            prompt_token_ids=pb.TokenIds(ids=r.prompt_token_ids),
+            sampling_params=pb.SamplingParams(
+                max_tokens=r.max_tokens, temperature=temperature, ignore_eos=True
+            ),
+        )
+        async with gate:
+            s = StreamStats(sent=time.perf_counter())
+            try:
+                async for msg in stubs[i % channels].Generate(req):
+                    now = time.perf_counter()
+                    if msg.token_ids and s.first is None:
+                        s.first = now
+                    s.last = now
+                    s.num_tokens += len(msg.token_ids)
+                    s.num_messages += 1
+            except grpc.aio.AioRpcError as e:
+                s.errors.append(f"{e.code().name}: {e.details()}")
+            return s
+
+    try:
+        t0 = time.perf_counter()
+        stats = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+        elapsed = time.perf_counter() - t0
+    finally:
+        for c in chans:
+            await c.close()
+    return elapsed, list(stats)
+
+
+def grpc_result(
+    core: str,
+    config: throughput.BenchConfig,
+    args: argparse.Namespace,
+    requests,
+    elapsed: float,
+    stats: list[StreamStats],
+    startup_s: float,
+) -> dict[str, Any]:
+    errors = [e for s in stats for e in s.errors]
+    incomplete = sum(s.num_tokens != r.max_tokens for s, r in zip(stats, requests, strict=True))
+    ttft = [s.first - s.sent for s in stats if s.first is not None]
+    tpot = [
+        (s.last - s.first) / (s.num_tokens - 1) for s in stats if s.first is not None and s.num_tokens > 1
+    ]
+    num_messages = sum(s.num_messages for s in stats)
+    num_tokens = sum(s.num_tokens for s in stats)
+    return report.engine_result(
+        engine=f"pagoda-grpc-{core}",
+        startup_s=startup_s,
+        elapsed_s=elapsed,
+        num_prompts=len(requests),
+        num_prompt_tokens=sum(len(r.prompt_token_ids) for r in requests),
+        num_output_tokens=num_tokens,
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        ttft_s=ttft,
+        tpot_s=tpot,
+        engine_core=core,
+        stream_interval=args.stream_interval,
+        concurrency=args.concurrency,
+        channels=args.channels,
+        num_messages=num_messages,
+        messages_per_s=round(num_messages / elapsed, 1),
+        tokens_per_message=round(num_tokens / max(num_messages, 1), 2),
+        num_incomplete=incomplete,
+        num_errors=len(errors),
+        first_errors=errors[:5],
+    )
+
+
+def run_grpc(
+    core: str, config: throughput.BenchConfig, args: argparse.Namespace, requests, vocab_size: int
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    server = EngineProcess(server_command(config, core, args.stream_interval))
+    address = f"127.0.0.1:{server.port}"
+    try:
+        asyncio.run(wait_serving(address, args.start_timeout))
+        startup_s = time.perf_counter() - t0
+        spec = config.workload
+        warm = [
+            workloads.Request(p, min(16, spec.output_len))
+            for p in workloads.warmup_prompts(8, spec.input_len, vocab_size)
+        ]
+        asyncio.run(drive(address, warm, config.temperature, args.concurrency, args.channels))
+        elapsed, stats = asyncio.run(
+            drive(address, requests, config.temperature, args.concurrency, args.channels)
+        )
+    finally:
+        status = server.stop()
+    result = grpc_result(core, config, args, requests, elapsed, stats, startup_s)
+    result["server_exit_status"] = status
+    return result
+
+
+# ---- results -----------------------------------------------------------------------------------------------
+
+
+def build_record(
+    config: throughput.BenchConfig,
+    args: argparse.Namespace,
+    grpc: dict[str, Any],
+    offline: dict[str, Any] | None,
+) -> dict[str, Any]:
+    ratio = None
+    if offline and "error" not in offline and "error" not in grpc:
+        ratio = round(grpc["out_tok_s"] / offline["out_tok_s"], 4)
+    return {
+        "bench": "grpc",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "card": throughput.card_name(config.device),
+        "commit": config.commit,
+        "shape": config.shape,
+        "workload": config.workload.to_dict(),
+        "prefix_caching": config.prefix_caching,
+        "engine_core": grpc.get("engine_core"),
+        "concurrency": args.concurrency,
+        "out_tok_s": grpc.get("out_tok_s"),
+        "offline_out_tok_s": offline.get("out_tok_s") if offline else None,
+        "ratio": ratio,
+        "grpc": grpc,
+        "offline": offline,
+    }
+
+
+def markdown_row(record: dict[str, Any]) -> str:
+    g = record["grpc"]
+
+    def fmt(value, digits=0):
+        return "–" if value is None else f"{value:,.{digits}f}"
+
+    cells = [
+        record["date"][:10],
+        record["card"],
+        record["commit"][:8],
+        record["shape"],
+        report.workload_label(record["workload"], record["prefix_caching"]),
+        (record["engine_core"] or "–")
+        + (f", interval {g['stream_interval']}" if g.get("stream_interval", 1) > 1 else ""),
+        str(record["concurrency"]),
+        "error" if "error" in g else fmt(record["out_tok_s"]),
+        fmt(record["offline_out_tok_s"]),
+        fmt(record["ratio"], 3),
+        fmt((g.get("ttft_ms") or {}).get("p50"), 1),
+        fmt((g.get("tpot_ms") or {}).get("p50"), 2),
+        fmt(g.get("messages_per_s")),
+        fmt(g.get("tokens_per_message"), 2),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def append_results(record: dict[str, Any], results_dir: str | Path) -> None:
+    """One line to results.jsonl; one row to the gRPC table of RESULTS.md (created before the offline table,
+    which `pagoda bench throughput` appends to at the end of the file)."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / "results.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    table = results_dir / "RESULTS.md"
+    text = table.read_text() if table.exists() else report.RESULTS_HEADER + report.TABLE_HEAD
+    if GRPC_END not in text:
+        head = text.find(report.TABLE_HEAD.splitlines()[0])
+        head = len(text) if head < 0 else head
+        text = (
+            text[:head] + GRPC_TABLE + "\n## Offline throughput (`pagoda bench throughput`)\n\n" + text[head:]
+        )
+    end = text.index(GRPC_END)
+    table.write_text(text[:end] + markdown_row(record) + "\n" + text[end:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = parse_args(list(sys.argv[1:] if argv is None else argv))
+    model_config = shapes.shape_config(config.shape)
+    vocab_size = model_config["vocab_size"]
+    shapes.write_model_dir(config.shape, config.model_dir)
+    requests = workloads.build(config.workload, vocab_size)
+    results = {}
+    for core in args.engine_core:
+        print(
+            f"[bench] gRPC, engine loop in a {core}: {len(requests)} prompts, {args.concurrency} streams",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            results[core] = run_grpc(core, config, args, requests, vocab_size)
+        except Exception as e:  # recorded: the other core and the offline figure still count
+            results[core] = {"error": f"{type(e).__name__}: {e}", "engine_core": core}
+    offline = None
+    if not args.no_offline:
+        print(f"[bench] offline LLM.generate: {len(requests)} prompts", file=sys.stderr, flush=True)
+        try:
+            offline = throughput.run_pagoda(config, requests, vocab_size)
+        except Exception as e:
+            offline = {"error": f"{type(e).__name__}: {e}"}
+    failed = False
+    for core, grpc_res in results.items():
+        record = build_record(config, args, grpc_res, offline)
+        if config.results_dir:
+            append_results(record, config.results_dir)
+        if config.out_json:
+            Path(config.out_json).with_suffix(f".{core}.json").write_text(json.dumps(record, indent=2) + "\n")
+        failed |= (
+            "error" in grpc_res or grpc_res.get("num_incomplete", 0) > 0 or grpc_res.get("num_errors", 0) > 0
+        )
+        print(
+            f"\ngRPC ({core}): {grpc_res.get('out_tok_s', 'error')} out tok/s; offline: "
+            f"{record['offline_out_tok_s']}; ratio {record['ratio']}; "
+            f"{grpc_res.get('tokens_per_message')} tok/msg; incomplete {grpc_res.get('num_incomplete')}; "
+            f"errors {grpc_res.get('num_errors', grpc_res.get('error'))}"
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""`pagoda bench grpc` on CPU: 64 concurrent streams on the tiny shape all complete; the figure is recorded."""
+
+from __future__ import annotations
+
+import json
+
+from pagoda.bench import grpc_throughput, report
+
+
+def test_64_streams_on_cpu_complete_and_are_recorded(tmp_path):
+    argv = [
+        "--shape",
+        "tiny",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--num-prompts",
+        "64",
+        "--input-len",
+        "32",
+        "--output-len",
+        "16",
+        "--concurrency",
+        "64",
+        "--results-dir",
+        str(tmp_path),
+        "--model-dir",
+        str(tmp_path / "tiny"),
+        "--commit",
+        "test",
+    ]
+    assert grpc_throughput.main(argv) == 0
+    (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    g = record["grpc"]
+    assert (record["bench"], record["engine_core"], record["concurrency"]) == ("grpc", "process", 64)
+    assert (g["num_incomplete"], g["num_errors"], g["num_output_tokens"]) == (0, 0, 64 * 16)
+    assert g["server_exit_status"] == 0
+    assert record["offline_out_tok_s"] > 0 and record["ratio"] == round(
+        g["out_tok_s"] / record["offline_out_tok_s"], 4
+    )
+    assert "| tiny | fixed 64×32/16 | process | 64 |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_grpc_rows_go_to_their_own_table(tmp_path):
+    offline_row = "| 2026-01-01 | cpu | abc | tiny | fixed 1×1/1 | offline-row |\n"
+    (tmp_path / "RESULTS.md").write_text(report.RESULTS_HEADER + report.TABLE_HEAD + offline_row)
+    record = {
+        "date": "2026-11-27T00:00:00",
+        "card": "cpu",
+        "commit": "c0ffee",
+        "shape": "tiny",
+        "workload": {"name": "fixed", "num_prompts": 2, "input_len": 3, "output_len": 4},
+        "prefix_caching": True,
+        "engine_core": "thread",
+        "concurrency": 2,
+        "out_tok_s": 10.0,
+        "offline_out_tok_s": 20.0,
+        "ratio": 0.5,
+        "grpc": {"stream_interval": 1},
+    }
+    grpc_throughput.append_results(record, tmp_path)
+    grpc_throughput.append_results(record, tmp_path)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert (
+        text.count("| 2026-11-27 | cpu | c0ffee | tiny | fixed 2×3/4 | thread | 2 | 10 | 20 | 0.500 |") == 2
+    )
+    assert text.index("c0ffee") < text.index(grpc_throughput.GRPC_END) < text.index(report.TABLE_HEAD)
+    assert text.endswith(offline_row)  # `pagoda bench throughput` keeps appending its rows at the end
