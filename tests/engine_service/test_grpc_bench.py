@@ -1,4 +1,4 @@
-"""`pagoda bench grpc` on CPU: 64 concurrent streams on the tiny shape all complete; the figure is recorded."""
+"""`pagoda bench grpc` on CPU: 64 concurrent streams on a tiny model all complete; the figure is recorded."""
 
 from __future__ import annotations
 
