@@ -158,6 +158,10 @@ class ProcessCore:
             daemon=True,
         )
         self._reader: threading.Thread | None = None
+        # Commands go through a sender thread: a burst of adds larger than the pipe's buffer must not block
+        # the event loop while the engine is busy with a step. Each send carries every queued command.
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name="engine-commands", daemon=True)
         self.info: CoreInfo | None = None
 
     def load(self) -> CoreInfo:
@@ -172,6 +176,7 @@ class ProcessCore:
         if kind == "error":
             raise RuntimeError(f"the engine process failed to start: {payload}")
         self.info = payload
+        self._sender.start()
         return payload
 
     def start(self, publish: Publish, on_exit: OnExit) -> None:
@@ -193,13 +198,25 @@ class ProcessCore:
         self._reader.start()
 
     def submit(self, command) -> None:
-        self._commands_tx.send(command)
+        self._outbox.put(command)
 
     def stop(self) -> None:
-        try:
-            self._commands_tx.send(STOP)
-        except OSError:  # the process is gone already
-            pass
+        self._outbox.put(STOP)
+
+    def _send_loop(self) -> None:
+        while True:
+            batch = [self._outbox.get()]
+            while True:
+                try:
+                    batch.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._commands_tx.send(batch)
+            except OSError:  # the process is gone: the reader reports it
+                return
+            if STOP in batch:
+                return
 
     def join(self, timeout: float | None) -> None:
         self._process.join(timeout)
@@ -225,10 +242,10 @@ def _process_main(config: EngineConfig, commands: Connection, results: Connectio
         return
     results.send(("ready", CoreInfo(engine.model_info, engine.stats())))
 
-    def receive(block: bool) -> list:
-        out = [commands.recv()] if block else []
+    def receive(block: bool) -> list:  # the front sends lists of commands
+        out = list(commands.recv()) if block else []
         while commands.poll():
-            out.append(commands.recv())
+            out.extend(commands.recv())
         return out
 
     def publish(updates, stats, rejected) -> None:
