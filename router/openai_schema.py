@@ -223,7 +223,7 @@ def _message(m: object, where: str) -> Message:
     if unknown:
         raise bad_request(f"'{where}' has an unrecognized field: {sorted(unknown)[0]}", "messages")
     role = m.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise bad_request(f"'{where}.role' must be one of {sorted(_ROLES)}, got {role!r}.", "messages")
     for field in ("tool_calls", "function_call", "audio"):
         if m.get(field):

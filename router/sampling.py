@@ -14,6 +14,7 @@ MAX_N = 128
 MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 64
 _U64 = (1 << 64) - 1
+_U32, _I32 = (1 << 32) - 1, (1 << 31) - 1  # the proto's field widths
 
 SAMPLING_FIELDS = frozenset(
     {
@@ -113,12 +114,12 @@ class Sampling:
 
 def parse_sampling(body: dict, *, max_tokens: int | None, logprobs: int | None) -> Sampling:
     """Reads the shared fields; `max_tokens` and `logprobs` differ per endpoint and come in parsed."""
-    min_tokens = opt_int(body, "min_tokens", lo=0) or 0
+    min_tokens = opt_int(body, "min_tokens", lo=0, hi=_U32) or 0
     if max_tokens is not None and min_tokens > max_tokens:
         raise bad_request(
             f"'min_tokens' ({min_tokens}) must not exceed max_tokens ({max_tokens}).", "min_tokens"
         )
-    top_k = opt_int(body, "top_k", lo=-1)
+    top_k = opt_int(body, "top_k", lo=-1, hi=_I32)
     stop = body.get("stop")
     stop_token_ids = body.get("stop_token_ids")
     if stop_token_ids is not None and not isinstance(stop_token_ids, list):
@@ -138,7 +139,7 @@ def parse_sampling(body: dict, *, max_tokens: int | None, logprobs: int | None) 
         seed=opt_int(body, "seed", lo=-(1 << 63), hi=_U64),
         ignore_eos=opt_bool(body, "ignore_eos"),
         stop=() if stop is None else str_list(stop, "stop", max_items=MAX_STOP_STRINGS),
-        stop_token_ids=tuple(as_int(t, "stop_token_ids", lo=0) for t in stop_token_ids or ()),
+        stop_token_ids=tuple(as_int(t, "stop_token_ids", lo=0, hi=_U32) for t in stop_token_ids or ()),
         include_stop_str_in_output=opt_bool(body, "include_stop_str_in_output"),
         skip_special_tokens=opt_bool(body, "skip_special_tokens", default=True),
         logprobs=logprobs,

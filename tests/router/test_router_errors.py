@@ -208,3 +208,117 @@ async def test_api_keys(make_stack, tmp_path):
     assert ok, "the new key from the file was never accepted"
     with pytest.raises(openai.AuthenticationError):
         await stack.client(api_key="file-key-1").models.list()
+
+
+NASTY = [None, True, False, -1, 0, 2**70, -(2**70), 1e308, -1e-308, "x", "", [], [1], ["a"], {}, {"a": 1}]
+CHAT_FIELDS = [
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "user",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "min_tokens",
+    "ignore_eos",
+    "stop_token_ids",
+    "skip_special_tokens",
+    "include_stop_str_in_output",
+    "chat_template_kwargs",
+    "add_generation_prompt",
+    "continue_final_message",
+    "chat_template",
+    "cache_salt",
+    "tools",
+    "response_format",
+    "tool_choice",
+    "parallel_tool_calls",
+    "store",
+    "metadata",
+    "service_tier",
+]
+COMPLETION_FIELDS = [
+    "prompt",
+    "echo",
+    "logprobs",
+    "best_of",
+    "suffix",
+    "max_tokens",
+    "n",
+    "seed",
+    "min_tokens",
+    "stop_token_ids",
+    "logit_bias",
+    "top_k",
+]
+
+
+async def test_no_field_value_gives_a_500(stack):
+    """Every known field set to every kind of wrong value: a 200 or a 4xx in OpenAI's format, never a 500."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        for path, fields, base in (
+            ("/v1/chat/completions", CHAT_FIELDS, {"model": "scripted", "messages": MSGS, "max_tokens": 2}),
+            ("/v1/completions", COMPLETION_FIELDS, {"model": "scripted", "prompt": "x", "max_tokens": 2}),
+        ):
+            for field in fields:
+                for value in NASTY:
+                    async with session.post(stack.url + path, json={**base, field: value}) as r:
+                        body = await r.read()
+                        assert r.status == 200 or (400 <= r.status < 500 and b'"error"' in body), (
+                            field,
+                            value,
+                            body,
+                        )
+        bodies = []
+        for v in NASTY:
+            bodies += [
+                ("/v1/chat/completions", {"model": "scripted", "messages": [{"role": "user", "content": v}]}),
+                ("/v1/chat/completions", {"model": "scripted", "messages": [{"role": v, "content": "x"}]}),
+                (
+                    "/v1/chat/completions",
+                    {"model": "scripted", "messages": [{"role": "user", "content": [v]}]},
+                ),
+                (
+                    "/v1/chat/completions",
+                    {"model": "scripted", "messages": [{"role": "user", "content": "x", "name": v}]},
+                ),
+                ("/v1/chat/completions", {"model": "scripted", "messages": [v]}),
+                ("/v1/completions", {"model": "scripted", "prompt": [[v]], "max_tokens": 1}),
+                ("/v1/completions", {"model": "scripted", "prompt": [v], "max_tokens": 1}),
+                ("/v1/completions", {"model": v, "prompt": "x"}),
+                (
+                    "/v1/completions",
+                    {"model": "scripted", "prompt": "x", "stream": True, "stream_options": v},
+                ),
+                ("/tokenize", {"model": "scripted", "prompt": v}),
+                ("/tokenize", {"model": "scripted", "messages": v}),
+                ("/detokenize", {"model": "scripted", "tokens": v}),
+                ("/detokenize", {"model": "scripted", "tokens": [v]}),
+            ]
+        for path, body in bodies:
+            async with session.post(stack.url + path, json=body) as r:
+                data = await r.read()
+                assert r.status == 200 or (400 <= r.status < 500 and b'"error"' in data), (path, body, data)
+    # Special floats that JSON parsers accept.
+    for raw in (
+        b'{"model": "scripted", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+        b'{"model": "scripted", "prompt": "x", "top_p": Infinity}',
+    ):
+        path = "/v1/chat/completions" if b"messages" in raw else "/v1/completions"
+        status, err, _ = await stack.post(path, data=raw, headers={"Content-Type": "application/json"})
+        assert status == 400 and "a number" in err["error"]["message"]

@@ -197,3 +197,17 @@ async def test_ejected_engine_comes_back(make_stack):
         await stack.client().chat.completions.create(model="scripted", messages=MSGS, max_tokens=1)
     engine_counts.update(len(e.requests) for e in stack.engines)
     assert all(len(e.requests) == 2 for e in stack.engines)
+
+
+async def test_session_policy_follows_the_header(make_stack):
+    stack = await make_stack([Script(), Script(), Script()], policy="session")
+    homes = []
+    for session in ("alice", "bob", "carol", "dave", "erin", "frank"):
+        client = stack.client(default_headers={"X-Session-Id": session})
+        before = [len(e.requests) for e in stack.engines]
+        for _ in range(3):
+            await client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=1)
+        gained = [len(e.requests) - b for e, b in zip(stack.engines, before, strict=True)]
+        assert sorted(gained) == [0, 0, 3], gained  # every turn of a session on one engine
+        homes.append(gained.index(3))
+    assert len(set(homes)) > 1  # sessions spread over the engines
