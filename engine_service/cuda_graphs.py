@@ -37,11 +37,21 @@ class DecodeGraphs:
         self.max_model_len = max_model_len
         max_bs, max_blocks = self.sizes[-1], -(-max_model_len // block_size)
         i32, i64 = torch.int32, torch.int64
-        self.input_ids = torch.zeros(max_bs, dtype=i64, device=device)
-        self.positions = torch.zeros(max_bs, dtype=i64, device=device)
-        self.slot_mapping = torch.full((max_bs,), -1, dtype=i64, device=device)
-        self.seq_lens = torch.zeros(max_bs, dtype=i32, device=device)
+        # One int64 device buffer holds every per-step input, so a step is one host-to-device copy from one
+        # pinned staging buffer: rows 0..3 are input ids, positions, KV slots, seq lens; then the block table.
+        self.max_blocks = max_blocks
+        self._device = torch.zeros(4 * max_bs + max_bs * max_blocks, dtype=i64, device=device)
+        # Pinned, so the copy is truly asynchronous. Reusing it each step is safe: the step ends with a host
+        # sync (the sampled tokens), which orders the next step's writes after this step's copy.
+        self._staging = torch.zeros_like(self._device, device="cpu")
+        if device.type == "cuda":
+            self._staging = self._staging.pin_memory()
+        self.input_ids = self._device[:max_bs]
+        self.positions = self._device[max_bs : 2 * max_bs]
+        self.slot_mapping = self._device[2 * max_bs : 3 * max_bs]
+        self._seq_lens64 = self._device[3 * max_bs : 4 * max_bs]
         self.block_tables = torch.zeros(max_bs, max_blocks, dtype=i32, device=device)
+        self.seq_lens = torch.zeros(max_bs, dtype=i32, device=device)
         self.query_start_loc = torch.arange(max_bs + 1, dtype=i32, device=device)  # one query per sequence
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
@@ -62,18 +72,22 @@ class DecodeGraphs:
     @torch.inference_mode()
     def capture(self) -> None:
         start = time.perf_counter()
-        pool = torch.cuda.graph_pool_handle()
+        pool = torch.cuda.graph_pool_handle() if torch.cuda.is_available() else None
         for bs in reversed(self.sizes):  # largest first, so the smaller graphs reuse its memory pool
-            args = (self.input_ids[:bs], self.positions[:bs], self.kv_caches, self._meta(bs))
-            self.model(*args)  # warm-up: compiles the kernels for this shape outside the capture
+            self.graphs[bs] = self._capture_one(bs, pool)
+        if torch.cuda.is_available():
             torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                out = self.model(*args)
-            self.graphs[bs] = (graph, out)
-        torch.cuda.synchronize()
         log.info("captured %d decode CUDA graphs (batch 1..%d) in %.1f s", len(self.sizes), self.sizes[-1],
                  time.perf_counter() - start)
+
+    def _capture_one(self, bs: int, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        args = (self.input_ids[:bs], self.positions[:bs], self.kv_caches, self._meta(bs))
+        self.model(*args)  # warm-up: compiles the kernels for this shape outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = self.model(*args)
+        return graph, out
 
     def run(
         self, input_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
@@ -81,17 +95,20 @@ class DecodeGraphs:
     ) -> torch.Tensor:  # [B, hidden]
         B = len(input_ids)
         bs = self.sizes[bisect.bisect_left(self.sizes, B)]
+        max_bs, pad = self.sizes[-1], bs - B
         width = max(len(t) for t in block_tables)
-        table = torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32)
-        host = torch.tensor([input_ids, positions, slots], dtype=torch.int64)
-        self.input_ids[:B].copy_(host[0], non_blocking=True)
-        self.positions[:B].copy_(host[1], non_blocking=True)
-        self.slot_mapping[:B].copy_(host[2], non_blocking=True)
-        self.seq_lens[:B].copy_(torch.tensor(seq_lens, dtype=torch.int32), non_blocking=True)
-        self.block_tables[:B, :width].copy_(table, non_blocking=True)
-        if bs > B:  # padding rows: their own empty sequences, no KV write, zeros out
-            self.slot_mapping[B:bs].fill_(-1)
-            self.seq_lens[B:bs].fill_(0)
+        # Padding rows are sequences of length 0: no KV write (slot -1), nothing to attend to.
+        rows = [input_ids + [0] * pad, positions + [0] * pad, slots + [-1] * pad, seq_lens + [0] * pad]
+        staging = self._staging
+        for i, row in enumerate(rows):
+            staging[i * max_bs : i * max_bs + bs] = torch.tensor(row, dtype=torch.int64)
+        flat = [b for t in block_tables for b in (t + [0] * (width - len(t)))]
+        table_start = 4 * max_bs
+        staging[table_start : table_start + B * width] = torch.tensor(flat, dtype=torch.int64)
+        self._device[: table_start + B * width].copy_(staging[: table_start + B * width], non_blocking=True)
+        # int64 -> int32 views the kernels read (block table rows are `width` wide here, max_blocks there)
+        self.seq_lens[:bs].copy_(self._seq_lens64[:bs])
+        self.block_tables[:B, :width].copy_(self._device[table_start : table_start + B * width].view(B, width))
         graph, out = self.graphs[bs]
         graph.replay()
         return out[:B]
