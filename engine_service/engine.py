@@ -135,7 +135,9 @@ class Engine:
         finished = set(self.scheduler.update_from_output(out, sampled))
         now = time.monotonic()
         self.num_prompt_tokens += sum(
-            max(0, min(s.start + s.num_new_tokens, s.seq.num_prompt_tokens) - s.start) for s in out.scheduled
+            min(s.start + s.num_new_tokens, s.seq.num_prompt_tokens) - s.start
+            for s in out.scheduled
+            if s.start < s.seq.num_prompt_tokens
         )
         self.num_generation_tokens += len(sampling)
         updates = []

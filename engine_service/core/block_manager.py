@@ -77,6 +77,9 @@ class BlockManager:
         return hits
 
     def can_allocate(self, seq: Sequence, num_new_tokens: int, computed_blocks: Seq[int] = ()) -> bool:
+        if not computed_blocks:  # the common case (a running sequence): is there room for its new tokens?
+            need = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size)
+            return need - len(self._tables.get(seq.seq_id, ())) <= len(self._lru)
         have = len(self._tables.get(seq.seq_id, ())) + len(computed_blocks)
         num_computed = seq.num_computed_tokens + len(computed_blocks) * self.block_size
         need = self.blocks_for(num_computed + num_new_tokens) - have
@@ -102,8 +105,9 @@ class BlockManager:
         num_tokens = seq.num_computed_tokens + num_new_tokens
         while len(table) < self.blocks_for(num_tokens):
             table.append(self._pop_free())
-        if self.enable_prefix_caching:
-            self._register_full_blocks(seq, num_tokens // self.block_size)
+        num_full = num_tokens // self.block_size
+        if self.enable_prefix_caching and num_full > len(self._keys.get(seq.seq_id, ())):
+            self._register_full_blocks(seq, num_full)
 
     def record_lookup(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:
         self.num_query_tokens += num_prompt_tokens
