@@ -11,7 +11,8 @@ produced since its last send) and `pagoda router` in front of it. This process i
   - TTFT: `--ttft-requests` sequential requests, each timed to its first token, once straight to the engine
     over gRPC and once through the router over HTTP; the overhead is the difference of the medians.
 
-The figures go to benchmarks/results.jsonl and a row of the router table in benchmarks/RESULTS.md.
+The figures go to benchmarks/results.jsonl and a row of the router table in benchmarks/RESULTS.md
+(router_results.py).
 Targets (issue 5): >= 20,000 streamed tokens/s across 256 streams, <= 2 ms added to median TTFT.
 """
 
@@ -34,37 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
+import router_results  # noqa: E402
 
 from pagoda.bench import serve as bench  # noqa: E402
 from pagoda.engine.v1 import engine_pb2 as pb  # noqa: E402
 from pagoda.engine.v1 import engine_pb2_grpc  # noqa: E402
-
-ROUTER_BEGIN, ROUTER_END = "<!-- router-results:begin -->", "<!-- router-results:end -->"
-COLUMNS = [
-    "date",
-    "machine",
-    "commit",
-    "engine",
-    "streams",
-    "tok/msg",
-    "tok/s",
-    "TTFT direct p50",
-    "TTFT router p50",
-    "added ms",
-]
-ROUTER_TABLE = f"""{ROUTER_BEGIN}
-## Router overhead (`benchmarks/router_overhead.py`)
-
-One router process between the client and an engine that streams as fast as gRPC lets it. **tok/s**:
-generated tokens per second through the router over `streams` concurrent streaming requests; **TTFT**:
-median time to first token of sequential requests, straight to the engine over gRPC and through the
-router over HTTP; **added ms** = their difference. Client, router and engine share the machine's cores.
-
-| {" | ".join(COLUMNS)} |
-|{"---|" * len(COLUMNS)}
-{ROUTER_END}
-"""
-
 
 # -- the fake engine (runs in its own process) ------------------------------------------------------------
 
@@ -124,9 +99,7 @@ def free_port() -> int:
 
 
 def spawn(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL)
 
 
 async def wait_ready(url: str, timeout_s: float = 60) -> None:
@@ -192,47 +165,6 @@ async def measure(args: argparse.Namespace, url: str, engine: str) -> dict:
     }
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
-def markdown_row(record: dict) -> str:
-    r = record["result"]
-    cells = [
-        record["date"][:10],
-        record["machine"],
-        record["commit"][:8],
-        record["engine"],
-        str(record["streams"]),
-        str(record["tokens_per_message"]),
-        f"{r['tok_s']:,.0f}",
-        f"{r['ttft_direct_p50_ms']:.2f}",
-        f"{r['ttft_router_p50_ms']:.2f}",
-        f"{r['ttft_added_ms']:.2f}",
-    ]
-    return "| " + " | ".join(cells) + " |"
-
-
-def record_results(record: dict, results_dir: Path) -> None:
-    """One line to results.jsonl; one row to the router table of RESULTS.md, which sits before the offline
-    table (`pagoda bench throughput` appends its rows at the end of the file)."""
-    with open(results_dir / "results.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    table = results_dir / "RESULTS.md"
-    text = table.read_text()
-    if ROUTER_END not in text:
-        grpc_section, offline_head = text.find("<!-- grpc-results:begin -->"), text.find("\n| date | card |")
-        at = grpc_section if grpc_section >= 0 else offline_head + 1 if offline_head >= 0 else len(text)
-        text = text[:at] + ROUTER_TABLE + "\n" + text[at:]
-    end = text.index(ROUTER_END)
-    table.write_text(text[:end] + markdown_row(record) + "\n" + text[end:])
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=256)
@@ -283,19 +215,31 @@ def main() -> int:
     load = result.pop("load")
     print(bench.format_report(load))
     print(json.dumps(result, indent=2))
-    record = {
+    entry = {
         "kind": "router_overhead",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores (CPU, no GPU)",
-        "commit": git_commit(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, CPU only",
+        "commit": router_results.git_commit(),
         "engine": "fake (gRPC, canned tokens)",
         "streams": args.streams,
         "tokens_per_message": args.tokens_per_message,
         "output_len": args.output_len,
         "result": {**result, "load_report": load},
     }
+    row = [
+        entry["date"][:10],
+        entry["machine"],
+        entry["commit"][:8],
+        f"fake engine, {args.tokens_per_message} tok/msg",
+        str(args.streams),
+        router_results.fmt(result["tok_s"]),
+        "–",
+        "–",
+        router_results.fmt(result["ttft_router_p50_ms"], 2),
+        router_results.fmt(result["ttft_added_ms"], 2),
+    ]
     if args.results_dir:
-        record_results(record, Path(args.results_dir))
+        router_results.record(entry, row, Path(args.results_dir))
     ok = result["tok_s"] >= 20_000 and result["ttft_added_ms"] <= 2.0 and not result["errors"]
     print("targets (>= 20,000 tok/s, <= 2 ms TTFT added):", "met" if ok else "NOT met")
     return 0

@@ -89,7 +89,7 @@ async def _stream(request: web.Request, req: ChatRequest, gen: Generation) -> we
         try:
             async for i, msg in gen.messages():
                 out = b""
-                if msg.text or msg.logprobs:
+                if msg.token_ids or msg.text:  # a message can carry tokens whose text is held back
                     lp = dumps({"content": chat_logprobs(msg.logprobs)}) if req.logprobs else "null"
                     out = chunks.choice(_delta(i, f'"content":{json_str(msg.text)}', lp))
                 if msg.finish_reason:

@@ -120,7 +120,7 @@ async def _stream(
         try:
             async for i, msg in gen.messages():
                 out = b""
-                if msg.text or msg.logprobs:
+                if msg.token_ids or msg.text:  # a message can carry tokens whose text is held back
                     lp = "null"
                     if logprobs:
                         logprobs[i].add(msg.logprobs)

@@ -143,7 +143,7 @@ async def send(session: aiohttp.ClientSession, config: BenchConfig, model: str, 
                 if chunk.get("usage"):
                     out.prompt_tokens = chunk["usage"]["prompt_tokens"]
                     out.output_tokens = chunk["usage"]["completion_tokens"]
-                if any(_text(c) for c in chunk.get("choices") or ()):
+                if any(_carries_tokens(c) for c in chunk.get("choices") or ()):
                     now = time.perf_counter()
                     if out.ttft_s is None:
                         out.ttft_s = now - start
@@ -160,8 +160,13 @@ async def send(session: aiohttp.ClientSession, config: BenchConfig, model: str, 
     return out
 
 
-def _text(choice: dict) -> str:
-    return choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+def _carries_tokens(choice: dict) -> bool:
+    """A chunk of generated text: not chat's opening role chunk and not a finish chunk. Its text may be
+    empty (a model folder without a tokenizer streams token ids and no text)."""
+    if choice.get("finish_reason"):
+        return bool(choice.get("text") or (choice.get("delta") or {}).get("content"))
+    delta = choice.get("delta")
+    return "text" in choice if delta is None else "content" in delta and "role" not in delta
 
 
 class Progress:

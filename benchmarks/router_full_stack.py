@@ -1,0 +1,142 @@
+"""The full stack on one GPU: offline throughput workloads sent through `pagoda router` to `pagoda engine`.
+
+    python benchmarks/router_full_stack.py --shape llama-1b --num-prompts 1000 [--concurrency 256]
+
+Takes the flags of `pagoda bench grpc` (shape, workload, batch limits, --concurrency, --stream-interval,
+--engine-core). Starts the engine service on random weights with the offline run's settings and a router
+in front of it, streams the workload as concurrent /v1/completions requests with token-id prompts (so the
+tokenizer service is not on this path; the model folder of a shape has no tokenizer, and the engine
+streams token ids without text), then runs the offline `LLM.generate` on the same workload in this
+process. The figure of merit is the ratio of generated tokens per second, via router / offline (issue 5:
+at least 0.9 for llama-1b). Results: benchmarks/results.jsonl and the router table of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import router_results  # noqa: E402
+
+from pagoda.bench import grpc_throughput, shapes, throughput, workloads  # noqa: E402
+from pagoda.bench import serve as bench  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def via_router(config, args, requests: list[workloads.Request], vocab_size: int) -> dict:
+    """Engine + router up, warm-up, then the timed workload through the router; both stopped after."""
+    engine = grpc_throughput.EngineProcess(
+        grpc_throughput.server_command(config, args.engine_core[0], args.stream_interval)
+    )
+    router_port = free_port()
+    router = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pagoda.cli",
+            "router",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(router_port),
+            "--engine",
+            f"127.0.0.1:{engine.port}",
+            "--tokenizer",
+            "127.0.0.1:1",
+        ],
+        cwd=REPO,
+    )
+    url = f"http://127.0.0.1:{router_port}"
+    try:
+        asyncio.run(grpc_throughput.wait_serving(f"127.0.0.1:{engine.port}", args.start_timeout))
+        client = bench.BenchConfig(
+            url=url,
+            model=config.shape,
+            max_concurrency=args.concurrency,
+            temperature=config.temperature,
+            ignore_eos=True,
+            progress=False,
+        )
+        deadline = time.monotonic() + 60
+        while asyncio.run(bench.run(client, [bench.Request([1, 2, 3], None, 2)]))["completed"] != 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the router did not serve within 60 s")
+            time.sleep(0.5)
+        spec = config.workload
+        warm = [
+            bench.Request(p, None, min(16, spec.output_len))
+            for p in workloads.warmup_prompts(8, spec.input_len, vocab_size)
+        ]
+        asyncio.run(bench.run(client, warm))
+        return asyncio.run(
+            bench.run(client, [bench.Request(r.prompt_token_ids, None, r.max_tokens) for r in requests])
+        )
+    finally:
+        router.terminate()
+        router.wait(30)
+        engine.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = grpc_throughput.parse_args(list(sys.argv[1:] if argv is None else argv))
+    vocab_size = shapes.shape_config(config.shape)["vocab_size"]
+    shapes.write_model_dir(config.shape, config.model_dir)
+    requests = workloads.build(config.workload, vocab_size)
+    print(f"[bench] through the router: {len(requests)} prompts, {args.concurrency} streams", file=sys.stderr)
+    routed = via_router(config, args, requests, vocab_size)
+    print(bench.format_report(routed))
+    print(f"[bench] offline LLM.generate: {len(requests)} prompts", file=sys.stderr)
+    offline = throughput.run_pagoda(config, requests, vocab_size)
+    ratio = round(routed["output_tok_s"] / offline["out_tok_s"], 4) if offline.get("out_tok_s") else None
+    card = throughput.card_name(config.device)
+    entry = {
+        "kind": "router_full_stack",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "card": card,
+        "commit": config.commit,
+        "shape": config.shape,
+        "workload": config.workload.to_dict(),
+        "concurrency": args.concurrency,
+        "stream_interval": args.stream_interval,
+        "out_tok_s": routed["output_tok_s"],
+        "offline_out_tok_s": offline.get("out_tok_s"),
+        "ratio": ratio,
+        "router": routed,
+        "offline": offline,
+    }
+    row = [
+        entry["date"][:10],
+        card,
+        config.commit[:8],
+        f"{config.shape} full stack, {len(requests)} prompts",
+        str(args.concurrency),
+        router_results.fmt(routed["output_tok_s"]),
+        router_results.fmt(offline.get("out_tok_s")),
+        router_results.fmt(ratio, 3),
+        router_results.fmt((routed["ttft_ms"] or {}).get("p50"), 1),
+        "–",
+    ]
+    if config.results_dir:
+        router_results.record(entry, row, Path(config.results_dir))
+    print(
+        f"via router {routed['output_tok_s']:,.0f} tok/s, offline {offline.get('out_tok_s')}, ratio {ratio}, "
+        f"errors {routed['errors']}"
+    )
+    return 0 if routed["errors"] == 0 and ratio is not None and ratio >= 0.9 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
