@@ -53,10 +53,10 @@ def grpc_errors(method):
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as e:
-            code = status_code(e)
-            if code is grpc.StatusCode.INTERNAL and not isinstance(e, EngineDeadError):
+            code, message = status_code(e), str(e)
+            if code is grpc.StatusCode.INTERNAL and not isinstance(e, EngineDeadError):  # a bug: say so
                 log.exception("%s failed", method.__name__)
-                await context.abort(code, f"internal error: {type(e).__name__}: {e}")
-            await context.abort(code, str(e))
+                message = f"internal error: {type(e).__name__}: {e}"
+            await context.abort(code, message)
 
     return wrapper

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine_service import LLM, SamplingParams
-from tests.engine_service.conftest import SCRIPTS
+from tests.engine_service.scripted_model import SCRIPTS
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from pagoda.engine.v1 import engine_pb2 as pb
-from tests.engine_service.conftest import SCRIPTS
+from tests.engine_service.scripted_model import SCRIPTS
 from tests.engine_service.server_thread import ServerThread, tiny_config
 
 
