@@ -45,7 +45,7 @@ class RequestStream:
         self.started = False  # a first token (or any output) arrived
         self.finished = False  # the request's last delta (with usage) was queued
         self._interval = stream_interval
-        self._held = 0  # tokens queued since the consumer was last woken
+        self._held = 0  # tokens queued and not yet taken by the consumer
         self._deltas: list[SampleDelta] = []
         self._error: BaseException | None = None
         self._ready = asyncio.Event()
@@ -57,7 +57,6 @@ class RequestStream:
         self.finished = delta.usage is not None
         self._held += len(delta.token_ids)
         if first or delta.finish_reason is not None or self._held >= self._interval:
-            self._held = 0
             self._ready.set()
 
     def fail(self, error: BaseException) -> None:
@@ -70,7 +69,7 @@ class RequestStream:
         self._ready.clear()
         if self._error is not None:
             raise self._error
-        deltas, self._deltas = self._deltas, []
+        deltas, self._deltas, self._held = self._deltas, [], 0
         merged: dict[int, SampleDelta] = {}
         for d in deltas:
             if d.index in merged:

@@ -15,7 +15,7 @@ def test_messages_carry_the_interval(tiny_model_dir, scripts):
         )
         msgs = list(s.stub.Generate(req, timeout=30))
     sizes = [len(m.token_ids) for m in msgs]
-    assert sum(sizes) == 30 and sizes[0] == 1  # the first token is not held back
+    assert sum(sizes) == 30 and sizes[0] < 4  # the first token is not held back for the interval
     assert all(n >= 4 for n in sizes[1:-1])
     assert msgs[-1].finish_reason == pb.FINISH_REASON_LENGTH
     assert "".join(m.text for m in msgs).startswith(" green blue red green")
