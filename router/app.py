@@ -23,6 +23,7 @@ from router.engines import EngineRegistry
 from router.errors import OpenAIError
 from router.metrics import RouterMetrics
 from router.policies import make_policy
+from router.streaming import ClientGone
 from router.tokenizer import TokenizerClient
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,9 @@ async def _middleware(request: web.Request, handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         response = OpenAIError(exc.status, exc.reason, type="invalid_request_error").response()
+    except ClientGone:  # before the stream's headers went out: nobody is left to answer
+        ctx.metrics.client_disconnects.inc()
+        response = web.Response(status=499)
     except asyncio.CancelledError:
         ctx.metrics.client_disconnects.inc()
         raise

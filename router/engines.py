@@ -104,7 +104,6 @@ class EngineRegistry:
         self._sources: dict[str, frozenset[str]] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._closing: set[asyncio.Task] = set()
-        self._ready_event = asyncio.Event()
 
     # -- discovery side ---------------------------------------------------------------------------------
 
@@ -166,14 +165,6 @@ class EngineRegistry:
             raise no_engine(model)
         return cards[0]
 
-    async def wait_ready(self, timeout_s: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._ready_event.wait()
-        except TimeoutError:
-            return False
-        return True
-
     def request_failed(self, engine: Engine, reason: str) -> None:
         """A call failed in a way that says the engine is down: stop sending to it until a probe succeeds."""
         engine.eject(reason, self.max_backoff_s)
@@ -200,9 +191,9 @@ class EngineRegistry:
         except grpc.aio.AioRpcError as err:
             engine.probe_failures += 1
             if engine.probe_failures >= self.failures_to_eject or engine.ejected:
-                hung = not engine.ejected
+                was_serving = not engine.ejected
                 engine.eject(f"probe failed: {err.code().name} {err.details()}", self.max_backoff_s)
-                if hung:
+                if was_serving:  # it stopped answering: its streams would wait forever
                     engine.abandon_streams()
             return
         engine.probe_failures = 0
@@ -211,5 +202,3 @@ class EngineRegistry:
             engine.ejected = False
             engine.ever_ready = True
             engine.backoff_s = 0.0
-        if engine.ready:
-            self._ready_event.set()

@@ -65,15 +65,16 @@ class Generation:
         if len(requests) == 1:
             streams = [await dispatcher.open(card, requests[0], session_key)]
         else:
-            results = await asyncio.gather(
-                *(dispatcher.open(card, r, session_key) for r in requests), return_exceptions=True
-            )
-            streams = [r for r in results if isinstance(r, EngineStream)]
-            errors = [r for r in results if not isinstance(r, EngineStream)]
-            if errors:
-                for s in streams:
-                    s.close()
-                raise errors[0]
+            tasks = [asyncio.ensure_future(dispatcher.open(card, r, session_key)) for r in requests]
+            try:
+                streams = list(await asyncio.gather(*tasks))
+            except BaseException:  # one prompt failed, or the client left: close what opened, stop the rest
+                for t in tasks:
+                    if not t.done():
+                        t.cancel()
+                    elif not t.cancelled() and t.exception() is None:
+                        t.result().close()
+                raise
         dispatcher.metrics.ttft_seconds.observe(time.perf_counter() - started)
         return cls(request_id, card.name, sampling.n, streams, dispatcher.metrics)
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 
 from aiohttp import web
 
 from router.errors import OpenAIError
-
-log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 # json's C string encoder: text deltas are the only free-form part of a chunk, so chunks are assembled
@@ -44,6 +41,10 @@ def dumps(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+class ClientGone(Exception):
+    """The client closed the connection mid-stream."""
+
+
 async def open_sse(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
@@ -52,7 +53,10 @@ async def open_sse(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",  # nginx-style proxies: do not buffer the stream
         }
     )
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except ConnectionError as err:
+        raise ClientGone() from err
     return response
 
 
@@ -60,12 +64,8 @@ def error_event(error: OpenAIError) -> bytes:
     return event(dumps(error.body()))
 
 
-class ClientGone(Exception):
-    """The client closed the connection mid-stream."""
-
-
 async def write(response: web.StreamResponse, data: bytes) -> None:
     try:
         await response.write(data)
-    except (ConnectionResetError, ConnectionError) as err:  # aiohttp raises both subclasses
+    except ConnectionError as err:  # aiohttp's ClientConnectionResetError is one
         raise ClientGone() from err

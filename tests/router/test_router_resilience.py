@@ -211,3 +211,18 @@ async def test_session_policy_follows_the_header(make_stack):
         assert sorted(gained) == [0, 0, 3], gained  # every turn of a session on one engine
         homes.append(gained.index(3))
     assert len(set(homes)) > 1  # sessions spread over the engines
+
+
+async def test_failed_prompt_of_a_batch_closes_the_others(make_stack):
+    bad, good = (
+        Script(fail_before_first=grpc.StatusCode.INVALID_ARGUMENT),
+        Script(delay_s=0.05, reply="x" * 100),
+    )
+    stack = await make_stack([bad, good], policy="round_robin")
+    status, err, _ = await stack.post("/v1/completions", {"model": "scripted", "prompt": [[5, 6], [7, 8]]})
+    assert status == 400 and err["error"]["message"] == "scripted failure"
+    served = next(e for e in stack.engines if e.script is good)
+    await wait_for(lambda: served.cancelled, what="the other prompt's engine call to be cancelled")
+    await wait_for(
+        lambda: all(e.num_outstanding == 0 for e in stack.ctx.registry.engines), what="no outstanding"
+    )
