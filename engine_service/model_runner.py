@@ -46,6 +46,7 @@ class ModelRunner:
     ):
         self.model_config = model_config
         self.device, self.dtype, self.block_size = device, dtype, block_size
+        self.tp_rank = tp_rank  # with tensor parallelism, every rank runs the forward pass; rank 0 samples
         torch.manual_seed(seed)
         with torch.device(device):
             previous = torch.get_default_dtype()
@@ -132,13 +133,18 @@ class ModelRunner:
         sampling = [s.seq for s in out.scheduled if s.samples]
         if self.graphs is not None and step.is_decode and len(sampling) <= self.graphs.max_batch_size:
             hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, block_tables)
-            return self.sampler(self.model.compute_logits(hidden), sampling)
+            return self._sample(self.model.compute_logits(hidden), sampling)
         hidden = self.model(*step.to_device(block_tables, self.device, self.kv_caches))  # [T, hidden]
         if not sampling:
             return SampleResult([], [])
         indices = torch.tensor(step.logits_indices, dtype=torch.int64, device=self.device)
         logits = self.model.compute_logits(hidden[indices])  # [B, vocab]
-        return self.sampler(logits, sampling)
+        return self._sample(logits, sampling)
+
+    def _sample(self, logits: torch.Tensor, sampling: list) -> SampleResult:
+        # Every rank takes part in computing the logits (the LM head gathers the vocabulary across ranks),
+        # but only rank 0 samples: its tokens are the step's result.
+        return self.sampler(logits, sampling) if self.tp_rank == 0 else SampleResult([], [])
 
 
 @dataclass

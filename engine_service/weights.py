@@ -1,4 +1,9 @@
-"""Loading Hugging Face safetensors checkpoints (single file or sharded) into our models."""
+"""Loading Hugging Face safetensors checkpoints (single file or sharded) into our models.
+
+Checkpoint tensors are read lazily: a parameter's `weight_loader` asks for its tensor-parallel slice with
+`narrow`, and only that slice is read from the file. A rank of a TP=8 engine reads an eighth of each
+sharded matrix, not the whole checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +28,28 @@ def checkpoint_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def iterate_weights(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+class CheckpointTensor:
+    """A tensor still in its safetensors file. It has what weight loaders use of a tensor: `shape`,
+    `narrow(dim, start, length)` (reads only that slice) and `[...]` indexing (`t[:]` reads it whole)."""
+
+    def __init__(self, lazy_slice):
+        self._slice = lazy_slice
+        self.shape = torch.Size(lazy_slice.get_shape())
+
+    def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
+        index = [slice(None)] * len(self.shape)
+        index[dim] = slice(start, start + length)
+        return self._slice[tuple(index)]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self._slice[index]
+
+
+def iterate_weights(folder: str | Path) -> Iterator[tuple[str, CheckpointTensor]]:
     for file in checkpoint_files(folder):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                yield name, f.get_tensor(name)
+                yield name, CheckpointTensor(f.get_slice(name))
 
 
 def load_weights(model: nn.Module, folder: str | Path) -> None:
@@ -68,7 +90,7 @@ def init_dummy_weights(model: nn.Module, seed: int) -> None:
         param.data.normal_(0.0, 0.02, generator=gen)
 
 
-def _copy(param: nn.Parameter, loaded: torch.Tensor) -> None:
+def _copy(param: nn.Parameter, loaded: torch.Tensor | CheckpointTensor) -> None:
     if param.shape != loaded.shape:
         raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(loaded.shape)}")
-    param.data.copy_(loaded)
+    param.data.copy_(loaded[:])
