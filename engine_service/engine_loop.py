@@ -147,13 +147,13 @@ class ThreadCore:
 class ProcessCore:
     """The loop in a spawned process: builds the Engine there, warms it up, then serves commands."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, log_format: str = "text"):
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
         self._commands_rx, self._commands_tx = ctx.Pipe(duplex=False)
         self._results_rx, self._results_tx = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
             target=_process_main,
-            args=(config, self._commands_rx, self._results_tx),
+            args=(config, log_format, self._commands_rx, self._results_tx),
             name="engine-core",
             daemon=True,
         )
@@ -230,10 +230,13 @@ class ProcessCore:
             self._process.kill()
 
 
-def _process_main(config: EngineConfig, commands: Connection, results: Connection) -> None:
+def _process_main(config: EngineConfig, log_format: str, commands: Connection, results: Connection) -> None:
+    from engine_service.main import setup_logging
+
     # The front owns shutdown: it drains on SIGTERM and then sends STOP; Ctrl-C reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    setup_logging(log_format)
     try:
         engine = Engine(config)
         warm_up(engine)

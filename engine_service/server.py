@@ -71,7 +71,7 @@ class EngineServer:
         """
         config = self.config
         if engine is None and config.engine_core == "process":
-            core = ProcessCore(config.engine)
+            core = ProcessCore(config.engine, config.log_format)
             await asyncio.to_thread(core.load)
             tokenizer = await asyncio.to_thread(load_tokenizer, config.engine.model)
         else:
