@@ -256,7 +256,7 @@ def _process_main(config: EngineConfig, log_format: str, commands: Connection, r
 
     try:
         run_loop(engine, receive, publish)
-    except EOFError:  # the front is gone
+    except (EOFError, BrokenPipeError):  # the front is gone
         return
     except BaseException as e:
         results.send(("exit", f"{type(e).__name__}: {e}"))
