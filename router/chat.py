@@ -24,7 +24,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chat_template=req.chat_template,
     )
     req.sampling.check(len(encoded.token_ids), card, "messages")
-    session = ctx.session_key(request, req.user)
+    session = ctx.session_key(request, req.prompt_cache_key, req.user)
     gen = await Generation.open(
         ctx.dispatcher,
         card,

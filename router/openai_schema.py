@@ -94,6 +94,7 @@ class ChatRequest:
     chat_template_kwargs_json: str
     chat_template: str
     user: str | None
+    prompt_cache_key: str | None  # OpenAI's hint that requests share a prefix: a session key for routing
     cache_salt: str
 
 
@@ -140,6 +141,7 @@ def parse_chat(body: object) -> ChatRequest:
         chat_template_kwargs_json=json.dumps(kwargs) if kwargs else "",
         chat_template=opt_str(body, "chat_template") or "",
         user=opt_str(body, "user"),
+        prompt_cache_key=opt_str(body, "prompt_cache_key"),
         cache_salt=opt_str(body, "cache_salt") or "",
     )
 

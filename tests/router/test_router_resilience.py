@@ -211,6 +211,14 @@ async def test_session_policy_follows_the_header(make_stack):
         assert sorted(gained) == [0, 0, 3], gained  # every turn of a session on one engine
         homes.append(gained.index(3))
     assert len(set(homes)) > 1  # sessions spread over the engines
+    # Without the header, OpenAI's prompt_cache_key (then `user`) keys the session.
+    before = [len(e.requests) for e in stack.engines]
+    for _ in range(3):
+        await stack.client().chat.completions.create(
+            model="scripted", messages=MSGS, max_tokens=1, extra_body={"prompt_cache_key": "doc-42"}
+        )
+    gained = [len(e.requests) - b for e, b in zip(stack.engines, before, strict=True)]
+    assert sorted(gained) == [0, 0, 3], gained
 
 
 async def test_failed_prompt_of_a_batch_closes_the_others(make_stack):
