@@ -14,8 +14,9 @@ from pathlib import Path
 from engine_service.config import EngineConfig
 from engine_service.core.block_manager import BlockManager
 from engine_service.core.scheduler import Scheduler
+from engine_service.executor import Executor, make_executor
 from engine_service.model_config import ModelConfig
-from engine_service.model_runner import ModelRunner, resolve_device, resolve_dtype
+from engine_service.model_runner import resolve_device, resolve_dtype
 from engine_service.outputs import SequenceUpdate
 from engine_service.request import Sequence
 from engine_service.sampling_params import SamplingParams
@@ -59,13 +60,16 @@ class Engine:
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         self.max_model_len = self._max_model_len(config, mc)
-        self.runner = ModelRunner(
-            mc, device, dtype, config.block_size, config.load_format, config.seed, 0, config.tensor_parallel_size
-        )
-        num_blocks = self._num_kv_blocks(config)
-        self.runner.allocate_kv_cache(num_blocks)
-        if device.type == "cuda" and not config.enforce_eager:
-            self.runner.capture_cuda_graphs(config.max_num_seqs, self.max_model_len)
+        # The model, its KV cache and the sampler: here (TP=1) or in one worker process per rank.
+        self.executor: Executor = make_executor(config, mc, device, dtype)
+        try:
+            num_blocks = self._num_kv_blocks(config)
+            self.executor.allocate_kv_cache(num_blocks)
+            if device.type == "cuda" and not config.enforce_eager:
+                self.executor.capture_cuda_graphs(config.max_num_seqs, self.max_model_len)
+        except BaseException:
+            self.executor.shutdown()
+            raise
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
@@ -91,7 +95,7 @@ class Engine:
         self.num_generation_tokens = 0
         log.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens per request: %.1fx",
-            num_blocks, config.block_size, num_blocks * self.runner.kv_bytes_per_block / 2**30,
+            num_blocks, config.block_size, num_blocks * self.executor.kv_bytes_per_block / 2**30,
             self.max_model_len, num_blocks * config.block_size / self.max_model_len,
         )
 
@@ -117,11 +121,25 @@ class Engine:
             return False
         targets = [s for s in seqs if index is None or s.index == index]
         self.scheduler.abort(targets)
+        self.executor.forget(s.seq_id for s in targets)
         self._forget_finished(request_id)
         return bool(targets)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.num_unfinished > 0
+
+    @property
+    def runner(self):
+        """The ModelRunner of a single-process engine (tests and tools look inside it)."""
+        return self.executor.runner
+
+    def check_alive(self) -> None:
+        """Raises when the engine cannot run steps any more (a tensor-parallel worker died)."""
+        self.executor.check_alive()
+
+    def shutdown(self) -> None:
+        """Stops the tensor-parallel workers, if any. Idempotent."""
+        self.executor.shutdown()
 
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> list[SequenceUpdate]:
@@ -129,7 +147,7 @@ class Engine:
         if out.is_empty:
             return []
         tables = [self.block_manager.block_table(s.seq) for s in out.scheduled]
-        result = self.runner.execute(out, tables)
+        result = self.executor.execute(out, tables)
         sampling = [s.seq for s in out.scheduled if s.samples]
         sampled = {seq.seq_id: tok for seq, tok in zip(sampling, result.token_ids, strict=True)}
         finished = set(self.scheduler.update_from_output(out, sampled))
@@ -151,8 +169,8 @@ class Engine:
                 stop_reason=seq.stop_reason if seq in finished else None,
                 num_prompt_tokens=seq.num_prompt_tokens, num_cached_tokens=max(seq.num_cached_tokens, 0),
             ))
+        self.executor.forget(seq.seq_id for seq in finished)
         for seq in finished:
-            self.runner.sampler.forget(seq.seq_id)
             self._forget_finished(seq.request_id)
         if not self.has_unfinished():
             self.block_manager.check_integrity()
@@ -214,9 +232,11 @@ class Engine:
     def _num_kv_blocks(self, config: EngineConfig) -> int:
         if config.num_kv_blocks is not None:
             return config.num_kv_blocks
-        per_block = self.runner.kv_bytes_per_block
-        if self.runner.device.type == "cuda":
-            return self.runner.profile_num_kv_blocks(config.gpu_memory_utilization, config.max_num_batched_tokens)
+        per_block = self.executor.kv_bytes_per_block  # on each tensor-parallel rank
+        if self.executor.device.type == "cuda":
+            return self.executor.profile_num_kv_blocks(
+                config.gpu_memory_utilization, config.max_num_batched_tokens
+            )
         return max(1, int(config.cpu_kv_cache_gib * 2**30) // per_block)
 
 

@@ -97,7 +97,7 @@ class RowParallelLinear(nn.Module):
         self.bias = None
         if bias:  # added once, after the reduction
             self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
-            self.bias.weight_loader = lambda param, loaded: param.data.copy_(loaded[:])  # whole, on every rank
+            self.bias.weight_loader = lambda param, loaded: param.data.copy_(loaded[:])  # whole, every rank
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         param.data.copy_(loaded.narrow(1, self.tp_rank * self.in_per_rank, self.in_per_rank))

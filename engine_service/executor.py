@@ -1,0 +1,113 @@
+"""The executor: what the Engine runs the model through, on one device or across tensor-parallel ranks.
+
+    Engine ── schedule ──▶ executor.execute(SchedulerOutput, block tables) ──▶ SampleResult
+                              UniProcExecutor    one ModelRunner in this process (TP=1)
+                              MultiProcExecutor  one worker process per rank (parallel/multiproc.py)
+
+The Engine keeps the scheduler, the block manager and the requests; the executor keeps the model, its KV
+cache and the sampler. Start-up goes: kv_bytes_per_block / profile_num_kv_blocks (sizing),
+allocate_kv_cache, capture_cuda_graphs; then one execute per step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import torch
+
+from engine_service.config import EngineConfig
+from engine_service.core.scheduler import SchedulerOutput
+from engine_service.model_config import ModelConfig
+from engine_service.model_runner import ModelRunner
+from engine_service.sampler import SampleResult
+
+
+class Executor(ABC):
+    device: torch.device  # the ranks' device type (a TP engine's driver holds no GPU itself)
+
+    @property
+    @abstractmethod
+    def kv_bytes_per_block(self) -> int:
+        """Bytes one KV block takes on each rank (all layers, K and V)."""
+
+    @abstractmethod
+    def profile_num_kv_blocks(self, gpu_memory_utilization: float, max_num_batched_tokens: int) -> int:
+        """KV blocks that fit on every rank's GPU after the weights and a peak-activation pass."""
+
+    @abstractmethod
+    def allocate_kv_cache(self, num_blocks: int) -> None: ...
+
+    @abstractmethod
+    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None: ...
+
+    @abstractmethod
+    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
+        """One forward pass over the scheduled tokens; a token for each sequence that caught up."""
+
+    @abstractmethod
+    def forget(self, seq_ids: Iterable[str]) -> None:
+        """These sequences finished or were aborted: drop their sampling state."""
+
+    @abstractmethod
+    def check_alive(self) -> None:
+        """Raises if the executor can no longer run steps (a worker process died)."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Releases the devices (stops worker processes). Idempotent."""
+
+
+class UniProcExecutor(Executor):
+    """The model in this process: a thin pass-through to one ModelRunner, no cost per step."""
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+        self.device = runner.device
+
+    @property
+    def kv_bytes_per_block(self) -> int:
+        return self.runner.kv_bytes_per_block
+
+    def profile_num_kv_blocks(self, gpu_memory_utilization: float, max_num_batched_tokens: int) -> int:
+        return self.runner.profile_num_kv_blocks(gpu_memory_utilization, max_num_batched_tokens)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.runner.allocate_kv_cache(num_blocks)
+
+    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        self.runner.capture_cuda_graphs(max_num_seqs, max_model_len)
+
+    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
+        return self.runner.execute(out, block_tables)
+
+    def forget(self, seq_ids: Iterable[str]) -> None:
+        for seq_id in seq_ids:
+            self.runner.sampler.forget(seq_id)
+
+    def check_alive(self) -> None:
+        pass  # nothing here can die on its own
+
+    def shutdown(self) -> None:
+        pass  # the model and its cache go with this process
+
+
+def make_executor(
+    config: EngineConfig, model_config: ModelConfig, device: torch.device, dtype: torch.dtype
+) -> Executor:
+    if config.tensor_parallel_size == 1:
+        runner = ModelRunner(model_config, device, dtype, config.block_size, config.load_format, config.seed)
+        return UniProcExecutor(runner)
+    from engine_service.parallel.multiproc import MultiProcExecutor
+    from engine_service.parallel.worker import WorkerSpec
+
+    spec = WorkerSpec(
+        model_path=model_config.path,
+        device=device.type,
+        dtype=str(dtype).removeprefix("torch."),
+        block_size=config.block_size,
+        load_format=config.load_format,
+        seed=config.seed,
+        tp_size=config.tensor_parallel_size,
+    )
+    return MultiProcExecutor(spec, model_config)

@@ -1,0 +1,140 @@
+"""A tensor-parallel worker: one process per rank, started by MultiProcExecutor.
+
+    python -m engine_service.parallel.worker FD RANK PARENT_PID
+
+FD is this worker's end of a socket pair with the driver. The driver sends the WorkerSpec first; the
+worker joins the process group, builds its ModelRunner (reading only its slices of the weights) and
+answers ("ok", kv_bytes_per_block). Then, until "stop" or the driver's end closes:
+
+    ("call", name, args)   every rank runs ModelRunner.<name>(*args) and answers ("ok", result)
+    ("step", StepMessage)  every rank runs the forward pass; rank 0 answers ("ok", SampleResult)
+    ("stop",)              leave the process group and exit 0
+
+Any failure is answered ("error", traceback) by the rank that hit it, which then exits 1.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import torch
+import torch.distributed as dist
+
+from engine_service.model_config import ModelConfig
+from engine_service.model_runner import DTYPES, ModelRunner
+from engine_service.parallel.distributed import init_distributed
+from engine_service.parallel.step_message import SequenceMirror, StepMessage
+
+log = logging.getLogger(__name__)
+
+CALLS = ("profile_num_kv_blocks", "allocate_kv_cache", "capture_cuda_graphs")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every rank needs to build its shard of the model (sent once, at start)."""
+
+    model_path: str
+    device: str  # cpu | cuda
+    dtype: str  # float32 | bfloat16 | float16
+    block_size: int
+    load_format: str
+    seed: int
+    tp_size: int
+    store_port: int = 0  # the driver's TCPStore, where the ranks meet
+    collective_timeout_s: float = 300.0
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, rank: int):
+        if spec.device == "cuda":
+            torch.cuda.set_device(rank)
+            device = torch.device("cuda", rank)
+        else:
+            device = torch.device("cpu")
+        init_distributed(rank, spec.tp_size, spec.store_port, device, spec.collective_timeout_s)
+        self.rank = rank
+        self.runner = ModelRunner(
+            ModelConfig.from_dir(spec.model_path), device, DTYPES[spec.dtype], spec.block_size,
+            spec.load_format, spec.seed, rank, spec.tp_size,
+        )
+        self.mirror = SequenceMirror()
+
+    def step(self, message: StepMessage):
+        out, tables, forgotten = self.mirror.apply(message)
+        for seq_id in forgotten:
+            self.runner.sampler.forget(seq_id)
+        if not out.scheduled:  # only news of finished sequences
+            return None
+        return self.runner.execute(out, tables)
+
+    def call(self, name: str, args: tuple):
+        if name not in CALLS:
+            raise ValueError(f"unknown worker call {name!r}")
+        return getattr(self.runner, name)(*args)
+
+
+def serve(conn: Connection, rank: int) -> int:
+    try:
+        worker = Worker(conn.recv(), rank)
+        conn.send(("ok", worker.runner.kv_bytes_per_block))
+        while True:
+            message = conn.recv()
+            kind = message[0]
+            if kind == "step":
+                result = worker.step(message[1])
+                if rank == 0:
+                    conn.send(("ok", result))
+            elif kind == "call":
+                conn.send(("ok", worker.call(message[1], message[2])))
+            elif kind == "stop":
+                break
+            else:
+                raise ValueError(f"unknown message {kind!r}")
+    except EOFError:  # the driver is gone
+        return 1
+    except BaseException:  # noqa: BLE001 (whatever stops this rank must reach the driver)
+        text = traceback.format_exc()
+        log.error("tensor-parallel rank %d failed:\n%s", rank, text)
+        try:
+            conn.send(("error", text))
+        except OSError:
+            pass
+        return 1
+    dist.destroy_process_group()
+    return 0
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this worker when the driver dies (Linux), even while it waits in a collective.
+
+    The kernel sends the signal when the driver *thread* that started the worker ends, so the executor
+    starts its workers from a thread that lives as long as the executor.
+    """
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the driver died before the line above
+        os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    fd, rank, parent_pid = (int(a) for a in argv)
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group; the driver decides when the workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s tp-rank-{rank} %(name)s: %(message)s"
+    )
+    return serve(Connection(fd), rank)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
