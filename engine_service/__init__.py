@@ -1,10 +1,30 @@
 """The engine service: a model on its device, a paged KV cache and a continuous-batching loop.
 
-`LLM` and `SamplingParams` are the offline API; `engine_service.main` runs the gRPC service.
+`LLM` and `SamplingParams` are the offline API; `engine_service.main` runs the gRPC service. The names
+below load lazily, so that `python -m engine_service` can bind its port before torch is imported.
 """
 
-from engine_service.llm import LLM
-from engine_service.outputs import CompletionOutput, RequestOutput
-from engine_service.sampling_params import SamplingParams
+from __future__ import annotations
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "LLM": "engine_service.llm",
+    "SamplingParams": "engine_service.sampling_params",
+    "RequestOutput": "engine_service.outputs",
+    "CompletionOutput": "engine_service.outputs",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:
+    from engine_service.llm import LLM
+    from engine_service.outputs import CompletionOutput, RequestOutput
+    from engine_service.sampling_params import SamplingParams
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'engine_service' has no attribute {name!r}")

@@ -132,7 +132,7 @@ class AsyncEngine:
         self.tokenizer = tokenizer
         # In a thread, validate with the engine's own checks (they read only what it fixed at start-up).
         # In a process, check the sampling options here; the loop rejects what only the engine can know.
-        self._validate = core.engine._validate if isinstance(core, ThreadCore) else self._check_params
+        self._validate = core.engine.validate if isinstance(core, ThreadCore) else self._check_params
         self._max_logprobs = max_logprobs
         self._max_waiting = max_waiting
         self._stream_interval = stream_interval

@@ -15,7 +15,7 @@ from engine_service.config import EngineConfig
 from engine_service.core.block_manager import BlockManager
 from engine_service.core.scheduler import Scheduler
 from engine_service.executor import Executor, make_executor
-from engine_service.model_config import ModelConfig
+from engine_service.model_config import ModelConfig, load_tokenizer
 from engine_service.model_runner import resolve_device, resolve_dtype
 from engine_service.outputs import SequenceUpdate
 from engine_service.request import Sequence
@@ -75,7 +75,7 @@ class Engine:
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
             mc.eos_token_ids,
         )
-        self.tokenizer = _load_tokenizer(mc.path)
+        self.tokenizer = load_tokenizer(mc.path)
         self.model_info = ModelInfo(
             served_model_name=config.served_model_name or Path(mc.path).name,
             model_path=mc.path,
@@ -106,7 +106,7 @@ class Engine:
         """Validate and queue a request; raises ValueError naming the field and its limit."""
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        self._validate(prompt_token_ids, params)
+        self.validate(prompt_token_ids, params)
         seqs = [
             Sequence(f"{request_id}#{i}", request_id, i, list(prompt_token_ids), params, cache_salt)
             for i in range(params.n)
@@ -191,7 +191,8 @@ class Engine:
         )
 
     # ---- internals -----------------------------------------------------------------------------
-    def _validate(self, prompt: list[int], params: SamplingParams) -> None:
+    def validate(self, prompt: list[int], params: SamplingParams) -> None:
+        """Raise ValueError naming the field and its limit if the request can never run here."""
         if not prompt:
             raise ValueError("prompt must contain at least one token")
         vocab = self.model_config.vocab_size
@@ -238,13 +239,3 @@ class Engine:
                 config.gpu_memory_utilization, config.max_num_batched_tokens
             )
         return max(1, int(config.cpu_kv_cache_gib * 2**30) // per_block)
-
-
-def _load_tokenizer(path: str):
-    folder = Path(path)
-    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-

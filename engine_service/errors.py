@@ -1,6 +1,6 @@
 """The service's failures and the one place that maps them (and bad input) to gRPC status codes.
 
-Bad input raises ValueError naming the field (SamplingParams.validate, Engine._validate, convert.py);
+Bad input raises ValueError naming the field (SamplingParams.validate, Engine.validate, convert.py);
 the front raises the errors below. `grpc_errors` wraps every servicer method, so no exception reaches
 grpc as UNKNOWN and none reaches the engine loop.
 """

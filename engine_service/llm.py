@@ -48,7 +48,7 @@ class LLM:
         processor = OutputProcessor(self.engine.tokenizer)
         rids = [f"llm-{next(self._ids)}" for _ in token_lists]
         for rid, ids, p in zip(rids, token_lists, params_list, strict=True):
-            self.engine._validate(ids, p)
+            self.engine.validate(ids, p)
             processor.add_request(rid, ids, p)
         has_text = self.engine.tokenizer is not None
         results: dict[str, RequestOutput] = {}

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from engine_service import convert
 from engine_service.async_engine import AsyncEngine
 from engine_service.engine import Engine
-from engine_service.engine import _load_tokenizer as load_tokenizer
+from engine_service.model_config import load_tokenizer
 from engine_service.engine_loop import ProcessCore, ThreadCore, warm_up
 from engine_service.service_config import EngineServiceConfig
 from engine_service.servicer import EngineServicer, ServingState
