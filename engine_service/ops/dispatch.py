@@ -110,11 +110,24 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return ops.silu_and_mul(x)
 
 
+def sample_tokens(
+    logits: torch.Tensor,  # [B, V], any float dtype
+    temperature: torch.Tensor,  # float32 [B]; 0 = greedy
+    seeds: torch.Tensor,  # int64 [B], in [0, 2^63)
+    positions: torch.Tensor,  # int64 [B]
+) -> torch.Tensor:  # int64 [B]
+    """Greedy argmax or a Gumbel-max draw per row, the noise a pure function of (seed, position, column):
+    both paths draw the same u (see `torch_ops.sample_tokens`). The Triton path never syncs with the host."""
+    ops = _triton_ops() if _on_gpu(logits) else torch_ops
+    return ops.sample_tokens(logits, temperature, seeds, positions)
+
+
 __all__ = [
     "fused_add_rms_norm",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
+    "sample_tokens",
     "silu_and_mul",
     "write_kv_cache",
 ]

@@ -105,3 +105,69 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: [T, 2I] (gate then up) -> silu(gate) * up: [T, I]."""
     gate, up = x.chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * up
+
+
+# ---- sampling --------------------------------------------------------------------------------------------
+# Gumbel-max: token = argmax(logits / T + g), g = -ln(-ln u), draws exactly from softmax(logits / T).
+# Computed in base 2, argmax(logits * log2(e) / T - log2(-log2 u)): the same argmax (it is the base-e score
+# times log2(e) minus a constant), and log2 is the log the GPU has in hardware.
+#
+# u for (seed, position, column) is word `column % 4` of Philox4x32-10 (Salmon et al., SC'11: the generator
+# of cuRAND, JAX and Triton's tl.rand) with the row's 63-bit seed as key and counter (column // 4, position,
+# 0, 0). Philox passes BigCrush with a margin at 10 rounds, and a keyed bijection gives every key (seed,
+# seed + 1, ... for the samples of one request) its own stream. `triton_sampling` does the same uint32
+# arithmetic; here it is int64 holding 32-bit values, products split in 16-bit halves so nothing overflows,
+# so both paths draw bit-identical u. The top 23 bits make u = (2k + 1) * 2^-24 in [2^-24, 1 - 2^-24]:
+# exact in fp32, never 0 or 1, so g is finite: g in [-2.8, 16.6], so a token more than 19.4 nats below the
+# best is never drawn (its true probability is below 4e-9).
+
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85  # key increments (golden ratio, sqrt(3) - 1)
+PHILOX_ROUNDS = 10
+LOG2E = 1.4426950408889634
+_MASK32 = 0xFFFFFFFF
+
+
+def _mulhilo32(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of a * m for int64 a in [0, 2^32): m split in 16-bit halves (< 2^48 each)."""
+    p_lo, p_hi = a * (m & 0xFFFF), a * (m >> 16)
+    t = p_lo + ((p_hi & 0xFFFF) << 16)  # a * m = t + (p_hi >> 16) * 2^32
+    return (t >> 32) + (p_hi >> 16), t & _MASK32
+
+
+def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = PHILOX_ROUNDS) -> tuple[torch.Tensor, ...]:
+    """Philox4x32 on broadcastable int64 tensors holding uint32 values (Random123's rounds and key bumps)."""
+    for _ in range(rounds):
+        hi0, lo0 = _mulhilo32(c0, PHILOX_M0)
+        hi1, lo1 = _mulhilo32(c2, PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + PHILOX_W0) & _MASK32, (k1 + PHILOX_W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def sampling_uniform(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
+    """u in (0, 1) of every (row, column): float32 [R, vocab] from int64 seeds [R] and positions [R]."""
+    counters = torch.arange((vocab + 3) // 4, device=seeds.device)[None, :]  # [1, C]
+    zero = torch.zeros(1, 1, dtype=torch.int64, device=seeds.device)
+    key0, key1 = (seeds & _MASK32)[:, None], (seeds >> 32)[:, None]  # [R, 1] each
+    words = philox4x32(counters, (positions & _MASK32)[:, None], zero, zero, key0, key1)
+    # Top 23 bits as the mantissa of a float in [1, 2), then shifted down by 1 - 2^-24: exact.
+    u = [((w >> 9) | 0x3F800000).to(torch.int32).view(torch.float32) - (1.0 - 2.0**-24) for w in words]
+    return torch.stack(u, dim=-1).flatten(1)[:, :vocab]  # [R, C, 4] -> [R, V]: column 4c + i is word i
+
+
+def sample_tokens(
+    logits: torch.Tensor,  # [B, V], any float dtype
+    temperature: torch.Tensor,  # float32 [B]; 0 = greedy
+    seeds: torch.Tensor,  # int64 [B], in [0, 2^63)
+    positions: torch.Tensor,  # int64 [B]: the noise's counter, e.g. the sequence's output tokens so far
+) -> torch.Tensor:  # int64 [B]
+    """Greedy rows take the argmax, the others the Gumbel-max draw above; ties go to the lowest index."""
+    scores = logits.float()  # [B, V]
+    tokens = scores.argmax(dim=-1)
+    rows = (temperature > 0).nonzero()[:, 0]  # the CPU path may sync; only rows that sample pay for noise
+    if len(rows):
+        u = sampling_uniform(seeds[rows], positions[rows], scores.shape[1])  # [R, V]
+        scale = (LOG2E / temperature[rows])[:, None]  # float32 [R, 1]
+        tokens[rows] = (scores[rows] * scale - torch.log2(-torch.log2(u))).argmax(dim=-1)
+    return tokens

@@ -4,6 +4,7 @@ Differences from `torch_ops`, all documented at each function:
   - `paged_attention` takes host-side hints (`max_query_len`, `max_seq_len`), an optional `out` and an
     optional fixed `num_kv_splits` (CUDA graphs), and never syncs with the host.
   - `fused_add_rms_norm` updates `residual` in place; `rotary_embedding` rotates q and k in place.
+  - `sample_tokens` takes an optional `num_splits` (vocab splits per row) and never syncs with the host.
 Importing this module imports triton; `dispatch` imports it only when a CUDA tensor shows up.
 """
 
@@ -12,6 +13,7 @@ from engine_service.ops.triton_attention import choose_num_kv_splits, paged_atte
 from engine_service.ops.triton_kv_cache import write_kv_cache
 from engine_service.ops.triton_norm import fused_add_rms_norm, rms_norm
 from engine_service.ops.triton_rotary import rotary_embedding
+from engine_service.ops.triton_sampling import sample_tokens
 
 __all__ = [
     "choose_num_kv_splits",
@@ -19,6 +21,7 @@ __all__ = [
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
+    "sample_tokens",
     "silu_and_mul",
     "write_kv_cache",
 ]
