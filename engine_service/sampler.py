@@ -1,20 +1,31 @@
 """Sampling on the device: every option of SamplingParams, one host sync per step (the token ids).
 
 Order, as vLLM applies it: logprobs come from the raw logits; then logit_bias, the min_tokens mask and
-the penalties change the logits; greedy rows take the argmax; the others are divided by their
-temperature, filtered by min_p, top-k and top-p, and sampled with the exponential race
-(argmax(p / q), q ~ Exp(1)), which draws from p exactly. A row with a seed draws its q from its own
-generator, so its tokens do not depend on what else is in the batch.
+the penalties change the logits, and min_p, top-k and top-p (judged on the logits over the temperature)
+set the tokens they exclude to -inf, each only on the rows that ask for it. Then one kernel,
+`dispatch.sample_tokens`, reads every logit once: greedy rows take the argmax, the others the Gumbel-max
+draw argmax(logits / T + g), which samples softmax(logits / T) exactly. A row's noise g is a pure function
+of (its sequence's seed, its number of output tokens, the column), so a sequence's draws do not depend on
+the batch it rides in or on a preemption, and a request with a seed repeats. When no row needs any
+processing, the LM head's logits (bf16 on a GPU) go to the kernel as they are: no fp32 copy, no softmax.
 """
 
 from __future__ import annotations
 
+import random
+import weakref
 from dataclasses import dataclass
 
 import torch
 
+from engine_service.ops import dispatch
 from engine_service.outputs import TokenLogprobs
 from engine_service.request import Sequence
+from engine_service.sampling_params import SamplingParams
+
+# Temperatures below this are greedy, as in vLLM: 1/T would blow the scores up to inf.
+_MIN_TEMPERATURE = 1e-5
+_SEED_MASK = 2**63 - 1
 
 
 @dataclass
@@ -27,23 +38,39 @@ class Sampler:
     def __init__(self, device: torch.device, eos_token_ids: tuple[int, ...], seed: int):
         self.device = device
         self.eos_token_ids = eos_token_ids
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self._seeded: dict[str, torch.Generator] = {}  # seq_id -> generator, for requests with a seed
+        self._rng = random.Random(seed)  # seeds of sequences whose request has none
+        # Drawn seeds live as long as their Sequence (also when an abort never reaches `forget`).
+        self._drawn_seeds: weakref.WeakKeyDictionary[Sequence, int] = weakref.WeakKeyDictionary()
 
     def forget(self, seq_id: str) -> None:
-        self._seeded.pop(seq_id, None)
+        """A sequence finished. Nothing to free: its drawn seed goes with the Sequence object."""
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:  # logits: [B, V]
-        logits = logits.float()
-        want_logprobs = [s.params.logprobs is not None for s in seqs]
-        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
-        logits = self._process(logits, seqs)
-        tokens = self._sample(logits, seqs)  # [B]
+        raw_logprobs = None
+        if any(s.params.logprobs is not None for s in seqs):
+            raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [B, V]
+        temperatures = [_temperature(s.params) for s in seqs]
+        if any(_needs_processing(s, t) for s, t in zip(seqs, temperatures, strict=True)):
+            logits = self._process(logits.to(torch.float32, copy=True), seqs)  # never the caller's tensor
+            self._exclude_filtered(logits, seqs, temperatures)
+        counters = torch.tensor([[self._seed(s) for s in seqs], [s.num_output_tokens for s in seqs]])
+        counters = counters.to(self.device, non_blocking=True)  # [2, B]: seeds, positions
+        temperature = torch.tensor(temperatures, dtype=torch.float32).to(self.device, non_blocking=True)
+        tokens = dispatch.sample_tokens(logits, temperature, counters[0], counters[1])  # [B]
         token_list = tokens.tolist()  # the step's one host sync
         results: list[TokenLogprobs | None] = [None] * len(seqs)
         if raw_logprobs is not None:
             results = self._gather_logprobs(raw_logprobs, tokens, token_list, seqs)
         return SampleResult(token_list, results)
+
+    def _seed(self, seq: Sequence) -> int:
+        """63 bits: the request's seed + the sample's index, else one drawn once from the sampler's RNG."""
+        if seq.params.seed is not None:
+            return (seq.params.seed + seq.index) & _SEED_MASK
+        seed = self._drawn_seeds.get(seq)
+        if seed is None:
+            seed = self._drawn_seeds[seq] = self._rng.getrandbits(63)
+        return seed
 
     # ---- logits processing ---------------------------------------------------------------------
     def _process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
@@ -53,7 +80,8 @@ class Sampler:
             logits[i, ids] += torch.tensor(list(bias.values()), device=self.device, dtype=logits.dtype)
         for i, s in enumerate(seqs):
             if s.num_output_tokens < s.params.min_tokens:
-                banned = list(s.params.stop_token_ids) + ([] if s.params.ignore_eos else list(self.eos_token_ids))
+                eos = [] if s.params.ignore_eos else list(self.eos_token_ids)
+                banned = list(s.params.stop_token_ids) + eos
                 if banned:
                     logits[i, banned] = float("-inf")
         rows = [i for i, s in enumerate(seqs) if s.params.has_penalties]
@@ -73,36 +101,29 @@ class Sampler:
         rep = torch.tensor([s.params.repetition_penalty for s in seqs], device=self.device)[:, None]
         freq = torch.tensor([s.params.frequency_penalty for s in seqs], device=self.device)[:, None]
         pres = torch.tensor([s.params.presence_penalty for s in seqs], device=self.device)[:, None]
-        # Repetition penalty (CTRL): over prompt and output tokens, shrink positive logits, grow negative ones.
+        # Repetition penalty (CTRL): over prompt and output tokens, shrink positive logits, grow negatives.
         penalized = torch.where(logits > 0, logits / rep, logits * rep)
         logits = torch.where(seen, penalized, logits)
         # OpenAI's frequency and presence penalties: over generated tokens only.
         return logits - freq * counts - pres * (counts > 0).float()
 
-    # ---- sampling --------------------------------------------------------------------------------
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        greedy = torch.tensor([s.params.greedy for s in seqs], device=self.device)
-        argmax = logits.argmax(dim=-1)
-        if all(s.params.greedy for s in seqs):
-            return argmax
-        temp = torch.tensor([s.params.temperature or 1.0 for s in seqs], device=self.device)[:, None]
-        logits = logits / temp
-        logits = self._filter(logits, seqs)
-        probs = torch.softmax(logits, dim=-1)
-        q = torch.empty_like(probs)
-        q.exponential_(generator=self.generator)
-        for i, s in enumerate(seqs):
-            if s.params.seed is not None and not s.params.greedy:
-                q[i].exponential_(generator=self._generator_for(s))
-        sampled = (probs / q).argmax(dim=-1)
-        return torch.where(greedy, argmax, sampled)
+    # ---- filtering ---------------------------------------------------------------------------------
+    def _exclude_filtered(self, logits: torch.Tensor, seqs: list[Sequence], temps: list[float]) -> None:
+        """-inf, in place, where min_p / top-k / top-p exclude a token of a sampling row."""
+        rows = [i for i, s in enumerate(seqs) if temps[i] > 0 and _filters(s.params)]
+        if not rows:
+            return
+        temp = torch.tensor([temps[i] for i in rows], device=self.device)[:, None]  # [R, 1]
+        filtered = self._filter(logits[rows] / temp, [seqs[i] for i in rows])  # [R, V]
+        logits[rows] = logits[rows].masked_fill(filtered.isneginf(), float("-inf"))
 
     def _filter(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         V = logits.shape[-1]
         min_p = [s.params.min_p for s in seqs]
         if any(min_p):
             probs = torch.softmax(logits, dim=-1)
-            threshold = torch.tensor(min_p, device=self.device)[:, None] * probs.max(dim=-1, keepdim=True).values
+            best = probs.max(dim=-1, keepdim=True).values  # [B, 1]
+            threshold = torch.tensor(min_p, device=self.device)[:, None] * best
             logits = logits.masked_fill(probs < threshold, float("-inf"))
         top_k = [s.params.top_k if s.params.top_k > 0 else V for s in seqs]
         top_p = [s.params.top_p for s in seqs]
@@ -118,20 +139,13 @@ class Sampler:
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
-    def _generator_for(self, seq: Sequence) -> torch.Generator:
-        gen = self._seeded.get(seq.seq_id)
-        if gen is None:
-            gen = torch.Generator(device=self.device).manual_seed(seq.params.seed + seq.index)
-            self._seeded[seq.seq_id] = gen
-        return gen
-
     # ---- logprobs --------------------------------------------------------------------------------
     def _gather_logprobs(
         self, logprobs: torch.Tensor, tokens: torch.Tensor, token_list: list[int], seqs: list[Sequence]
     ) -> list[TokenLogprobs | None]:
         k = max(s.params.logprobs or 0 for s in seqs)
         chosen = logprobs.gather(-1, tokens[:, None])[:, 0].tolist()
-        top_vals, top_ids = (logprobs.topk(k, dim=-1) if k else (None, None))
+        top_vals, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
         top_vals = top_vals.tolist() if k else None
         top_ids = top_ids.tolist() if k else None
         out: list[TokenLogprobs | None] = []
@@ -143,3 +157,22 @@ class Sampler:
             top = list(zip(top_ids[i][:n], top_vals[i][:n], strict=True)) if n else []
             out.append(TokenLogprobs(token_list[i], chosen[i], top))
         return out
+
+
+def _temperature(params: SamplingParams) -> float:
+    return 0.0 if params.temperature < _MIN_TEMPERATURE else params.temperature
+
+
+def _filters(params: SamplingParams) -> bool:
+    return params.min_p > 0.0 or params.top_k > 0 or params.top_p < 1.0
+
+
+def _needs_processing(seq: Sequence, temperature: float) -> bool:
+    """Whether any logit of this row changes before the draw (the fp32 copy is made only then)."""
+    p = seq.params
+    return bool(
+        p.logit_bias
+        or seq.num_output_tokens < p.min_tokens
+        or p.has_penalties
+        or (temperature > 0 and _filters(p))
+    )
