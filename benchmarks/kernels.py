@@ -2,6 +2,7 @@
 
     python benchmarks/kernels.py --out kernels.json            # the table below, in about a minute
     python benchmarks/kernels.py --out kernels.json --sweep    # also launch shapes and split counts
+    python benchmarks/kernels.py --out sampling.json --sampling-only   # the sampling rows, in seconds
 
 Decode: batch 1 and 256, context 512 and 8k, llama-1b (32 q / 8 kv heads, head_dim 64) and llama-8b (32/8,
 head_dim 128) head shapes, bf16, block size 16, blocks shuffled over the cache. The floor is the KV bytes
@@ -13,6 +14,12 @@ bytes read + written). Times are medians:
     decode step under CUDA graphs pays per layer.
 A peer on the same card: torch SDPA (flash) on contiguous, unpaged K/V of the same shapes.
 Every timed case is also checked against the torch reference in fp32 (rel err column).
+
+Sampling: `sample_tokens` on bf16 logits [B, 128256] (Llama 3 vocab), B = 1 and 256, every row sampling
+(T = 1) or every row greedy, against the sampler's previous torch path (fp32 copy, softmax, exponential race;
+`torch seeded`: with a torch.Generator draw per row, as seeded requests had). Floor: the logits read once,
+B * V * 2 bytes over the copy bandwidth. `mismatch` counts rows whose token differs from torch_ops'
+(only a tie in the last bit of a score may cause one). Eager `do_bench` medians.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine_service.ops import torch_ops  # noqa: E402
 from engine_service.ops import triton_attention as ta  # noqa: E402
+from engine_service.ops import triton_sampling as ts  # noqa: E402
 
 # The SDPA peer may use only fused kernels: the math fallback would repeat K/V per query head (GBs).
 FUSED_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
@@ -352,6 +360,64 @@ def bench_mixed(copy_bw: float) -> list[dict]:
     return rows
 
 
+def old_torch_sample(logits: torch.Tensor, temperature: torch.Tensor, generators=None) -> torch.Tensor:
+    """The sampler before the fused kernel: fp32 copy, argmax, softmax, exponential race (seeded rows with
+    their own generators)."""
+    logits = logits.float()
+    argmax = logits.argmax(dim=-1)
+    if bool((temperature == 0).all()):
+        return argmax
+    probs = torch.softmax(logits / temperature[:, None], dim=-1)
+    q = torch.empty_like(probs).exponential_()
+    for i, gen in enumerate(generators or []):
+        q[i].exponential_(generator=gen)
+    return torch.where(temperature == 0, argmax, (probs / q).argmax(dim=-1))
+
+
+def bench_sampling(copy_bw: float) -> list[dict]:
+    rows = []
+    for batch in (1, 256):
+        for mode in ("sample", "greedy"):
+            rows.append(sampling_row(batch, 128256, mode, copy_bw))
+            torch.cuda.empty_cache()
+    return rows
+
+
+def sampling_row(batch: int, vocab: int, mode: str, copy_bw: float) -> dict:
+    logits = (torch.randn(batch, vocab, device="cuda") * 3).to(torch.bfloat16)
+    temperature = torch.full((batch,), 1.0 if mode == "sample" else 0.0, device="cuda")
+    seeds = torch.randint(0, 2**63 - 1, (batch,), device="cuda")
+    positions = torch.randint(0, 4096, (batch,), device="cuda")
+    generators = [torch.Generator(device="cuda").manual_seed(i) for i in range(batch)]
+    fused = ts.sample_tokens(logits, temperature, seeds, positions)
+    mismatch = int((fused != torch_ops.sample_tokens(logits, temperature, seeds, positions)).sum())
+
+    def bench(fn) -> float:
+        return 1e3 * triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+    fused_us = bench(lambda: ts.sample_tokens(logits, temperature, seeds, positions))
+    torch_us = bench(lambda: old_torch_sample(logits, temperature))
+    seeded_us = bench(lambda: old_torch_sample(logits, temperature, generators)) if mode == "sample" else None
+    floor_us = batch * vocab * 2 / copy_bw * 1e6
+    print(
+        f"sampling b{batch} {mode}: fused {fused_us:.1f} us, torch {torch_us:.1f} us, "
+        f"floor {floor_us:.1f} us, mismatch {mismatch}",
+        file=sys.stderr,
+    )
+    return dict(
+        batch=batch,
+        vocab=vocab,
+        mode=mode,
+        num_splits=ts.choose_num_splits(batch, vocab, ts._num_sms(0)),
+        fused_us=fused_us,
+        torch_us=torch_us,
+        torch_seeded_us=seeded_us,
+        floor_us=floor_us,
+        frac_of_copy=floor_us / fused_us,
+        mismatch=mismatch,
+    )
+
+
 def matmul_rate() -> float:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -364,15 +430,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="where to write the JSON results")
     parser.add_argument("--sweep", action="store_true", help="also sweep split counts and launch shapes")
     parser.add_argument("--no-prefill", action="store_true", help="decode rows only")
+    parser.add_argument("--sampling-only", action="store_true", help="only the sampling rows")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
 
     started = time.time()
     copy_bw, mm = copy_bandwidth(), matmul_rate()
-    decode, decode_sweep = bench_decode(copy_bw, args.sweep)
-    prefill, prefill_sweep = ([], []) if args.no_prefill else bench_prefill(mm, args.sweep)
-    mixed = [] if args.no_prefill else bench_mixed(copy_bw)
+    attention = not args.sampling_only
+    decode, decode_sweep = bench_decode(copy_bw, args.sweep) if attention else ([], [])
+    prefill, prefill_sweep = bench_prefill(mm, args.sweep) if attention and not args.no_prefill else ([], [])
+    mixed = bench_mixed(copy_bw) if attention and not args.no_prefill else []
+    sampling = bench_sampling(copy_bw)
     result = dict(
         device=torch.cuda.get_device_name(),
         num_sms=ta._num_sms(0),
@@ -383,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         decode=decode,
         prefill=prefill,
         mixed=mixed,
+        sampling=sampling,
         sweep=decode_sweep + prefill_sweep,
         wall_s=time.time() - started,
     )
@@ -415,6 +485,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"mixed {r['shape']} 255 decodes@1k + 1x1k prompt: {r['us']:.0f} us (decodes alone "
             f"{r['decode_only_us']:.0f} us, KV floor {r['floor_us']:.0f} us), err {r['rel_err']:.1e}"
+        )
+    if sampling:
+        print("| batch | mode | splits | fused us | floor us | of copy | torch us | seeded us | mismatch |")
+        print("|---|---|---|---|---|---|---|---|---|")
+    for r in sampling:
+        seeded = f"{r['torch_seeded_us']:.0f}" if r["torch_seeded_us"] else "-"
+        print(
+            f"| {r['batch']} | {r['mode']} | {r['num_splits']} | {r['fused_us']:.1f} | {r['floor_us']:.1f} | "
+            f"{r['frac_of_copy']:.2f} | {r['torch_us']:.1f} | {seeded} | {r['mismatch']} |"
         )
     if result["sweep"]:
         best: dict[str, dict] = {}
