@@ -17,7 +17,7 @@ Every timed case is also checked against the torch reference in fp32 (rel err co
 
 Sampling: `sample_tokens` on bf16 logits [B, 128256] (Llama 3 vocab), B = 1 and 256, every row sampling
 (T = 1) or every row greedy, against the sampler's previous torch path (fp32 copy, softmax, exponential race;
-`torch seeded`: with a torch.Generator draw per row, as seeded requests had). Floor: the logits read once,
+`seeded us`: with a torch.Generator draw per row, as seeded requests had). Floor: the logits read once,
 B * V * 2 bytes over the copy bandwidth. `mismatch` counts rows whose token differs from torch_ops'
 (only a tie in the last bit of a score may cause one). Eager `do_bench` medians.
 """
@@ -360,12 +360,14 @@ def bench_mixed(copy_bw: float) -> list[dict]:
     return rows
 
 
-def old_torch_sample(logits: torch.Tensor, temperature: torch.Tensor, generators=None) -> torch.Tensor:
+def old_torch_sample(
+    logits: torch.Tensor, temperature: torch.Tensor, all_greedy: bool, generators=None
+) -> torch.Tensor:
     """The sampler before the fused kernel: fp32 copy, argmax, softmax, exponential race (seeded rows with
-    their own generators)."""
+    their own generators). `all_greedy` comes from the host, as the sampler knew it from the requests."""
     logits = logits.float()
     argmax = logits.argmax(dim=-1)
-    if bool((temperature == 0).all()):
+    if all_greedy:
         return argmax
     probs = torch.softmax(logits / temperature[:, None], dim=-1)
     q = torch.empty_like(probs).exponential_()
@@ -396,8 +398,9 @@ def sampling_row(batch: int, vocab: int, mode: str, copy_bw: float) -> dict:
         return 1e3 * triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
     fused_us = bench(lambda: ts.sample_tokens(logits, temperature, seeds, positions))
-    torch_us = bench(lambda: old_torch_sample(logits, temperature))
-    seeded_us = bench(lambda: old_torch_sample(logits, temperature, generators)) if mode == "sample" else None
+    greedy = mode == "greedy"
+    torch_us = bench(lambda: old_torch_sample(logits, temperature, greedy))
+    seeded_us = None if greedy else bench(lambda: old_torch_sample(logits, temperature, greedy, generators))
     floor_us = batch * vocab * 2 / copy_bw * 1e6
     print(
         f"sampling b{batch} {mode}: fused {fused_us:.1f} us, torch {torch_us:.1f} us, "
