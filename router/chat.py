@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from router.context import CONTEXT, STARTED, read_json
+from router.body import read_json
+from router.context import CONTEXT, STARTED
 from router.dispatch import EngineStreamError
 from router.generation import FINISH_REASONS, Generation
 from router.logprobs import chat_logprobs

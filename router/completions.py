@@ -6,7 +6,8 @@ import asyncio
 
 from aiohttp import web
 
-from router.context import CONTEXT, STARTED, RouterContext, read_json
+from router.body import read_json
+from router.context import CONTEXT, STARTED, RouterContext
 from router.dispatch import EngineStreamError
 from router.errors import bad_request
 from router.generation import FINISH_REASONS, Generation

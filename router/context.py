@@ -10,7 +10,6 @@ from router.auth import ApiKeys
 from router.config import RouterConfig
 from router.dispatch import Dispatcher
 from router.engines import EngineRegistry
-from router.errors import bad_request
 from router.metrics import RouterMetrics
 from router.tokenizer import TokenizerClient
 
@@ -31,10 +30,3 @@ class RouterContext:
 
 CONTEXT = web.AppKey("router", RouterContext)
 STARTED = web.RequestKey("started", float)  # time.perf_counter() when the request arrived
-
-
-async def read_json(request: web.Request) -> object:
-    try:
-        return await request.json()
-    except (ValueError, UnicodeDecodeError) as err:
-        raise bad_request(f"The request body is not valid JSON: {err}") from None

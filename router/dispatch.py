@@ -23,6 +23,7 @@ from router.policies import Policy, RouteRequest
 log = logging.getLogger(__name__)
 
 _READY = grpc.ChannelConnectivity.READY
+_STOPPED_RESPONDING = OpenAIError(503, "The engine stopped responding.", type="server_error")
 
 
 class EngineStreamError(Exception):
@@ -60,6 +61,8 @@ class EngineStream:
             if engine.channel.get_state(try_to_connect=True) is not _READY:
                 async with asyncio.timeout(connect_timeout_s):
                     await engine.channel.channel_ready()
+            if self._abandoned:
+                raise EngineStreamError(_STOPPED_RESPONDING)
             self._call = engine.stub.Generate(self._request)
             async with asyncio.timeout(first_token_timeout_s):
                 first = await self._read()
@@ -67,6 +70,8 @@ class EngineStream:
             self._registry.request_failed(engine, "no first token in time")
             error = OpenAIError(503, "The engine did not answer in time.", type="server_error")
             raise _Retry(error, pushed_back=False) from None
+        except EngineStreamError as err:  # abandoned: the engine stopped answering probes meanwhile
+            raise _Retry(err.error, pushed_back=False) from None
         except grpc.aio.AioRpcError as err:
             code = err.code()
             if code in ENGINE_DOWN:
@@ -100,9 +105,7 @@ class EngineStream:
             # grpc raises CancelledError for a locally cancelled call: when `abandon()` did that, the
             # engine is gone, not our caller.
             if self._abandoned and asyncio.current_task().cancelling() == 0:
-                raise EngineStreamError(
-                    OpenAIError(503, "The engine stopped responding.", type="server_error")
-                ) from None
+                raise EngineStreamError(_STOPPED_RESPONDING) from None
             raise
 
     def abandon(self) -> None:

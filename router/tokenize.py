@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from router.context import CONTEXT, read_json
+from router.body import read_json
+from router.context import CONTEXT
 from router.errors import bad_request
 from router.openai_schema import parse_detokenize, parse_tokenize
 from router.streaming import dumps
