@@ -6,11 +6,17 @@ from pathlib import Path
 
 import pytest
 
+import os
+
 try:
     import torch
 
     # 2 shared cores: more intra-op threads slow everyone down (see FACTS.md).
     torch.set_num_threads(1)
+    # Without a GPU, Triton kernels run in Triton's CPU interpreter. The variable must be set before any
+    # @triton.jit function is defined, and any test module may import a kernel: so set it here, first.
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 except ImportError:
     pass
 
