@@ -14,13 +14,15 @@ from aiohttp import web
 
 from router import chat, completions, status, tokenize
 from router.auth import OPEN_PATHS, ApiKeys
+from router.channels import ChannelFactory
 from router.config import RouterConfig
-from router.context import CONTEXT, STARTED, RouterContext
+from router.context import CONTEXT, KEY_ID, STARTED, RouterContext
 from router.discovery.dns import DnsDiscovery
 from router.discovery.static import StaticDiscovery
 from router.dispatch import Dispatcher
 from router.engines import EngineRegistry
 from router.errors import OpenAIError
+from router.limits import RequestLimits, StreamLimiter
 from router.metrics import RouterMetrics
 from router.policies import make_policy
 from router.streaming import ClientGone
@@ -33,6 +35,8 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
     """`k8s_api_client` overrides the in-cluster / kubeconfig client (tests point it at a fake API server)."""
     api_keys = ApiKeys(config.api_keys, config.api_key_file)
     policy = make_policy(config)
+    connect = ChannelFactory(config.channel_tls())  # reads the TLS files now: a bad one fails start-up
+    limits = RequestLimits(config.max_prompt_tokens, config.max_tokens_limit)
     app = web.Application(middlewares=[_middleware], client_max_size=config.max_body_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -42,6 +46,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             failures_to_eject=config.probe_failures_to_eject,
             max_backoff_s=config.max_backoff_s,
             drain_grace_s=config.drain_grace_s,
+            connect=connect,
         )
         metrics = RouterMetrics()
         metrics.watch_engines(lambda: registry.engines)
@@ -53,8 +58,11 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             connect_timeout_s=config.connect_timeout_s,
             first_token_timeout_s=config.first_token_timeout_s,
         )
-        tokenizer = TokenizerClient(config.tokenizer, config.tokenizer_timeout_s)
-        app[CONTEXT] = RouterContext(config, registry, dispatcher, tokenizer, metrics, api_keys)
+        tokenizer = TokenizerClient(config.tokenizer, config.tokenizer_timeout_s, connect)
+        streams = StreamLimiter(config.max_concurrent_streams_per_key)
+        app[CONTEXT] = RouterContext(
+            config, registry, dispatcher, tokenizer, metrics, api_keys, limits, streams
+        )
         tasks = [
             asyncio.create_task(source.run(functools.partial(registry.update, name)), name=name)
             for name, source in _discovery_sources(config, k8s_api_client)
@@ -70,8 +78,8 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.add_routes(
         [
-            web.post("/v1/chat/completions", chat.chat_completions),
-            web.post("/v1/completions", completions.completions),
+            web.post("/v1/chat/completions", _counted(chat.chat_completions)),
+            web.post("/v1/completions", _counted(completions.completions)),
             web.get("/v1/models", status.list_models),
             web.get("/v1/models/{model:.+}", status.get_model),
             web.post("/tokenize", tokenize.tokenize),
@@ -113,7 +121,7 @@ async def _middleware(request: web.Request, handler) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     try:
         if ctx.api_keys.enabled and request.path not in OPEN_PATHS:
-            ctx.api_keys.check(request.headers.get("Authorization"))
+            request[KEY_ID] = ctx.api_keys.check(request.headers.get("Authorization"))
         response = await handler(request)
     except OpenAIError as err:
         response = err.response()
@@ -137,19 +145,36 @@ async def _middleware(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
+def _counted(handler):
+    """A generation route: the request counts against its API key's concurrent-stream budget while it runs."""
+
+    @functools.wraps(handler)
+    async def counted(request: web.Request) -> web.StreamResponse:
+        with request.app[CONTEXT].streams.hold(request.get(KEY_ID, "")):
+            return await handler(request)
+
+    return counted
+
+
 async def start(config: RouterConfig, **app_kwargs) -> web.AppRunner:
-    """Starts the router on config.host:config.port (0: a free port; see `runner.addresses`)."""
+    """Starts the router on config.host:config.port (0: a free port; see `runner.addresses`), over HTTPS
+    with --tls-cert/--tls-key."""
+    ssl_context = None
+    if config.tls_cert is not None:
+        from pagoda.tls import http_server_context
+
+        ssl_context = http_server_context(config.tls_cert, config.tls_key)
     # handler_cancellation: a client that disconnects cancels its handler, which cancels the gRPC call.
     runner = web.AppRunner(build_app(config, **app_kwargs), handler_cancellation=True, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
+    await web.TCPSite(runner, config.host, config.port, backlog=1024, ssl_context=ssl_context).start()
     return runner
 
 
 async def serve(config: RouterConfig) -> None:
     runner = await start(config)
     host, port = runner.addresses[0][:2]
-    log.info("router listening on http://%s:%d", host, port)
+    log.info("router listening on %s://%s:%d", "https" if config.tls_cert else "http", host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

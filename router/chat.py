@@ -24,16 +24,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chat_template_kwargs_json=req.chat_template_kwargs_json,
         chat_template=req.chat_template,
     )
-    req.sampling.check(len(encoded.token_ids), card, "messages")
+    prompt_len = len(encoded.token_ids)
+    req.sampling.check(prompt_len, card, "messages")
+    sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "messages")
     session = ctx.session_key(request, req.prompt_cache_key, req.user)
     gen = await Generation.open(
         ctx.dispatcher,
         card,
         "chatcmpl",
         [encoded.token_ids],
-        req.sampling,
+        sampling,
         started=request[STARTED],
-        cache_salt=req.cache_salt,
+        cache_salt=ctx.cache_salt(request, req.cache_salt),
         session_key=session,
     )
     try:

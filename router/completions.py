@@ -24,15 +24,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompts = await asyncio.gather(*(_token_ids(ctx, card, p, i) for i, p in enumerate(req.prompts)))
     for ids in prompts:
         req.sampling.check(len(ids), card, "prompt")
+    longest = max(len(ids) for ids in prompts)
+    sampling = ctx.limits.apply(req.sampling, longest, card.max_model_len, "prompt")
     echoes = await _echo_texts(ctx, req, prompts) if req.echo else None
     gen = await Generation.open(
         ctx.dispatcher,
         card,
         "cmpl",
         prompts,
-        req.sampling,
+        sampling,
         started=request[STARTED],
-        cache_salt=req.cache_salt,
+        cache_salt=ctx.cache_salt(request, req.cache_salt),
         session_key=ctx.session_key(request, req.user),
     )
     try:

@@ -45,8 +45,30 @@ class RouterConfig:
     api_key_file: str | None = None
     metrics: bool = True
     log_format: str = "text"
+    salt_cache_per_api_key: bool = False  # no two API keys share prefix-cache blocks
+
+    # TLS: HTTPS for clients; TLS (mutual with a client certificate) to the engines and the tokenizer.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    grpc_tls_ca: str | None = None
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+    grpc_tls_server_name: str | None = None  # the name in server certificates, when not the dialled address
+
+    # Limits (None: none beyond the model's context).
     max_body_bytes: int = 64 * 1024 * 1024
+    max_prompt_tokens: int | None = None
+    max_tokens_limit: int | None = None
+    max_concurrent_streams_per_key: int | None = None
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys) or self.api_key_file is not None
+
+    def channel_tls(self):
+        """The router's side of TLS to engines and tokenizer, or None for plaintext."""
+        from pagoda.tls import ChannelTls
+
+        if self.grpc_tls_ca is None:
+            return None
+        return ChannelTls(self.grpc_tls_ca, self.grpc_tls_cert, self.grpc_tls_key, self.grpc_tls_server_name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -10,6 +10,7 @@ from router.auth import ApiKeys
 from router.config import RouterConfig
 from router.dispatch import Dispatcher
 from router.engines import EngineRegistry
+from router.limits import RequestLimits, StreamLimiter
 from router.metrics import RouterMetrics
 from router.tokenizer import TokenizerClient
 
@@ -22,11 +23,21 @@ class RouterContext:
     tokenizer: TokenizerClient
     metrics: RouterMetrics
     api_keys: ApiKeys
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    streams: StreamLimiter = field(default_factory=lambda: StreamLimiter(None))
 
     def session_key(self, request: web.Request, *fallbacks: str | None) -> str | None:
         """The session policy's key: the session header, else the first body field given (`user`...)."""
         return request.headers.get(self.config.session_header) or next((f for f in fallbacks if f), None)
 
+    def cache_salt(self, request: web.Request, requested: str) -> str:
+        """The engine's prefix-cache salt: the request's own `cache_salt`, and with --salt-cache-per-api-key
+        the caller's key id before it, so that no two keys ever share a cached block."""
+        if not self.config.salt_cache_per_api_key:
+            return requested
+        return f"{request.get(KEY_ID, '')}:{requested}"
+
 
 CONTEXT = web.AppKey("router", RouterContext)
 STARTED = web.RequestKey("started", float)  # time.perf_counter() when the request arrived
+KEY_ID = web.RequestKey("key_id", str)  # the caller's API key id ("" without API keys)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
+from router.channels import ChannelFactory
 from router.errors import model_not_found, no_engine
 from router.model_card import ModelCard
 
@@ -28,25 +29,13 @@ log = logging.getLogger(__name__)
 # A full KV cache means preemptions for whatever arrives next: weigh it like a few queued requests.
 KV_FULL_WEIGHT = 4.0
 
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    # Fail fast and let the registry's backoff decide when to try again.
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-]
-
 
 class Engine:
     """One engine endpoint. `ready` is what routing looks at; the rest feeds `load` and the health state."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, channel: grpc.aio.Channel):
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = channel
         self.stub = engine_pb2_grpc.EngineServiceStub(self.channel)
         self.card: ModelCard | None = None
         self.info = engine_pb2.ServerInfo()
@@ -94,12 +83,14 @@ class EngineRegistry:
         failures_to_eject: int,
         max_backoff_s: float,
         drain_grace_s: float,
+        connect: Callable[[str], grpc.aio.Channel] | None = None,
     ):
         self.interval_s = interval_s
         self.probe_timeout_s = probe_timeout_s
         self.failures_to_eject = failures_to_eject
         self.max_backoff_s = max_backoff_s
         self.drain_grace_s = drain_grace_s
+        self._connect = connect or ChannelFactory()  # plaintext unless the router has TLS flags
         self._engines: dict[str, Engine] = {}
         self._sources: dict[str, frozenset[str]] = {}
         self._tasks: dict[str, asyncio.Task] = {}
@@ -112,7 +103,7 @@ class EngineRegistry:
         self._sources[source] = frozenset(addresses)
         wanted = frozenset().union(*self._sources.values())
         for address in wanted - self._engines.keys():
-            engine = self._engines[address] = Engine(address)
+            engine = self._engines[address] = Engine(address, self._connect(address))
             self._tasks[address] = asyncio.create_task(self._probe_loop(engine), name=f"probe {address}")
             log.info("engine %s discovered", address)
         for address in self._engines.keys() - wanted:

@@ -115,7 +115,9 @@ def from_grpc(err: grpc.aio.AioRpcError, service: str) -> OpenAIError:
     details = err.details() or code.name
     if status == 429:
         return overloaded()
-    if status >= 500:
+    if code is grpc.StatusCode.UNAVAILABLE:
+        message = f"The {service} failed: it is unavailable ({details}); try again shortly."
+    elif status >= 500:
         message = f"The {service} failed: {details}"
     else:
         message = details

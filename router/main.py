@@ -64,9 +64,50 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     g.add_argument("--api-key-file", help="file with one API key per line, re-read when it changes")
     g.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True, help="serve /metrics")
     g.add_argument("--log-format", choices=["text", "json"], default="text")
+    g.add_argument(
+        "--salt-cache-per-api-key",
+        action="store_true",
+        help="salt each API key's prefix cache apart, so that no key can probe another's cached prompts",
+    )
+    g = p.add_argument_group("TLS")
+    g.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain (with --tls-key)")
+    g.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    g.add_argument("--grpc-tls-ca", help="reach engines and the tokenizer over TLS, trusting this PEM CA")
+    g.add_argument("--grpc-tls-cert", help="client certificate for mutual TLS to engines and tokenizer")
+    g.add_argument("--grpc-tls-key", help="the PEM private key of --grpc-tls-cert")
+    g.add_argument(
+        "--grpc-tls-server-name",
+        help="the name expected in engine and tokenizer certificates (default: the address dialled; "
+        "set it when engines are found by IP)",
+    )
+    g = p.add_argument_group("limits")
+    g.add_argument(
+        "--max-body-bytes", type=int, default=64 * 1024 * 1024, help="larger request bodies get a 413"
+    )
+    g.add_argument("--max-prompt-tokens", type=int, help="longer prompts get a 400")
+    g.add_argument(
+        "--max-tokens-limit", type=int, help="a larger max_tokens gets a 400; the cap when none is given"
+    )
+    g.add_argument(
+        "--max-concurrent-streams-per-key",
+        type=int,
+        help="generation requests in flight per API key (all callers share one budget without keys); "
+        "more get a 429 with Retry-After",
+    )
     a = p.parse_args(argv)
     if a.prefix_affinity_blocks < 1 or a.load_factor < 1.0 or a.max_attempts < 1:
         p.error("--prefix-affinity-blocks and --max-attempts must be >= 1, --load-factor >= 1.0")
+    for flag in ("max_body_bytes", "max_prompt_tokens", "max_tokens_limit", "max_concurrent_streams_per_key"):
+        if getattr(a, flag) is not None and getattr(a, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if (a.tls_cert is None) != (a.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
+    if (a.grpc_tls_cert is None) != (a.grpc_tls_key is None):
+        p.error("--grpc-tls-cert and --grpc-tls-key go together")
+    if (a.grpc_tls_cert or a.grpc_tls_server_name) and not a.grpc_tls_ca:
+        p.error("--grpc-tls-cert and --grpc-tls-server-name need --grpc-tls-ca")
+    if a.salt_cache_per_api_key and not (a.api_key or a.api_key_file):
+        p.error("--salt-cache-per-api-key needs API keys (--api-key or --api-key-file)")
     namespace = a.k8s_namespace
     if namespace is None and (a.k8s_service or a.k8s_label_selector):
         namespace = _NAMESPACE_FILE.read_text().strip() if _NAMESPACE_FILE.is_file() else "default"
@@ -95,6 +136,17 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         api_key_file=a.api_key_file,
         metrics=a.metrics,
         log_format=a.log_format,
+        salt_cache_per_api_key=a.salt_cache_per_api_key,
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+        grpc_tls_ca=a.grpc_tls_ca,
+        grpc_tls_cert=a.grpc_tls_cert,
+        grpc_tls_key=a.grpc_tls_key,
+        grpc_tls_server_name=a.grpc_tls_server_name,
+        max_body_bytes=a.max_body_bytes,
+        max_prompt_tokens=a.max_prompt_tokens,
+        max_tokens_limit=a.max_tokens_limit,
+        max_concurrent_streams_per_key=a.max_concurrent_streams_per_key,
     )
 
 
@@ -129,10 +181,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from pagoda.tls import TlsConfigError
     from router.app import serve
 
     try:
         asyncio.run(serve(config))
+    except TlsConfigError as err:
+        print(f"pagoda router: {err}", file=sys.stderr)
+        return 2
     except OSError as err:  # e.g. the port is taken
         print(f"pagoda router: {err}", file=sys.stderr)
         return 1

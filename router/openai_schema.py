@@ -16,6 +16,7 @@ from router.sampling import MAX_LOGPROBS, SAMPLING_FIELDS, Sampling, parse_sampl
 from router.validation import opt_bool, opt_dict, opt_int, opt_str, reject_unknown, token_ids
 
 MAX_PROMPTS = 256
+MAX_CACHE_SALT = 1024
 
 _COMMON = SAMPLING_FIELDS | {"model", "stream", "stream_options", "user", "cache_salt"}
 
@@ -142,7 +143,7 @@ def parse_chat(body: object) -> ChatRequest:
         chat_template=opt_str(body, "chat_template") or "",
         user=opt_str(body, "user"),
         prompt_cache_key=opt_str(body, "prompt_cache_key"),
-        cache_salt=opt_str(body, "cache_salt") or "",
+        cache_salt=_cache_salt(body),
     )
 
 
@@ -169,8 +170,17 @@ def parse_completion(body: object) -> CompletionRequest:
         include_usage=include_usage,
         echo=echo,
         user=opt_str(body, "user"),
-        cache_salt=opt_str(body, "cache_salt") or "",
+        cache_salt=_cache_salt(body),
     )
+
+
+def _cache_salt(body: dict) -> str:
+    """A tenant's own prefix-cache namespace (vLLM's extension): requests share cached blocks only when
+    their salts are equal."""
+    salt = opt_str(body, "cache_salt") or ""
+    if len(salt) > MAX_CACHE_SALT:
+        raise bad_request(f"'cache_salt' may be at most {MAX_CACHE_SALT} characters.", "cache_salt")
+    return salt
 
 
 def _object(body: object) -> dict:

@@ -7,17 +7,15 @@ from collections.abc import Sequence
 import grpc
 
 from pagoda.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
-from router.engines import CHANNEL_OPTIONS
+from router.channels import ChannelFactory
 from router.errors import from_grpc
 from router.openai_schema import Message
 
 
 class TokenizerClient:
-    def __init__(self, target: str, timeout_s: float):
+    def __init__(self, target: str, timeout_s: float, connect: ChannelFactory | None = None):
         # A DNS name with several tokenizer pods behind it is spread over with round-robin.
-        self._channel = grpc.aio.insecure_channel(
-            target, options=[*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
-        )
+        self._channel = (connect or ChannelFactory())(target, [("grpc.lb_policy_name", "round_robin")])
         self._stub = tokenizer_pb2_grpc.TokenizerServiceStub(self._channel)
         self._timeout_s = timeout_s
 
