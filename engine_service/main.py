@@ -16,6 +16,8 @@ import os
 import signal
 import sys
 
+from pagoda.tls import add_server_tls_args, server_tls
+
 log = logging.getLogger("engine_service")
 
 
@@ -79,6 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--otlp-endpoint", default=None, help="OTLP endpoint for traces (not wired yet)")
+    add_server_tls_args(p)
     return p.parse_args(argv)
 
 
@@ -116,6 +119,8 @@ def build_config(args: argparse.Namespace):
         stream_interval=args.stream_interval,
         log_format=args.log_format,
         otlp_endpoint=args.otlp_endpoint,
+        tls=server_tls(args),
+        health_port=args.health_port,
     )
 
 

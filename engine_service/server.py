@@ -7,6 +7,8 @@
     fatal     the engine loop died or stalled: health NOT_SERVING, streams end INTERNAL, wait() returns 1
 
 Health keeps answering while draining, so Kubernetes sees NOT_SERVING rather than a refused connection.
+With --tls-cert the port speaks TLS (mutual with --tls-client-ca); --health-port adds a plaintext port
+with health alone, for kubelet probes.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from grpc_reflection.v1alpha import reflection
 from engine_service import convert
 from engine_service.async_engine import AsyncEngine
 from engine_service.engine import Engine
-from engine_service.model_config import load_tokenizer
 from engine_service.engine_loop import ProcessCore, ThreadCore, warm_up
+from engine_service.model_config import load_tokenizer
 from engine_service.service_config import EngineServiceConfig
 from engine_service.servicer import EngineServicer, ServingState
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
+from pagoda.health_port import serve_health
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class EngineServer:
         self.exit_code: int | None = None
         self._server = grpc.aio.server(options=GRPC_OPTIONS)
         self._health = health.aio.HealthServicer()
+        self._health_server: grpc.aio.Server | None = None  # --health-port
         self._done = asyncio.Event()
         self._force = asyncio.Event()  # a second SIGTERM: stop draining now
 
@@ -55,12 +59,24 @@ class EngineServer:
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
-        self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        tls = self.config.tls
+        if tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, tls.credentials())
         if not self.port:
-            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+            raise OSError(f"cannot bind {address}")
         await self._server.start()
+        if self.config.health_port:
+            self._health_server = await serve_health(self._health, self.config.host, self.config.health_port)
         await self._set_health(serving=False)
-        log.info("engine gRPC server listening on %s:%d (loading the model)", self.config.host, self.port)
+        log.info(
+            "engine gRPC server listening on %s:%d%s (loading the model)",
+            self.config.host,
+            self.port,
+            "" if tls is None else " with mutual TLS" if tls.client_ca else " with TLS",
+        )
         return self.port
 
     async def load(self, engine: Engine | None = None) -> None:
@@ -133,6 +149,8 @@ class EngineServer:
         if engine is not None:
             engine.abort_all()  # streams still open end with finish_reason ABORT ...
         await self._server.stop(grace=1.0)  # ... and get a moment to send it
+        if self._health_server is not None:
+            await self._health_server.stop(grace=None)
         if engine is not None:
             await engine.shutdown()
         self._done.set()
@@ -154,6 +172,8 @@ class EngineServer:
     async def _fail(self) -> None:
         await self._set_health(serving=False)
         await self._server.stop(grace=1.0)
+        if self._health_server is not None:
+            await self._health_server.stop(grace=None)
         self._done.set()
 
     async def _set_health(self, serving: bool) -> None:

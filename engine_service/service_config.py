@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine_service.config import EngineConfig
+from pagoda.tls import ServerTls
 
 
 @dataclass(frozen=True)
@@ -20,11 +21,15 @@ class EngineServiceConfig:
     step_timeout_s: float = 300.0  # one engine step longer than this means the loop is stuck
     log_format: str = "text"  # text | json
     otlp_endpoint: str | None = None
+    tls: ServerTls | None = None  # None: plaintext gRPC
+    # A plaintext port that serves only grpc.health.v1, for kubelet probes when gRPC is TLS; 0: none.
+    health_port: int = 0
 
     def __post_init__(self) -> None:
         checks = [
             (0 <= self.port < 65536, f"port must be in [0, 65535], got {self.port}"),
             (0 <= self.metrics_port < 65536, f"metrics_port must be in [0, 65535], got {self.metrics_port}"),
+            (0 <= self.health_port < 65536, f"health_port must be in [0, 65535], got {self.health_port}"),
             (self.max_waiting >= 1, f"max_waiting must be >= 1, got {self.max_waiting}"),
             (
                 self.shutdown_grace_period_s >= 0,

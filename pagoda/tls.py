@@ -7,6 +7,7 @@ tokenizer). Files are read once at start-up; a missing or unreadable file is an 
 
 from __future__ import annotations
 
+import argparse
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,36 @@ class ChannelTls:
 
     def options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def add_server_tls_args(p: argparse.ArgumentParser) -> None:
+    """The TLS flags of the gRPC services (`pagoda engine`, `pagoda tokenizer`)."""
+    g = p.add_argument_group("TLS")
+    g.add_argument("--tls-cert", help="serve gRPC over TLS with this PEM certificate chain (with --tls-key)")
+    g.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    g.add_argument("--tls-client-ca", help="require client certificates signed by this PEM CA (mutual TLS)")
+    g.add_argument(
+        "--health-port",
+        type=int,
+        default=0,
+        help="also serve grpc.health.v1 alone, in plaintext, on this port (kubelet gRPC probes cannot "
+        "speak TLS); 0: off",
+    )
+
+
+def server_tls(args: argparse.Namespace) -> ServerTls | None:
+    """The ServerTls those flags ask for, or None; a TlsConfigError (a ValueError) for an incomplete set
+    or a file that is missing or not PEM, so that a bad flag fails before anything starts."""
+    check_pair(args.tls_cert, args.tls_key, "--tls-cert and --tls-key")
+    if args.tls_cert is None:
+        if args.tls_client_ca:
+            raise TlsConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        read_pem(path, flag)
+    if args.tls_client_ca:
+        read_pem(args.tls_client_ca, "--tls-client-ca")
+    return ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
 def http_server_context(cert: str, key: str) -> ssl.SSLContext:

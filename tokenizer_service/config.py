@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pagoda.tls import ServerTls
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -20,3 +22,6 @@ class TokenizerConfig:
     # A 1M-token prompt is about 4 MB of text and 5 MB of ids: gRPC's 4 MB default is too small.
     max_message_bytes: int = 64 * 1024 * 1024
     model_cache_dir: str | None = None  # where .gguf conversions go (None: ~/.cache/pagoda/models)
+    tls: ServerTls | None = None  # None: plaintext gRPC
+    # A plaintext port that serves only grpc.health.v1, for kubelet probes when gRPC is TLS; 0: none.
+    health_port: int = 0

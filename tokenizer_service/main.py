@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from pagoda.tls import TlsConfigError, add_server_tls_args, server_tls
 from tokenizer_service.config import TokenizerConfig
 
 log = logging.getLogger("tokenizer_service")
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="tokenizer threads, each with its own tokenizer (default: min(4, CPUs))",
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
+    add_server_tls_args(p)
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")
@@ -50,11 +52,17 @@ def build_config(args: argparse.Namespace) -> TokenizerConfig:
         metrics_port=args.metrics_port,
         workers=args.workers,
         log_format=args.log_format,
+        tls=server_tls(args),
+        health_port=args.health_port,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = build_config(parse_args(argv))
+    try:
+        config = build_config(parse_args(argv))
+    except TlsConfigError as err:
+        print(f"pagoda tokenizer: {err}", file=sys.stderr)
+        return 2
     setup_logging(config.log_format)
     return asyncio.run(serve(config))
 

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pagoda.health_port import serve_health
 from pagoda.models import resolve_model, served_model_name
 from pagoda.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from tokenizer_service.config import TokenizerConfig
@@ -38,6 +39,7 @@ class TokenizerServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None  # --health-port
 
     async def start(self) -> None:
         size = self.config.max_message_bytes
@@ -50,9 +52,15 @@ class TokenizerServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self._set_health(NOT_SERVING)
-        self.port = server.add_insecure_port(_address(self.config.host, self.config.port))
+        address, tls = _address(self.config.host, self.config.port), self.config.tls
+        if tls is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, tls.credentials())
         await server.start()
         self._server = server
+        if self.config.health_port:
+            self._health_server = await serve_health(self.health, self.config.host, self.config.health_port)
         if self.config.metrics_port:
             self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port)
         log.info(
@@ -84,6 +92,9 @@ class TokenizerServer:
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_period if grace is None else grace)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(grace=None)
+            self._health_server = None
         if self.pool is not None:
             self.pool.close()
         self.metrics.close()
