@@ -11,9 +11,11 @@ next captured size (padding rows are sequences of length 0: they write no KV (sl
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +48,7 @@ class DecodeGraphs:
         self._staging = torch.zeros_like(self._device, device="cpu")
         if device.type == "cuda":
             self._staging = self._staging.pin_memory()
+        self._staging_np = self._staging.numpy()
         self.input_ids = self._device[:max_bs]
         self.positions = self._device[max_bs : 2 * max_bs]
         self.slot_mapping = self._device[2 * max_bs : 3 * max_bs]
@@ -96,19 +99,24 @@ class DecodeGraphs:
         B = len(input_ids)
         bs = self.sizes[bisect.bisect_left(self.sizes, B)]
         max_bs, pad = self.sizes[-1], bs - B
-        width = max(len(t) for t in block_tables)
+        staging = self._staging_np
         # Padding rows are sequences of length 0: no KV write (slot -1), nothing to attend to.
-        rows = [input_ids + [0] * pad, positions + [0] * pad, slots + [-1] * pad, seq_lens + [0] * pad]
-        staging = self._staging
-        for i, row in enumerate(rows):
-            staging[i * max_bs : i * max_bs + bs] = torch.tensor(row, dtype=torch.int64)
-        flat = [b for t in block_tables for b in (t + [0] * (width - len(t)))]
+        for i, (row, fill) in enumerate(((input_ids, 0), (positions, 0), (slots, -1), (seq_lens, 0))):
+            staging[i * max_bs : i * max_bs + B] = row
+            staging[i * max_bs + B : i * max_bs + bs] = fill
+        lengths = np.fromiter(map(len, block_tables), dtype=np.int64, count=B)
+        width = int(lengths.max())
+        table = np.zeros((B, width), dtype=np.int64)
+        table[np.arange(width)[None, :] < lengths[:, None]] = np.fromiter(
+            itertools.chain.from_iterable(block_tables), dtype=np.int64, count=int(lengths.sum())
+        )
         table_start = 4 * max_bs
-        staging[table_start : table_start + B * width] = torch.tensor(flat, dtype=torch.int64)
-        self._device[: table_start + B * width].copy_(staging[: table_start + B * width], non_blocking=True)
+        staging[table_start : table_start + B * width] = table.reshape(-1)
+        self._device[: table_start + B * width].copy_(self._staging[: table_start + B * width], non_blocking=True)
         # int64 -> int32 views the kernels read (block table rows are `width` wide here, max_blocks there)
         self.seq_lens[:bs].copy_(self._seq_lens64[:bs])
-        self.block_tables[:B, :width].copy_(self._device[table_start : table_start + B * width].view(B, width))
+        table_view = self._device[table_start : table_start + B * width].view(B, width)
+        self.block_tables[:B, :width].copy_(table_view)
         graph, out = self.graphs[bs]
         graph.replay()
         return out[:B]

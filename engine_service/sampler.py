@@ -13,7 +13,6 @@ processing, the LM head's logits (bf16 on a GPU) go to the kernel as they are: n
 from __future__ import annotations
 
 import random
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +38,9 @@ class Sampler:
         self.device = device
         self.eos_token_ids = eos_token_ids
         self._rng = random.Random(seed)  # seeds of sequences whose request has none
-        # Drawn seeds live as long as their Sequence (also when an abort never reaches `forget`).
-        self._drawn_seeds: weakref.WeakKeyDictionary[Sequence, int] = weakref.WeakKeyDictionary()
 
     def forget(self, seq_id: str) -> None:
-        """A sequence finished. Nothing to free: its drawn seed goes with the Sequence object."""
+        """A sequence finished. Nothing to free: its seed lives on the Sequence object."""
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:  # logits: [B, V]
         raw_logprobs = None
@@ -65,11 +62,13 @@ class Sampler:
 
     def _seed(self, seq: Sequence) -> int:
         """63 bits: the request's seed + the sample's index, else one drawn once from the sampler's RNG."""
-        if seq.params.seed is not None:
-            return (seq.params.seed + seq.index) & _SEED_MASK
-        seed = self._drawn_seeds.get(seq)
+        seed = seq.sampling_seed
         if seed is None:
-            seed = self._drawn_seeds[seq] = self._rng.getrandbits(63)
+            if seq.params.seed is not None:
+                seed = (seq.params.seed + seq.index) & _SEED_MASK
+            else:
+                seed = self._rng.getrandbits(63)
+            seq.sampling_seed = seed
         return seed
 
     # ---- logits processing ---------------------------------------------------------------------
