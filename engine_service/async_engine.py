@@ -8,6 +8,9 @@
 Every step's updates reach the event loop in one callback, and a stream sends everything queued for it
 in one message per sample: when the front falls behind, messages carry more tokens instead of piling up.
 
+Each stream also keeps its request's times (arrival here; first scheduled, from the loop; first token
+and end, at the step that produced them) for metrics, the request's log line and its trace span.
+
 A watchdog fails the engine (every stream ends with INTERNAL, `on_fatal` is called) when the loop exits
 or dies, or when requests are outstanding and the loop has not finished an iteration for
 `step_timeout_s`.
@@ -20,13 +23,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from engine_service.engine import EngineStats
-from engine_service.engine_loop import AbortRequest, AddRequest, ProcessCore, ThreadCore
+from engine_service.engine_loop import AbortRequest, AddRequest, ProcessCore, StepTimes, ThreadCore
 from engine_service.errors import EngineDeadError, EngineOverloadedError
-from engine_service.output_processor import OutputProcessor, SampleDelta
+from engine_service.output_processor import OutputProcessor, SampleDelta, Usage
 from engine_service.outputs import SequenceUpdate
 from engine_service.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from engine_service.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +47,19 @@ class RequestStream:
     per token for the front, at the cost of smoothness (as vLLM's --stream-interval).
     """
 
-    def __init__(self, request_id: str, stream_interval: int = 1):
+    def __init__(self, request_id: str, stream_interval: int = 1, num_prompt_tokens: int = 0):
         self.request_id = request_id
+        self.num_prompt_tokens = num_prompt_tokens
         self.started = False  # a first token (or any output) arrived
         self.finished = False  # the request's last delta (with usage) was queued
+        # The request's life, in time.monotonic() (the engine loop's clock too): None until it happens.
+        self.arrival_time = time.monotonic()
+        self.queued_time: float | None = None  # added to the engine's queue (in the loop)
+        self.first_scheduled_time: float | None = None
+        self.first_token_time: float | None = None
+        self.finished_time: float | None = None
+        self.finish_reason: str | None = None  # of the last sample to finish
+        self.usage: Usage | None = None
         self._interval = stream_interval
         self._held = 0  # tokens queued and not yet taken by the consumer
         self._deltas: list[SampleDelta] = []
@@ -127,6 +143,7 @@ class AsyncEngine:
         max_logprobs: int = 20,
         stream_interval: int = 1,
         on_fatal: Callable[[str], None] = lambda reason: None,
+        metrics: EngineMetrics | None = None,
     ):
         self.model_info = core.info.model_info
         self.tokenizer = tokenizer
@@ -142,6 +159,8 @@ class AsyncEngine:
         self._streams: dict[str, RequestStream] = {}
         self._num_waiting = 0  # streams with no output yet: bounded by max_waiting
         self.stats: EngineStats = core.info.stats
+        self.initial_stats = core.info.stats  # after the warm-up: counters reported to metrics start here
+        self.metrics = metrics  # None: no Prometheus metrics (--metrics-port 0)
         self.meter = RateMeter()
         self.error: str | None = None
         self._stopping = False
@@ -184,7 +203,8 @@ class AsyncEngine:
         self._processor.add_request(request_id, prompt_token_ids, params)
         if not self._streams:  # the loop was idle: it owes an iteration from now on
             self._last_progress = time.monotonic()
-        stream = self._streams[request_id] = RequestStream(request_id, self._stream_interval)
+        stream = RequestStream(request_id, self._stream_interval, len(prompt_token_ids))
+        self._streams[request_id] = stream
         self._num_waiting += 1
         self._core.submit(AddRequest(request_id, list(prompt_token_ids), params, cache_salt))
         return stream
@@ -194,7 +214,7 @@ class AsyncEngine:
         if request_id not in self._streams:
             return False
         self._core.submit(AbortRequest(request_id))
-        self._deliver(self._processor.abort(request_id))
+        self._deliver(self._processor.abort(request_id), time.monotonic())
         return True
 
     def abort_all(self) -> None:
@@ -216,24 +236,32 @@ class AsyncEngine:
         params.validate(self.model_info.vocab_size, self._max_logprobs)
 
     # ---- from the loop -------------------------------------------------------------------------
-    def _publish_threadsafe(self, updates, stats, rejected) -> None:
+    def _publish_threadsafe(self, updates, stats, rejected, times) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._on_step, updates, stats, rejected)
+            self._loop.call_soon_threadsafe(self._on_step, updates, stats, rejected, times)
         except RuntimeError:  # the event loop is closed: the process is exiting
             pass
 
     def _on_step(
-        self, updates: list[SequenceUpdate], stats: EngineStats, rejected: list[tuple[str, str]]
+        self,
+        updates: list[SequenceUpdate],
+        stats: EngineStats,
+        rejected: list[tuple[str, str]],
+        times: StepTimes,
     ) -> None:
         if self.error is not None:
             return
         self._last_progress = time.monotonic()
         self.stats = stats
         self.meter.record(stats.num_generation_tokens)
+        if times.started:  # before the deltas: a request may finish in the step of its first token
+            self._started(times.started)
         deltas, aborts = self._processor.process(updates)
         for request_id, index in aborts:  # stop strings
             self._core.submit(AbortRequest(request_id, index))
-        self._deliver(deltas)
+        self._deliver(deltas, times.time)
+        if self.metrics is not None:
+            self.metrics.step(stats, times, len(updates))
         for request_id, message in rejected:
             self._processor.abort(request_id)
             stream = self._streams.pop(request_id, None)
@@ -241,16 +269,32 @@ class AsyncEngine:
                 self._num_waiting -= not stream.started
                 stream.fail(ValueError(message))
 
-    def _deliver(self, deltas: list[SampleDelta]) -> None:
+    def _started(self, started: list[tuple[str, float, float, float]]) -> None:
+        for request_id, queued, scheduled, first_token in started:
+            stream = self._streams.get(request_id)
+            if stream is not None and stream.first_scheduled_time is None:  # n > 1: the first sample's
+                stream.queued_time, stream.first_scheduled_time = queued, scheduled
+            if self.metrics is not None:
+                self.metrics.started(queued, scheduled, first_token)
+
+    def _deliver(self, deltas: list[SampleDelta], now: float) -> None:
+        """`now`: when these deltas' tokens were produced (the step's time), for the streams' timings."""
         for d in deltas:
             stream = self._streams.get(d.request_id)
             if stream is None:
                 continue
             if not stream.started:
                 self._num_waiting -= 1
+                if d.token_ids:
+                    stream.first_token_time = now
+                    if self.metrics is not None:
+                        self.metrics.first_token(stream)
             stream.put(d)
             if stream.finished:
                 del self._streams[d.request_id]
+                stream.finished_time, stream.finish_reason, stream.usage = now, d.finish_reason, d.usage
+                if self.metrics is not None:
+                    self.metrics.finished(stream)
 
     def _on_core_exit(self, error: BaseException | None) -> None:
         if error is not None:

@@ -51,6 +51,8 @@ class EngineStats:
     num_preemptions: int
     num_prompt_tokens: int
     num_generation_tokens: int
+    num_prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache
+    num_prefix_hit_tokens: int = 0  # of which were found there
 
 
 class Engine:
@@ -93,6 +95,9 @@ class Engine:
         self._requests: dict[str, list[Sequence]] = {}
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
+        # Set to a list by a server that reports request timings: a sequence is appended when its first
+        # token is sampled (its arrival, first-scheduled and first-token times are all set then).
+        self.started: list[Sequence] | None = None
         log.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens per request: %.1fx",
             num_blocks, config.block_size, num_blocks * self.executor.kv_bytes_per_block / 2**30,
@@ -162,6 +167,8 @@ class Engine:
         for seq, token, logprobs in zip(sampling, result.token_ids, result.logprobs, strict=True):
             if seq.first_token_time is None:
                 seq.first_token_time = now
+                if self.started is not None:
+                    self.started.append(seq)
             updates.append(SequenceUpdate(
                 request_id=seq.request_id, index=seq.index, new_token_ids=[token],
                 new_logprobs=None if logprobs is None else [logprobs],
@@ -188,6 +195,8 @@ class Engine:
             num_preemptions=self.scheduler.num_preemptions,
             num_prompt_tokens=self.num_prompt_tokens,
             num_generation_tokens=self.num_generation_tokens,
+            num_prefix_query_tokens=bm.num_query_tokens,
+            num_prefix_hit_tokens=bm.num_hit_tokens,
         )
 
     # ---- internals -----------------------------------------------------------------------------

@@ -3,12 +3,14 @@
     front (asyncio)                                 engine loop (never waits on the network)
       submit(AddRequest / AbortRequest) ──FIFO──▶   drain commands: engine.add_request / engine.abort
                                                     engine.step()
-      publish(updates, stats, rejected) ◀───────    once per iteration
+      publish(updates, stats, rejected, times) ◀─    once per iteration
 
 The Engine is not thread-safe; only the loop touches it. Commands arrive in order, so an abort always
 reaches the engine before a later add that reuses the request id. With no work the loop blocks on its
 inbox. Each iteration publishes once, even with no new tokens (a chunked prefill), so the front can tell
-a busy loop from a stuck one.
+a busy loop from a stuck one. `times` carries what metrics and traces need from the loop, per step (its
+time) and per request (queued / first-scheduled / first-token times, once, at the first token): nothing per
+token.
 
 ThreadCore runs the loop in a daemon thread (shares the GIL with the front). ProcessCore runs it in a
 spawned process and exchanges pickled commands and step results over two pipes, so streaming to many
@@ -22,9 +24,11 @@ import multiprocessing
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import NamedTuple
 
 from engine_service.config import EngineConfig
 from engine_service.engine import Engine, EngineStats, ModelInfo
@@ -50,14 +54,24 @@ class AbortRequest:
 
 STOP = "stop"  # the command that ends the loop
 
-# One iteration's result: new tokens, a stats snapshot, rejected (request_id, message) adds.
-Publish = Callable[[list[SequenceUpdate], EngineStats, list[tuple[str, str]]], None]
+
+class StepTimes(NamedTuple):
+    """One iteration's timings (time.monotonic(), which is system-wide: comparable across processes)."""
+
+    time: float  # when the iteration's step returned (its tokens were sampled just before)
+    # Sequences that got their first token in this step: (request_id, queued, first scheduled, first token).
+    started: list[tuple[str, float, float, float]]
+
+
+# One iteration's result: new tokens, a stats snapshot, rejected (request_id, message) adds, timings.
+Publish = Callable[[list[SequenceUpdate], EngineStats, list[tuple[str, str]], StepTimes], None]
 OnExit = Callable[[BaseException | None], None]
 
 
 def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) -> None:
     """Runs until STOP. `receive(block)` returns the pending commands, waiting for one when block is true."""
     changed = False  # since the last integrity check
+    engine.started = []
     while True:
         idle = not engine.has_unfinished()
         if idle and changed:  # nothing left: every block must be free or cached (cheap while idle)
@@ -70,7 +84,15 @@ def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) 
             rejected += _apply(engine, command)
         changed = True
         updates = engine.step() if engine.has_unfinished() else []
-        publish(updates, engine.stats(), rejected)
+        publish(updates, engine.stats(), rejected, StepTimes(time.monotonic(), _started(engine)))
+
+
+def _started(engine: Engine) -> list[tuple[str, float, float, float]]:
+    if not engine.started:
+        return []
+    out = [(s.request_id, s.arrival_time, s.first_scheduled_time, s.first_token_time) for s in engine.started]
+    engine.started.clear()
+    return out
 
 
 def _apply(engine: Engine, command: AddRequest | AbortRequest) -> list[tuple[str, str]]:
@@ -231,12 +253,12 @@ class ProcessCore:
 
 
 def _process_main(config: EngineConfig, log_format: str, commands: Connection, results: Connection) -> None:
-    from engine_service.main import setup_logging
+    from pagoda.telemetry.logging import setup_logging
 
     # The front owns shutdown: it drains on SIGTERM and then sends STOP; Ctrl-C reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    setup_logging(log_format)
+    setup_logging(log_format, "engine")
     try:
         engine = Engine(config)
         warm_up(engine)
@@ -251,8 +273,8 @@ def _process_main(config: EngineConfig, log_format: str, commands: Connection, r
             out.extend(commands.recv())
         return out
 
-    def publish(updates, stats, rejected) -> None:
-        results.send(("step", (updates, stats, rejected)))
+    def publish(updates, stats, rejected, times) -> None:
+        results.send(("step", (updates, stats, rejected, times)))
 
     try:
         run_loop(engine, receive, publish)

@@ -10,6 +10,7 @@ import grpc
 from engine_service import convert
 from engine_service.async_engine import AsyncEngine
 from engine_service.errors import EngineDeadError, EngineUnavailableError, grpc_errors
+from engine_service.request_telemetry import RequestTelemetry
 from pagoda.engine.v1 import engine_pb2 as pb
 from pagoda.engine.v1 import engine_pb2_grpc
 
@@ -37,26 +38,28 @@ class ServingState:
 
 
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
-    def __init__(self, state: ServingState):
+    def __init__(self, state: ServingState, telemetry: RequestTelemetry | None = None):
         self.state = state
+        self.telemetry = telemetry or RequestTelemetry(tracing=None, log_requests=False, model_name="")
 
     @grpc_errors
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
-        engine = self.state.accepting()
         request_id = request.request_id or uuid.uuid4().hex
-        convert.check_request_id(request_id)
-        params = convert.sampling_params_from_pb(request.sampling_params)
-        prompt = await self._prompt(request, engine)
-        stream = engine.add_request(request_id, prompt, params, request.cache_salt or None)
-        done = False  # the request's last message (with usage) was sent
-        try:
-            while not done:
-                for delta in await stream.get():
-                    await context.write(convert.delta_to_pb(delta, self.state.token_texts))
-                    done = delta.usage is not None
-        finally:
-            if not done:  # cancelled by the client, or the write failed
-                engine.abort(request_id)
+        with self.telemetry.generate(request_id, context.invocation_metadata()) as call:
+            engine = self.state.accepting()
+            convert.check_request_id(request_id)
+            params = convert.sampling_params_from_pb(request.sampling_params)
+            prompt = await self._prompt(request, engine)
+            stream = call.stream = engine.add_request(request_id, prompt, params, request.cache_salt or None)
+            done = False  # the request's last message (with usage) was sent
+            try:
+                while not done:
+                    for delta in await stream.get():
+                        await context.write(convert.delta_to_pb(delta, self.state.token_texts))
+                        done = delta.usage is not None
+            finally:
+                if not done:  # cancelled by the client, or the write failed
+                    engine.abort(request_id)
 
     @grpc_errors
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:

@@ -29,9 +29,7 @@ def test_metrics_endpoint(tiny_model_dir):
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         finally:
             http.shutdown()
-    assert 'pagoda_engine_ready{model="tiny"} 1.0' in body
-    assert 'pagoda_engine_kv_cache_usage{model="tiny"} 0.0' in body
-    generated = next(
-        line for line in body.splitlines() if line.startswith("pagoda_engine_generation_tokens_total")
-    )
-    assert float(generated.split()[-1]) >= 4  # the warm-up's tokens count too
+    assert 'pagoda:engine_ready{model_name="tiny"} 1.0' in body
+    assert 'pagoda:kv_cache_usage_perc{model_name="tiny"} 0.0' in body
+    generated = next(line for line in body.splitlines() if line.startswith("pagoda:generation_tokens_total"))
+    assert float(generated.split()[-1]) == 4  # counted from after the warm-up
