@@ -263,3 +263,64 @@ Model sources: where an engine (or the tokenizer) finds a model. Call each with
 {{- if not $src }}{{ $src = $first.source }}{{ end }}
 {{- toYaml $src }}
 {{- end }}
+
+{{/*
+TLS on the gRPC hops (tls.grpc): engines and the tokenizer serve the Secret's tls.crt (requiring client
+certificates signed by its ca.crt with `mutual`) and answer kubelet probes on a plaintext health-only port;
+the router trusts ca.crt and presents tls.crt with `mutual`.
+*/}}
+{{- define "pagoda.grpcTls.check" -}}
+{{- $g := .Values.tls.grpc }}
+{{- if and $g.enabled (not $g.secretName) }}
+{{- fail "tls.grpc.enabled needs tls.grpc.secretName: a Secret with tls.crt, tls.key and ca.crt" }}
+{{- end }}
+{{- if and $g.enabled (not $g.serverName) }}
+{{- fail "tls.grpc.enabled needs tls.grpc.serverName: the DNS name the certificate carries" }}
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.grpcTls.serverArgs" -}}
+{{- $g := .Values.tls.grpc }}
+{{- if $g.enabled }}
+- --tls-cert=/secrets/grpc-tls/tls.crt
+- --tls-key=/secrets/grpc-tls/tls.key
+{{- if $g.mutual }}
+- --tls-client-ca=/secrets/grpc-tls/ca.crt
+{{- end }}
+- --health-port={{ $g.healthPort }}
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.grpcTls.clientArgs" -}}
+{{- $g := .Values.tls.grpc }}
+{{- if $g.enabled }}
+- --grpc-tls-ca=/secrets/grpc-tls/ca.crt
+{{- if $g.mutual }}
+- --grpc-tls-cert=/secrets/grpc-tls/tls.crt
+- --grpc-tls-key=/secrets/grpc-tls/tls.key
+{{- end }}
+- --grpc-tls-server-name={{ $g.serverName }}
+{{- end }}
+{{- end }}
+
+{{/* The port kubelet's gRPC probes ask: the service port, or the plaintext health port under TLS. */}}
+{{- define "pagoda.grpcProbePort" -}}
+{{- if .ctx.Values.tls.grpc.enabled }}{{ .ctx.Values.tls.grpc.healthPort }}{{ else }}{{ .port }}{{ end }}
+{{- end }}
+
+{{- define "pagoda.grpcTls.mount" -}}
+{{- if .Values.tls.grpc.enabled }}
+- name: grpc-tls
+  mountPath: /secrets/grpc-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.grpcTls.volume" -}}
+{{- if .Values.tls.grpc.enabled }}
+- name: grpc-tls
+  secret:
+    secretName: {{ .Values.tls.grpc.secretName }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
