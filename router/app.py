@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from pagoda.telemetry.tracing import setup_tracing
 from router import chat, completions, status, tokenize
 from router.auth import OPEN_PATHS, ApiKeys
 from router.channels import ChannelFactory
 from router.config import RouterConfig
-from router.context import CONTEXT, KEY_ID, STARTED, RouterContext
+from router.context import CONTEXT, KEY_ID, STARTED, TELEMETRY, RouterContext
 from router.discovery.dns import DnsDiscovery
 from router.discovery.static import StaticDiscovery
 from router.dispatch import Dispatcher
@@ -25,6 +26,7 @@ from router.errors import OpenAIError
 from router.limits import RequestLimits, StreamLimiter
 from router.metrics import RouterMetrics
 from router.policies import make_policy
+from router.request_telemetry import RouterTelemetry
 from router.streaming import ClientGone
 from router.tokenizer import TokenizerClient
 
@@ -38,6 +40,9 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
     connect = ChannelFactory(config.channel_tls())  # reads the TLS files now: a bad one fails start-up
     limits = RequestLimits(config.max_prompt_tokens, config.max_tokens_limit)
     app = web.Application(middlewares=[_middleware], client_max_size=config.max_body_bytes)
+    app.on_response_prepare.append(_request_id_header)
+    tracing = setup_tracing("pagoda-router", config.otlp_endpoint)
+    telemetry = RouterTelemetry(tracing, config.log_requests, config.log_prompts)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         registry = EngineRegistry(
@@ -50,6 +55,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
         )
         metrics = RouterMetrics()
         metrics.watch_engines(lambda: registry.engines)
+        metrics.watch_policy(policy)
         dispatcher = Dispatcher(
             registry,
             policy,
@@ -61,7 +67,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
         tokenizer = TokenizerClient(config.tokenizer, config.tokenizer_timeout_s, connect)
         streams = StreamLimiter(config.max_concurrent_streams_per_key)
         app[CONTEXT] = RouterContext(
-            config, registry, dispatcher, tokenizer, metrics, api_keys, limits, streams
+            config, registry, dispatcher, tokenizer, metrics, api_keys, limits, streams, telemetry
         )
         tasks = [
             asyncio.create_task(source.run(functools.partial(registry.update, name)), name=name)
@@ -74,6 +80,8 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
         await asyncio.gather(*tasks, return_exceptions=True)
         await registry.close()
         await tokenizer.close()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # sends the spans still queued
 
     app.cleanup_ctx.append(lifecycle)
     app.add_routes(
@@ -116,33 +124,52 @@ def _discovery_sources(config: RouterConfig, k8s_api_client) -> list[tuple[str, 
 
 @web.middleware
 async def _middleware(request: web.Request, handler) -> web.StreamResponse:
-    """API keys, errors in OpenAI's format (never a bare 500 page), and request metrics."""
-    request[STARTED] = time.perf_counter()
+    """API keys, errors in OpenAI's format (never a bare 500 page), and the request's metrics, log line and
+    trace span (router/request_telemetry.py)."""
+    request[STARTED] = started = time.perf_counter()
     ctx = request.app[CONTEXT]
+    tel = request[TELEMETRY] = ctx.telemetry.begin(request)
+    status = 499  # unless a response is made: the client went away
+    try:
+        response = await _respond(request, handler, ctx)
+        status = response.status
+        return response
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        elapsed = time.perf_counter() - started
+        ctx.metrics.requests.labels(route, tel.model, str(status)).inc()
+        ctx.metrics.request_seconds.labels(route, tel.model).observe(elapsed)
+        await ctx.telemetry.end(tel, request, route, status, elapsed)
+
+
+async def _respond(request: web.Request, handler, ctx: RouterContext) -> web.StreamResponse:
     try:
         if ctx.api_keys.enabled and request.path not in OPEN_PATHS:
             request[KEY_ID] = ctx.api_keys.check(request.headers.get("Authorization"))
-        response = await handler(request)
+        return await handler(request)
     except OpenAIError as err:
-        response = err.response()
+        return err.response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = OpenAIError(exc.status, exc.reason, type="invalid_request_error").response()
+        return OpenAIError(exc.status, exc.reason, type="invalid_request_error").response()
     except ClientGone:  # before the stream's headers went out: nobody is left to answer
         ctx.metrics.client_disconnects.inc()
-        response = web.Response(status=499)
+        return web.Response(status=499)
     except asyncio.CancelledError:
         ctx.metrics.client_disconnects.inc()
         raise
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        response = OpenAIError(500, "Internal server error.", type="server_error").response()
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    ctx.metrics.requests.labels(route, str(response.status)).inc()
-    ctx.metrics.request_seconds.labels(route).observe(time.perf_counter() - request[STARTED])
-    return response
+        return OpenAIError(500, "Internal server error.", type="server_error").response()
+
+
+async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response names its request's id, streams included (their headers go out before the end)."""
+    tel = request.get(TELEMETRY)
+    if tel is not None:
+        response.headers["X-Request-Id"] = tel.request_id
 
 
 def _counted(handler):

@@ -45,6 +45,9 @@ class RouterConfig:
     api_key_file: str | None = None
     metrics: bool = True
     log_format: str = "text"
+    log_requests: bool = True  # one line per request (router.requests)
+    log_prompts: bool = False  # ... with its messages / prompt (off: prompts never reach the logs)
+    otlp_endpoint: str | None = None  # OTLP/gRPC traces (from --otlp-endpoint or OTEL_EXPORTER_OTLP_*)
     salt_cache_per_api_key: bool = False  # no two API keys share prefix-cache blocks
 
     # TLS: HTTPS for clients; TLS (mutual with a client certificate) to the engines and the tokenizer.

@@ -12,6 +12,7 @@ from router.dispatch import Dispatcher
 from router.engines import EngineRegistry
 from router.limits import RequestLimits, StreamLimiter
 from router.metrics import RouterMetrics
+from router.request_telemetry import RequestTelemetry, RouterTelemetry
 from router.tokenizer import TokenizerClient
 
 
@@ -25,6 +26,7 @@ class RouterContext:
     api_keys: ApiKeys
     limits: RequestLimits = field(default_factory=RequestLimits)
     streams: StreamLimiter = field(default_factory=lambda: StreamLimiter(None))
+    telemetry: RouterTelemetry = field(default_factory=lambda: RouterTelemetry(None))
 
     def session_key(self, request: web.Request, *fallbacks: str | None) -> str | None:
         """The session policy's key: the session header, else the first body field given (`user`...)."""
@@ -41,3 +43,4 @@ class RouterContext:
 CONTEXT = web.AppKey("router", RouterContext)
 STARTED = web.RequestKey("started", float)  # time.perf_counter() when the request arrived
 KEY_ID = web.RequestKey("key_id", str)  # the caller's API key id ("" without API keys)
+TELEMETRY = web.RequestKey("telemetry", RequestTelemetry)  # the request's id, span, and what its line logs

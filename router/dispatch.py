@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from pagoda.engine.v1 import engine_pb2
+from router import request_telemetry
 from router.engines import Engine, EngineRegistry
 from router.errors import ENGINE_DOWN, RETRYABLE, OpenAIError, from_grpc, no_engine, overloaded
 from router.metrics import RouterMetrics
@@ -51,6 +52,8 @@ class EngineStream:
         self._first: engine_pb2.GenerateResponse | None = None
         self._abandoned = False
         self._closed = False
+        self._error: str | None = None  # why the stream failed, for its trace span
+        self._metadata, self._span = request_telemetry.outgoing("EngineService/Generate", engine.address)
         engine.num_outstanding += 1
         engine.streams.add(self)
 
@@ -63,7 +66,7 @@ class EngineStream:
                     await engine.channel.channel_ready()
             if self._abandoned:
                 raise EngineStreamError(_STOPPED_RESPONDING)
-            self._call = engine.stub.Generate(self._request)
+            self._call = engine.stub.Generate(self._request, metadata=self._metadata)
             async with asyncio.timeout(first_token_timeout_s):
                 first = await self._read()
         except TimeoutError:
@@ -94,8 +97,9 @@ class EngineStream:
             while (msg := await self._read()) is not grpc.aio.EOF:
                 yield msg
         except grpc.aio.AioRpcError as err:
+            self._error = f"{err.code().name}: {err.details()}"
             if err.code() in ENGINE_DOWN:
-                self._registry.request_failed(self.engine, f"{err.code().name}: {err.details()}")
+                self._registry.request_failed(self.engine, self._error)
             raise EngineStreamError(from_grpc(err, "engine")) from None
 
     async def _read(self):
@@ -114,7 +118,8 @@ class EngineStream:
         if self._call is not None:
             self._call.cancel()
 
-    def close(self) -> None:
+    def close(self, error: str | None = None) -> None:
+        """Ends the call (`error`: why it failed, for its trace span)."""
         if self._closed:
             return
         self._closed = True
@@ -122,6 +127,8 @@ class EngineStream:
             self._call.cancel()  # a no-op once finished; aborts the request on the engine otherwise
         self.engine.num_outstanding -= 1
         self.engine.streams.discard(self)
+        if self._span is not None:
+            self._span.end(error or self._error)
 
 
 class Dispatcher:
@@ -147,6 +154,7 @@ class Dispatcher:
     ) -> EngineStream:
         """An engine stream whose first message has arrived; the caller must `close()` it."""
         route = RouteRequest(request.prompt_token_ids.ids, card.block_size, session_key)
+        tel = request_telemetry.current()
         tried: set[str] = set()
         errors: list[_Retry] = []
         for _ in range(self.max_attempts):
@@ -154,14 +162,19 @@ class Dispatcher:
             if not candidates:
                 break
             engine = await self.policy.pick(candidates, route)
+            self.metrics.engine_picks.labels(engine.address, self.policy.name).inc()
             tried.add(engine.address)
             stream = EngineStream(engine, self.registry, request)
+            if tel is not None:
+                tel.engine = engine.address
             try:
                 await stream.start(self.connect_timeout_s, self.first_token_timeout_s)
             except _Retry as retry:
-                stream.close()
+                stream.close(retry.error.message)
                 errors.append(retry)
-                self.metrics.engine_retries.inc()
+                self.metrics.engine_retries.labels(card.name).inc()
+                if tel is not None:
+                    tel.retried(engine.address, retry.error.message)
                 log.warning(
                     "request %s failed on %s before its first token: %s",
                     request.request_id,
@@ -169,8 +182,8 @@ class Dispatcher:
                     retry.error.message,
                 )
                 continue
-            except BaseException:
-                stream.close()
+            except BaseException as e:
+                stream.close(f"{type(e).__name__}: {e}")
                 raise
             self.metrics.engine_requests.labels(engine.address).inc()
             return stream

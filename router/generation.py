@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from pagoda.engine.v1 import engine_pb2
+from router import request_telemetry
 from router.dispatch import Dispatcher, EngineStream, EngineStreamError
 from router.errors import OpenAIError
 from router.metrics import RouterMetrics
@@ -52,6 +53,9 @@ class Generation:
         """Opens every prompt's engine stream; returns once each has its first message. `started` is the
         request's arrival (time.perf_counter()), for the time-to-first-token metric."""
         request_id = f"{id_prefix}-{uuid.uuid4().hex}"
+        tel = request_telemetry.current()
+        if tel is not None:
+            tel.model = card.name
         params = sampling.to_pb()
         requests = [
             engine_pb2.GenerateRequest(
@@ -75,14 +79,21 @@ class Generation:
                     elif not t.cancelled() and t.exception() is None:
                         t.result().close()
                 raise
-        dispatcher.metrics.ttft_seconds.observe(time.perf_counter() - started)
+        ttft = time.perf_counter() - started
+        dispatcher.metrics.ttft_seconds.labels(card.name).observe(ttft)
+        if tel is not None:
+            tel.ttft_s = ttft
         return cls(request_id, card.name, sampling.n, streams, dispatcher.metrics)
 
     def close(self) -> None:
         for s in self.streams:
             s.close()
-        self._metrics.prompt_tokens.inc(self.prompt_tokens)
-        self._metrics.generation_tokens.inc(self.completion_tokens)
+        self._metrics.prompt_tokens.labels(self.model).inc(self.prompt_tokens)
+        self._metrics.generation_tokens.labels(self.model).inc(self.completion_tokens)
+        tel = request_telemetry.current()
+        if tel is not None:
+            tel.prompt_tokens, tel.completion_tokens = self.prompt_tokens, self.completion_tokens
+            tel.cached_tokens = self.cached_tokens
 
     @property
     def usage(self) -> dict:

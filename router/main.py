@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import sys
 from pathlib import Path
 
+from pagoda.telemetry.logging import setup_logging
+from pagoda.telemetry.tracing import otlp_endpoint
 from router.config import RouterConfig
 from router.policies import POLICIES
 
@@ -64,6 +64,18 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     g.add_argument("--api-key-file", help="file with one API key per line, re-read when it changes")
     g.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True, help="serve /metrics")
     g.add_argument("--log-format", choices=["text", "json"], default="text")
+    g.add_argument(
+        "--log-requests",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log one line per request: id, model, status, tokens, timings",
+    )
+    g.add_argument("--log-prompts", action="store_true", help="put the messages / prompt in that line")
+    g.add_argument(
+        "--otlp-endpoint",
+        help="export traces over OTLP/gRPC, e.g. http://otel-collector:4317 "
+        "(default: OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off)",
+    )
     g.add_argument(
         "--salt-cache-per-api-key",
         action="store_true",
@@ -136,6 +148,9 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         api_key_file=a.api_key_file,
         metrics=a.metrics,
         log_format=a.log_format,
+        log_requests=a.log_requests,
+        log_prompts=a.log_prompts,
+        otlp_endpoint=otlp_endpoint(a.otlp_endpoint),
         salt_cache_per_api_key=a.salt_cache_per_api_key,
         tls_cert=a.tls_cert,
         tls_key=a.tls_key,
@@ -150,43 +165,22 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     )
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(log_format: str) -> None:
-    handler = logging.StreamHandler()
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    setup_logging(config.log_format)
+    setup_logging(config.log_format, "router")
     if not (config.engines or config.engine_dns or config.k8s_service or config.k8s_label_selector):
         print(
             "pagoda router: no engines: give --engine, --engine-dns or --k8s-service/--k8s-label-selector",
             file=sys.stderr,
         )
         return 2
+    from pagoda.telemetry.tracing import TracingUnavailable
     from pagoda.tls import TlsConfigError
     from router.app import serve
 
     try:
         asyncio.run(serve(config))
-    except TlsConfigError as err:
+    except (TlsConfigError, TracingUnavailable) as err:
         print(f"pagoda router: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. the port is taken

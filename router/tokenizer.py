@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import grpc
 
 from pagoda.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+from router import request_telemetry
 from router.channels import ChannelFactory
 from router.errors import from_grpc
 from router.openai_schema import Message
@@ -17,6 +18,7 @@ class TokenizerClient:
         # A DNS name with several tokenizer pods behind it is spread over with round-robin.
         self._channel = (connect or ChannelFactory())(target, [("grpc.lb_policy_name", "round_robin")])
         self._stub = tokenizer_pb2_grpc.TokenizerServiceStub(self._channel)
+        self._target = target
         self._timeout_s = timeout_s
 
     async def close(self) -> None:
@@ -40,7 +42,7 @@ class TokenizerClient:
             chat_template_kwargs_json=chat_template_kwargs_json,
             chat_template=chat_template,
         )
-        return await self._call(self._stub.Encode, tokenizer_pb2.EncodeRequest(chat=chat))
+        return await self._call("Encode", tokenizer_pb2.EncodeRequest(chat=chat))
 
     async def encode_text(
         self, text: str, add_special_tokens: bool | None = None
@@ -48,14 +50,21 @@ class TokenizerClient:
         request = tokenizer_pb2.EncodeRequest(text=text)
         if add_special_tokens is not None:
             request.add_special_tokens = add_special_tokens
-        return await self._call(self._stub.Encode, request)
+        return await self._call("Encode", request)
 
     async def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         request = tokenizer_pb2.DecodeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)
-        return (await self._call(self._stub.Decode, request)).text
+        return (await self._call("Decode", request)).text
 
-    async def _call(self, method, request):
+    async def _call(self, method: str, request):
+        """Calls `method` with the request's id and trace context; its errors become OpenAIErrors."""
+        metadata, span = request_telemetry.outgoing(f"TokenizerService/{method}", self._target)
+        error = None
         try:
-            return await method(request, timeout=self._timeout_s)
+            return await getattr(self._stub, method)(request, timeout=self._timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as err:
+            error = f"{err.code().name}: {err.details()}"
             raise from_grpc(err, "tokenizer") from None
+        finally:
+            if span is not None:
+                span.end(error)

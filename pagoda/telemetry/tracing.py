@@ -26,6 +26,10 @@ INSTALL_HINT = (
 )
 
 
+class TracingUnavailable(RuntimeError):
+    """An endpoint was given, but the OpenTelemetry SDK is not installed."""
+
+
 def otlp_endpoint(flag: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
     """The OTLP/gRPC endpoint to export to: the flag, else the standard variables; None: tracing off."""
     for value in (
@@ -51,7 +55,7 @@ class Tracing:
             from opentelemetry.trace import SpanKind, Status, StatusCode
             from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
         except ImportError as e:
-            raise RuntimeError(f"{INSTALL_HINT} ({e})") from None
+            raise TracingUnavailable(f"{INSTALL_HINT} ({e})") from None
         # OTEL_SERVICE_NAME (set by the chart) wins over our default name.
         resource = Resource.create()
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):

@@ -31,10 +31,17 @@ class RouteRequest:
 
 class Policy(ABC):
     name: ClassVar[str]
+    # Affinity policies count where their picks went, for the router's metrics: "hit" (the key's own
+    # engine), "spill" (it was over the load bound), "none" (no key: the least loaded). None: no affinity.
+    outcomes: dict[str, int] | None = None
 
     @abstractmethod
     async def pick(self, engines: Sequence[Routable], request: RouteRequest) -> Routable:
         """Returns one of `engines` (never empty)."""
+
+
+def affinity_outcomes() -> dict[str, int]:
+    return {"hit": 0, "spill": 0, "none": 0}
 
 
 def least_loaded(engines: Sequence[Routable]) -> Routable:

@@ -26,9 +26,10 @@ def rendezvous_order(engines: Sequence[Routable], key: bytes) -> list[Routable]:
     return sorted(engines, key=lambda e: _score(key, e.address), reverse=True)
 
 
-def pick_bounded(engines: Sequence[Routable], key: bytes, load_factor: float) -> Routable:
+def pick_bounded(engines: Sequence[Routable], key: bytes, load_factor: float) -> tuple[Routable, bool]:
+    """The key's best engine within the load bound, and whether a better one was skipped (a spill)."""
     bound = load_factor * sum(e.load for e in engines) / len(engines) + 1.0
-    for engine in rendezvous_order(engines, key):
+    for rank, engine in enumerate(rendezvous_order(engines, key)):
         if engine.load <= bound:
-            return engine
+            return engine, rank > 0
     raise AssertionError("unreachable: the least loaded engine is within the bound")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 
-from router.policies.base import Policy, Routable, RouteRequest, least_loaded
+from router.policies.base import Policy, Routable, RouteRequest, affinity_outcomes, least_loaded
 from router.policies.hashing import key_digest, pick_bounded
 
 
@@ -23,6 +23,7 @@ class PrefixAffinity(Policy):
     def __init__(self, max_blocks: int = 8, load_factor: float = 1.25) -> None:
         self.max_blocks = max_blocks
         self.load_factor = load_factor
+        self.outcomes = affinity_outcomes()
 
     def key(self, request: RouteRequest) -> bytes | None:
         num_blocks = min(self.max_blocks, len(request.token_ids) // request.block_size)
@@ -31,7 +32,12 @@ class PrefixAffinity(Policy):
         return key_digest(array("I", request.token_ids[: num_blocks * request.block_size]).tobytes())
 
     async def pick(self, engines: Sequence[Routable], request: RouteRequest) -> Routable:
-        key = self.key(request) if len(engines) > 1 else None
-        if key is None:
+        if len(request.token_ids) < request.block_size:
+            self.outcomes["none"] += 1
             return least_loaded(engines)
-        return pick_bounded(engines, key, self.load_factor)
+        if len(engines) == 1:  # the key's own engine, whatever the key
+            self.outcomes["hit"] += 1
+            return engines[0]
+        engine, spilled = pick_bounded(engines, self.key(request), self.load_factor)
+        self.outcomes["spill" if spilled else "hit"] += 1
+        return engine

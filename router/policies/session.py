@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from router.policies.base import Policy, Routable, RouteRequest, least_loaded
+from router.policies.base import Policy, Routable, RouteRequest, affinity_outcomes, least_loaded
 from router.policies.hashing import key_digest, pick_bounded
 
 
@@ -14,8 +14,15 @@ class Session(Policy):
 
     def __init__(self, load_factor: float = 1.25) -> None:
         self.load_factor = load_factor
+        self.outcomes = affinity_outcomes()
 
     async def pick(self, engines: Sequence[Routable], request: RouteRequest) -> Routable:
-        if not request.session_key or len(engines) == 1:
+        if not request.session_key:
+            self.outcomes["none"] += 1
             return least_loaded(engines)
-        return pick_bounded(engines, key_digest(request.session_key.encode()), self.load_factor)
+        if len(engines) == 1:
+            self.outcomes["hit"] += 1
+            return engines[0]
+        engine, spilled = pick_bounded(engines, key_digest(request.session_key.encode()), self.load_factor)
+        self.outcomes["spill" if spilled else "hit"] += 1
+        return engine

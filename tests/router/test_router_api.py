@@ -244,7 +244,8 @@ async def test_health_version_metrics(stack):
     await stack.client().chat.completions.create(model="scripted", messages=MESSAGES)
     status, text, headers = await stack.get("/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    assert 'pagoda_router_requests_total{route="/v1/chat/completions",status="200"} 1.0' in text
-    assert "pagoda_router_time_to_first_token_seconds_count 1.0" in text
-    assert f"pagoda_router_generation_tokens_total {len(REPLY) + 1}.0" in text
+    route = 'model="scripted",route="/v1/chat/completions"'
+    assert f'pagoda_router_requests_total{{{route},status="200"}} 1.0' in text
+    assert 'pagoda_router_time_to_first_token_seconds_count{model="scripted"} 1.0' in text
+    assert f'pagoda_router_generation_tokens_total{{model="scripted"}} {len(REPLY) + 1}.0' in text
     assert 'pagoda_router_engine_ready{engine="127.0.0.1:' in text
