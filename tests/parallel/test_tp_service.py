@@ -104,6 +104,7 @@ def worker_pids(root: int) -> list[int]:
             except OSError:
                 continue
             parents[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+
     def descends(pid: int) -> bool:
         while pid in parents and pid > 1:
             pid = parents[pid][0]
