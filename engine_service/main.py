@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
 
+from pagoda.telemetry.logging import setup_logging
+from pagoda.telemetry.tracing import TracingUnavailable, otlp_endpoint
 from pagoda.tls import add_server_tls_args, server_tls
 
 log = logging.getLogger("engine_service")
@@ -80,7 +81,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the GPU loop) or in a thread of the gRPC process",
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
-    p.add_argument("--otlp-endpoint", default=None, help="OTLP endpoint for traces (not wired yet)")
+    p.add_argument(
+        "--log-requests",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log one line per request: ids, status, finish reason, token counts, timings (never the prompt)",
+    )
+    p.add_argument(
+        "--log-stats-interval",
+        type=float,
+        default=5.0,
+        help="seconds between the throughput / running / waiting / KV-usage log lines (0: none)",
+    )
+    p.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="export traces over OTLP/gRPC, e.g. http://otel-collector:4317 "
+        "(default: OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off)",
+    )
     add_server_tls_args(p)
     return p.parse_args(argv)
 
@@ -118,7 +136,9 @@ def build_config(args: argparse.Namespace):
         engine_core=args.engine_core,
         stream_interval=args.stream_interval,
         log_format=args.log_format,
-        otlp_endpoint=args.otlp_endpoint,
+        log_requests=args.log_requests,
+        log_stats_interval_s=args.log_stats_interval,
+        otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
         tls=server_tls(args),
         health_port=args.health_port,
     )
@@ -126,13 +146,17 @@ def build_config(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.log_format)
+    setup_logging(args.log_format, "engine")
     try:
         config = build_config(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"pagoda engine: {e}", file=sys.stderr)
         return 2
-    code = asyncio.run(serve(config))
+    try:
+        code = asyncio.run(serve(config))
+    except TracingUnavailable as e:
+        print(f"pagoda engine: {e}", file=sys.stderr)
+        return 2
     if code != 0:
         # The engine thread may be stuck inside a kernel: do not wait for it at interpreter exit.
         logging.shutdown()
@@ -153,10 +177,15 @@ async def serve(config) -> int:
         from engine_service.metrics import start_metrics_server
 
         metrics = start_metrics_server(
-            config.host, config.metrics_port, server.state, config.engine.served_model_name or ""
+            config.host,
+            config.metrics_port,
+            server.state,
+            config.engine.served_model_name or "",
+            {
+                "enable_prefix_caching": str(config.engine.enable_prefix_caching),
+                "gpu_memory_utilization": str(config.engine.gpu_memory_utilization),
+            },
         )
-    if config.otlp_endpoint:
-        log.warning("--otlp-endpoint is accepted but tracing is not wired into the engine yet")
     try:
         await server.load()
     except Exception:
@@ -167,26 +196,3 @@ async def serve(config) -> int:
         metrics.shutdown()
     log.info("stopped (exit status %d)", code)
     return code
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

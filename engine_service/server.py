@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,10 +26,16 @@ from engine_service.async_engine import AsyncEngine
 from engine_service.engine import Engine
 from engine_service.engine_loop import ProcessCore, ThreadCore, warm_up
 from engine_service.model_config import load_tokenizer
+from engine_service.request_telemetry import RequestTelemetry
 from engine_service.service_config import EngineServiceConfig
 from engine_service.servicer import EngineServicer, ServingState
+from engine_service.stats_logger import log_stats
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
 from pagoda.health_port import serve_health
+from pagoda.telemetry.tracing import setup_tracing
+
+if TYPE_CHECKING:
+    from engine_service.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +55,18 @@ class EngineServer:
         self._health_server: grpc.aio.Server | None = None  # --health-port
         self._done = asyncio.Event()
         self._force = asyncio.Event()  # a second SIGTERM: stop draining now
+        self.tracing = setup_tracing("pagoda-engine", config.otlp_endpoint)
+        self._stats_log: asyncio.Task | None = None
 
     @property
     def engine(self) -> AsyncEngine | None:
         return self.state.engine
 
     async def start(self) -> int:
-        engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(self.state), self._server)
+        config = self.config
+        telemetry = RequestTelemetry(self.tracing, config.log_requests, config.engine.served_model_name or "")
+        servicer = EngineServicer(self.state, telemetry)
+        engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
@@ -106,8 +118,13 @@ class EngineServer:
             max_logprobs=config.engine.max_logprobs,
             stream_interval=config.stream_interval,
             on_fatal=self._on_fatal,
+            metrics=self._metrics(core),
         )
         async_engine.start()
+        if config.log_stats_interval_s:
+            self._stats_log = asyncio.create_task(
+                log_stats(lambda: async_engine.stats, config.log_stats_interval_s), name="engine-stats-log"
+            )
         self.state.token_texts = convert.TokenTexts(tokenizer)
         self.state.engine = async_engine
         await self._set_health(serving=True)
@@ -121,6 +138,17 @@ class EngineServer:
             info.num_kv_blocks,
             info.block_size,
             "process" if isinstance(core, ProcessCore) else "thread",
+        )
+
+    def _metrics(self, core) -> EngineMetrics | None:
+        """What the front observes for Prometheus; None with the metrics port off (nothing observed)."""
+        if not self.config.metrics_port:
+            return None
+        from engine_service.metrics import EngineMetrics
+
+        info = core.info
+        return EngineMetrics(
+            info.stats, info.model_info.max_model_len, self.config.engine.max_num_batched_tokens
         )
 
     async def drain(self) -> None:
@@ -153,6 +181,7 @@ class EngineServer:
             await self._health_server.stop(grace=None)
         if engine is not None:
             await engine.shutdown()
+        await self._stop_telemetry()
         self._done.set()
 
     async def wait(self) -> int:
@@ -169,9 +198,17 @@ class EngineServer:
         self.exit_code = 1
         asyncio.get_running_loop().create_task(self._fail())
 
+    async def _stop_telemetry(self) -> None:
+        if self._stats_log is not None:
+            self._stats_log.cancel()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # sends the spans still queued
+
     async def _fail(self) -> None:
         await self._set_health(serving=False)
         await self._server.stop(grace=1.0)
+        if self._stats_log is not None:  # spans still queued are dropped: exit now, to be restarted
+            self._stats_log.cancel()
         if self._health_server is not None:
             await self._health_server.stop(grace=None)
         self._done.set()

@@ -20,7 +20,9 @@ class EngineServiceConfig:
     engine_core: str = "process"  # process | thread: where the engine loop runs (engine_loop.py)
     step_timeout_s: float = 300.0  # one engine step longer than this means the loop is stuck
     log_format: str = "text"  # text | json
-    otlp_endpoint: str | None = None
+    log_requests: bool = True  # one line per Generate call (engine_service.requests)
+    log_stats_interval_s: float = 5.0  # the periodic throughput / queue / KV line; 0: none
+    otlp_endpoint: str | None = None  # OTLP/gRPC traces (from --otlp-endpoint or OTEL_EXPORTER_OTLP_*)
     tls: ServerTls | None = None  # None: plaintext gRPC
     # A plaintext port that serves only grpc.health.v1, for kubelet probes when gRPC is TLS; 0: none.
     health_port: int = 0
@@ -37,6 +39,10 @@ class EngineServiceConfig:
             ),
             (self.stream_interval >= 1, f"stream_interval must be >= 1, got {self.stream_interval}"),
             (self.step_timeout_s > 0, f"step_timeout must be > 0, got {self.step_timeout_s}"),
+            (
+                self.log_stats_interval_s >= 0,
+                f"log_stats_interval must be >= 0, got {self.log_stats_interval_s}",
+            ),
             (
                 self.log_format in ("text", "json"),
                 f"log_format must be text or json, got {self.log_format!r}",

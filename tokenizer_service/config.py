@@ -17,6 +17,8 @@ class TokenizerConfig:
     # Worker threads, each with its own tokenizer: tokenization never runs on the event loop.
     workers: int = 4
     log_format: str = "text"  # text | json
+    log_requests: bool = True  # one line per RPC (tokenizer_service.requests)
+    otlp_endpoint: str | None = None  # OTLP/gRPC traces (from --otlp-endpoint or OTEL_EXPORTER_OTLP_*)
     # On SIGTERM: health turns NOT_SERVING, then calls in flight get this long to finish.
     shutdown_grace_period: float = 10.0
     # A 1M-token prompt is about 4 MB of text and 5 MB of ids: gRPC's 4 MB default is too small.

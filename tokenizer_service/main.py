@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
 
+from pagoda.telemetry.logging import setup_logging
+from pagoda.telemetry.tracing import TracingUnavailable, otlp_endpoint
 from pagoda.tls import TlsConfigError, add_server_tls_args, server_tls
 from tokenizer_service.config import TokenizerConfig
 
@@ -37,6 +38,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="tokenizer threads, each with its own tokenizer (default: min(4, CPUs))",
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--log-requests",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log one line per RPC: request id, status, token count, duration (never the text)",
+    )
+    p.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="export traces over OTLP/gRPC, e.g. http://otel-collector:4317 "
+        "(default: OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off)",
+    )
     add_server_tls_args(p)
     args = p.parse_args(argv)
     if args.workers < 1:
@@ -52,6 +65,8 @@ def build_config(args: argparse.Namespace) -> TokenizerConfig:
         metrics_port=args.metrics_port,
         workers=args.workers,
         log_format=args.log_format,
+        log_requests=args.log_requests,
+        otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
         tls=server_tls(args),
         health_port=args.health_port,
     )
@@ -63,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except TlsConfigError as err:
         print(f"pagoda tokenizer: {err}", file=sys.stderr)
         return 2
-    setup_logging(config.log_format)
-    return asyncio.run(serve(config))
+    setup_logging(config.log_format, "tokenizer")
+    try:
+        return asyncio.run(serve(config))
+    except TracingUnavailable as err:
+        print(f"pagoda tokenizer: {err}", file=sys.stderr)
+        return 2
 
 
 async def serve(config: TokenizerConfig) -> int:
@@ -91,25 +110,3 @@ async def serve(config: TokenizerConfig) -> int:
     await server.stop()
     log.info("stopped")
     return code
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

@@ -17,10 +17,12 @@ from grpc_reflection.v1alpha import reflection
 
 from pagoda.health_port import serve_health
 from pagoda.models import resolve_model, served_model_name
+from pagoda.telemetry.tracing import setup_tracing
 from pagoda.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from tokenizer_service.config import TokenizerConfig
 from tokenizer_service.metrics import TokenizerMetrics
 from tokenizer_service.pool import TokenizerPool
+from tokenizer_service.rpc_telemetry import RpcTelemetry
 from tokenizer_service.servicer import TokenizerServicer
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ class TokenizerServer:
     def __init__(self, config: TokenizerConfig) -> None:
         self.config = config
         self.metrics = TokenizerMetrics()
-        self.servicer = TokenizerServicer(self.metrics)
+        self.tracing = setup_tracing("pagoda-tokenizer", config.otlp_endpoint)
+        self.servicer = TokenizerServicer(self.metrics, RpcTelemetry(self.tracing, config.log_requests))
         self.health = health.aio.HealthServicer()
         self.pool: TokenizerPool | None = None
         self.port: int | None = None
@@ -98,6 +101,8 @@ class TokenizerServer:
         if self.pool is not None:
             self.pool.close()
         self.metrics.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # sends the spans still queued
 
     async def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME):

@@ -18,6 +18,7 @@ from pagoda.tokenizer.v1 import tokenizer_pb2 as pb
 from pagoda.tokenizer.v1 import tokenizer_pb2_grpc
 from tokenizer_service.metrics import TokenizerMetrics
 from tokenizer_service.pool import TokenizerPool
+from tokenizer_service.rpc_telemetry import RpcTelemetry
 from tokenizer_service.tokenizer import ChatRequest, InvalidInput, NoChatTemplate, TokenizerInfo
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,17 @@ class NotReady(RuntimeError):
 
 
 def _rpc(method):
-    """Times and counts the call and turns exceptions into gRPC status codes."""
+    """Times, counts, logs and traces the call, and turns exceptions into gRPC status codes."""
     name = method.__name__
 
     @functools.wraps(method)
     async def handler(self: TokenizerServicer, request, context: grpc.aio.ServicerContext):
+        call = self.telemetry.begin(name, context.invocation_metadata())
         started = self.metrics.started(name)
-        code, message = grpc.StatusCode.OK, ""
+        code, message, response = grpc.StatusCode.OK, "", None
         try:
-            return await method(self, request)
+            response = await method(self, request)
+            return response
         except InvalidInput as e:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(e)
         except NoChatTemplate as e:
@@ -51,14 +54,16 @@ def _rpc(method):
             code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"
         finally:
             self.metrics.finished(name, code, started)
+            call.end(code, message, getattr(response, "num_tokens", None))
         await context.abort(code, message)
 
     return handler
 
 
 class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
-    def __init__(self, metrics: TokenizerMetrics) -> None:
+    def __init__(self, metrics: TokenizerMetrics, telemetry: RpcTelemetry | None = None) -> None:
         self.metrics = metrics
+        self.telemetry = telemetry or RpcTelemetry()
         self._pool: TokenizerPool | None = None
         self._info: pb.InfoResponse | None = None
 
