@@ -22,6 +22,8 @@ class EngineConfig:
     load_format: str = "auto"  # auto | dummy (random weights)
     seed: int = 0
     enforce_eager: bool = False  # no CUDA graphs
+    # Schedule step n+1 while step n runs on the device (None: on for a single-process CUDA engine).
+    async_scheduling: bool | None = None
     tensor_parallel_size: int = 1
     max_logprobs: int = 20
 

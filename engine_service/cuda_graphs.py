@@ -94,8 +94,9 @@ class DecodeGraphs:
 
     def run(
         self, input_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
-        block_tables: list[list[int]],
+        block_tables: list[list[int]], fixup=None,
     ) -> torch.Tensor:  # [B, hidden]
+        """Replay the graph for B sequences; `fixup(input_ids)` may patch device-side input ids first."""
         B = len(input_ids)
         bs = self.sizes[bisect.bisect_left(self.sizes, B)]
         max_bs, pad = self.sizes[-1], bs - B
@@ -117,6 +118,8 @@ class DecodeGraphs:
         self.seq_lens[:bs].copy_(self._seq_lens64[:bs])
         table_view = self._device[table_start : table_start + B * width].view(B, width)
         self.block_tables[:B, :width].copy_(table_view)
+        if fixup is not None:
+            fixup(self.input_ids)
         graph, out = self.graphs[bs]
         graph.replay()
         return out[:B]

@@ -98,6 +98,10 @@ class Engine:
         # Set to a list by a server that reports request timings: a sequence is appended when its first
         # token is sampled (its arrival, first-scheduled and first-token times are all set then).
         self.started: list[Sequence] | None = None
+        self.async_scheduling = self.executor.supports_async and (
+            config.async_scheduling if config.async_scheduling is not None else device.type == "cuda"
+        )
+        self._inflight = None  # (SchedulerOutput, pending result) of the step on the device
         log.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens per request: %.1fx",
             num_blocks, config.block_size, num_blocks * self.executor.kv_bytes_per_block / 2**30,
@@ -131,7 +135,7 @@ class Engine:
         return bool(targets)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        return self.scheduler.num_unfinished > 0 or self._inflight is not None
 
     @property
     def runner(self):
@@ -148,12 +152,35 @@ class Engine:
 
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> list[SequenceUpdate]:
+        """Schedule and launch one step; return the updates of the step that finished meanwhile.
+
+        With async scheduling the step launched here is collected by the next call, so the host
+        schedules step n+1 while the device runs step n; otherwise it is collected at once.
+        """
+        updates: list[SequenceUpdate] = []
+        if self._inflight is not None and self.scheduler.num_with_penalties:
+            updates = self._collect()  # penalties read the output tokens: they must all be known
         out = self.scheduler.schedule()
-        if out.is_empty:
-            return []
-        tables = [self.block_manager.block_table(s.seq) for s in out.scheduled]
-        result = self.executor.execute(out, tables)
+        launched = None
+        if not out.is_empty:
+            tables = [self.block_manager.block_table(s.seq) for s in out.scheduled]
+            launched = (out, self.executor.launch(out, tables))
+        if self._inflight is not None:
+            updates += self._collect()
+        self._inflight = launched
+        if launched is not None and not self.async_scheduling:
+            updates += self._collect()
+        if not self.has_unfinished():
+            self.block_manager.check_integrity()
+        return updates
+
+    def _collect(self) -> list[SequenceUpdate]:
+        """Wait for the in-flight step's tokens, resolve its placeholders, and build its updates."""
+        out, pending = self._inflight
+        self._inflight = None
+        result = pending.result()
         sampling = [s.seq for s in out.scheduled if s.samples]
+        live = [not seq.is_finished for seq in sampling]  # aborted or already stopped: token void
         sampled = {seq.seq_id: tok for seq, tok in zip(sampling, result.token_ids, strict=True)}
         finished = set(self.scheduler.update_from_output(out, sampled))
         now = time.monotonic()
@@ -162,9 +189,12 @@ class Engine:
             for s in out.scheduled
             if s.start < s.seq.num_prompt_tokens
         )
-        self.num_generation_tokens += len(sampling)
         updates = []
-        for seq, token, logprobs in zip(sampling, result.token_ids, result.logprobs, strict=True):
+        rows = zip(sampling, live, result.token_ids, result.logprobs, strict=True)
+        for seq, is_live, token, logprobs in rows:
+            if not is_live:
+                continue
+            self.num_generation_tokens += 1
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 if self.started is not None:
@@ -179,8 +209,6 @@ class Engine:
         self.executor.forget(seq.seq_id for seq in finished)
         for seq in finished:
             self._forget_finished(seq.request_id)
-        if not self.has_unfinished():
-            self.block_manager.check_integrity()
         return updates
 
     def stats(self) -> EngineStats:

@@ -23,8 +23,25 @@ from engine_service.model_runner import ModelRunner
 from engine_service.sampler import SampleResult
 
 
+class _Done:
+    """A step that already ran (executors that cannot overlap steps)."""
+
+    def __init__(self, result: SampleResult):
+        self._result = result
+
+    def result(self) -> SampleResult:
+        return self._result
+
+
 class Executor(ABC):
     device: torch.device  # the ranks' device type (a TP engine's driver holds no GPU itself)
+    # Whether launch() returns before the step's tokens reach the host, so that the engine can schedule
+    # the next step meanwhile (the placeholders of the sampled tokens are filled on the device).
+    supports_async: bool = False
+
+    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]):
+        """Queue a step; `.result()` of what is returned gives its SampleResult."""
+        return _Done(self.execute(out, block_tables))
 
     @property
     @abstractmethod
@@ -64,6 +81,10 @@ class UniProcExecutor(Executor):
     def __init__(self, runner: ModelRunner):
         self.runner = runner
         self.device = runner.device
+        self.supports_async = True
+
+    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]):
+        return self.runner.launch(out, block_tables)
 
     @property
     def kv_bytes_per_block(self) -> int:

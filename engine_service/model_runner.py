@@ -8,7 +8,7 @@ for the sequences that caught up, and samples them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,7 +17,8 @@ from engine_service.cuda_graphs import DecodeGraphs
 from engine_service.layers.attention import AttentionMetadata
 from engine_service.model_config import ModelConfig
 from engine_service.models.registry import model_class
-from engine_service.sampler import SampleResult, Sampler
+from engine_service.request import PLACEHOLDER
+from engine_service.sampler import PendingSample, SampleResult, Sampler
 from engine_service.weights import init_dummy_weights, load_weights
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ModelRunner:
         self.sampler = Sampler(device, model_config.eos_token_ids, seed)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs: DecodeGraphs | None = None
+        self._last_sampled: tuple[torch.Tensor | None, dict[str, int]] = (None, {})
 
     # ---- KV cache ------------------------------------------------------------------------------
     @property
@@ -126,25 +128,59 @@ class ModelRunner:
         )
         self.graphs.capture()
 
-    @torch.inference_mode()
     def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
-        """Run the scheduled tokens; `block_tables[i]` is the i-th scheduled sequence's block table."""
-        step = _HostStep.build(out, block_tables, self.block_size)
-        sampling = [s.seq for s in out.scheduled if s.samples]
-        if self.graphs is not None and step.is_decode and len(sampling) <= self.graphs.max_batch_size:
-            hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, block_tables)
-            return self._sample(self.model.compute_logits(hidden), sampling)
-        hidden = self.model(*step.to_device(block_tables, self.device, self.kv_caches))  # [T, hidden]
-        if not sampling:
-            return SampleResult([], [])
-        indices = torch.tensor(step.logits_indices, dtype=torch.int64, device=self.device)
-        logits = self.model.compute_logits(hidden[indices])  # [B, vocab]
-        return self._sample(logits, sampling)
+        """Run the scheduled tokens and wait for the sampled ones."""
+        return self.launch(out, block_tables).result()
 
-    def _sample(self, logits: torch.Tensor, sampling: list) -> SampleResult:
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]) -> PendingSample:
+        """Queue the step on the device; `block_tables[i]` is the i-th scheduled sequence's block table.
+
+        A fed token may be a PLACEHOLDER for a token the previous launch sampled and the host has not
+        seen yet (async scheduling): its id is copied on the device from that launch's sampled tokens.
+        """
+        step = _HostStep.build(out, block_tables, self.block_size)
+        items = [s for s in out.scheduled if s.samples]
+        fixup = self._placeholder_fixup(step, out)
+        if self.graphs is not None and step.is_decode and len(items) <= self.graphs.max_batch_size:
+            hidden = self.graphs.run(
+                step.input_ids, step.positions, step.slots, step.seq_lens, block_tables, fixup
+            )
+            logits = self.model.compute_logits(hidden)  # [B, vocab]
+        else:
+            input_ids, positions, kv_caches, meta = step.to_device(block_tables, self.device, self.kv_caches)
+            if fixup is not None:
+                fixup(input_ids)
+            hidden = self.model(input_ids, positions, kv_caches, meta)  # [T, hidden]
+            if not items:
+                return PendingSample.empty()
+            indices = torch.tensor(step.logits_indices, dtype=torch.int64, device=self.device)
+            logits = self.model.compute_logits(hidden[indices])  # [B, vocab]
         # Every rank takes part in computing the logits (the LM head gathers the vocabulary across ranks),
         # but only rank 0 samples: its tokens are the step's result.
-        return self.sampler(logits, sampling) if self.tp_rank == 0 else SampleResult([], [])
+        if self.tp_rank != 0:
+            return PendingSample.empty()
+        positions = [it.start + it.num_new_tokens - it.seq.num_prompt_tokens for it in items]
+        pending = self.sampler.launch(logits, [it.seq for it in items], positions)
+        self._last_sampled = (pending.tokens, {it.seq.seq_id: row for row, it in enumerate(items)})
+        return pending
+
+    def _placeholder_fixup(self, step: _HostStep, out: SchedulerOutput):
+        """A function that writes the previous launch's sampled ids over this step's placeholders, or None."""
+        if not step.placeholder_at:
+            return None
+        tokens, rows = self._last_sampled
+        seq_ids = [out.scheduled[i].seq.seq_id for i in step.placeholder_seq]
+        missing = [sid for sid in seq_ids if sid not in rows]
+        if missing:
+            raise RuntimeError(f"placeholders for {missing} match no token of the previous step")
+        index = torch.tensor([step.placeholder_at, [rows[sid] for sid in seq_ids]], dtype=torch.int64)
+        index = index.to(self.device, non_blocking=True)
+
+        def fix(input_ids: torch.Tensor) -> None:
+            input_ids[index[0]] = tokens[index[1]]
+
+        return fix
 
 
 @dataclass
@@ -158,6 +194,8 @@ class _HostStep:
     seq_lens: list[int]
     logits_indices: list[int]
     max_query_len: int
+    placeholder_at: list[int] = field(default_factory=list)  # flat indices of PLACEHOLDER input ids
+    placeholder_seq: list[int] = field(default_factory=list)  # ... and the scheduled item each belongs to
 
     @property
     def is_decode(self) -> bool:
@@ -166,9 +204,13 @@ class _HostStep:
     @classmethod
     def build(cls, out: SchedulerOutput, block_tables: list[list[int]], bs: int) -> _HostStep:
         step = cls([], [], [], [0], [], [], max(s.num_new_tokens for s in out.scheduled))
-        for item, table in zip(out.scheduled, block_tables, strict=True):
+        for i, (item, table) in enumerate(zip(out.scheduled, block_tables, strict=True)):
             start, end = item.start, item.start + item.num_new_tokens
-            step.input_ids += item.seq.token_ids_slice(start, end)
+            ids = item.seq.token_ids_slice(start, end)
+            if ids[-1] == PLACEHOLDER:  # only the newest token can be one (see Scheduler)
+                step.placeholder_at.append(len(step.input_ids) + len(ids) - 1)
+                step.placeholder_seq.append(i)
+            step.input_ids += ids
             step.positions += range(start, end)
             step.slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
             step.query_start.append(step.query_start[-1] + item.num_new_tokens)

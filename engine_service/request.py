@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from engine_service.sampling_params import SamplingParams
 
 
+# Stands for a token sampled by a step whose result has not reached the host yet (see Scheduler).
+PLACEHOLDER = -1
+
+
 class SequenceStatus(enum.Enum):
     WAITING = enum.auto()
     RUNNING = enum.auto()
@@ -34,6 +38,7 @@ class Sequence:
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1  # prompt tokens found in the prefix cache at first scheduling (-1: not yet)
     sampling_seed: int | None = None  # the sampler's noise seed, fixed at the first draw
+    num_pending: int = 0  # trailing output tokens that are PLACEHOLDERs, sampled but not yet resolved
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
     stop_reason: int | None = None
@@ -52,6 +57,14 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
+
+    @property
+    def num_resolved_tokens(self) -> int:
+        return self.num_tokens - self.num_pending
+
+    @property
+    def resolved_output_ids(self) -> list[int]:
+        return self.output_token_ids[: len(self.output_token_ids) - self.num_pending]
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -42,23 +42,34 @@ class Sampler:
     def forget(self, seq_id: str) -> None:
         """A sequence finished. Nothing to free: its seed lives on the Sequence object."""
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:  # logits: [B, V]
+    def __call__(
+        self, logits: torch.Tensor, seqs: list[Sequence], positions: list[int] | None = None
+    ) -> SampleResult:
+        return self.launch(logits, seqs, positions).result()
+
+    def launch(
+        self, logits: torch.Tensor, seqs: list[Sequence], positions: list[int] | None = None
+    ) -> PendingSample:
+        """Queue the draw on the device; the tokens reach the host when `result()` is called.
+
+        logits: [B, V]; positions[i]: which output token of seqs[i] this draws (0 = the first), which is
+        also the counter of its noise and the length of the output history its penalties read. The
+        default, for sequences that hold no placeholder, is the next one: len(output_token_ids).
+        """
+        if positions is None:
+            positions = [len(s.output_token_ids) for s in seqs]
         raw_logprobs = None
         if any(s.params.logprobs is not None for s in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [B, V]
         temperatures = [_temperature(s.params) for s in seqs]
-        if any(_needs_processing(s, t) for s, t in zip(seqs, temperatures, strict=True)):
-            logits = self._process(logits.to(torch.float32, copy=True), seqs)  # never the caller's tensor
+        if any(_needs_processing(s, t, n) for s, t, n in zip(seqs, temperatures, positions, strict=True)):
+            logits = self._process(logits.to(torch.float32, copy=True), seqs, positions)  # a copy, always
             self._exclude_filtered(logits, seqs, temperatures)
-        counters = torch.tensor([[self._seed(s) for s in seqs], [s.num_output_tokens for s in seqs]])
+        counters = torch.tensor([[self._seed(s) for s in seqs], positions])
         counters = counters.to(self.device, non_blocking=True)  # [2, B]: seeds, positions
         temperature = torch.tensor(temperatures, dtype=torch.float32).to(self.device, non_blocking=True)
         tokens = dispatch.sample_tokens(logits, temperature, counters[0], counters[1])  # [B]
-        token_list = tokens.tolist()  # the step's one host sync
-        results: list[TokenLogprobs | None] = [None] * len(seqs)
-        if raw_logprobs is not None:
-            results = self._gather_logprobs(raw_logprobs, tokens, token_list, seqs)
-        return SampleResult(token_list, results)
+        return PendingSample(tokens, raw_logprobs, [s.params.logprobs for s in seqs])
 
     def _seed(self, seq: Sequence) -> int:
         """63 bits: the request's seed + the sample's index, else one drawn once from the sampler's RNG."""
@@ -72,31 +83,36 @@ class Sampler:
         return seed
 
     # ---- logits processing ---------------------------------------------------------------------
-    def _process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _process(
+        self, logits: torch.Tensor, seqs: list[Sequence], positions: list[int] | None = None
+    ) -> torch.Tensor:
+        if positions is None:
+            positions = [len(s.output_token_ids) for s in seqs]
         rows_bias = [(i, s.params.logit_bias) for i, s in enumerate(seqs) if s.params.logit_bias]
         for i, bias in rows_bias:
             ids = torch.tensor(list(bias.keys()), device=self.device, dtype=torch.long)
             logits[i, ids] += torch.tensor(list(bias.values()), device=self.device, dtype=logits.dtype)
         for i, s in enumerate(seqs):
-            if s.num_output_tokens < s.params.min_tokens:
+            if positions[i] < s.params.min_tokens:
                 eos = [] if s.params.ignore_eos else list(self.eos_token_ids)
                 banned = list(s.params.stop_token_ids) + eos
                 if banned:
                     logits[i, banned] = float("-inf")
         rows = [i for i, s in enumerate(seqs) if s.params.has_penalties]
         if rows:
-            logits[rows] = self._penalize(logits[rows], [seqs[i] for i in rows])
+            history = [seqs[i].output_token_ids[: positions[i]] for i in rows]  # the tokens before this draw
+            logits[rows] = self._penalize(logits[rows], [seqs[i] for i in rows], history)
         return logits
 
-    def _penalize(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _penalize(self, logits: torch.Tensor, seqs: list[Sequence], outputs: list[list[int]]) -> torch.Tensor:
         B, V = logits.shape
         counts = torch.zeros(B, V, device=self.device)
         seen = torch.zeros(B, V, dtype=torch.bool, device=self.device)
-        for i, s in enumerate(seqs):
-            if s.output_token_ids:
-                out_ids = torch.tensor(s.output_token_ids, device=self.device)
+        for i, (s, out) in enumerate(zip(seqs, outputs, strict=True)):
+            if out:
+                out_ids = torch.tensor(out, device=self.device)
                 counts[i].index_add_(0, out_ids, torch.ones(len(out_ids), device=self.device))
-            seen[i, torch.tensor(s.all_token_ids, device=self.device)] = True
+            seen[i, torch.tensor(s.prompt_token_ids + out, device=self.device)] = True
         rep = torch.tensor([s.params.repetition_penalty for s in seqs], device=self.device)[:, None]
         freq = torch.tensor([s.params.frequency_penalty for s in seqs], device=self.device)[:, None]
         pres = torch.tensor([s.params.presence_penalty for s in seqs], device=self.device)[:, None]
@@ -138,18 +154,47 @@ class Sampler:
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
-    # ---- logprobs --------------------------------------------------------------------------------
-    def _gather_logprobs(
-        self, logprobs: torch.Tensor, tokens: torch.Tensor, token_list: list[int], seqs: list[Sequence]
-    ) -> list[TokenLogprobs | None]:
-        k = max(s.params.logprobs or 0 for s in seqs)
-        chosen = logprobs.gather(-1, tokens[:, None])[:, 0].tolist()
+
+class PendingSample:
+    """A draw queued on the device. On CUDA its tokens are copied to pinned host memory as soon as they
+    exist, so `result()` waits only for this step's work, and the caller can queue the next step first."""
+
+    def __init__(self, tokens: torch.Tensor | None, raw_logprobs: torch.Tensor | None, num_logprobs: list):
+        self.tokens, self.raw_logprobs, self.num_logprobs = tokens, raw_logprobs, num_logprobs
+        self._host: torch.Tensor | None = None
+        self._ready: torch.cuda.Event | None = None
+        if tokens is not None and tokens.is_cuda:
+            self._host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            self._host.copy_(tokens, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    @classmethod
+    def empty(cls) -> PendingSample:
+        return cls(None, None, [])
+
+    def result(self) -> SampleResult:
+        if self.tokens is None:
+            return SampleResult([], [])
+        if self._ready is not None:
+            self._ready.synchronize()
+            token_list = self._host.tolist()
+        else:
+            token_list = self.tokens.tolist()
+        logprobs: list[TokenLogprobs | None] = [None] * len(token_list)
+        if self.raw_logprobs is not None:
+            logprobs = self._gather_logprobs(token_list)
+        return SampleResult(token_list, logprobs)
+
+    def _gather_logprobs(self, token_list: list[int]) -> list[TokenLogprobs | None]:
+        logprobs, wanted = self.raw_logprobs, self.num_logprobs
+        k = max(n or 0 for n in wanted)
+        chosen = logprobs.gather(-1, self.tokens[:, None])[:, 0].tolist()
         top_vals, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
         top_vals = top_vals.tolist() if k else None
         top_ids = top_ids.tolist() if k else None
         out: list[TokenLogprobs | None] = []
-        for i, s in enumerate(seqs):
-            n = s.params.logprobs
+        for i, n in enumerate(wanted):
             if n is None:
                 out.append(None)
                 continue
@@ -166,12 +211,12 @@ def _filters(params: SamplingParams) -> bool:
     return params.min_p > 0.0 or params.top_k > 0 or params.top_p < 1.0
 
 
-def _needs_processing(seq: Sequence, temperature: float) -> bool:
+def _needs_processing(seq: Sequence, temperature: float, position: int) -> bool:
     """Whether any logit of this row changes before the draw (the fp32 copy is made only then)."""
     p = seq.params
     return bool(
         p.logit_bias
-        or seq.num_output_tokens < p.min_tokens
+        or position < p.min_tokens
         or p.has_penalties
         or (temperature > 0 and _filters(p))
     )

@@ -105,8 +105,15 @@ class BlockManager:
         num_tokens = seq.num_computed_tokens + num_new_tokens
         while len(table) < self.blocks_for(num_tokens):
             table.append(self._pop_free())
-        num_full = num_tokens // self.block_size
-        if self.enable_prefix_caching and num_full > len(self._keys.get(seq.seq_id, ())):
+        self.register_computed(seq, num_tokens)
+
+    def register_computed(self, seq: Sequence, num_computed: int | None = None) -> None:
+        """Key the full blocks among `seq`'s computed tokens whose token ids are all known (no placeholder)."""
+        if not self.enable_prefix_caching:
+            return
+        computed = seq.num_computed_tokens if num_computed is None else num_computed
+        num_full = min(computed, seq.num_resolved_tokens) // self.block_size
+        if num_full > len(self._keys.get(seq.seq_id, ())):
             self._register_full_blocks(seq, num_full)
 
     def record_lookup(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:

@@ -2,7 +2,15 @@
 
 There is no prefill phase and no decode phase. A sequence has `num_computed_tokens` of `num_tokens`;
 each step it catches up by as many tokens as the budget allows (a prompt may take several steps: chunked
-prefill), and when it has caught up a new token is sampled for it. Running sequences are served first,
+prefill), and when it has caught up a new token is sampled for it.
+
+schedule() commits the step at once: computed counts advance, and every sequence that samples gets a
+PLACEHOLDER output token. update_from_output() later puts the real token in its place and checks stops.
+So the engine may schedule step n+1 before step n's tokens reach the host (async scheduling): step n+1
+feeds the placeholder, whose value the model runner takes from step n's sampled tokens on the device.
+
+    output_token_ids:  [t0 t1 t2 | P(step n) P(step n+1)]      num_pending = 2
+                        resolved   sampled, not yet known Running sequences are served first,
 oldest first; when KV blocks run out, the newest running sequence is preempted (its blocks are freed, and
 it is recomputed later, mostly from the prefix cache). Waiting sequences are admitted in arrival order
 while the budget, `max_num_seqs` and the free blocks allow.
@@ -16,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from engine_service.core.block_manager import BlockManager
-from engine_service.request import Sequence, SequenceStatus
+from engine_service.request import PLACEHOLDER, Sequence, SequenceStatus
 
 
 @dataclass
@@ -61,10 +69,12 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.num_with_penalties = 0  # unfinished sequences whose sampling reads their output tokens
 
     # ---- requests in and out -------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
+        self.num_with_penalties += seq.params.has_penalties
 
     def abort(self, seqs: Iterable[Sequence]) -> None:
         for seq in seqs:
@@ -90,6 +100,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if self._awaits_last_token(seq):  # its final token is in flight: nothing more to compute
+                i += 1
+                continue
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not bm.can_allocate(seq, num_new):
                 victim = self.running.pop()
@@ -98,8 +111,9 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                out.scheduled.append(ScheduledSequence(seq, num_new, seq.num_computed_tokens))
+                self._commit(out, seq, num_new, seq.num_computed_tokens)
                 bm.allocate(seq, num_new)
+                seq.num_computed_tokens += num_new
                 budget -= num_new
                 i += 1
                 continue
@@ -118,50 +132,71 @@ class Scheduler:
                 seq.num_cached_tokens = num_computed
                 seq.first_scheduled_time = time.monotonic()
                 bm.record_lookup(seq.num_prompt_tokens, num_computed)
+            self._commit(out, seq, num_new, num_computed)
             bm.allocate(seq, num_new, hits)
+            seq.num_computed_tokens += num_new
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            out.scheduled.append(ScheduledSequence(seq, num_new, num_computed))
             budget -= num_new
+        for item in out.scheduled:  # placeholders last: allocation must not see them as computed
+            if item.samples:
+                item.seq.output_token_ids.append(PLACEHOLDER)
+                item.seq.num_pending += 1
         return out
 
-    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Sequence]:
-        """Advance computed counts, append sampled tokens, and finish sequences that hit a stop.
+    def _commit(self, out: SchedulerOutput, seq: Sequence, num_new: int, start: int) -> None:
+        out.scheduled.append(ScheduledSequence(seq, num_new, start))
 
-        `sampled` maps seq_id -> token id for the sequences that sampled this step. Returns the
-        sequences that finished.
+    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Sequence]:
+        """Resolve this step's placeholders with the sampled tokens and finish sequences that hit a stop.
+
+        `sampled` maps seq_id -> token id for the sequences that sampled in `out`. Returns the sequences
+        that finished. A sequence that finished or was aborted meanwhile ignores its late token.
         """
         finished: list[Sequence] = []
+        bm = self.block_manager
         for item in out.scheduled:
             seq = item.seq
-            if seq.is_finished:  # aborted between schedule() and now
-                continue
-            seq.num_computed_tokens = item.start + item.num_new_tokens
             token = sampled.get(seq.seq_id)
-            if token is None:
+            if token is None or seq.is_finished:
                 continue
-            seq.output_token_ids.append(token)
-            reason = self._stop_reason(seq, token)
-            if reason is not None:
-                self.running.remove(seq)
-                self._finish(seq, reason)
-                finished.append(seq)
+            index = len(seq.output_token_ids) - seq.num_pending  # the oldest placeholder is this step's
+            seq.output_token_ids[index] = token
+            seq.num_pending -= 1
+            reason = self._stop_reason(seq, token, index + 1)
+            if reason is None:
+                bm.register_computed(seq)
+                continue
+            del seq.output_token_ids[index + 1 :]  # a newer step's placeholder, if any, is void
+            seq.num_pending = 0
+            (self.running if seq.status is SequenceStatus.RUNNING else self.waiting).remove(seq)
+            self._finish(seq, reason)
+            finished.append(seq)
         return finished
 
     # ---- internals -----------------------------------------------------------------------------
-    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+    def _stop_reason(self, seq: Sequence, token: int, num_output: int) -> str | None:
+        """Why the sequence ends with its `num_output`-th output token `token`, if it does."""
         p = seq.params
         # The sampler masks EOS and stop ids until min_tokens tokens exist, so a stop token can only
         # come after them.
         is_stop_token = (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids
-        if is_stop_token and seq.num_output_tokens > p.min_tokens:
+        if is_stop_token and num_output > p.min_tokens:
             seq.stop_reason = token
             return "stop"
-        if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+        if p.max_tokens is not None and num_output >= p.max_tokens:
             return "length"
-        if seq.num_tokens >= self.max_model_len:
+        if seq.num_prompt_tokens + num_output >= self.max_model_len:
             return "length"
         return None
+
+    def _awaits_last_token(self, seq: Sequence) -> bool:
+        """The sequence has all the tokens it may have, the last still in flight: don't schedule it."""
+        p = seq.params
+        return seq.num_pending > 0 and (
+            (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens)
+            or seq.num_tokens >= self.max_model_len
+        )
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
@@ -173,4 +208,5 @@ class Scheduler:
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        self.num_with_penalties -= seq.params.has_penalties
         self.block_manager.free(seq)
