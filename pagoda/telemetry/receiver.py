@@ -47,6 +47,8 @@ class FlatSpan:
 
 def _value(v):
     kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return tuple(_value(x) for x in v.array_value.values)
     return getattr(v, kind) if kind in ("string_value", "bool_value", "int_value", "double_value") else str(v)
 
 
