@@ -11,10 +11,12 @@ import os
 import random
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from engine_service import LLM, SamplingParams
+from engine_service.parallel.distributed import NCCL_DEFAULTS, worker_env
 from engine_service.parallel.multiproc import WorkerError
 
 TIGHT = dict(
@@ -98,6 +100,7 @@ def test_a_killed_worker_fails_the_next_step_quickly(tp_models):
     workers = llm.engine.executor.workers
     try:
         os.kill(workers[1].proc.pid, signal.SIGKILL)
+        workers[1].proc.wait(10)
         started = time.monotonic()
         with pytest.raises(WorkerError, match=r"tensor-parallel worker 1 \(pid \d+, exit status -9\) died"):
             llm.generate(prompt_token_ids=prompts(), sampling_params=GREEDY)
@@ -122,9 +125,17 @@ def test_a_worker_dying_while_idle_is_seen_by_check_alive(tp_models):
     assert all(w.proc.poll() is not None for w in llm.engine.executor.workers)
 
 
-def test_shutdown_stops_workers_cleanly(tp_models):
+def test_shutdown_stops_workers_cleanly_and_workers_keep_nvlink_multicast_off(tp_models, monkeypatch):
+    for name in NCCL_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
     llm = LLM(str(tp_models["qwen2"]), tensor_parallel_size=2, **TIGHT)
     workers = llm.engine.executor.workers
+    for w in workers:  # what the device machines require (KINDS.md), also where nobody set it
+        environ = Path(f"/proc/{w.proc.pid}/environ").read_bytes().split(b"\0")
+        env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+        assert {name: env.get(name) for name in NCCL_DEFAULTS} == {
+            "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"
+        }
     llm.engine.shutdown()
     assert [w.proc.returncode for w in workers] == [0, 0]  # left the process group and exited
     llm.engine.shutdown()  # idempotent
@@ -146,3 +157,9 @@ def test_impossible_tensor_parallel_sizes_are_clear_errors(tp_models, kw, words)
         words = "needs 2 GPUs" if torch.cuda.is_available() else "sees no CUDA GPU"
     with pytest.raises(ValueError, match=words):
         LLM(str(tp_models["llama"]), **{**TIGHT, **kw})
+
+
+def test_an_explicit_nccl_setting_in_the_engine_environment_wins():
+    env = worker_env({"NCCL_NVLS_ENABLE": "1", "OMP_NUM_THREADS": "3"}, num_threads=1)
+    assert env["NCCL_NVLS_ENABLE"] == "1" and env["NVSHMEM_DISABLE_NVLS"] == "1"
+    assert env["OMP_NUM_THREADS"] == "3"
