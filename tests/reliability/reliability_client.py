@@ -1,0 +1,189 @@
+"""An HTTP client that judges every response it gets, for counting.
+
+Each request ends as one `Outcome`:
+
+    ok      200 and a complete answer: every choice finished, then `data: [DONE]` when streaming
+    error   a proper error: a 4xx/503 with an OpenAI error body (a 429 also with Retry-After), or a stream
+            that ends with an OpenAI error event and then `[DONE]`
+    hung    no end within the client's deadline
+    lost    anything else: a 500, a body that is not OpenAI's error format, a connection dropped or a
+            stream cut short without an error event, JSON that does not parse
+
+A client that leaves on purpose (`leave_after`) ends as `left`, which is none of the above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+
+KINDS = ("ok", "error", "hung", "lost")
+
+
+@dataclass
+class Outcome:
+    kind: str  # ok | error | hung | lost | left
+    status: int | None = None
+    detail: str = ""
+    chunks: int = 0  # content chunks received before the end
+    seconds: float = 0.0
+
+
+def is_openai_error(body: object) -> bool:
+    error = body.get("error") if isinstance(body, dict) else None
+    return (
+        isinstance(error, dict)
+        and isinstance(error.get("message"), str)
+        and isinstance(error.get("type"), str)
+    )
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict | bytes,
+    *,
+    timeout_s: float = 60,
+    headers: dict | None = None,
+    leave_after: int | None = None,
+) -> Outcome:
+    """POSTs `body` (a dict is sent as JSON) and judges the answer; with `leave_after` k, closes the
+    connection after k streamed events (0: before reading the response)."""
+    started = time.monotonic()
+    outcome = Outcome("lost")
+    try:
+        async with asyncio.timeout(timeout_s):
+            outcome = await _exchange(session, url, body, headers, leave_after)
+    except TimeoutError:
+        outcome = Outcome("hung", detail=f"no end after {timeout_s:g} s")
+    except (aiohttp.ClientError, ConnectionError) as err:
+        outcome = Outcome("lost", detail=f"{type(err).__name__}: {err}")
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+async def _exchange(session, url, body, headers, leave_after) -> Outcome:
+    kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+    async with session.post(url, headers=headers, **kwargs) as r:
+        if leave_after == 0:
+            r.close()
+            return Outcome("left", r.status)
+        if r.status != 200:
+            return _judge_error(r.status, await r.read(), r.headers)
+        if r.content_type == "text/event-stream":
+            return await _judge_stream(r, leave_after)
+        return _judge_json(await r.read())
+
+
+def _judge_error(status: int, raw: bytes, headers) -> Outcome:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return Outcome("lost", status, f"non-JSON error body: {raw[:120]!r}")
+    if status >= 500 and status != 503:
+        return Outcome("lost", status, f"server error: {raw[:200]!r}")
+    if not is_openai_error(body):
+        return Outcome("lost", status, f"not an OpenAI error body: {raw[:200]!r}")
+    if status == 429 and "Retry-After" not in headers:
+        return Outcome("lost", status, "a 429 without Retry-After")
+    return Outcome("error", status, body["error"]["message"][:120])
+
+
+def _judge_json(raw: bytes) -> Outcome:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return Outcome("lost", 200, f"non-JSON body: {raw[:120]!r}")
+    choices = body.get("choices") or []
+    if not choices or any(c.get("finish_reason") is None for c in choices):
+        return Outcome("lost", 200, f"unfinished answer: {raw[:200]!r}")
+    return Outcome("ok", 200, chunks=len(choices))
+
+
+async def _judge_stream(r: aiohttp.ClientResponse, leave_after: int | None) -> Outcome:
+    open_choices: set[int] = set()
+    finished: set[int] = set()
+    events = chunks = 0
+    error: dict | None = None
+    async for line in r.content:
+        if not line.startswith(b"data: "):
+            continue
+        data = line[6:].strip()
+        if data == b"[DONE]":
+            if error is not None:
+                return Outcome("error", 200, error["message"][:120], chunks)
+            if not open_choices or open_choices - finished:
+                return Outcome(
+                    "lost", 200, f"[DONE] before every choice finished ({finished}/{open_choices})"
+                )
+            return Outcome("ok", 200, chunks=chunks)
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return Outcome("lost", 200, f"an event that is not JSON: {data[:120]!r}", chunks)
+        if is_openai_error(event):
+            error = event["error"]
+            continue
+        for choice in event.get("choices", []):
+            open_choices.add(choice["index"])
+            delta = choice.get("delta") or {}
+            if delta.get("content") or choice.get("text"):
+                chunks += 1
+            if choice.get("finish_reason") is not None:
+                finished.add(choice["index"])
+        events += 1
+        if leave_after is not None and events >= leave_after:
+            r.close()
+            return Outcome("left", 200, chunks=chunks)
+    return Outcome("lost", 200, "the stream ended without [DONE]", chunks)
+
+
+@dataclass
+class Tally:
+    """Outcomes of one scenario, counted; `figures` holds the scenario's measurements for the record."""
+
+    scenario: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    figures: dict[str, object] = field(default_factory=dict)
+
+    def add(self, outcome: Outcome) -> Outcome:
+        self.outcomes.append(outcome)
+        return outcome
+
+    def extend(self, outcomes) -> None:
+        self.outcomes.extend(outcomes)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(o.kind for o in self.outcomes)
+
+    @property
+    def sent(self) -> int:
+        return len(self.outcomes)
+
+    def of(self, kind: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.kind == kind]
+
+    def details(self, kind: str, n: int = 5) -> list[str]:
+        """The most common details of one kind (for assertion messages)."""
+        return [
+            f"{count}x {status} {detail}"
+            for (status, detail), count in Counter((o.status, o.detail) for o in self.of(kind)).most_common(n)
+        ]
+
+    def summary(self) -> str:
+        c = self.counts
+        return (
+            f"{self.scenario}: sent {self.sent}, ok {c['ok']}, proper errors {c['error']}, "
+            f"hung {c['hung']}, lost {c['lost']}" + (f", left on purpose {c['left']}" if c["left"] else "")
+        )
+
+    def assert_none_hung_or_lost(self) -> None:
+        assert not self.of("hung") and not self.of("lost"), (
+            f"{self.summary()}\nhung: {self.details('hung')}\nlost: {self.details('lost')}"
+        )

@@ -1,0 +1,273 @@
+"""The whole stack as real processes on loopback, with the levers fault tests pull.
+
+    tokenizer ─┐
+    engine 0 ──┼── router(s)      engines keep their port across restarts, so a router's static list
+    engine 1 ──┘                  finds the new process where the old one was
+
+Engines serve a tiny random Llama (2 layers, hidden 64, the default model's tokenizer), CPU, float32.
+`heal()` undoes whatever a test did (kills, SIGSTOP, a stopped tokenizer), so one stack serves a session.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import psutil
+
+from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
+from tests.router.router_processes import Process, engine_ready, free_port, http_json, wait_until
+
+MODEL = "tiny-llama"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
+
+
+def make_tiny_model(folder: Path, default_model_dir: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    for name in TOKENIZER_FILES:
+        if (default_model_dir / name).is_file():
+            shutil.copy(default_model_dir / name, folder / name)
+    vocab = json.loads((default_model_dir / "config.json").read_text())["vocab_size"]
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@dataclass
+class Tls:
+    """Certificate files for the stack (see reliability_certs.py): server side and the router's client."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    server_name: str | None = None
+
+
+@dataclass
+class Router:
+    process: Process
+    url: str
+
+    def health(self) -> dict:
+        return http_json(self.url + "/health")[1]
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def engine_requests(self) -> dict[str, float]:
+        pattern = r'pagoda_router_engine_requests_total\{engine="([^"]+)"\} ([0-9.e+]+)'
+        return {a: float(v) for a, v in re.findall(pattern, self.metrics())}
+
+    def counter(self, name: str) -> float:
+        match = re.search(rf"^{name} ([0-9.e+]+)$", self.metrics(), re.M)
+        return float(match[1]) if match else 0.0
+
+
+@dataclass
+class Stack:
+    model_dir: Path
+    log_dir: Path
+    num_engines: int = 2
+    device: str = "cpu"
+    engine_args: tuple[str, ...] = ()
+    tls: Tls | None = None
+    tokenizer_port: int = field(default_factory=free_port)
+    engine_ports: list[int] = field(default_factory=list)
+    engines: list[Process] = field(default_factory=list)
+    tokenizer: Process | None = None
+    routers: list[Router] = field(default_factory=list)
+    _starts: int = 0
+
+    def __post_init__(self) -> None:
+        self.engine_ports = [free_port() for _ in range(self.num_engines)]
+        self.tokenizer = self._start_tokenizer()
+        self.engines = [self._start_engine(i) for i in range(self.num_engines)]
+        for i in range(self.num_engines):
+            self.wait_engine(i)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.engine_ports]
+
+    @property
+    def processes(self) -> list[Process]:
+        return [self.tokenizer, *self.engines, *(r.process for r in self.routers)]
+
+    # -- starting ---------------------------------------------------------------------------------------
+
+    def _server_tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        args = ["--tls-cert", str(self.tls.server_cert), "--tls-key", str(self.tls.server_key)]
+        return args + (["--tls-client-ca", str(self.tls.ca)] if self.tls.client_cert else [])
+
+    def _name(self, base: str) -> str:
+        self._starts += 1
+        return f"{base}-{self._starts}"
+
+    def _start_tokenizer(self) -> Process:
+        args = ["tokenizer", "--model", str(self.model_dir), "--host", "127.0.0.1"]
+        args += ["--port", str(self.tokenizer_port), "--metrics-port", "0", "--workers", "1"]
+        return Process(args + self._server_tls_args(), self.log_dir, self._name("tokenizer"))
+
+    def _start_engine(self, i: int) -> Process:
+        args = ["engine", "--model", str(self.model_dir), "--served-model-name", MODEL]
+        args += ["--device", self.device, "--dtype", "float32", "--host", "127.0.0.1"]
+        args += ["--port", str(self.engine_ports[i]), "--metrics-port", "0", "--max-model-len", "512"]
+        args += ["--num-kv-blocks", "1024", "--block-size", "16", *self.engine_args]
+        return Process(args + self._server_tls_args(), self.log_dir, self._name(f"engine{i}"))
+
+    def start_router(self, *extra: str) -> Router:
+        port = free_port()
+        args = ["router", "--host", "127.0.0.1", "--port", str(port)]
+        args += ["--tokenizer", f"127.0.0.1:{self.tokenizer_port}", "--health-interval", "0.5"]
+        for address in self.addresses:
+            args += ["--engine", address]
+        if self.tls is not None:
+            args += ["--grpc-tls-ca", str(self.tls.ca)]
+            if self.tls.client_cert:
+                args += [
+                    "--grpc-tls-cert",
+                    str(self.tls.client_cert),
+                    "--grpc-tls-key",
+                    str(self.tls.client_key),
+                ]
+            if self.tls.server_name:
+                args += ["--grpc-tls-server-name", self.tls.server_name]
+        scheme = "https" if "--tls-cert" in extra else "http"
+        router = Router(
+            Process(args + list(extra), self.log_dir, self._name("router")), f"{scheme}://127.0.0.1:{port}"
+        )
+        self.routers.append(router)
+        if scheme == "http":
+            self.wait_router(router, self.num_engines)
+        return router
+
+    # -- waiting ----------------------------------------------------------------------------------------
+
+    def wait_engine(self, i: int, timeout_s: float = 120) -> None:
+        if self.tls is not None:
+            return  # probed through the router instead
+        wait_until(lambda: engine_ready(self.addresses[i]), timeout_s, f"engine {i}", self.processes)
+
+    def wait_router(self, router: Router, num_ready: int, timeout_s: float = 60) -> None:
+        wait_until(
+            lambda: router.health()["engines_ready"] == num_ready,
+            timeout_s,
+            f"{router.url} to see {num_ready} engines ready",
+            self.processes,
+        )
+
+    # -- faults -----------------------------------------------------------------------------------------
+
+    def kill_engine(self, i: int) -> None:
+        """SIGKILL the engine's front process (its engine-core child then exits on its own)."""
+        self.engines[i].kill()
+
+    def pause_engine(self, i: int) -> None:
+        self.engines[i].popen.send_signal(signal.SIGSTOP)
+
+    def resume_engine(self, i: int) -> None:
+        self.engines[i].popen.send_signal(signal.SIGCONT)
+
+    def restart_engine(self, i: int) -> None:
+        if self.engines[i].alive():
+            self.resume_engine(i)
+            self.engines[i].stop()
+        self.engines[i] = self._start_engine(i)
+        self.wait_engine(i)
+
+    def restart_tokenizer(self) -> None:
+        if self.tokenizer.alive():
+            self.tokenizer.stop()
+        self.tokenizer = self._start_tokenizer()
+
+    def heal(self) -> None:
+        """Every engine and the tokenizer running and resumed, and every router seeing all engines."""
+        for i, engine in enumerate(self.engines):
+            if engine.alive():
+                self.resume_engine(i)
+            else:
+                self.engines[i] = self._start_engine(i)
+        if not self.tokenizer.alive():
+            self.tokenizer = self._start_tokenizer()
+        for i in range(self.num_engines):
+            self.wait_engine(i)
+        for router in self.routers:
+            if router.url.startswith("http:") and router.process.alive():
+                self.wait_router(router, self.num_engines)
+
+    def stop(self) -> None:
+        for i, engine in enumerate(self.engines):
+            if engine.alive():
+                self.resume_engine(i)
+        for p in [*(r.process for r in self.routers), *self.engines, self.tokenizer]:
+            p.stop()
+
+    # -- what the engines and processes report ----------------------------------------------------------
+
+    def engine_info(self, i: int) -> engine_pb2.ServerInfo:
+        with grpc.insecure_channel(self.addresses[i]) as channel:
+            stub = engine_pb2_grpc.EngineServiceStub(channel)
+            return stub.GetServerInfo(engine_pb2.GetServerInfoRequest(), timeout=5)
+
+    def engines_idle(self) -> bool:
+        """Nothing running or waiting, and every KV block free (cached prefix blocks count as free)."""
+        infos = [self.engine_info(i) for i in range(self.num_engines)]
+        return all(
+            i.num_running == 0 and i.num_waiting == 0 and i.num_free_blocks == i.num_total_blocks
+            for i in infos
+        )
+
+    def wait_idle(self, timeout_s: float = 15) -> None:
+        wait_until(self.engines_idle, timeout_s, "every engine idle with all KV blocks free", self.processes)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A process and its children (an engine's front and its engine-core process)."""
+
+    rss_mb: float
+    fds: int
+    threads: int
+
+    @classmethod
+    def of(cls, process: Process) -> Usage:
+        root = psutil.Process(process.popen.pid)
+        procs = [root, *root.children(recursive=True)]
+        return cls(
+            rss_mb=sum(p.memory_info().rss for p in procs) / 2**20,
+            fds=sum(p.num_fds() for p in procs),
+            threads=sum(p.num_threads() for p in procs),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.rss_mb:.0f} MB, {self.fds} fds, {self.threads} threads"

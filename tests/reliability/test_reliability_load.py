@@ -1,0 +1,130 @@
+"""Load: a thousand concurrent streaming clients, and a soak with a steady mix of short and long requests.
+
+Each client's request ends ok or with a proper 429/503 (none hung, none lost); afterwards every engine is
+idle with all its KV blocks free. Memory, descriptors and threads of router and engines are measured
+around the runs: a leak shows as growth from one round (or one stretch of the soak) to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import aiohttp
+from reliability_client import post
+from reliability_stack import MODEL, Usage
+
+
+def chat(i: int, max_tokens: int, stream: bool = True) -> dict:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Client {i} asks for a story about the number {i}."}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        # Greedy: sampling noise costs far more than the tiny model itself on a CPU.
+        "temperature": 0,
+    }
+    return {**body, "stream": True} if stream else body
+
+
+def usage(stack) -> dict[str, Usage]:
+    out = {"router": Usage.of(stack.routers[0].process)}
+    for i, engine in enumerate(stack.engines):
+        out[f"engine{i}"] = Usage.of(engine)
+    return out
+
+
+def outstanding(router) -> float:
+    """The router's requests in flight, summed over engines (its own leak check)."""
+    pattern = r"^pagoda_router_engine_outstanding_requests\{[^}]*\} ([0-9.e+]+)$"
+    return sum(float(v) for v in re.findall(pattern, router.metrics(), re.M))
+
+
+async def test_a_thousand_concurrent_streaming_clients(stack, scale, tally):
+    t = tally(f"load: {scale.clients} concurrent streaming clients, 2 engines, 2 rounds")
+    url = stack.routers[0].url + "/v1/chat/completions"
+    stack.wait_idle()
+    before = usage(stack)
+    rounds = []
+    for r in range(2):  # the first round grows heaps and pools to their working size; the second must not
+        # A fresh session per round: its closed connections must not count as the router's descriptors.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            started = time.monotonic()
+            outcomes = await asyncio.gather(
+                *(post(session, url, chat(i, scale.load_max_tokens), timeout_s=scale.client_timeout_s)
+                  for i in range(r * scale.clients, (r + 1) * scale.clients))
+            )  # fmt: skip
+            elapsed = time.monotonic() - started
+        t.extend(outcomes)
+        stack.wait_idle()  # KV usage back to zero: nothing running or waiting, every block free
+        await asyncio.sleep(0.5)  # the router notices the closed connections
+        rounds.append((elapsed, usage(stack)))
+    assert outstanding(stack.routers[0]) == 0
+    t.assert_none_hung_or_lost()
+    errors = {o.status for o in t.of("error")}
+    assert errors <= {429, 503}, t.details("error")
+    assert t.counts["ok"] >= t.sent // 2, t.summary()  # pushback trims bursts, it does not stop them
+    (s1, u1), (s2, u2) = rounds
+    t.figures.update(
+        {
+            "seconds per round": f"{s1:.1f}/{s2:.1f}",
+            **{
+                f"{name} RSS MB": f"{before[name].rss_mb:.0f}->{u1[name].rss_mb:.0f}->{u2[name].rss_mb:.0f}"
+                for name in before
+            },  # fmt: skip
+            "KV after": "all blocks free",
+        }
+    )
+    for name in before:
+        # Bounded: the first round may grow the heap to its working size; the second must not add to it.
+        grown = u2[name].rss_mb - u1[name].rss_mb
+        assert grown <= max(20.0, 0.1 * u1[name].rss_mb), (name, before[name], u1[name], u2[name])
+        assert u2[name].fds <= before[name].fds + 8, (name, before[name], u2[name])
+
+
+async def test_soak_with_a_steady_mix(stack, scale, tally):
+    t = tally(f"soak: {scale.soak_s:.0f} s, {scale.soak_workers} clients, short and long requests")
+    url = stack.routers[0].url + "/v1/chat/completions"
+    deadline = time.monotonic() + scale.soak_s
+    long_tokens = 8 * scale.load_max_tokens
+
+    async def worker(w: int, session: aiohttp.ClientSession) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            long = (w + i) % 4 == 0
+            body = chat(w * 100_000 + i, long_tokens if long else 4, stream=long)
+            t.add(await post(session, url, body, timeout_s=scale.client_timeout_s))
+            i += 1
+
+    samples: list[tuple[float, dict[str, Usage]]] = []
+
+    async def sampler() -> None:
+        start = time.monotonic()
+        while time.monotonic() < deadline:
+            samples.append((time.monotonic() - start, usage(stack)))
+            await asyncio.sleep(scale.soak_s / 10)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await asyncio.gather(sampler(), *(worker(w, session) for w in range(scale.soak_workers)))
+    stack.wait_idle()
+    samples.append((scale.soak_s, usage(stack)))
+    assert outstanding(stack.routers[0]) == 0
+    t.assert_none_hung_or_lost()
+    assert t.counts["ok"] == t.sent, t.details("error")
+    # The first third warms up (heaps and caches reach their working size); from then on nothing grows.
+    settled = next(u for at, u in samples if at >= scale.soak_s / 3)
+    end = samples[-1][1]
+    t.figures.update(
+        {f"{name} RSS MB": f"{settled[name].rss_mb:.0f}->{end[name].rss_mb:.0f}" for name in end}
+        | {f"{name} fds": f"{settled[name].fds}->{end[name].fds}" for name in end}
+        | {f"{name} threads": f"{settled[name].threads}->{end[name].threads}" for name in end}
+    )
+    for name in end:
+        assert end[name].rss_mb - settled[name].rss_mb <= max(15.0, 0.05 * settled[name].rss_mb), (
+            name,
+            settled[name],
+            end[name],
+        )
+        assert end[name].fds <= settled[name].fds + 4, (name, settled[name], end[name])
+        assert end[name].threads <= settled[name].threads + 2, (name, settled[name], end[name])
