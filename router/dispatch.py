@@ -155,6 +155,7 @@ class Dispatcher:
         """An engine stream whose first message has arrived; the caller must `close()` it."""
         route = RouteRequest(request.prompt_token_ids.ids, card.block_size, session_key)
         tel = request_telemetry.current()
+        retries = self.metrics.engine_retries.labels(card.name)  # exists at 0, so that rate() sees it
         tried: set[str] = set()
         errors: list[_Retry] = []
         for _ in range(self.max_attempts):
@@ -172,7 +173,7 @@ class Dispatcher:
             except _Retry as retry:
                 stream.close(retry.error.message)
                 errors.append(retry)
-                self.metrics.engine_retries.labels(card.name).inc()
+                retries.inc()
                 if tel is not None:
                     tel.retried(engine.address, retry.error.message)
                 log.warning(
