@@ -35,10 +35,12 @@ def batch_inputs(batch: int, seed: int, device: str = DEVICE):
     """Random 63-bit seeds and 31-bit positions (the extremes included), temperatures mixing greedy rows."""
     g = torch.Generator().manual_seed(seed)
     seeds = torch.randint(0, 2**63 - 1, (batch,), generator=g)
-    seeds[:3] = torch.tensor([0, 1, 2**63 - 1])
+    seeds[:3] = torch.tensor([0, 1, 2**63 - 1])[:batch]
     positions = torch.randint(0, 2**31 - 1, (batch,), generator=g)
-    positions[:2] = torch.tensor([0, 2**31 - 1])
-    temperature = torch.tensor([0.0, 1.0, 0.3, 1.7])[torch.arange(batch) % 4]
+    positions[:2] = torch.tensor([0, 2**31 - 1])[:batch]
+    # A lone row samples (row 0 of the cycle is greedy): the batch-1 case must exercise the noise.
+    cycle = torch.tensor([0.0, 1.0, 0.3, 1.7]) if batch > 1 else torch.tensor([1.0])
+    temperature = cycle[torch.arange(batch) % len(cycle)]
     return temperature.to(device), seeds.to(device), positions.to(device)
 
 
