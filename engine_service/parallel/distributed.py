@@ -67,4 +67,6 @@ def init_distributed(
 
 
 def cpu_threads_per_rank(world_size: int) -> int:
-    return max(1, (os.cpu_count() or 1) // world_size)
+    """An equal share of the cores this process may run on (its affinity, not the whole host's count)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // world_size)

@@ -113,16 +113,23 @@ class SequenceMirror:
             self.seqs[handle] = Sequence(str(handle), "", index, prompt, params)
             self.tables[handle] = []
         out = SchedulerOutput()
-        tables = []
-        for handle, start, tokens, samples, kept, new_blocks in msg.items:
-            seq = self.seqs[handle]
-            _write_tokens(seq, start, tokens)
-            table = self.tables[handle]
-            del table[kept:]
-            table += new_blocks
-            scheduled = ScheduledSequence(seq, len(tokens), start)
-            scheduled.samples = samples  # the driver's word: the mirror may not hold the newest token yet
-            out.scheduled.append(scheduled)
+        scheduled, tables = out.scheduled, []
+        seqs, all_tables = self.seqs, self.tables
+        for handle, start, tokens, samples, kept, new_blocks in msg.items:  # hot: B items per step
+            seq = seqs[handle]
+            outputs = seq.output_token_ids
+            if start - len(seq.prompt_token_ids) == len(outputs):  # decode: the tokens extend the output
+                outputs += tokens
+            else:
+                _write_tokens(seq, start, tokens)
+            table = all_tables[handle]
+            if kept < len(table):
+                del table[kept:]
+            if new_blocks:
+                table += new_blocks
+            item = ScheduledSequence(seq, len(tokens), start)
+            item.samples = samples  # the driver's word: the mirror may not hold the newest token yet
+            scheduled.append(item)
             tables.append(table)
         return out, tables, forgotten
 
