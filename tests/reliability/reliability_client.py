@@ -187,3 +187,18 @@ class Tally:
         assert not self.of("hung") and not self.of("lost"), (
             f"{self.summary()}\nhung: {self.details('hung')}\nlost: {self.details('lost')}"
         )
+
+
+async def seconds_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05) -> float:
+    """Polls a blocking `predicate` (off the event loop, so streams keep flowing) until it holds;
+    returns how long that took."""
+    started = time.monotonic()
+    while True:
+        try:
+            if await asyncio.to_thread(predicate):
+                return time.monotonic() - started
+        except Exception:  # noqa: BLE001 (a service being restarted may refuse the question)
+            pass
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(interval_s)

@@ -33,6 +33,20 @@ TOKENIZER_FILES = (
 )
 
 
+def chat_body(i: int, max_tokens: int, stream: bool = True, **extra) -> dict:
+    """A chat request of its own (the prompt names `i`), greedy, running to max_tokens."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Client {i} asks for a story about the number {i}."}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        # Greedy: sampling noise costs far more than the tiny model itself on a CPU.
+        "temperature": 0,
+        **extra,
+    }
+    return {**body, "stream": True} if stream else body
+
+
 def make_tiny_model(folder: Path, default_model_dir: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -87,8 +101,9 @@ class Router:
         return {a: float(v) for a, v in re.findall(pattern, self.metrics())}
 
     def counter(self, name: str) -> float:
-        match = re.search(rf"^{name} ([0-9.e+]+)$", self.metrics(), re.M)
-        return float(match[1]) if match else 0.0
+        """A metric summed over its labels."""
+        values = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", self.metrics(), re.M)
+        return sum(float(v) for v in values)
 
 
 @dataclass

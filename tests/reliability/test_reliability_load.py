@@ -13,19 +13,8 @@ import time
 
 import aiohttp
 from reliability_client import post
-from reliability_stack import MODEL, Usage
-
-
-def chat(i: int, max_tokens: int, stream: bool = True) -> dict:
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": f"Client {i} asks for a story about the number {i}."}],
-        "max_tokens": max_tokens,
-        "ignore_eos": True,
-        # Greedy: sampling noise costs far more than the tiny model itself on a CPU.
-        "temperature": 0,
-    }
-    return {**body, "stream": True} if stream else body
+from reliability_stack import Usage
+from reliability_stack import chat_body as chat
 
 
 def usage(stack) -> dict[str, Usage]:
