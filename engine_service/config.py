@@ -13,7 +13,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     max_model_len: int | None = None  # default: the model's max_position_embeddings
     block_size: int = 16
-    max_num_seqs: int = 256
+    max_num_seqs: int = 512
     max_num_batched_tokens: int = 8192
     enable_prefix_caching: bool = True
     num_kv_blocks: int | None = None  # default: from gpu_memory_utilization on GPU, 4096 tokens' worth on CPU

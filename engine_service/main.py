@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's context length")
-    p.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in one batch")
+    p.add_argument("--max-num-seqs", type=int, default=512, help="most sequences in one batch")
     p.add_argument("--max-num-batched-tokens", type=int, default=8192, help="token budget of one step")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)

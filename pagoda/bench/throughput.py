@@ -123,7 +123,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument(
-        "--max-num-seqs", type=int, default=None, help="default: Pagoda's 256; peers keep their own"
+        "--max-num-seqs", type=int, default=None, help="default: Pagoda's 512; peers keep their own"
     )
     p.add_argument(
         "--max-num-batched-tokens",
@@ -206,7 +206,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         peers=tuple(dict.fromkeys(args.peer)),
         device=device,
         dtype=args.dtype,
-        max_num_seqs=args.max_num_seqs or 256,
+        max_num_seqs=args.max_num_seqs or 512,
         max_num_batched_tokens=args.max_num_batched_tokens or 8192,
         peer_max_num_seqs=args.max_num_seqs,
         peer_max_num_batched_tokens=args.max_num_batched_tokens,
