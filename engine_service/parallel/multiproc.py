@@ -121,6 +121,8 @@ class MultiProcExecutor(Executor):
 
     def shutdown(self) -> None:
         self._finalizer()  # runs once: later calls do nothing
+        if self._error is None:
+            self._error = "the tensor-parallel workers were shut down"
 
     # ---- messages --------------------------------------------------------------------------------
     def _call(self, name: str, *args) -> list:

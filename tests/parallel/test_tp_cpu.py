@@ -139,6 +139,8 @@ def test_shutdown_stops_workers_cleanly_and_workers_keep_nvlink_multicast_off(tp
     llm.engine.shutdown()
     assert [w.proc.returncode for w in workers] == [0, 0]  # left the process group and exited
     llm.engine.shutdown()  # idempotent
+    with pytest.raises(WorkerError, match="shut down"):
+        llm.generate(prompt_token_ids=prompts(), sampling_params=GREEDY)
 
 
 @pytest.mark.parametrize(
