@@ -10,18 +10,26 @@ the server with SIGTERM. Then, unless --no-offline, it runs the offline `LLM.gen
 workload in this process (pagoda.bench.throughput.run_pagoda). The figure of merit is the ratio of
 generated tokens per second, gRPC / offline. One JSON object per engine core goes to results.jsonl
 and one row to the gRPC table of RESULTS.md.
+
+--metrics-port turns the engine's Prometheus metrics on (scraped every --scrape-interval seconds during the
+run, as Prometheus would) and --otlp-endpoint its tracing: benchmarks/observability_overhead.py compares
+both on against both off.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +87,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, throughput.BenchCon
     p.add_argument("--stream-interval", type=int, default=1, help="the engine's --stream-interval")
     p.add_argument("--no-offline", action="store_true", help="skip the offline run (no ratio)")
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for the server to be SERVING")
+    p.add_argument("--metrics-port", type=int, default=0, help="the engine's metrics port (0: metrics off)")
+    p.add_argument(
+        "--scrape-interval", type=float, default=1.0, help="seconds between scrapes of /metrics in the run"
+    )
+    p.add_argument("--otlp-endpoint", default=None, help="the engine exports traces here (default: off)")
     args, rest = p.parse_known_args(argv)
     if args.concurrency < 1 or args.channels < 1:
         p.error("--concurrency and --channels must be at least 1")
@@ -91,7 +104,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, throughput.BenchCon
 # ---- the server --------------------------------------------------------------------------------------------
 
 
-def server_command(config: throughput.BenchConfig, core: str, stream_interval: int) -> list[str]:
+def server_command(
+    config: throughput.BenchConfig,
+    core: str,
+    stream_interval: int,
+    metrics_port: int = 0,
+    otlp_endpoint: str | None = None,
+) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -107,7 +126,7 @@ def server_command(config: throughput.BenchConfig, core: str, stream_interval: i
         "--port",
         "0",
         "--metrics-port",
-        "0",
+        str(metrics_port),
         "--device",
         config.device,
         "--dtype",
@@ -135,6 +154,8 @@ def server_command(config: throughput.BenchConfig, core: str, stream_interval: i
         cmd.append("--no-prefix-caching")
     if config.enforce_eager:
         cmd.append("--enforce-eager")
+    if otlp_endpoint:
+        cmd += ["--otlp-endpoint", otlp_endpoint]
     return cmd
 
 
@@ -142,7 +163,9 @@ class EngineProcess:
     """`python -m engine_service` in a subprocess; its log goes to our stderr once the port is read."""
 
     def __init__(self, cmd: list[str]):
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+        # No OTEL_EXPORTER_OTLP_* from our environment: tracing is on only when --otlp-endpoint says so.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_OTLP")}
+        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, env=env)
         self.port = self._read_port()
 
     def _read_port(self) -> int:
@@ -150,8 +173,6 @@ class EngineProcess:
             sys.stderr.write(line)
             match = re.search(r"listening on [\d.]+:(\d+)", line)
             if match:
-                import threading
-
                 threading.Thread(target=self._pump, daemon=True).start()
                 return int(match.group(1))
         raise RuntimeError(f"the engine exited with status {self.proc.wait()} before listening")
@@ -292,12 +313,42 @@ def grpc_result(
     )
 
 
+class Scraper:
+    """GETs the engine's /metrics every `interval_s` seconds from a thread, as Prometheus would."""
+
+    def __init__(self, port: int, interval_s: float):
+        self.url, self.interval_s = f"http://127.0.0.1:{port}/metrics", interval_s
+        self.num_scrapes, self.errors = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    r.read()
+                self.num_scrapes += 1
+            except OSError:
+                self.errors += 1
+
+
 def run_grpc(
     core: str, config: throughput.BenchConfig, args: argparse.Namespace, requests, vocab_size: int
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    server = EngineProcess(server_command(config, core, args.stream_interval))
+    server = EngineProcess(
+        server_command(config, core, args.stream_interval, args.metrics_port, args.otlp_endpoint)
+    )
     address = f"127.0.0.1:{server.port}"
+    scraper = Scraper(args.metrics_port, args.scrape_interval) if args.metrics_port else None
     try:
         asyncio.run(wait_serving(address, args.start_timeout))
         startup_s = time.perf_counter() - t0
@@ -307,13 +358,20 @@ def run_grpc(
             for p in workloads.warmup_prompts(8, spec.input_len, vocab_size)
         ]
         asyncio.run(drive(address, warm, config.temperature, args.concurrency, args.channels))
-        elapsed, stats = asyncio.run(
-            drive(address, requests, config.temperature, args.concurrency, args.channels)
-        )
+        with scraper or contextlib.nullcontext():
+            elapsed, stats = asyncio.run(
+                drive(address, requests, config.temperature, args.concurrency, args.channels)
+            )
     finally:
         status = server.stop()
     result = grpc_result(core, config, args, requests, elapsed, stats, startup_s)
     result["server_exit_status"] = status
+    result["observability"] = {
+        "metrics": bool(args.metrics_port),
+        "tracing": bool(args.otlp_endpoint),
+        "num_scrapes": scraper.num_scrapes if scraper else 0,
+        "scrape_errors": scraper.errors if scraper else 0,
+    }
     return result
 
 
@@ -339,6 +397,7 @@ def build_record(
         "prefix_caching": config.prefix_caching,
         "engine_core": grpc.get("engine_core"),
         "concurrency": args.concurrency,
+        "observability": grpc.get("observability"),
         "out_tok_s": grpc.get("out_tok_s"),
         "offline_out_tok_s": offline.get("out_tok_s") if offline else None,
         "ratio": ratio,
@@ -360,7 +419,8 @@ def markdown_row(record: dict[str, Any]) -> str:
         record["shape"],
         report.workload_label(record["workload"], record["prefix_caching"]),
         (record["engine_core"] or "–")
-        + (f", interval {g['stream_interval']}" if g.get("stream_interval", 1) > 1 else ""),
+        + (f", interval {g['stream_interval']}" if g.get("stream_interval", 1) > 1 else "")
+        + _observability_label(g.get("observability") or {}),
         str(record["concurrency"]),
         "error" if "error" in g else fmt(record["out_tok_s"]),
         fmt(record["offline_out_tok_s"]),
@@ -371,6 +431,11 @@ def markdown_row(record: dict[str, Any]) -> str:
         fmt(g.get("tokens_per_message"), 2),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _observability_label(obs: dict[str, Any]) -> str:
+    on = [name for name in ("metrics", "tracing") if obs.get(name)]
+    return f", {' + '.join(on)}" if on else ""
 
 
 def append_results(record: dict[str, Any], results_dir: str | Path) -> None:

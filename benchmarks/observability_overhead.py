@@ -1,0 +1,200 @@
+"""What metrics and tracing cost: `pagoda bench grpc` with both on against both off, same workload.
+
+    python benchmarks/observability_overhead.py                       # CPU: tiny model, 64 streams
+    python benchmarks/observability_overhead.py --device cuda --shape llama-1b --num-prompts 1000 \\
+        --input-len 512 --output-len 256 --concurrency 256            # GPU (add --no-tracing without OTel)
+
+"on": the engine serves Prometheus metrics (scraped every second during the run, as Prometheus would) and
+exports a trace span per request over OTLP/gRPC to a receiver in another process (pagoda.telemetry.receiver,
+which only counts them); "off": --metrics-port 0 and no endpoint. The runs alternate off, on, on, off, ...
+(--repeats pairs), each one a fresh engine, so that drift in a shared machine's speed hits both sides alike;
+the overhead is 1 - median(on) / median(off) of generated tokens per second. Per-request log lines stay
+on in both. The result goes to benchmarks/results.jsonl (kind "observability_overhead") and a row of the
+observability table in benchmarks/RESULTS.md. Target (issue 7): at most 2 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- observability-results:begin -->", "<!-- observability-results:end -->"
+COLUMNS = ["date", "machine", "commit", "workload", "on", "runs", "off tok/s", "on tok/s", "overhead"]
+TABLE = f"""{BEGIN}
+## Metrics and tracing overhead (`benchmarks/observability_overhead.py`)
+
+`pagoda bench grpc` with the engine's metrics (scraped every second) and tracing (a span per request to an
+OTLP receiver) on, against both off; runs alternate, **off/on tok/s** are medians of generated tokens per
+second, **overhead** = 1 - on / off.
+
+| {" | ".join(COLUMNS)} |
+|{"---|" * len(COLUMNS)}
+{END}
+"""
+CPU_DEFAULTS = [
+    "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--num-prompts", "256", "--input-len", "128",
+    "--output-len", "64", "--concurrency", "64",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+class Receiver:
+    """`python -m pagoda.telemetry.receiver` in its own process: it takes the spans and counts them."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pagoda.telemetry.receiver", "--port", str(self.port)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        time.sleep(1.0)  # it binds at once; give the interpreter a moment to start
+        if self.proc.poll() is not None:
+            raise RuntimeError("the OTLP receiver did not start (is opentelemetry-proto installed?)")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=30)
+        return int(out.rsplit(":", 1)[-1]) if "spans received" in out else -1
+
+
+def run_bench(bench_args: list[str], on: bool, receiver: Receiver | None, out_dir: Path, i: int) -> dict:
+    out = out_dir / f"run{i}-{'on' if on else 'off'}.json"
+    cmd = [sys.executable, "-m", "pagoda.cli", "bench", "grpc", *bench_args, "--no-offline"]
+    cmd += ["--results-dir", "", "--out-json", str(out), "--engine-core", "process"]
+    if on:
+        cmd += ["--metrics-port", str(free_port()), "--scrape-interval", "1"]
+        if receiver is not None:
+            cmd += ["--otlp-endpoint", receiver.endpoint]
+    say(f"run {i} ({'on' if on else 'off'}): {' '.join(cmd[3:])}")
+    done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    path = out.with_suffix(".process.json")
+    if done.returncode != 0 or not path.exists():
+        raise RuntimeError(f"pagoda bench grpc failed (exit {done.returncode}):\n{done.stdout[-2000:]}")
+    grpc = json.loads(path.read_text())["grpc"]
+    return {
+        "on": on,
+        "out_tok_s": grpc["out_tok_s"],
+        "ttft_p50_ms": grpc["ttft_ms"]["p50"],
+        "tpot_p50_ms": grpc["tpot_ms"]["p50"],
+        "observability": grpc.get("observability"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Other flags: pagoda bench grpc's."
+    )
+    p.add_argument("--repeats", type=int, default=3, help="off/on pairs")
+    p.add_argument("--no-tracing", action="store_true", help="'on' is metrics only (no OpenTelemetry here)")
+    p.add_argument("--results-dir", default=str(REPO / "benchmarks"), help="'' to record nothing")
+    args, bench_args = p.parse_known_args(argv)
+    bench_args = bench_args or CPU_DEFAULTS
+    receiver = None if args.no_tracing else Receiver()
+    runs = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for pair in range(args.repeats):
+                order = (False, True) if pair % 2 == 0 else (True, False)  # off on, on off, ...
+                for on in order:
+                    runs.append(run_bench(bench_args, on, receiver, Path(tmp), len(runs)))
+                    say(f"  {runs[-1]['out_tok_s']:,.1f} out tok/s")
+    finally:
+        spans = receiver.stop() if receiver is not None else None
+    off = statistics.median(r["out_tok_s"] for r in runs if not r["on"])
+    on = statistics.median(r["out_tok_s"] for r in runs if r["on"])
+    entry = {
+        "kind": "observability_overhead",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(bench_args),
+        "commit": git_commit(),
+        "bench_args": bench_args,
+        "on": "metrics" if args.no_tracing else "metrics + tracing",
+        "runs": runs,
+        "spans_received": spans,
+        "median_off_tok_s": off,
+        "median_on_tok_s": on,
+        "overhead": round(1 - on / off, 4),
+    }
+    print(json.dumps({k: v for k, v in entry.items() if k != "runs"}, indent=2))
+    if args.results_dir:
+        record(entry, Path(args.results_dir))
+    return 0
+
+
+def say(message: str) -> None:
+    print(f"[observability] {message}", file=sys.stderr, flush=True)
+
+
+def machine(bench_args: list[str]) -> str:
+    cpu = f"{platform.machine()} {os.cpu_count()} cores"
+    return cpu if "cuda" in bench_args else f"{cpu}, CPU only"
+
+
+def workload_label(bench_args: list[str]) -> str:
+    def flag(name: str, default: str) -> str:
+        return bench_args[bench_args.index(name) + 1] if name in bench_args else default
+
+    return (
+        f"{flag('--shape', 'llama-1b')} {flag('--num-prompts', '1000')}×{flag('--input-len', '512')}/"
+        f"{flag('--output-len', '256')}, {flag('--concurrency', '256')} streams"
+    )
+
+
+def record(entry: dict, results_dir: Path) -> None:
+    """One line to results.jsonl; one row to the observability table of RESULTS.md (made before the gRPC
+    table the first time)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / "results.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    path = results_dir / "RESULTS.md"
+    text = path.read_text() if path.exists() else ""
+    if END not in text:
+        anchor = text.find("<!-- grpc-results:begin -->")
+        anchor = len(text) if anchor < 0 else anchor
+        text = text[:anchor] + TABLE + "\n" + text[anchor:]
+    cells = [
+        entry["date"][:10],
+        entry["machine"],
+        entry["commit"][:8],
+        workload_label(entry["bench_args"]),
+        entry["on"],
+        str(len(entry["runs"])),
+        f"{entry['median_off_tok_s']:,.0f}",
+        f"{entry['median_on_tok_s']:,.0f}",
+        f"{100 * entry['overhead']:.1f} %",
+    ]
+    end = text.index(END)
+    path.write_text(text[:end] + "| " + " | ".join(cells) + " |\n" + text[end:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
