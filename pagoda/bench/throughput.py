@@ -129,7 +129,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--max-num-batched-tokens",
         type=int,
         default=None,
-        help="default: Pagoda's 8192; peers keep their own",
+        help="default 16384 (as vLLM's offline LLM); peers keep their own",
     )
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -207,7 +207,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         device=device,
         dtype=args.dtype,
         max_num_seqs=args.max_num_seqs or 512,
-        max_num_batched_tokens=args.max_num_batched_tokens or 8192,
+        max_num_batched_tokens=args.max_num_batched_tokens or 16384,  # vLLM's offline default too
         peer_max_num_seqs=args.max_num_seqs,
         peer_max_num_batched_tokens=args.max_num_batched_tokens,
         tensor_parallel_size=args.tensor_parallel_size,
