@@ -47,7 +47,6 @@ class ModelRunner:
     ):
         self.model_config = model_config
         self.device, self.dtype, self.block_size = device, dtype, block_size
-        self.tp_rank = tp_rank  # with tensor parallelism, every rank runs the forward pass; rank 0 samples
         torch.manual_seed(seed)
         with torch.device(device):
             previous = torch.get_default_dtype()
@@ -156,10 +155,9 @@ class ModelRunner:
                 return PendingSample.empty()
             indices = torch.tensor(step.logits_indices, dtype=torch.int64, device=self.device)
             logits = self.model.compute_logits(hidden[indices])  # [B, vocab]
-        # Every rank takes part in computing the logits (the LM head gathers the vocabulary across ranks),
-        # but only rank 0 samples: its tokens are the step's result.
-        if self.tp_rank != 0:
-            return PendingSample.empty()
+        # With tensor parallelism every rank samples: the gathered logits and the counter-based noise are
+        # the same on every rank, so each holds the step's tokens on its device for the next step's
+        # placeholders. Only rank 0's tokens go to the host (its worker alone calls result()).
         positions = [it.start + it.num_new_tokens - it.seq.num_prompt_tokens for it in items]
         pending = self.sampler.launch(logits, [it.seq for it in items], positions)
         self._last_sampled = (pending.tokens, {it.seq.seq_id: row for row, it in enumerate(items)})

@@ -2,8 +2,12 @@
 
     driver (the Engine's process)                 workers, one per GPU (or CPU + gloo)
       schedule ─▶ StepEncoder ─▶ one pickled ──────▶ rank 0: mirror ▸ forward (all-reduces) ▸ sample
-                                 message per step ─▶ rank 1: mirror ▸ forward (all-reduces)
+                                 message per step ─▶ rank 1: mirror ▸ forward (all-reduces) ▸ sample
       SampleResult ◀──────────────────────────────── rank 0 only
+
+Every rank samples (the same tokens: the logits are gathered whole on each rank and the noise is
+counter-based), so with async scheduling each rank fills step n+1's placeholders from step n's tokens
+on its own device while the driver already schedules; rank 0 sends the tokens to the host.
 
 The driver takes no part in the collectives: it only sends and receives, so a dead rank can never leave
 it stuck in one. It waits for replies on every worker's socket at once, so a worker that exits (EOF)
@@ -66,13 +70,30 @@ class WorkerProcess:
         return f"tensor-parallel worker {self.rank} (pid {self.proc.pid}, {status})"
 
 
+class RankZeroAnswer:
+    """A launched step; `result()` waits for rank 0's answer. Results are collected in launch order."""
+
+    def __init__(self, executor: MultiProcExecutor):
+        self._executor = executor
+
+    def result(self) -> SampleResult:
+        result = self._executor._receive([0])[0]
+        self._executor._num_unanswered -= 1
+        return result
+
+
 class MultiProcExecutor(Executor):
+    # The driver schedules step n+1 while the ranks run step n: every rank samples, so each resolves the
+    # placeholders of step n's tokens on its own device.
+    supports_async = True
+
     def __init__(self, spec: WorkerSpec, model_config: ModelConfig):
         check_tp_size(model_config, spec.tp_size, spec.device)
         self.device = torch.device(spec.device)
         self.tp_size = spec.tp_size
         self._encoder = StepEncoder()
         self._error: str | None = None
+        self._num_unanswered = 0  # steps launched whose tokens have not been collected
         # The ranks meet at a TCPStore served here, on a port the OS picks: no port to choose or race for.
         self._store = dist.TCPStore("127.0.0.1", 0, spec.tp_size, is_master=True, wait_for_workers=False)
         spec = replace(spec, store_port=self._store.port)
@@ -105,9 +126,13 @@ class MultiProcExecutor(Executor):
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         self._call("capture_cuda_graphs", max_num_seqs, max_model_len)
 
-    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
+    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]) -> RankZeroAnswer:
         self._broadcast(("step", self._encoder.encode(out, block_tables)))
-        return self._receive([0])[0]
+        self._num_unanswered += 1
+        return RankZeroAnswer(self)
+
+    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
+        return self.launch(out, block_tables).result()
 
     def forget(self, seq_ids: Iterable[str]) -> None:
         self._encoder.forget(seq_ids)  # the workers hear of it with the next step
@@ -116,6 +141,10 @@ class MultiProcExecutor(Executor):
         if self._error is not None:
             raise WorkerError(self._error)
         for w in self.workers:
+            if w.rank == 0 and self._num_unanswered:  # rank 0's conn may hold an answer not collected yet
+                if w.proc.poll() is not None:
+                    self._fail(f"{w.describe()} died")
+                continue
             if w.proc.poll() is not None or w.conn.poll():  # exited, or an unasked message: an error or EOF
                 self._receive_from(w, expected=False)
 

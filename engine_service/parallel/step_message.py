@@ -15,7 +15,9 @@ over, so the driver sends it whole again ("blocks kept" = 0).
 Every output token a sample needs (penalties, min_tokens) reaches the workers as an input token before
 that sample: the token sampled at position p is the input at position p of a later step. A prefix-cache
 hit can skip only tokens a worker has already seen (the prompt, or output tokens computed before a
-preemption), so the mirror is exact whenever a sequence samples.
+preemption), so the mirror is exact whenever a sequence samples. With async scheduling the newest input
+may be a PLACEHOLDER, filled on each rank's device; the engine turns async off while any sequence has
+penalties, so a history the sampler reads holds no placeholder.
 """
 
 from __future__ import annotations

@@ -7,8 +7,16 @@ worker joins the process group, builds its ModelRunner (reading only its slices 
 answers ("ok", kv_bytes_per_block). Then, until "stop" or the driver's end closes:
 
     ("call", name, args)   every rank runs ModelRunner.<name>(*args) and answers ("ok", result)
-    ("step", StepMessage)  every rank runs the forward pass; rank 0 answers ("ok", SampleResult)
+    ("step", StepMessage)  every rank launches the step (forward pass and sampling, on its device);
+                           rank 0 answers ("ok", SampleResult), one answer per step, in order
     ("stop",)              leave the process group and exit 0
+
+Rank 0 holds a step's answer while the driver may still send the next step (async scheduling): it
+launches that one first and answers after, so the GPU always has the next step queued:
+
+    recv n ▸ launch n ▸ answer n-1 (waits for n-1; n is queued) ▸ next step, or n done? ▸ ...
+
+When step n is done and no step came, it answers at once (the driver is waiting to schedule).
 
 Any failure is answered ("error", traceback) by the rank that hit it, which then exits 1.
 """
@@ -31,6 +39,7 @@ from engine_service.model_config import ModelConfig
 from engine_service.model_runner import DTYPES, ModelRunner
 from engine_service.parallel.distributed import init_distributed
 from engine_service.parallel.step_message import SequenceMirror, StepMessage
+from engine_service.sampler import PendingSample
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +76,11 @@ class Worker:
         )
         self.mirror = SequenceMirror()
 
-    def step(self, message: StepMessage):
+    def launch(self, message: StepMessage) -> Launched:
         out, tables, forgotten = self.mirror.apply(message)
         for seq_id in forgotten:
             self.runner.sampler.forget(seq_id)
-        if not out.scheduled:  # only news of finished sequences
-            return None
-        return self.runner.execute(out, tables)
+        return Launched(self.runner.launch(out, tables), self.runner.device)
 
     def call(self, name: str, args: tuple):
         if name not in CALLS:
@@ -81,18 +88,55 @@ class Worker:
         return getattr(self.runner, name)(*args)
 
 
+class Launched:
+    """A step queued on this rank's device: its sampled tokens, and whether the device has finished it."""
+
+    def __init__(self, pending: PendingSample, device: torch.device):
+        self.pending = pending
+        self._event = None
+        if device.type == "cuda":
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def done(self) -> bool:
+        return self._event is None or self._event.query()
+
+
+def _message_comes_first(conn: Connection, launched: Launched) -> bool:
+    """Waits until the driver's next message arrives (True) or the step is done on the device (False).
+
+    A busy wait: a step takes milliseconds, and noticing either event late would idle the GPU or the
+    driver for that long.
+    """
+    while not conn.poll():
+        if launched.done():
+            return conn.poll()
+    return True
+
+
 def serve(conn: Connection, rank: int) -> int:
     try:
         worker = Worker(conn.recv(), rank)
         conn.send(("ok", worker.runner.kv_bytes_per_block))
+        held: Launched | None = None  # rank 0: the newest step, its tokens not sent yet
         while True:
+            if held is not None and not _message_comes_first(conn, held):
+                conn.send(("ok", held.pending.result()))
+                held = None
+                continue
             message = conn.recv()
             kind = message[0]
             if kind == "step":
-                result = worker.step(message[1])
+                launched = worker.launch(message[1])
                 if rank == 0:
-                    conn.send(("ok", result))
-            elif kind == "call":
+                    if held is not None:  # the step before: its tokens, while this one runs
+                        conn.send(("ok", held.pending.result()))
+                    held = launched
+                continue
+            if held is not None:  # not expected (calls come before any step), but never lose an answer
+                conn.send(("ok", held.pending.result()))
+                held = None
+            if kind == "call":
                 conn.send(("ok", worker.call(message[1], message[2])))
             elif kind == "stop":
                 break

@@ -33,6 +33,10 @@ def prompts(seed: int = 0) -> list[list[int]]:
 GREEDY = SamplingParams(max_tokens=14, temperature=0.0, ignore_eos=True, logprobs=3)
 
 
+def samples(outs) -> list[list[list[int]]]:
+    return [[c.token_ids for c in o.outputs] for o in outs]
+
+
 @pytest.fixture(scope="module")
 def engines(tp_models):
     """(TP=1, TP=2) LLMs per model, built once for the module; the TP=2 workers stop at the end."""
@@ -74,8 +78,26 @@ def test_seeded_sampling_with_penalties_equal(engines):
     )
     a = tp1.generate(prompt_token_ids=prompts(1), sampling_params=params)
     b = tp2.generate(prompt_token_ids=prompts(1), sampling_params=params)
-    assert [[c.token_ids for c in o.outputs] for o in b] == [[c.token_ids for c in o.outputs] for o in a]
+    assert samples(b) == samples(a)
     assert len({tuple(c.token_ids) for o in b for c in o.outputs}) > 6  # really sampled
+
+
+def test_async_scheduling_feeds_placeholders_on_every_rank(tp_models):
+    """Step n+1 is launched before step n's tokens reach the host: every rank fills the placeholders from
+    the tokens it sampled itself, and rank 0 answers each step in order."""
+    folder = str(tp_models["kv1"])
+    sync = LLM(folder, **TIGHT)
+    tp = LLM(folder, tensor_parallel_size=2, async_scheduling=True, **TIGHT)
+    try:
+        assert tp.engine.async_scheduling
+        sampled = SamplingParams(n=2, max_tokens=16, temperature=0.8, top_p=0.9, seed=7, ignore_eos=True)
+        for params in (GREEDY, sampled):
+            a = sync.generate(prompt_token_ids=prompts(4), sampling_params=params)
+            b = tp.generate(prompt_token_ids=prompts(4), sampling_params=params)
+            assert samples(b) == samples(a)
+        tp.engine.check_alive()
+    finally:
+        tp.engine.shutdown()
 
 
 def test_abort_mid_generation_then_continue(engines):

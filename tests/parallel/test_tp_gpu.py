@@ -55,6 +55,17 @@ def test_float32_tp2_equals_tp1(tp_models, name, eager):
             assert abs(la.logprob - lb.logprob) < 1e-3
 
 
+def test_async_scheduling_gives_the_synchronous_tokens(tp_models):
+    """Rank 0 holds each step's answer until the next step is launched: the tokens do not change."""
+    ps = prompts(3)
+    params = SamplingParams(n=2, max_tokens=32, temperature=0.7, seed=1, ignore_eos=True)
+    kw = dict(dtype="float32", tensor_parallel_size=2)
+    sync = run(tp_models["llama"], ps, params, async_scheduling=False, **kw)
+    overlapped = run(tp_models["llama"], ps, params, async_scheduling=True, **kw)
+    tokens = [[c.token_ids for c in o.outputs] for o in overlapped]
+    assert tokens == [[c.token_ids for c in o.outputs] for o in sync]
+
+
 @pytest.mark.parametrize("name", ["llama", "kv1"])
 def test_bf16_tp2_close_to_tp1(tp_models, name):
     ps = prompts(1)
