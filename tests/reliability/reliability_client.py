@@ -51,14 +51,15 @@ async def post(
     timeout_s: float = 60,
     headers: dict | None = None,
     leave_after: int | None = None,
+    ssl=None,
 ) -> Outcome:
     """POSTs `body` (a dict is sent as JSON) and judges the answer; with `leave_after` k, closes the
-    connection after k streamed events (0: before reading the response)."""
+    connection after k streamed events (0: before reading the response). `ssl`: an SSLContext for HTTPS."""
     started = time.monotonic()
     outcome = Outcome("lost")
     try:
         async with asyncio.timeout(timeout_s):
-            outcome = await _exchange(session, url, body, headers, leave_after)
+            outcome = await _exchange(session, url, body, headers, leave_after, ssl)
     except TimeoutError:
         outcome = Outcome("hung", detail=f"no end after {timeout_s:g} s")
     except (aiohttp.ClientError, ConnectionError) as err:
@@ -67,8 +68,10 @@ async def post(
     return outcome
 
 
-async def _exchange(session, url, body, headers, leave_after) -> Outcome:
+async def _exchange(session, url, body, headers, leave_after, ssl) -> Outcome:
     kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+    if ssl is not None:
+        kwargs["ssl"] = ssl
     async with session.post(url, headers=headers, **kwargs) as r:
         if leave_after == 0:
             r.close()
@@ -105,42 +108,87 @@ def _judge_json(raw: bytes) -> Outcome:
     return Outcome("ok", 200, chunks=len(choices))
 
 
-async def _judge_stream(r: aiohttp.ClientResponse, leave_after: int | None) -> Outcome:
-    open_choices: set[int] = set()
-    finished: set[int] = set()
-    events = chunks = 0
-    error: dict | None = None
-    async for line in r.content:
+class StreamJudge:
+    """Judges a stream line by line: `feed` returns the outcome once the stream has decided it."""
+
+    def __init__(self, leave_after: int | None = None, on_event=None):
+        self.leave_after = leave_after
+        self.on_event = on_event  # called with each event's JSON (schema checks)
+        self.open_choices: set[int] = set()
+        self.finished: set[int] = set()
+        self.events = self.chunks = 0
+        self.error: dict | None = None
+
+    def feed(self, line: bytes) -> Outcome | None:
         if not line.startswith(b"data: "):
-            continue
+            return None
         data = line[6:].strip()
         if data == b"[DONE]":
-            if error is not None:
-                return Outcome("error", 200, error["message"][:120], chunks)
-            if not open_choices or open_choices - finished:
-                return Outcome(
-                    "lost", 200, f"[DONE] before every choice finished ({finished}/{open_choices})"
-                )
-            return Outcome("ok", 200, chunks=chunks)
+            if self.error is not None:
+                return Outcome("error", 200, self.error["message"][:120], self.chunks)
+            if not self.open_choices or self.open_choices - self.finished:
+                detail = f"[DONE] before every choice finished ({self.finished} of {self.open_choices})"
+                return Outcome("lost", 200, detail, self.chunks)
+            return Outcome("ok", 200, chunks=self.chunks)
         try:
             event = json.loads(data)
         except ValueError:
-            return Outcome("lost", 200, f"an event that is not JSON: {data[:120]!r}", chunks)
+            return Outcome("lost", 200, f"an event that is not JSON: {data[:120]!r}", self.chunks)
         if is_openai_error(event):
-            error = event["error"]
-            continue
+            self.error = event["error"]
+            return None
+        if self.on_event is not None:
+            problem = self.on_event(event)
+            if problem:
+                return Outcome("lost", 200, problem, self.chunks)
         for choice in event.get("choices", []):
-            open_choices.add(choice["index"])
+            self.open_choices.add(choice["index"])
             delta = choice.get("delta") or {}
             if delta.get("content") or choice.get("text"):
-                chunks += 1
+                self.chunks += 1
             if choice.get("finish_reason") is not None:
-                finished.add(choice["index"])
-        events += 1
-        if leave_after is not None and events >= leave_after:
-            r.close()
-            return Outcome("left", 200, chunks=chunks)
-    return Outcome("lost", 200, "the stream ended without [DONE]", chunks)
+                self.finished.add(choice["index"])
+        self.events += 1
+        if self.leave_after is not None and self.events >= self.leave_after:
+            return Outcome("left", 200, chunks=self.chunks)
+        return None
+
+    def end(self) -> Outcome:
+        return Outcome("lost", 200, "the stream ended without [DONE]", self.chunks)
+
+
+async def _judge_stream(r: aiohttp.ClientResponse, leave_after: int | None) -> Outcome:
+    judge = StreamJudge(leave_after)
+    async for line in r.content:
+        outcome = judge.feed(line)
+        if outcome is not None:
+            if outcome.kind == "left":
+                r.close()
+            return outcome
+    return judge.end()
+
+
+def judge(
+    status: int, content_type: str, raw: bytes, headers, on_event=None, choices: bool = True
+) -> Outcome:
+    """The same judgement for a response read whole (a blocking client); `choices`: a completion, whose
+    every choice must have finished (other routes' answers are only checked to be JSON)."""
+    if status != 200:
+        return _judge_error(status, raw, headers)
+    if not choices:
+        try:
+            json.loads(raw)
+        except ValueError:
+            return Outcome("lost", 200, f"non-JSON body: {raw[:120]!r}")
+        return Outcome("ok", 200)
+    if content_type.startswith("text/event-stream"):
+        stream = StreamJudge(on_event=on_event)
+        for line in raw.splitlines(keepends=True):
+            outcome = stream.feed(line)
+            if outcome is not None:
+                return outcome
+        return stream.end()
+    return _judge_json(raw)
 
 
 @dataclass

@@ -14,6 +14,8 @@ import json
 import re
 import shutil
 import signal
+import ssl
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ import grpc
 import psutil
 
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
-from tests.router.router_processes import Process, engine_ready, free_port, http_json, wait_until
+from tests.router.router_processes import Process, engine_ready, free_port, wait_until
 
 MODEL = "tiny-llama"
 TOKENIZER_FILES = (
@@ -88,13 +90,20 @@ class Tls:
 class Router:
     process: Process
     url: str
+    ssl: ssl.SSLContext | None = None  # trusts the router's certificate, for an HTTPS router
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5, context=self.ssl) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
 
     def health(self) -> dict:
-        return http_json(self.url + "/health")[1]
+        return json.loads(self.get("/health")[1])
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
-            return r.read().decode()
+        return self.get("/metrics")[1].decode()
 
     def engine_requests(self) -> dict[str, float]:
         pattern = r'pagoda_router_engine_requests_total\{engine="([^"]+)"\} ([0-9.e+]+)'
@@ -116,6 +125,7 @@ class Stack:
     tls: Tls | None = None
     tokenizer_port: int = field(default_factory=free_port)
     engine_ports: list[int] = field(default_factory=list)
+    health_ports: list[int] = field(default_factory=list)  # with TLS: each engine's plaintext health port
     engines: list[Process] = field(default_factory=list)
     tokenizer: Process | None = None
     routers: list[Router] = field(default_factory=list)
@@ -123,6 +133,7 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.engine_ports = [free_port() for _ in range(self.num_engines)]
+        self.health_ports = [free_port() for _ in range(self.num_engines)] if self.tls else []
         self.tokenizer = self._start_tokenizer()
         self.engines = [self._start_engine(i) for i in range(self.num_engines)]
         for i in range(self.num_engines):
@@ -157,10 +168,13 @@ class Stack:
         args = ["engine", "--model", str(self.model_dir), "--served-model-name", MODEL]
         args += ["--device", self.device, "--dtype", "float32", "--host", "127.0.0.1"]
         args += ["--port", str(self.engine_ports[i]), "--metrics-port", "0", "--max-model-len", "512"]
-        args += ["--num-kv-blocks", "1024", "--block-size", "16", *self.engine_args]
-        return Process(args + self._server_tls_args(), self.log_dir, self._name(f"engine{i}"))
+        args += ["--num-kv-blocks", "1024", "--block-size", "16", *self.engine_args, *self._server_tls_args()]
+        if self.tls is not None:
+            args += ["--health-port", str(self.health_ports[i])]
+        return Process(args, self.log_dir, self._name(f"engine{i}"))
 
-    def start_router(self, *extra: str) -> Router:
+    def start_router(self, *extra: str, client_ssl: ssl.SSLContext | None = None) -> Router:
+        """A router over every engine, with `extra` flags; `client_ssl` trusts its certificate (HTTPS)."""
         port = free_port()
         args = ["router", "--host", "127.0.0.1", "--port", str(port)]
         args += ["--tokenizer", f"127.0.0.1:{self.tokenizer_port}", "--health-interval", "0.5"]
@@ -178,12 +192,10 @@ class Stack:
             if self.tls.server_name:
                 args += ["--grpc-tls-server-name", self.tls.server_name]
         scheme = "https" if "--tls-cert" in extra else "http"
-        router = Router(
-            Process(args + list(extra), self.log_dir, self._name("router")), f"{scheme}://127.0.0.1:{port}"
-        )
+        process = Process(args + list(extra), self.log_dir, self._name("router"))
+        router = Router(process, f"{scheme}://127.0.0.1:{port}", client_ssl)
         self.routers.append(router)
-        if scheme == "http":
-            self.wait_router(router, self.num_engines)
+        self.wait_router(router, self.num_engines)
         return router
 
     # -- waiting ----------------------------------------------------------------------------------------
@@ -237,7 +249,7 @@ class Stack:
         for i in range(self.num_engines):
             self.wait_engine(i)
         for router in self.routers:
-            if router.url.startswith("http:") and router.process.alive():
+            if router.process.alive():
                 self.wait_router(router, self.num_engines)
 
     def stop(self) -> None:

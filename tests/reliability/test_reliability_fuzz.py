@@ -1,0 +1,240 @@
+"""Fuzzing: the router's HTTP API from its OpenAPI description, and the engine's gRPC `Generate`.
+
+HTTP: a real router process in front of the scripted tokenizer and engine (their own process, answers in
+microseconds). Hypothesis draws bodies that fit router/openapi.yaml and mutations that break it; every
+answer must be a 200 that fits the description (each event of a stream too) or a 4xx in OpenAI's error
+format; never a 5xx, and the router is still healthy afterwards.
+
+gRPC: hypothesis draws `GenerateRequest`s (every sampling field, in and out of range, NaN, huge, empty)
+and sends them straight to an engine service: each is either served or refused with INVALID_ARGUMENT,
+never another status; the engine still serves afterwards.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")  # the GPU machine may lack it; CI installs it
+import reliability_openapi as spec  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from reliability_client import Outcome, judge  # noqa: E402
+
+from pagoda.engine.v1 import engine_pb2 as pb  # noqa: E402
+from tests.router.router_processes import Process, free_port, http_json, wait_until  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+FUZZED = ["/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_router(tmp_path_factory):
+    """A router process in front of the scripted backend process; yields its port."""
+    backend = subprocess.Popen(
+        [sys.executable, str(HERE / "scripted_backend.py")], stdout=subprocess.PIPE, text=True
+    )
+    tokenizer_port, engine_port = map(int, backend.stdout.readline().split())
+    port = free_port()
+    args = ["router", "--host", "127.0.0.1", "--port", str(port), "--health-interval", "0.5"]
+    args += ["--tokenizer", f"127.0.0.1:{tokenizer_port}", "--engine", f"127.0.0.1:{engine_port}"]
+    router = Process(args, tmp_path_factory.mktemp("fuzz-logs"), "fuzz-router")
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_json(url + "/health")[0] == 200, 30, "the fuzzed router", [router])
+    yield port
+    router.stop()
+    backend.terminate()
+    backend.wait(10)
+
+
+class Client:
+    """One keep-alive HTTP connection; a broken connection is reopened (and the case counted lost)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def post(self, path: str, body: object) -> tuple[int, str, bytes, dict]:
+        try:
+            self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            r = self.conn.getresponse()
+            return r.status, r.getheader("Content-Type", ""), r.read(), dict(r.getheaders())
+        except (OSError, http.client.HTTPException):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            raise
+
+
+def test_openapi_describes_every_route():
+    from router.app import build_app
+    from router.config import RouterConfig
+
+    served = {
+        (r.resource.canonical, r.method.lower())
+        for r in build_app(RouterConfig(metrics=True)).router.routes()
+        if r.method != "HEAD"
+    }
+    described = {(path, method) for path, ops in spec.OPENAPI["paths"].items() for method in ops}
+    assert served == described
+
+
+def test_openapi_fuzz(fuzz_router, scale, tally):
+    t = tally(
+        f"bad input: router API fuzzed from router/openapi.yaml (hypothesis, {scale.http_fuzz_cases} cases)"
+    )
+    spec.FIXED["Model"] = st.just("scripted")
+    client = Client(fuzz_router)
+    checks = {
+        (path, kind): spec.response_validator(path, kind)
+        for path in FUZZED
+        for kind in ("application/json", "text/event-stream")
+        if kind in spec.OPENAPI["paths"][path]["post"]["responses"]["200"]["content"]
+    }
+    error_check = spec.error_validator()
+
+    def valid_or_mutated(path: str):
+        valid = spec.strategy(spec.request_schema(path))
+        return st.tuples(st.just(path), st.one_of(valid, spec.mutated(valid)))
+
+    def problem(path: str, kind: str, body: object) -> str | None:
+        error = next(checks[(path, kind)].iter_errors(body), None)
+        return None if error is None else f"does not fit the description: {error.message[:200]}"
+
+    @settings(
+        max_examples=scale.http_fuzz_cases,
+        deadline=None,
+        database=None,
+        derandomize=scale.mode == "cpu",  # CI runs the same cases every time
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=st.sampled_from(FUZZED).flatmap(valid_or_mutated))
+    def one(case):
+        path, body = case
+        try:
+            status, content_type, raw, headers = client.post(path, body)
+        except (OSError, http.client.HTTPException) as err:
+            outcome = t.add(Outcome("lost", None, f"connection: {err}"))
+        else:
+            on_event = lambda e: problem(path, "text/event-stream", e)  # noqa: E731
+            outcome = t.add(
+                judge(status, content_type, raw, headers, on_event, choices=path.startswith("/v1/"))
+            )
+            if outcome.kind == "ok" and not content_type.startswith("text/event-stream"):
+                found = problem(path, "application/json", json.loads(raw))
+                if found:
+                    outcome.kind, outcome.detail = "lost", found
+            if outcome.kind == "error" and status != 200:
+                assert 400 <= status < 500, (status, raw[:300])
+                error = next(error_check.iter_errors(json.loads(raw)), None)
+                assert error is None, (status, raw[:300])
+        assert outcome.kind in ("ok", "error"), (path, body, outcome)
+
+    one()
+    alive = http_json(f"http://127.0.0.1:{fuzz_router}/health")
+    assert alive[0] == 200, alive
+    c = t.counts
+    t.figures.update({"200s": c["ok"], "4xx": c["error"], "router healthy after": "yes"})
+    assert c["ok"] > len(t.outcomes) // 10, t.summary()  # the valid half mostly gets served
+
+
+# ---- gRPC ---------------------------------------------------------------------------------------------
+
+_FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, -1.0, 1e30])
+_U32 = st.integers(0, 2**32 - 1)
+_I32 = st.integers(-(2**31), 2**31 - 1)
+_TOKEN = st.integers(0, 2**32 - 1) | st.integers(0, 49151)
+
+
+@st.composite
+def generate_requests(draw) -> pb.GenerateRequest:
+    """Every field of GenerateRequest, from plausible to absurd."""
+    params = {}
+    for name, values in {
+        "n": st.integers(0, 4) | _U32,
+        "max_tokens": st.integers(0, 8) | _U32,
+        "min_tokens": _U32,
+        "temperature": _FLOATS,
+        "top_p": _FLOATS,
+        "top_k": _I32,
+        "min_p": _FLOATS,
+        "presence_penalty": _FLOATS,
+        "frequency_penalty": _FLOATS,
+        "repetition_penalty": _FLOATS,
+        "seed": st.integers(0, 2**64 - 1),
+        "logprobs": _U32,
+        "prompt_logprobs": _U32,
+        "ignore_eos": st.booleans(),
+        "skip_special_tokens": st.booleans(),
+        "include_stop_str_in_output": st.booleans(),
+    }.items():
+        if draw(st.booleans()):
+            params[name] = draw(values)
+    params["logit_bias"] = draw(st.dictionaries(_TOKEN, _FLOATS, max_size=3))
+    params["stop_token_ids"] = draw(st.lists(_TOKEN, max_size=3))
+    params["stop"] = draw(st.lists(st.text(max_size=4), max_size=3))
+    request = pb.GenerateRequest(
+        request_id=draw(st.text(max_size=300)),
+        sampling_params=pb.SamplingParams(**params),
+        cache_salt=draw(st.text(max_size=16)),
+    )
+    prompt = draw(st.sampled_from(["ids", "text", "none"]))
+    if prompt == "ids":
+        request.prompt_token_ids.ids.extend(
+            draw(st.lists(_TOKEN, max_size=8) | st.lists(_TOKEN, min_size=600))
+        )
+    elif prompt == "text":
+        request.text = draw(st.text(max_size=40))
+    return request
+
+
+@pytest.fixture(scope="module")
+def fuzzed_engine(tiny_model_dir):
+    from tests.engine_service.server_thread import ServerThread, tiny_config
+
+    with ServerThread(tiny_config(tiny_model_dir, max_model_len=512), engine_core="thread") as server:
+        yield server
+
+
+def test_generate_fuzz(fuzzed_engine, scale, tally):
+    t = tally(f"bad input: engine gRPC Generate fuzzed (hypothesis, {scale.grpc_fuzz_cases} requests)")
+    stub = fuzzed_engine.stub
+    codes: dict[str, int] = {}
+
+    @settings(
+        max_examples=scale.grpc_fuzz_cases,
+        deadline=None,
+        database=None,
+        derandomize=scale.mode == "cpu",
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(request=generate_requests())
+    def one(request):
+        call = stub.Generate(request, timeout=30)
+        try:
+            next(call)  # validation happens before the first message; the rest would only take time
+            outcome = Outcome("ok")
+        except StopIteration:
+            outcome = Outcome("lost", detail="a stream with no message")
+        except grpc.RpcError as err:
+            code = err.code()
+            codes[code.name] = codes.get(code.name, 0) + 1
+            proper = code is grpc.StatusCode.INVALID_ARGUMENT
+            outcome = Outcome("error" if proper else "lost", None, f"{code.name}: {err.details()}")
+        finally:
+            call.cancel()
+        t.add(outcome)
+        assert outcome.kind in ("ok", "error"), (request, outcome)
+
+    one()
+    info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=5)
+    assert info.num_total_blocks > 0
+    ids, params = pb.TokenIds(ids=[5, 6, 7]), pb.SamplingParams(max_tokens=2)
+    last = list(stub.Generate(pb.GenerateRequest(prompt_token_ids=ids, sampling_params=params), timeout=30))
+    assert sum(len(m.token_ids) for m in last) == 2, "the engine stopped serving"
+    t.figures.update({"statuses": codes or "none", "served after": "yes"})
