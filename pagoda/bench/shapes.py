@@ -65,6 +65,21 @@ SHAPES: dict[str, dict[str, Any]] = {
         "rope_scaling": {**_LLAMA3_ROPE, "factor": 8.0},
         "tie_word_embeddings": False,
     },
+    # meta-llama/Llama-3.1-70B: 70.6B parameters (141 GB in bf16: needs tensor parallelism on 80 GB cards)
+    "llama-70b": {
+        **_LLAMA,
+        "vocab_size": 128256,
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 131072,
+        "rope_theta": 500000.0,
+        "rope_scaling": {**_LLAMA3_ROPE, "factor": 8.0},
+        "tie_word_embeddings": False,
+    },
     # Qwen/Qwen2.5-0.5B: 494,032,768 parameters (Qwen2 always has q/k/v biases)
     "qwen-0.5b": {
         "architectures": ["Qwen2ForCausalLM"],

@@ -77,4 +77,4 @@ def test_model_dir_holds_the_config(tmp_path):
     assert json.loads((path / "generation_config.json").read_text())["eos_token_id"] == 151643
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "generation_config.json"]
     with pytest.raises(ValueError, match="unknown shape"):
-        shape_config("llama-70b")
+        shape_config("llama-405b")
