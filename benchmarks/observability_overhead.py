@@ -8,9 +8,11 @@
 exports a trace span per request over OTLP/gRPC to a receiver in another process (pagoda.telemetry.receiver,
 which only counts them); "off": --metrics-port 0 and no endpoint. The runs alternate off, on, on, off, ...
 (--repeats pairs), each one a fresh engine, so that drift in a shared machine's speed hits both sides alike;
-the overhead is 1 - median(on) / median(off) of generated tokens per second. Per-request log lines stay
-on in both. The result goes to benchmarks/results.jsonl (kind "observability_overhead") and a row of the
-observability table in benchmarks/RESULTS.md. Target (issue 7): at most 2 %.
+the overhead is 1 - median(on) / median(off) of generated tokens per second. It also reports the CPU time
+the engine's processes spent per generated token (Linux /proc), the steadier figure on a machine shared
+with other work. Per-request log lines stay on in both. The result goes to benchmarks/results.jsonl (kind
+"observability_overhead") and a row of the observability table in benchmarks/RESULTS.md. Target (issue 7):
+at most 2 %.
 """
 
 from __future__ import annotations
@@ -31,13 +33,27 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- observability-results:begin -->", "<!-- observability-results:end -->"
-COLUMNS = ["date", "machine", "commit", "workload", "on", "runs", "off tok/s", "on tok/s", "overhead"]
+COLUMNS = [
+    "date",
+    "machine",
+    "commit",
+    "workload",
+    "on",
+    "runs",
+    "off tok/s",
+    "on tok/s",
+    "overhead",
+    "engine CPU ms / 1k tok, off → on",
+    "CPU overhead",
+]
 TABLE = f"""{BEGIN}
 ## Metrics and tracing overhead (`benchmarks/observability_overhead.py`)
 
 `pagoda bench grpc` with the engine's metrics (scraped every second) and tracing (a span per request to an
 OTLP receiver) on, against both off; runs alternate, **off/on tok/s** are medians of generated tokens per
-second, **overhead** = 1 - on / off.
+second, **overhead** = 1 - on / off. **engine CPU**: CPU time of the engine's processes (gRPC front and
+engine loop) per 1,000 generated tokens in the timed run, medians; **CPU overhead** = on / off - 1. On a
+machine shared with other work the CPU figures are the steadier ones.
 
 | {" | ".join(COLUMNS)} |
 |{"---|" * len(COLUMNS)}
@@ -95,14 +111,22 @@ def run_bench(bench_args: list[str], on: bool, receiver: Receiver | None, out_di
         if receiver is not None:
             cmd += ["--otlp-endpoint", receiver.endpoint]
     say(f"run {i} ({'on' if on else 'off'}): {' '.join(cmd[3:])}")
-    done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # On a CPU, one torch thread: OpenMP workers that spin while waiting would count as engine CPU time.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if "cpu" in bench_args else None
+    done = subprocess.run(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     path = out.with_suffix(".process.json")
     if done.returncode != 0 or not path.exists():
         raise RuntimeError(f"pagoda bench grpc failed (exit {done.returncode}):\n{done.stdout[-2000:]}")
     grpc = json.loads(path.read_text())["grpc"]
+    cpu = grpc.get("engine_cpu_s")
     return {
         "on": on,
         "out_tok_s": grpc["out_tok_s"],
+        "engine_cpu_ms_per_1k_tokens": None
+        if cpu is None
+        else round(1e6 * cpu / grpc["num_output_tokens"], 2),
         "ttft_p50_ms": grpc["ttft_ms"]["p50"],
         "tpot_p50_ms": grpc["tpot_ms"]["p50"],
         "observability": grpc.get("observability"),
@@ -131,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         spans = receiver.stop() if receiver is not None else None
     off = statistics.median(r["out_tok_s"] for r in runs if not r["on"])
     on = statistics.median(r["out_tok_s"] for r in runs if r["on"])
+    cpu = {
+        side: statistics.median(r["engine_cpu_ms_per_1k_tokens"] for r in runs if r["on"] is side)
+        if all(r["engine_cpu_ms_per_1k_tokens"] is not None for r in runs)
+        else None
+        for side in (False, True)
+    }
     entry = {
         "kind": "observability_overhead",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -143,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         "median_off_tok_s": off,
         "median_on_tok_s": on,
         "overhead": round(1 - on / off, 4),
+        # Engine CPU time (front + loop processes) per generated token: what the work costs, whatever else
+        # the machine is doing.
+        "median_off_engine_cpu_ms_per_1k_tokens": cpu[False],
+        "median_on_engine_cpu_ms_per_1k_tokens": cpu[True],
+        "cpu_overhead": None if cpu[False] is None else round(cpu[True] / cpu[False] - 1, 4),
     }
     print(json.dumps({k: v for k, v in entry.items() if k != "runs"}, indent=2))
     if args.results_dir:
@@ -169,6 +204,11 @@ def workload_label(bench_args: list[str]) -> str:
     )
 
 
+def _cpu(entry: dict) -> str:
+    off, on = entry["median_off_engine_cpu_ms_per_1k_tokens"], entry["median_on_engine_cpu_ms_per_1k_tokens"]
+    return "–" if off is None else f"{off:,.0f} → {on:,.0f}"
+
+
 def record(entry: dict, results_dir: Path) -> None:
     """One line to results.jsonl; one row to the observability table of RESULTS.md (made before the gRPC
     table the first time)."""
@@ -191,6 +231,8 @@ def record(entry: dict, results_dir: Path) -> None:
         f"{entry['median_off_tok_s']:,.0f}",
         f"{entry['median_on_tok_s']:,.0f}",
         f"{100 * entry['overhead']:.1f} %",
+        _cpu(entry),
+        "–" if entry["cpu_overhead"] is None else f"{100 * entry['cpu_overhead']:.1f} %",
     ]
     end = text.index(END)
     path.write_text(text[:end] + "| " + " | ".join(cells) + " |\n" + text[end:])

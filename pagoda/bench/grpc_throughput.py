@@ -340,6 +340,24 @@ class Scraper:
                 self.errors += 1
 
 
+def tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process and its descendants used so far; None where /proc lacks it."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    try:
+        while todo:
+            p = todo.pop()
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 def run_grpc(
     core: str, config: throughput.BenchConfig, args: argparse.Namespace, requests, vocab_size: int
 ) -> dict[str, Any]:
@@ -358,14 +376,19 @@ def run_grpc(
             for p in workloads.warmup_prompts(8, spec.input_len, vocab_size)
         ]
         asyncio.run(drive(address, warm, config.temperature, args.concurrency, args.channels))
+        cpu0 = tree_cpu_s(server.proc.pid)
         with scraper or contextlib.nullcontext():
             elapsed, stats = asyncio.run(
                 drive(address, requests, config.temperature, args.concurrency, args.channels)
             )
+        cpu1 = tree_cpu_s(server.proc.pid)
     finally:
         status = server.stop()
     result = grpc_result(core, config, args, requests, elapsed, stats, startup_s)
     result["server_exit_status"] = status
+    # The engine's processes (front and loop) during the timed run: the cost of the work, less sensitive
+    # than the wall clock to other load on a shared machine.
+    result["engine_cpu_s"] = round(cpu1 - cpu0, 3) if cpu0 is not None and cpu1 is not None else None
     result["observability"] = {
         "metrics": bool(args.metrics_port),
         "tracing": bool(args.otlp_endpoint),
