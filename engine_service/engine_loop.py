@@ -53,6 +53,7 @@ class AbortRequest:
 
 
 STOP = "stop"  # the command that ends the loop
+IDLE_CHECK_S = 1.0  # how often an idle loop checks that the engine can still run
 
 
 class StepTimes(NamedTuple):
@@ -69,7 +70,9 @@ OnExit = Callable[[BaseException | None], None]
 
 
 def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) -> None:
-    """Runs until STOP. `receive(block)` returns the pending commands, waiting for one when block is true."""
+    """Runs until STOP. `receive(block)` returns the pending commands; when block is true it waits for one,
+    at most IDLE_CHECK_S: an idle engine checks each quiet second that it can still run (a tensor-parallel
+    worker may have died), so health turns NOT_SERVING without waiting for the next request."""
     changed = False  # since the last integrity check
     engine.started = []
     while True:
@@ -78,7 +81,11 @@ def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) 
             engine.block_manager.check_integrity()
             changed = False
         rejected = []
-        for command in receive(idle):
+        commands = receive(idle)
+        if idle and not commands:
+            engine.check_alive()
+            continue
+        for command in commands:
             if command == STOP:
                 return
             rejected += _apply(engine, command)
@@ -158,7 +165,12 @@ class ThreadCore:
         pass  # a thread cannot be killed; it is a daemon, and the process exits
 
     def _receive(self, block: bool) -> list:
-        commands = [self._inbox.get()] if block else []
+        commands = []
+        if block:
+            try:
+                commands.append(self._inbox.get(timeout=IDLE_CHECK_S))
+            except queue.Empty:
+                return commands
         while True:
             try:
                 commands.append(self._inbox.get_nowait())
@@ -268,7 +280,7 @@ def _process_main(config: EngineConfig, log_format: str, commands: Connection, r
     results.send(("ready", CoreInfo(engine.model_info, engine.stats())))
 
     def receive(block: bool) -> list:  # the front sends lists of commands
-        out = list(commands.recv()) if block else []
+        out = list(commands.recv()) if block and commands.poll(IDLE_CHECK_S) else []
         while commands.poll():
             out.extend(commands.recv())
         return out
