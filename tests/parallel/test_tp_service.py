@@ -67,6 +67,23 @@ def test_dead_worker_fails_streams_and_the_service(scripted):
     assert all(w.proc.poll() is not None for w in engine.executor.workers)
 
 
+def test_worker_dying_while_idle_turns_health_off_without_a_request(scripted):
+    folder, ids = scripted
+    engine = Engine(tiny_config(folder, tensor_parallel_size=2))
+    try:
+        with ServerThread(engine, step_timeout_s=30) as s:
+            list(s.stub.Generate(loop_request(ids, 4), timeout=30))
+            watch = health_pb2_grpc.HealthStub(s.channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert next(watch).status == SERVING
+            os.kill(engine.executor.workers[0].proc.pid, signal.SIGKILL)
+            start = time.monotonic()
+            assert next(watch).status == NOT_SERVING  # no request was sent: the idle loop noticed
+            assert time.monotonic() - start < 10
+            assert s.wait() == 1
+    finally:
+        engine.shutdown()
+
+
 def start_engine(folder: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [
