@@ -37,11 +37,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000, help="the router's HTTP port")
     p.add_argument("--engines", type=int, default=None, help="engines to start (default: one per GPU, or 1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="GPUs per engine (each engine splits the model)"
+    )
     p.add_argument("--api-key", action="append", default=[], help="require this API key (repeatable)")
     p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for every engine")
     args = p.parse_args(argv)
     if args.engines is not None and args.engines < 1:
         p.error("--engines must be at least 1")
+    if args.tensor_parallel_size < 1:
+        p.error("--tensor-parallel-size must be at least 1")
     return args
 
 
@@ -53,8 +58,11 @@ def count_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def plan_engines(device: str, engines: int | None, num_gpus: int) -> list[tuple[str, dict[str, str]]]:
-    """(device, extra environment) per engine: GPU engines each see one GPU; CPU engines split the cores."""
+def plan_engines(
+    device: str, engines: int | None, num_gpus: int, tp_size: int = 1
+) -> list[tuple[str, dict[str, str]]]:
+    """(device, extra environment) per engine: GPU engines each see their `tp_size` GPUs; CPU engines split
+    the cores."""
     if device == "cuda" and num_gpus == 0:
         raise SystemExit("pagoda serve: --device cuda, but no CUDA GPU is visible")
     if device == "cpu" or num_gpus == 0:
@@ -62,10 +70,15 @@ def plan_engines(device: str, engines: int | None, num_gpus: int) -> list[tuple[
         # Several CPU engines each using every core would only fight over them.
         threads = str(max(1, (os.cpu_count() or 1) // n))
         return [("cpu", {"OMP_NUM_THREADS": threads} if n > 1 else {}) for _ in range(n)]
-    n = engines or num_gpus
-    if n > num_gpus:
-        raise SystemExit(f"pagoda serve: {n} engines asked for, but only {num_gpus} GPUs are visible")
-    return [("cuda", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(n)]
+    n = engines or max(1, num_gpus // tp_size)
+    if n * tp_size > num_gpus:
+        raise SystemExit(
+            f"pagoda serve: {n} engines of {tp_size} GPUs asked for, but only {num_gpus} GPUs are visible"
+        )
+    return [
+        ("cuda", {"CUDA_VISIBLE_DEVICES": ",".join(str(i * tp_size + r) for r in range(tp_size))})
+        for i in range(n)
+    ]
 
 
 def free_port() -> int:
@@ -122,7 +135,8 @@ def router_health(url: str) -> dict | None:
 
 class Stack:
     def __init__(self, model: str, name: str, args: argparse.Namespace):
-        plan = plan_engines(args.device, args.engines, count_gpus() if args.device != "cpu" else 0)
+        num_gpus = count_gpus() if args.device != "cpu" else 0
+        plan = plan_engines(args.device, args.engines, num_gpus, args.tensor_parallel_size)
         tokenizer_port = free_port()
         engine_ports = [free_port() for _ in plan]
         self.tokenizer = Child(
@@ -156,6 +170,8 @@ class Stack:
                     str(port),
                     "--metrics-port",
                     "0",
+                    "--tensor-parallel-size",
+                    str(args.tensor_parallel_size if device == "cuda" else 1),
                 ],
                 env,
             )

@@ -40,6 +40,13 @@ def test_plan_engines():
         plan_engines("cuda", None, 0)
     with pytest.raises(SystemExit):
         plan_engines("cuda", 3, 2)
+    # tensor parallelism: each engine sees its own group of GPUs
+    assert [env for _, env in plan_engines("auto", None, 4, tp_size=2)] == [
+        {"CUDA_VISIBLE_DEVICES": "0,1"},
+        {"CUDA_VISIBLE_DEVICES": "2,3"},
+    ]
+    with pytest.raises(SystemExit):
+        plan_engines("cuda", 2, 2, tp_size=2)
     assert "Authorization: Bearer k" in example("http://127.0.0.1:8000", "m", "k")
 
 
