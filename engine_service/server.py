@@ -31,6 +31,7 @@ from engine_service.service_config import EngineServiceConfig
 from engine_service.servicer import EngineServicer, ServingState
 from engine_service.stats_logger import log_stats
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
+from pagoda.grpc_strict import add_servicer
 from pagoda.health_port import serve_health
 from pagoda.telemetry.tracing import setup_tracing
 
@@ -66,7 +67,8 @@ class EngineServer:
         config = self.config
         telemetry = RequestTelemetry(self.tracing, config.log_requests, config.engine.served_model_name or "")
         servicer = EngineServicer(self.state, telemetry)
-        engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, self._server)
+        # Undecodable request bytes are INVALID_ARGUMENT too (grpc alone would answer UNKNOWN).
+        add_servicer(engine_pb2_grpc.add_EngineServiceServicer_to_server, servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pagoda.grpc_strict import add_servicer
 from pagoda.health_port import serve_health
 from pagoda.models import resolve_model, served_model_name
 from pagoda.telemetry.tracing import setup_tracing
@@ -49,7 +50,8 @@ class TokenizerServer:
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
         )
-        tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server(self.servicer, server)
+        # Undecodable request bytes are INVALID_ARGUMENT too (grpc alone would answer UNKNOWN).
+        add_servicer(tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server, self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -6,8 +6,8 @@ answer must be a 200 that fits the description (each event of a stream too) or a
 format; never a 5xx, and the router is still healthy afterwards.
 
 gRPC: hypothesis draws `GenerateRequest`s (every sampling field, in and out of range, NaN, huge, empty)
-and sends them straight to an engine service: each is either served or refused with INVALID_ARGUMENT,
-never another status; the engine still serves afterwards.
+and bytes that are no message at all, and sends them straight to an engine service: each is either
+served or refused with INVALID_ARGUMENT, never another status; the engine still serves afterwards.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def test_openapi_fuzz(fuzz_router, scale, tally):
         f"bad input: router API fuzzed from router/openapi.yaml (hypothesis, {scale.http_fuzz_cases} cases)"
     )
     spec.FIXED["Model"] = st.just("scripted")
+    spec.FIXED["TokenId"] = st.integers(0, 258) | st.integers(0, 2**32 - 1)  # the scripted vocabulary: 259
     client = Client(fuzz_router)
     checks = {
         (path, kind): spec.response_validator(path, kind)
@@ -148,48 +149,60 @@ def test_openapi_fuzz(fuzz_router, scale, tally):
 _FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, -1.0, 1e30])
 _U32 = st.integers(0, 2**32 - 1)
 _I32 = st.integers(-(2**31), 2**31 - 1)
-_TOKEN = st.integers(0, 2**32 - 1) | st.integers(0, 49151)
+
+# field -> (plausible values, absurd ones)
+_FIELDS = {
+    "n": (st.integers(1, 3), _U32),
+    "max_tokens": (st.integers(1, 8), _U32),
+    "min_tokens": (st.integers(0, 4), _U32),
+    "temperature": (st.floats(0, 2, width=32), _FLOATS),
+    "top_p": (st.floats(0.125, 1, width=32), _FLOATS),
+    "top_k": (st.integers(-1, 50), _I32),
+    "min_p": (st.floats(0, 1, width=32), _FLOATS),
+    "presence_penalty": (st.floats(-2, 2, width=32), _FLOATS),
+    "frequency_penalty": (st.floats(-2, 2, width=32), _FLOATS),
+    "repetition_penalty": (st.floats(0.5, 2, width=32), _FLOATS),
+    "seed": (st.integers(0, 2**63 - 1), st.integers(0, 2**64 - 1)),
+    "logprobs": (st.integers(0, 5), _U32),
+    "prompt_logprobs": (st.nothing(), _U32),  # not supported: any value is refused
+    "ignore_eos": (st.booleans(), st.booleans()),
+    "skip_special_tokens": (st.booleans(), st.booleans()),
+    "include_stop_str_in_output": (st.booleans(), st.booleans()),
+}
 
 
 @st.composite
 def generate_requests(draw) -> pb.GenerateRequest:
-    """Every field of GenerateRequest, from plausible to absurd."""
+    """Every field of GenerateRequest: a request is plausible (each field in range; often served) or
+    absurd (each field in range or anything its type holds: NaN, infinities, 2^32 - 1, 600-token
+    prompts, ids past the vocabulary, empty stop strings, 300-character request ids)."""
+    absurd = draw(st.booleans())
+
+    def pick(plausible, wild):
+        return draw(plausible | wild) if absurd else draw(plausible)
+
+    token = st.integers(0, 49151)
     params = {}
-    for name, values in {
-        "n": st.integers(0, 4) | _U32,
-        "max_tokens": st.integers(0, 8) | _U32,
-        "min_tokens": _U32,
-        "temperature": _FLOATS,
-        "top_p": _FLOATS,
-        "top_k": _I32,
-        "min_p": _FLOATS,
-        "presence_penalty": _FLOATS,
-        "frequency_penalty": _FLOATS,
-        "repetition_penalty": _FLOATS,
-        "seed": st.integers(0, 2**64 - 1),
-        "logprobs": _U32,
-        "prompt_logprobs": _U32,
-        "ignore_eos": st.booleans(),
-        "skip_special_tokens": st.booleans(),
-        "include_stop_str_in_output": st.booleans(),
-    }.items():
-        if draw(st.booleans()):
-            params[name] = draw(values)
-    params["logit_bias"] = draw(st.dictionaries(_TOKEN, _FLOATS, max_size=3))
-    params["stop_token_ids"] = draw(st.lists(_TOKEN, max_size=3))
-    params["stop"] = draw(st.lists(st.text(max_size=4), max_size=3))
+    for name, (plausible, wild) in _FIELDS.items():
+        if draw(st.booleans()) and (absurd or not plausible.is_empty):
+            params[name] = pick(plausible, wild)
+    params["logit_bias"] = pick(st.dictionaries(token, st.floats(-100, 100, width=32), max_size=3),
+                                st.dictionaries(_U32, _FLOATS, max_size=3))  # fmt: skip
+    params["stop_token_ids"] = pick(st.lists(token, max_size=3), st.lists(_U32, max_size=3))
+    params["stop"] = pick(
+        st.lists(st.text(min_size=1, max_size=4), max_size=3), st.lists(st.text(max_size=4))
+    )
     request = pb.GenerateRequest(
-        request_id=draw(st.text(max_size=300)),
+        request_id=pick(st.text(max_size=16), st.text(max_size=300)),
         sampling_params=pb.SamplingParams(**params),
         cache_salt=draw(st.text(max_size=16)),
     )
-    prompt = draw(st.sampled_from(["ids", "text", "none"]))
+    prompt = pick(st.sampled_from(["ids", "text"]), st.just("none"))
     if prompt == "ids":
-        request.prompt_token_ids.ids.extend(
-            draw(st.lists(_TOKEN, max_size=8) | st.lists(_TOKEN, min_size=600))
-        )
+        ids = pick(st.lists(token, min_size=1, max_size=8), st.lists(_U32, min_size=600) | st.just([]))
+        request.prompt_token_ids.ids.extend(ids)
     elif prompt == "text":
-        request.text = draw(st.text(max_size=40))
+        request.text = pick(st.text(min_size=1, max_size=40), st.just(""))
     return request
 
 
@@ -204,7 +217,10 @@ def fuzzed_engine(tiny_model_dir):
 def test_generate_fuzz(fuzzed_engine, scale, tally):
     t = tally(f"bad input: engine gRPC Generate fuzzed (hypothesis, {scale.grpc_fuzz_cases} requests)")
     stub = fuzzed_engine.stub
+    # Raw bytes, so that messages that are not even protobuf get through too.
+    generate = fuzzed_engine.channel.unary_stream("/pagoda.engine.v1.EngineService/Generate")
     codes: dict[str, int] = {}
+    wire = generate_requests().map(pb.GenerateRequest.SerializeToString) | st.binary(min_size=1, max_size=48)
 
     @settings(
         max_examples=scale.grpc_fuzz_cases,
@@ -213,9 +229,9 @@ def test_generate_fuzz(fuzzed_engine, scale, tally):
         derandomize=scale.mode == "cpu",
         suppress_health_check=list(HealthCheck),
     )
-    @given(request=generate_requests())
-    def one(request):
-        call = stub.Generate(request, timeout=30)
+    @given(request=wire)
+    def one(request: bytes):
+        call = generate(request, timeout=30)
         try:
             next(call)  # validation happens before the first message; the rest would only take time
             outcome = Outcome("ok")
@@ -232,8 +248,6 @@ def test_generate_fuzz(fuzzed_engine, scale, tally):
         assert outcome.kind in ("ok", "error"), (request, outcome)
 
     one()
-    info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=5)
-    assert info.num_total_blocks > 0
     ids, params = pb.TokenIds(ids=[5, 6, 7]), pb.SamplingParams(max_tokens=2)
     last = list(stub.Generate(pb.GenerateRequest(prompt_token_ids=ids, sampling_params=params), timeout=30))
     assert sum(len(m.token_ids) for m in last) == 2, "the engine stopped serving"
