@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import psutil
 
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
 from tests.router.router_processes import Process, engine_ready, free_port, wait_until
@@ -288,6 +287,8 @@ class Usage:
 
     @classmethod
     def of(cls, process: Process) -> Usage:
+        import psutil
+
         root = psutil.Process(process.popen.pid)
         procs = [root, *root.children(recursive=True)]
         return cls(

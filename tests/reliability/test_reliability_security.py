@@ -196,6 +196,7 @@ async def test_prefix_cache_isolation(stack, keys_router, tally):
 def tls_stack(tiny_model_dir, tmp_path_factory):
     """Tokenizer and one engine serving mutual TLS with a certificate that names only `pagoda-grpc`; a
     router that dials them by IP (so it must check that name) and serves HTTPS itself."""
+    pytest.importorskip("cryptography")
     from reliability_certs import Authority
 
     folder = tmp_path_factory.mktemp("certs")
