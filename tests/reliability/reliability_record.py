@@ -55,7 +55,8 @@ def git_commit() -> str:
 
 def row(tally: Tally, mode: str, commit: str, date: str) -> list[str]:
     c = tally.counts
-    figures = "; ".join(f"{k} {v}" for k, v in tally.figures.items())
+    left = {"left on purpose": c["left"]} if c["left"] else {}
+    figures = "; ".join(f"{k} {v}" for k, v in (left | tally.figures).items())
     return [date, machine(), commit[:8], mode, tally.scenario, str(tally.sent), str(c["ok"]), str(c["error"]),
             str(c["hung"]), str(c["lost"]), figures or "–"]  # fmt: skip
 
