@@ -43,6 +43,7 @@ COLUMNS = [
     "off tok/s",
     "on tok/s",
     "overhead",
+    "spread off / on",
     "engine CPU ms / 1k tok, off → on",
     "CPU overhead",
 ]
@@ -51,7 +52,8 @@ TABLE = f"""{BEGIN}
 
 `pagoda bench grpc` with the engine's metrics (scraped every second) and tracing (a span per request to an
 OTLP receiver) on, against both off; runs alternate, **off/on tok/s** are medians of generated tokens per
-second, **overhead** = 1 - on / off. **engine CPU**: CPU time of the engine's processes (gRPC front and
+second, **overhead** = 1 - on / off, **spread** = (fastest - slowest) / median run of each side, the
+noise a difference must beat. **engine CPU**: CPU time of the engine's processes (gRPC front and
 engine loop) per 1,000 generated tokens in the timed run, medians; **CPU overhead** = on / off - 1. On a
 machine shared with other work the CPU figures are the steadier ones.
 
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "median_off_tok_s": off,
         "median_on_tok_s": on,
         "overhead": round(1 - on / off, 4),
+        "spread_off": spread([r["out_tok_s"] for r in runs if not r["on"]]),
+        "spread_on": spread([r["out_tok_s"] for r in runs if r["on"]]),
         # Engine CPU time (front + loop processes) per generated token: what the work costs, whatever else
         # the machine is doing.
         "median_off_engine_cpu_ms_per_1k_tokens": cpu[False],
@@ -183,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.results_dir:
         record(entry, Path(args.results_dir))
     return 0
+
+
+def spread(values: list[float]) -> float:
+    return round((max(values) - min(values)) / statistics.median(values), 4)
 
 
 def say(message: str) -> None:
@@ -231,6 +239,7 @@ def record(entry: dict, results_dir: Path) -> None:
         f"{entry['median_off_tok_s']:,.0f}",
         f"{entry['median_on_tok_s']:,.0f}",
         f"{100 * entry['overhead']:.1f} %",
+        f"{100 * entry['spread_off']:.0f} % / {100 * entry['spread_on']:.0f} %",
         _cpu(entry),
         "–" if entry["cpu_overhead"] is None else f"{100 * entry['cpu_overhead']:.1f} %",
     ]
