@@ -121,10 +121,12 @@ def run_bench(bench_args: list[str], on: bool, receiver: Receiver | None, out_di
     path = out.with_suffix(".process.json")
     if done.returncode != 0 or not path.exists():
         raise RuntimeError(f"pagoda bench grpc failed (exit {done.returncode}):\n{done.stdout[-2000:]}")
-    grpc = json.loads(path.read_text())["grpc"]
+    bench = json.loads(path.read_text())
+    grpc = bench["grpc"]
     cpu = grpc.get("engine_cpu_s")
     return {
         "on": on,
+        "card": bench["card"],
         "out_tok_s": grpc["out_tok_s"],
         "engine_cpu_ms_per_1k_tokens": None
         if cpu is None
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = {
         "kind": "observability_overhead",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(bench_args),
+        "machine": machine(runs[0]["card"]),
         "commit": git_commit(),
         "bench_args": bench_args,
         "on": "metrics" if args.no_tracing else "metrics + tracing",
@@ -197,9 +199,9 @@ def say(message: str) -> None:
     print(f"[observability] {message}", file=sys.stderr, flush=True)
 
 
-def machine(bench_args: list[str]) -> str:
+def machine(card: str) -> str:
     cpu = f"{platform.machine()} {os.cpu_count()} cores"
-    return cpu if "cuda" in bench_args else f"{cpu}, CPU only"
+    return f"{cpu}, CPU only" if card == "cpu" else f"{card}, {cpu}"
 
 
 def workload_label(bench_args: list[str]) -> str:
