@@ -15,6 +15,8 @@ import asyncio
 import logging
 import time
 
+import grpc
+
 from engine_service.errors import status_code
 from pagoda.telemetry.logging import (
     fields,
@@ -120,7 +122,7 @@ class GenerateCall:
                 span.set_attribute("pagoda.cached_tokens", s.usage.cached_prompt_tokens)
             if s.finish_reason is not None:
                 span.set_attribute("gen_ai.response.finish_reasons", [s.finish_reason])
-        span.set_attribute("pagoda.grpc_status", status)
+        span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[status].value[0])
         if status not in ("OK", "CANCELLED"):
             tracing.fail(span, f"{status}: {exc}")
         span.end()

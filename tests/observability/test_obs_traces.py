@@ -59,6 +59,7 @@ def test_a_request_is_one_trace_across_the_three_services(stack):
     assert generate.attributes["gen_ai.usage.input_tokens"] == r.usage.prompt_tokens
     assert generate.attributes["gen_ai.usage.output_tokens"] == 6
     assert generate.attributes["gen_ai.response.finish_reasons"] == ("length",)
+    assert generate.attributes["rpc.grpc.status_code"] == encode.attributes["rpc.grpc.status_code"] == 0
     events = [name for name, _, _ in generate.events]
     assert events == ["queued", "scheduled", "first_token", "finished"]
     times = [t for _, t, _ in generate.events]
