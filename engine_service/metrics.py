@@ -196,7 +196,7 @@ class EngineCollector:
         if m is None:  # the front observes nothing per request: --metrics-port 0
             return
         yield self._counter(
-            "pagoda:prompt_tokens", "Prompt tokens of requests that got their first token.", m.num_prompt_tokens
+            "pagoda:prompt_tokens", "Prompt tokens of requests that had a first token.", m.num_prompt_tokens
         )
         success = CounterMetricFamily(
             "pagoda:request_success",
