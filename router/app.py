@@ -56,6 +56,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
         metrics = RouterMetrics()
         metrics.watch_engines(lambda: registry.engines)
         metrics.watch_policy(policy)
+        metrics.watch_event_loop(asyncio.get_running_loop())
         dispatcher = Dispatcher(
             registry,
             policy,

@@ -13,6 +13,7 @@ run several routers in one process). Latencies are as clients see them: from the
     pagoda_router_engines_known / _engines_ready{model}            engines discovered / taking requests
     pagoda_router_engine_{ready, outstanding_requests, load}{engine}
     pagoda_router_stream_errors_total, _client_disconnects_total
+    pagoda_router_event_loop_tasks                                 asyncio tasks alive (a leak grows it)
 
 `model` is a model some engine serves ("" before the request's model is known, e.g. a 400), so its values
 stay few whatever clients send.
@@ -20,10 +21,11 @@ stay few whatever clients send.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -82,6 +84,14 @@ class RouterMetrics:
         self.client_disconnects = Counter(
             "pagoda_router_client_disconnects", "Requests whose client went away before the end.", registry=r
         )
+
+    def watch_event_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Reports how many asyncio tasks are alive on `loop` at scrape time."""
+        Gauge(
+            "pagoda_router_event_loop_tasks",
+            "Asyncio tasks alive in the router's event loop (idle: discovery and probes; a leak grows it).",
+            registry=self.registry,
+        ).set_function(lambda: len(asyncio.all_tasks(loop)))
 
     def watch_engines(self, engines_fn: Callable[[], Iterable]) -> None:
         """Reports each engine's state at scrape time; `engines_fn()` returns the registry's engines."""

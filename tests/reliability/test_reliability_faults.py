@@ -214,6 +214,7 @@ async def test_client_disconnects_free_every_block(stack, scale, tally):
     t = tally("fault: clients disconnecting at random points")
     router, url = stack.routers[0], stack.routers[0].url + "/v1/chat/completions"
     rng = random.Random(0)
+    tasks_before = router.counter("pagoda_router_event_loop_tasks")
 
     async def one(i: int, s) -> None:
         how = rng.choice(["headers", "mid-stream", "mid-wait", "finish"])
@@ -238,6 +239,12 @@ async def test_client_disconnects_free_every_block(stack, scale, tally):
         r"^pagoda_router_engine_outstanding_requests\{[^}]*\} ([0-9.e+]+)$", metrics, re.M
     )
     assert outstanding and all(float(v) == 0 for v in outstanding), outstanding
+    tasks_after = await seconds_until(
+        lambda: router.counter("pagoda_router_event_loop_tasks") == tasks_before,
+        5,
+        "the router's tasks to end",
+    )
     t.assert_none_hung_or_lost()
     assert t.counts["left"] > scale.disconnects // 2, t.summary()
     t.figures.update({"all blocks free after s": f"{freed_s:.2f}", "running/waiting after": "0/0"})
+    t.figures["router tasks back to idle after s"] = f"{tasks_after:.2f}"

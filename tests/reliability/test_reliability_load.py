@@ -2,7 +2,8 @@
 
 Each client's request ends ok or with a proper 429/503 (none hung, none lost); afterwards every engine is
 idle with all its KV blocks free. Memory, descriptors and threads of router and engines are measured
-around the runs: a leak shows as growth from one round (or one stretch of the soak) to the next.
+around the runs: a leak shows as growth from one round (or one stretch of the soak) to the next, and
+the router's asyncio tasks must be back to their idle count.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def usage(stack) -> dict[str, Usage]:
     return out
 
 
+def tasks(router) -> int:
+    """Asyncio tasks alive in the router (when idle: discovery, probes, the key-file watcher)."""
+    return int(router.counter("pagoda_router_event_loop_tasks"))
+
+
 def outstanding(router) -> float:
     """The router's requests in flight, summed over engines (its own leak check)."""
     pattern = r"^pagoda_router_engine_outstanding_requests\{[^}]*\} ([0-9.e+]+)$"
@@ -34,7 +40,7 @@ async def test_a_thousand_concurrent_streaming_clients(stack, scale, tally):
     t = tally(f"load: {scale.clients} concurrent streaming clients, 2 engines, 2 rounds")
     url = stack.routers[0].url + "/v1/chat/completions"
     stack.wait_idle()
-    before = usage(stack)
+    before, tasks_before = usage(stack), tasks(stack.routers[0])
     rounds = []
     for r in range(2):  # the first round grows heaps and pools to their working size; the second must not
         # A fresh session per round: its closed connections must not count as the router's descriptors.
@@ -50,6 +56,8 @@ async def test_a_thousand_concurrent_streaming_clients(stack, scale, tally):
         await asyncio.sleep(0.5)  # the router notices the closed connections
         rounds.append((elapsed, usage(stack)))
     assert outstanding(stack.routers[0]) == 0
+    tasks_after = tasks(stack.routers[0])
+    assert tasks_after == tasks_before, (tasks_before, tasks_after)
     t.assert_none_hung_or_lost()
     errors = {o.status for o in t.of("error")}
     assert errors <= {429, 503}, t.details("error")
@@ -63,6 +71,7 @@ async def test_a_thousand_concurrent_streaming_clients(stack, scale, tally):
                 for name in before
             },  # fmt: skip
             "KV after": "all blocks free",
+            "router tasks idle": f"{tasks_before}->{tasks_after}",
         }
     )
     for name in before:
@@ -87,6 +96,8 @@ async def test_soak_with_a_steady_mix(stack, scale, tally):
             i += 1
 
     samples: list[tuple[float, dict[str, Usage]]] = []
+    stack.wait_idle()
+    tasks_before = tasks(stack.routers[0])
 
     async def sampler() -> None:
         start = time.monotonic()
@@ -99,6 +110,8 @@ async def test_soak_with_a_steady_mix(stack, scale, tally):
     stack.wait_idle()
     samples.append((scale.soak_s, usage(stack)))
     assert outstanding(stack.routers[0]) == 0
+    tasks_after = tasks(stack.routers[0])
+    assert tasks_after == tasks_before, (tasks_before, tasks_after)
     t.assert_none_hung_or_lost()
     assert t.counts["ok"] == t.sent, t.details("error")
     # The first third warms up (heaps and caches reach their working size); from then on nothing grows.
@@ -108,6 +121,7 @@ async def test_soak_with_a_steady_mix(stack, scale, tally):
         {f"{name} RSS MB": f"{settled[name].rss_mb:.0f}->{end[name].rss_mb:.0f}" for name in end}
         | {f"{name} fds": f"{settled[name].fds}->{end[name].fds}" for name in end}
         | {f"{name} threads": f"{settled[name].threads}->{end[name].threads}" for name in end}
+        | {"router tasks idle": f"{tasks_before}->{tasks_after}"}
     )
     for name in end:
         assert end[name].rss_mb - settled[name].rss_mb <= max(15.0, 0.05 * settled[name].rss_mb), (
