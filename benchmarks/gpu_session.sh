@@ -30,7 +30,8 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+# EXTRA_PYTHONPATH: packages unpacked on the machine for this session (e.g. grpcio-health-checking 1.84).
+export PYTHONPATH=$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH} PYTHONUNBUFFERED=1
 COMMIT=${COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 PEERS=${PEERS-vllm}
 NUM_PROMPTS=${NUM_PROMPTS:-1000}
@@ -50,6 +51,8 @@ bench() {  # bench ARGS...: one configuration, every engine, one results row
 stage() {
   case "$1" in
     stash) mkdir -p /tmp/vx && cp .vllm_xfer/* /tmp/vx/ && ls -la /tmp/vx ;;
+    extras)  # carried wheels (.devcarry) unpacked into /tmp/extra; pass EXTRA_PYTHONPATH=/tmp/extra
+      python3 -m pip install -q --no-deps --target /tmp/extra .devcarry/*.whl .devcarry/obs-wheels/*.whl ;;
     assemble) bash /tmp/vx/device_assemble.sh ;;
     tests)
       nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm --format=csv
