@@ -5,12 +5,14 @@ the session, and the tallies that `--record-results` writes to benchmarks/RESULT
     pytest tests/reliability --heavy                  the larger run (10-minute soak, longer outputs, more
                                                       cases), meant for the GPU machine (engines on CUDA)
     pytest tests/reliability --record-results         also append the counted figures to benchmarks/
+    pytest tests/reliability --soak-seconds 480       the soak's length (default: 30 s, 600 s with --heavy)
 
 The options belong to this folder: give them with `tests/reliability` (or a file in it) on the command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ def pytest_addoption(parser):
     group.addoption(
         "--record-results", action="store_true", help="reliability suite: append figures to benchmarks/"
     )
+    group.addoption("--soak-seconds", type=float, help="reliability suite: the soak's length")
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,9 @@ HEAVY = Scale("heavy", "auto", 1000, 64, 600, 64, 64, 1000, 10000, 3000, 300)
 
 @pytest.fixture(scope="session")
 def scale(request) -> Scale:
-    return HEAVY if request.config.getoption("--heavy", default=False) else CPU
+    chosen = HEAVY if request.config.getoption("--heavy", default=False) else CPU
+    soak_s = request.config.getoption("--soak-seconds", default=None)
+    return chosen if soak_s is None else dataclasses.replace(chosen, soak_s=soak_s)
 
 
 @pytest.fixture(scope="session", autouse=True)
