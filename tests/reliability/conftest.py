@@ -97,7 +97,7 @@ def shared_stack(tiny_model_dir, tmp_path_factory, scale):
     """Tokenizer, two engines and a router (prefix affinity, 0.5 s health checks), for the session.
 
     Engines push back past 384 requests without output (--max-waiting), so a burst of a thousand
-    clients meets 429s as well as answers."""
+    clients may meet 429s as well as answers (it depends on how fast the engines take them)."""
     engine_args = ("--max-waiting", "384", "--shutdown-grace-period", "20")
     stack = Stack(
         tiny_model_dir, tmp_path_factory.mktemp("logs"), device=scale.device, engine_args=engine_args

@@ -16,7 +16,7 @@ import aiohttp
 from reliability_client import Outcome, Tally, post, seconds_until
 from reliability_stack import MODEL, chat_body
 
-LONG = 300  # tokens: a stream that lasts seconds on the tiny model, so a fault lands in its middle
+LONG = 400  # tokens: a stream that lasts seconds on the tiny model (CPU or GPU), so a fault lands mid-way
 
 
 def session() -> aiohttp.ClientSession:
