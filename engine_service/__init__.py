@@ -19,9 +19,9 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
-    from engine_service.llm import LLM
-    from engine_service.outputs import CompletionOutput, RequestOutput
-    from engine_service.sampling_params import SamplingParams
+    from engine_service.llm import LLM  # noqa: F401
+    from engine_service.outputs import CompletionOutput, RequestOutput  # noqa: F401
+    from engine_service.sampling_params import SamplingParams  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -29,18 +29,39 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
-            (self.dtype in ("auto", "float32", "bfloat16", "float16"),
-             f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}"),
-            (self.block_size in (1, 2, 4, 8, 16, 32, 64, 128, 256),
-             f"block_size must be a power of two from 1 to 256, got {self.block_size}"),
+            (
+                self.device in ("auto", "cpu", "cuda"),
+                f"device must be auto, cpu or cuda, got {self.device!r}",
+            ),
+            (
+                self.dtype in ("auto", "float32", "bfloat16", "float16"),
+                f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}",
+            ),
+            (
+                self.block_size in (1, 2, 4, 8, 16, 32, 64, 128, 256),
+                f"block_size must be a power of two from 1 to 256, got {self.block_size}",
+            ),
             (self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}"),
-            (self.max_num_batched_tokens >= 1, f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"),
-            (0.0 < self.gpu_memory_utilization <= 1.0,
-             f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"),
-            (self.load_format in ("auto", "dummy"), f"load_format must be auto or dummy, got {self.load_format!r}"),
-            (self.num_kv_blocks is None or self.num_kv_blocks >= 1, f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}"),
-            (self.tensor_parallel_size >= 1, f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}"),
+            (
+                self.max_num_batched_tokens >= 1,
+                f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}",
+            ),
+            (
+                0.0 < self.gpu_memory_utilization <= 1.0,
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
+            ),
+            (
+                self.load_format in ("auto", "dummy"),
+                f"load_format must be auto or dummy, got {self.load_format!r}",
+            ),
+            (
+                self.num_kv_blocks is None or self.num_kv_blocks >= 1,
+                f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}",
+            ),
+            (
+                self.tensor_parallel_size >= 1,
+                f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

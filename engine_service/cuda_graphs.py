@@ -31,7 +31,12 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(
-        self, model: nn.Module, kv_caches: list, max_num_seqs: int, max_model_len: int, block_size: int,
+        self,
+        model: nn.Module,
+        kv_caches: list,
+        max_num_seqs: int,
+        max_model_len: int,
+        block_size: int,
         device: torch.device,
     ):
         self.model, self.kv_caches = model, kv_caches
@@ -80,8 +85,12 @@ class DecodeGraphs:
             self.graphs[bs] = self._capture_one(bs, pool)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        log.info("captured %d decode CUDA graphs (batch 1..%d) in %.1f s", len(self.sizes), self.sizes[-1],
-                 time.perf_counter() - start)
+        log.info(
+            "captured %d decode CUDA graphs (batch 1..%d) in %.1f s",
+            len(self.sizes),
+            self.sizes[-1],
+            time.perf_counter() - start,
+        )
 
     def _capture_one(self, bs: int, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         args = (self.input_ids[:bs], self.positions[:bs], self.kv_caches, self._meta(bs))
@@ -93,13 +102,18 @@ class DecodeGraphs:
         return graph, out
 
     def run(
-        self, input_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
-        block_tables: list[list[int]], fixup=None,
+        self,
+        input_ids: list[int],
+        positions: list[int],
+        slots: list[int],
+        seq_lens: list[int],
+        block_tables: list[list[int]],
+        fixup=None,
     ) -> torch.Tensor:  # [B, hidden]
         """Replay the graph for B sequences; `fixup(input_ids)` may patch device-side input ids first."""
         B = len(input_ids)
         bs = self.sizes[bisect.bisect_left(self.sizes, B)]
-        max_bs, pad = self.sizes[-1], bs - B
+        max_bs = self.sizes[-1]
         staging = self._staging_np
         # Padding rows are sequences of length 0: no KV write (slot -1), nothing to attend to.
         for i, (row, fill) in enumerate(((input_ids, 0), (positions, 0), (slots, -1), (seq_lens, 0))):
@@ -113,7 +127,9 @@ class DecodeGraphs:
         )
         table_start = 4 * max_bs
         staging[table_start : table_start + B * width] = table.reshape(-1)
-        self._device[: table_start + B * width].copy_(self._staging[: table_start + B * width], non_blocking=True)
+        self._device[: table_start + B * width].copy_(
+            self._staging[: table_start + B * width], non_blocking=True
+        )
         # int64 -> int32 views the kernels read (block table rows are `width` wide here, max_blocks there)
         self.seq_lens[:bs].copy_(self._seq_lens64[:bs])
         table_view = self._device[table_start : table_start + B * width].view(B, width)

@@ -74,7 +74,10 @@ class Engine:
             raise
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
-            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
+            self.block_manager,
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            self.max_model_len,
             mc.eos_token_ids,
         )
         self.tokenizer = load_tokenizer(mc.path)
@@ -104,13 +107,20 @@ class Engine:
         self._inflight = None  # (SchedulerOutput, pending result) of the step on the device
         log.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens per request: %.1fx",
-            num_blocks, config.block_size, num_blocks * self.executor.kv_bytes_per_block / 2**30,
-            self.max_model_len, num_blocks * config.block_size / self.max_model_len,
+            num_blocks,
+            config.block_size,
+            num_blocks * self.executor.kv_bytes_per_block / 2**30,
+            self.max_model_len,
+            num_blocks * config.block_size / self.max_model_len,
         )
 
     # ---- requests ------------------------------------------------------------------------------
     def add_request(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, cache_salt: str | None = None
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        cache_salt: str | None = None,
     ) -> None:
         """Validate and queue a request; raises ValueError naming the field and its limit."""
         if request_id in self._requests:
@@ -199,13 +209,18 @@ class Engine:
                 seq.first_token_time = now
                 if self.started is not None:
                     self.started.append(seq)
-            updates.append(SequenceUpdate(
-                request_id=seq.request_id, index=seq.index, new_token_ids=[token],
-                new_logprobs=None if logprobs is None else [logprobs],
-                finish_reason=seq.finish_reason if seq in finished else None,
-                stop_reason=seq.stop_reason if seq in finished else None,
-                num_prompt_tokens=seq.num_prompt_tokens, num_cached_tokens=max(seq.num_cached_tokens, 0),
-            ))
+            updates.append(
+                SequenceUpdate(
+                    request_id=seq.request_id,
+                    index=seq.index,
+                    new_token_ids=[token],
+                    new_logprobs=None if logprobs is None else [logprobs],
+                    finish_reason=seq.finish_reason if seq in finished else None,
+                    stop_reason=seq.stop_reason if seq in finished else None,
+                    num_prompt_tokens=seq.num_prompt_tokens,
+                    num_cached_tokens=max(seq.num_cached_tokens, 0),
+                )
+            )
         self.executor.forget(seq.seq_id for seq in finished)
         for seq in finished:
             self._forget_finished(seq.request_id)

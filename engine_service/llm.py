@@ -57,10 +57,14 @@ class LLM:
             self.engine.add_request(rid, ids, p)
             order.append(rid)
             results[rid] = RequestOutput(
-                request_id=rid, prompt_token_ids=list(ids), prompt=text, num_cached_tokens=0,
+                request_id=rid,
+                prompt_token_ids=list(ids),
+                prompt=text,
+                num_cached_tokens=0,
                 outputs=[
-                    CompletionOutput(i, [], "" if has_text else None, None,
-                                     logprobs=[] if p.logprobs is not None else None)
+                    CompletionOutput(
+                        i, [], "" if has_text else None, None, logprobs=[] if p.logprobs is not None else None
+                    )
                     for i in range(p.n)
                 ],
                 metrics=RequestMetrics(arrival_time=time.monotonic()),
@@ -94,6 +98,8 @@ class LLM:
         if prompt_token_ids is not None:
             return [list(ids) for ids in prompt_token_ids]
         if self.engine.tokenizer is None:
-            raise ValueError("text prompts need a tokenizer, and the model folder has none: pass prompt_token_ids")
+            raise ValueError(
+                "text prompts need a tokenizer, and the model folder has none: pass prompt_token_ids"
+            )
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         return [self.engine.tokenizer.encode(t) for t in texts]

@@ -18,7 +18,7 @@ from engine_service.layers.attention import AttentionMetadata
 from engine_service.model_config import ModelConfig
 from engine_service.models.registry import model_class
 from engine_service.request import PLACEHOLDER
-from engine_service.sampler import PendingSample, SampleResult, Sampler
+from engine_service.sampler import PendingSample, Sampler, SampleResult
 from engine_service.weights import init_dummy_weights, load_weights
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 class ModelRunner:
     def __init__(
-        self, model_config: ModelConfig, device: torch.device, dtype: torch.dtype, block_size: int,
-        load_format: str, seed: int, tp_rank: int = 0, tp_size: int = 1,
+        self,
+        model_config: ModelConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        block_size: int,
+        load_format: str,
+        seed: int,
+        tp_rank: int = 0,
+        tp_size: int = 1,
     ):
         self.model_config = model_config
         self.device, self.dtype, self.block_size = device, dtype, block_size
@@ -94,9 +101,11 @@ class ModelRunner:
         ids = torch.zeros(T, dtype=torch.int64, device=dev)
         meta.block_tables = torch.arange(shape[0], dtype=torch.int32, device=dev)[None, :]
         hidden = self.model(ids, torch.arange(T, device=dev), caches, meta)
-        self.model.compute_logits(hidden[-min(T, 256):])
+        self.model.compute_logits(hidden[-min(T, 256) :])
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated(self.device) - sum(c[0].numel() * c[0].element_size() for c in caches)
+        peak = torch.cuda.max_memory_allocated(self.device) - sum(
+            c[0].numel() * c[0].element_size() for c in caches
+        )
         del caches, hidden
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
@@ -115,8 +124,10 @@ class ModelRunner:
         attn = self.model.model.layers[0].self_attn
         shape = (num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
         self.kv_caches = [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device),
-             torch.zeros(shape, dtype=self.dtype, device=self.device))
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
             for _ in self.model.model.layers
         ]
 

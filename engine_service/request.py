@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from engine_service.sampling_params import SamplingParams
 
-
 # Stands for a token sampled by a step whose result has not reached the host yet (see Scheduler).
 PLACEHOLDER = -1
 

@@ -215,8 +215,5 @@ def _needs_processing(seq: Sequence, temperature: float, position: int) -> bool:
     """Whether any logit of this row changes before the draw (the fp32 copy is made only then)."""
     p = seq.params
     return bool(
-        p.logit_bias
-        or position < p.min_tokens
-        or p.has_penalties
-        or (temperature > 0 and _filters(p))
+        p.logit_bias or position < p.min_tokens or p.has_penalties or (temperature > 0 and _filters(p))
     )

@@ -24,7 +24,9 @@ def checkpoint_files(folder: str | Path) -> list[Path]:
         return [folder / shard for shard in shards]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise ValueError(f"{folder} has no *.safetensors weights (use load_format='dummy' for random weights)")
+        raise ValueError(
+            f"{folder} has no *.safetensors weights (use load_format='dummy' for random weights)"
+        )
     return files
 
 
@@ -76,7 +78,9 @@ def load_weights(model: nn.Module, folder: str | Path) -> None:
         loaded.add(target)
     missing = set(params) - loaded
     if missing:
-        raise ValueError(f"checkpoint in {folder} lacks {len(missing)} parameters, e.g. {sorted(missing)[:3]}")
+        raise ValueError(
+            f"checkpoint in {folder} lacks {len(missing)} parameters, e.g. {sorted(missing)[:3]}"
+        )
 
 
 def init_dummy_weights(model: nn.Module, seed: int) -> None:
@@ -92,5 +96,7 @@ def init_dummy_weights(model: nn.Module, seed: int) -> None:
 
 def _copy(param: nn.Parameter, loaded: torch.Tensor | CheckpointTensor) -> None:
     if param.shape != loaded.shape:
-        raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(loaded.shape)}")
+        raise ValueError(
+            f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(loaded.shape)}"
+        )
     param.data.copy_(loaded[:])

@@ -35,7 +35,9 @@ def block_key(parent: int | None, token_ids: Seq[int], salt: str | None) -> int:
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"need at least one block of at least one token, got {num_blocks} x {block_size}")
+            raise ValueError(
+                f"need at least one block of at least one token, got {num_blocks} x {block_size}"
+            )
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
@@ -96,7 +98,9 @@ class BlockManager:
         """
         table = self._tables.setdefault(seq.seq_id, [])
         if computed_blocks:
-            assert not table and seq.num_computed_tokens == 0, "prefix hits only for a sequence with no blocks"
+            assert not table and seq.num_computed_tokens == 0, (
+                "prefix hits only for a sequence with no blocks"
+            )
             for block_id in computed_blocks:
                 self._take(block_id)
                 table.append(block_id)
@@ -108,7 +112,7 @@ class BlockManager:
         self.register_computed(seq, num_tokens)
 
     def register_computed(self, seq: Sequence, num_computed: int | None = None) -> None:
-        """Key the full blocks among `seq`'s computed tokens whose token ids are all known (no placeholder)."""
+        """Key the full blocks among `seq`'s computed tokens whose ids are all known (no placeholder)."""
         if not self.enable_prefix_caching:
             return
         computed = seq.num_computed_tokens if num_computed is None else num_computed
@@ -141,8 +145,12 @@ class BlockManager:
             for block_id in table:
                 refs[block_id] += 1
         for block in self.blocks:
-            assert block.ref_count == refs[block.block_id], f"block {block.block_id}: ref count {block.ref_count}"
-            assert (block.block_id in self._lru) == (block.ref_count == 0), f"block {block.block_id}: LRU state"
+            assert block.ref_count == refs[block.block_id], (
+                f"block {block.block_id}: ref count {block.ref_count}"
+            )
+            assert (block.block_id in self._lru) == (block.ref_count == 0), (
+                f"block {block.block_id}: LRU state"
+            )
         for key, block_id in self._cached.items():
             assert self.blocks[block_id].key == key, f"block {block_id}: cached key mismatch"
         in_use = sum(1 for b in self.blocks if b.ref_count > 0)
@@ -167,7 +175,9 @@ class BlockManager:
         bs = self.block_size
         while len(keys) < num_full:
             i = len(keys)
-            key = block_key(keys[-1] if keys else None, seq.token_ids_slice(i * bs, (i + 1) * bs), seq.cache_salt)
+            key = block_key(
+                keys[-1] if keys else None, seq.token_ids_slice(i * bs, (i + 1) * bs), seq.cache_salt
+            )
             keys.append(key)
             block = self.blocks[table[i]]
             if block.key is None and key not in self._cached:

@@ -40,6 +40,14 @@ class Attention(nn.Module):
         k_cache, v_cache = kv_cache
         ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         return ops.paged_attention(
-            q, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, self.scale,
-            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, num_kv_splits=meta.num_kv_splits,
+            q,
+            k_cache,
+            v_cache,
+            meta.query_start_loc,
+            meta.seq_lens,
+            meta.block_tables,
+            self.scale,
+            max_query_len=meta.max_query_len,
+            max_seq_len=meta.max_seq_len,
+            num_kv_splits=meta.num_kv_splits,
         )

@@ -43,7 +43,9 @@ class ColumnParallelLinear(nn.Module):
 class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel outputs stored as one matrix (gate and up), each sharded on its own."""
 
-    def __init__(self, in_features: int, output_sizes: list[int], bias: bool, tp_rank: int = 0, tp_size: int = 1):
+    def __init__(
+        self, in_features: int, output_sizes: list[int], bias: bool, tp_rank: int = 0, tp_size: int = 1
+    ):
         self.output_sizes = output_sizes
         super().__init__(in_features, sum(output_sizes), bias, tp_rank, tp_size)
 
@@ -55,8 +57,14 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
 class QKVParallelLinear(ColumnParallelLinear):
     def __init__(
-        self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool,
-        tp_rank: int = 0, tp_size: int = 1,
+        self,
+        hidden_size: int,
+        head_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        bias: bool,
+        tp_rank: int = 0,
+        tp_size: int = 1,
     ):
         self.head_dim = head_dim
         self.num_heads = divide(num_heads, tp_size)

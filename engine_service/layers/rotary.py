@@ -12,7 +12,7 @@ from engine_service.ops import dispatch as ops
 
 
 def rope_parameters(hf_config: dict[str, Any]) -> dict[str, Any]:
-    """(theta, scaling) from either the transformers-5 `rope_parameters` or the older `rope_theta`/`rope_scaling`."""
+    """(theta, scaling) from transformers-5 `rope_parameters`, or the older `rope_theta` / `rope_scaling`."""
     params = dict(hf_config.get("rope_parameters") or {})
     if not params:
         params = dict(hf_config.get("rope_scaling") or {})
@@ -50,5 +50,7 @@ class RotaryEmbedding(nn.Module):
         cache = torch.cat((angles.cos(), angles.sin()), dim=-1).float()  # [P, D]
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.rotary_embedding(positions, q, k, self.cos_sin_cache)

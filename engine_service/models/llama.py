@@ -1,6 +1,7 @@
 """The Llama family: Llama 2/3/3.x, SmolLM2 and Mistral; Qwen2 and Qwen3 differ only in two switches.
 
-    x -> embed -> [ RMSNorm -> attention -> +residual -> RMSNorm -> SwiGLU MLP -> +residual ] x L -> RMSNorm -> LM head
+    x -> embed -> [RMSNorm -> attention -> +residual -> RMSNorm -> SwiGLU MLP -> +residual] x L
+      -> RMSNorm -> LM head
 
 `qkv_bias` (Qwen2) adds biases to the q/k/v projection; `qk_norm` (Qwen3) RMS-normalizes each head of
 q and k before the rotary embedding.
@@ -74,13 +75,17 @@ class LlamaAttention(nn.Module):
         )
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.head_dim = a.head_dim
-        self.o_proj = RowParallelLinear(a.num_heads * a.head_dim, a.hidden_size, a.o_bias, a.tp_rank, a.tp_size)
+        self.o_proj = RowParallelLinear(
+            a.num_heads * a.head_dim, a.hidden_size, a.o_bias, a.tp_rank, a.tp_size
+        )
         self.rotary = rotary
         self.q_norm = RMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
         self.k_norm = RMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
         self.attn = Attention(self.num_heads, self.num_kv_heads, a.head_dim)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, kv: KVCache, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, kv: KVCache, meta: AttentionMetadata
+    ) -> torch.Tensor:
         T = x.shape[0]
         qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) D]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -117,8 +122,12 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(a)
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
-        kv: KVCache, meta: AttentionMetadata,
+        self,
+        positions: torch.Tensor,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        kv: KVCache,
+        meta: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
             residual, x = x, self.input_layernorm(x)
@@ -138,7 +147,11 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache], meta: AttentionMetadata
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T] -> [T, hidden]
         x, residual = self.embed_tokens(input_ids), None
         for layer, kv in zip(self.layers, kv_caches, strict=True):
@@ -167,7 +180,11 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache], meta: AttentionMetadata
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        meta: AttentionMetadata,
     ) -> torch.Tensor:
         return self.model(input_ids, positions, kv_caches, meta)
 

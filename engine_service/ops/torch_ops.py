@@ -42,7 +42,7 @@ def paged_attention(
     block_tables: torch.Tensor,  # int32 [S, M]
     scale: float,
 ) -> torch.Tensor:  # [T, Hq, D]
-    """Causal attention of each sequence's new queries over its paged KV (prefill chunks and decodes alike)."""
+    """Causal attention of each sequence's new queries over its paged KV (prefill chunks and decodes)."""
     num_heads, num_kv_heads = q.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
     block_size = k_cache.shape[1]

@@ -71,8 +71,14 @@ class Worker:
         init_distributed(rank, spec.tp_size, spec.store_port, device, spec.collective_timeout_s)
         self.rank = rank
         self.runner = ModelRunner(
-            ModelConfig.from_dir(spec.model_path), device, DTYPES[spec.dtype], spec.block_size,
-            spec.load_format, spec.seed, rank, spec.tp_size,
+            ModelConfig.from_dir(spec.model_path),
+            device,
+            DTYPES[spec.dtype],
+            spec.block_size,
+            spec.load_format,
+            spec.seed,
+            rank,
+            spec.tp_size,
         )
         self.mirror = SequenceMirror()
 

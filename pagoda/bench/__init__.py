@@ -12,7 +12,10 @@ COMMANDS = {
         "offline throughput on random weights, with roofline and peers",
     ),
     "serve": ("pagoda.bench.serve", "online serving benchmark against a running router"),
-    "grpc": ("pagoda.bench.grpc_throughput", "streaming throughput through the engine gRPC service vs offline"),
+    "grpc": (
+        "pagoda.bench.grpc_throughput",
+        "streaming throughput through the engine gRPC service vs offline",
+    ),
 }
 
 

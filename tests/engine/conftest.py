@@ -9,15 +9,28 @@ import torch
 import transformers
 
 COMMON = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    vocab_size=256, max_position_embeddings=1024, rms_norm_eps=1e-6, eos_token_id=2, bos_token_id=1,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=256,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-6,
+    eos_token_id=2,
+    bos_token_id=1,
 )
 
 CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(
         **COMMON,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 64},
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
         tie_word_embeddings=True,
     ),
     "mistral": lambda: transformers.MistralConfig(**COMMON, sliding_window=None),

@@ -28,15 +28,27 @@ def run(folder, async_scheduling, prompts, params, **kw):
 
 CASES = {
     "greedy": dict(params=SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True), kw={}),
-    "chunked": dict(params=SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
-                    kw=dict(max_num_batched_tokens=7)),
-    "preempting": dict(params=SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
-                       kw=dict(num_kv_blocks=8, block_size=4, max_model_len=32)),
-    "seeded-n": dict(params=SamplingParams(n=3, max_tokens=10, temperature=1.0, seed=5, ignore_eos=True), kw={}),
-    "stop-ids": dict(params=SamplingParams(max_tokens=30, temperature=1.0, seed=1,
-                                           stop_token_ids=list(range(3, 256, 9))), kw={}),
-    "penalties": dict(params=SamplingParams(max_tokens=10, temperature=0.0, repetition_penalty=1.5,
-                                            frequency_penalty=0.5, ignore_eos=True), kw={}),
+    "chunked": dict(
+        params=SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+        kw=dict(max_num_batched_tokens=7),
+    ),
+    "preempting": dict(
+        params=SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+        kw=dict(num_kv_blocks=8, block_size=4, max_model_len=32),
+    ),
+    "seeded-n": dict(
+        params=SamplingParams(n=3, max_tokens=10, temperature=1.0, seed=5, ignore_eos=True), kw={}
+    ),
+    "stop-ids": dict(
+        params=SamplingParams(max_tokens=30, temperature=1.0, seed=1, stop_token_ids=list(range(3, 256, 9))),
+        kw={},
+    ),
+    "penalties": dict(
+        params=SamplingParams(
+            max_tokens=10, temperature=0.0, repetition_penalty=1.5, frequency_penalty=0.5, ignore_eos=True
+        ),
+        kw={},
+    ),
 }
 
 
@@ -99,10 +111,19 @@ def test_async_through_the_decode_graph_inputs(tiny_llama):
     prompts = prompts_of([3, 17, 40, 5], seed=9)
     params = SamplingParams(max_tokens=14, temperature=0.0, ignore_eos=True)
     sync, _ = run(tiny_llama, False, prompts, params, num_kv_blocks=64, block_size=4)
-    llm = LLM(str(tiny_llama), device="cpu", dtype="float32", num_kv_blocks=64, block_size=4, max_num_seqs=8,
-              async_scheduling=True)
+    llm = LLM(
+        str(tiny_llama),
+        device="cpu",
+        dtype="float32",
+        num_kv_blocks=64,
+        block_size=4,
+        max_num_seqs=8,
+        async_scheduling=True,
+    )
     runner = llm.engine.runner
-    runner.graphs = _EagerGraphs(runner.model, runner.kv_caches, 8, llm.engine.max_model_len, 4, runner.device)
+    runner.graphs = _EagerGraphs(
+        runner.model, runner.kv_caches, 8, llm.engine.max_model_len, 4, runner.device
+    )
     runner.graphs.capture()
     fixed = []
     original = runner.graphs.run

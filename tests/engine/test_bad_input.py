@@ -69,7 +69,9 @@ def test_unknown_llm_argument(tiny_llama):
 
 
 def test_unsupported_architecture(tmp_path):
-    (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"], "vocab_size": 10, '
-                                          '"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2}')
+    (tmp_path / "config.json").write_text(
+        '{"architectures": ["GPT2LMHeadModel"], "vocab_size": 10, '
+        '"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2}'
+    )
     with pytest.raises(ValueError, match="architecture 'GPT2LMHeadModel' is not supported"):
         LLM(str(tmp_path), device="cpu")

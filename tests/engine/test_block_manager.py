@@ -98,7 +98,9 @@ def test_can_allocate_counts_revived_blocks():
     a = seq("a", [1, 2, 3, 4, 5])  # uses all 3 blocks
     admit(bm, a)
     bm.free(a)
-    b = seq("b", [1, 2, 3, 4, 5, 6, 7, 8, 9])  # hits 2 blocks, needs 3 more: only 1 left once the hits are taken
+    b = seq(
+        "b", [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    )  # hits 2 blocks, needs 3 more: only 1 left once the hits are taken
     hits = bm.get_computed_blocks(b)
     assert hits == [0, 1]
     assert not bm.can_allocate(b, b.num_tokens - 4, hits)

@@ -40,7 +40,9 @@ def test_graph_inputs_reproduce_eager_decoding(tiny_llama):
     prompts = [[rng.randrange(3, 256) for _ in range(n)] for n in (3, 17, 40, 5, 33)]
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in (20, 6, 13, 9, 16)]
     eager = LLM(str(tiny_llama), device="cpu", dtype="float32", num_kv_blocks=64, block_size=4)
-    expected = [o.outputs[0].token_ids for o in eager.generate(prompt_token_ids=prompts, sampling_params=params)]
+    expected = [
+        o.outputs[0].token_ids for o in eager.generate(prompt_token_ids=prompts, sampling_params=params)
+    ]
 
     llm = LLM(str(tiny_llama), device="cpu", dtype="float32", num_kv_blocks=64, block_size=4, max_num_seqs=8)
     runner = llm.engine.runner

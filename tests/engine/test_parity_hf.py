@@ -15,11 +15,18 @@ MAX_TOKENS = 12
 
 def hf_greedy(model, prompt: list[int], max_tokens: int = MAX_TOKENS) -> tuple[list[int], list[float]]:
     out = model.generate(
-        torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
-        output_logits=True, return_dict_in_generate=True,
+        torch.tensor([prompt]),
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
     )
-    tokens = out.sequences[0, len(prompt):].tolist()
-    logprobs = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, tokens, strict=True)]
+    tokens = out.sequences[0, len(prompt) :].tolist()
+    logprobs = [
+        torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, tokens, strict=True)
+    ]
     return tokens, logprobs
 
 
@@ -78,7 +85,14 @@ def test_preemption_under_a_tiny_cache(tiny_models, arch):
 
 def test_preemption_without_prefix_caching(tiny_models):
     folder, model = tiny_models["llama"]
-    llm = LLM(str(folder), device="cpu", dtype="float32", num_kv_blocks=8, block_size=4, max_model_len=32,
-              enable_prefix_caching=False)
+    llm = LLM(
+        str(folder),
+        device="cpu",
+        dtype="float32",
+        num_kv_blocks=8,
+        block_size=4,
+        max_model_len=32,
+        enable_prefix_caching=False,
+    )
     check(llm, model, prompts_of([11, 13, 9, 15], seed=5))
     assert llm.engine.scheduler.num_preemptions > 0

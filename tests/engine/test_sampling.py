@@ -12,7 +12,9 @@ from engine_service.sampler import Sampler
 V = 32
 
 
-def seqs_with(params: SamplingParams, n: int = 1, outputs: list[int] | None = None, prompt=None) -> list[Sequence]:
+def seqs_with(
+    params: SamplingParams, n: int = 1, outputs: list[int] | None = None, prompt=None
+) -> list[Sequence]:
     out = []
     for i in range(n):
         s = Sequence(f"r{i}#0", f"r{i}", 0, list(prompt or [1, 2, 3]), params)
@@ -36,19 +38,28 @@ def test_seeded_requests_repeat_whatever_the_batch(tiny_llama):
     seeded = SamplingParams(max_tokens=10, temperature=1.0, seed=1234, ignore_eos=True)
     alone = llm.generate(prompt_token_ids=[[5, 6, 7]], sampling_params=seeded)[0].outputs[0].token_ids
     noise = SamplingParams(max_tokens=10, temperature=1.0, ignore_eos=True)
-    mixed = llm.generate(
-        prompt_token_ids=[[9, 9], [5, 6, 7], [3, 4, 5, 6, 7, 8]], sampling_params=[noise, seeded, noise]
-    )[1].outputs[0].token_ids
+    mixed = (
+        llm.generate(
+            prompt_token_ids=[[9, 9], [5, 6, 7], [3, 4, 5, 6, 7, 8]], sampling_params=[noise, seeded, noise]
+        )[1]
+        .outputs[0]
+        .token_ids
+    )
     assert alone == mixed
     other_seed = SamplingParams(max_tokens=10, temperature=1.0, seed=99, ignore_eos=True)
-    assert llm.generate(prompt_token_ids=[[5, 6, 7]], sampling_params=other_seed)[0].outputs[0].token_ids != alone
+    assert (
+        llm.generate(prompt_token_ids=[[5, 6, 7]], sampling_params=other_seed)[0].outputs[0].token_ids
+        != alone
+    )
 
 
 def test_n_samples_share_the_prompt_blocks_and_differ(tiny_llama):
     llm = LLM(str(tiny_llama), device="cpu", dtype="float32", num_kv_blocks=64, block_size=4)
     prompt = list(range(3, 40))
-    out = llm.generate(prompt_token_ids=[prompt], sampling_params=SamplingParams(
-        n=4, max_tokens=8, temperature=1.0, seed=7, ignore_eos=True))[0]
+    out = llm.generate(
+        prompt_token_ids=[prompt],
+        sampling_params=SamplingParams(n=4, max_tokens=8, temperature=1.0, seed=7, ignore_eos=True),
+    )[0]
     assert len(out.outputs) == 4 and [o.index for o in out.outputs] == [0, 1, 2, 3]
     assert len({tuple(o.token_ids) for o in out.outputs}) > 1
     # Samples 1..3 found sample 0's full prompt blocks: 36 of 37 prompt tokens each.
@@ -84,7 +95,9 @@ def test_greedy_takes_the_argmax():
 
 
 def test_logit_bias_moves_the_argmax():
-    assert set(sample_many(SamplingParams(temperature=0.0, logit_bias={7: 100.0}), peaked_logits(), rounds=3)) == {7}
+    assert set(
+        sample_many(SamplingParams(temperature=0.0, logit_bias={7: 100.0}), peaked_logits(), rounds=3)
+    ) == {7}
     tokens = sample_many(SamplingParams(temperature=1.0, logit_bias={0: -100.0}), peaked_logits())
     assert 0 not in tokens
 
@@ -124,7 +137,9 @@ def test_penalties_shift_the_sampled_distribution():
     logits = torch.zeros(1, V)
     logits[0, 4] = 1.0
     plain = sample_many(SamplingParams(temperature=1.0), logits, rounds=400, outputs=[4])
-    penalized = sample_many(SamplingParams(temperature=1.0, frequency_penalty=2.0), logits, rounds=400, outputs=[4])
+    penalized = sample_many(
+        SamplingParams(temperature=1.0, frequency_penalty=2.0), logits, rounds=400, outputs=[4]
+    )
     assert penalized.count(4) < plain.count(4) / 2
 
 

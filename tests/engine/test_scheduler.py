@@ -33,10 +33,16 @@ def test_budget_is_shared_and_prefill_chunks():
     s.add(a)
     s.add(b)
     out, _ = run_step(s)
-    assert [(x.seq.request_id, x.num_new_tokens, x.samples) for x in out.scheduled] == [("a", 6, True), ("b", 4, False)]
+    assert [(x.seq.request_id, x.num_new_tokens, x.samples) for x in out.scheduled] == [
+        ("a", 6, True),
+        ("b", 4, False),
+    ]
     out, _ = run_step(s)
-    # a decodes one token; b continues its prompt with the rest of the budget (5 tokens: exactly its remainder).
-    assert [(x.seq.request_id, x.num_new_tokens, x.samples) for x in out.scheduled] == [("a", 1, True), ("b", 5, True)]
+    # a decodes one token; b continues its prompt with the rest of the budget (5 tokens: all it has left).
+    assert [(x.seq.request_id, x.num_new_tokens, x.samples) for x in out.scheduled] == [
+        ("a", 1, True),
+        ("b", 5, True),
+    ]
     assert a.num_output_tokens == 2 and b.num_output_tokens == 1
     s.block_manager.check_integrity()
 

@@ -17,8 +17,16 @@ import torch
 import transformers
 
 COMMON = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    vocab_size=251, max_position_embeddings=1024, rms_norm_eps=1e-6, eos_token_id=2, bos_token_id=1,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=251,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-6,
+    eos_token_id=2,
+    bos_token_id=1,
 )
 
 MODELS = {

@@ -61,8 +61,11 @@ def test_merged_gate_up_shards_each_half_on_its_own(tp):
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
 def test_row_parallel_takes_its_columns_and_the_partial_sums_add_up(tp):
-    x, full, bias = (torch.randn(3, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64),
-                     torch.randn(5, dtype=torch.float64))
+    x, full, bias = (
+        torch.randn(3, 8, dtype=torch.float64),
+        torch.randn(5, 8, dtype=torch.float64),
+        torch.randn(5, dtype=torch.float64),
+    )
     total = torch.zeros(3, 5, dtype=torch.float64)
     per = 8 // tp
     for rank in range(tp):

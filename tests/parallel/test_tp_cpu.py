@@ -72,9 +72,20 @@ def test_seeded_sampling_with_penalties_equal(engines):
     """Rank 0 samples from its mirror of each sequence: penalties and min_tokens see the same tokens."""
     tp1, tp2 = engines("qwen2")
     params = SamplingParams(
-        n=2, max_tokens=20, temperature=0.9, top_k=40, top_p=0.95, min_p=0.01, presence_penalty=0.4,
-        frequency_penalty=0.3, repetition_penalty=1.3, logit_bias={17: 1.5}, seed=5, min_tokens=3,
-        stop_token_ids=[44], logprobs=1,
+        n=2,
+        max_tokens=20,
+        temperature=0.9,
+        top_k=40,
+        top_p=0.95,
+        min_p=0.01,
+        presence_penalty=0.4,
+        frequency_penalty=0.3,
+        repetition_penalty=1.3,
+        logit_bias={17: 1.5},
+        seed=5,
+        min_tokens=3,
+        stop_token_ids=[44],
+        logprobs=1,
     )
     a = tp1.generate(prompt_token_ids=prompts(1), sampling_params=params)
     b = tp2.generate(prompt_token_ids=prompts(1), sampling_params=params)
@@ -156,7 +167,9 @@ def test_shutdown_stops_workers_cleanly_and_workers_keep_nvlink_multicast_off(tp
         environ = Path(f"/proc/{w.proc.pid}/environ").read_bytes().split(b"\0")
         env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
         assert {name: env.get(name) for name in NCCL_DEFAULTS} == {
-            "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"
+            "NCCL_NVLS_ENABLE": "0",
+            "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+            "NVSHMEM_DISABLE_NVLS": "1",
         }
     llm.engine.shutdown()
     assert [w.proc.returncode for w in workers] == [0, 0]  # left the process group and exited

@@ -102,10 +102,18 @@ def test_kv_cache_is_sized_per_gpu(tmp_path):
     import json
 
     config = {
-        "architectures": ["LlamaForCausalLM"], "vocab_size": 32000, "hidden_size": 2048,
-        "intermediate_size": 8192, "num_hidden_layers": 8, "num_attention_heads": 16,
-        "num_key_value_heads": 8, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0, "tie_word_embeddings": False, "eos_token_id": 2,
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 32000,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "eos_token_id": 2,
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     kw = dict(device="cuda", dtype="bfloat16", load_format="dummy", gpu_memory_utilization=0.3)

@@ -87,10 +87,29 @@ def test_worker_dying_while_idle_turns_health_off_without_a_request(scripted):
 def start_engine(folder: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [
-            sys.executable, "-m", "engine_service", "--model", str(folder), "--host", "127.0.0.1",
-            "--port", "0", "--metrics-port", "0", "--device", "cpu", "--dtype", "float32",
-            "--num-kv-blocks", "64", "--max-num-seqs", "8", "--tensor-parallel-size", "2",
-            "--engine-core", "process",
+            sys.executable,
+            "-m",
+            "engine_service",
+            "--model",
+            str(folder),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--num-kv-blocks",
+            "64",
+            "--max-num-seqs",
+            "8",
+            "--tensor-parallel-size",
+            "2",
+            "--engine-core",
+            "process",
         ],
         cwd=REPO,
         stderr=subprocess.PIPE,
@@ -128,6 +147,7 @@ def worker_pids(root: int) -> list[int]:
             if pid == root:
                 return True
         return False
+
     return [p for p, (_, cmd) in parents.items() if b"engine_service.parallel.worker" in cmd and descends(p)]
 
 
