@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 from reliability_client import Tally
 from reliability_record import record
-from reliability_stack import Stack, make_tiny_model
+from reliability_stack import Stack
 
 
 def pytest_addoption(parser):
@@ -88,8 +88,8 @@ def tally(tallies):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, default_model_dir):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), default_model_dir)
+def tiny_model_dir(tiny_chat_model_dir):
+    return tiny_chat_model_dir
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import ssl
 import urllib.error
@@ -26,12 +25,6 @@ from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
 from tests.router.router_processes import Process, engine_ready, free_port, wait_until
 
 MODEL = "tiny-llama"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-)
 
 
 def chat_body(i: int, max_tokens: int, stream: bool = True, **extra) -> dict:
@@ -46,31 +39,6 @@ def chat_body(i: int, max_tokens: int, stream: bool = True, **extra) -> dict:
         **extra,
     }
     return {**body, "stream": True} if stream else body
-
-
-def make_tiny_model(folder: Path, default_model_dir: Path) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    for name in TOKENIZER_FILES:
-        if (default_model_dir / name).is_file():
-            shutil.copy(default_model_dir / name, folder / name)
-    vocab = json.loads((default_model_dir / "config.json").read_text())["vocab_size"]
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 @dataclass

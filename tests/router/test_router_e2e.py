@@ -4,7 +4,6 @@ made here with transformers, CPU, float32) and `pagoda router`, driven by the op
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,42 +11,12 @@ import openai
 import pytest
 from router_processes import Process, engine_info, engine_ready, free_port, http_json, http_text, wait_until
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-)
 MODEL = "tiny-llama"
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, default_model_dir):
-    import json
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    for name in TOKENIZER_FILES:
-        if (default_model_dir / name).is_file():
-            shutil.copy(default_model_dir / name, folder / name)
-    vocab = json.loads((default_model_dir / "config.json").read_text())["vocab_size"]
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+def tiny_model_dir(tiny_chat_model_dir):
+    return tiny_chat_model_dir
 
 
 class Cluster:
