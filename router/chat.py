@@ -10,7 +10,8 @@ from router.dispatch import EngineStreamError
 from router.generation import FINISH_REASONS, Generation
 from router.logprobs import chat_logprobs
 from router.openai_schema import ChatRequest, parse_chat
-from router.streaming import DONE, Chunks, ClientGone, dumps, error_event, json_str, open_sse, write
+from router.stream_choices import stream_choices
+from router.streaming import Chunks, dumps, json_str
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -80,35 +81,24 @@ async def _collect(req: ChatRequest, gen: Generation) -> dict:
 
 async def _stream(request: web.Request, req: ChatRequest, gen: Generation) -> web.StreamResponse:
     chunks = Chunks(gen.id, "chat.completion.chunk", gen.created, gen.model, req.include_usage)
-    response = await open_sse(request)
-    try:
-        # OpenAI opens every choice with the assistant role before any content.
-        await write(
-            response,
-            b"".join(
-                chunks.choice(_delta(i, '"role":"assistant","content":""')) for i in range(gen.num_choices)
-            ),
-        )
-        try:
-            async for i, msg in gen.messages():
-                out = b""
-                if msg.token_ids or msg.text:  # a message can carry tokens whose text is held back
-                    lp = dumps({"content": chat_logprobs(msg.logprobs)}) if req.logprobs else "null"
-                    out = chunks.choice(_delta(i, f'"content":{json_str(msg.text)}', lp))
-                if msg.finish_reason:
-                    out += chunks.choice(_delta(i, "", "null", f'"{FINISH_REASONS[msg.finish_reason]}"'))
-                if out:
-                    await write(response, out)
-        except EngineStreamError as err:
-            request.app[CONTEXT].metrics.stream_errors.inc()
-            await write(response, error_event(err.error) + DONE)
-            return response
-        if req.include_usage:
-            await write(response, chunks.usage(gen.usage))
-        await write(response, DONE)
-    except ClientGone:
-        request.app[CONTEXT].metrics.client_disconnects.inc()
-    return response
+    # OpenAI opens every choice with the assistant role before any content.
+    opening = b"".join(
+        chunks.choice(_delta(i, '"role":"assistant","content":""')) for i in range(gen.num_choices)
+    )
+
+    def content(i: int, msg) -> str:
+        lp = dumps({"content": chat_logprobs(msg.logprobs)}) if req.logprobs else "null"
+        return _delta(i, f'"content":{json_str(msg.text)}', lp)
+
+    return await stream_choices(
+        request,
+        gen,
+        chunks,
+        include_usage=req.include_usage,
+        content=content,
+        finish=lambda i, reason: _delta(i, "", "null", reason),
+        opening=opening,
+    )
 
 
 def _delta(index: int, delta: str, logprobs: str = "null", finish_reason: str = "null") -> str:

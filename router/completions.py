@@ -14,7 +14,8 @@ from router.generation import FINISH_REASONS, Generation
 from router.logprobs import CompletionLogprobs
 from router.model_card import ModelCard
 from router.openai_schema import CompletionRequest, parse_completion
-from router.streaming import DONE, Chunks, ClientGone, dumps, error_event, json_str, open_sse, write
+from router.stream_choices import stream_choices
+from router.streaming import Chunks, dumps, json_str
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -113,36 +114,26 @@ async def _stream(
 ) -> web.StreamResponse:
     chunks = Chunks(gen.id, "text_completion", gen.created, gen.model, req.include_usage)
     logprobs = _choice_logprobs(req, gen)
-    response = await open_sse(request)
-    try:
-        if echoes:
-            await write(
-                response,
-                b"".join(chunks.choice(_choice(i, echoes[i // gen.n])) for i in range(gen.num_choices)),
-            )
-        try:
-            async for i, msg in gen.messages():
-                out = b""
-                if msg.token_ids or msg.text:  # a message can carry tokens whose text is held back
-                    lp = "null"
-                    if logprobs:
-                        logprobs[i].add(msg.logprobs)
-                        lp = dumps(logprobs[i].take())
-                    out = chunks.choice(_choice(i, msg.text, lp))
-                if msg.finish_reason:
-                    out += chunks.choice(_choice(i, "", "null", f'"{FINISH_REASONS[msg.finish_reason]}"'))
-                if out:
-                    await write(response, out)
-        except EngineStreamError as err:
-            request.app[CONTEXT].metrics.stream_errors.inc()
-            await write(response, error_event(err.error) + DONE)
-            return response
-        if req.include_usage:
-            await write(response, chunks.usage(gen.usage))
-        await write(response, DONE)
-    except ClientGone:
-        request.app[CONTEXT].metrics.client_disconnects.inc()
-    return response
+    opening = b""
+    if echoes:
+        opening = b"".join(chunks.choice(_choice(i, echoes[i // gen.n])) for i in range(gen.num_choices))
+
+    def content(i: int, msg) -> str:
+        lp = "null"
+        if logprobs:
+            logprobs[i].add(msg.logprobs)
+            lp = dumps(logprobs[i].take())
+        return _choice(i, msg.text, lp)
+
+    return await stream_choices(
+        request,
+        gen,
+        chunks,
+        include_usage=req.include_usage,
+        content=content,
+        finish=lambda i, reason: _choice(i, "", "null", reason),
+        opening=opening,
+    )
 
 
 def _choice(index: int, text: str, logprobs: str = "null", finish_reason: str = "null") -> str:
