@@ -64,7 +64,7 @@ class Executor(ABC):
 
     @abstractmethod
     def forget(self, seq_ids: Iterable[str]) -> None:
-        """These sequences finished or were aborted: drop their sampling state."""
+        """These sequences finished or were aborted: drop what the executor keeps per sequence."""
 
     @abstractmethod
     def check_alive(self) -> None:
@@ -103,8 +103,7 @@ class UniProcExecutor(Executor):
         return self.runner.execute(out, block_tables)
 
     def forget(self, seq_ids: Iterable[str]) -> None:
-        for seq_id in seq_ids:
-            self.runner.sampler.forget(seq_id)
+        pass  # nothing per sequence here: a sequence's sampling seed lives on the Sequence
 
     def check_alive(self) -> None:
         pass  # nothing here can die on its own

@@ -86,20 +86,20 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         T = max_num_batched_tokens
         dev = self.device
+        # A stand-in cache just big enough for T tokens: the profile pass measures activations, not the
+        # cache, and writes nothing into it (every slot is -1).
+        attn = self.model.model.layers[0].self_attn
+        shape = (-(-T // self.block_size), self.block_size, attn.num_kv_heads, attn.head_dim)
+        caches = [(torch.empty(shape, dtype=self.dtype, device=dev),) * 2 for _ in self.model.model.layers]
         meta = AttentionMetadata(
             slot_mapping=torch.full((T,), -1, dtype=torch.int64, device=dev),
             query_start_loc=torch.tensor([0, T], dtype=torch.int32, device=dev),
             seq_lens=torch.tensor([T], dtype=torch.int32, device=dev),
-            block_tables=torch.zeros((1, 1), dtype=torch.int32, device=dev),
+            block_tables=torch.arange(shape[0], dtype=torch.int32, device=dev)[None, :],
             max_query_len=T,
             max_seq_len=T,
         )
-        # A one-block stand-in cache: the profile pass measures activations, not the cache.
-        attn = self.model.model.layers[0].self_attn
-        shape = (-(-T // self.block_size), self.block_size, attn.num_kv_heads, attn.head_dim)
-        caches = [(torch.empty(shape, dtype=self.dtype, device=dev),) * 2 for _ in self.model.model.layers]
         ids = torch.zeros(T, dtype=torch.int64, device=dev)
-        meta.block_tables = torch.arange(shape[0], dtype=torch.int32, device=dev)[None, :]
         hidden = self.model(ids, torch.arange(T, device=dev), caches, meta)
         self.model.compute_logits(hidden[-min(T, 256) :])
         torch.cuda.synchronize()

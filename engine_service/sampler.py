@@ -39,9 +39,6 @@ class Sampler:
         self.eos_token_ids = eos_token_ids
         self._rng = random.Random(seed)  # seeds of sequences whose request has none
 
-    def forget(self, seq_id: str) -> None:
-        """A sequence finished. Nothing to free: its seed lives on the Sequence object."""
-
     def __call__(
         self, logits: torch.Tensor, seqs: list[Sequence], positions: list[int] | None = None
     ) -> SampleResult:

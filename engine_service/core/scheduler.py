@@ -111,7 +111,7 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                self._commit(out, seq, num_new, seq.num_computed_tokens)
+                out.scheduled.append(ScheduledSequence(seq, num_new, seq.num_computed_tokens))
                 bm.allocate(seq, num_new)
                 seq.num_computed_tokens += num_new
                 budget -= num_new
@@ -132,7 +132,7 @@ class Scheduler:
                 seq.num_cached_tokens = num_computed
                 seq.first_scheduled_time = time.monotonic()
                 bm.record_lookup(seq.num_prompt_tokens, num_computed)
-            self._commit(out, seq, num_new, num_computed)
+            out.scheduled.append(ScheduledSequence(seq, num_new, num_computed))
             bm.allocate(seq, num_new, hits)
             seq.num_computed_tokens += num_new
             seq.status = SequenceStatus.RUNNING
@@ -143,9 +143,6 @@ class Scheduler:
                 item.seq.output_token_ids.append(PLACEHOLDER)
                 item.seq.num_pending += 1
         return out
-
-    def _commit(self, out: SchedulerOutput, seq: Sequence, num_new: int, start: int) -> None:
-        out.scheduled.append(ScheduledSequence(seq, num_new, start))
 
     def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Sequence]:
         """Resolve this step's placeholders with the sampled tokens and finish sequences that hit a stop.

@@ -83,9 +83,7 @@ class Worker:
         self.mirror = SequenceMirror()
 
     def launch(self, message: StepMessage) -> Launched:
-        out, tables, forgotten = self.mirror.apply(message)
-        for seq_id in forgotten:
-            self.runner.sampler.forget(seq_id)
+        out, tables, _ = self.mirror.apply(message)  # the mirror drops forgotten sequences itself
         return Launched(self.runner.launch(out, tables), self.runner.device)
 
     def call(self, name: str, args: tuple):
