@@ -11,14 +11,13 @@ next captured size (padding rows are sequences of length 0: they write no KV (sl
 from __future__ import annotations
 
 import bisect
-import itertools
 import logging
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
+from engine_service import host_copy
 from engine_service.layers.attention import AttentionMetadata
 
 log = logging.getLogger(__name__)
@@ -45,15 +44,9 @@ class DecodeGraphs:
         max_bs, max_blocks = self.sizes[-1], -(-max_model_len // block_size)
         i32, i64 = torch.int32, torch.int64
         # One int64 device buffer holds every per-step input, so a step is one host-to-device copy from one
-        # pinned staging buffer: rows 0..3 are input ids, positions, KV slots, seq lens; then the block table.
+        # pinned buffer: rows 0..3 are input ids, positions, KV slots, seq lens; then the block table.
         self.max_blocks = max_blocks
         self._device = torch.zeros(4 * max_bs + max_bs * max_blocks, dtype=i64, device=device)
-        # Pinned, so the copy is truly asynchronous. Reusing it each step is safe: the step ends with a host
-        # sync (the sampled tokens), which orders the next step's writes after this step's copy.
-        self._staging = torch.zeros_like(self._device, device="cpu")
-        if device.type == "cuda":
-            self._staging = self._staging.pin_memory()
-        self._staging_np = self._staging.numpy()
         self.input_ids = self._device[:max_bs]
         self.positions = self._device[max_bs : 2 * max_bs]
         self.slot_mapping = self._device[2 * max_bs : 3 * max_bs]
@@ -114,22 +107,17 @@ class DecodeGraphs:
         B = len(input_ids)
         bs = self.sizes[bisect.bisect_left(self.sizes, B)]
         max_bs = self.sizes[-1]
-        staging = self._staging_np
-        # Padding rows are sequences of length 0: no KV write (slot -1), nothing to attend to.
+        table = host_copy.block_table_array(block_tables)
+        width, table_start = table.shape[1], 4 * max_bs
+        # A fresh pinned buffer each step (see host_copy): the previous step's copy may not have run yet.
+        host, staging = host_copy.pinned(table_start + B * width, torch.int64, self._device.device)
+        # Padding rows are sequences of length 0: no KV write (slot -1), nothing to attend to. Past the
+        # graph's size `bs` the rows are left unset: no graph of this size reads them.
         for i, (row, fill) in enumerate(((input_ids, 0), (positions, 0), (slots, -1), (seq_lens, 0))):
             staging[i * max_bs : i * max_bs + B] = row
             staging[i * max_bs + B : i * max_bs + bs] = fill
-        lengths = np.fromiter(map(len, block_tables), dtype=np.int64, count=B)
-        width = int(lengths.max())
-        table = np.zeros((B, width), dtype=np.int64)
-        table[np.arange(width)[None, :] < lengths[:, None]] = np.fromiter(
-            itertools.chain.from_iterable(block_tables), dtype=np.int64, count=int(lengths.sum())
-        )
-        table_start = 4 * max_bs
-        staging[table_start : table_start + B * width] = table.reshape(-1)
-        self._device[: table_start + B * width].copy_(
-            self._staging[: table_start + B * width], non_blocking=True
-        )
+        staging[table_start:] = table.reshape(-1)
+        self._device[: table_start + B * width].copy_(host, non_blocking=True)
         # int64 -> int32 views the kernels read (block table rows are `width` wide here, max_blocks there)
         self.seq_lens[:bs].copy_(self._seq_lens64[:bs])
         table_view = self._device[table_start : table_start + B * width].view(B, width)

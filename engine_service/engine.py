@@ -181,7 +181,7 @@ class Engine:
         if launched is not None and not self.async_scheduling:
             updates += self._collect()
         if not self.has_unfinished():
-            self.block_manager.check_integrity()
+            self.block_manager.check_all_free()
         return updates
 
     def _collect(self) -> list[SequenceUpdate]:

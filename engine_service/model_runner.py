@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine_service import host_copy
 from engine_service.core.scheduler import SchedulerOutput
 from engine_service.cuda_graphs import DecodeGraphs
 from engine_service.layers.attention import AttentionMetadata
@@ -158,13 +159,12 @@ class ModelRunner:
             )
             logits = self.model.compute_logits(hidden)  # [B, vocab]
         else:
-            input_ids, positions, kv_caches, meta = step.to_device(block_tables, self.device, self.kv_caches)
+            input_ids, positions, meta, indices = step.to_device(block_tables, self.device)
             if fixup is not None:
                 fixup(input_ids)
-            hidden = self.model(input_ids, positions, kv_caches, meta)  # [T, hidden]
+            hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
             if not items:
                 return PendingSample.empty()
-            indices = torch.tensor(step.logits_indices, dtype=torch.int64, device=self.device)
             logits = self.model.compute_logits(hidden[indices])  # [B, vocab]
         # With tensor parallelism every rank samples: the gathered logits and the counter-based noise are
         # the same on every rank, so each holds the step's tokens on its device for the next step's
@@ -183,11 +183,10 @@ class ModelRunner:
         missing = [sid for sid in seq_ids if sid not in rows]
         if missing:
             raise RuntimeError(f"placeholders for {missing} match no token of the previous step")
-        index = torch.tensor([step.placeholder_at, [rows[sid] for sid in seq_ids]], dtype=torch.int64)
-        index = index.to(self.device, non_blocking=True)
+        at, row = host_copy.int64_parts([step.placeholder_at, [rows[sid] for sid in seq_ids]], self.device)
 
         def fix(input_ids: torch.Tensor) -> None:
-            input_ids[index[0]] = tokens[index[1]]
+            input_ids[at] = tokens[row]
 
         return fix
 
@@ -228,17 +227,20 @@ class _HostStep:
                 step.logits_indices.append(step.query_start[-1] - 1)
         return step
 
-    def to_device(self, block_tables: list[list[int]], dev: torch.device, kv_caches: list):
-        width = max(len(t) for t in block_tables)
-        padded = [t + [0] * (width - len(t)) for t in block_tables]
+    def to_device(self, block_tables: list[list[int]], dev: torch.device):
+        """(input ids, positions, attention metadata, logits indices) on `dev`, in one copy that does not
+        wait for the device (see host_copy)."""
+        table = host_copy.block_table_array(block_tables)
+        parts = [self.input_ids, self.positions, self.slots, self.query_start, self.seq_lens]
+        input_ids, positions, slots, query_start, seq_lens, indices, flat_table = host_copy.int64_parts(
+            [*parts, self.logits_indices, table.reshape(-1)], dev
+        )
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(self.slots, dtype=torch.int64, device=dev),
-            query_start_loc=torch.tensor(self.query_start, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(self.seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(padded, dtype=torch.int32, device=dev),
+            slot_mapping=slots,
+            query_start_loc=query_start.to(torch.int32),
+            seq_lens=seq_lens.to(torch.int32),
+            block_tables=flat_table.view(table.shape).to(torch.int32),
             max_query_len=self.max_query_len,
             max_seq_len=max(self.seq_lens),
         )
-        input_ids = torch.tensor(self.input_ids, dtype=torch.int64, device=dev)
-        positions = torch.tensor(self.positions, dtype=torch.int64, device=dev)
-        return input_ids, positions, kv_caches, meta
+        return input_ids, positions, meta, indices

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine_service import host_copy
 from engine_service.ops import dispatch
 from engine_service.outputs import TokenLogprobs
 from engine_service.request import Sequence
@@ -62,10 +63,9 @@ class Sampler:
         if any(_needs_processing(s, t, n) for s, t, n in zip(seqs, temperatures, positions, strict=True)):
             logits = self._process(logits.to(torch.float32, copy=True), seqs, positions)  # a copy, always
             self._exclude_filtered(logits, seqs, temperatures)
-        counters = torch.tensor([[self._seed(s) for s in seqs], positions])
-        counters = counters.to(self.device, non_blocking=True)  # [2, B]: seeds, positions
-        temperature = torch.tensor(temperatures, dtype=torch.float32).to(self.device, non_blocking=True)
-        tokens = dispatch.sample_tokens(logits, temperature, counters[0], counters[1])  # [B]
+        seeds, counters = host_copy.int64_parts([[self._seed(s) for s in seqs], positions], self.device)
+        temperature = host_copy.float32(temperatures, self.device)
+        tokens = dispatch.sample_tokens(logits, temperature, seeds, counters)  # [B]
         return PendingSample(tokens, raw_logprobs, [s.params.logprobs for s in seqs])
 
     def _seed(self, seq: Sequence) -> int:

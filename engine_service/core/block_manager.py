@@ -138,6 +138,12 @@ class BlockManager:
             self.blocks[block_id].key = None
         self._cached.clear()
 
+    def check_all_free(self) -> None:
+        """With no sequence left, every block is free or cached. O(1): what the engine checks each time it
+        runs dry (check_integrity walks every block, which takes a large cache tenths of a second)."""
+        assert not self._tables, f"{len(self._tables)} sequences still hold blocks"
+        assert len(self._lru) == self.num_blocks, f"{self.num_blocks - len(self._lru)} blocks still in use"
+
     def check_integrity(self) -> None:
         """free + cached + in use == total, and every index agrees with the blocks' own state."""
         refs = [0] * self.num_blocks

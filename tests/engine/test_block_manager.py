@@ -35,6 +35,16 @@ def test_allocate_and_free_exact_ids():
     bm.check_integrity()
 
 
+def test_check_all_free_fails_while_a_sequence_holds_blocks():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = seq("a", list(range(10)))
+    admit(bm, a)
+    with pytest.raises(AssertionError, match="still hold blocks"):
+        bm.check_all_free()
+    bm.free(a)
+    bm.check_all_free()  # cached full blocks count as free
+
+
 def test_prefix_hit_shares_full_blocks_and_recomputes_last_token():
     bm = BlockManager(num_blocks=8, block_size=4)
     a = seq("a", list(range(12)))  # exactly 3 full blocks
