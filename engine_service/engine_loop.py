@@ -19,6 +19,7 @@ clients never takes the GIL from the GPU loop.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import queue
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import NamedTuple
 
+from engine_service import updates_codec
 from engine_service.config import EngineConfig
 from engine_service.engine import Engine, EngineStats, ModelInfo
 from engine_service.outputs import SequenceUpdate
@@ -53,6 +55,7 @@ class AbortRequest:
 
 
 STOP = "stop"  # the command that ends the loop
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
 IDLE_CHECK_S = 1.0  # how often an idle loop checks that the engine can still run
 
 
@@ -77,8 +80,8 @@ def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) 
     engine.started = []
     while True:
         idle = not engine.has_unfinished()
-        if idle and changed:  # nothing left: every block must be free or cached (cheap while idle)
-            engine.block_manager.check_integrity()
+        if idle and changed:  # nothing left (the last request may have been aborted): no block in use
+            engine.block_manager.check_all_free()
             changed = False
         rejected = []
         commands = receive(idle)
@@ -185,6 +188,7 @@ class ProcessCore:
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
         self._commands_rx, self._commands_tx = ctx.Pipe(duplex=False)
         self._results_rx, self._results_tx = ctx.Pipe(duplex=False)
+        _widen(self._results_tx)
         self._process = ctx.Process(
             target=_process_main,
             args=(config, log_format, self._commands_rx, self._results_tx),
@@ -220,7 +224,8 @@ class ProcessCore:
                 while True:
                     kind, payload = self._results_rx.recv()
                     if kind == "step":
-                        publish(*payload)
+                        packed, stats, rejected, times = payload
+                        publish(updates_codec.unpack(packed), stats, rejected, times)
                     else:  # "exit": the loop ended (payload: None or the error's text)
                         error = RuntimeError(payload) if payload else None
                         break
@@ -264,6 +269,19 @@ class ProcessCore:
             self._process.kill()
 
 
+PIPE_BYTES = 1 << 20
+
+
+def _widen(conn: Connection) -> None:
+    """Linux pipes hold 64 KiB: a few steps of a large batch. The engine loop must never block on a send
+    because the front is busy for a moment (it would stall the GPU), so the results pipe gets 1 MiB where
+    the system allows it (fs.pipe-max-size)."""
+    try:
+        fcntl.fcntl(conn.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        log.debug("could not widen the results pipe; it keeps the system's default size")
+
+
 def _process_main(config: EngineConfig, log_format: str, commands: Connection, results: Connection) -> None:
     from pagoda.telemetry.logging import setup_logging
 
@@ -286,7 +304,7 @@ def _process_main(config: EngineConfig, log_format: str, commands: Connection, r
         return out
 
     def publish(updates, stats, rejected, times) -> None:
-        results.send(("step", (updates, stats, rejected, times)))
+        results.send(("step", (updates_codec.pack(updates), stats, rejected, times)))
 
     try:
         run_loop(engine, receive, publish)

@@ -86,6 +86,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, throughput.BenchCon
     p.add_argument("--channels", type=int, default=8, help="client connections the streams are spread over")
     p.add_argument("--stream-interval", type=int, default=1, help="the engine's --stream-interval")
     p.add_argument("--no-offline", action="store_true", help="skip the offline run (no ratio)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of (gRPC runs, offline run), each round recorded with its own ratio: adjacent runs "
+        "see the same state of a shared machine",
+    )
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for the server to be SERVING")
     p.add_argument("--metrics-port", type=int, default=0, help="the engine's metrics port (0: metrics off)")
     p.add_argument(
@@ -93,8 +100,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, throughput.BenchCon
     )
     p.add_argument("--otlp-endpoint", default=None, help="the engine exports traces here (default: off)")
     args, rest = p.parse_known_args(argv)
-    if args.concurrency < 1 or args.channels < 1:
-        p.error("--concurrency and --channels must be at least 1")
+    if args.concurrency < 1 or args.channels < 1 or args.repeat < 1:
+        p.error("--concurrency, --channels and --repeat must be at least 1")
     args.engine_core = list(dict.fromkeys(args.engine_core or ["process"]))
     if not any(a.startswith("--decode-batch-sizes") for a in rest):
         rest += ["--decode-batch-sizes", ""]  # the offline run's decode-step probe is not what we compare
@@ -154,6 +161,8 @@ def server_command(
         cmd.append("--no-prefix-caching")
     if config.enforce_eager:
         cmd.append("--enforce-eager")
+    if config.disable_custom_all_reduce:
+        cmd.append("--disable-custom-all-reduce")
     if otlp_endpoint:
         cmd += ["--otlp-endpoint", otlp_endpoint]
     return cmd
@@ -486,6 +495,16 @@ def main(argv: list[str] | None = None) -> int:
     vocab_size = model_config["vocab_size"]
     shapes.write_model_dir(config.shape, config.model_dir)
     requests = workloads.build(config.workload, vocab_size)
+    failed = False
+    for round_ in range(1, args.repeat + 1):
+        if args.repeat > 1:
+            print(f"[bench] round {round_} of {args.repeat}", file=sys.stderr, flush=True)
+        failed |= run_round(args, config, requests, vocab_size)
+    return 1 if failed else 0
+
+
+def run_round(args: argparse.Namespace, config: throughput.BenchConfig, requests, vocab_size: int) -> bool:
+    """Every --engine-core through gRPC, then the offline run; one record per core. True if any failed."""
     results = {}
     for core in args.engine_core:
         print(
@@ -520,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{grpc_res.get('tokens_per_message')} tok/msg; incomplete {grpc_res.get('num_incomplete')}; "
             f"errors {grpc_res.get('num_errors', grpc_res.get('error'))}"
         )
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":
