@@ -16,6 +16,11 @@
 #   8b         llama-8b, fixed 1000 x 512 / 256                          (+ PEERS)
 #   hf         llama-1b, fixed, with the transformers peers (static generate + continuous batching) on
 #              HF_PROMPTS prompts
+#   grpc       llama-1b, fixed, through the engine gRPC service at 256 streams and offline, GRPC_REPEAT
+#              rounds (issue 4's ratio; run `extras` first for grpc_health)
+#   tp-tests   the tensor-parallel GPU tests (tests/parallel -m gpu; two GPUs)
+#   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
+#   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2, TP=2 with NCCL only; batch-1 step (two GPUs)
 #
 # Environment: COMMIT (recorded in results; the device copy has no .git), PEERS ("vllm", "vllm hf" or ""
 # for Pagoda alone; default vllm), NUM_PROMPTS (1000), QUICK_PROMPTS (200), HF_PROMPTS (256),
@@ -68,6 +73,19 @@ stage() {
     qwen) bench --shape qwen-0.5b --num-prompts "$NUM_PROMPTS" ;;
     8b) bench --shape llama-8b --num-prompts "$NUM_PROMPTS" ;;
     hf) PEERS=hf bench --shape llama-1b --num-prompts "$NUM_PROMPTS" --hf-num-prompts "${HF_PROMPTS:-256}" ;;
+    grpc)
+      python3 -m pagoda.cli bench grpc --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
+        --repeat "${GRPC_REPEAT:-2}" --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-} ;;
+    tp-tests)
+      timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
+        2>&1 | tee "$OUT/tp-tests.log" ;;
+    allreduce) python3 benchmarks/all_reduce.py --results-dir "$RES" ;;
+    tp8b)
+      local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)
+      PEERS="" bench "${tp[@]}"; local rc=$?
+      PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 || rc=$?
+      PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 --disable-custom-all-reduce || rc=$?
+      return $rc ;;
     *) echo "unknown stage $1 (see the top of $0)"; return 2 ;;
   esac
 }

@@ -129,5 +129,6 @@ def make_executor(
         load_format=config.load_format,
         seed=config.seed,
         tp_size=config.tensor_parallel_size,
+        custom_all_reduce=not config.disable_custom_all_reduce,
     )
     return MultiProcExecutor(spec, model_config)

@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument(
+        "--disable-custom-all-reduce",
+        action="store_true",
+        help="tensor parallelism: NCCL for every all-reduce (default: one-shot over symmetric memory for "
+        "small ones)",
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's context length")
     p.add_argument("--max-num-seqs", type=int, default=512, help="most sequences in one batch")
     p.add_argument("--max-num-batched-tokens", type=int, default=8192, help="token budget of one step")
@@ -124,6 +130,7 @@ def build_config(args: argparse.Namespace):
         seed=args.seed,
         enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size,
+        disable_custom_all_reduce=args.disable_custom_all_reduce,
     )
     return EngineServiceConfig(
         engine=engine,

@@ -6,6 +6,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from engine_service.parallel.all_reduce import all_reduce
+
 
 class VocabParallelEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int, tp_rank: int = 0, tp_size: int = 1):
@@ -27,8 +29,7 @@ class VocabParallelEmbedding(nn.Module):
         local = input_ids - self.start
         mask = (local >= 0) & (local < self.per_rank)
         out = nn.functional.embedding(local.clamp(0, self.per_rank - 1), self.weight) * mask[:, None]
-        dist.all_reduce(out)
-        return out
+        return all_reduce(out)
 
 
 class ParallelLMHead(VocabParallelEmbedding):

@@ -11,8 +11,9 @@ When there are fewer KV heads than ranks, each KV head is replicated on tp_size 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from engine_service.parallel.all_reduce import all_reduce
 
 
 def divide(numerator: int, denominator: int) -> int:
@@ -113,7 +114,7 @@ class RowParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = nn.functional.linear(x, self.weight)
         if self.tp_size > 1:
-            dist.all_reduce(out)
+            out = all_reduce(out)
         if self.bias is not None:
             out = out + self.bias
         return out

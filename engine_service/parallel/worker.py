@@ -37,6 +37,7 @@ import torch.distributed as dist
 
 from engine_service.model_config import ModelConfig
 from engine_service.model_runner import DTYPES, ModelRunner
+from engine_service.parallel import all_reduce
 from engine_service.parallel.distributed import init_distributed
 from engine_service.parallel.step_message import SequenceMirror, StepMessage
 from engine_service.sampler import PendingSample
@@ -58,6 +59,7 @@ class WorkerSpec:
     seed: int
     tp_size: int
     store_port: int = 0  # the driver's TCPStore, where the ranks meet
+    custom_all_reduce: bool = True  # small all-reduces over symmetric memory (CUDA; see all_reduce.py)
     collective_timeout_s: float = 300.0
 
 
@@ -69,6 +71,8 @@ class Worker:
         else:
             device = torch.device("cpu")
         init_distributed(rank, spec.tp_size, spec.store_port, device, spec.collective_timeout_s)
+        if spec.custom_all_reduce:
+            all_reduce.install(device, DTYPES[spec.dtype])
         self.rank = rank
         self.runner = ModelRunner(
             ModelConfig.from_dir(spec.model_path),

@@ -63,6 +63,7 @@ class BenchConfig:
     peer_max_num_seqs: int | None  # given explicitly: peers use it too; else each peer keeps its default
     peer_max_num_batched_tokens: int | None
     tensor_parallel_size: int
+    disable_custom_all_reduce: bool
     gpu_memory_utilization: float
     temperature: float
     enforce_eager: bool
@@ -132,6 +133,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="default 16384 (as vLLM's offline LLM); peers keep their own",
     )
     p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument(
+        "--disable-custom-all-reduce", action="store_true", help="Pagoda's TP all-reduces all through NCCL"
+    )
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--enforce-eager", action="store_true", help="Pagoda without CUDA graphs")
@@ -211,6 +215,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         peer_max_num_seqs=args.max_num_seqs,
         peer_max_num_batched_tokens=args.max_num_batched_tokens,
         tensor_parallel_size=args.tensor_parallel_size,
+        disable_custom_all_reduce=args.disable_custom_all_reduce,
         gpu_memory_utilization=args.gpu_memory_utilization,
         temperature=args.temperature,
         enforce_eager=args.enforce_eager,
@@ -233,7 +238,10 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
 def run_pagoda(config: BenchConfig, requests: list[workloads.Request], vocab_size: int) -> dict[str, Any]:
     from engine_service import LLM, SamplingParams
 
-    extra = {"tensor_parallel_size": config.tensor_parallel_size} if config.tensor_parallel_size > 1 else {}
+    extra = {}
+    if config.tensor_parallel_size > 1:
+        extra["tensor_parallel_size"] = config.tensor_parallel_size
+        extra["disable_custom_all_reduce"] = config.disable_custom_all_reduce
     started = time.perf_counter()
     llm = LLM(
         model=config.model_dir,

@@ -1,0 +1,151 @@
+"""The tensor-parallel all-reduce on this machine's GPUs: NCCL against the one-shot over symmetric memory.
+
+    python benchmarks/all_reduce.py [--world-size 2] [--dtype bfloat16] [--results-dir benchmarks]
+
+One process per GPU. For each size (a decode batch's hidden states: rows x 4096 values), both paths of
+engine_service.parallel.all_reduce are checked against the exact sum (eagerly and replayed from a CUDA
+graph) and timed as the engine runs them: 64 all-reduces captured in one CUDA graph (one decode step of a
+32-layer model), replayed; per-call microseconds = replay time / 64. Prints one JSON object; with
+--results-dir, appends it to results.jsonl there. Exits 1 if any sum was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine_service.parallel import all_reduce  # noqa: E402
+from engine_service.parallel.distributed import NCCL_DEFAULTS  # noqa: E402
+
+HIDDEN = 4096
+CALLS_PER_GRAPH = 64
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_input(rank: int, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Small integers: their bf16 sums are exact, so any wrong element shows."""
+    g = torch.Generator(device="cpu").manual_seed(1000 + rank)
+    return torch.randint(-8, 9, (numel,), generator=g).to(dtype).to(device)
+
+
+def time_graph(fn, x: torch.Tensor, replays: int = 20) -> float:
+    """Microseconds per call of fn(x), CALLS_PER_GRAPH calls captured in one graph."""
+    for _ in range(3):
+        fn(x)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(CALLS_PER_GRAPH):
+            fn(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(replays):
+        graph.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / replays / CALLS_PER_GRAPH * 1e6
+
+
+def nccl(x: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(x)
+    return x
+
+
+def worker(rank: int, args, port: int, queue) -> None:
+    torch.cuda.set_device(rank)
+    device = torch.device("cuda", rank)
+    dist.init_process_group(
+        "nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.world_size, device_id=device
+    )
+    dtype = getattr(torch, args.dtype)
+    rows_list = [int(r) for r in args.rows.split(",")]
+    max_bytes = max(rows_list) * HIDDEN * dtype.itemsize
+    installed = all_reduce.install(device, dtype, max_bytes)
+    one_shot = all_reduce._one_shot
+    rows_out, wrong = [], []
+    for rows in rows_list:
+        numel = rows * HIDDEN
+        expected = sum(rank_input(r, numel, torch.float32, device) for r in range(args.world_size)).to(dtype)
+        x = rank_input(rank, numel, dtype, device)
+        row = {"rows": rows, "bytes": numel * dtype.itemsize}
+        paths = {"nccl": lambda t: nccl(t.clone())}
+        if installed:
+            paths["one_shot"] = one_shot
+        for name, fn in paths.items():
+            if not torch.equal(fn(x), expected):
+                wrong.append(f"{name} eager, {rows} rows")
+            out = torch.empty_like(x)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out.copy_(fn(x))
+            graph.replay()
+            if not torch.equal(out, expected):
+                wrong.append(f"{name} in a CUDA graph, {rows} rows")
+        row["nccl_us"] = round(time_graph(nccl, x.clone()), 2)
+        if installed:
+            row["one_shot_us"] = round(time_graph(one_shot, x), 2)
+        rows_out.append(row)
+    # Past the symmetric buffer, all_reduce() hands the tensor to NCCL: still the exact sum.
+    numel = max(rows_list) * HIDDEN + HIDDEN
+    expected = sum(rank_input(r, numel, torch.float32, device) for r in range(args.world_size)).to(dtype)
+    if not torch.equal(all_reduce.all_reduce(rank_input(rank, numel, dtype, device)), expected):
+        wrong.append("all_reduce() past the one-shot buffer")
+    dist.barrier()
+    if rank == 0:
+        queue.put({"installed": installed, "rows": rows_out, "wrong": wrong})
+    dist.destroy_process_group()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--world-size", type=int, default=2)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--rows", default="1,8,32,64,128,256,512", help="decode batch sizes (rows of 4096)")
+    p.add_argument("--results-dir", default="", help="append the record to results.jsonl here")
+    args = p.parse_args()
+    if torch.cuda.device_count() < args.world_size:
+        print(f"needs {args.world_size} GPUs, sees {torch.cuda.device_count()}", file=sys.stderr)
+        return 2
+    for k, v in NCCL_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.spawn(worker, args=(args, free_port(), queue), nprocs=args.world_size, join=True)
+    result = queue.get()
+    record = {
+        "bench": "all_reduce",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "card": torch.cuda.get_device_name(0),
+        "world_size": args.world_size,
+        "dtype": args.dtype,
+        "calls_per_graph": CALLS_PER_GRAPH,
+        **result,
+    }
+    print(json.dumps(record))
+    if args.results_dir:
+        with open(Path(args.results_dir) / "results.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+    return 1 if result["wrong"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
