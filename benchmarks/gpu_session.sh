@@ -18,6 +18,7 @@
 #              HF_PROMPTS prompts
 #   grpc       llama-1b, fixed, through the engine gRPC service at 256 streams and offline, GRPC_REPEAT
 #              rounds (issue 4's ratio; run `extras` first for grpc_health)
+#   fullstack  llama-1b, fixed, through router + engine at 256 streams, then offline (issue 5's ratio)
 #   tp-tests   the tensor-parallel GPU tests (tests/parallel -m gpu; two GPUs)
 #   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
 #   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2, TP=2 with NCCL only; batch-1 step (two GPUs)
@@ -76,6 +77,9 @@ stage() {
     grpc)
       python3 -m pagoda.cli bench grpc --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
         --repeat "${GRPC_REPEAT:-2}" --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-} ;;
+    fullstack)
+      python3 benchmarks/router_full_stack.py --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
+        --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-} ;;
     tp-tests)
       timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
         2>&1 | tee "$OUT/tp-tests.log" ;;

@@ -127,3 +127,27 @@ class DecodeGraphs:
         graph, out = self.graphs[bs]
         graph.replay()
         return out[:B]
+
+    @torch.inference_mode()
+    def time_replay(self, batch_size: int, context_len: int, replays: int) -> float:
+        """Milliseconds per replay of the graph for `batch_size`, replayed back to back: the device's own
+        decode step, without the host loop around it. Each row attends to `context_len` positions of the
+        cache (whatever they hold) and writes nothing (slot -1). Overwrites the graph inputs."""
+        bs = self.sizes[bisect.bisect_left(self.sizes, batch_size)]
+        blocks = min(self.max_blocks, self.kv_caches[0][0].shape[0])
+        context_len = min(context_len, blocks * self.kv_caches[0][0].shape[1])
+        self.input_ids.zero_()
+        self.positions.fill_(context_len - 1)
+        self.slot_mapping.fill_(-1)
+        self.seq_lens[:bs] = context_len
+        self.block_tables[:bs, :blocks] = torch.arange(blocks, dtype=torch.int32, device=self._device.device)
+        graph, _ = self.graphs[bs]
+        for _ in range(3):
+            graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / replays

@@ -62,6 +62,11 @@ class Executor(ABC):
     def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
         """One forward pass over the scheduled tokens; a token for each sequence that caught up."""
 
+    def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
+        """A benchmark's probe: ms per replay of the decode CUDA graph (every rank in step), None without
+        graphs. Only between steps: it overwrites the graphs' inputs."""
+        return None
+
     @abstractmethod
     def forget(self, seq_ids: Iterable[str]) -> None:
         """These sequences finished or were aborted: drop what the executor keeps per sequence."""
@@ -101,6 +106,9 @@ class UniProcExecutor(Executor):
 
     def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
         return self.runner.execute(out, block_tables)
+
+    def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
+        return self.runner.time_decode_graph(batch_size, context_len, replays)
 
     def forget(self, seq_ids: Iterable[str]) -> None:
         pass  # nothing per sequence here: a sequence's sampling seed lives on the Sequence

@@ -139,6 +139,12 @@ class ModelRunner:
         )
         self.graphs.capture()
 
+    def time_decode_graph(self, batch_size: int, context_len: int, replays: int) -> float | None:
+        """The decode graph's own time (ms per replay, see DecodeGraphs.time_replay); None without graphs."""
+        if self.graphs is None or batch_size > self.graphs.max_batch_size:
+            return None
+        return self.graphs.time_replay(batch_size, context_len, replays)
+
     def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
         """Run the scheduled tokens and wait for the sampled ones."""
         return self.launch(out, block_tables).result()

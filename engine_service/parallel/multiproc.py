@@ -126,6 +126,10 @@ class MultiProcExecutor(Executor):
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         self._call("capture_cuda_graphs", max_num_seqs, max_model_len)
 
+    def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
+        times = self._call("time_decode_graph", batch_size, context_len, replays)
+        return None if None in times else max(times)
+
     def launch(self, out: SchedulerOutput, block_tables: list[list[int]]) -> RankZeroAnswer:
         self._broadcast(("step", self._encoder.encode(out, block_tables)))
         self._num_unanswered += 1
