@@ -17,11 +17,11 @@
 #   hf         llama-1b, fixed, with the transformers peers (static generate + continuous batching) on
 #              HF_PROMPTS prompts
 #   grpc       llama-1b, fixed, through the engine gRPC service at 256 streams and offline, GRPC_REPEAT
-#              rounds (issue 4's ratio; run `extras` first for grpc_health)
+#              rounds (issue 4's ratio; run `extras` first for grpc_health); then offline at 256 sequences
 #   fullstack  llama-1b, fixed, through router + engine at 256 streams, then offline (issue 5's ratio)
 #   tp-tests   the tensor-parallel GPU tests (tests/parallel -m gpu; two GPUs)
 #   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
-#   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2, TP=2 with NCCL only; batch-1 step (two GPUs)
+#   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2, TP=2 with the one-shot all-reduce; batch-1 step (two GPUs)
 #
 # Environment: COMMIT (recorded in results; the device copy has no .git), PEERS ("vllm", "vllm hf" or ""
 # for Pagoda alone; default vllm), NUM_PROMPTS (1000), QUICK_PROMPTS (200), HF_PROMPTS (256),
@@ -76,7 +76,10 @@ stage() {
     hf) PEERS=hf bench --shape llama-1b --num-prompts "$NUM_PROMPTS" --hf-num-prompts "${HF_PROMPTS:-256}" ;;
     grpc)
       python3 -m pagoda.cli bench grpc --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
-        --repeat "${GRPC_REPEAT:-2}" --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-} ;;
+        --repeat "${GRPC_REPEAT:-2}" --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-}; local rc=$?
+      # offline at the streams' concurrency too: the same batch limit as the service had
+      PEERS="" bench --shape llama-1b --num-prompts "$NUM_PROMPTS" --max-num-seqs 256 --decode-batch-sizes= \
+        && return $rc ;;
     fullstack)
       python3 benchmarks/router_full_stack.py --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
         --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-} ;;
@@ -88,7 +91,7 @@ stage() {
       local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)
       PEERS="" bench "${tp[@]}"; local rc=$?
       PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 || rc=$?
-      PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 --disable-custom-all-reduce || rc=$?
+      PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 --custom-all-reduce || rc=$?
       return $rc ;;
     *) echo "unknown stage $1 (see the top of $0)"; return 2 ;;
   esac

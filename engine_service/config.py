@@ -25,8 +25,9 @@ class EngineConfig:
     # Schedule step n+1 while step n runs on the device (None: on for a single-process CUDA engine).
     async_scheduling: bool | None = None
     tensor_parallel_size: int = 1
-    # Tensor parallelism on GPUs: small all-reduces in one kernel over symmetric memory, NCCL for the rest.
-    disable_custom_all_reduce: bool = False
+    # Tensor parallelism on GPUs: small all-reduces in one kernel over symmetric memory (NCCL for the rest)
+    # instead of NCCL for all. Off by default: measured slower end to end (RESULTS.md, tensor parallelism).
+    custom_all_reduce: bool = False
     max_logprobs: int = 20
 
     def __post_init__(self) -> None:

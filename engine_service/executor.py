@@ -137,6 +137,6 @@ def make_executor(
         load_format=config.load_format,
         seed=config.seed,
         tp_size=config.tensor_parallel_size,
-        custom_all_reduce=not config.disable_custom_all_reduce,
+        custom_all_reduce=config.custom_all_reduce,
     )
     return MultiProcExecutor(spec, model_config)

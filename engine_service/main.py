@@ -38,10 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument(
-        "--disable-custom-all-reduce",
+        "--custom-all-reduce",
         action="store_true",
-        help="tensor parallelism: NCCL for every all-reduce (default: one-shot over symmetric memory for "
-        "small ones)",
+        help="tensor parallelism: small all-reduces one-shot over symmetric memory (default: all NCCL)",
     )
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's context length")
     p.add_argument("--max-num-seqs", type=int, default=512, help="most sequences in one batch")
@@ -130,7 +129,7 @@ def build_config(args: argparse.Namespace):
         seed=args.seed,
         enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size,
-        disable_custom_all_reduce=args.disable_custom_all_reduce,
+        custom_all_reduce=args.custom_all_reduce,
     )
     return EngineServiceConfig(
         engine=engine,

@@ -59,7 +59,7 @@ class WorkerSpec:
     seed: int
     tp_size: int
     store_port: int = 0  # the driver's TCPStore, where the ranks meet
-    custom_all_reduce: bool = True  # small all-reduces over symmetric memory (CUDA; see all_reduce.py)
+    custom_all_reduce: bool = False  # small all-reduces over symmetric memory (CUDA; see all_reduce.py)
     collective_timeout_s: float = 300.0
 
 

@@ -161,8 +161,8 @@ def server_command(
         cmd.append("--no-prefix-caching")
     if config.enforce_eager:
         cmd.append("--enforce-eager")
-    if config.disable_custom_all_reduce:
-        cmd.append("--disable-custom-all-reduce")
+    if config.custom_all_reduce:
+        cmd.append("--custom-all-reduce")
     if otlp_endpoint:
         cmd += ["--otlp-endpoint", otlp_endpoint]
     return cmd

@@ -64,7 +64,7 @@ class BenchConfig:
     peer_max_num_seqs: int | None  # given explicitly: peers use it too; else each peer keeps its default
     peer_max_num_batched_tokens: int | None
     tensor_parallel_size: int
-    disable_custom_all_reduce: bool
+    custom_all_reduce: bool
     gpu_memory_utilization: float
     temperature: float
     enforce_eager: bool
@@ -135,7 +135,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument(
-        "--disable-custom-all-reduce", action="store_true", help="Pagoda's TP all-reduces all through NCCL"
+        "--custom-all-reduce", action="store_true", help="Pagoda TP: small all-reduces over symmetric memory"
     )
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -216,7 +216,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         peer_max_num_seqs=args.max_num_seqs,
         peer_max_num_batched_tokens=args.max_num_batched_tokens,
         tensor_parallel_size=args.tensor_parallel_size,
-        disable_custom_all_reduce=args.disable_custom_all_reduce,
+        custom_all_reduce=args.custom_all_reduce,
         gpu_memory_utilization=args.gpu_memory_utilization,
         temperature=args.temperature,
         enforce_eager=args.enforce_eager,
@@ -244,7 +244,7 @@ def run_pagoda(config: BenchConfig, requests: list[workloads.Request], vocab_siz
     extra = {}
     if config.tensor_parallel_size > 1:
         extra["tensor_parallel_size"] = config.tensor_parallel_size
-        extra["disable_custom_all_reduce"] = config.disable_custom_all_reduce
+        extra["custom_all_reduce"] = config.custom_all_reduce
     started = time.perf_counter()
     llm = LLM(
         model=config.model_dir,
