@@ -55,6 +55,14 @@ def test_float32_tp2_equals_tp1(tp_models, name, eager):
             assert abs(la.logprob - lb.logprob) < 1e-3
 
 
+def test_custom_all_reduce_gives_the_nccl_tokens(tp_models):
+    """The one-shot all-reduce over symmetric memory (--custom-all-reduce) inside the decode graphs."""
+    ps = prompts(4)
+    nccl = run(tp_models["llama"], ps, dtype="float32", tensor_parallel_size=2)
+    one_shot = run(tp_models["llama"], ps, dtype="float32", tensor_parallel_size=2, custom_all_reduce=True)
+    assert token_ids(one_shot) == token_ids(nccl)
+
+
 def test_async_scheduling_gives_the_synchronous_tokens(tp_models):
     """Rank 0 holds each step's answer until the next step is launched: the tokens do not change."""
     ps = prompts(3)
