@@ -138,6 +138,17 @@ def _peer_cell(peer: dict[str, Any] | None) -> str:
     return _fmt(peer["out_tok_s"]) + (f" ({eff:.2f})" if eff is not None else "")
 
 
+def settings_label(settings: dict[str, Any]) -> str:
+    """The settings that differ from the usual run, for the shape cell: ", TP=2, max_num_seqs 256"."""
+    parts = []
+    if settings.get("tensor_parallel_size", 1) > 1:
+        tp = f"TP={settings['tensor_parallel_size']}"
+        parts.append(tp + (" one-shot all-reduce" if settings.get("custom_all_reduce") else ""))
+    if settings.get("max_num_seqs", 512) != 512:
+        parts.append(f"max_num_seqs {settings['max_num_seqs']}")
+    return "".join(f", {p}" for p in parts)
+
+
 def markdown_row(record: dict[str, Any]) -> str:
     pagoda = record.get("pagoda") or {}
     peers = record.get("peer", {})
@@ -150,7 +161,7 @@ def markdown_row(record: dict[str, Any]) -> str:
         record["date"][:10],
         record["card"],
         record["commit"][:8],
-        record["shape"],
+        record["shape"] + settings_label(record.get("settings") or {}),
         workload_label(record["workload"], record["prefix_caching"]),
         _fmt(record.get("out_tok_s")),
         _fmt(record.get("total_tok_s")),
@@ -178,5 +189,13 @@ def append_results(record: dict[str, Any], results_dir: str | Path) -> None:
     table = results_dir / "RESULTS.md"
     if not table.exists():
         table.write_text(RESULTS_HEADER + TABLE_HEAD)
-    with open(table, "a") as f:
-        f.write(markdown_row(record) + "\n")
+    table.write_text(insert_row(table.read_text(), TABLE_HEAD.splitlines()[0], markdown_row(record)))
+
+
+def insert_row(text: str, head: str, row: str) -> str:
+    """`row` after the last row of the table whose header line is `head` (notes after it stay after)."""
+    lines = text.split("\n")
+    end = lines.index(head) + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[:end] + [row] + lines[end:])

@@ -88,3 +88,17 @@ def test_append_results_writes_header_once(tmp_path):
     table = (tmp_path / "RESULTS.md").read_text()
     assert table.count("# Throughput results") == 1 and table.count("| date |") == 1
     assert table.splitlines()[-1].startswith("| 2026-11-27 | NVIDIA H200 | 01234567 | llama-8b |")
+
+
+def test_rows_go_to_the_end_of_the_table_not_the_file(tmp_path):
+    report.append_results(_record(), tmp_path)
+    table = tmp_path / "RESULTS.md"
+    table.write_text(table.read_text() + "\n## Notes\n\nwritten by hand\n")
+    record = _record(shape="llama-8b")
+    record["settings"] = {"tensor_parallel_size": 2, "custom_all_reduce": True, "max_num_seqs": 256}
+    report.append_results(record, tmp_path)
+    lines = table.read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("| 2026") and "llama-8b" in line)
+    assert lines[row - 1].startswith("| 2026-11-27 | NVIDIA H200 | 01234567 | llama-1b |")
+    assert "| llama-8b, TP=2 one-shot all-reduce, max_num_seqs 256 |" in lines[row]
+    assert lines[-1] == "written by hand"
