@@ -8,12 +8,16 @@ Cached and free blocks sit together in one LRU queue; allocation pops from its f
 block's hash if it has one. A freed sequence returns its blocks tail first, so a prompt's tail blocks
 are evicted before its head (which more requests are likely to share).
 
-A full block is keyed by hash((parent_key, its token ids, salt)): equal keys mean equal prefixes.
-Partial blocks are never shared.
+A full block is keyed by SHA-256(parent key, its token ids, salt): equal keys mean equal prefixes.
+A cryptographic hash, because a key collision would hand one request another's cached KV: Python's
+hash() of a tuple of ints is fast but easy to collide on purpose, so a tenant could read (or poison)
+another's cached prompt. Partial blocks are never shared.
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -25,11 +29,16 @@ from engine_service.request import Sequence
 class Block:
     block_id: int
     ref_count: int = 0
-    key: int | None = None  # prefix-cache key when the block is full and registered
+    key: bytes | None = None  # prefix-cache key when the block is full and registered
 
 
-def block_key(parent: int | None, token_ids: Seq[int], salt: str | None) -> int:
-    return hash((parent, tuple(token_ids), salt))
+def block_key(parent: bytes | None, token_ids: Seq[int], salt: str | None) -> bytes:
+    """32 bytes naming the prefix that ends with this block (the salt separates tenants)."""
+    h = hashlib.sha256(parent or b"\0" * 32)
+    h.update(array("q", token_ids).tobytes())
+    if salt is not None:
+        h.update(salt.encode())
+    return h.digest()
 
 
 class BlockManager:
@@ -43,9 +52,9 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self._lru: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        self._cached: dict[int, int] = {}  # key -> block id
+        self._cached: dict[bytes, int] = {}  # key -> block id
         self._tables: dict[str, list[int]] = {}  # seq id -> block ids, in token order
-        self._keys: dict[str, list[int]] = {}  # seq id -> keys of its leading full blocks
+        self._keys: dict[str, list[bytes]] = {}  # seq id -> keys of its leading full blocks
         self.num_query_tokens = 0  # prompt tokens looked up in the prefix cache
         self.num_hit_tokens = 0  # of which were found
 
@@ -166,8 +175,8 @@ class BlockManager:
         assert free + cached == len(self._lru)
 
     # ---- internals -----------------------------------------------------------------------------
-    def _full_block_keys(self, seq: Sequence, num_blocks: int) -> list[int]:
-        keys: list[int] = []
+    def _full_block_keys(self, seq: Sequence, num_blocks: int) -> list[bytes]:
+        keys: list[bytes] = []
         parent = None
         bs = self.block_size
         for i in range(num_blocks):

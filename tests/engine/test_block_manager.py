@@ -126,3 +126,18 @@ def test_prefix_caching_off_never_hits():
 def test_rejects_empty_pool():
     with pytest.raises(ValueError, match="at least one block"):
         BlockManager(num_blocks=0, block_size=16)
+
+
+def test_block_keys_are_sha256_chained_and_salted():
+    """A cryptographic key: colliding keys on purpose would hand one tenant another's cached KV."""
+    import hashlib
+    from array import array
+
+    from engine_service.core.block_manager import block_key
+
+    first = block_key(None, [1, 2, 3, 4], None)
+    assert first == hashlib.sha256(b"\0" * 32 + array("q", [1, 2, 3, 4]).tobytes()).digest()
+    second = block_key(first, [5, 6, 7, 8], "tenant-a")
+    assert second == hashlib.sha256(first + array("q", [5, 6, 7, 8]).tobytes() + b"tenant-a").digest()
+    assert block_key(first, [5, 6, 7, 8], "tenant-b") != second
+    assert block_key(None, [5, 6, 7, 8], "tenant-a") != second  # the parent is part of the key
