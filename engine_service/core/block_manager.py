@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -80,7 +81,7 @@ class BlockManager:
             return []
         max_blocks = (seq.num_tokens - 1) // self.block_size
         hits: list[int] = []
-        for key in self._full_block_keys(seq, max_blocks):
+        for key in self._full_block_keys(seq, max_blocks):  # hashed lazily: the first miss ends the walk
             block_id = self._cached.get(key)
             if block_id is None:
                 break
@@ -114,7 +115,7 @@ class BlockManager:
                 self._take(block_id)
                 table.append(block_id)
             seq.num_computed_tokens = len(computed_blocks) * self.block_size
-            self._keys[seq.seq_id] = self._full_block_keys(seq, len(computed_blocks))
+            self._keys[seq.seq_id] = [self.blocks[b].key for b in computed_blocks]  # hits are cached blocks
         num_tokens = seq.num_computed_tokens + num_new_tokens
         while len(table) < self.blocks_for(num_tokens):
             table.append(self._pop_free())
@@ -175,14 +176,12 @@ class BlockManager:
         assert free + cached == len(self._lru)
 
     # ---- internals -----------------------------------------------------------------------------
-    def _full_block_keys(self, seq: Sequence, num_blocks: int) -> list[bytes]:
-        keys: list[bytes] = []
+    def _full_block_keys(self, seq: Sequence, num_blocks: int) -> Iterator[bytes]:
         parent = None
         bs = self.block_size
         for i in range(num_blocks):
             parent = block_key(parent, seq.token_ids_slice(i * bs, (i + 1) * bs), seq.cache_salt)
-            keys.append(parent)
-        return keys
+            yield parent
 
     def _register_full_blocks(self, seq: Sequence, num_full: int) -> None:
         keys = self._keys.setdefault(seq.seq_id, [])
