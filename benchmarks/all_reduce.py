@@ -79,8 +79,8 @@ def worker(rank: int, args, port: int, queue) -> None:
     dtype = getattr(torch, args.dtype)
     rows_list = [int(r) for r in args.rows.split(",")]
     max_bytes = max(rows_list) * HIDDEN * dtype.itemsize
-    installed = all_reduce.install(device, dtype, max_bytes)
-    one_shot = all_reduce._one_shot
+    one_shot = all_reduce.install(device, dtype, max_bytes)
+    installed = one_shot is not None
     rows_out, wrong = [], []
     for rows in rows_list:
         numel = rows * HIDDEN

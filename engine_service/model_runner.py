@@ -237,9 +237,17 @@ class _HostStep:
         """(input ids, positions, attention metadata, logits indices) on `dev`, in one copy that does not
         wait for the device (see host_copy)."""
         table = host_copy.block_table_array(block_tables)
-        parts = [self.input_ids, self.positions, self.slots, self.query_start, self.seq_lens]
         input_ids, positions, slots, query_start, seq_lens, indices, flat_table = host_copy.int64_parts(
-            [*parts, self.logits_indices, table.reshape(-1)], dev
+            [
+                self.input_ids,
+                self.positions,
+                self.slots,
+                self.query_start,
+                self.seq_lens,
+                self.logits_indices,
+                table.reshape(-1),
+            ],
+            dev,
         )
         meta = AttentionMetadata(
             slot_mapping=slots,

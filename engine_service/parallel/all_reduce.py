@@ -55,25 +55,21 @@ class SymmMemAllReduce:
 _one_shot: SymmMemAllReduce | None = None
 
 
-def install(device: torch.device, dtype: torch.dtype, max_bytes: int = DEFAULT_MAX_BYTES) -> bool:
-    """Sets up the one-shot path on this rank; every rank must call it (the buffers meet). False, with a
+def install(
+    device: torch.device, dtype: torch.dtype, max_bytes: int = DEFAULT_MAX_BYTES
+) -> SymmMemAllReduce | None:
+    """Sets up the one-shot path on this rank; every rank must call it (the buffers meet). None, with a
     warning, where symmetric memory is not available: NCCL then does every all-reduce."""
     global _one_shot
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float32) or max_bytes <= 0:
-        return False
+        return None
     try:
         _one_shot = SymmMemAllReduce(device, dtype, max_bytes)
     except (RuntimeError, ImportError, AttributeError) as e:
         log.warning("one-shot all-reduce unavailable (%s): NCCL does every all-reduce", e)
-        _one_shot = None
-        return False
+        return None
     log.info("one-shot all-reduce over symmetric memory for tensors up to %d KiB", max_bytes >> 10)
-    return True
-
-
-def uninstall() -> None:
-    global _one_shot
-    _one_shot = None
+    return _one_shot
 
 
 def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
