@@ -1,7 +1,7 @@
 """A step's SequenceUpdates in a compact form, for the pipe from the engine process to the gRPC front.
 
 Nearly every update of a step is the same shape: one new token for sample 0 of a request, no logprobs,
-not finished. Those travel as three columns (request ids, token ids, cached prompt tokens); the rest
+not finished. Those travel as columns (request ids, token ids, prompt and cached prompt tokens); the rest
 (finishes, logprobs, n > 1) travel as they are. Pickling the columns costs the engine loop about a fifth
 of pickling 256 dataclass objects, and the front a third to rebuild them: both sides of the pipe are on
 the path of every streamed token.
