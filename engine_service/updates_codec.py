@@ -2,9 +2,9 @@
 
 Nearly every update of a step is the same shape: one new token for sample 0 of a request, no logprobs,
 not finished. Those travel as columns (request ids, token ids, prompt and cached prompt tokens); the rest
-(finishes, logprobs, n > 1) travel as they are. Pickling the columns costs the engine loop about a fifth
-of pickling 256 dataclass objects, and the front a third to rebuild them: both sides of the pipe are on
-the path of every streamed token.
+(finishes, logprobs, n > 1) travel as they are. The columns pickle, and are rebuilt on the other side,
+several times faster than 256 dataclass objects: both sides of the pipe are on the path of every
+streamed token.
 """
 
 from __future__ import annotations
