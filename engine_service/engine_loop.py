@@ -116,11 +116,28 @@ def _apply(engine: Engine, command: AddRequest | AbortRequest) -> list[tuple[str
     return []
 
 
+# Prompt lengths of the warm-up's waves: a lone prefill, then prefills of several prompts of odd and
+# multiple-of-16 lengths mixed into decodes, then a lone prompt of one token.
+WARM_UP_WAVES = ((8,), (37, 64, 5), (16, 100), (1,))
+
+
 def warm_up(engine: Engine) -> None:
-    """One short request through prefill, decode and sampling, before the service says SERVING."""
+    """Steps of the shapes serving meets, before the service says SERVING: each wave of prompts joins the
+    batch while the earlier ones decode, half greedy and half with random top-k/top-p sampling. Triton
+    specializes a kernel on its integer arguments (1, multiples of 16, others), so the variants that
+    mixed steps need compile here and not inside the first requests' steps."""
     vocab = engine.model_info.vocab_size
-    prompt = [(7 * i + 11) % vocab for i in range(8)]
-    engine.add_request("warm-up", prompt, SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+    bm = engine.block_manager
+    longest = max(1, min(engine.max_model_len, bm.num_blocks * bm.block_size) - 5)  # + 4 tokens must fit
+    greedy = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    sampled = SamplingParams(max_tokens=4, temperature=1.0, top_k=50, top_p=0.9, seed=0, ignore_eos=True)
+    n = 0
+    for wave in WARM_UP_WAVES:
+        for length in wave:
+            prompt = [(7 * i + 13 * n + 11) % vocab for i in range(min(length, longest))]
+            engine.add_request(f"warm-up-{n}", prompt, greedy if n % 2 == 0 else sampled)
+            n += 1
+        engine.step()
     while engine.has_unfinished():
         engine.step()
 
