@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import router_results  # noqa: E402
 
-from pagoda.bench import grpc_throughput, shapes, throughput, workloads  # noqa: E402
+from pagoda.bench import grpc_client, grpc_throughput, shapes, throughput, workloads  # noqa: E402
 from pagoda.bench import serve as bench  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def via_router(config, args, requests: list[workloads.Request], vocab_size: int)
     )
     url = f"http://127.0.0.1:{router_port}"
     try:
-        asyncio.run(grpc_throughput.wait_serving(f"127.0.0.1:{engine.port}", args.start_timeout))
+        asyncio.run(grpc_client.wait_serving(f"127.0.0.1:{engine.port}", args.start_timeout))
         client = bench.BenchConfig(
             url=url,
             model=config.shape,
@@ -69,6 +69,7 @@ def via_router(config, args, requests: list[workloads.Request], vocab_size: int)
             temperature=config.temperature,
             ignore_eos=True,
             progress=False,
+            processes=args.client_processes,
         )
         deadline = time.monotonic() + 60
         while asyncio.run(bench.run(client, [bench.Request([1, 2, 3], None, 2)]))["completed"] != 1:
@@ -81,9 +82,10 @@ def via_router(config, args, requests: list[workloads.Request], vocab_size: int)
             for p in workloads.warmup_prompts(8, spec.input_len, vocab_size)
         ]
         asyncio.run(bench.run(client, warm))
-        return asyncio.run(
-            bench.run(client, [bench.Request(r.prompt_token_ids, None, r.max_tokens) for r in requests])
-        )
+        timed = [bench.Request(r.prompt_token_ids, None, r.max_tokens) for r in requests]
+        with grpc_client.Occupancy(f"127.0.0.1:{engine.port}") as occupancy:
+            report = asyncio.run(bench.run(client, timed))
+        return {**report, "client_processes": args.client_processes, "occupancy": occupancy.summary()}
     finally:
         router.terminate()
         router.wait(30)

@@ -30,12 +30,11 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pagoda.bench import report, shapes, throughput, workloads
+from pagoda.bench import grpc_client, report, shapes, throughput, workloads
 from pagoda.bench.peers import REPO_ROOT
 
 GRPC_BEGIN, GRPC_END = "<!-- grpc-results:begin -->", "<!-- grpc-results:end -->"
@@ -84,6 +83,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, throughput.BenchCon
         help="where the engine loop runs (repeatable; default: process)",
     )
     p.add_argument("--channels", type=int, default=8, help="client connections the streams are spread over")
+    p.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="processes the streams are dealt out over (one Python process can fall behind the engine)",
+    )
     p.add_argument("--stream-interval", type=int, default=1, help="the engine's --stream-interval")
     p.add_argument("--no-offline", action="store_true", help="skip the offline run (no ratio)")
     p.add_argument(
@@ -100,8 +105,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, throughput.BenchCon
     )
     p.add_argument("--otlp-endpoint", default=None, help="the engine exports traces here (default: off)")
     args, rest = p.parse_known_args(argv)
-    if args.concurrency < 1 or args.channels < 1 or args.repeat < 1:
-        p.error("--concurrency, --channels and --repeat must be at least 1")
+    if min(args.concurrency, args.channels, args.repeat, args.client_processes) < 1:
+        p.error("--concurrency, --channels, --client-processes and --repeat must be at least 1")
     args.engine_core = list(dict.fromkeys(args.engine_core or ["process"]))
     if not any(a.startswith("--decode-batch-sizes") for a in rest):
         rest += ["--decode-batch-sizes", ""]  # the offline run's decode-step probe is not what we compare
@@ -203,92 +208,15 @@ class EngineProcess:
 # ---- the client --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class StreamStats:
-    sent: float
-    first: float | None = None
-    last: float | None = None
-    num_tokens: int = 0
-    num_messages: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
-async def wait_serving(address: str, timeout: float) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the engine at {address} was not SERVING within {timeout:.0f} s")
-            await asyncio.sleep(0.5)
-
-
-async def drive(
-    address: str, requests: list[workloads.Request], temperature: float, concurrency: int, channels: int
-) -> tuple[float, list[StreamStats]]:
-    """Streams every request (at most `concurrency` at once); returns the wall time and per-request stats."""
-    import grpc
-
-    from pagoda.engine.v1 import engine_pb2 as pb
-    from pagoda.engine.v1 import engine_pb2_grpc
-
-    # Separate connections: one HTTP/2 connection serializes all its streams on one client I/O path.
-    chans = [
-        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(channels)
-    ]
-    stubs = [engine_pb2_grpc.EngineServiceStub(c) for c in chans]
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(i: int, r: workloads.Request) -> StreamStats:
-        req = pb.GenerateRequest(
-            request_id=f"bench-{i}",
-            prompt_token_ids=pb.TokenIds(ids=r.prompt_token_ids),
-            sampling_params=pb.SamplingParams(
-                max_tokens=r.max_tokens, temperature=temperature, ignore_eos=True
-            ),
-        )
-        async with gate:
-            s = StreamStats(sent=time.perf_counter())
-            try:
-                async for msg in stubs[i % channels].Generate(req):
-                    now = time.perf_counter()
-                    if msg.token_ids and s.first is None:
-                        s.first = now
-                    s.last = now
-                    s.num_tokens += len(msg.token_ids)
-                    s.num_messages += 1
-            except grpc.aio.AioRpcError as e:
-                s.errors.append(f"{e.code().name}: {e.details()}")
-            return s
-
-    try:
-        t0 = time.perf_counter()
-        stats = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
-        elapsed = time.perf_counter() - t0
-    finally:
-        for c in chans:
-            await c.close()
-    return elapsed, list(stats)
-
-
 def grpc_result(
     core: str,
     config: throughput.BenchConfig,
     args: argparse.Namespace,
     requests,
     elapsed: float,
-    stats: list[StreamStats],
+    stats: list[grpc_client.StreamStats],
     startup_s: float,
+    occupancy: dict[str, Any],
 ) -> dict[str, Any]:
     errors = [e for s in stats for e in s.errors]
     incomplete = sum(s.num_tokens != r.max_tokens for s, r in zip(stats, requests, strict=True))
@@ -313,6 +241,8 @@ def grpc_result(
         stream_interval=args.stream_interval,
         concurrency=args.concurrency,
         channels=args.channels,
+        client_processes=args.client_processes,
+        occupancy=occupancy,
         num_messages=num_messages,
         messages_per_s=round(num_messages / elapsed, 1),
         tokens_per_message=round(num_tokens / max(num_messages, 1), 2),
@@ -377,23 +307,28 @@ def run_grpc(
     address = f"127.0.0.1:{server.port}"
     scraper = Scraper(args.metrics_port, args.scrape_interval) if args.metrics_port else None
     try:
-        asyncio.run(wait_serving(address, args.start_timeout))
+        asyncio.run(grpc_client.wait_serving(address, args.start_timeout))
         startup_s = time.perf_counter() - t0
         spec = config.workload
         warm = [
             workloads.Request(p, min(16, spec.output_len))
             for p in workloads.warmup_prompts(8, spec.input_len, vocab_size)
         ]
-        asyncio.run(drive(address, warm, config.temperature, args.concurrency, args.channels))
+        grpc_client.drive(address, warm, config.temperature, args.concurrency, args.channels)
         cpu0 = tree_cpu_s(server.proc.pid)
-        with scraper or contextlib.nullcontext():
-            elapsed, stats = asyncio.run(
-                drive(address, requests, config.temperature, args.concurrency, args.channels)
+        with scraper or contextlib.nullcontext(), grpc_client.Occupancy(address) as occupancy:
+            elapsed, stats = grpc_client.drive(
+                address,
+                requests,
+                config.temperature,
+                args.concurrency,
+                args.channels,
+                args.client_processes,
             )
         cpu1 = tree_cpu_s(server.proc.pid)
     finally:
         status = server.stop()
-    result = grpc_result(core, config, args, requests, elapsed, stats, startup_s)
+    result = grpc_result(core, config, args, requests, elapsed, stats, startup_s, occupancy.summary())
     result["server_exit_status"] = status
     # The engine's processes (front and loop) during the timed run: the cost of the work, less sensitive
     # than the wall clock to other load on a shared machine.

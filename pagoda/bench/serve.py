@@ -16,9 +16,10 @@ import argparse
 import asyncio
 import json
 import math
+import multiprocessing
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class BenchConfig:
     api_key: str | None = None
     timeout_s: float = 600.0
     progress: bool = True
+    processes: int = 1  # client processes the requests are dealt out over
 
 
 @dataclass
@@ -198,10 +200,28 @@ async def discover_model(session: aiohttp.ClientSession, url: str) -> str:
 async def run(config: BenchConfig, requests: list[Request] | None = None) -> dict:
     """Sends the workload and returns the report (see `summarize`)."""
     requests = requests if requests is not None else build_requests(config)
+    if config.processes > 1:
+        async with _session(config) as session:
+            model = config.model or await discover_model(session, config.url)
+        outcomes, duration = await asyncio.to_thread(_run_processes, replace(config, model=model), requests)
+        return summarize(config, model, outcomes, duration)
+    outcomes, duration, model = await _send_all(config, requests, None)
+    return summarize(config, model, outcomes, duration)
+
+
+def _session(config: BenchConfig) -> aiohttp.ClientSession:
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=config.timeout_s),
+        headers=headers,
+    )
+
+
+async def _send_all(config: BenchConfig, requests: list[Request], ready) -> tuple[list[Outcome], float, str]:
+    """(outcomes in request order, seconds, model); with `ready` (a Barrier) sending starts once every
+    process of the run has passed it."""
+    async with _session(config) as session:
         model = config.model or await discover_model(session, config.url)
         gate = asyncio.Semaphore(config.max_concurrency or len(requests))
         progress = Progress(len(requests), config.progress and sys.stderr.isatty())
@@ -213,6 +233,8 @@ async def run(config: BenchConfig, requests: list[Request] | None = None) -> dic
             progress.step()
             return outcome
 
+        if ready is not None:
+            await asyncio.to_thread(ready.wait, 120)
         tasks = []
         start = time.perf_counter()
         for r in requests:
@@ -221,7 +243,52 @@ async def run(config: BenchConfig, requests: list[Request] | None = None) -> dic
                 await asyncio.sleep(rng.exponential(1.0 / config.request_rate))
         outcomes = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
-    return summarize(config, model, outcomes, duration)
+    return list(outcomes), duration, model
+
+
+def _run_processes(config: BenchConfig, requests: list[Request]) -> tuple[list[Outcome], float]:
+    """The workload dealt out over `config.processes` spawned clients (request i to process i % n), each
+    with its share of the concurrency and the request rate: one Python process parsing every streamed
+    chunk can fall behind a fast server, and then it measures itself."""
+    n = min(config.processes, len(requests))
+    ctx = multiprocessing.get_context("spawn")
+    ready, results = ctx.Barrier(n + 1), ctx.Queue()
+    workers = []
+    for k in range(n):
+        share = replace(
+            config,
+            processes=1,
+            progress=False,
+            seed=config.seed + k,
+            request_rate=config.request_rate / n,
+            max_concurrency=None
+            if config.max_concurrency is None
+            else max(1, config.max_concurrency // n + (k < config.max_concurrency % n)),
+        )
+        args = (k, share, requests[k::n], ready, results)
+        workers.append(ctx.Process(target=_worker, args=args, daemon=True))
+    for w in workers:
+        w.start()
+    try:
+        ready.wait(timeout=120)
+        t0 = time.monotonic()
+        parts = dict(results.get(timeout=config.timeout_s * len(requests)) for _ in workers)
+    finally:
+        for w in workers:
+            w.join(10)
+            if w.is_alive():
+                w.kill()
+    outcomes: list[Outcome | None] = [None] * len(requests)
+    end = t0
+    for k, (finished, part) in parts.items():
+        end = max(end, finished)
+        outcomes[k::n] = part
+    return outcomes, end - t0  # type: ignore[return-value]
+
+
+def _worker(k: int, config: BenchConfig, requests: list[Request], ready, results) -> None:
+    outcomes, _, _ = asyncio.run(_send_all(config, requests, ready))
+    results.put((k, (time.monotonic(), outcomes)))
 
 
 def summarize(config: BenchConfig, model: str, outcomes: list[Outcome], duration_s: float) -> dict:
@@ -289,6 +356,13 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     p.add_argument("--api-key", default=None)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="client processes sharing the requests, the concurrency and the rate (one Python process can "
+        "fall behind a fast server)",
+    )
     p.add_argument("--json", help="write the report to this file")
     p.add_argument("--results-dir", help="append the report to DIR/results.jsonl")
     a = p.parse_args(argv)
@@ -296,8 +370,9 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
         not 0 <= a.range_ratio < 1
         or a.num_prompts < 1
         or (a.max_concurrency is not None and a.max_concurrency < 1)
+        or a.processes < 1
     ):
-        p.error("--range-ratio must be in [0, 1); --num-prompts and --max-concurrency at least 1")
+        p.error("--range-ratio must be in [0, 1); --num-prompts, --max-concurrency, --processes at least 1")
     config = BenchConfig(
         url=a.url,
         model=a.model,
@@ -316,6 +391,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
         api_key=a.api_key,
         timeout_s=a.timeout,
         progress=a.progress,
+        processes=a.processes,
     )
     return config, a
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pagoda.bench import grpc_throughput, report
 
 
-def test_64_streams_on_cpu_complete_and_are_recorded(tmp_path):
+@pytest.mark.parametrize("client_processes", [1, 2])
+def test_64_streams_on_cpu_complete_and_are_recorded(tmp_path, client_processes):
     argv = [
         "--shape",
         "tiny",
@@ -29,13 +32,17 @@ def test_64_streams_on_cpu_complete_and_are_recorded(tmp_path):
         str(tmp_path / "tiny"),
         "--commit",
         "test",
+        "--client-processes",
+        str(client_processes),
     ]
     assert grpc_throughput.main(argv) == 0
     (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     g = record["grpc"]
     assert (record["bench"], record["engine_core"], record["concurrency"]) == ("grpc", "process", 64)
     assert (g["num_incomplete"], g["num_errors"], g["num_output_tokens"]) == (0, 0, 64 * 16)
-    assert g["server_exit_status"] == 0
+    assert g["server_exit_status"] == 0 and g["client_processes"] == client_processes
+    occupancy = g["occupancy"]  # GetServerInfo polled during the run saw the streams running
+    assert occupancy["num_polls"] > 0 and 0 < occupancy["mean_running"] <= 64
     assert record["offline_out_tok_s"] > 0 and record["ratio"] == round(
         g["out_tok_s"] / record["offline_out_tok_s"], 4
     )

@@ -39,6 +39,13 @@ async def test_completions_workload_reports_exact_counts_and_latencies(stack):
     assert all(len(r.prompt_token_ids.ids) == 8 and r.sampling_params.ignore_eos for r in sent)
 
 
+async def test_client_processes_share_the_requests(stack):
+    report = await bench.run(config(stack, processes=3))
+    assert (report["completed"], report["errors"]) == (12, 0), report["error_examples"]
+    assert report["output_tokens"] == 12 * 5 and report["config"]["processes"] == 3
+    assert len(stack.engines[0].requests) == 12  # each request went out once, from one of the processes
+
+
 async def test_random_lengths_poisson_rate_and_chat(stack):
     report = await bench.run(
         config(stack, endpoint="chat", range_ratio=0.5, request_rate=200.0, max_concurrency=None)

@@ -1,0 +1,202 @@
+"""The load generator of `pagoda bench grpc`: concurrent Generate streams, in one or several processes.
+
+    elapsed, stats = drive(address, requests, temperature, concurrency, channels, processes=4)
+
+One asyncio process parses every streamed message of every stream in Python; at tens of thousands of
+tokens a second that process can fall behind, and then a finished stream's next request goes out late and
+the engine runs with fewer requests than `concurrency`: the figure measures the client. With
+`processes > 1` the requests and the streams are dealt out over that many spawned processes (request i to
+process i % processes), which start together once all are ready. `Occupancy` polls the engine's
+GetServerInfo during the run: its mean running count shows whether the clients kept the batch full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pagoda.bench import workloads
+
+
+@dataclass
+class StreamStats:
+    sent: float  # time.monotonic(): comparable across processes
+    first: float | None = None
+    last: float | None = None
+    num_tokens: int = 0
+    num_messages: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def wait_serving(address: str, timeout: float) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the engine at {address} was not SERVING within {timeout:.0f} s")
+            await asyncio.sleep(0.5)
+
+
+def drive(
+    address: str,
+    requests: list[workloads.Request],
+    temperature: float,
+    concurrency: int,
+    channels: int,
+    processes: int = 1,
+) -> tuple[float, list[StreamStats]]:
+    """Streams every request (at most `concurrency` at once); returns the wall time and per-request stats
+    in the order of `requests`."""
+    processes = max(1, min(processes, concurrency, len(requests)))
+    if processes == 1:
+        return asyncio.run(_drive(address, requests, temperature, concurrency, channels, None))
+    ctx = multiprocessing.get_context("spawn")
+    ready, results = ctx.Barrier(processes + 1), ctx.Queue()
+    workers = [
+        ctx.Process(
+            target=_worker,
+            args=(
+                k,
+                address,
+                requests[k::processes],
+                temperature,
+                concurrency // processes + (k < concurrency % processes),
+                max(1, channels // processes),
+                ready,
+                results,
+            ),
+            daemon=True,
+        )
+        for k in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        ready.wait(timeout=120)  # every worker has its channels open: all start now
+        t0 = time.monotonic()
+        parts = dict(results.get(timeout=3600) for _ in workers)
+    finally:
+        for w in workers:
+            w.join(10)
+            if w.is_alive():
+                w.kill()
+    ordered: list[StreamStats | None] = [None] * len(requests)
+    end = t0
+    for k, (finished, stats) in parts.items():
+        end = max(end, finished)
+        ordered[k::processes] = stats
+    return end - t0, ordered  # type: ignore[return-value]
+
+
+def _worker(k, address, requests, temperature, concurrency, channels, ready, results) -> None:
+    _, stats = asyncio.run(_drive(address, requests, temperature, concurrency, channels, ready, tag=f"w{k}"))
+    results.put((k, (time.monotonic(), stats)))
+
+
+async def _drive(address, requests, temperature, concurrency, channels, ready, tag: str = "p"):
+    """One process's streams; with `ready` (a Barrier) they start once every process has its channels."""
+    import grpc
+
+    from pagoda.engine.v1 import engine_pb2 as pb
+    from pagoda.engine.v1 import engine_pb2_grpc
+
+    # Separate connections: one HTTP/2 connection serializes all its streams on one client I/O path.
+    chans = [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(channels)
+    ]
+    stubs = [engine_pb2_grpc.EngineServiceStub(c) for c in chans]
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int, r: workloads.Request) -> StreamStats:
+        req = pb.GenerateRequest(
+            request_id=f"bench-{tag}-{i}",
+            prompt_token_ids=pb.TokenIds(ids=r.prompt_token_ids),
+            sampling_params=pb.SamplingParams(
+                max_tokens=r.max_tokens, temperature=temperature, ignore_eos=True
+            ),
+        )
+        async with gate:
+            s = StreamStats(sent=time.monotonic())
+            try:
+                async for msg in stubs[i % channels].Generate(req):
+                    now = time.monotonic()
+                    if msg.token_ids and s.first is None:
+                        s.first = now
+                    s.last = now
+                    s.num_tokens += len(msg.token_ids)
+                    s.num_messages += 1
+            except grpc.aio.AioRpcError as e:
+                s.errors.append(f"{e.code().name}: {e.details()}")
+            return s
+
+    try:
+        for c in chans:
+            await c.channel_ready()
+        if ready is not None:
+            await asyncio.to_thread(ready.wait, 120)
+        t0 = time.monotonic()
+        stats = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+        elapsed = time.monotonic() - t0
+    finally:
+        for c in chans:
+            await c.close()
+    return elapsed, list(stats)
+
+
+class Occupancy:
+    """Polls the engine's GetServerInfo every `interval_s` from a thread while in a `with` block: the mean
+    number of running and waiting requests over the run."""
+
+    def __init__(self, address: str, interval_s: float = 0.05):
+        self.address, self.interval_s = address, interval_s
+        self.running: list[int] = []
+        self.waiting: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="occupancy", daemon=True)
+
+    def __enter__(self) -> Occupancy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        import grpc
+
+        from pagoda.engine.v1 import engine_pb2 as pb
+        from pagoda.engine.v1 import engine_pb2_grpc
+
+        with grpc.insecure_channel(self.address) as channel:
+            stub = engine_pb2_grpc.EngineServiceStub(channel)
+            while not self._stop.wait(self.interval_s):
+                try:
+                    info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=1)
+                except grpc.RpcError:
+                    continue
+                self.running.append(info.num_running)
+                self.waiting.append(info.num_waiting)
+
+    def summary(self) -> dict[str, float | int | None]:
+        n = len(self.running)
+        return {
+            "num_polls": n,
+            "mean_running": round(sum(self.running) / n, 1) if n else None,
+            "p50_running": sorted(self.running)[n // 2] if n else None,
+            "mean_waiting": round(sum(self.waiting) / n, 1) if n else None,
+        }
