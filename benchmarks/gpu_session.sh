@@ -19,13 +19,16 @@
 #   grpc       llama-1b, fixed, through the engine gRPC service at 256 streams and offline, GRPC_REPEAT
 #              rounds (issue 4's ratio; run `extras` first for grpc_health); then offline at 256 sequences
 #   fullstack  llama-1b, fixed, through router + engine at 256 streams, then offline (issue 5's ratio)
+#   grpc-profile  py-spy (carried in .devcarry; run `extras` first) over one gRPC run and one offline run
+#              at 256 sequences, llama-1b: raw profiles and their summaries in $OUT (not results rows)
 #   tp-tests   the tensor-parallel GPU tests (tests/parallel -m gpu; two GPUs)
 #   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
 #   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2, TP=2 with the one-shot all-reduce; batch-1 step (two GPUs)
 #
 # Environment: COMMIT (recorded in results; the device copy has no .git), PEERS ("vllm", "vllm hf" or ""
 # for Pagoda alone; default vllm), NUM_PROMPTS (1000), QUICK_PROMPTS (200), HF_PROMPTS (256),
-# TEST_TIMEOUT (300), PEER_TIMEOUT (420), BENCH_ARGS (flags appended to every bench run: they win).
+# TEST_TIMEOUT (300), PEER_TIMEOUT (420), GRPC_CLIENTS (client processes of the grpc and fullstack
+# stages, 1), BENCH_ARGS (flags appended to every bench run: they win).
 #
 # Results accumulate in /tmp/pagoda-results, seeded from benchmarks/ on the machine's first call and kept
 # while it stays warm, and are copied to $OUT after every stage: each call's $OUT/results.jsonl and
@@ -76,13 +79,27 @@ stage() {
     hf) PEERS=hf bench --shape llama-1b --num-prompts "$NUM_PROMPTS" --hf-num-prompts "${HF_PROMPTS:-256}" ;;
     grpc)
       python3 -m pagoda.cli bench grpc --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
-        --repeat "${GRPC_REPEAT:-2}" --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-}; local rc=$?
+        --repeat "${GRPC_REPEAT:-2}" --client-processes "${GRPC_CLIENTS:-1}" --results-dir "$RES" \
+        --commit "$COMMIT" ${BENCH_ARGS:-}; local rc=$?
       # offline at the streams' concurrency too: the same batch limit as the service had
       PEERS="" bench --shape llama-1b --num-prompts "$NUM_PROMPTS" --max-num-seqs 256 --decode-batch-sizes= \
         && return $rc ;;
     fullstack)
       python3 benchmarks/router_full_stack.py --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
-        --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-} ;;
+        --client-processes "${GRPC_CLIENTS:-1}" --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-} ;;
+    grpc-profile)
+      local spy=(/tmp/extra/bin/py-spy record --subprocesses --nonblocking --rate 250 --format raw)
+      "${spy[@]}" -o "$OUT/pyspy-grpc.txt" -- python3 -m pagoda.cli bench grpc --shape llama-1b \
+        --num-prompts "$NUM_PROMPTS" --concurrency 256 --no-offline --client-processes "${GRPC_CLIENTS:-1}" \
+        --results-dir /tmp/profiled --commit "$COMMIT"; local rc=$?
+      "${spy[@]}" -o "$OUT/pyspy-offline.txt" -- python3 -m pagoda.cli bench throughput --shape llama-1b \
+        --num-prompts "$NUM_PROMPTS" --max-num-seqs 256 --decode-batch-sizes= --results-dir /tmp/profiled \
+        --commit "$COMMIT" || rc=$?
+      for f in grpc offline; do
+        python3 benchmarks/pyspy_summary.py "$OUT/pyspy-$f.txt" --top 60 > "$OUT/pyspy-$f-summary.txt"
+        gzip -f "$OUT/pyspy-$f.txt"
+      done
+      return $rc ;;
     tp-tests)
       timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
         2>&1 | tee "$OUT/tp-tests.log" ;;
