@@ -126,4 +126,5 @@ def server_info_to_pb(stats: EngineStats, generation_tokens_per_s: float, draini
         draining=draining,
         num_free_blocks=stats.num_free_blocks,
         num_total_blocks=stats.num_total_blocks,
+        num_steps=stats.num_steps,
     )

@@ -53,6 +53,7 @@ class EngineStats:
     num_generation_tokens: int
     num_prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache
     num_prefix_hit_tokens: int = 0  # of which were found there
+    num_steps: int = 0  # steps launched (batches through the model) since start
 
 
 class Engine:
@@ -98,6 +99,7 @@ class Engine:
         self._requests: dict[str, list[Sequence]] = {}
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
+        self.num_steps = 0
         # Set to a list by a server that reports request timings: a sequence is appended when its first
         # token is sampled (its arrival, first-scheduled and first-token times are all set then).
         self.started: list[Sequence] | None = None
@@ -175,6 +177,7 @@ class Engine:
         if not out.is_empty:
             tables = [self.block_manager.block_table(s.seq) for s in out.scheduled]
             launched = (out, self.executor.launch(out, tables))
+            self.num_steps += 1
         if self._inflight is not None:
             updates += self._collect()
         self._inflight = launched
@@ -240,6 +243,7 @@ class Engine:
             num_generation_tokens=self.num_generation_tokens,
             num_prefix_query_tokens=bm.num_query_tokens,
             num_prefix_hit_tokens=bm.num_hit_tokens,
+            num_steps=self.num_steps,
         )
 
     # ---- internals -----------------------------------------------------------------------------

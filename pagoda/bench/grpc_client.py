@@ -159,22 +159,43 @@ async def _drive(address, requests, temperature, concurrency, channels, ready, t
 
 class Occupancy:
     """Polls the engine's GetServerInfo every `interval_s` from a thread while in a `with` block: the mean
-    number of running and waiting requests over the run."""
+    number of running and waiting requests over the run, and the engine steps it took."""
 
     def __init__(self, address: str, interval_s: float = 0.05):
         self.address, self.interval_s = address, interval_s
         self.running: list[int] = []
         self.waiting: list[int] = []
+        self.num_steps: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="occupancy", daemon=True)
 
     def __enter__(self) -> Occupancy:
+        self._steps0 = self._read_steps()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(10)
+        steps1 = self._read_steps()
+        if self._steps0 is not None and steps1 is not None:
+            self.num_steps = steps1 - self._steps0
+
+    def _read_steps(self) -> int | None:
+        import grpc
+
+        from pagoda.engine.v1 import engine_pb2 as pb
+        from pagoda.engine.v1 import engine_pb2_grpc
+
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                return (
+                    engine_pb2_grpc.EngineServiceStub(channel)
+                    .GetServerInfo(pb.GetServerInfoRequest(), timeout=5)
+                    .num_steps
+                )
+            except grpc.RpcError:
+                return None
 
     def _run(self) -> None:
         import grpc
@@ -199,4 +220,5 @@ class Occupancy:
             "mean_running": round(sum(self.running) / n, 1) if n else None,
             "p50_running": sorted(self.running)[n // 2] if n else None,
             "mean_waiting": round(sum(self.waiting) / n, 1) if n else None,
+            "num_steps": self.num_steps,
         }

@@ -286,7 +286,9 @@ def _measure_pagoda(llm, config: BenchConfig, requests, vocab_size: int, startup
 
     spec = config.workload
     generate(workloads.warmup_prompts(8, spec.input_len, vocab_size), [min(16, spec.output_len)] * 8)
+    steps0 = llm.engine.stats().num_steps
     elapsed_s, outs = generate([r.prompt_token_ids for r in requests], [r.max_tokens for r in requests])
+    num_steps = llm.engine.stats().num_steps - steps0
 
     ttft, tpot = [], []
     for o in outs:
@@ -324,6 +326,7 @@ def _measure_pagoda(llm, config: BenchConfig, requests, vocab_size: int, startup
         decode_step_ms=decode,
         num_cached_tokens=sum(o.num_cached_tokens for o in outs),
         decode_graph_ms=graph_ms,
+        num_steps=num_steps,
     )
 
 

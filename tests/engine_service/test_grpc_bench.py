@@ -43,6 +43,9 @@ def test_64_streams_on_cpu_complete_and_are_recorded(tmp_path, client_processes)
     assert g["server_exit_status"] == 0 and g["client_processes"] == client_processes
     occupancy = g["occupancy"]  # GetServerInfo polled during the run saw the streams running
     assert occupancy["num_polls"] > 0 and 0 < occupancy["mean_running"] <= 64
+    # Engine steps of the timed run, from GetServerInfo: each sampled at most 64 sequences (the streams).
+    assert g["num_output_tokens"] / 64 <= occupancy["num_steps"] <= g["num_output_tokens"] + 16
+    assert record["offline"]["num_steps"] >= g["num_output_tokens"] / 64
     assert record["offline_out_tok_s"] > 0 and record["ratio"] == round(
         g["out_tok_s"] / record["offline_out_tok_s"], 4
     )
