@@ -14,6 +14,7 @@ import bisect
 import logging
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -100,14 +101,14 @@ class DecodeGraphs:
         positions: list[int],
         slots: list[int],
         seq_lens: list[int],
-        block_tables: list[list[int]],
+        table: np.ndarray,
         fixup=None,
     ) -> torch.Tensor:  # [B, hidden]
-        """Replay the graph for B sequences; `fixup(input_ids)` may patch device-side input ids first."""
+        """Replay the graph for B sequences (`table`: their [B, width] block table); `fixup(input_ids)` may
+        patch device-side input ids first."""
         B = len(input_ids)
         bs = self.sizes[bisect.bisect_left(self.sizes, B)]
         max_bs = self.sizes[-1]
-        table = host_copy.block_table_array(block_tables)
         width, table_start = table.shape[1], 4 * max_bs
         # A fresh pinned buffer each step (see host_copy): the previous step's copy may not have run yet.
         host, staging = host_copy.pinned(table_start + B * width, torch.int64, self._device.device)

@@ -111,7 +111,7 @@ class UniProcExecutor(Executor):
         return self.runner.time_decode_graph(batch_size, context_len, replays)
 
     def forget(self, seq_ids: Iterable[str]) -> None:
-        pass  # nothing per sequence here: a sequence's sampling seed lives on the Sequence
+        self.runner.forget(seq_ids)
 
     def check_alive(self) -> None:
         pass  # nothing here can die on its own

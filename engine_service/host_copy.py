@@ -9,7 +9,6 @@ the buffer from being reused until that copy has run, so every call may take a f
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,14 +36,3 @@ def float32(values: Sequence[float], device: torch.device) -> torch.Tensor:
     host, array = pinned(len(values), torch.float32, device)
     array[:] = values
     return host.to(device, non_blocking=True)
-
-
-def block_table_array(block_tables: Sequence[Sequence[int]]) -> np.ndarray:
-    """[B, width] int64, each row a sequence's block ids padded with 0 to the longest row's width."""
-    lengths = np.fromiter(map(len, block_tables), dtype=np.int64, count=len(block_tables))
-    width = int(lengths.max())
-    table = np.zeros((len(block_tables), width), dtype=np.int64)
-    table[np.arange(width)[None, :] < lengths[:, None]] = np.fromiter(
-        itertools.chain.from_iterable(block_tables), dtype=np.int64, count=int(lengths.sum())
-    )
-    return table

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from engine_service import host_copy
+from engine_service.block_table_rows import BlockTableRows
 from engine_service.core.scheduler import SchedulerOutput
 from engine_service.cuda_graphs import DecodeGraphs
 from engine_service.layers.attention import AttentionMetadata
@@ -71,6 +73,7 @@ class ModelRunner:
         self.sampler = Sampler(device, model_config.eos_token_ids, seed)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs: DecodeGraphs | None = None
+        self.block_rows = BlockTableRows()
         self._last_sampled: tuple[torch.Tensor | None, dict[str, int]] = (None, {})
 
     # ---- KV cache ------------------------------------------------------------------------------
@@ -159,13 +162,13 @@ class ModelRunner:
         step = _HostStep.build(out, block_tables, self.block_size)
         items = [s for s in out.scheduled if s.samples]
         fixup = self._placeholder_fixup(step, out)
+        self.block_rows.forget(seq.seq_id for seq in out.preempted)
+        table = self.block_rows.gather([s.seq.seq_id for s in out.scheduled], block_tables)
         if self.graphs is not None and step.is_decode and len(items) <= self.graphs.max_batch_size:
-            hidden = self.graphs.run(
-                step.input_ids, step.positions, step.slots, step.seq_lens, block_tables, fixup
-            )
+            hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, table, fixup)
             logits = self.model.compute_logits(hidden)  # [B, vocab]
         else:
-            input_ids, positions, meta, indices = step.to_device(block_tables, self.device)
+            input_ids, positions, meta, indices = step.to_device(table, self.device)
             if fixup is not None:
                 fixup(input_ids)
             hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
@@ -179,6 +182,10 @@ class ModelRunner:
         pending = self.sampler.launch(logits, [it.seq for it in items], positions)
         self._last_sampled = (pending.tokens, {it.seq.seq_id: row for row, it in enumerate(items)})
         return pending
+
+    def forget(self, seq_ids) -> None:
+        """Sequences that finished or were aborted: their block-table rows are free."""
+        self.block_rows.forget(seq_ids)
 
     def _placeholder_fixup(self, step: _HostStep, out: SchedulerOutput):
         """A function that writes the previous launch's sampled ids over this step's placeholders, or None."""
@@ -218,25 +225,37 @@ class _HostStep:
     @classmethod
     def build(cls, out: SchedulerOutput, block_tables: list[list[int]], bs: int) -> _HostStep:
         step = cls([], [], [], [0], [], [], max(s.num_new_tokens for s in out.scheduled))
+        input_ids, positions, slots = step.input_ids, step.positions, step.slots
+        query_start, seq_lens, logits_indices = step.query_start, step.seq_lens, step.logits_indices
+        num_tokens = 0
         for i, (item, table) in enumerate(zip(out.scheduled, block_tables, strict=True)):
-            start, end = item.start, item.start + item.num_new_tokens
-            ids = item.seq.token_ids_slice(start, end)
-            if ids[-1] == PLACEHOLDER:  # only the newest token can be one (see Scheduler)
-                step.placeholder_at.append(len(step.input_ids) + len(ids) - 1)
+            seq, start, n = item.seq, item.start, item.num_new_tokens
+            end = start + n
+            if n == 1:  # a decode: the hot case, one token
+                p = seq.num_prompt_tokens
+                token = seq.output_token_ids[start - p] if start >= p else seq.prompt_token_ids[start]
+                input_ids.append(token)
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+            else:
+                ids = seq.token_ids_slice(start, end)
+                token = ids[-1]
+                input_ids += ids
+                positions += range(start, end)
+                slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
+            num_tokens += n
+            if token == PLACEHOLDER:  # only the newest token can be one (see Scheduler)
+                step.placeholder_at.append(num_tokens - 1)
                 step.placeholder_seq.append(i)
-            step.input_ids += ids
-            step.positions += range(start, end)
-            step.slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
-            step.query_start.append(step.query_start[-1] + item.num_new_tokens)
-            step.seq_lens.append(end)
+            query_start.append(num_tokens)
+            seq_lens.append(end)
             if item.samples:
-                step.logits_indices.append(step.query_start[-1] - 1)
+                logits_indices.append(num_tokens - 1)
         return step
 
-    def to_device(self, block_tables: list[list[int]], dev: torch.device):
+    def to_device(self, table: np.ndarray, dev: torch.device):
         """(input ids, positions, attention metadata, logits indices) on `dev`, in one copy that does not
-        wait for the device (see host_copy)."""
-        table = host_copy.block_table_array(block_tables)
+        wait for the device (see host_copy); `table` is the step's [B, width] block table."""
         input_ids, positions, slots, query_start, seq_lens, indices, flat_table = host_copy.int64_parts(
             [
                 self.input_ids,

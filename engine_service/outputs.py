@@ -14,7 +14,7 @@ class TokenLogprobs:
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class SequenceUpdate:
     """New tokens for one sample since the previous step, and whether it finished."""
 

@@ -27,7 +27,7 @@ from engine_service.core.block_manager import BlockManager
 from engine_service.request import PLACEHOLDER, Sequence, SequenceStatus
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledSequence:
     seq: Sequence
     num_new_tokens: int

@@ -125,8 +125,8 @@ class SequenceMirror:
             else:
                 _write_tokens(seq, start, tokens)
             table = all_tables[handle]
-            if kept < len(table):
-                del table[kept:]
+            if kept < len(table):  # rebuilt (preemption): a new list, as the block manager makes one
+                table = all_tables[handle] = table[:kept]
             if new_blocks:
                 table += new_blocks
             item = ScheduledSequence(seq, len(tokens), start)

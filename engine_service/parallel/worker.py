@@ -87,7 +87,8 @@ class Worker:
         self.mirror = SequenceMirror()
 
     def launch(self, message: StepMessage) -> Launched:
-        out, tables, _ = self.mirror.apply(message)  # the mirror drops forgotten sequences itself
+        out, tables, forgotten = self.mirror.apply(message)  # the mirror drops forgotten sequences itself
+        self.runner.forget(forgotten)
         return Launched(self.runner.launch(out, tables), self.runner.device)
 
     def call(self, name: str, args: tuple):
