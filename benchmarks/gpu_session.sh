@@ -16,8 +16,8 @@
 #   8b         llama-8b, fixed 1000 x 512 / 256                          (+ PEERS)
 #   hf         llama-1b, fixed, with the transformers peers (static generate + continuous batching) on
 #              HF_PROMPTS prompts
-#   grpc       llama-1b, fixed, through the engine gRPC service at 256 streams and offline, GRPC_REPEAT
-#              rounds (issue 4's ratio; run `extras` first for grpc_health); then offline at 256 sequences
+#   grpc       llama-1b, fixed, through the engine gRPC service at 256 streams, then offline (batch limit 512,
+#              and 256), GRPC_REPEAT rounds (issue 4's ratios; run `extras` first for grpc_health)
 #   fullstack  llama-1b, fixed, through router + engine at 256 streams, then offline (issue 5's ratio)
 #   grpc-profile  py-spy (carried in .devcarry; run `extras` first) over one gRPC run and one offline run
 #              at 256 sequences, llama-1b: raw profiles and their summaries in $OUT (not results rows)
@@ -80,10 +80,7 @@ stage() {
     grpc)
       python3 -m pagoda.cli bench grpc --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
         --repeat "${GRPC_REPEAT:-2}" --client-processes "${GRPC_CLIENTS:-1}" --results-dir "$RES" \
-        --commit "$COMMIT" ${BENCH_ARGS:-}; local rc=$?
-      # offline at the streams' concurrency too: the same batch limit as the service had
-      PEERS="" bench --shape llama-1b --num-prompts "$NUM_PROMPTS" --max-num-seqs 256 --decode-batch-sizes= \
-        && return $rc ;;
+        --commit "$COMMIT" ${BENCH_ARGS:-} ;;  # each round: offline as configured and at 256 sequences
     fullstack)
       python3 benchmarks/router_full_stack.py --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
         --client-processes "${GRPC_CLIENTS:-1}" --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-} ;;

@@ -7,9 +7,12 @@ the ones below. For each --engine-core it starts `python -m engine_service` on r
 same settings as the offline run, waits for health SERVING, sends an untimed warm-up, then streams the
 whole workload over --concurrency concurrent Generate calls (token-id prompts, EOS ignored) and stops
 the server with SIGTERM. Then, unless --no-offline, it runs the offline `LLM.generate` on the same
-workload in this process (pagoda.bench.throughput.run_pagoda). The figure of merit is the ratio of
-generated tokens per second, gRPC / offline. One JSON object per engine core goes to results.jsonl
-and one row to the gRPC table of RESULTS.md.
+workload in this process (pagoda.bench.throughput.run_pagoda), as configured and, when the configured
+batch limit (max_num_seqs, 512 by default) is above --concurrency, again with max_num_seqs at the streams'
+count: the service never has more requests to batch than there are streams, while the offline run queues
+every prompt at once. The figures of merit are the ratios of generated tokens per second, gRPC / offline
+and gRPC / offline at the same batch limit. One JSON object per engine core goes to results.jsonl and one
+row to the gRPC table of RESULTS.md.
 
 --metrics-port turns the engine's Prometheus metrics on (scraped every --scrape-interval seconds during the
 run, as Prometheus would) and --otlp-endpoint its tracing: benchmarks/observability_overhead.py compares
@@ -30,6 +33,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,8 @@ COLUMNS = [
     "gRPC out tok/s",
     "offline out tok/s",
     "ratio",
+    "offline @streams",
+    "ratio @streams",
     "TTFT p50",
     "TPOT p50",
     "msgs/s",
@@ -58,9 +64,12 @@ GRPC_TABLE = f"""{GRPC_BEGIN}
 ## Streaming through the engine gRPC service (`pagoda bench grpc`)
 
 The same workloads, sent as concurrent `Generate` streams to `python -m engine_service` on the same card;
-**ratio** = gRPC out tok/s / offline out tok/s (offline: `LLM.generate` in the same call). **core**: the
-engine loop in a thread of the gRPC process or in a process of its own. **tok/msg**: generated tokens per
-streamed message (the front batches every token a request produced since its last message).
+**ratio** = gRPC out tok/s / offline out tok/s (offline: `LLM.generate` in the same call, every prompt
+queued at once, default batch limit 512 sequences). **offline @streams**, **ratio @streams**: the offline
+run with its batch limit at the streams' count (max_num_seqs = streams), the most the service can batch.
+**core**: the engine loop in a thread of the gRPC process or in a process of its own. **tok/msg**:
+generated tokens per streamed message (the front batches every token a request produced since its last
+message).
 
 | {" | ".join(COLUMNS)} |
 |{"---|" * len(COLUMNS)}
@@ -345,15 +354,24 @@ def run_grpc(
 # ---- results -----------------------------------------------------------------------------------------------
 
 
+def _ratio(grpc: dict[str, Any], offline: dict[str, Any] | None) -> float | None:
+    if offline and "error" not in offline and "error" not in grpc:
+        return round(grpc["out_tok_s"] / offline["out_tok_s"], 4)
+    return None
+
+
 def build_record(
     config: throughput.BenchConfig,
     args: argparse.Namespace,
     grpc: dict[str, Any],
     offline: dict[str, Any] | None,
+    same_batch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    ratio = None
-    if offline and "error" not in offline and "error" not in grpc:
-        ratio = round(grpc["out_tok_s"] / offline["out_tok_s"], 4)
+    """`offline`: the offline run as configured; `same_batch`: the offline run with max_num_seqs at the
+    streams' count (None when that is the configured limit already: `offline` is then that run too)."""
+    ratio = _ratio(grpc, offline)
+    if same_batch is None and config.max_num_seqs <= args.concurrency:
+        same_batch = offline
     return {
         "bench": "grpc",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -368,8 +386,11 @@ def build_record(
         "out_tok_s": grpc.get("out_tok_s"),
         "offline_out_tok_s": offline.get("out_tok_s") if offline else None,
         "ratio": ratio,
+        "offline_same_batch_out_tok_s": same_batch.get("out_tok_s") if same_batch else None,
+        "ratio_same_batch": _ratio(grpc, same_batch),
         "grpc": grpc,
         "offline": offline,
+        "offline_same_batch": same_batch if same_batch is not offline else "offline",
     }
 
 
@@ -392,6 +413,8 @@ def markdown_row(record: dict[str, Any]) -> str:
         "error" if "error" in g else fmt(record["out_tok_s"]),
         fmt(record["offline_out_tok_s"]),
         fmt(record["ratio"], 3),
+        fmt(record.get("offline_same_batch_out_tok_s")),
+        fmt(record.get("ratio_same_batch"), 3),
         fmt((g.get("ttft_ms") or {}).get("p50"), 1),
         fmt((g.get("tpot_ms") or {}).get("p50"), 2),
         fmt(g.get("messages_per_s")),
@@ -451,16 +474,14 @@ def run_round(args: argparse.Namespace, config: throughput.BenchConfig, requests
             results[core] = run_grpc(core, config, args, requests, vocab_size)
         except Exception as e:  # recorded: the other core and the offline figure still count
             results[core] = {"error": f"{type(e).__name__}: {e}", "engine_core": core}
-    offline = None
+    offline = same_batch = None
     if not args.no_offline:
-        print(f"[bench] offline LLM.generate: {len(requests)} prompts", file=sys.stderr, flush=True)
-        try:
-            offline = throughput.run_pagoda(config, requests, vocab_size)
-        except Exception as e:
-            offline = {"error": f"{type(e).__name__}: {e}"}
+        offline = run_offline(config, requests, vocab_size)
+        if config.max_num_seqs > args.concurrency:  # the service never batches more than the streams
+            same_batch = run_offline(replace(config, max_num_seqs=args.concurrency), requests, vocab_size)
     failed = False
     for core, grpc_res in results.items():
-        record = build_record(config, args, grpc_res, offline)
+        record = build_record(config, args, grpc_res, offline, same_batch)
         if config.results_dir:
             append_results(record, config.results_dir)
         if config.out_json:
@@ -470,11 +491,24 @@ def run_round(args: argparse.Namespace, config: throughput.BenchConfig, requests
         )
         print(
             f"\ngRPC ({core}): {grpc_res.get('out_tok_s', 'error')} out tok/s; offline: "
-            f"{record['offline_out_tok_s']}; ratio {record['ratio']}; "
+            f"{record['offline_out_tok_s']}; ratio {record['ratio']}; offline at {args.concurrency} "
+            f"sequences: {record['offline_same_batch_out_tok_s']}; ratio {record['ratio_same_batch']}; "
             f"{grpc_res.get('tokens_per_message')} tok/msg; incomplete {grpc_res.get('num_incomplete')}; "
             f"errors {grpc_res.get('num_errors', grpc_res.get('error'))}"
         )
     return failed
+
+
+def run_offline(config: throughput.BenchConfig, requests, vocab_size: int) -> dict[str, Any]:
+    print(
+        f"[bench] offline LLM.generate: {len(requests)} prompts, max_num_seqs {config.max_num_seqs}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return throughput.run_pagoda(config, requests, vocab_size)
+    except Exception as e:  # recorded: the gRPC figure still counts
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ def test_64_streams_on_cpu_complete_and_are_recorded(tmp_path, client_processes)
     # Engine steps of the timed run, from GetServerInfo: each sampled at most 64 sequences (the streams).
     assert g["num_output_tokens"] / 64 <= occupancy["num_steps"] <= g["num_output_tokens"] + 16
     assert record["offline"]["num_steps"] >= g["num_output_tokens"] / 64
+    # The offline run again at the streams' batch limit (64 < the default 512), with its own ratio.
+    same = record["offline_same_batch"]
+    assert same["max_num_seqs"] == 64 and record["offline"]["max_num_seqs"] == 512
+    assert record["ratio_same_batch"] == round(g["out_tok_s"] / same["out_tok_s"], 4)
     assert record["offline_out_tok_s"] > 0 and record["ratio"] == round(
         g["out_tok_s"] / record["offline_out_tok_s"], 4
     )
