@@ -408,6 +408,7 @@ def markdown_row(record: dict[str, Any]) -> str:
         report.workload_label(record["workload"], record["prefix_caching"]),
         (record["engine_core"] or "–")
         + (f", interval {g['stream_interval']}" if g.get("stream_interval", 1) > 1 else "")
+        + (f", {g['client_processes']} clients" if g.get("client_processes", 1) > 1 else "")
         + _observability_label(g.get("observability") or {}),
         str(record["concurrency"]),
         "error" if "error" in g else fmt(record["out_tok_s"]),
