@@ -1,0 +1,147 @@
+"""Host work per engine step, with the model taken out: what bounds the step loop of a small model.
+
+    python benchmarks/host_step.py [--batch 256] [--steps 300] [--results-dir benchmarks]
+
+On a fast GPU a llama-1b decode step at batch 256 takes ~3 ms of device time, and the engine loop's own
+Python work per step is of the same size (RESULTS.md, third session): whichever is longer sets the pace.
+This measures the host side alone, on the CPU: a real Engine (scheduler, block manager, ModelRunner step
+inputs and block-table rows, sampler inputs, placeholders, updates) on the tiny shape, with the forward
+pass replaced by zeros and the draw by an argmax, async scheduling on as on a GPU. Each step also packs
+its updates and pickles them, as the gRPC engine process does for the pipe to its front.
+
+Reports microseconds per step in steady decode at --batch sequences (and per phase: schedule + launch,
+collect, pack for the pipe), and the host seconds of the whole fixed workload (1000 × 512 / 256 at
+--batch sequences, the gRPC benchmark's shape). One JSON line to results.jsonl with --results-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine_service import updates_codec  # noqa: E402
+from engine_service.config import EngineConfig  # noqa: E402
+from engine_service.engine import Engine  # noqa: E402
+from engine_service.ops import dispatch  # noqa: E402
+from engine_service.sampling_params import SamplingParams  # noqa: E402
+from pagoda.bench import shapes  # noqa: E402
+
+
+class NoModel(nn.Module):
+    """Stands in for the model: zeros of the right shapes, no work."""
+
+    def __init__(self, model: nn.Module, hidden: int, vocab: int):
+        super().__init__()
+        self.model, self.hidden, self.vocab = model.model, hidden, vocab  # the layers stay for KV sizing
+
+    def forward(self, input_ids, positions, kv_caches, meta):
+        return torch.zeros(input_ids.shape[0], self.hidden)
+
+    def compute_logits(self, hidden):
+        return torch.zeros(hidden.shape[0], self.vocab)
+
+
+def build_engine(model_dir: str, batch: int) -> Engine:
+    config = EngineConfig(
+        model=model_dir,
+        load_format="dummy",
+        device="cpu",
+        dtype="float32",
+        max_num_seqs=batch,
+        max_num_batched_tokens=16384,
+        num_kv_blocks=batch * 64 + 1024,
+        async_scheduling=True,
+        enable_prefix_caching=True,
+    )
+    engine = Engine(config)
+    runner = engine.runner
+    cfg = engine.model_config.hf_config
+    runner.model = NoModel(runner.model, cfg["hidden_size"], cfg["vocab_size"])
+    return engine
+
+
+def run_steps(engine: Engine, steps: int | None) -> dict[str, float]:
+    """Steps (all of them when `steps` is None); seconds in each phase of the loop."""
+    times = {"step": 0.0, "pack": 0.0}
+    n = 0
+    while engine.has_unfinished() and (steps is None or n < steps):
+        t0 = time.perf_counter()
+        updates = engine.step()
+        t1 = time.perf_counter()
+        pickle.dumps(("step", (updates_codec.pack(updates), engine.stats(), [], None)))
+        times["step"] += t1 - t0
+        times["pack"] += time.perf_counter() - t1
+        n += 1
+    times["num_steps"] = n
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=300, help="timed decode steps")
+    p.add_argument("--num-prompts", type=int, default=1000)
+    p.add_argument("--results-dir", default=None)
+    p.add_argument("--commit", default=None)
+    args = p.parse_args(argv)
+    # The draw: an argmax of the zero logits (the fused sampling kernel is one launch on a GPU).
+    dispatch.sample_tokens = lambda logits, temperature, seeds, counters: logits.argmax(-1)
+    vocab = shapes.shape_config("tiny")["vocab_size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        shapes.write_model_dir("tiny", tmp)
+        engine = build_engine(tmp, args.batch)
+        params = SamplingParams(max_tokens=1000, temperature=1.0, ignore_eos=True)
+        for i in range(args.batch):
+            engine.add_request(f"d{i}", [(i * 7 + j) % vocab for j in range(512)], params)
+        run_steps(engine, 40)  # prefill and a few decodes
+        decode = run_steps(engine, args.steps)
+
+        engine = build_engine(tmp, args.batch)
+        work = SamplingParams(max_tokens=256, temperature=1.0, ignore_eos=True)
+        for i in range(args.num_prompts):
+            engine.add_request(f"w{i}", [(i * 13 + j) % vocab for j in range(512)], work)
+        t0 = time.perf_counter()
+        workload = run_steps(engine, None)
+        workload_s = time.perf_counter() - t0
+    per_step = {k: round(1e6 * v / decode["num_steps"], 1) for k, v in decode.items() if k != "num_steps"}
+    record = {
+        "kind": "host_step",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "commit": args.commit or _commit(),
+        "batch": args.batch,
+        "decode_us_per_step": per_step,
+        "decode_us_per_step_total": round(sum(per_step.values()), 1),
+        "workload": f"fixed {args.num_prompts}x512/256",
+        "workload_host_s": round(workload_s, 3),
+        "workload_steps": workload["num_steps"],
+    }
+    print(json.dumps(record))
+    if args.results_dir:
+        with open(Path(args.results_dir) / "results.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+    return 0
+
+
+def _commit() -> str:
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return out.stdout.strip() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
