@@ -202,28 +202,30 @@ class Engine:
             for s in out.scheduled
             if s.start < s.seq.num_prompt_tokens
         )
-        updates = []
+        updates: list[SequenceUpdate] = []
+        append = updates.append  # the loop below runs once per sampled token: kept lean
         rows = zip(sampling, live, result.token_ids, result.logprobs, strict=True)
         for seq, is_live, token, logprobs in rows:
             if not is_live:
                 continue
-            self.num_generation_tokens += 1
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 if self.started is not None:
                     self.started.append(seq)
-            updates.append(
+            done = seq in finished
+            append(
                 SequenceUpdate(
-                    request_id=seq.request_id,
-                    index=seq.index,
-                    new_token_ids=[token],
-                    new_logprobs=None if logprobs is None else [logprobs],
-                    finish_reason=seq.finish_reason if seq in finished else None,
-                    stop_reason=seq.stop_reason if seq in finished else None,
-                    num_prompt_tokens=seq.num_prompt_tokens,
-                    num_cached_tokens=max(seq.num_cached_tokens, 0),
+                    seq.request_id,
+                    seq.index,
+                    [token],
+                    None if logprobs is None else [logprobs],
+                    seq.finish_reason if done else None,
+                    seq.stop_reason if done else None,
+                    seq.num_prompt_tokens,
+                    seq.num_cached_tokens if seq.num_cached_tokens > 0 else 0,
                 )
             )
+        self.num_generation_tokens += len(updates)
         self.executor.forget(seq.seq_id for seq in finished)
         for seq in finished:
             self._forget_finished(seq.request_id)
