@@ -6,8 +6,9 @@ On a fast GPU a llama-1b decode step at batch 256 takes ~3 ms of device time, an
 Python work per step is of the same size (RESULTS.md, third session): whichever is longer sets the pace.
 This measures the host side alone, on the CPU: a real Engine (scheduler, block manager, ModelRunner step
 inputs and block-table rows, sampler inputs, placeholders, updates) on the tiny shape, with the forward
-pass replaced by zeros and the draw by an argmax, async scheduling on as on a GPU. Each step also packs
-its updates and pickles them, as the gRPC engine process does for the pipe to its front.
+pass replaced by zeros and the draw by an argmax, async scheduling on as on a GPU. Each step also pickles
+its updates (as the engine builds them) and stats, as the gRPC engine process does for the pipe to its
+front.
 
 Reports microseconds per step in steady decode at --batch sequences (and per phase: schedule + launch,
 collect, pack for the pipe), and the host seconds of the whole fixed workload (1000 × 512 / 256 at
@@ -32,7 +33,6 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine_service import updates_codec  # noqa: E402
 from engine_service.config import EngineConfig  # noqa: E402
 from engine_service.engine import Engine  # noqa: E402
 from engine_service.ops import dispatch  # noqa: E402
@@ -79,9 +79,9 @@ def run_steps(engine: Engine, steps: int | None) -> dict[str, float]:
     n = 0
     while engine.has_unfinished() and (steps is None or n < steps):
         t0 = time.perf_counter()
-        updates = engine.step()
+        updates = engine.step_packed()  # as the engine process builds them
         t1 = time.perf_counter()
-        pickle.dumps(("step", (updates_codec.pack(updates), engine.stats(), [], None)))
+        pickle.dumps(("step", (updates, engine.stats(), [], None)))
         times["step"] += t1 - t0
         times["pack"] += time.perf_counter() - t1
         n += 1

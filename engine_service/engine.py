@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine_service import updates_codec
 from engine_service.config import EngineConfig
 from engine_service.core.block_manager import BlockManager
 from engine_service.core.scheduler import Scheduler
@@ -169,7 +170,11 @@ class Engine:
         With async scheduling the step launched here is collected by the next call, so the host
         schedules step n+1 while the device runs step n; otherwise it is collected at once.
         """
-        updates: list[SequenceUpdate] = []
+        return updates_codec.unpack(self.step_packed())
+
+    def step_packed(self) -> updates_codec.PackedUpdates:
+        """`step`, with its updates as built (see updates_codec): what the engine process sends as is."""
+        updates = None
         if self._inflight is not None and self.scheduler.num_with_penalties:
             updates = self._collect()  # penalties read the output tokens: they must all be known
         out = self.scheduler.schedule()
@@ -179,15 +184,19 @@ class Engine:
             launched = (out, self.executor.launch(out, tables))
             self.num_steps += 1
         if self._inflight is not None:
-            updates += self._collect()
+            updates = self._merge(updates, self._collect())
         self._inflight = launched
         if launched is not None and not self.async_scheduling:
-            updates += self._collect()
+            updates = self._merge(updates, self._collect())
         if not self.has_unfinished():
             self.block_manager.check_all_free()
-        return updates
+        return updates if updates is not None else updates_codec.empty()
 
-    def _collect(self) -> list[SequenceUpdate]:
+    @staticmethod
+    def _merge(first, second):
+        return second if first is None else updates_codec.extend(first, second)
+
+    def _collect(self) -> updates_codec.PackedUpdates:
         """Wait for the in-flight step's tokens, resolve its placeholders, and build its updates."""
         out, pending = self._inflight
         self._inflight = None
@@ -202,8 +211,14 @@ class Engine:
             for s in out.scheduled
             if s.start < s.seq.num_prompt_tokens
         )
-        updates: list[SequenceUpdate] = []
-        append = updates.append  # the loop below runs once per sampled token: kept lean
+        packed = updates_codec.empty()
+        # Runs once per sampled token: the common update is four appends to the columns, no object.
+        request_ids, token_ids, cached, prompt = (
+            packed.request_ids,
+            packed.token_ids,
+            packed.num_cached_tokens,
+            packed.num_prompt_tokens,
+        )
         rows = zip(sampling, live, result.token_ids, result.logprobs, strict=True)
         for seq, is_live, token, logprobs in rows:
             if not is_live:
@@ -212,8 +227,15 @@ class Engine:
                 seq.first_token_time = now
                 if self.started is not None:
                     self.started.append(seq)
+            num_cached = seq.num_cached_tokens if seq.num_cached_tokens > 0 else 0
             done = seq in finished
-            append(
+            if seq.index == 0 and not done and logprobs is None:
+                request_ids.append(seq.request_id)
+                token_ids.append(token)
+                cached.append(num_cached)
+                prompt.append(seq.num_prompt_tokens)
+                continue
+            packed.other.append(
                 SequenceUpdate(
                     seq.request_id,
                     seq.index,
@@ -222,14 +244,14 @@ class Engine:
                     seq.finish_reason if done else None,
                     seq.stop_reason if done else None,
                     seq.num_prompt_tokens,
-                    seq.num_cached_tokens if seq.num_cached_tokens > 0 else 0,
+                    num_cached,
                 )
             )
-        self.num_generation_tokens += len(updates)
+        self.num_generation_tokens += len(request_ids) + len(packed.other)
         self.executor.forget(seq.seq_id for seq in finished)
         for seq in finished:
             self._forget_finished(seq.request_id)
-        return updates
+        return packed
 
     def stats(self) -> EngineStats:
         bm = self.block_manager

@@ -72,7 +72,11 @@ Publish = Callable[[list[SequenceUpdate], EngineStats, list[tuple[str, str]], St
 OnExit = Callable[[BaseException | None], None]
 
 
-def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) -> None:
+# What the loop hands its publisher: the same, with the updates as the engine built them (updates_codec).
+PublishPacked = Callable[[updates_codec.PackedUpdates, EngineStats, list[tuple[str, str]], StepTimes], None]
+
+
+def run_loop(engine: Engine, receive: Callable[[bool], list], publish: PublishPacked) -> None:
     """Runs until STOP. `receive(block)` returns the pending commands; when block is true it waits for one,
     at most IDLE_CHECK_S: an idle engine checks each quiet second that it can still run (a tensor-parallel
     worker may have died), so health turns NOT_SERVING without waiting for the next request."""
@@ -93,7 +97,7 @@ def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) 
                 return
             rejected += _apply(engine, command)
         changed = True
-        updates = engine.step() if engine.has_unfinished() else []
+        updates = engine.step_packed() if engine.has_unfinished() else updates_codec.empty()
         publish(updates, engine.stats(), rejected, StepTimes(time.monotonic(), _started(engine)))
 
 
@@ -162,8 +166,12 @@ class ThreadCore:
     def start(self, publish: Publish, on_exit: OnExit) -> None:
         def run() -> None:
             error = None
+
+            def publish_unpacked(packed, stats, rejected, times) -> None:
+                publish(updates_codec.unpack(packed), stats, rejected, times)
+
             try:
-                run_loop(self.engine, self._receive, publish)
+                run_loop(self.engine, self._receive, publish_unpacked)
             except BaseException as e:  # noqa: BLE001 (whatever ends the loop must reach the watchdog)
                 error = e
             on_exit(error)
@@ -320,8 +328,8 @@ def _process_main(config: EngineConfig, log_format: str, commands: Connection, r
             out.extend(commands.recv())
         return out
 
-    def publish(updates, stats, rejected, times) -> None:
-        results.send(("step", (updates_codec.pack(updates), stats, rejected, times)))
+    def publish(packed, stats, rejected, times) -> None:  # as the engine built them: no packing here
+        results.send(("step", (packed, stats, rejected, times)))
 
     try:
         run_loop(engine, receive, publish)

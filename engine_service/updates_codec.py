@@ -1,10 +1,11 @@
-"""A step's SequenceUpdates in a compact form, for the pipe from the engine process to the gRPC front.
+"""A step's SequenceUpdates in a compact form: how the engine builds them, and how they cross the pipe
+from the engine process to the gRPC front.
 
 Nearly every update of a step is the same shape: one new token for sample 0 of a request, no logprobs,
-not finished. Those travel as columns (request ids, token ids, prompt and cached prompt tokens); the rest
-(finishes, logprobs, n > 1) travel as they are. The columns pickle, and are rebuilt on the other side,
-several times faster than 256 dataclass objects: both sides of the pipe are on the path of every
-streamed token.
+not finished. Those are kept as columns (request ids, token ids, prompt and cached prompt tokens); the
+rest (finishes, logprobs, n > 1) as SequenceUpdate objects. The engine appends to the columns as it
+collects a step (`Engine.step_packed`), so the engine loop never builds an object per token; the columns
+pickle compactly, and the front (or `Engine.step`, for callers in the same process) rebuilds the objects.
 """
 
 from __future__ import annotations
@@ -23,8 +24,19 @@ class PackedUpdates(NamedTuple):
     other: list[SequenceUpdate]  # every other update, whole
 
 
+def empty() -> PackedUpdates:
+    return PackedUpdates([], array("q"), array("q"), array("q"), [])
+
+
+def extend(packed: PackedUpdates, more: PackedUpdates) -> PackedUpdates:
+    """`packed` with `more` appended (in place)."""
+    for mine, theirs in zip(packed, more, strict=True):
+        mine.extend(theirs)
+    return packed
+
+
 def pack(updates: list[SequenceUpdate]) -> PackedUpdates:
-    packed = PackedUpdates([], array("q"), array("q"), array("q"), [])
+    packed = empty()
     for u in updates:
         if u.index == 0 and u.finish_reason is None and u.new_logprobs is None and len(u.new_token_ids) == 1:
             packed.request_ids.append(u.request_id)

@@ -92,7 +92,7 @@ def test_dead_or_stalled_loop_fails_streams_and_exits_nonzero(tiny_model_dir, sc
         assert next(watch).status == SERVING
         stream = s.stub.Generate(loop_request(scripts, 900), timeout=30)
         next(stream)
-        engine.step = fault  # the loop thread calls engine.step() next
+        engine.step_packed = fault  # the loop thread calls engine.step_packed() next
         with pytest.raises(grpc.RpcError) as e:
             list(stream)
         assert e.value.code() == grpc.StatusCode.INTERNAL and words in e.value.details()
