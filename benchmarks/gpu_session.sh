@@ -21,6 +21,7 @@
 #   fullstack  llama-1b, fixed, through router + engine at 256 streams, then offline (issue 5's ratio)
 #   grpc-profile  py-spy (carried in .devcarry; run `extras` first) over one gRPC run and one offline run
 #              at 256 sequences, llama-1b: raw profiles and their summaries in $OUT (not results rows)
+#   host-step  benchmarks/host_step.py on this machine's CPU: the engine loop's host work per step
 #   tp-tests   the tensor-parallel GPU tests (tests/parallel -m gpu; two GPUs)
 #   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
 #   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2, TP=2 with the one-shot all-reduce; batch-1 step (two GPUs)
@@ -97,6 +98,7 @@ stage() {
         gzip -f "$OUT/pyspy-$f.txt"
       done
       return $rc ;;
+    host-step) python3 benchmarks/host_step.py --results-dir "$RES" --commit "$COMMIT" ;;
     tp-tests)
       timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
         2>&1 | tee "$OUT/tp-tests.log" ;;
