@@ -56,17 +56,27 @@ class Sampler:
         """
         if positions is None:
             positions = [len(s.output_token_ids) for s in seqs]
+        # One pass over the rows for everything the host decides (hot: once per sequence per step).
+        temperatures, seeds, num_logprobs = [], [], []
+        processing = False
+        for seq, position in zip(seqs, positions, strict=True):
+            params = seq.params
+            temperature = 0.0 if params.temperature < _MIN_TEMPERATURE else params.temperature
+            temperatures.append(temperature)
+            seed = seq.sampling_seed
+            seeds.append(self._seed(seq) if seed is None else seed)
+            num_logprobs.append(params.logprobs)
+            processing = processing or _needs_processing(seq, temperature, position)
         raw_logprobs = None
-        if any(s.params.logprobs is not None for s in seqs):
+        if any(n is not None for n in num_logprobs):
             raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [B, V]
-        temperatures = [_temperature(s.params) for s in seqs]
-        if any(_needs_processing(s, t, n) for s, t, n in zip(seqs, temperatures, positions, strict=True)):
+        if processing:
             logits = self._process(logits.to(torch.float32, copy=True), seqs, positions)  # a copy, always
             self._exclude_filtered(logits, seqs, temperatures)
-        seeds, counters = host_copy.int64_parts([[self._seed(s) for s in seqs], positions], self.device)
+        seeds, counters = host_copy.int64_parts([seeds, positions], self.device)
         temperature = host_copy.float32(temperatures, self.device)
         tokens = dispatch.sample_tokens(logits, temperature, seeds, counters)  # [B]
-        return PendingSample(tokens, raw_logprobs, [s.params.logprobs for s in seqs])
+        return PendingSample(tokens, raw_logprobs, num_logprobs)
 
     def _seed(self, seq: Sequence) -> int:
         """63 bits: the request's seed + the sample's index, else one drawn once from the sampler's RNG."""
@@ -198,10 +208,6 @@ class PendingSample:
             top = list(zip(top_ids[i][:n], top_vals[i][:n], strict=True)) if n else []
             out.append(TokenLogprobs(token_list[i], chosen[i], top))
         return out
-
-
-def _temperature(params: SamplingParams) -> float:
-    return 0.0 if params.temperature < _MIN_TEMPERATURE else params.temperature
 
 
 def _filters(params: SamplingParams) -> bool:

@@ -32,10 +32,12 @@ class ScheduledSequence:
     seq: Sequence
     num_new_tokens: int
     start: int  # num_computed_tokens before this step (positions start..start+num_new_tokens-1)
-    samples: bool = False  # this step brings the sequence up to date, so a token is sampled for it
+    # This step brings the sequence up to date, so a token is sampled for it (None: worked out here).
+    samples: bool | None = None
 
     def __post_init__(self) -> None:
-        self.samples = self.start + self.num_new_tokens == self.seq.num_tokens
+        if self.samples is None:
+            self.samples = self.start + self.num_new_tokens == self.seq.num_tokens
 
 
 @dataclass
@@ -98,20 +100,26 @@ class Scheduler:
 
         # 1. Running sequences, oldest first. Preempt from the newest end when blocks run out.
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            if self._awaits_last_token(seq):  # its final token is in flight: nothing more to compute
-                i += 1
-                continue
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+        running, max_model_len = self.running, self.max_model_len
+        while i < len(running) and budget > 0:  # hot: once per running sequence per step
+            seq = running[i]
+            num_output = len(seq.output_token_ids)
+            num_tokens = seq.num_prompt_tokens + num_output
+            if seq.num_pending > 0:  # the last token may be the final one, in flight: nothing to compute
+                max_tokens = seq.params.max_tokens
+                if (max_tokens is not None and num_output >= max_tokens) or num_tokens >= max_model_len:
+                    i += 1
+                    continue
+            start = seq.num_computed_tokens
+            num_new = min(num_tokens - start, budget)
             while not bm.can_allocate(seq, num_new):
-                victim = self.running.pop()
+                victim = running.pop()
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
                     break
             else:
-                out.scheduled.append(ScheduledSequence(seq, num_new, seq.num_computed_tokens))
+                out.scheduled.append(ScheduledSequence(seq, num_new, start, start + num_new == num_tokens))
                 bm.allocate(seq, num_new)
                 seq.num_computed_tokens += num_new
                 budget -= num_new
@@ -186,14 +194,6 @@ class Scheduler:
         if seq.num_prompt_tokens + num_output >= self.max_model_len:
             return "length"
         return None
-
-    def _awaits_last_token(self, seq: Sequence) -> bool:
-        """The sequence has all the tokens it may have, the last still in flight: don't schedule it."""
-        p = seq.params
-        return seq.num_pending > 0 and (
-            (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens)
-            or seq.num_tokens >= self.max_model_len
-        )
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

@@ -129,9 +129,8 @@ class SequenceMirror:
                 table = all_tables[handle] = table[:kept]
             if new_blocks:
                 table += new_blocks
-            item = ScheduledSequence(seq, len(tokens), start)
-            item.samples = samples  # the driver's word: the mirror may not hold the newest token yet
-            scheduled.append(item)
+            # `samples` is the driver's word: the mirror may not hold the newest token yet.
+            scheduled.append(ScheduledSequence(seq, len(tokens), start, samples))
             tables.append(table)
         return out, tables, forgotten
 
