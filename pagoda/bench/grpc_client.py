@@ -5,20 +5,19 @@
 One asyncio process parses every streamed message of every stream in Python; at tens of thousands of
 tokens a second that process can fall behind, and then a finished stream's next request goes out late and
 the engine runs with fewer requests than `concurrency`: the figure measures the client. With
-`processes > 1` the requests and the streams are dealt out over that many spawned processes (request i to
-process i % processes), which start together once all are ready. `Occupancy` polls the engine's
+`processes > 1` the requests and the streams are dealt out over that many spawned processes
+(pagoda.bench.client_processes), which start together once all are ready. `Occupancy` polls the engine's
 GetServerInfo during the run: its mean running count shows whether the clients kept the batch full.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import threading
 import time
 from dataclasses import dataclass, field
 
-from pagoda.bench import workloads
+from pagoda.bench import client_processes, workloads
 
 
 @dataclass
@@ -63,42 +62,18 @@ def drive(
     processes = max(1, min(processes, concurrency, len(requests)))
     if processes == 1:
         return asyncio.run(_drive(address, requests, temperature, concurrency, channels, None))
-    ctx = multiprocessing.get_context("spawn")
-    ready, results = ctx.Barrier(processes + 1), ctx.Queue()
-    workers = [
-        ctx.Process(
-            target=_worker,
-            args=(
-                k,
-                address,
-                requests[k::processes],
-                temperature,
-                concurrency // processes + (k < concurrency % processes),
-                max(1, channels // processes),
-                ready,
-                results,
-            ),
-            daemon=True,
+    shares = [
+        (
+            address,
+            share,
+            temperature,
+            concurrency // processes + (k < concurrency % processes),
+            max(1, channels // processes),
         )
-        for k in range(processes)
+        for k, share in enumerate(client_processes.deal(requests, processes))
     ]
-    for w in workers:
-        w.start()
-    try:
-        ready.wait(timeout=120)  # every worker has its channels open: all start now
-        t0 = time.monotonic()
-        parts = dict(results.get(timeout=3600) for _ in workers)
-    finally:
-        for w in workers:
-            w.join(10)
-            if w.is_alive():
-                w.kill()
-    ordered: list[StreamStats | None] = [None] * len(requests)
-    end = t0
-    for k, (finished, stats) in parts.items():
-        end = max(end, finished)
-        ordered[k::processes] = stats
-    return end - t0, ordered  # type: ignore[return-value]
+    elapsed, parts = client_processes.run(_worker, shares, timeout_s=3600)
+    return elapsed, client_processes.merge(parts, len(requests))
 
 
 def _worker(k, address, requests, temperature, concurrency, channels, ready, results) -> None:

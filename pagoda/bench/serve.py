@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import math
-import multiprocessing
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +25,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from pagoda.bench import client_processes
 from pagoda.bench.report import percentiles_ms
 
 _WORDS = """time person year way day thing man world life hand part child eye woman place work week case point
@@ -251,39 +251,22 @@ def _run_processes(config: BenchConfig, requests: list[Request]) -> tuple[list[O
     with its share of the concurrency and the request rate: one Python process parsing every streamed
     chunk can fall behind a fast server, and then it measures itself."""
     n = min(config.processes, len(requests))
-    ctx = multiprocessing.get_context("spawn")
-    ready, results = ctx.Barrier(n + 1), ctx.Queue()
-    workers = []
-    for k in range(n):
-        share = replace(
+    shares = []
+    for k, share in enumerate(client_processes.deal(requests, n)):
+        concurrency = config.max_concurrency
+        if concurrency is not None:
+            concurrency = max(1, concurrency // n + (k < concurrency % n))
+        own = replace(
             config,
             processes=1,
             progress=False,
             seed=config.seed + k,
             request_rate=config.request_rate / n,
-            max_concurrency=None
-            if config.max_concurrency is None
-            else max(1, config.max_concurrency // n + (k < config.max_concurrency % n)),
+            max_concurrency=concurrency,
         )
-        args = (k, share, requests[k::n], ready, results)
-        workers.append(ctx.Process(target=_worker, args=args, daemon=True))
-    for w in workers:
-        w.start()
-    try:
-        ready.wait(timeout=120)
-        t0 = time.monotonic()
-        parts = dict(results.get(timeout=config.timeout_s * len(requests)) for _ in workers)
-    finally:
-        for w in workers:
-            w.join(10)
-            if w.is_alive():
-                w.kill()
-    outcomes: list[Outcome | None] = [None] * len(requests)
-    end = t0
-    for k, (finished, part) in parts.items():
-        end = max(end, finished)
-        outcomes[k::n] = part
-    return outcomes, end - t0  # type: ignore[return-value]
+        shares.append((own, share))
+    elapsed, parts = client_processes.run(_worker, shares, timeout_s=config.timeout_s * len(requests))
+    return client_processes.merge(parts, len(requests)), elapsed
 
 
 def _worker(k: int, config: BenchConfig, requests: list[Request], ready, results) -> None:
