@@ -75,6 +75,7 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         self.block_rows = BlockTableRows()
         self._last_sampled: tuple[torch.Tensor | None, dict[str, int]] = (None, {})
+        self._last_sampled_ids: list[str] = []  # the same sequences, in their row order
 
     # ---- KV cache ------------------------------------------------------------------------------
     @property
@@ -180,7 +181,9 @@ class ModelRunner:
         # placeholders. Only rank 0's tokens go to the host (its worker alone calls result()).
         positions = [it.start + it.num_new_tokens - it.seq.num_prompt_tokens for it in items]
         pending = self.sampler.launch(logits, [it.seq for it in items], positions)
-        self._last_sampled = (pending.tokens, {it.seq.seq_id: row for row, it in enumerate(items)})
+        sampled_ids = [it.seq.seq_id for it in items]
+        self._last_sampled = (pending.tokens, {sid: row for row, sid in enumerate(sampled_ids)})
+        self._last_sampled_ids = sampled_ids
         return pending
 
     def forget(self, seq_ids) -> None:
@@ -193,6 +196,14 @@ class ModelRunner:
             return None
         tokens, rows = self._last_sampled
         seq_ids = [out.scheduled[i].seq.seq_id for i in step.placeholder_seq]
+        n = len(seq_ids)
+        if n == len(rows) == len(step.input_ids) and seq_ids == self._last_sampled_ids:
+            # Steady decode: the previous step sampled exactly these sequences, in this order, and every
+            # input is its placeholder: the sampled tokens are this step's input ids, as they lie.
+            def copy_all(input_ids: torch.Tensor) -> None:
+                input_ids[:n].copy_(tokens)
+
+            return copy_all
         missing = [sid for sid in seq_ids if sid not in rows]
         if missing:
             raise RuntimeError(f"placeholders for {missing} match no token of the previous step")
