@@ -7,7 +7,8 @@ tokens a second that process can fall behind, and then a finished stream's next 
 the engine runs with fewer requests than `concurrency`: the figure measures the client. With
 `processes > 1` the requests and the streams are dealt out over that many spawned processes
 (pagoda.bench.client_processes), which start together once all are ready. `Occupancy` polls the engine's
-GetServerInfo during the run: its mean running count shows whether the clients kept the batch full.
+GetServerInfo during the run: its mean running count (time-weighted, prefill phases included) shows
+whether the clients kept the batch full.
 """
 
 from __future__ import annotations
@@ -189,11 +190,16 @@ class Occupancy:
                 self.waiting.append(info.num_waiting)
 
     def summary(self) -> dict[str, float | int | None]:
-        n = len(self.running)
+        """Over the polls from the first to the last that saw a request (the clients' start-up and the
+        idle tail are not the run); `num_steps` over the whole block."""
+        busy = [i for i, (r, w) in enumerate(zip(self.running, self.waiting, strict=True)) if r or w]
+        window = slice(busy[0], busy[-1] + 1) if busy else slice(0, 0)
+        running, waiting = self.running[window], self.waiting[window]
+        n = len(running)
         return {
             "num_polls": n,
-            "mean_running": round(sum(self.running) / n, 1) if n else None,
-            "p50_running": sorted(self.running)[n // 2] if n else None,
-            "mean_waiting": round(sum(self.waiting) / n, 1) if n else None,
+            "mean_running": round(sum(running) / n, 1) if n else None,
+            "p50_running": sorted(running)[n // 2] if n else None,
+            "mean_waiting": round(sum(waiting) / n, 1) if n else None,
             "num_steps": self.num_steps,
         }
