@@ -1,0 +1,30 @@
+"""benchmarks/host_step.py runs the engine loop without a model and records its host work per step."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from engine_service.ops import dispatch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("host_step", REPO / "benchmarks" / "host_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_host_step_records_a_steady_decode_and_the_whole_workload(tmp_path, capsys):
+    host_step = load_benchmark()
+    argv = ["--batch", "8", "--steps", "20", "--num-prompts", "20", "--results-dir", str(tmp_path)]
+    assert host_step.main(argv + ["--commit", "test"]) == 0
+    (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert record["kind"] == "host_step" and record["batch"] == 8 and record["commit"] == "test"
+    assert record["decode_us_per_step"]["step"] > 0 and record["decode_us_per_step"]["pack"] > 0
+    # 20 prompts of 512 tokens, 256 generated each, 8 at a time: at least 20 * 256 / 8 steps.
+    assert record["workload_steps"] >= 20 * 256 // 8 and record["workload_host_s"] > 0
+    assert "lambda" not in dispatch.sample_tokens.__qualname__  # the benchmark's stand-in draw is undone
