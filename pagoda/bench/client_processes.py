@@ -12,6 +12,7 @@ process), sends its share, and puts `(k, (time.monotonic() at its end, its resul
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,7 +44,19 @@ def run(worker: Callable[..., None], shares: list[tuple], timeout_s: float) -> t
     try:
         ready.wait(timeout=120)  # every worker is set up: all start now
         t0 = time.monotonic()
-        parts = dict(results.get(timeout=timeout_s) for _ in workers)
+        parts: dict[int, tuple[float, Any]] = {}
+        while len(parts) < len(workers):
+            try:
+                k, part = results.get(timeout=1.0)
+                parts[k] = part
+            except queue.Empty:
+                dead = [k for k, w in enumerate(workers) if k not in parts and w.exitcode not in (None, 0)]
+                if dead or time.monotonic() - t0 > timeout_s:
+                    raise RuntimeError(
+                        f"client processes {dead} died"
+                        if dead
+                        else f"clients still running after {timeout_s} s"
+                    ) from None
     finally:
         for w in workers:
             w.join(10)
