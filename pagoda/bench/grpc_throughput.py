@@ -28,6 +28,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -455,15 +456,39 @@ def main(argv: list[str] | None = None) -> int:
     shapes.write_model_dir(config.shape, config.model_dir)
     requests = workloads.build(config.workload, vocab_size)
     failed = False
+    records: list[dict[str, Any]] = []
     for round_ in range(1, args.repeat + 1):
         if args.repeat > 1:
             print(f"[bench] round {round_} of {args.repeat}", file=sys.stderr, flush=True)
-        failed |= run_round(args, config, requests, vocab_size)
+        failed |= run_round(args, config, requests, vocab_size, records)
+    if args.repeat > 1:
+        print(rounds_summary(records))
     return 1 if failed else 0
 
 
-def run_round(args: argparse.Namespace, config: throughput.BenchConfig, requests, vocab_size: int) -> bool:
-    """Every --engine-core through gRPC, then the offline run; one record per core. True if any failed."""
+def rounds_summary(records: list[dict[str, Any]]) -> str:
+    """The median of each ratio over the rounds, per engine core: single rounds spread widely."""
+    lines = []
+    for core in dict.fromkeys(r["engine_core"] for r in records):
+        mine = [r for r in records if r["engine_core"] == core]
+        cells = []
+        for key, name in (("ratio", "vs offline"), ("ratio_same_batch", "vs offline at the streams' batch")):
+            values = sorted(r[key] for r in mine if r.get(key) is not None)
+            if values:
+                cells.append(f"{name}: median {statistics.median(values):.3f} of {values}")
+        lines.append(f"gRPC ({core}) over {len(mine)} rounds: " + "; ".join(cells or ["no ratio"]))
+    return "\n".join(lines)
+
+
+def run_round(
+    args: argparse.Namespace,
+    config: throughput.BenchConfig,
+    requests,
+    vocab_size: int,
+    records: list[dict[str, Any]] | None = None,
+) -> bool:
+    """Every --engine-core through gRPC, then the offline run; one record per core (also appended to
+    `records`). True if any failed."""
     results = {}
     for core in args.engine_core:
         print(
@@ -483,6 +508,8 @@ def run_round(args: argparse.Namespace, config: throughput.BenchConfig, requests
     failed = False
     for core, grpc_res in results.items():
         record = build_record(config, args, grpc_res, offline, same_batch)
+        if records is not None:
+            records.append(record)
         if config.results_dir:
             append_results(record, config.results_dir)
         if config.out_json:

@@ -82,3 +82,13 @@ def test_grpc_rows_go_to_their_own_table(tmp_path):
     )
     assert text.index("c0ffee") < text.index(grpc_throughput.GRPC_END) < text.index(report.TABLE_HEAD)
     assert text.endswith(offline_row)  # `pagoda bench throughput` keeps appending its rows at the end
+
+
+def test_rounds_summary_gives_the_median_of_each_ratio():
+    records = [
+        {"engine_core": "process", "ratio": r, "ratio_same_batch": q}
+        for r, q in ((0.9, 1.0), (0.8, None), (1.1, 0.95))
+    ]
+    summary = grpc_throughput.rounds_summary(records)
+    assert summary.startswith("gRPC (process) over 3 rounds: vs offline: median 0.900 of [0.8, 0.9, 1.1]")
+    assert "vs offline at the streams' batch: median 0.975 of [0.95, 1.0]" in summary
