@@ -174,7 +174,7 @@ class Engine:
 
     def step_packed(self) -> updates_codec.PackedUpdates:
         """`step`, with its updates as built (see updates_codec): what the engine process sends as is."""
-        updates = None
+        updates = updates_codec.empty()
         if self._inflight is not None and self.scheduler.num_with_penalties:
             updates = self._collect()  # penalties read the output tokens: they must all be known
         out = self.scheduler.schedule()
@@ -184,17 +184,13 @@ class Engine:
             launched = (out, self.executor.launch(out, tables))
             self.num_steps += 1
         if self._inflight is not None:
-            updates = self._merge(updates, self._collect())
+            updates_codec.extend(updates, self._collect())
         self._inflight = launched
         if launched is not None and not self.async_scheduling:
-            updates = self._merge(updates, self._collect())
+            updates_codec.extend(updates, self._collect())
         if not self.has_unfinished():
             self.block_manager.check_all_free()
-        return updates if updates is not None else updates_codec.empty()
-
-    @staticmethod
-    def _merge(first, second):
-        return second if first is None else updates_codec.extend(first, second)
+        return updates
 
     def _collect(self) -> updates_codec.PackedUpdates:
         """Wait for the in-flight step's tokens, resolve its placeholders, and build its updates."""
@@ -212,7 +208,8 @@ class Engine:
             if s.start < s.seq.num_prompt_tokens
         )
         packed = updates_codec.empty()
-        # Runs once per sampled token: the common update is four appends to the columns, no object.
+        # Runs once per sampled token, so the plain-update rule of updates_codec.pack is inlined here: the
+        # common update is four appends to the columns, no object.
         request_ids, token_ids, cached, prompt = (
             packed.request_ids,
             packed.token_ids,
@@ -247,7 +244,7 @@ class Engine:
                     num_cached,
                 )
             )
-        self.num_generation_tokens += len(request_ids) + len(packed.other)
+        self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
         self.executor.forget(seq.seq_id for seq in finished)
         for seq in finished:
             self._forget_finished(seq.request_id)

@@ -74,8 +74,8 @@ class ModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs: DecodeGraphs | None = None
         self.block_rows = BlockTableRows()
-        self._last_sampled: tuple[torch.Tensor | None, dict[str, int]] = (None, {})
-        self._last_sampled_ids: list[str] = []  # the same sequences, in their row order
+        # The previous launch's sampled tokens on the device, and the seq_id of each of their rows.
+        self._last_sampled: tuple[torch.Tensor | None, list[str]] = (None, [])
 
     # ---- KV cache ------------------------------------------------------------------------------
     @property
@@ -162,9 +162,10 @@ class ModelRunner:
         """
         step = _HostStep.build(out, block_tables, self.block_size)
         items = [s for s in out.scheduled if s.samples]
-        fixup = self._placeholder_fixup(step, out)
+        seq_ids = [s.seq.seq_id for s in out.scheduled]
+        fixup = self._placeholder_fixup(step, seq_ids)
         self.block_rows.forget(seq.seq_id for seq in out.preempted)
-        table = self.block_rows.gather([s.seq.seq_id for s in out.scheduled], block_tables)
+        table = self.block_rows.gather(seq_ids, block_tables)
         if self.graphs is not None and step.is_decode and len(items) <= self.graphs.max_batch_size:
             hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, table, fixup)
             logits = self.model.compute_logits(hidden)  # [B, vocab]
@@ -181,33 +182,34 @@ class ModelRunner:
         # placeholders. Only rank 0's tokens go to the host (its worker alone calls result()).
         positions = [it.start + it.num_new_tokens - it.seq.num_prompt_tokens for it in items]
         pending = self.sampler.launch(logits, [it.seq for it in items], positions)
-        sampled_ids = [it.seq.seq_id for it in items]
-        self._last_sampled = (pending.tokens, {sid: row for row, sid in enumerate(sampled_ids)})
-        self._last_sampled_ids = sampled_ids
+        sampled_ids = seq_ids if len(items) == len(seq_ids) else [it.seq.seq_id for it in items]
+        self._last_sampled = (pending.tokens, sampled_ids)
         return pending
 
     def forget(self, seq_ids) -> None:
         """Sequences that finished or were aborted: their block-table rows are free."""
         self.block_rows.forget(seq_ids)
 
-    def _placeholder_fixup(self, step: _HostStep, out: SchedulerOutput):
-        """A function that writes the previous launch's sampled ids over this step's placeholders, or None."""
+    def _placeholder_fixup(self, step: _HostStep, seq_ids: list[str]):
+        """A function that writes the previous launch's sampled ids over this step's placeholders, or None.
+        `seq_ids`: the scheduled sequences' ids, in order."""
         if not step.placeholder_at:
             return None
-        tokens, rows = self._last_sampled
-        seq_ids = [out.scheduled[i].seq.seq_id for i in step.placeholder_seq]
-        n = len(seq_ids)
-        if n == len(rows) == len(step.input_ids) and seq_ids == self._last_sampled_ids:
-            # Steady decode: the previous step sampled exactly these sequences, in this order, and every
-            # input is its placeholder: the sampled tokens are this step's input ids, as they lie.
+        tokens, sampled_ids = self._last_sampled
+        n = len(step.input_ids)
+        if len(step.placeholder_at) == n and seq_ids == sampled_ids:
+            # Steady decode: every input is a placeholder, one per sequence, and the previous step sampled
+            # exactly these sequences in this order: its tokens are this step's input ids, as they lie.
             def copy_all(input_ids: torch.Tensor) -> None:
                 input_ids[:n].copy_(tokens)
 
             return copy_all
-        missing = [sid for sid in seq_ids if sid not in rows]
+        rows = {sid: row for row, sid in enumerate(sampled_ids)}
+        wanted = [seq_ids[i] for i in step.placeholder_seq]
+        missing = [sid for sid in wanted if sid not in rows]
         if missing:
             raise RuntimeError(f"placeholders for {missing} match no token of the previous step")
-        at, row = host_copy.int64_parts([step.placeholder_at, [rows[sid] for sid in seq_ids]], self.device)
+        at, row = host_copy.int64_parts([step.placeholder_at, [rows[sid] for sid in wanted]], self.device)
 
         def fix(input_ids: torch.Tensor) -> None:
             input_ids[at] = tokens[row]

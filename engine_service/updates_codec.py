@@ -36,6 +36,8 @@ def extend(packed: PackedUpdates, more: PackedUpdates) -> PackedUpdates:
 
 
 def pack(updates: list[SequenceUpdate]) -> PackedUpdates:
+    """Updates built as objects, in this form. (Engine._collect builds the form directly, with the same
+    rule for a plain update inlined in its per-token loop.)"""
     packed = empty()
     for u in updates:
         if u.index == 0 and u.finish_reason is None and u.new_logprobs is None and len(u.new_token_ids) == 1:
