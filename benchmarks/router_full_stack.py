@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import router_results  # noqa: E402
 
-from pagoda.bench import grpc_client, grpc_throughput, shapes, throughput, workloads  # noqa: E402
+from pagoda.bench import engine_server, grpc_client, grpc_throughput, shapes, throughput, workloads  # noqa: E402
 from pagoda.bench import serve as bench  # noqa: E402
 
 
@@ -40,8 +39,8 @@ def free_port() -> int:
 
 def via_router(config, args, requests: list[workloads.Request], vocab_size: int) -> dict:
     """Engine + router up, warm-up, then the timed workload through the router; both stopped after."""
-    engine = grpc_throughput.EngineProcess(
-        grpc_throughput.server_command(config, args.engine_core[0], args.stream_interval)
+    engine = engine_server.EngineProcess(
+        engine_server.server_command(config, args.engine_core[0], args.stream_interval)
     )
     router_port = free_port()
     router = subprocess.Popen(
@@ -102,16 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] through the router: {len(requests)} prompts, {args.concurrency} streams", file=sys.stderr)
     routed = via_router(config, args, requests, vocab_size)
     print(bench.format_report(routed))
-    offline = grpc_throughput.run_offline(config, requests, vocab_size)
-    # The service never batches more than the streams; the offline run at that batch limit too.
-    same_batch = offline
-    if config.max_num_seqs > args.concurrency:
-        same_batch = grpc_throughput.run_offline(
-            replace(config, max_num_seqs=args.concurrency), requests, vocab_size
-        )
+    offline, same_batch = grpc_throughput.offline_references(config, args.concurrency, requests, vocab_size)
     card = throughput.card_name(config.device)
     ratios = {}
-    for ref in [offline] + ([same_batch] if same_batch is not offline else []):
+    for ref in [offline] + ([same_batch] if same_batch else []):
         ratio = round(routed["output_tok_s"] / ref["out_tok_s"], 4) if ref.get("out_tok_s") else None
         ratios[ref.get("max_num_seqs")] = ratio
         entry = {

@@ -25,22 +25,15 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pagoda.bench import grpc_client, report, shapes, throughput, workloads
-from pagoda.bench.peers import REPO_ROOT
+from pagoda.bench import engine_server, grpc_client, report, shapes, throughput, workloads
 
 GRPC_BEGIN, GRPC_END = "<!-- grpc-results:begin -->", "<!-- grpc-results:end -->"
 COLUMNS = [
@@ -123,98 +116,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, throughput.BenchCon
     return args, throughput.build_config(throughput.parse_args(rest))
 
 
-# ---- the server --------------------------------------------------------------------------------------------
-
-
-def server_command(
-    config: throughput.BenchConfig,
-    core: str,
-    stream_interval: int,
-    metrics_port: int = 0,
-    otlp_endpoint: str | None = None,
-) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "engine_service",
-        "--model",
-        config.model_dir,
-        "--load-format",
-        "dummy",
-        "--served-model-name",
-        config.shape,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        str(metrics_port),
-        "--device",
-        config.device,
-        "--dtype",
-        config.dtype,
-        "--max-model-len",
-        str(config.max_model_len),
-        "--max-num-seqs",
-        str(config.max_num_seqs),
-        "--max-num-batched-tokens",
-        str(config.max_num_batched_tokens),
-        "--gpu-memory-utilization",
-        str(config.gpu_memory_utilization),
-        "--seed",
-        str(config.workload.seed),
-        "--tensor-parallel-size",
-        str(config.tensor_parallel_size),
-        "--engine-core",
-        core,
-        "--stream-interval",
-        str(stream_interval),
-        "--max-waiting",
-        str(max(1024, config.workload.num_prompts)),
-    ]
-    if not config.prefix_caching:
-        cmd.append("--no-prefix-caching")
-    if config.enforce_eager:
-        cmd.append("--enforce-eager")
-    if config.custom_all_reduce:
-        cmd.append("--custom-all-reduce")
-    if otlp_endpoint:
-        cmd += ["--otlp-endpoint", otlp_endpoint]
-    return cmd
-
-
-class EngineProcess:
-    """`python -m engine_service` in a subprocess; its log goes to our stderr once the port is read."""
-
-    def __init__(self, cmd: list[str]):
-        # No OTEL_EXPORTER_OTLP_* from our environment: tracing is on only when --otlp-endpoint says so.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_OTLP")}
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, env=env)
-        self.port = self._read_port()
-
-    def _read_port(self) -> int:
-        for line in self.proc.stderr:
-            sys.stderr.write(line)
-            match = re.search(r"listening on [\d.]+:(\d+)", line)
-            if match:
-                threading.Thread(target=self._pump, daemon=True).start()
-                return int(match.group(1))
-        raise RuntimeError(f"the engine exited with status {self.proc.wait()} before listening")
-
-    def _pump(self) -> None:
-        for line in self.proc.stderr:
-            sys.stderr.write(line)
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
 # ---- the client --------------------------------------------------------------------------------------------
 
 
@@ -262,60 +163,17 @@ def grpc_result(
     )
 
 
-class Scraper:
-    """GETs the engine's /metrics every `interval_s` seconds from a thread, as Prometheus would."""
-
-    def __init__(self, port: int, interval_s: float):
-        self.url, self.interval_s = f"http://127.0.0.1:{port}/metrics", interval_s
-        self.num_scrapes, self.errors = 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
-
-    def __enter__(self) -> Scraper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as r:
-                    r.read()
-                self.num_scrapes += 1
-            except OSError:
-                self.errors += 1
-
-
-def tree_cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system) a process and its descendants used so far; None where /proc lacks it."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
-    try:
-        while todo:
-            p = todo.pop()
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-    except (OSError, ValueError, IndexError):
-        return None
-    return total
-
-
 def run_grpc(
     core: str, config: throughput.BenchConfig, args: argparse.Namespace, requests, vocab_size: int
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    server = EngineProcess(
-        server_command(config, core, args.stream_interval, args.metrics_port, args.otlp_endpoint)
+    server = engine_server.EngineProcess(
+        engine_server.server_command(
+            config, core, args.stream_interval, args.metrics_port, args.otlp_endpoint
+        )
     )
     address = f"127.0.0.1:{server.port}"
-    scraper = Scraper(args.metrics_port, args.scrape_interval) if args.metrics_port else None
+    scraper = engine_server.Scraper(args.metrics_port, args.scrape_interval) if args.metrics_port else None
     try:
         asyncio.run(grpc_client.wait_serving(address, args.start_timeout))
         startup_s = time.perf_counter() - t0
@@ -325,7 +183,7 @@ def run_grpc(
             for p in workloads.warmup_prompts(8, spec.input_len, vocab_size)
         ]
         grpc_client.drive(address, warm, config.temperature, args.concurrency, args.channels)
-        cpu0 = tree_cpu_s(server.proc.pid)
+        cpu0 = engine_server.tree_cpu_s(server.proc.pid)
         with scraper or contextlib.nullcontext(), grpc_client.Occupancy(address) as occupancy:
             elapsed, stats = grpc_client.drive(
                 address,
@@ -335,7 +193,7 @@ def run_grpc(
                 args.channels,
                 args.client_processes,
             )
-        cpu1 = tree_cpu_s(server.proc.pid)
+        cpu1 = engine_server.tree_cpu_s(server.proc.pid)
     finally:
         status = server.stop()
     result = grpc_result(core, config, args, requests, elapsed, stats, startup_s, occupancy.summary())
@@ -502,9 +360,7 @@ def run_round(
             results[core] = {"error": f"{type(e).__name__}: {e}", "engine_core": core}
     offline = same_batch = None
     if not args.no_offline:
-        offline = run_offline(config, requests, vocab_size)
-        if config.max_num_seqs > args.concurrency:  # the service never batches more than the streams
-            same_batch = run_offline(replace(config, max_num_seqs=args.concurrency), requests, vocab_size)
+        offline, same_batch = offline_references(config, args.concurrency, requests, vocab_size)
     failed = False
     for core, grpc_res in results.items():
         record = build_record(config, args, grpc_res, offline, same_batch)
@@ -525,6 +381,18 @@ def run_round(
             f"errors {grpc_res.get('num_errors', grpc_res.get('error'))}"
         )
     return failed
+
+
+def offline_references(
+    config: throughput.BenchConfig, concurrency: int, requests, vocab_size: int
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The offline run as configured, and again at max_num_seqs = `concurrency` when the configured limit
+    is higher (None otherwise: the first is that run too). The service never batches more than its
+    streams, while the offline run queues every prompt at once."""
+    offline = run_offline(config, requests, vocab_size)
+    if config.max_num_seqs <= concurrency:
+        return offline, None
+    return offline, run_offline(replace(config, max_num_seqs=concurrency), requests, vocab_size)
 
 
 def run_offline(config: throughput.BenchConfig, requests, vocab_size: int) -> dict[str, Any]:
