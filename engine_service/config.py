@@ -26,7 +26,7 @@ class EngineConfig:
     async_scheduling: bool | None = None
     tensor_parallel_size: int = 1
     # Tensor parallelism on GPUs: small all-reduces in one kernel over symmetric memory (NCCL for the rest)
-    # instead of NCCL for all. Off by default: measured slower end to end (RESULTS.md, tensor parallelism).
+    # instead of NCCL for all. Off by default: slower end to end in two of three runs (RESULTS.md, TP).
     custom_all_reduce: bool = False
     max_logprobs: int = 20
 

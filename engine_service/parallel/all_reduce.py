@@ -11,7 +11,8 @@ bandwidth wins there.
 
 Opt-in (`--custom-all-reduce`): on 2x H200 it took 6.6 µs against NCCL's 17 µs alone
 (benchmarks/all_reduce.py), but in the llama-8b TP=2 decode graph it saved only 0.09 ms of 3.5 ms, and
-end-to-end throughput was 13 % lower than with NCCL in two runs (RESULTS.md, tensor parallelism).
+end-to-end throughput was 11-14 % lower than with NCCL in two runs and 18 % higher in a third (RESULTS.md,
+tensor parallelism): no clear win, so NCCL stays the default.
 
     install(device, dtype, max_bytes)   once per rank, after the process group is up (CUDA only)
     out = all_reduce(tensor)            in the layers: the summed tensor (a new one, or `tensor` itself)
