@@ -25,6 +25,8 @@
 #   tp-tests   the tensor-parallel GPU tests (tests/parallel -m gpu; two GPUs)
 #   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
 #   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2, TP=2 with the one-shot all-reduce; batch-1 step (two GPUs)
+#   graph-kernels  benchmarks/graph_kernels.py: the kernels of llama-8b's batch-1 decode graph at TP=1, TP=2
+#              and TP=2 one-shot (two GPUs), and of llama-1b's at batch 256 (TP=1)
 #
 # Environment: COMMIT (recorded in results; the device copy has no .git), PEERS ("vllm", "vllm hf" or ""
 # for Pagoda alone; default vllm), NUM_PROMPTS (1000), QUICK_PROMPTS (200), HF_PROMPTS (256),
@@ -103,6 +105,13 @@ stage() {
       timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
         2>&1 | tee "$OUT/tp-tests.log" ;;
     allreduce) python3 benchmarks/all_reduce.py --results-dir "$RES" ;;
+    graph-kernels)
+      local gk=(python3 benchmarks/graph_kernels.py --results-dir "$RES" --commit "$COMMIT") rc=0
+      "${gk[@]}" --shape llama-1b --batch 256 || rc=$?
+      "${gk[@]}" --shape llama-8b --batch 1 || rc=$?
+      "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 || rc=$?
+      "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --custom-all-reduce || rc=$?
+      return $rc ;;
     tp8b)
       local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)
       PEERS="" bench "${tp[@]}"; local rc=$?

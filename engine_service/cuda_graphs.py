@@ -129,11 +129,9 @@ class DecodeGraphs:
         graph.replay()
         return out[:B]
 
-    @torch.inference_mode()
-    def time_replay(self, batch_size: int, context_len: int, replays: int) -> float:
-        """Milliseconds per replay of the graph for `batch_size`, replayed back to back: the device's own
-        decode step, without the host loop around it. Each row attends to `context_len` positions of the
-        cache (whatever they hold) and writes nothing (slot -1). Overwrites the graph inputs."""
+    def _probe_graph(self, batch_size: int, context_len: int) -> torch.cuda.CUDAGraph:
+        """The graph for `batch_size`, its inputs set so that each row attends to `context_len` positions of
+        the cache (whatever they hold) and writes nothing (slot -1); replayed three times (warm)."""
         bs = self.sizes[bisect.bisect_left(self.sizes, batch_size)]
         blocks = min(self.max_blocks, self.kv_caches[0][0].shape[0])
         context_len = min(context_len, blocks * self.kv_caches[0][0].shape[1])
@@ -145,6 +143,13 @@ class DecodeGraphs:
         graph, _ = self.graphs[bs]
         for _ in range(3):
             graph.replay()
+        return graph
+
+    @torch.inference_mode()
+    def time_replay(self, batch_size: int, context_len: int, replays: int) -> float:
+        """Milliseconds per replay of the graph for `batch_size`, replayed back to back: the device's own
+        decode step, without the host loop around it. Overwrites the graph inputs."""
+        graph = self._probe_graph(batch_size, context_len)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(replays):
@@ -152,3 +157,20 @@ class DecodeGraphs:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / replays
+
+    @torch.inference_mode()
+    def profile_replay(self, batch_size: int, context_len: int, replays: int) -> list:
+        """The kernels of one replay as (name, launches, µs), from torch.profiler over `replays` replays
+        (the same inputs as time_replay), longest first. Overwrites the graph inputs."""
+        graph = self._probe_graph(batch_size, context_len)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(replays):
+                graph.replay()
+            torch.cuda.synchronize()
+        kernels = [
+            (e.key, e.count / replays, e.device_time_total / replays)
+            for e in prof.key_averages()
+            if e.device_time_total > 0
+        ]
+        return sorted(kernels, key=lambda k: -k[2])

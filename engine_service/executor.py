@@ -67,6 +67,11 @@ class Executor(ABC):
         graphs. Only between steps: it overwrites the graphs' inputs."""
         return None
 
+    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int = 20) -> list | None:
+        """A benchmark's probe: rank 0's kernels of one decode graph replay as (name, launches, µs), None
+        without graphs. Only between steps, like time_decode_graph."""
+        return None
+
     @abstractmethod
     def forget(self, seq_ids: Iterable[str]) -> None:
         """These sequences finished or were aborted: drop what the executor keeps per sequence."""
@@ -109,6 +114,9 @@ class UniProcExecutor(Executor):
 
     def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
         return self.runner.time_decode_graph(batch_size, context_len, replays)
+
+    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int = 20) -> list | None:
+        return self.runner.profile_decode_graph(batch_size, context_len, replays)
 
     def forget(self, seq_ids: Iterable[str]) -> None:
         self.runner.forget(seq_ids)

@@ -149,6 +149,12 @@ class ModelRunner:
             return None
         return self.graphs.time_replay(batch_size, context_len, replays)
 
+    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int) -> list | None:
+        """The decode graph's kernels (see DecodeGraphs.profile_replay); None without graphs."""
+        if self.graphs is None or batch_size > self.graphs.max_batch_size:
+            return None
+        return self.graphs.profile_replay(batch_size, context_len, replays)
+
     def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
         """Run the scheduled tokens and wait for the sampled ones."""
         return self.launch(out, block_tables).result()

@@ -130,6 +130,9 @@ class MultiProcExecutor(Executor):
         times = self._call("time_decode_graph", batch_size, context_len, replays)
         return None if None in times else max(times)
 
+    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int = 20) -> list | None:
+        return self._call("profile_decode_graph", batch_size, context_len, replays)[0]
+
     def launch(self, out: SchedulerOutput, block_tables: list[list[int]]) -> RankZeroAnswer:
         self._broadcast(("step", self._encoder.encode(out, block_tables)))
         self._num_unanswered += 1

@@ -44,7 +44,13 @@ from engine_service.sampler import PendingSample
 
 log = logging.getLogger(__name__)
 
-CALLS = ("profile_num_kv_blocks", "allocate_kv_cache", "capture_cuda_graphs", "time_decode_graph")
+CALLS = (
+    "profile_num_kv_blocks",
+    "allocate_kv_cache",
+    "capture_cuda_graphs",
+    "time_decode_graph",
+    "profile_decode_graph",
+)
 
 
 @dataclass(frozen=True)

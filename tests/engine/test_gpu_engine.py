@@ -99,3 +99,16 @@ def test_gpu_sampling_options_run(tiny_models):
     b = llm.generate(prompt_token_ids=[[3, 4, 5], [7, 8]], sampling_params=params)[0]
     assert [o.token_ids for o in a.outputs] == [o.token_ids for o in b.outputs]  # seeded: batch-independent
     assert all(len(o.token_ids) == 16 for o in a.outputs)
+
+
+@needs_cuda
+def test_decode_graph_probes_time_and_list_kernels(tiny_models):
+    folder, _ = tiny_models["llama"]
+    llm = LLM(str(folder), device="cuda", dtype="bfloat16", num_kv_blocks=128, max_num_seqs=8)
+    executor = llm.engine.executor
+    assert executor.time_decode_graph(3, 40, 5) > 0
+    kernels = executor.profile_decode_graph(3, 40, 5)
+    names = " ".join(name for name, _, _ in kernels)
+    assert "paged_attention" in names and "rms_norm" in names
+    assert all(launches > 0 and us > 0 for _, launches, us in kernels)
+    assert executor.profile_decode_graph(64, 40, 5) is None  # past the largest graph
