@@ -1,12 +1,15 @@
-"""The tensor-parallel all-reduce on this machine's GPUs: NCCL against the one-shot over symmetric memory.
+"""The tensor-parallel all-reduce on this machine's GPUs: NCCL against the one-shot over symmetric memory,
+and the all-reduce fused with the residual add and RMSNorm against the two kernels it replaces.
 
     python benchmarks/all_reduce.py [--world-size 2] [--dtype bfloat16] [--results-dir benchmarks]
 
 One process per GPU. For each size (a decode batch's hidden states: rows x 4096 values), both paths of
 engine_service.parallel.all_reduce are checked against the exact sum (eagerly and replayed from a CUDA
 graph) and timed as the engine runs them: 64 all-reduces captured in one CUDA graph (one decode step of a
-32-layer model), replayed; per-call microseconds = replay time / 64. Prints one JSON object; with
---results-dir, appends it to results.jsonl there. Exits 1 if any sum was wrong.
+32-layer model), replayed; per-call microseconds = replay time / 64. The fused all-reduce + add + RMSNorm
+(`all_reduce_add_rms_norm`) is checked against NCCL + the separate norm kernel the same ways (the updated
+residual exactly, the normed output to bf16 rounding) and timed beside one-shot + norm and NCCL + norm.
+Prints one JSON object; with --results-dir, appends it to results.jsonl there. Exits 1 if anything was wrong.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from engine_service.ops import triton_norm  # noqa: E402
 from engine_service.parallel import all_reduce  # noqa: E402
 from engine_service.parallel.distributed import NCCL_DEFAULTS  # noqa: E402
 
@@ -70,6 +74,44 @@ def nccl(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_and_time_fused_norm(x: torch.Tensor, rank: int, dtype, device, wrong: list[str]) -> dict:
+    """all_reduce_add_rms_norm against NCCL + the norm kernel: eagerly, three calls from one CUDA graph
+    (replayed twice: the buffer halves alternate), and timed as 64 calls per graph beside the two kernels
+    it replaces (one-shot + norm, NCCL + norm)."""
+    rows = x.shape[0]
+    weight = (torch.rand(HIDDEN, generator=torch.Generator().manual_seed(7)) + 0.5).to(dtype).to(device)
+    residuals = [rank_input(10 + i, x.numel(), dtype, device).view(rows, HIDDEN) for i in range(3)]
+    wants = [triton_norm.fused_add_rms_norm(nccl(x.clone()), r.clone(), weight, 1e-5) for r in residuals]
+
+    def check(got, want, where):
+        if not torch.equal(got[1], want[1]):
+            wrong.append(f"fused add+norm residual {where}, {rows} rows")
+        if not torch.allclose(got[0].float(), want[0].float(), atol=1e-2, rtol=1e-2):
+            wrong.append(f"fused add+norm output {where}, {rows} rows")
+
+    check(all_reduce.all_reduce_add_rms_norm(x, residuals[0].clone(), weight, 1e-5), wants[0], "eager")
+    inputs = [r.clone() for r in residuals]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [all_reduce.all_reduce_add_rms_norm(x, r, weight, 1e-5)[0] for r in inputs]
+    for replay in range(2):
+        for r, start in zip(inputs, residuals, strict=True):
+            r.copy_(start)
+        graph.replay()
+        torch.cuda.synchronize()
+        for i, want in enumerate(wants):
+            check((outs[i], inputs[i]), want, f"in a CUDA graph (replay {replay}, call {i})")
+    residual = residuals[0].clone()
+    paths = {
+        "fused_norm_us": lambda t: all_reduce.all_reduce_add_rms_norm(t, residual, weight, 1e-5),
+        "one_shot_then_norm_us": lambda t: triton_norm.fused_add_rms_norm(
+            all_reduce._one_shot(t), residual, weight, 1e-5
+        ),
+        "nccl_then_norm_us": lambda t: triton_norm.fused_add_rms_norm(nccl(t), residual, weight, 1e-5),
+    }
+    return {name: round(time_graph(fn, x.clone()), 2) for name, fn in paths.items()}
+
+
 def worker(rank: int, args, port: int, queue) -> None:
     torch.cuda.set_device(rank)
     device = torch.device("cuda", rank)
@@ -79,7 +121,7 @@ def worker(rank: int, args, port: int, queue) -> None:
     dtype = getattr(torch, args.dtype)
     rows_list = [int(r) for r in args.rows.split(",")]
     max_bytes = max(rows_list) * HIDDEN * dtype.itemsize
-    one_shot = all_reduce.install(device, dtype, max_bytes)
+    one_shot = all_reduce.install(device, dtype, HIDDEN, max_bytes)  # fused: half the rows (2 halves)
     installed = one_shot is not None
     rows_out, wrong = [], []
     for rows in rows_list:
@@ -103,6 +145,8 @@ def worker(rank: int, args, port: int, queue) -> None:
         row["nccl_us"] = round(time_graph(nccl, x.clone()), 2)
         if installed:
             row["one_shot_us"] = round(time_graph(one_shot, x), 2)
+        if installed and all_reduce._fused_norm.fits(x.view(rows, HIDDEN), x.view(rows, HIDDEN)):
+            row.update(check_and_time_fused_norm(x.view(rows, HIDDEN), rank, dtype, device, wrong))
         rows_out.append(row)
     # Past the symmetric buffer, all_reduce() hands the tensor to NCCL: still the exact sum.
     numel = max(rows_list) * HIDDEN + HIDDEN

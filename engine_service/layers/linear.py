@@ -97,9 +97,21 @@ class QKVParallelLinear(ColumnParallelLinear):
 
 
 class RowParallelLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, tp_rank: int = 0, tp_size: int = 1):
+    """`reduce_results=False` returns this rank's partial sums (the bias only on rank 0, so the sum holds it
+    once): the caller reduces them, fused with what follows (RMSNorm's `reduce_input`)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        reduce_results: bool = True,
+    ):
         super().__init__()
         self.tp_rank, self.tp_size = tp_rank, tp_size
+        self.reduce_results = reduce_results
         self.in_per_rank = divide(in_features, tp_size)
         self.weight = nn.Parameter(torch.empty(out_features, self.in_per_rank), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
@@ -112,6 +124,8 @@ class RowParallelLinear(nn.Module):
         param.data.copy_(loaded.narrow(1, self.tp_rank * self.in_per_rank, self.in_per_rank))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.reduce_results:
+            return nn.functional.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
         out = nn.functional.linear(x, self.weight)
         if self.tp_size > 1:
             out = all_reduce(out)

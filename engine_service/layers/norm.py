@@ -1,4 +1,5 @@
-"""RMSNorm, optionally fused with the residual add that precedes it."""
+"""RMSNorm, optionally fused with the residual add that precedes it (and, under tensor parallelism, with the
+all-reduce of the row-parallel layer whose partial sums it receives)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ import torch
 from torch import nn
 
 from engine_service.ops import dispatch as ops
+from engine_service.parallel.all_reduce import all_reduce_add_rms_norm
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float):
+    """`reduce_input`: an x given with a residual is a row-parallel layer's partial sum on this rank (its
+    RowParallelLinear skipped the reduction), summed over the ranks here before the add."""
+
+    def __init__(self, hidden_size: int, eps: float, reduce_input: bool = False):
         super().__init__()
         self.eps = eps
+        self.reduce_input = reduce_input
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
 
     def forward(
@@ -19,4 +25,6 @@ class RMSNorm(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
             return ops.rms_norm(x, self.weight, self.eps)
+        if self.reduce_input:
+            return all_reduce_add_rms_norm(x, residual, self.weight, self.eps)
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)

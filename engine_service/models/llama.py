@@ -75,8 +75,8 @@ class LlamaAttention(nn.Module):
         )
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.head_dim = a.head_dim
-        self.o_proj = RowParallelLinear(
-            a.num_heads * a.head_dim, a.hidden_size, a.o_bias, a.tp_rank, a.tp_size
+        self.o_proj = RowParallelLinear(  # reduced by the post-attention norm (see LlamaDecoderLayer)
+            a.num_heads * a.head_dim, a.hidden_size, a.o_bias, a.tp_rank, a.tp_size, reduce_results=False
         )
         self.rotary = rotary
         self.q_norm = RMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
@@ -106,7 +106,9 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = MergedColumnParallelLinear(
             a.hidden_size, [a.intermediate_size] * 2, False, a.tp_rank, a.tp_size
         )
-        self.down_proj = RowParallelLinear(a.intermediate_size, a.hidden_size, False, a.tp_rank, a.tp_size)
+        self.down_proj = RowParallelLinear(  # reduced by the next layer's input norm, or the final norm
+            a.intermediate_size, a.hidden_size, False, a.tp_rank, a.tp_size, reduce_results=False
+        )
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,11 +116,16 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
+    """Under tensor parallelism the sub-layers return partial sums (their row-parallel projections do not
+    reduce) and each residual-add norm sums them over the ranks first: one all-reduce + add + norm kernel
+    where the one-shot path is installed. The first layer's input norm gets the (reduced) embedding."""
+
     def __init__(self, a: LlamaArgs, rotary: RotaryEmbedding):
         super().__init__()
-        self.input_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        reduce = a.tp_size > 1
+        self.input_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, reduce_input=reduce)
         self.self_attn = LlamaAttention(a, rotary)
-        self.post_attention_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, reduce_input=reduce)
         self.mlp = LlamaMLP(a)
 
     def forward(
@@ -144,7 +151,7 @@ class LlamaModel(nn.Module):
         self.embed_tokens = VocabParallelEmbedding(a.vocab_size, a.hidden_size, a.tp_rank, a.tp_size)
         rotary = RotaryEmbedding(a.head_dim, a.max_positions, a.rope)
         self.layers = nn.ModuleList(LlamaDecoderLayer(a, rotary) for _ in range(a.num_layers))
-        self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps, reduce_input=a.tp_size > 1)
 
     def forward(
         self,

@@ -14,8 +14,14 @@ Opt-in (`--custom-all-reduce`): on 2x H200 it took 6.6 µs against NCCL's 17 µs
 end-to-end throughput was 11-14 % lower than with NCCL in two runs and 18 % higher in a third (RESULTS.md,
 tensor parallelism): no clear win, so NCCL stays the default.
 
-    install(device, dtype, max_bytes)   once per rank, after the process group is up (CUDA only)
+The same path fuses each row-parallel layer's all-reduce with the residual add and RMSNorm that follow
+it (ops/triton_all_reduce_norm.py: one kernel where there were two, 64 fewer launches per llama-8b
+decode step): the layers hand their partial sums to `all_reduce_add_rms_norm`, which falls back to
+NCCL + the separate norm where the fused kernel does not apply (CPU, prefill-sized tensors, not installed).
+
+    install(device, dtype, hidden_size, max_bytes)   once per rank, after the process group is up (CUDA)
     out = all_reduce(tensor)            in the layers: the summed tensor (a new one, or `tensor` itself)
+    normed, residual = all_reduce_add_rms_norm(partial, residual, weight, eps)
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import logging
 
 import torch
 import torch.distributed as dist
+
+from engine_service.ops import dispatch as ops
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +61,80 @@ class SymmMemAllReduce:
         return out
 
 
+class SymmMemAddRMSNorm:
+    """All-reduce + residual add + RMSNorm of up to `rows` rows of `hidden_size` in one kernel, through a
+    symmetric buffer of two halves per rank and the buffer's signal pads (see triton_all_reduce_norm)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, hidden_size: int, max_bytes: int):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        self.dtype, self.hidden_size = dtype, hidden_size
+        rows = max_bytes // (2 * hidden_size * dtype.itemsize)
+        self.buffer = symm_mem.empty(2 * rows * hidden_size, dtype=dtype, device=device)
+        handle = symm_mem.rendezvous(self.buffer, dist.group.WORLD.group_name)
+        self.rank, self.world_size = handle.rank, handle.world_size
+        flags = handle.get_signal_pad(handle.rank, [], torch.int32).numel()
+        self.rows = min(rows, flags // self.world_size)  # one flag per (row, peer)
+        self.buffer_ptrs = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
+        self.signal_ptrs = torch.tensor(handle.signal_pad_ptrs, dtype=torch.int64, device=device)
+        self.counters = torch.zeros(self.rows, dtype=torch.int32, device=device)
+
+    def fits(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
+        return (
+            x.dtype == self.dtype == residual.dtype
+            and x.dim() == 2
+            and x.shape == residual.shape
+            and x.shape[1] == self.hidden_size
+            and self.hidden_size * x.element_size() % 16 == 0  # the kernel moves rows in 16-byte vectors
+            and 0 < x.shape[0] <= self.rows
+            and x.is_contiguous()
+            and residual.is_contiguous()
+        )
+
+    def __call__(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from engine_service.ops.triton_all_reduce_norm import all_reduce_add_rms_norm
+
+        return all_reduce_add_rms_norm(
+            x,
+            residual,
+            weight,
+            eps,
+            self.buffer_ptrs,
+            self.signal_ptrs,
+            self.counters,
+            self.rank,
+            self.world_size,
+        )
+
+
 _one_shot: SymmMemAllReduce | None = None
+_fused_norm: SymmMemAddRMSNorm | None = None
 
 
 def install(
-    device: torch.device, dtype: torch.dtype, max_bytes: int = DEFAULT_MAX_BYTES
+    device: torch.device, dtype: torch.dtype, hidden_size: int = 0, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> SymmMemAllReduce | None:
-    """Sets up the one-shot path on this rank; every rank must call it (the buffers meet). None, with a
-    warning, where symmetric memory is not available: NCCL then does every all-reduce."""
-    global _one_shot
+    """Sets up the one-shot path on this rank, and with `hidden_size` the fused all-reduce + add + norm;
+    every rank must call it (the buffers meet). None, with a warning, where symmetric memory is not
+    available: NCCL then does every all-reduce."""
+    global _one_shot, _fused_norm
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float32) or max_bytes <= 0:
         return None
     try:
         _one_shot = SymmMemAllReduce(device, dtype, max_bytes)
+        if hidden_size:
+            _fused_norm = SymmMemAddRMSNorm(device, dtype, hidden_size, max_bytes)
     except (RuntimeError, ImportError, AttributeError) as e:
         log.warning("one-shot all-reduce unavailable (%s): NCCL does every all-reduce", e)
+        _one_shot = _fused_norm = None
         return None
-    log.info("one-shot all-reduce over symmetric memory for tensors up to %d KiB", max_bytes >> 10)
+    log.info(
+        "one-shot all-reduce over symmetric memory for tensors up to %d KiB%s",
+        max_bytes >> 10,
+        f", fused with add + RMSNorm up to {_fused_norm.rows} rows" if _fused_norm else "",
+    )
     return _one_shot
 
 
@@ -79,3 +144,13 @@ def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
         return _one_shot(tensor)
     dist.all_reduce(tensor)
     return tensor
+
+
+def all_reduce_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` is a row-parallel layer's partial sum on this rank: returns (rms_norm(h) * weight, h) with
+    h = sum of x over the ranks + residual. Use the returned pair (`residual` may be updated in place)."""
+    if _fused_norm is not None and _fused_norm.fits(x, residual):
+        return _fused_norm(x, residual, weight, eps)
+    return ops.fused_add_rms_norm(all_reduce(x), residual, weight, eps)

@@ -77,11 +77,12 @@ class Worker:
         else:
             device = torch.device("cpu")
         init_distributed(rank, spec.tp_size, spec.store_port, device, spec.collective_timeout_s)
+        model_config = ModelConfig.from_dir(spec.model_path)
         if spec.custom_all_reduce:
-            all_reduce.install(device, DTYPES[spec.dtype])
+            all_reduce.install(device, DTYPES[spec.dtype], model_config.hidden_size)
         self.rank = rank
         self.runner = ModelRunner(
-            ModelConfig.from_dir(spec.model_path),
+            model_config,
             device,
             DTYPES[spec.dtype],
             spec.block_size,

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine_service.ops import (  # noqa: E402
     triton_activation,
+    triton_all_reduce_norm,
     triton_attention,
     triton_kv_cache,
     triton_norm,
@@ -108,6 +109,10 @@ def _scenarios():
     triton_rotary.rotary_embedding(torch.zeros(8, dtype=torch.int64), qkv[:, :32], qkv[:, 32:40],
                                    torch.empty(4096, 128))  # fmt: skip
     triton_activation.silu_and_mul(torch.empty(8, 2 * 14336, dtype=bf16))
+    ptrs, counters = torch.zeros(2, dtype=torch.int64), torch.zeros(64, dtype=torch.int32)
+    fused = triton_all_reduce_norm.all_reduce_add_rms_norm
+    for rank in (0, 1):  # rank 1 is specialized into a constant
+        fused(x, x.clone(), x[0], 1e-5, ptrs, ptrs, counters, rank, 2)
 
 
 def _registers(cubin: bytes) -> str:
@@ -130,6 +135,7 @@ KERNELS = [
     (triton_norm, "_rms_norm_kernel"),
     (triton_rotary, "_rotary_kernel"),
     (triton_activation, "_silu_and_mul_kernel"),
+    (triton_all_reduce_norm, "_all_reduce_add_rms_norm_kernel"),
 ]
 
 
@@ -173,7 +179,8 @@ def main() -> int:
                 f"wgmma={ptx.count('wgmma.mma_async')} mma.sync={ptx.count('mma.sync')} "
                 f"cp.async={ptx.count('cp.async.cg') + ptx.count('cp.async.ca')} "
                 f"ld.v4={ptx.count('ld.global.v4') + ptx.count('ld.global.nc.v4')} "
-                f"local={ptx.count('ld.local') + ptx.count('st.local')}"
+                f"local={ptx.count('ld.local') + ptx.count('st.local')} "
+                f"atom.sys={ptx.count('.sys')}"
             )
     print(f"compiled {len(seen)} kernel variants for sm_90")
     return 0
