@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from engine_service.ops import (  # noqa: E402
     triton_activation,
     triton_attention,
+    triton_gemv,
     triton_kv_cache,
     triton_norm,
     triton_rotary,
@@ -108,6 +109,10 @@ def _scenarios():
     triton_rotary.rotary_embedding(torch.zeros(8, dtype=torch.int64), qkv[:, :32], qkv[:, 32:40],
                                    torch.empty(4096, 128))  # fmt: skip
     triton_activation.silu_and_mul(torch.empty(8, 2 * 14336, dtype=bf16))
+    for n, k in ((28672, 4096), (3072, 4096), (2048, 8192)):  # plain and split-K configs, with a bias
+        w = torch.empty(n, k, dtype=bf16)
+        triton_gemv.gemv(torch.empty(1, k, dtype=bf16), w, w[:, 0].contiguous())
+    triton_gemv.gemv(torch.empty(8, 2048), torch.empty(2048, 2048))  # an fp32 model
 
 
 def _registers(cubin: bytes) -> str:
@@ -123,6 +128,10 @@ def _registers(cubin: bytes) -> str:
     return f"regs={regs.group(1) if regs else '?'} stack={stack.group(1) if stack else '?'}"
 
 
+_SHOWN = (
+    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K".split()
+)  # printed constexprs
+
 KERNELS = [
     (triton_attention, "_paged_attention_kernel"),
     (triton_attention, "_reduce_splits_kernel"),
@@ -130,6 +139,7 @@ KERNELS = [
     (triton_norm, "_rms_norm_kernel"),
     (triton_rotary, "_rotary_kernel"),
     (triton_activation, "_silu_and_mul_kernel"),
+    (triton_gemv, "_gemv_kernel"),
 ]
 
 
@@ -164,8 +174,7 @@ def main() -> int:
             shown = {
                 recorder.fn.arg_names[i]: v
                 for (i,), v in constexprs.items()
-                if recorder.fn.arg_names[i]
-                in ("GROUP", "HEAD_DIM", "BLOCK_M", "TILE_N", "SEQ_GRID", "SPLIT", "DOT_PRECISION")
+                if recorder.fn.arg_names[i] in _SHOWN
             }
             print(
                 f"{name:24s} {shown} {options} shared={compiled.metadata.shared}B "
