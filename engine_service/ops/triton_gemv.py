@@ -35,20 +35,38 @@ class GemvConfig:
     num_stages: int = 4
 
 
-# Configs by (N, K) for the decode shapes of llama-8b (TP=1, TP=2) and llama-1b; any M <= 16 uses them
-# (the tile is 16 rows whatever M is, and at M <= 16 the W stream dominates x's). Other shapes: _heuristic.
-CONFIGS: dict[tuple[int, int], GemvConfig] = {}
+# Configs by (N, K) for the decode shapes of llama-8b (TP=1, TP=2) and llama-1b: the best of
+# `benchmarks/gemv.py --sweep` on an H200 (132 SMs, triton 3.6), bf16, the same or within 0.2 us at M = 1..8
+# (the tile is 16 rows whatever M is, and the W stream dominates). Many shallow stages beat few deep ones,
+# and split-K only pays where N gives fewer than about a third as many column blocks as SMs (1b down).
+_T = GemvConfig
+CONFIGS: dict[tuple[int, int], GemvConfig] = {
+    (3072, 4096): _T(64, 128, 1, 4, 6),  # 8b TP=2 qkv
+    (4096, 2048): _T(64, 128, 1, 4, 6),  # 8b TP=2 o
+    (14336, 4096): _T(128, 128, 1, 4, 5),  # 8b TP=2 gate_up
+    (4096, 7168): _T(64, 256, 1, 4, 5),  # 8b TP=2 down
+    (6144, 4096): _T(64, 128, 1, 4, 6),  # 8b TP=1 qkv
+    (4096, 4096): _T(64, 128, 1, 4, 6),  # 8b TP=1 o
+    (28672, 4096): _T(64, 128, 1, 4, 6),  # 8b TP=1 gate_up
+    (4096, 14336): _T(64, 256, 1, 4, 5),  # 8b TP=1 down
+    (3072, 2048): _T(64, 128, 1, 4, 6),  # 1b qkv
+    (2048, 2048): _T(64, 128, 1, 4, 6),  # 1b o
+    (16384, 2048): _T(128, 128, 1, 4, 5),  # 1b gate_up
+    (2048, 8192): _T(64, 128, 4, 4, 6),  # 1b down
+}
 
 
 def _heuristic(n: int, k: int, element_size: int, num_sms: int) -> GemvConfig:
-    """64 columns x 512 bytes of K per stage, 4 stages (128 KiB of W in flight per program); split K until
-    there are about two programs per SM, keeping at least two chunks per split."""
-    block_n, block_k = 64, 512 // element_size
+    """The table's common entry: 64 columns x 128 K per stage, 6 stages in bf16 (~120 KiB of shared
+    memory with the x tile; fp32 takes 4); split K only when there are fewer than num_sms / 3 column
+    blocks, to about one program per SM, keeping at least two chunks per split."""
+    block_n, block_k = 64, 128
     blocks = triton.cdiv(n, block_n)
     split = 1
-    while blocks * split < 2 * num_sms and k >= 2 * block_k * (2 * split):
-        split *= 2
-    return GemvConfig(block_n, block_k, split)
+    if blocks < num_sms // 3:
+        while blocks * split * 2 <= num_sms and k >= 2 * block_k * (2 * split):
+            split *= 2
+    return GemvConfig(block_n, block_k, split, 4, 6 if element_size == 2 else 4)  # fp32: 6 spill
 
 
 def choose_config(n: int, k: int, m: int, element_size: int = 2, num_sms: int = 132) -> GemvConfig:
