@@ -28,6 +28,7 @@ from engine_service.ops import (  # noqa: E402
     triton_activation,
     triton_all_reduce_norm,
     triton_attention,
+    triton_gemv,
     triton_kv_cache,
     triton_norm,
     triton_rotary,
@@ -113,6 +114,10 @@ def _scenarios():
     fused = triton_all_reduce_norm.all_reduce_add_rms_norm
     for rank in (0, 1):  # rank 1 is specialized into a constant
         fused(x, x.clone(), x[0], 1e-5, ptrs, ptrs, counters, rank, 2)
+    for n, k in ((28672, 4096), (3072, 4096), (2048, 8192)):  # plain and split-K configs, with a bias
+        w = torch.empty(n, k, dtype=bf16)
+        triton_gemv.gemv(torch.empty(1, k, dtype=bf16), w, w[:, 0].contiguous())
+    triton_gemv.gemv(torch.empty(8, 2048), torch.empty(2048, 2048))  # an fp32 model
 
 
 def _registers(cubin: bytes) -> str:
@@ -128,6 +133,10 @@ def _registers(cubin: bytes) -> str:
     return f"regs={regs.group(1) if regs else '?'} stack={stack.group(1) if stack else '?'}"
 
 
+_SHOWN = (
+    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K".split()
+)  # printed constexprs
+
 KERNELS = [
     (triton_attention, "_paged_attention_kernel"),
     (triton_attention, "_reduce_splits_kernel"),
@@ -136,6 +145,7 @@ KERNELS = [
     (triton_rotary, "_rotary_kernel"),
     (triton_activation, "_silu_and_mul_kernel"),
     (triton_all_reduce_norm, "_all_reduce_add_rms_norm_kernel"),
+    (triton_gemv, "_gemv_kernel"),
 ]
 
 
@@ -170,8 +180,7 @@ def main() -> int:
             shown = {
                 recorder.fn.arg_names[i]: v
                 for (i,), v in constexprs.items()
-                if recorder.fn.arg_names[i]
-                in ("GROUP", "HEAD_DIM", "BLOCK_M", "TILE_N", "SEQ_GRID", "SPLIT", "DOT_PRECISION")
+                if recorder.fn.arg_names[i] in _SHOWN
             }
             print(
                 f"{name:24s} {shown} {options} shared={compiled.metadata.shared}B "
