@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine_service.ops import dispatch as ops
 from engine_service.parallel.all_reduce import all_reduce
 
 
@@ -38,7 +39,7 @@ class ColumnParallelLinear(nn.Module):
         param.data.copy_(loaded.narrow(0, self.tp_rank * self.out_per_rank, self.out_per_rank))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight, self.bias)
+        return ops.linear(x, self.weight, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -125,8 +126,8 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.reduce_results:
-            return nn.functional.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
-        out = nn.functional.linear(x, self.weight)
+            return ops.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
+        out = ops.linear(x, self.weight)
         if self.tp_size > 1:
             out = all_reduce(out)
         if self.bias is not None:
