@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -156,6 +157,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, one per shape")
     parser.add_argument("--sweep", action="store_true", help="also time a config sweep per shape and M")
     parser.add_argument("--shapes", nargs="*", default=None, help="only these shape names")
+    parser.add_argument("--append", action="store_true", help="append to --out (results.jsonl) instead")
+    parser.add_argument("--commit", default="unknown", help="recorded in each line")
     args = parser.parse_args()
     shapes = [s for s in SHAPES if args.shapes is None or s[0] in args.shapes]
     if not shapes:
@@ -170,10 +173,15 @@ def main() -> int:
     bw = round(copy_tbps(), 3)
     print(f"{torch.cuda.get_device_name(0)}: copy bandwidth {bw:.2f} TB/s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w") as f:
+    with args.out.open("a" if args.append else "w") as f:
         for name, n, k in shapes:
-            record = bench_shape(name, n, k, args.sweep, bw)
-            record["device"] = torch.cuda.get_device_name(0)
+            record = {
+                "kind": "gemv",
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "card": torch.cuda.get_device_name(0),
+                "commit": args.commit,
+                **bench_shape(name, n, k, args.sweep, bw),
+            }
             f.write(json.dumps(record) + "\n")
             f.flush()
     print(f"done in {time.time() - t0:.0f} s -> {args.out}")

@@ -25,6 +25,7 @@
 #   tp-tests   the tensor-parallel GPU tests (tests/parallel -m gpu; two GPUs)
 #   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
 #   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2, TP=2 with the one-shot all-reduce; batch-1 step (two GPUs)
+#   gemv       benchmarks/gemv.py: the Triton decode GEMV against cuBLAS at the llama shapes, M = 1..8
 #   graph-kernels  benchmarks/graph_kernels.py: the kernels of llama-8b's batch-1 decode graph at TP=1, TP=2
 #              and TP=2 one-shot (two GPUs), and of llama-1b's at batch 256 (TP=1)
 #
@@ -105,6 +106,7 @@ stage() {
       timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
         2>&1 | tee "$OUT/tp-tests.log" ;;
     allreduce) python3 benchmarks/all_reduce.py --results-dir "$RES" ;;
+    gemv) python3 benchmarks/gemv.py --out "$RES/results.jsonl" --append --commit "$COMMIT" ;;
     graph-kernels)
       local gk=(python3 benchmarks/graph_kernels.py --results-dir "$RES" --commit "$COMMIT") rc=0
       "${gk[@]}" --shape llama-1b --batch 256 || rc=$?
