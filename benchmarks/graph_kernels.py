@@ -29,6 +29,7 @@ from pagoda.bench.shapes import write_model_dir  # noqa: E402
 
 # kernel name pattern -> group; the first that matches
 GROUPS = [
+    (r"all_reduce_add_rms_norm", "all-reduce+norm"),  # fused (ops/triton_all_reduce_norm.py)
     (r"nccl|all_reduce|allreduce", "all-reduce"),
     (r"paged_attention|reduce_splits", "attention"),
     (r"gemm|gemv|nvjet|xmma|cutlass|cublas|matmul|splitk", "matrix products"),
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ngraph replay {graph_ms * 1e3:.0f} µs; kernels {kernel_us:.0f} µs, {launches:.0f} launches")
         for name, (n, us) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
             print(f"  {name:16} {us:8.0f} µs  {n:5.0f} launches")
+        print("(a one-shot or fused all-reduce kernel's time includes its wait for the other ranks)")
         if args.results_dir:
             record = {
                 "kind": "graph_kernels",
