@@ -105,6 +105,11 @@ class BlockManager:
         Full blocks among the tokens computed this step are registered in the prefix cache at once: the
         forward pass writes every new token's KV before any attention reads it, so a sequence scheduled
         later in the same step may already share them.
+
+        A running sequence's table always covers its computed tokens, and its keys always cover its full
+        blocks of computed and resolved tokens (see register_computed). So one new token at position p with
+        0 < p % block_size < block_size - 1 changes nothing here: it lands in the last block and does not
+        fill it. The scheduler skips the call then (most decode steps).
         """
         table = self._tables.setdefault(seq.seq_id, [])
         if computed_blocks:
@@ -122,7 +127,11 @@ class BlockManager:
         self.register_computed(seq, num_tokens)
 
     def register_computed(self, seq: Sequence, num_computed: int | None = None) -> None:
-        """Key the full blocks among `seq`'s computed tokens whose ids are all known (no placeholder)."""
+        """Key the full blocks among `seq`'s computed tokens whose ids are all known (no placeholder).
+
+        Called whenever either count grows, so a new key can only come from a token that completes a
+        block; callers skip the call otherwise (Scheduler.update_from_output, and allocate's callers).
+        """
         if not self.enable_prefix_caching:
             return
         computed = seq.num_computed_tokens if num_computed is None else num_computed

@@ -100,32 +100,33 @@ class Scheduler:
 
         # 1. Running sequences, oldest first. Preempt from the newest end when blocks run out.
         i = 0
-        running, max_model_len = self.running, self.max_model_len
+        running, max_model_len, scheduled = self.running, self.max_model_len, out.scheduled
+        bs = bm.block_size
         while i < len(running) and budget > 0:  # hot: once per running sequence per step
             seq = running[i]
-            num_output = len(seq.output_token_ids)
-            num_tokens = seq.num_prompt_tokens + num_output
+            outputs = seq.output_token_ids
+            num_tokens = seq.num_prompt_tokens + len(outputs)
             if seq.num_pending > 0:  # the last token may be the final one, in flight: nothing to compute
                 max_tokens = seq.params.max_tokens
-                if (max_tokens is not None and num_output >= max_tokens) or num_tokens >= max_model_len:
+                if (max_tokens is not None and len(outputs) >= max_tokens) or num_tokens >= max_model_len:
                     i += 1
                     continue
             start = seq.num_computed_tokens
             num_new = min(num_tokens - start, budget)
-            while not bm.can_allocate(seq, num_new):
-                victim = running.pop()
-                self._preempt(victim)
-                out.preempted.append(victim)
-                if victim is seq:
-                    break
-            else:
-                out.scheduled.append(ScheduledSequence(seq, num_new, start, start + num_new == num_tokens))
+            # A decode token that lands inside the sequence's last block without filling it needs no block
+            # and completes none: the block manager has nothing to do (see BlockManager.allocate).
+            if not (num_new == 1 and 0 < start % bs < bs - 1):
+                if not self._make_room(seq, num_new, out):
+                    break  # `seq` itself was preempted: nothing behind it is left
                 bm.allocate(seq, num_new)
-                seq.num_computed_tokens += num_new
-                budget -= num_new
-                i += 1
-                continue
-            break  # `seq` itself was preempted: nothing behind it is left
+            seq.num_computed_tokens = start + num_new
+            budget -= num_new
+            samples = start + num_new == num_tokens
+            scheduled.append(ScheduledSequence(seq, num_new, start, samples))
+            if samples:  # its placeholder, at once: the block manager only counts resolved tokens
+                outputs.append(PLACEHOLDER)
+                seq.num_pending += 1
+            i += 1
 
         # 2. Waiting sequences, in arrival order, unless this step had to preempt.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
@@ -140,17 +141,28 @@ class Scheduler:
                 seq.num_cached_tokens = num_computed
                 seq.first_scheduled_time = time.monotonic()
                 bm.record_lookup(seq.num_prompt_tokens, num_computed)
-            out.scheduled.append(ScheduledSequence(seq, num_new, num_computed))
+            item = ScheduledSequence(seq, num_new, num_computed)
+            out.scheduled.append(item)
             bm.allocate(seq, num_new, hits)
             seq.num_computed_tokens += num_new
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             budget -= num_new
-        for item in out.scheduled:  # placeholders last: allocation must not see them as computed
             if item.samples:
-                item.seq.output_token_ids.append(PLACEHOLDER)
-                item.seq.num_pending += 1
+                seq.output_token_ids.append(PLACEHOLDER)
+                seq.num_pending += 1
         return out
+
+    def _make_room(self, seq: Sequence, num_new: int, out: SchedulerOutput) -> bool:
+        """Preempt running sequences, newest first, until `seq` can get `num_new` more tokens' blocks.
+        False when `seq` itself had to go."""
+        while not self.block_manager.can_allocate(seq, num_new):
+            victim = self.running.pop()
+            self._preempt(victim)
+            out.preempted.append(victim)
+            if victim is seq:
+                return False
+        return True
 
     def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Sequence]:
         """Resolve this step's placeholders with the sampled tokens and finish sequences that hit a stop.
@@ -160,17 +172,19 @@ class Scheduler:
         """
         finished: list[Sequence] = []
         bm = self.block_manager
+        bs = bm.block_size
         for item in out.scheduled:
             seq = item.seq
             token = sampled.get(seq.seq_id)
-            if token is None or seq.is_finished:
+            if token is None or seq.status is SequenceStatus.FINISHED:
                 continue
             index = len(seq.output_token_ids) - seq.num_pending  # the oldest placeholder is this step's
             seq.output_token_ids[index] = token
             seq.num_pending -= 1
             reason = self._stop_reason(seq, token, index + 1)
             if reason is None:
-                bm.register_computed(seq)
+                if (seq.num_prompt_tokens + index + 1) % bs == 0:  # it completes a block: key it, if computed
+                    bm.register_computed(seq)
                 continue
             del seq.output_token_ids[index + 1 :]  # a newer step's placeholder, if any, is void
             seq.num_pending = 0
