@@ -19,7 +19,7 @@ from engine_service.executor import Executor, make_executor
 from engine_service.model_config import ModelConfig, load_tokenizer
 from engine_service.model_runner import resolve_device, resolve_dtype
 from engine_service.outputs import SequenceUpdate
-from engine_service.request import Sequence
+from engine_service.request import Sequence, SequenceStatus
 from engine_service.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -198,39 +198,30 @@ class Engine:
         self._inflight = None
         result = pending.result()
         sampling = [s.seq for s in out.scheduled if s.samples]
-        live = [not seq.is_finished for seq in sampling]  # aborted or already stopped: token void
-        sampled = {seq.seq_id: tok for seq, tok in zip(sampling, result.token_ids, strict=True)}
-        finished = set(self.scheduler.update_from_output(out, sampled))
+        finished = self.scheduler.update_from_output(sampling, result.token_ids)
+        done = set(finished)
+        self.num_prompt_tokens += out.num_prompt_tokens
         now = time.monotonic()
-        self.num_prompt_tokens += sum(
-            min(s.start + s.num_new_tokens, s.seq.num_prompt_tokens) - s.start
-            for s in out.scheduled
-            if s.start < s.seq.num_prompt_tokens
-        )
         packed = updates_codec.empty()
         # Runs once per sampled token, so the plain-update rule of updates_codec.pack is inlined here: the
         # common update is four appends to the columns, no object.
-        request_ids, token_ids, cached, prompt = (
-            packed.request_ids,
-            packed.token_ids,
-            packed.num_cached_tokens,
-            packed.num_prompt_tokens,
-        )
-        rows = zip(sampling, live, result.token_ids, result.logprobs, strict=True)
-        for seq, is_live, token, logprobs in rows:
-            if not is_live:
-                continue
+        request_ids, token_ids = packed.request_ids.append, packed.token_ids.append
+        cached, prompt = packed.num_cached_tokens.append, packed.num_prompt_tokens.append
+        rows = zip(sampling, result.token_ids, result.logprobs, strict=True)
+        for seq, token, logprobs in rows:
+            is_done = seq.status is SequenceStatus.FINISHED
+            if is_done and seq not in done:
+                continue  # aborted, or stopped by an earlier step's token: this one is void
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 if self.started is not None:
                     self.started.append(seq)
             num_cached = seq.num_cached_tokens if seq.num_cached_tokens > 0 else 0
-            done = seq in finished
-            if seq.index == 0 and not done and logprobs is None:
-                request_ids.append(seq.request_id)
-                token_ids.append(token)
-                cached.append(num_cached)
-                prompt.append(seq.num_prompt_tokens)
+            if seq.index == 0 and not is_done and logprobs is None:
+                request_ids(seq.request_id)
+                token_ids(token)
+                cached(num_cached)
+                prompt(seq.num_prompt_tokens)
                 continue
             packed.other.append(
                 SequenceUpdate(
@@ -238,8 +229,8 @@ class Engine:
                     seq.index,
                     [token],
                     None if logprobs is None else [logprobs],
-                    seq.finish_reason if done else None,
-                    seq.stop_reason if done else None,
+                    seq.finish_reason if is_done else None,
+                    seq.stop_reason if is_done else None,
                     seq.num_prompt_tokens,
                     num_cached,
                 )

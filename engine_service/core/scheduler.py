@@ -44,6 +44,7 @@ class ScheduledSequence:
 class SchedulerOutput:
     scheduled: list[ScheduledSequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    num_prompt_tokens: int = 0  # of the scheduled tokens, those of prompts (the rest are output tokens)
 
     @property
     def num_batched_tokens(self) -> int:
@@ -75,6 +76,11 @@ class Scheduler:
 
     # ---- requests in and out -------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
+        p = seq.params
+        # What update_from_output checks each new token against, worked out once (see _stop_reason).
+        seq.stop_ids = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self.eos_token_ids)
+        limit = self.max_model_len - seq.num_prompt_tokens
+        seq.max_output_tokens = limit if p.max_tokens is None else min(p.max_tokens, limit)
         self.waiting.append(seq)
         self.num_with_penalties += seq.params.has_penalties
 
@@ -100,17 +106,17 @@ class Scheduler:
 
         # 1. Running sequences, oldest first. Preempt from the newest end when blocks run out.
         i = 0
-        running, max_model_len, scheduled = self.running, self.max_model_len, out.scheduled
+        running, scheduled = self.running, out.scheduled
         bs = bm.block_size
         while i < len(running) and budget > 0:  # hot: once per running sequence per step
             seq = running[i]
             outputs = seq.output_token_ids
-            num_tokens = seq.num_prompt_tokens + len(outputs)
-            if seq.num_pending > 0:  # the last token may be the final one, in flight: nothing to compute
-                max_tokens = seq.params.max_tokens
-                if (max_tokens is not None and len(outputs) >= max_tokens) or num_tokens >= max_model_len:
-                    i += 1
-                    continue
+            num_prompt = seq.num_prompt_tokens
+            num_tokens = num_prompt + len(outputs)
+            # The last token may be the final one, in flight: nothing to compute.
+            if seq.num_pending > 0 and len(outputs) >= seq.max_output_tokens:
+                i += 1
+                continue
             start = seq.num_computed_tokens
             num_new = min(num_tokens - start, budget)
             # A decode token that lands inside the sequence's last block without filling it needs no block
@@ -121,6 +127,8 @@ class Scheduler:
                 bm.allocate(seq, num_new)
             seq.num_computed_tokens = start + num_new
             budget -= num_new
+            if start < num_prompt:  # a chunk of its prompt
+                out.num_prompt_tokens += min(start + num_new, num_prompt) - start
             samples = start + num_new == num_tokens
             scheduled.append(ScheduledSequence(seq, num_new, start, samples))
             if samples:  # its placeholder, at once: the block manager only counts resolved tokens
@@ -136,6 +144,7 @@ class Scheduler:
             num_new = min(seq.num_tokens - num_computed, budget)
             if not bm.can_allocate(seq, num_new, hits):
                 break
+            out.num_prompt_tokens += max(0, min(num_computed + num_new, seq.num_prompt_tokens) - num_computed)
             self.waiting.popleft()
             if seq.num_cached_tokens < 0:  # first scheduling: count the prefix-cache lookup
                 seq.num_cached_tokens = num_computed
@@ -164,33 +173,34 @@ class Scheduler:
                 return False
         return True
 
-    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Sequence]:
-        """Resolve this step's placeholders with the sampled tokens and finish sequences that hit a stop.
+    def update_from_output(self, seqs: list[Sequence], tokens: list[int]) -> list[Sequence]:
+        """Resolve a step's placeholders with its sampled tokens and finish sequences that hit a stop.
 
-        `sampled` maps seq_id -> token id for the sequences that sampled in `out`. Returns the sequences
-        that finished. A sequence that finished or was aborted meanwhile ignores its late token.
+        `seqs`: the sequences that sampled in that step, in order; `tokens[i]`: the token of seqs[i].
+        Returns the sequences that finished. One that finished or was aborted meanwhile ignores its token.
         """
         finished: list[Sequence] = []
         bm = self.block_manager
         bs = bm.block_size
-        for item in out.scheduled:
-            seq = item.seq
-            token = sampled.get(seq.seq_id)
-            if token is None or seq.status is SequenceStatus.FINISHED:
+        for seq, token in zip(seqs, tokens, strict=True):  # hot: once per sampled token
+            if seq.status is SequenceStatus.FINISHED:
                 continue
-            index = len(seq.output_token_ids) - seq.num_pending  # the oldest placeholder is this step's
+            num_pending = seq.num_pending
+            index = len(seq.output_token_ids) - num_pending  # the oldest placeholder is this step's
             seq.output_token_ids[index] = token
-            seq.num_pending -= 1
-            reason = self._stop_reason(seq, token, index + 1)
-            if reason is None:
-                if (seq.num_prompt_tokens + index + 1) % bs == 0:  # it completes a block: key it, if computed
-                    bm.register_computed(seq)
-                continue
-            del seq.output_token_ids[index + 1 :]  # a newer step's placeholder, if any, is void
-            seq.num_pending = 0
-            (self.running if seq.status is SequenceStatus.RUNNING else self.waiting).remove(seq)
-            self._finish(seq, reason)
-            finished.append(seq)
+            seq.num_pending = num_pending - 1
+            num_output = index + 1
+            if token in seq.stop_ids or num_output >= seq.max_output_tokens:  # may stop: look closer
+                reason = self._stop_reason(seq, token, num_output)
+                if reason is not None:
+                    del seq.output_token_ids[num_output:]  # a newer step's placeholder, if any, is void
+                    seq.num_pending = 0
+                    (self.running if seq.status is SequenceStatus.RUNNING else self.waiting).remove(seq)
+                    self._finish(seq, reason)
+                    finished.append(seq)
+                    continue
+            if (seq.num_prompt_tokens + num_output) % bs == 0:  # it completes a block: key it, if computed
+                bm.register_computed(seq)
         return finished
 
     # ---- internals -----------------------------------------------------------------------------

@@ -26,8 +26,8 @@ def seq(name: str, n_prompt: int, max_tokens: int = 8, start: int = 1, **kw) -> 
 
 def run_step(s: Scheduler, token: int = 7):
     out = s.schedule()
-    sampled = {x.seq.seq_id: token for x in out.scheduled if x.samples}
-    finished = s.update_from_output(out, sampled)
+    sampling = [x.seq for x in out.scheduled if x.samples]
+    finished = s.update_from_output(sampling, [token] * len(sampling))
     return out, finished
 
 
@@ -196,11 +196,15 @@ def test_prefix_keys_stay_exact_through_decode_preemption_and_lag(lag, block_siz
     while s.num_unfinished or in_flight:
         launched = s.schedule()
         _check_block_state(s)
+        prompt_tokens = [
+            min(x.start + x.num_new_tokens, x.seq.num_prompt_tokens) - x.start for x in launched.scheduled
+        ]
+        assert launched.num_prompt_tokens == sum(n for n in prompt_tokens if n > 0)
         if lag == 0 and not launched.is_empty:
             in_flight, launched = launched, None
         if in_flight is not None:
-            sampled = {x.seq.seq_id: rng.randrange(1, 50) for x in in_flight.scheduled if x.samples}
-            s.update_from_output(in_flight, sampled)
+            sampling = [x.seq for x in in_flight.scheduled if x.samples]
+            s.update_from_output(sampling, [rng.randrange(1, 50) for _ in sampling])
             _check_block_state(s)
             s.block_manager.check_integrity()
         in_flight = None if launched is None or launched.is_empty else launched
