@@ -207,9 +207,10 @@ class Engine:
         # common update is four appends to the columns, no object.
         request_ids, token_ids = packed.request_ids.append, packed.token_ids.append
         cached, prompt = packed.num_cached_tokens.append, packed.num_prompt_tokens.append
+        FINISHED = SequenceStatus.FINISHED  # a local: an enum member lookup costs ~60 ns
         rows = zip(sampling, result.token_ids, result.logprobs, strict=True)
         for seq, token, logprobs in rows:
-            is_done = seq.status is SequenceStatus.FINISHED
+            is_done = seq.status is FINISHED
             if is_done and seq not in done:
                 continue  # aborted, or stopped by an earlier step's token: this one is void
             if seq.first_token_time is None:

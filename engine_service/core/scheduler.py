@@ -32,12 +32,7 @@ class ScheduledSequence:
     seq: Sequence
     num_new_tokens: int
     start: int  # num_computed_tokens before this step (positions start..start+num_new_tokens-1)
-    # This step brings the sequence up to date, so a token is sampled for it (None: worked out here).
-    samples: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.samples is None:
-            self.samples = self.start + self.num_new_tokens == self.seq.num_tokens
+    samples: bool  # this step brings the sequence up to date, so a token is sampled for it
 
 
 @dataclass
@@ -104,21 +99,21 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         bm = self.block_manager
 
-        # 1. Running sequences, oldest first. Preempt from the newest end when blocks run out.
-        i = 0
-        running, scheduled = self.running, out.scheduled
+        # 1. Running sequences, oldest first. Preempt from the newest end when blocks run out: the victims
+        # are popped off the list's end, so the iteration never reaches them.
+        append = out.scheduled.append
         bs = bm.block_size
-        while i < len(running) and budget > 0:  # hot: once per running sequence per step
-            seq = running[i]
+        for seq in self.running:  # hot: once per running sequence per step
+            if budget <= 0:
+                break
             outputs = seq.output_token_ids
             num_prompt = seq.num_prompt_tokens
             num_tokens = num_prompt + len(outputs)
             # The last token may be the final one, in flight: nothing to compute.
             if seq.num_pending > 0 and len(outputs) >= seq.max_output_tokens:
-                i += 1
                 continue
             start = seq.num_computed_tokens
-            num_new = min(num_tokens - start, budget)
+            num_new = num_tokens - start if num_tokens - start < budget else budget
             # A decode token that lands inside the sequence's last block without filling it needs no block
             # and completes none: the block manager has nothing to do (see BlockManager.allocate).
             if not (num_new == 1 and 0 < start % bs < bs - 1):
@@ -130,11 +125,10 @@ class Scheduler:
             if start < num_prompt:  # a chunk of its prompt
                 out.num_prompt_tokens += min(start + num_new, num_prompt) - start
             samples = start + num_new == num_tokens
-            scheduled.append(ScheduledSequence(seq, num_new, start, samples))
+            append(ScheduledSequence(seq, num_new, start, samples))
             if samples:  # its placeholder, at once: the block manager only counts resolved tokens
                 outputs.append(PLACEHOLDER)
                 seq.num_pending += 1
-            i += 1
 
         # 2. Waiting sequences, in arrival order, unless this step had to preempt.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
@@ -150,14 +144,14 @@ class Scheduler:
                 seq.num_cached_tokens = num_computed
                 seq.first_scheduled_time = time.monotonic()
                 bm.record_lookup(seq.num_prompt_tokens, num_computed)
-            item = ScheduledSequence(seq, num_new, num_computed)
-            out.scheduled.append(item)
+            samples = num_computed + num_new == seq.num_tokens
+            out.scheduled.append(ScheduledSequence(seq, num_new, num_computed, samples))
             bm.allocate(seq, num_new, hits)
             seq.num_computed_tokens += num_new
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             budget -= num_new
-            if item.samples:
+            if samples:
                 seq.output_token_ids.append(PLACEHOLDER)
                 seq.num_pending += 1
         return out
@@ -182,8 +176,9 @@ class Scheduler:
         finished: list[Sequence] = []
         bm = self.block_manager
         bs = bm.block_size
+        FINISHED = SequenceStatus.FINISHED  # a local: an enum member lookup costs ~60 ns
         for seq, token in zip(seqs, tokens, strict=True):  # hot: once per sampled token
-            if seq.status is SequenceStatus.FINISHED:
+            if seq.status is FINISHED:
                 continue
             num_pending = seq.num_pending
             index = len(seq.output_token_ids) - num_pending  # the oldest placeholder is this step's
