@@ -180,7 +180,7 @@ class Engine:
         out = self.scheduler.schedule()
         launched = None
         if not out.is_empty:
-            tables = [self.block_manager.block_table(s.seq) for s in out.scheduled]
+            tables = self.block_manager.block_tables(s.seq for s in out.scheduled)
             launched = (out, self.executor.launch(out, tables))
             self.num_steps += 1
         if self._inflight is not None:

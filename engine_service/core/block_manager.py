@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -71,6 +71,11 @@ class BlockManager:
 
     def block_table(self, seq: Sequence) -> list[int]:
         return self._tables.get(seq.seq_id, [])
+
+    def block_tables(self, seqs: Iterable[Sequence]) -> list[list[int]]:
+        """The live tables of sequences that hold blocks (every scheduled one), in order: once per step."""
+        tables = self._tables
+        return [tables[seq.seq_id] for seq in seqs]
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
