@@ -20,6 +20,7 @@ from engine_service.model_config import ModelConfig, load_tokenizer
 from engine_service.model_runner import resolve_device, resolve_dtype
 from engine_service.outputs import SequenceUpdate
 from engine_service.request import Sequence, SequenceStatus
+from engine_service.sampler import SampleResult
 from engine_service.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class Engine:
             config.async_scheduling if config.async_scheduling is not None else device.type == "cuda"
         )
         self._inflight = None  # (SchedulerOutput, pending result) of the step on the device
+        # The last batch whose updates were all plain, while none of its sequences finished or was aborted.
+        self._steady: updates_codec.SteadyRows | None = None
         log.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens per request: %.1fx",
             num_blocks,
@@ -143,6 +146,7 @@ class Engine:
             return False
         targets = [s for s in seqs if index is None or s.index == index]
         self.scheduler.abort(targets)
+        self._steady = None  # an in-flight token of theirs is void
         self.executor.forget(s.seq_id for s in targets)
         self._forget_finished(request_id)
         return bool(targets)
@@ -199,8 +203,24 @@ class Engine:
         result = pending.result()
         sampling = [s.seq for s in out.scheduled if s.samples]
         finished = self.scheduler.update_from_output(sampling, result.token_ids)
-        done = set(finished)
         self.num_prompt_tokens += out.num_prompt_tokens
+        steady = self._steady
+        if finished or steady is None or steady.seqs != sampling:  # (list !=: identity, at C speed)
+            packed = self._build_updates(sampling, result, finished)
+        else:  # the sequences of an earlier step whose updates were all plain, none finished since
+            packed = steady.packed(result.token_ids)
+        self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
+        self.executor.forget(seq.seq_id for seq in finished)
+        for seq in finished:
+            self._forget_finished(seq.request_id)
+        return packed
+
+    def _build_updates(
+        self, sampling: list[Sequence], result: SampleResult, finished: list[Sequence]
+    ) -> updates_codec.PackedUpdates:
+        """The step's updates, row by row. When every one is plain (and nothing finished), the batch is
+        kept as steady: later steps of the same sequences copy its columns (see updates_codec.SteadyRows)."""
+        done = set(finished)
         now = time.monotonic()
         packed = updates_codec.empty()
         # Runs once per sampled token, so the plain-update rule of updates_codec.pack is inlined here: the
@@ -236,10 +256,8 @@ class Engine:
                     num_cached,
                 )
             )
-        self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
-        self.executor.forget(seq.seq_id for seq in finished)
-        for seq in finished:
-            self._forget_finished(seq.request_id)
+        all_plain = not finished and len(packed.request_ids) == len(sampling)  # no void, no other update
+        self._steady = updates_codec.SteadyRows(sampling, packed) if all_plain else None
         return packed
 
     def stats(self) -> EngineStats:
