@@ -36,28 +36,30 @@ class BlockTableRows:
     def gather(self, seq_ids: Sequence[str], tables: Sequence[list[int]]) -> np.ndarray:
         """[B, width] int64: row i holds tables[i] (the block ids of seq_ids[i]), padded with whatever the
         row held before (callers bound every read by the sequence's length)."""
+        width = max(map(len, tables), default=1) or 1
+        if width > self.array.shape[1]:
+            self._widen(width)
         rows = []
-        array, known_rows = self.array, self._rows
-        width = 1
-        for seq_id, table in zip(seq_ids, tables, strict=True):
-            n = len(table)
-            if n > array.shape[1]:
-                array = self._widen(n)
-            width = max(width, n)
+        append, known_rows = rows.append, self._rows
+        for seq_id, table in zip(seq_ids, tables, strict=True):  # hot: once per sequence per step
             entry = known_rows.get(seq_id)
-            if entry is not None and entry[1] is table and entry[2] <= n:
+            if entry is not None and entry[1] is table:
                 row, _, known, last = entry
-                if known and table[known - 1] != last:
-                    known = 0  # rebuilt in place: write it whole
-                if known < n:
-                    array[row, known:n] = table[known:]
+                n = len(table)
+                if n == known and (not n or table[-1] == last):  # unchanged: most sequences, most steps
+                    append(row)
+                    continue
+                if n > known and (not known or table[known - 1] == last):  # appended to
+                    self.array[row, known:n] = table[known:]
                     known_rows[seq_id] = (row, table, n, table[-1])
-            else:
-                row = entry[0] if entry is not None else self._take_row()
-                array = self.array  # _take_row may have grown it
-                array[row, :n] = table
-                known_rows[seq_id] = (row, table, n, table[-1] if n else -1)
-            rows.append(row)
+                    append(row)
+                    continue
+            # New, or rebuilt (another list, a shorter one, a changed known block): written whole.
+            row = entry[0] if entry is not None else self._take_row()
+            n = len(table)
+            self.array[row, :n] = table
+            known_rows[seq_id] = (row, table, n, table[-1] if n else -1)
+            append(row)
         return self.array[rows, :width]
 
     def _take_row(self) -> int:

@@ -243,7 +243,10 @@ class _HostStep:
 
     @classmethod
     def build(cls, out: SchedulerOutput, block_tables: list[list[int]], bs: int) -> _HostStep:
-        step = cls([], [], [], [0], [], [], max(s.num_new_tokens for s in out.scheduled))
+        max_query_len = max(s.num_new_tokens for s in out.scheduled)
+        if max_query_len == 1:
+            return cls._build_decode(out, block_tables, bs)
+        step = cls([], [], [], [0], [], [], max_query_len)
         input_ids, positions, slots = step.input_ids, step.positions, step.slots
         query_start, seq_lens, logits_indices = step.query_start, step.seq_lens, step.logits_indices
         num_tokens = 0
@@ -271,6 +274,38 @@ class _HostStep:
             if item.samples:
                 logits_indices.append(num_tokens - 1)
         return step
+
+    @classmethod
+    def _build_decode(cls, out: SchedulerOutput, block_tables: list[list[int]], bs: int) -> _HostStep:
+        """`build` for a step of one token per sequence (steady decode), a column at a time: the same lists,
+        in comprehensions rather than a loop of appends."""
+        scheduled = out.scheduled
+        starts = [item.start for item in scheduled]  # the one token's position
+        seqs = [item.seq for item in scheduled]
+        input_ids = [
+            seq.output_token_ids[p - seq.num_prompt_tokens]
+            if p >= seq.num_prompt_tokens
+            else seq.prompt_token_ids[p]
+            for seq, p in zip(seqs, starts, strict=True)
+        ]
+        slots = [table[p // bs] * bs + p % bs for table, p in zip(block_tables, starts, strict=True)]
+        n = len(scheduled)
+        if input_ids.count(PLACEHOLDER) == n:  # async steady decode: every input is the last step's token
+            placeholder_at = list(range(n))
+        else:
+            placeholder_at = [i for i, token in enumerate(input_ids) if token == PLACEHOLDER]
+        samples = [i for i, item in enumerate(scheduled) if item.samples]
+        return cls(
+            input_ids=input_ids,
+            positions=starts,
+            slots=slots,
+            query_start=list(range(n + 1)),
+            seq_lens=[p + 1 for p in starts],
+            logits_indices=samples,
+            max_query_len=1,
+            placeholder_at=placeholder_at,
+            placeholder_seq=list(placeholder_at),  # one token per sequence: the flat index is the item's
+        )
 
     def to_device(self, table: np.ndarray, dev: torch.device):
         """(input ids, positions, attention metadata, logits indices) on `dev`, in one copy that does not

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -45,6 +46,10 @@ class Sequence:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     num_prompt_tokens: int = field(init=False)  # the prompt never changes: read in every step's hot loops
+    # Set by Scheduler.add from the params and the engine's limits: the ids that may stop it (EOS unless
+    # ignored, stop_token_ids), and the output length at which it ends (max_tokens, or the context's end).
+    stop_ids: frozenset[int] = field(init=False, default=frozenset())
+    max_output_tokens: int = field(init=False, default=sys.maxsize)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.prompt_token_ids)

@@ -34,11 +34,28 @@ class SampleResult:
     logprobs: list[TokenLogprobs | None]
 
 
+@dataclass
+class _BatchRows:
+    """What a batch's rows ask of the draw, apart from their positions: fixed by their params and seeds, so
+    the sampler keeps it (its tensors already on the device) while the same sequences come in the same
+    order, as in every step of a steady decode."""
+
+    seqs: list[Sequence]
+    temperatures: list[float]  # 0.0 for a greedy row
+    temperature: torch.Tensor  # the same, float32 on the device
+    seeds: torch.Tensor  # int64 on the device
+    num_logprobs: list[int | None]
+    any_logprobs: bool
+    always_processed: bool  # a row has logit_bias, penalties or a filter: its logits change every draw
+    max_min_tokens: int  # a row below its min_tokens has its stop tokens masked (processed) too
+
+
 class Sampler:
     def __init__(self, device: torch.device, eos_token_ids: tuple[int, ...], seed: int):
         self.device = device
         self.eos_token_ids = eos_token_ids
         self._rng = random.Random(seed)  # seeds of sequences whose request has none
+        self._rows: _BatchRows | None = None  # the last batch's rows, kept while the batch stays the same
 
     def __call__(
         self, logits: torch.Tensor, seqs: list[Sequence], positions: list[int] | None = None
@@ -56,27 +73,43 @@ class Sampler:
         """
         if positions is None:
             positions = [len(s.output_token_ids) for s in seqs]
-        # One pass over the rows for everything the host decides (hot: once per sequence per step).
+        rows = self._rows
+        if rows is None or rows.seqs != seqs:  # by identity, element by element, at C speed
+            rows = self._rows = self._batch_rows(seqs)
+        processing = rows.always_processed or (rows.max_min_tokens > 0 and _below_min_tokens(seqs, positions))
+        raw_logprobs = None
+        if rows.any_logprobs:
+            raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [B, V]
+        if processing:
+            logits = self._process(logits.to(torch.float32, copy=True), seqs, positions)  # a copy, always
+            self._exclude_filtered(logits, seqs, rows.temperatures)
+        (counters,) = host_copy.int64_parts([positions], self.device)
+        tokens = dispatch.sample_tokens(logits, rows.temperature, rows.seeds, counters)  # [B]
+        return PendingSample(tokens, raw_logprobs, rows.num_logprobs)
+
+    def _batch_rows(self, seqs: list[Sequence]) -> _BatchRows:
+        """What the rows of `seqs` ask of every draw: one pass, once per batch (not per step)."""
         temperatures, seeds, num_logprobs = [], [], []
-        processing = False
-        for seq, position in zip(seqs, positions, strict=True):
+        always_processed = False
+        for seq in seqs:
             params = seq.params
             temperature = 0.0 if params.temperature < _MIN_TEMPERATURE else params.temperature
             temperatures.append(temperature)
             seed = seq.sampling_seed
             seeds.append(self._seed(seq) if seed is None else seed)
             num_logprobs.append(params.logprobs)
-            processing = processing or _needs_processing(seq, temperature, position)
-        raw_logprobs = None
-        if any(n is not None for n in num_logprobs):
-            raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [B, V]
-        if processing:
-            logits = self._process(logits.to(torch.float32, copy=True), seqs, positions)  # a copy, always
-            self._exclude_filtered(logits, seqs, temperatures)
-        seeds, counters = host_copy.int64_parts([seeds, positions], self.device)
-        temperature = host_copy.float32(temperatures, self.device)
-        tokens = dispatch.sample_tokens(logits, temperature, seeds, counters)  # [B]
-        return PendingSample(tokens, raw_logprobs, num_logprobs)
+            always_processed = always_processed or _always_processed(params, temperature)
+        (seeds_on_device,) = host_copy.int64_parts([seeds], self.device)
+        return _BatchRows(
+            seqs=list(seqs),  # a copy: the caller may reuse its list
+            temperatures=temperatures,
+            temperature=host_copy.float32(temperatures, self.device),
+            seeds=seeds_on_device,
+            num_logprobs=num_logprobs,
+            any_logprobs=any(n is not None for n in num_logprobs),
+            always_processed=always_processed,
+            max_min_tokens=max((s.params.min_tokens for s in seqs), default=0),
+        )
 
     def _seed(self, seq: Sequence) -> int:
         """63 bits: the request's seed + the sample's index, else one drawn once from the sampler's RNG."""
@@ -214,9 +247,12 @@ def _filters(params: SamplingParams) -> bool:
     return params.min_p > 0.0 or params.top_k > 0 or params.top_p < 1.0
 
 
-def _needs_processing(seq: Sequence, temperature: float, position: int) -> bool:
-    """Whether any logit of this row changes before the draw (the fp32 copy is made only then)."""
-    p = seq.params
-    return bool(
-        p.logit_bias or position < p.min_tokens or p.has_penalties or (temperature > 0 and _filters(p))
-    )
+def _below_min_tokens(seqs: list[Sequence], positions: list[int]) -> bool:
+    """Whether a row draws before its min_tokens-th token (its EOS and stop ids are masked then)."""
+    return any(pos < s.params.min_tokens for s, pos in zip(seqs, positions, strict=True))
+
+
+def _always_processed(p: SamplingParams, temperature: float) -> bool:
+    """Whether some logit of this row changes before every draw (the fp32 copy is made only then); a row
+    below its min_tokens is processed as well (see `launch`)."""
+    return bool(p.logit_bias or p.has_penalties or (temperature > 0 and _filters(p)))

@@ -24,6 +24,22 @@ class PackedUpdates(NamedTuple):
     other: list[SequenceUpdate]  # every other update, whole
 
 
+class SteadyRows:
+    """The columns of a step whose every update was plain, for the same sequences' later steps: in a steady
+    decode only the token ids change from step to step, so the rest is copied, not rebuilt row by row. The
+    engine drops it when one of them finishes or is aborted (its token would be void)."""
+
+    def __init__(self, seqs: list, packed: PackedUpdates):
+        self.seqs = list(seqs)  # copies, here and in `packed`: the caller may extend what it was given
+        self.request_ids = list(packed.request_ids)
+        self.num_cached_tokens = array("q", packed.num_cached_tokens)
+        self.num_prompt_tokens = array("q", packed.num_prompt_tokens)
+
+    def packed(self, token_ids: list[int]) -> PackedUpdates:
+        cached, prompt = array("q", self.num_cached_tokens), array("q", self.num_prompt_tokens)
+        return PackedUpdates(list(self.request_ids), array("q", token_ids), cached, prompt, [])
+
+
 def empty() -> PackedUpdates:
     return PackedUpdates([], array("q"), array("q"), array("q"), [])
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -72,6 +72,11 @@ class BlockManager:
     def block_table(self, seq: Sequence) -> list[int]:
         return self._tables.get(seq.seq_id, [])
 
+    def block_tables(self, seqs: Iterable[Sequence]) -> list[list[int]]:
+        """The live tables of sequences that hold blocks (every scheduled one), in order: once per step."""
+        tables = self._tables
+        return [tables[seq.seq_id] for seq in seqs]
+
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
@@ -105,6 +110,11 @@ class BlockManager:
         Full blocks among the tokens computed this step are registered in the prefix cache at once: the
         forward pass writes every new token's KV before any attention reads it, so a sequence scheduled
         later in the same step may already share them.
+
+        A running sequence's table always covers its computed tokens, and its keys always cover its full
+        blocks of computed and resolved tokens (see register_computed). So one new token at position p with
+        0 < p % block_size < block_size - 1 changes nothing here: it lands in the last block and does not
+        fill it. The scheduler skips the call then (most decode steps).
         """
         table = self._tables.setdefault(seq.seq_id, [])
         if computed_blocks:
@@ -122,7 +132,11 @@ class BlockManager:
         self.register_computed(seq, num_tokens)
 
     def register_computed(self, seq: Sequence, num_computed: int | None = None) -> None:
-        """Key the full blocks among `seq`'s computed tokens whose ids are all known (no placeholder)."""
+        """Key the full blocks among `seq`'s computed tokens whose ids are all known (no placeholder).
+
+        Called whenever either count grows, so a new key can only come from a token that completes a
+        block; callers skip the call otherwise (Scheduler.update_from_output, and allocate's callers).
+        """
         if not self.enable_prefix_caching:
             return
         computed = seq.num_computed_tokens if num_computed is None else num_computed

@@ -32,18 +32,14 @@ class ScheduledSequence:
     seq: Sequence
     num_new_tokens: int
     start: int  # num_computed_tokens before this step (positions start..start+num_new_tokens-1)
-    # This step brings the sequence up to date, so a token is sampled for it (None: worked out here).
-    samples: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.samples is None:
-            self.samples = self.start + self.num_new_tokens == self.seq.num_tokens
+    samples: bool  # this step brings the sequence up to date, so a token is sampled for it
 
 
 @dataclass
 class SchedulerOutput:
     scheduled: list[ScheduledSequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    num_prompt_tokens: int = 0  # of the scheduled tokens, those of prompts (the rest are output tokens)
 
     @property
     def num_batched_tokens(self) -> int:
@@ -75,6 +71,11 @@ class Scheduler:
 
     # ---- requests in and out -------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
+        p = seq.params
+        # What update_from_output checks each new token against, worked out once (see _stop_reason).
+        seq.stop_ids = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self.eos_token_ids)
+        limit = self.max_model_len - seq.num_prompt_tokens
+        seq.max_output_tokens = limit if p.max_tokens is None else min(p.max_tokens, limit)
         self.waiting.append(seq)
         self.num_with_penalties += seq.params.has_penalties
 
@@ -98,34 +99,36 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         bm = self.block_manager
 
-        # 1. Running sequences, oldest first. Preempt from the newest end when blocks run out.
-        i = 0
-        running, max_model_len = self.running, self.max_model_len
-        while i < len(running) and budget > 0:  # hot: once per running sequence per step
-            seq = running[i]
-            num_output = len(seq.output_token_ids)
-            num_tokens = seq.num_prompt_tokens + num_output
-            if seq.num_pending > 0:  # the last token may be the final one, in flight: nothing to compute
-                max_tokens = seq.params.max_tokens
-                if (max_tokens is not None and num_output >= max_tokens) or num_tokens >= max_model_len:
-                    i += 1
-                    continue
-            start = seq.num_computed_tokens
-            num_new = min(num_tokens - start, budget)
-            while not bm.can_allocate(seq, num_new):
-                victim = running.pop()
-                self._preempt(victim)
-                out.preempted.append(victim)
-                if victim is seq:
-                    break
-            else:
-                out.scheduled.append(ScheduledSequence(seq, num_new, start, start + num_new == num_tokens))
-                bm.allocate(seq, num_new)
-                seq.num_computed_tokens += num_new
-                budget -= num_new
-                i += 1
+        # 1. Running sequences, oldest first. Preempt from the newest end when blocks run out: the victims
+        # are popped off the list's end, so the iteration never reaches them.
+        append = out.scheduled.append
+        bs = bm.block_size
+        for seq in self.running:  # hot: once per running sequence per step
+            if budget <= 0:
+                break
+            outputs = seq.output_token_ids
+            num_prompt = seq.num_prompt_tokens
+            num_tokens = num_prompt + len(outputs)
+            # The last token may be the final one, in flight: nothing to compute.
+            if seq.num_pending > 0 and len(outputs) >= seq.max_output_tokens:
                 continue
-            break  # `seq` itself was preempted: nothing behind it is left
+            start = seq.num_computed_tokens
+            num_new = num_tokens - start if num_tokens - start < budget else budget
+            # A decode token that lands inside the sequence's last block without filling it needs no block
+            # and completes none: the block manager has nothing to do (see BlockManager.allocate).
+            if not (num_new == 1 and 0 < start % bs < bs - 1):
+                if not self._make_room(seq, num_new, out):
+                    break  # `seq` itself was preempted: nothing behind it is left
+                bm.allocate(seq, num_new)
+            seq.num_computed_tokens = start + num_new
+            budget -= num_new
+            if start < num_prompt:  # a chunk of its prompt
+                out.num_prompt_tokens += min(start + num_new, num_prompt) - start
+            samples = start + num_new == num_tokens
+            append(ScheduledSequence(seq, num_new, start, samples))
+            if samples:  # its placeholder, at once: the block manager only counts resolved tokens
+                outputs.append(PLACEHOLDER)
+                seq.num_pending += 1
 
         # 2. Waiting sequences, in arrival order, unless this step had to preempt.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
@@ -135,48 +138,64 @@ class Scheduler:
             num_new = min(seq.num_tokens - num_computed, budget)
             if not bm.can_allocate(seq, num_new, hits):
                 break
+            out.num_prompt_tokens += max(0, min(num_computed + num_new, seq.num_prompt_tokens) - num_computed)
             self.waiting.popleft()
             if seq.num_cached_tokens < 0:  # first scheduling: count the prefix-cache lookup
                 seq.num_cached_tokens = num_computed
                 seq.first_scheduled_time = time.monotonic()
                 bm.record_lookup(seq.num_prompt_tokens, num_computed)
-            out.scheduled.append(ScheduledSequence(seq, num_new, num_computed))
+            samples = num_computed + num_new == seq.num_tokens
+            out.scheduled.append(ScheduledSequence(seq, num_new, num_computed, samples))
             bm.allocate(seq, num_new, hits)
             seq.num_computed_tokens += num_new
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             budget -= num_new
-        for item in out.scheduled:  # placeholders last: allocation must not see them as computed
-            if item.samples:
-                item.seq.output_token_ids.append(PLACEHOLDER)
-                item.seq.num_pending += 1
+            if samples:
+                seq.output_token_ids.append(PLACEHOLDER)
+                seq.num_pending += 1
         return out
 
-    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Sequence]:
-        """Resolve this step's placeholders with the sampled tokens and finish sequences that hit a stop.
+    def _make_room(self, seq: Sequence, num_new: int, out: SchedulerOutput) -> bool:
+        """Preempt running sequences, newest first, until `seq` can get `num_new` more tokens' blocks.
+        False when `seq` itself had to go."""
+        while not self.block_manager.can_allocate(seq, num_new):
+            victim = self.running.pop()
+            self._preempt(victim)
+            out.preempted.append(victim)
+            if victim is seq:
+                return False
+        return True
 
-        `sampled` maps seq_id -> token id for the sequences that sampled in `out`. Returns the sequences
-        that finished. A sequence that finished or was aborted meanwhile ignores its late token.
+    def update_from_output(self, seqs: list[Sequence], tokens: list[int]) -> list[Sequence]:
+        """Resolve a step's placeholders with its sampled tokens and finish sequences that hit a stop.
+
+        `seqs`: the sequences that sampled in that step, in order; `tokens[i]`: the token of seqs[i].
+        Returns the sequences that finished. One that finished or was aborted meanwhile ignores its token.
         """
         finished: list[Sequence] = []
         bm = self.block_manager
-        for item in out.scheduled:
-            seq = item.seq
-            token = sampled.get(seq.seq_id)
-            if token is None or seq.is_finished:
+        bs = bm.block_size
+        FINISHED = SequenceStatus.FINISHED  # a local: an enum member lookup costs ~60 ns
+        for seq, token in zip(seqs, tokens, strict=True):  # hot: once per sampled token
+            if seq.status is FINISHED:
                 continue
-            index = len(seq.output_token_ids) - seq.num_pending  # the oldest placeholder is this step's
+            num_pending = seq.num_pending
+            index = len(seq.output_token_ids) - num_pending  # the oldest placeholder is this step's
             seq.output_token_ids[index] = token
-            seq.num_pending -= 1
-            reason = self._stop_reason(seq, token, index + 1)
-            if reason is None:
+            seq.num_pending = num_pending - 1
+            num_output = index + 1
+            if token in seq.stop_ids or num_output >= seq.max_output_tokens:  # may stop: look closer
+                reason = self._stop_reason(seq, token, num_output)
+                if reason is not None:
+                    del seq.output_token_ids[num_output:]  # a newer step's placeholder, if any, is void
+                    seq.num_pending = 0
+                    (self.running if seq.status is SequenceStatus.RUNNING else self.waiting).remove(seq)
+                    self._finish(seq, reason)
+                    finished.append(seq)
+                    continue
+            if (seq.num_prompt_tokens + num_output) % bs == 0:  # it completes a block: key it, if computed
                 bm.register_computed(seq)
-                continue
-            del seq.output_token_ids[index + 1 :]  # a newer step's placeholder, if any, is void
-            seq.num_pending = 0
-            (self.running if seq.status is SequenceStatus.RUNNING else self.waiting).remove(seq)
-            self._finish(seq, reason)
-            finished.append(seq)
         return finished
 
     # ---- internals -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ Any failure is answered ("error", traceback) by the rank that hit it, which then
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -135,6 +136,7 @@ def serve(conn: Connection, rank: int) -> int:
         worker = Worker(conn.recv(), rank)
         conn.send(("ok", worker.runner.kv_bytes_per_block))
         held: Launched | None = None  # rank 0: the newest step, its tokens not sent yet
+        frozen = False
         while True:
             if held is not None and not _message_comes_first(conn, held):
                 conn.send(("ok", held.pending.result()))
@@ -143,6 +145,10 @@ def serve(conn: Connection, rank: int) -> int:
             message = conn.recv()
             kind = message[0]
             if kind == "step":
+                if not frozen:  # start-up is over (model, cache, graphs): engine_loop.freeze_startup_objects
+                    gc.collect()
+                    gc.freeze()
+                    frozen = True
                 launched = worker.launch(message[1])
                 if rank == 0:
                     if held is not None:  # the step before: its tokens, while this one runs

@@ -131,3 +131,34 @@ def test_async_through_the_decode_graph_inputs(tiny_llama):
     outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
     assert [[(o.token_ids, o.finish_reason, o.stop_reason) for o in r.outputs] for r in outs] == sync
     assert fixed and all(fixed)  # every decode step fed placeholders from the step before
+
+
+@pytest.mark.parametrize("async_scheduling", [True, False])
+def test_steady_updates_equal_the_row_by_row_ones(tiny_llama, async_scheduling):
+    """A batch that decodes unchanged copies its update columns (Engine._steady): the updates of every step,
+    through stops, an abort, a late joiner and logprobs, are those the row-by-row build gives."""
+
+    def steps(keep_steady: bool):
+        llm = LLM(str(tiny_llama), device="cpu", dtype="float32", async_scheduling=async_scheduling)
+        engine = llm.engine
+        greedy = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+        stopping = SamplingParams(
+            max_tokens=30, temperature=1.0, seed=3, stop_token_ids=list(range(3, 256, 5))
+        )
+        for i, prompt in enumerate(prompts_of([5, 9, 3, 7], seed=11)):
+            engine.add_request(f"r{i}", prompt, stopping if i == 1 else greedy)
+        history = []
+        for n in range(50):
+            if n == 5:
+                engine.abort("r2")
+            if n == 8:
+                engine.add_request(
+                    "late", [4, 5, 6], SamplingParams(max_tokens=6, temperature=0.0, logprobs=2)
+                )
+            if not keep_steady:
+                engine._steady = None
+            history.append([(u.request_id, u.new_token_ids, u.finish_reason) for u in engine.step()])
+        assert not engine.has_unfinished()
+        return history
+
+    assert steps(keep_steady=True) == steps(keep_steady=False)

@@ -151,3 +151,30 @@ def test_logprobs_return_top_n_best_first():
     ref = torch.log_softmax(peaked_logits()[0], -1)
     assert lp.token_id == 0 and abs(lp.logprob - ref[0].item()) < 1e-6
     assert [t for t, _ in lp.top] == [0, 1, 2]
+
+
+def test_batch_rows_kept_only_while_the_batch_is_the_same():
+    """The sampler keeps a batch's temperatures, seeds and flags between draws: a new order, a new member or
+    a list the caller changed in place must each be drawn as by a fresh sampler."""
+    logits = torch.randn(3, V, generator=torch.Generator().manual_seed(0))
+    params = [
+        SamplingParams(temperature=1.0, seed=1),
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.7, seed=2, top_k=3, min_tokens=2),
+    ]
+    a, b, c = (Sequence(f"r{i}#0", f"r{i}", 0, [1, 2, 3], p) for i, p in enumerate(params))
+    kept = Sampler(torch.device("cpu"), eos_token_ids=(0,), seed=0)
+    batch = [a, b]
+    for seqs, positions in [
+        (batch, [0, 0]),
+        (batch, [1, 1]),
+        ([b, a], [2, 2]),
+        ([a, b, c], [3, 3, 0]),
+        ([a, b, c], [4, 4, 5]),
+    ]:
+        fresh = Sampler(torch.device("cpu"), eos_token_ids=(0,), seed=0)
+        expected = fresh(logits[: len(seqs)].clone(), seqs, positions).token_ids
+        assert kept(logits[: len(seqs)].clone(), seqs, positions).token_ids == expected
+    batch[1] = c  # the same list object, changed in place
+    expected = Sampler(torch.device("cpu"), eos_token_ids=(0,), seed=0)(logits[:2].clone(), batch, [6, 1])
+    assert kept(logits[:2].clone(), batch, [6, 1]).token_ids == expected.token_ids

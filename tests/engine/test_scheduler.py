@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from engine_service.core.block_manager import BlockManager
+import random
+
+import pytest
+
+from engine_service.core.block_manager import BlockManager, block_key
 from engine_service.core.scheduler import Scheduler
 from engine_service.request import Sequence, SequenceStatus
 from engine_service.sampling_params import SamplingParams
@@ -22,8 +26,8 @@ def seq(name: str, n_prompt: int, max_tokens: int = 8, start: int = 1, **kw) -> 
 
 def run_step(s: Scheduler, token: int = 7):
     out = s.schedule()
-    sampled = {x.seq.seq_id: token for x in out.scheduled if x.samples}
-    finished = s.update_from_output(out, sampled)
+    sampling = [x.seq for x in out.scheduled if x.samples]
+    finished = s.update_from_output(sampling, [token] * len(sampling))
     return out, finished
 
 
@@ -152,3 +156,59 @@ def test_many_requests_never_deadlock_under_pressure():
         assert steps < 1000, "scheduler made no progress"
     assert all(x.num_output_tokens == 8 for x in seqs)
     assert s.num_preemptions > 0
+
+
+def _check_block_state(s: Scheduler) -> None:
+    """What the scheduler's decode fast path relies on (BlockManager.allocate): every running sequence's
+    table covers exactly its computed tokens, and its keys are those of its full blocks of computed and
+    resolved tokens, each the key of that block's token ids."""
+    bm, bs = s.block_manager, s.block_manager.block_size
+    for x in s.running:
+        assert len(bm.block_table(x)) == -(-x.num_computed_tokens // bs)
+        resolved = x.num_tokens - x.num_pending
+        keys = bm._keys.get(x.seq_id, [])
+        assert len(keys) == min(x.num_computed_tokens, resolved) // bs
+        parent = None
+        for i, key in enumerate(keys):
+            parent = block_key(parent, x.token_ids_slice(i * bs, (i + 1) * bs), x.cache_salt)
+            assert key == parent
+
+
+@pytest.mark.parametrize("lag", [0, 1])
+@pytest.mark.parametrize("block_size", [1, 2, 4])
+def test_prefix_keys_stay_exact_through_decode_preemption_and_lag(lag, block_size):
+    """Random prompts sharing prefixes, under block pressure, with update_from_output run at once (sync) or
+    one step late (async scheduling): the skipped allocations never miss a block or a key."""
+    rng = random.Random(block_size * 10 + lag)
+    s = make(
+        num_blocks=64 // block_size + 4, block_size=block_size, budget=16, max_num_seqs=6, max_model_len=40
+    )
+    seqs = []
+    for i in range(14):
+        prompt = [1, 2, 3, 4, 5, 6][: rng.randint(0, 6)] + [
+            rng.randrange(1, 50) for _ in range(rng.randint(1, 9))
+        ]
+        x = Sequence(f"r{i}#0", f"r{i}", 0, prompt, SamplingParams(max_tokens=rng.randint(1, 20)))
+        seqs.append(x)
+        s.add(x)
+    in_flight = None  # as the Engine runs it: schedule step n + 1, then resolve step n
+    steps = 0
+    while s.num_unfinished or in_flight:
+        launched = s.schedule()
+        _check_block_state(s)
+        prompt_tokens = [
+            min(x.start + x.num_new_tokens, x.seq.num_prompt_tokens) - x.start for x in launched.scheduled
+        ]
+        assert launched.num_prompt_tokens == sum(n for n in prompt_tokens if n > 0)
+        if lag == 0 and not launched.is_empty:
+            in_flight, launched = launched, None
+        if in_flight is not None:
+            sampling = [x.seq for x in in_flight.scheduled if x.samples]
+            s.update_from_output(sampling, [rng.randrange(1, 50) for _ in sampling])
+            _check_block_state(s)
+            s.block_manager.check_integrity()
+        in_flight = None if launched is None or launched.is_empty else launched
+        steps += 1
+        assert steps < 2000, "scheduler made no progress"
+    assert all(x.finish_reason == "length" and x.num_output_tokens == x.params.max_tokens for x in seqs)
+    assert s.num_preemptions > 0 and s.block_manager.num_hit_tokens > 0  # both paths were taken

@@ -51,8 +51,8 @@ def run_workload(seed: int, num_blocks: int) -> tuple[int, int, int]:
                 assert b.seq.index == a.seq.index
                 assert b.seq.params == a.seq.params
                 num_checked += 1
-        sampled = {s.seq.seq_id: rng.randrange(3, 100) for s in out.scheduled if s.samples}
-        finished = scheduler.update_from_output(out, sampled)
+        sampling = [s.seq for s in out.scheduled if s.samples]
+        finished = scheduler.update_from_output(sampling, [rng.randrange(3, 100) for _ in sampling])
         encoder.forget(s.seq_id for s in finished)
         running = [s for s in scheduler.running if s.num_output_tokens > 2]
         if running and rng.random() < 0.05:  # an abort between steps
@@ -86,6 +86,7 @@ def test_a_decode_step_sends_a_few_bytes_per_sequence():
         out = scheduler.schedule()
         tables = [bm.block_table(s.seq) for s in out.scheduled]
         sizes.append(len(pickle.dumps(encoder.encode(out, tables), protocol=pickle.HIGHEST_PROTOCOL)))
-        scheduler.update_from_output(out, {s.seq.seq_id: 7 for s in out.scheduled if s.samples})
+        sampling = [s.seq for s in out.scheduled if s.samples]
+        scheduler.update_from_output(sampling, [7] * len(sampling))
     assert sizes[0] > 64 * 100  # the first step carries the prompts and params
     assert max(sizes[1:]) < 64 * 24  # then one short tuple per sequence: no params, no block table
