@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from engine_service import convert
 from engine_service.async_engine import AsyncEngine
 from engine_service.engine import Engine
-from engine_service.engine_loop import ProcessCore, ThreadCore, freeze_startup_objects, warm_up
+from engine_service.engine_loop import ProcessCore, ThreadCore, warm_up
 from engine_service.model_config import load_tokenizer
 from engine_service.request_telemetry import RequestTelemetry
 from engine_service.service_config import EngineServiceConfig
@@ -107,8 +107,8 @@ class EngineServer:
         else:
             if engine is None:
                 engine = await asyncio.to_thread(Engine, config.engine)
+            # No gc.freeze() here (the process core does it): this process is shared with its embedder.
             await asyncio.to_thread(warm_up, engine)
-            freeze_startup_objects()  # the loop runs in this process
             core, tokenizer = ThreadCore(engine), engine.tokenizer
         if self.state.draining:  # SIGTERM came while loading
             core.stop()
