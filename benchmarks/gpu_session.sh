@@ -24,7 +24,7 @@
 #   host-step  benchmarks/host_step.py on this machine's CPU: the engine loop's host work per step
 #   tp-tests   the tensor-parallel GPU tests (tests/parallel -m gpu; two GPUs)
 #   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
-#   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2, TP=2 with the one-shot all-reduce; batch-1 step (two GPUs)
+#   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2 with NCCL only, TP=2 with the custom all-reduce; batch-1 step (two GPUs)
 #   gemv       benchmarks/gemv.py: the Triton decode GEMV against cuBLAS at the llama shapes, M = 1..8
 #   graph-kernels  benchmarks/graph_kernels.py: the kernels of llama-8b's batch-1 decode graph at TP=1, TP=2
 #              and TP=2 one-shot (two GPUs), and of llama-1b's at batch 256 (TP=1)
@@ -111,13 +111,13 @@ stage() {
       local gk=(python3 benchmarks/graph_kernels.py --results-dir "$RES" --commit "$COMMIT") rc=0
       "${gk[@]}" --shape llama-1b --batch 256 || rc=$?
       "${gk[@]}" --shape llama-8b --batch 1 || rc=$?
-      "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 || rc=$?
+      "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --no-custom-all-reduce || rc=$?
       "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --custom-all-reduce || rc=$?
       return $rc ;;
     tp8b)
       local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)
       PEERS="" bench "${tp[@]}"; local rc=$?
-      PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 || rc=$?
+      PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 --no-custom-all-reduce || rc=$?
       PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 --custom-all-reduce || rc=$?
       return $rc ;;
     *) echo "unknown stage $1 (see the top of $0)"; return 2 ;;

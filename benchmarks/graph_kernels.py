@@ -1,7 +1,7 @@
 """The kernels of one decode CUDA graph replay, grouped: where a decode step's device time goes.
 
     python benchmarks/graph_kernels.py --shape llama-8b --batch 1 [--tensor-parallel-size 2]
-        [--custom-all-reduce] [--context 512] [--results-dir benchmarks --commit SHA]
+        [--no-custom-all-reduce] [--context 512] [--results-dir benchmarks --commit SHA]
 
 Builds the engine (dummy weights, bf16, decode graphs captured), replays the graph for each batch size back
 to back with torch.profiler on (rank 0's kernels with tensor parallelism: every rank replays, the
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
-    ap.add_argument("--custom-all-reduce", action="store_true")
+    ap.add_argument("--custom-all-reduce", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--results-dir")
     ap.add_argument("--commit", default="unknown")
     args = ap.parse_args(argv)

@@ -25,9 +25,10 @@ class EngineConfig:
     # Schedule step n+1 while step n runs on the device (None: on for a single-process CUDA engine).
     async_scheduling: bool | None = None
     tensor_parallel_size: int = 1
-    # Tensor parallelism on GPUs: small all-reduces in one kernel over symmetric memory (NCCL for the rest)
-    # instead of NCCL for all. Off by default: slower end to end in two of three runs (RESULTS.md, TP).
-    custom_all_reduce: bool = False
+    # Tensor parallelism on GPUs that reach each other (peer access): decode-sized all-reduces over symmetric
+    # memory, the row-parallel ones fused with the next residual add + RMSNorm (parallel/all_reduce.py);
+    # NCCL for the rest, and for everything when off (RESULTS.md, tensor parallelism).
+    custom_all_reduce: bool = True
     max_logprobs: int = 20
 
     def __post_init__(self) -> None:

@@ -39,8 +39,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument(
         "--custom-all-reduce",
-        action="store_true",
-        help="tensor parallelism: small all-reduces one-shot over symmetric memory (default: all NCCL)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tensor parallelism: decode-sized all-reduces over symmetric memory, fused with the next "
+        "RMSNorm where they can be (--no-custom-all-reduce: all through NCCL)",
     )
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's context length")
     p.add_argument("--max-num-seqs", type=int, default=512, help="most sequences in one batch")

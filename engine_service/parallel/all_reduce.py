@@ -9,16 +9,17 @@ the ranks meet at a barrier of signal flags, and each reads and sums every rank'
 NVLink multicast (which stays off: see distributed.py). Larger tensors (prefill) go to NCCL, whose
 bandwidth wins there.
 
-Opt-in (`--custom-all-reduce`): on 2x H200 it took 6.6 µs against NCCL's 17 µs alone
-(benchmarks/all_reduce.py), but in the llama-8b TP=2 decode graph it saved only 0.09 ms of 3.5 ms, and
-end-to-end throughput was lower than with NCCL in two of three runs (RESULTS.md, tensor parallelism).
+Alone, on 2x H200, it took 6.6 µs against NCCL's 17 µs (benchmarks/all_reduce.py), but in the llama-8b
+TP=2 decode graph it saved only 0.09 ms of 3.5 ms, and end-to-end throughput was lower than with NCCL in
+two of three runs (RESULTS.md, tensor parallelism): the fusion below is what made it pay.
 
 The same path fuses each row-parallel layer's all-reduce with the residual add and RMSNorm that follow
 it (ops/triton_all_reduce_norm.py: one kernel where there were two, 64 fewer launches per llama-8b
 decode step): the layers hand their partial sums to `all_reduce_add_rms_norm`, which falls back to
 NCCL + the separate norm where the fused kernel does not apply (CPU, prefill-sized tensors, not installed).
 On 2x H200 at one row: 5.3 µs against 8.3 (one-shot + norm) and 8.5 (NCCL + norm); llama-8b TP=2 batch-1
-decode graph 3.08 ms against NCCL's 3.35, throughput 1.11x NCCL's in the same call (RESULTS.md).
+step 3.54 and 3.21 ms against NCCL's 3.92 and 3.63, throughput 1.11x and 1.18x NCCL's (two calls,
+RESULTS.md). On by default (`--no-custom-all-reduce` turns it off) where every GPU reaches its peers.
 
     install(device, dtype, hidden_size, max_bytes)   once per rank, after the process group is up (CUDA)
     out = all_reduce(tensor)            in the layers: the summed tensor (a new one, or `tensor` itself)
@@ -125,6 +126,9 @@ def install(
     global _one_shot, _fused_norm
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float32) or max_bytes <= 0:
         return None
+    if not _every_rank_reaches_its_peers(device):
+        log.warning("some GPUs cannot access each other's memory (no P2P): NCCL does every all-reduce")
+        return None
     try:
         _one_shot = SymmMemAllReduce(device, dtype, max_bytes)
         if hidden_size:
@@ -139,6 +143,16 @@ def install(
         f", fused with add + RMSNorm up to {_fused_norm.rows} rows" if _fused_norm else "",
     )
     return _one_shot
+
+
+def _every_rank_reaches_its_peers(device: torch.device) -> bool:
+    """Whether every rank's GPU (rank r on cuda:r) can map every other's memory (NVLink or PCIe P2P),
+    agreed by all ranks so that they all take the same path (the symmetric buffers are set up together)."""
+    world = dist.get_world_size()
+    peers = [torch.cuda.can_device_access_peer(device.index, i) for i in range(world) if i != device.index]
+    ok = torch.tensor([int(all(peers))], device=device)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
 
 
 def all_reduce(tensor: torch.Tensor) -> torch.Tensor:

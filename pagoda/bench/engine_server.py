@@ -67,8 +67,7 @@ def server_command(
         cmd.append("--no-prefix-caching")
     if config.enforce_eager:
         cmd.append("--enforce-eager")
-    if config.custom_all_reduce:
-        cmd.append("--custom-all-reduce")
+    cmd.append("--custom-all-reduce" if config.custom_all_reduce else "--no-custom-all-reduce")
     if otlp_endpoint:
         cmd += ["--otlp-endpoint", otlp_endpoint]
     return cmd

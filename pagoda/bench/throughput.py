@@ -135,7 +135,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument(
-        "--custom-all-reduce", action="store_true", help="Pagoda TP: small all-reduces over symmetric memory"
+        "--custom-all-reduce",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Pagoda TP: decode-sized all-reduces over symmetric memory (--no-custom-all-reduce: NCCL only)",
     )
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)

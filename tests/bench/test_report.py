@@ -100,5 +100,5 @@ def test_rows_go_to_the_end_of_the_table_not_the_file(tmp_path):
     lines = table.read_text().splitlines()
     row = next(i for i, line in enumerate(lines) if line.startswith("| 2026") and "llama-8b" in line)
     assert lines[row - 1].startswith("| 2026-11-27 | NVIDIA H200 | 01234567 | llama-1b |")
-    assert "| llama-8b, TP=2 one-shot all-reduce, max_num_seqs 256 |" in lines[row]
+    assert "| llama-8b, TP=2 custom all-reduce, max_num_seqs 256 |" in lines[row]
     assert lines[-1] == "written by hand"

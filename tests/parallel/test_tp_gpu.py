@@ -56,9 +56,10 @@ def test_float32_tp2_equals_tp1(tp_models, name, eager):
 
 
 def test_custom_all_reduce_gives_the_nccl_tokens(tp_models):
-    """The one-shot all-reduce over symmetric memory (--custom-all-reduce) inside the decode graphs."""
+    """The all-reduces over symmetric memory (one-shot, and fused with add + RMSNorm; the default) inside
+    the decode graphs give NCCL's tokens."""
     ps = prompts(4)
-    nccl = run(tp_models["llama"], ps, dtype="float32", tensor_parallel_size=2)
+    nccl = run(tp_models["llama"], ps, dtype="float32", tensor_parallel_size=2, custom_all_reduce=False)
     one_shot = run(tp_models["llama"], ps, dtype="float32", tensor_parallel_size=2, custom_all_reduce=True)
     assert token_ids(one_shot) == token_ids(nccl)
 
