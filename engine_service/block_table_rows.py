@@ -70,8 +70,7 @@ class BlockTableRows:
             self._free = list(range(self.array.shape[0] - 1, old.shape[0] - 1, -1))
         return self._free.pop()
 
-    def _widen(self, width: int) -> np.ndarray:
+    def _widen(self, width: int) -> None:
         old = self.array
         self.array = np.zeros((old.shape[0], max(width, 2 * old.shape[1])), dtype=np.int64)
         self.array[:, : old.shape[1]] = old
-        return self.array

@@ -95,8 +95,7 @@ class Sampler:
             params = seq.params
             temperature = 0.0 if params.temperature < _MIN_TEMPERATURE else params.temperature
             temperatures.append(temperature)
-            seed = seq.sampling_seed
-            seeds.append(self._seed(seq) if seed is None else seed)
+            seeds.append(self._seed(seq))
             num_logprobs.append(params.logprobs)
             always_processed = always_processed or _always_processed(params, temperature)
         (seeds_on_device,) = host_copy.int64_parts([seeds], self.device)

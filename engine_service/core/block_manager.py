@@ -140,9 +140,8 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         computed = seq.num_computed_tokens if num_computed is None else num_computed
-        resolved = seq.num_prompt_tokens + len(seq.output_token_ids) - seq.num_pending
-        num_full = (computed if computed < resolved else resolved) // self.block_size
-        if num_full and num_full > len(self._keys.get(seq.seq_id, ())):  # called every step: mostly no
+        num_full = min(computed, seq.num_resolved_tokens) // self.block_size
+        if num_full > len(self._keys.get(seq.seq_id, ())):
             self._register_full_blocks(seq, num_full)
 
     def record_lookup(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:

@@ -87,7 +87,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """x @ weight^T + bias, as nn.functional.linear. A decode-sized product of a 16-bit model on CUDA (at
     most GEMV_MAX_ROWS rows) goes to the Triton GEMV: one kernel streaming the weights, where cuBLAS picks
     split-K with a second reduce kernel (benchmarks/gemv.py on an H200: as fast or faster on 11 of the 12
-    llama decode shapes, up to 1.16x; 3 % slower on llama-8b's unsplit gate_up)."""
+    llama decode shapes, up to 1.17x; 2-3 % slower on llama-8b's TP=1 gate_up)."""
     small = x.dim() == 2 and x.shape[0] <= GEMV_MAX_ROWS
     if x.is_cuda and small and x.dtype in (torch.bfloat16, torch.float16):
         return _triton_ops().gemv(x, weight, bias)

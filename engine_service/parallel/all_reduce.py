@@ -89,7 +89,6 @@ class SymmMemAddRMSNorm:
             and x.dim() == 2
             and x.shape == residual.shape
             and x.shape[1] == self.hidden_size
-            and self.hidden_size * x.element_size() % 16 == 0  # the kernel moves rows in 16-byte vectors
             and 0 < x.shape[0] <= self.rows
             and x.is_contiguous()
             and residual.is_contiguous()
@@ -131,7 +130,7 @@ def install(
         return None
     try:
         _one_shot = SymmMemAllReduce(device, dtype, max_bytes)
-        if hidden_size:
+        if hidden_size and hidden_size * dtype.itemsize % 16 == 0:  # the kernel moves 16-byte vectors
             _fused_norm = SymmMemAddRMSNorm(device, dtype, hidden_size, max_bytes)
     except (RuntimeError, ImportError, AttributeError) as e:
         log.warning("one-shot all-reduce unavailable (%s): NCCL does every all-reduce", e)
