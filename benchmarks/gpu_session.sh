@@ -26,8 +26,6 @@
 #   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
 #   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2 with NCCL only, TP=2 with the custom all-reduce; batch-1 step (two GPUs)
 #   gemv       benchmarks/gemv.py: the Triton decode GEMV against cuBLAS at the llama shapes, M = 1..8
-#   prefetch   llama-8b batch-1 decode graph at TP=1 and TP=2 for each PREFETCH_MIBS value (default "0 16")
-#              of --weight-prefetch-mib (graph_kernels.py lines)
 #   graph-kernels  benchmarks/graph_kernels.py: the kernels of llama-8b's batch-1 decode graph at TP=1, TP=2
 #              and TP=2 one-shot (two GPUs), and of llama-1b's at batch 256 (TP=1)
 #
@@ -115,13 +113,6 @@ stage() {
       "${gk[@]}" --shape llama-8b --batch 1 || rc=$?
       "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --no-custom-all-reduce || rc=$?
       "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --custom-all-reduce || rc=$?
-      return $rc ;;
-    prefetch)
-      local gk=(python3 benchmarks/graph_kernels.py --results-dir "$RES" --commit "$COMMIT" --shape llama-8b) rc=0
-      for mib in ${PREFETCH_MIBS:-0 16}; do
-        "${gk[@]}" --weight-prefetch-mib "$mib" || rc=$?
-        "${gk[@]}" --weight-prefetch-mib "$mib" --tensor-parallel-size 2 || rc=$?
-      done
       return $rc ;;
     tp8b)
       local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)

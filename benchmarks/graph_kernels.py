@@ -1,8 +1,7 @@
 """The kernels of one decode CUDA graph replay, grouped: where a decode step's device time goes.
 
     python benchmarks/graph_kernels.py --shape llama-8b --batch 1 [--tensor-parallel-size 2]
-        [--no-custom-all-reduce] [--weight-prefetch-mib 16] [--context 512]
-        [--results-dir benchmarks --commit SHA]
+        [--no-custom-all-reduce] [--context 512] [--results-dir benchmarks --commit SHA]
 
 Builds the engine (dummy weights, bf16, decode graphs captured), replays the graph for each batch size back
 to back with torch.profiler on (rank 0's kernels with tensor parallelism: every rank replays, the
@@ -58,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--custom-all-reduce", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--weight-prefetch-mib", type=int, default=16, help="0: no L2 prefetch of weights")
     ap.add_argument("--results-dir")
     ap.add_argument("--commit", default="unknown")
     args = ap.parse_args(argv)
@@ -74,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         max_num_seqs=max(args.batch),
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,
-        weight_prefetch_mib=args.weight_prefetch_mib,
     )
     executor = llm.engine.executor
     for batch in args.batch:
@@ -84,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no decode graph (or no kernels seen) at batch {batch}", file=sys.stderr)
             return 1
         groups: dict[str, list[float]] = {}
-        print(
-            f"\n{args.shape} TP={args.tensor_parallel_size} batch {batch} context {args.context} "
-            f"weight prefetch {args.weight_prefetch_mib} MiB"
-        )
+        print(f"\n{args.shape} TP={args.tensor_parallel_size} batch {batch} context {args.context}")
         print(f"{'µs/replay':>10} {'launches':>9}  kernel")
         for name, launches, us in kernels:
             g = groups.setdefault(group_of(name), [0.0, 0.0])
@@ -109,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
                 "shape": args.shape,
                 "tensor_parallel_size": args.tensor_parallel_size,
                 "custom_all_reduce": args.custom_all_reduce,
-                "weight_prefetch_mib": args.weight_prefetch_mib,
                 "batch": batch,
                 "context": args.context,
                 "graph_us": round(graph_ms * 1e3, 1),

@@ -29,9 +29,6 @@ class EngineConfig:
     # memory, the row-parallel ones fused with the next residual add + RMSNorm (parallel/all_reduce.py);
     # NCCL for the rest, and for everything when off (RESULTS.md, tensor parallelism).
     custom_all_reduce: bool = True
-    # Decode GEMVs (batch <= 8, CUDA) ask the L2 for the next product's first MiB of weights once done with
-    # their own, so they arrive while the small kernels in between run (layers/weight_prefetch.py); 0: off.
-    weight_prefetch_mib: int = 16
     max_logprobs: int = 20
 
     def __post_init__(self) -> None:
@@ -64,10 +61,6 @@ class EngineConfig:
             (
                 self.num_kv_blocks is None or self.num_kv_blocks >= 1,
                 f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}",
-            ),
-            (
-                self.weight_prefetch_mib >= 0,
-                f"weight_prefetch_mib must be >= 0, got {self.weight_prefetch_mib}",
             ),
             (
                 self.tensor_parallel_size >= 1,

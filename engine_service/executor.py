@@ -132,15 +132,7 @@ def make_executor(
     config: EngineConfig, model_config: ModelConfig, device: torch.device, dtype: torch.dtype
 ) -> Executor:
     if config.tensor_parallel_size == 1:
-        runner = ModelRunner(
-            model_config,
-            device,
-            dtype,
-            config.block_size,
-            config.load_format,
-            config.seed,
-            weight_prefetch_bytes=config.weight_prefetch_mib << 20,
-        )
+        runner = ModelRunner(model_config, device, dtype, config.block_size, config.load_format, config.seed)
         return UniProcExecutor(runner)
     from engine_service.parallel.multiproc import MultiProcExecutor
     from engine_service.parallel.worker import WorkerSpec
@@ -154,6 +146,5 @@ def make_executor(
         seed=config.seed,
         tp_size=config.tensor_parallel_size,
         custom_all_reduce=config.custom_all_reduce,
-        weight_prefetch_bytes=config.weight_prefetch_mib << 20,
     )
     return MultiProcExecutor(spec, model_config)

@@ -44,13 +44,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="tensor parallelism: decode-sized all-reduces over symmetric memory, fused with the next "
         "RMSNorm where they can be (--no-custom-all-reduce: all through NCCL)",
     )
-    p.add_argument(
-        "--weight-prefetch-mib",
-        type=int,
-        default=16,
-        help="decode batches of up to 8 on a GPU: each matrix product asks the L2 for this many MiB of the "
-        "next one's weights while the kernels in between run (0: off)",
-    )
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's context length")
     p.add_argument("--max-num-seqs", type=int, default=512, help="most sequences in one batch")
     p.add_argument("--max-num-batched-tokens", type=int, default=8192, help="token budget of one step")
@@ -139,7 +132,6 @@ def build_config(args: argparse.Namespace):
         enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,
-        weight_prefetch_mib=args.weight_prefetch_mib,
     )
     return EngineServiceConfig(
         engine=engine,

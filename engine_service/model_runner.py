@@ -18,7 +18,6 @@ from engine_service.block_table_rows import BlockTableRows
 from engine_service.core.scheduler import SchedulerOutput
 from engine_service.cuda_graphs import DecodeGraphs
 from engine_service.layers.attention import AttentionMetadata
-from engine_service.layers.weight_prefetch import chain_weight_prefetch
 from engine_service.model_config import ModelConfig
 from engine_service.models.registry import model_class
 from engine_service.request import PLACEHOLDER
@@ -55,7 +54,6 @@ class ModelRunner:
         seed: int,
         tp_rank: int = 0,
         tp_size: int = 1,
-        weight_prefetch_bytes: int = 0,
     ):
         self.model_config = model_config
         self.device, self.dtype, self.block_size = device, dtype, block_size
@@ -72,10 +70,6 @@ class ModelRunner:
         else:
             load_weights(self.model, model_config.path)
         self.model.eval()
-        if device.type == "cuda" and weight_prefetch_bytes > 0:
-            links = chain_weight_prefetch(self.model.decode_products(), weight_prefetch_bytes)
-            log.info("decode GEMVs prefetch the next weight's first %d MiB (%d links)",
-                     weight_prefetch_bytes >> 20, links)  # fmt: skip
         self.sampler = Sampler(device, model_config.eos_token_ids, seed)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs: DecodeGraphs | None = None

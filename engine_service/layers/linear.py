@@ -16,8 +16,6 @@ from torch import nn
 from engine_service.ops import dispatch as ops
 from engine_service.parallel.all_reduce import all_reduce
 
-Prefetch = tuple[torch.Tensor, int]  # a weight and how many of its first bytes to ask the L2 for
-
 
 def divide(numerator: int, denominator: int) -> int:
     if numerator % denominator:
@@ -36,13 +34,12 @@ class ColumnParallelLinear(nn.Module):
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_per_rank), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
-        self.prefetch: Prefetch | None = None  # the next product's weight (layers/weight_prefetch.py)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         param.data.copy_(loaded.narrow(0, self.tp_rank * self.out_per_rank, self.out_per_rank))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.linear(x, self.weight, self.bias, self.prefetch)
+        return ops.linear(x, self.weight, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -123,15 +120,14 @@ class RowParallelLinear(nn.Module):
         if bias:  # added once, after the reduction
             self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
             self.bias.weight_loader = lambda param, loaded: param.data.copy_(loaded[:])  # whole, every rank
-        self.prefetch: Prefetch | None = None
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         param.data.copy_(loaded.narrow(1, self.tp_rank * self.in_per_rank, self.in_per_rank))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.reduce_results:
-            return ops.linear(x, self.weight, self.bias if self.tp_rank == 0 else None, self.prefetch)
-        out = ops.linear(x, self.weight, None, self.prefetch)
+            return ops.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
+        out = ops.linear(x, self.weight)
         if self.tp_size > 1:
             out = all_reduce(out)
         if self.bias is not None:

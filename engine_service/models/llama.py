@@ -198,15 +198,6 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [B, hidden] -> [B, vocab]
         return self.lm_head(hidden)
 
-    def decode_products(self) -> list[nn.Module]:
-        """The linear layers in the order a forward pass runs them, then the LM head (the chain of
-        layers/weight_prefetch.py)."""
-        products: list[nn.Module] = []
-        for layer in self.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            products += [attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj]
-        return products + [self.lm_head]
-
 
 class MistralForCausalLM(LlamaForCausalLM):
     pass

@@ -83,22 +83,14 @@ def paged_attention(
 GEMV_MAX_ROWS = 8  # decode batches up to here stream the weights through the Triton GEMV
 
 
-def linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    prefetch: tuple[torch.Tensor, int] | None = None,
-) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight^T + bias, as nn.functional.linear. A decode-sized product of a 16-bit model on CUDA (at
     most GEMV_MAX_ROWS rows) goes to the Triton GEMV: one kernel streaming the weights, where cuBLAS picks
     split-K with a second reduce kernel (benchmarks/gemv.py on an H200: as fast or faster on 11 of the 12
-    llama decode shapes, up to 1.17x; 2-3 % slower on llama-8b's TP=1 gate_up). `prefetch`: (the next
-    product's weight, bytes): the GEMV asks the L2 for them when it is done with its own
-    (layers/weight_prefetch.py); other paths ignore it."""
+    llama decode shapes, up to 1.17x; 2-3 % slower on llama-8b's TP=1 gate_up)."""
     small = x.dim() == 2 and x.shape[0] <= GEMV_MAX_ROWS
     if x.is_cuda and small and x.dtype in (torch.bfloat16, torch.float16):
-        ahead, nbytes = prefetch if prefetch is not None else (None, 0)
-        return _triton_ops().gemv(x, weight, bias, prefetch=ahead, prefetch_bytes=nbytes)
+        return _triton_ops().gemv(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
 

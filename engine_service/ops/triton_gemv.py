@@ -12,12 +12,6 @@ result does not depend on arrival order), adds the bias, stores y, and puts the 
 next call. The workspace is allocated once per (device, size) and kept, so a CUDA graph can hold its address;
 calls that share it must be ordered (one stream per device, as the decode step runs). Warm a shape up
 before capturing a graph, so that the workspace is not allocated inside the capture.
-
-L2 prefetch of the next product's weights (`prefetch`): between two products of a decode step come kernels
-that barely touch memory (norms, rotary, attention at batch 1, the all-reduce's wait), during which DRAM
-idles. When each program has read its share of W, it asks the L2 for its share of the next weight's first
-`prefetch_bytes` (`cp.async.bulk.prefetch.L2`, sm_90: fire and forget, the program exits at once), so those
-bytes stream in during the gap and the next product finds them in L2.
 """
 
 from __future__ import annotations
@@ -82,29 +76,6 @@ def choose_config(n: int, k: int, m: int, element_size: int = 2, num_sms: int = 
     return _heuristic(n, k, element_size, num_sms)
 
 
-PREFETCH_CHUNKS = 128  # bulk prefetches per program: one per thread at 4 warps
-PREFETCH_FIRST = False  # issue the prefetch before the program reads W (True) or after (False)
-
-
-@triton.jit
-def _prefetch_l2(base_ptr, start, share, nbytes, CHUNKS: tl.constexpr):
-    """Ask the L2 for bytes [start, start + share) of base_ptr's buffer, clipped to nbytes, in CHUNKS bulk
-    prefetches; share and nbytes are multiples of 16 * CHUNKS and 16 (the instruction's size unit)."""
-    chunk = share // CHUNKS
-    offs = start + tl.arange(0, CHUNKS).to(tl.int64) * chunk
-    size = tl.minimum(tl.maximum(nbytes - offs, 0), chunk).to(tl.int32)
-    addr = base_ptr.to(tl.pointer_type(tl.int8)).to(tl.int64, bitcast=True) + offs
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.s32 p, $2, 0; "
-        "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-        "=r,l,r",
-        [addr, size],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )
-
-
 @triton.jit
 def _gemv_kernel(
     out_ptr,  # [M, N]
@@ -121,9 +92,6 @@ def _gemv_kernel(
     stride_om,
     stride_xm,
     stride_wn,
-    prefetch_ptr,  # the next product's weight (unused without PREFETCH)
-    prefetch_share,  # bytes of it per program, a multiple of 16 * PREFETCH_CHUNKS
-    prefetch_bytes,  # how many of its bytes to prefetch, a multiple of 16
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -131,17 +99,10 @@ def _gemv_kernel(
     SPLIT: tl.constexpr,  # split_k > 1
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
-    PREFETCH: tl.constexpr,
-    PREFETCH_CHUNKS: tl.constexpr,
-    PREFETCH_FIRST: tl.constexpr,
 ):
     """Grid (cdiv(N, BLOCK_N), split_k)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    if PREFETCH and PREFETCH_FIRST:
-        program = pid_n * tl.num_programs(1) + pid_k
-        _prefetch_l2(prefetch_ptr, program.to(tl.int64) * prefetch_share, prefetch_share, prefetch_bytes,
-                     PREFETCH_CHUNKS)  # fmt: skip
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_k = pid_k * k_per_split + tl.arange(0, BLOCK_K)
@@ -158,10 +119,6 @@ def _gemv_kernel(
         if DOT_FP32:
             w, x = w.to(tl.float32), x.to(tl.float32)
         acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
-    if PREFETCH and not PREFETCH_FIRST:  # this program's W is read: its share of the next weight from here on
-        program = pid_n * tl.num_programs(1) + pid_k
-        start = program.to(tl.int64) * prefetch_share
-        _prefetch_l2(prefetch_ptr, start, prefetch_share, prefetch_bytes, PREFETCH_CHUNKS)
 
     out_ptrs = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None]
     out_mask = n_mask[:, None] & m_mask[None, :]
@@ -205,18 +162,11 @@ def _num_sms(device: torch.device) -> int:
 
 
 def gemv(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    config: GemvConfig | None = None,
-    prefetch: torch.Tensor | None = None,
-    prefetch_bytes: int = 0,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config: GemvConfig | None = None
 ) -> torch.Tensor:
     """x: [M, K] (M <= 16), weight: [N, K], bias: [N] or None -> x @ weight^T + bias: [M, N] in x's dtype.
 
-    fp32 accumulation; `config` overrides the table (for sweeps and tests). `prefetch`: a contiguous tensor
-    whose first `prefetch_bytes` (at most its size) the programs ask the L2 for once they have read W (sm_90
-    only: not in Triton's interpreter)."""
+    fp32 accumulation; `config` overrides the table (for sweeps and tests)."""
     m, k = x.shape
     n = weight.shape[0]
     if weight.shape[1] != k or m > BLOCK_M or x.dtype != weight.dtype:
@@ -233,7 +183,6 @@ def gemv(
     split = triton.cdiv(k, k_per_split)  # a split past K would only add an empty program
     blocks = triton.cdiv(n, cfg.block_n)
     partials, counters = _workspace(x.device, split * m * n, blocks) if split > 1 else (out, out)
-    share, prefetch_bytes = _prefetch_split(prefetch, prefetch_bytes, blocks * split)
     _gemv_kernel[(blocks, split)](
         out,
         x,
@@ -249,9 +198,6 @@ def gemv(
         out.stride(0),
         x.stride(0),
         weight.stride(0),
-        prefetch if share else out,
-        share,
-        prefetch_bytes,
         HAS_BIAS=bias is not None,
         BLOCK_M=BLOCK_M,
         BLOCK_N=cfg.block_n,
@@ -260,23 +206,7 @@ def gemv(
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         # Triton's interpreter (CPU tensors) hands bf16 dot operands to numpy as raw bits: fp32 there.
         DOT_FP32=x.dtype == torch.bfloat16 and not x.is_cuda,
-        PREFETCH=share > 0,
-        PREFETCH_CHUNKS=PREFETCH_CHUNKS,
-        PREFETCH_FIRST=PREFETCH_FIRST,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
     return out
-
-
-def _prefetch_split(prefetch: torch.Tensor | None, nbytes: int, programs: int) -> tuple[int, int]:
-    """(bytes per program, bytes in all) of a prefetch of `prefetch`'s first `nbytes` over `programs`
-    programs: whole 16-byte units (the bulk prefetch's), each program's share whole chunks of them."""
-    if prefetch is None or nbytes <= 0:
-        return 0, 0
-    if not prefetch.is_contiguous():
-        raise ValueError("gemv: the prefetched tensor must be contiguous")
-    nbytes = min(nbytes, prefetch.numel() * prefetch.element_size()) // 16 * 16
-    unit = 16 * PREFETCH_CHUNKS
-    share = -(-nbytes // (programs * unit)) * unit
-    return (share, nbytes) if nbytes else (0, 0)

@@ -67,7 +67,6 @@ class WorkerSpec:
     tp_size: int
     store_port: int = 0  # the driver's TCPStore, where the ranks meet
     custom_all_reduce: bool = False  # small all-reduces over symmetric memory (CUDA; see all_reduce.py)
-    weight_prefetch_bytes: int = 0  # decode GEMVs prefetch the next weight (layers/weight_prefetch.py)
     collective_timeout_s: float = 300.0
 
 
@@ -92,7 +91,6 @@ class Worker:
             spec.seed,
             rank,
             spec.tp_size,
-            spec.weight_prefetch_bytes,
         )
         self.mirror = SequenceMirror()
 

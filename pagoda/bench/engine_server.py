@@ -68,7 +68,6 @@ def server_command(
     if config.enforce_eager:
         cmd.append("--enforce-eager")
     cmd.append("--custom-all-reduce" if config.custom_all_reduce else "--no-custom-all-reduce")
-    cmd += ["--weight-prefetch-mib", str(config.weight_prefetch_mib)]
     if otlp_endpoint:
         cmd += ["--otlp-endpoint", otlp_endpoint]
     return cmd

@@ -65,7 +65,6 @@ class BenchConfig:
     peer_max_num_batched_tokens: int | None
     tensor_parallel_size: int
     custom_all_reduce: bool
-    weight_prefetch_mib: int
     gpu_memory_utilization: float
     temperature: float
     enforce_eager: bool
@@ -140,12 +139,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="Pagoda TP: decode-sized all-reduces over symmetric memory (--no-custom-all-reduce: NCCL only)",
-    )
-    p.add_argument(
-        "--weight-prefetch-mib",
-        type=int,
-        default=16,
-        help="Pagoda: MiB of the next weight each decode GEMV asks the L2 for (0: off; the engine's flag)",
     )
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -227,7 +220,6 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         peer_max_num_batched_tokens=args.max_num_batched_tokens,
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,
-        weight_prefetch_mib=args.weight_prefetch_mib,
         gpu_memory_utilization=args.gpu_memory_utilization,
         temperature=args.temperature,
         enforce_eager=args.enforce_eager,
@@ -269,7 +261,6 @@ def run_pagoda(config: BenchConfig, requests: list[workloads.Request], vocab_siz
         gpu_memory_utilization=config.gpu_memory_utilization,
         enforce_eager=config.enforce_eager,
         seed=config.workload.seed,
-        weight_prefetch_mib=config.weight_prefetch_mib,
         **extra,
     )
     startup_s = time.perf_counter() - started

@@ -117,8 +117,6 @@ def _scenarios():
     for n, k in ((28672, 4096), (3072, 4096), (2048, 8192)):  # plain and split-K configs, with a bias
         w = torch.empty(n, k, dtype=bf16)
         triton_gemv.gemv(torch.empty(1, k, dtype=bf16), w, w[:, 0].contiguous())
-        # ... and asking the L2 for the next product's weight (ops/weight_prefetch.py)
-        triton_gemv.gemv(torch.empty(1, k, dtype=bf16), w, prefetch=w, prefetch_bytes=24 << 20)
     triton_gemv.gemv(torch.empty(8, 2048), torch.empty(2048, 2048))  # an fp32 model
 
 
@@ -136,7 +134,7 @@ def _registers(cubin: bytes) -> str:
 
 
 _SHOWN = (
-    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K PREFETCH".split()
+    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K".split()
 )  # printed constexprs
 
 KERNELS = [
@@ -191,8 +189,7 @@ def main() -> int:
                 f"cp.async={ptx.count('cp.async.cg') + ptx.count('cp.async.ca')} "
                 f"ld.v4={ptx.count('ld.global.v4') + ptx.count('ld.global.nc.v4')} "
                 f"local={ptx.count('ld.local') + ptx.count('st.local')} "
-                f"atom.sys={ptx.count('.sys')} "
-                f"prefetch.L2={ptx.count('cp.async.bulk.prefetch.L2')}"
+                f"atom.sys={ptx.count('.sys')}"
             )
     print(f"compiled {len(seen)} kernel variants for sm_90")
     return 0

@@ -79,29 +79,3 @@ def test_chosen_configs_are_launchable(n, k):
         for size in (cfg.block_n, cfg.block_k):
             assert size >= 16 and size & (size - 1) == 0
         assert 1 <= cfg.split_k <= 16 and cfg.num_warps in (1, 2, 4, 8) and cfg.num_stages >= 1
-
-
-def test_prefetch_split_covers_the_bytes_in_whole_chunks():
-    unit = 16 * triton_gemv.PREFETCH_CHUNKS
-    nxt = torch.empty(1000, 300, dtype=torch.bfloat16)  # 600,000 bytes
-    assert triton_gemv._prefetch_split(None, 1 << 20, 48) == (0, 0)
-    assert triton_gemv._prefetch_split(nxt, 0, 48) == (0, 0)
-    share, nbytes = triton_gemv._prefetch_split(nxt, 1 << 20, 48)  # capped at the tensor's size
-    assert nbytes == 600_000 and share % unit == 0 and share * 48 >= nbytes > (share - unit) * 48
-    share, nbytes = triton_gemv._prefetch_split(nxt, 100_007, 7)  # rounded down to 16-byte units
-    assert nbytes == 100_000 and share % unit == 0 and share * 7 >= nbytes > (share - unit) * 7
-    with pytest.raises(ValueError):
-        triton_gemv._prefetch_split(nxt.T, 1 << 20, 48)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the bulk L2 prefetch is sm_90 PTX")
-@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
-def test_prefetch_leaves_the_product_unchanged(config):
-    """Asking the L2 for another tensor (whole, and a part of it) changes no bit of the result."""
-    x, w = randn(2, K, dtype=torch.bfloat16, seed=1), randn(N, K, dtype=torch.bfloat16, seed=2)
-    following = randn(4096, 512, dtype=torch.bfloat16, seed=3)
-    plain = gemv(x, w, config=config)
-    for nbytes in (following.numel() * 2, 100_000, 16):
-        assert torch.equal(gemv(x, w, config=config, prefetch=following, prefetch_bytes=nbytes), plain)
-    torch.cuda.synchronize()
