@@ -26,6 +26,8 @@
 #   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
 #   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2 with NCCL only, TP=2 with the custom all-reduce; batch-1 step (two GPUs)
 #   gemv       benchmarks/gemv.py: the Triton decode GEMV against cuBLAS at the llama shapes, M = 1..8
+#   timeline   benchmarks/decode_timeline.py: llama-8b batch-1 decode steps on the device timeline (busy, idle
+#              waiting on the host, idle otherwise) at TP=1 and TP=2 (two GPUs); rank 0's traces gzipped to $OUT
 #   graph-kernels  benchmarks/graph_kernels.py: the kernels of llama-8b's batch-1 decode graph at TP=1, TP=2
 #              and TP=2 one-shot (two GPUs), and of llama-1b's at batch 256 (TP=1)
 #
@@ -113,6 +115,12 @@ stage() {
       "${gk[@]}" --shape llama-8b --batch 1 || rc=$?
       "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --no-custom-all-reduce || rc=$?
       "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --custom-all-reduce || rc=$?
+      return $rc ;;
+    timeline)
+      local tl=(python3 benchmarks/decode_timeline.py --shape llama-8b --results-dir "$RES" --commit "$COMMIT") rc=0
+      "${tl[@]}" --trace-dir /tmp/trace-tp1 || rc=$?
+      "${tl[@]}" --trace-dir /tmp/trace-tp2 --tensor-parallel-size 2 || rc=$?
+      for t in 1 2; do gzip -c "/tmp/trace-tp$t/rank0.json" > "$OUT/trace-tp$t-rank0.json.gz"; done
       return $rc ;;
     tp8b)
       local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)

@@ -73,6 +73,14 @@ class Executor(ABC):
         return None
 
     @abstractmethod
+    def start_profile(self, trace_dir: str) -> None:
+        """torch.profiler on every rank (host and device) until stop_profile: a benchmark's tool."""
+
+    @abstractmethod
+    def stop_profile(self) -> list[str]:
+        """Stop the profile; every rank writes its Chrome trace to trace_dir. Returns their paths."""
+
+    @abstractmethod
     def forget(self, seq_ids: Iterable[str]) -> None:
         """These sequences finished or were aborted: drop what the executor keeps per sequence."""
 
@@ -117,6 +125,12 @@ class UniProcExecutor(Executor):
 
     def profile_decode_graph(self, batch_size: int, context_len: int, replays: int = 20) -> list | None:
         return self.runner.profile_decode_graph(batch_size, context_len, replays)
+
+    def start_profile(self, trace_dir: str) -> None:
+        self.runner.start_profile(trace_dir)
+
+    def stop_profile(self) -> list[str]:
+        return [self.runner.stop_profile()]
 
     def forget(self, seq_ids: Iterable[str]) -> None:
         self.runner.forget(seq_ids)

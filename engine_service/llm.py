@@ -92,6 +92,15 @@ class LLM:
                     result.metrics.finished_time = time.monotonic()
         return [results[rid] for rid in order]
 
+    def start_profile(self, trace_dir: str) -> None:
+        """Profile what follows (torch.profiler, host and device, every tensor-parallel rank) until
+        stop_profile. Between generate calls: a benchmark's tool (benchmarks/decode_timeline.py)."""
+        self.engine.executor.start_profile(trace_dir)
+
+    def stop_profile(self) -> list[str]:
+        """Stop the profile; each rank writes its Chrome trace as trace_dir/rank<r>.json (paths returned)."""
+        return self.engine.executor.stop_profile()
+
     def _token_lists(self, prompts, prompt_token_ids) -> list[list[int]]:
         if (prompts is None) == (prompt_token_ids is None):
             raise ValueError("give exactly one of prompts (text) and prompt_token_ids")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ class ModelRunner:
     ):
         self.model_config = model_config
         self.device, self.dtype, self.block_size = device, dtype, block_size
+        self.tp_rank = tp_rank
         torch.manual_seed(seed)
         with torch.device(device):
             previous = torch.get_default_dtype()
@@ -76,6 +78,7 @@ class ModelRunner:
         self.block_rows = BlockTableRows()
         # The previous launch's sampled tokens on the device, and the seq_id of each of their rows.
         self._last_sampled: tuple[torch.Tensor | None, list[str]] = (None, [])
+        self._profiler: tuple[torch.profiler.profile, str] | None = None
 
     # ---- KV cache ------------------------------------------------------------------------------
     @property
@@ -154,6 +157,30 @@ class ModelRunner:
         if self.graphs is None or batch_size > self.graphs.max_batch_size:
             return None
         return self.graphs.profile_replay(batch_size, context_len, replays)
+
+    def start_profile(self, trace_dir: str) -> None:
+        """torch.profiler over this rank's host and device work, until stop_profile."""
+        if self._profiler is not None:
+            raise RuntimeError("a profile is already running")
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        profiler = torch.profiler.profile(activities=activities)
+        profiler.start()
+        self._profiler = (profiler, trace_dir)
+
+    def stop_profile(self) -> str:
+        """Stop the profile and write it as a Chrome trace, `<trace_dir>/rank<r>.json`; returns its path."""
+        if self._profiler is None:
+            raise RuntimeError("no profile is running (start_profile first)")
+        (profiler, trace_dir), self._profiler = self._profiler, None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        profiler.stop()
+        path = str(Path(trace_dir) / f"rank{self.tp_rank}.json")
+        Path(trace_dir).mkdir(parents=True, exist_ok=True)
+        profiler.export_chrome_trace(path)
+        return path
 
     def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
         """Run the scheduled tokens and wait for the sampled ones."""

@@ -94,6 +94,7 @@ class MultiProcExecutor(Executor):
         self._encoder = StepEncoder()
         self._error: str | None = None
         self._num_unanswered = 0  # steps launched whose tokens have not been collected
+        self._profiling = False
         # The ranks meet at a TCPStore served here, on a port the OS picks: no port to choose or race for.
         self._store = dist.TCPStore("127.0.0.1", 0, spec.tp_size, is_master=True, wait_for_workers=False)
         spec = replace(spec, store_port=self._store.port)
@@ -132,6 +133,18 @@ class MultiProcExecutor(Executor):
 
     def profile_decode_graph(self, batch_size: int, context_len: int, replays: int = 20) -> list | None:
         return self._call("profile_decode_graph", batch_size, context_len, replays)[0]
+
+    def start_profile(self, trace_dir: str) -> None:
+        if self._profiling:  # checked here: an error on a rank would end the engine
+            raise RuntimeError("a profile is already running")
+        self._call("start_profile", trace_dir)
+        self._profiling = True
+
+    def stop_profile(self) -> list[str]:
+        if not self._profiling:
+            raise RuntimeError("no profile is running (start_profile first)")
+        self._profiling = False
+        return self._call("stop_profile")
 
     def launch(self, out: SchedulerOutput, block_tables: list[list[int]]) -> RankZeroAnswer:
         self._broadcast(("step", self._encoder.encode(out, block_tables)))

@@ -51,6 +51,8 @@ CALLS = (
     "capture_cuda_graphs",
     "time_decode_graph",
     "profile_decode_graph",
+    "start_profile",
+    "stop_profile",
 )
 
 

@@ -7,6 +7,7 @@ equal, and their logprobs equal up to float32 rounding (the all-reduce sums in a
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -93,7 +94,7 @@ def test_seeded_sampling_with_penalties_equal(engines):
     assert len({tuple(c.token_ids) for o in b for c in o.outputs}) > 6  # really sampled
 
 
-def test_async_scheduling_feeds_placeholders_on_every_rank(tp_models):
+def test_async_scheduling_feeds_placeholders_on_every_rank(tp_models, tmp_path):
     """Step n+1 is launched before step n's tokens reach the host: every rank fills the placeholders from
     the tokens it sampled itself, and rank 0 answers each step in order."""
     folder = str(tp_models["kv1"])
@@ -106,6 +107,18 @@ def test_async_scheduling_feeds_placeholders_on_every_rank(tp_models):
             a = sync.generate(prompt_token_ids=prompts(4), sampling_params=params)
             b = tp.generate(prompt_token_ids=prompts(4), sampling_params=params)
             assert samples(b) == samples(a)
+        tp.engine.check_alive()
+        # A profile reaches every rank through the worker calls; each writes its own trace.
+        trace_dir = tmp_path / "trace"
+        tp.start_profile(str(trace_dir))
+        tp.generate(prompt_token_ids=prompts(2), sampling_params=GREEDY)
+        paths = tp.stop_profile()
+        assert paths == [str(trace_dir / "rank0.json"), str(trace_dir / "rank1.json")]
+        for path in paths:
+            events = json.loads(Path(path).read_text())["traceEvents"]
+            assert any(e.get("cat") == "cpu_op" and e["name"].startswith("aten::") for e in events)
+        with pytest.raises(RuntimeError, match="no profile is running"):
+            tp.stop_profile()  # refused by the driver: the ranks never see it
         tp.engine.check_alive()
     finally:
         tp.engine.shutdown()

@@ -1,0 +1,111 @@
+"""A decode step end to end on the device timeline: busy time, and idle time the host or the device caused.
+
+    python benchmarks/decode_timeline.py --shape llama-8b [--tensor-parallel-size 2] [--batch 1]
+        [--tokens 64] [--results-dir benchmarks --commit SHA] [--trace-dir DIR]
+
+Builds the engine (dummy weights, bf16, decode graphs), runs one warm-up generation, then profiles one
+more (`LLM.start_profile`: torch.profiler on every rank, host and CUDA) of `--batch` prompts of 512 tokens
+to `--tokens` outputs, and reads rank 0's trace (pagoda/bench/timeline.py): per decode step the wall time,
+the device's busy time, and its idle gaps, split into host-bound (the next op was launched only after the
+device ran dry) and the device's own; then the gaps that cost the most, and the device ops outside the
+decode graph. One `decode_timeline` line to results.jsonl with --results-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine_service import LLM, SamplingParams  # noqa: E402
+from pagoda.bench import timeline  # noqa: E402
+from pagoda.bench.shapes import write_model_dir  # noqa: E402
+
+MARKER = "_sample_kernel"  # the sampler's kernel: once per step, at its end
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", default="llama-8b")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--custom-all-reduce", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--trace-dir", help="where the ranks' Chrome traces go (default: a temporary folder)")
+    ap.add_argument("--results-dir")
+    ap.add_argument("--commit", default="unknown")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    folder = write_model_dir(args.shape, tempfile.mkdtemp())
+    llm = LLM(
+        str(folder),
+        load_format="dummy",
+        dtype="bfloat16",
+        max_model_len=2048,
+        max_num_seqs=max(8, args.batch),
+        tensor_parallel_size=args.tensor_parallel_size,
+        custom_all_reduce=args.custom_all_reduce,
+    )
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    prompts = [[(7 * i + 13 * j) % (vocab - 3) + 3 for j in range(512)] for i in range(args.batch)]
+    params = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
+    llm.generate(prompt_token_ids=prompts, sampling_params=params)  # warm: every kernel compiled
+    trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="pagoda-trace-")
+    llm.start_profile(trace_dir)
+    llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    paths = llm.stop_profile()
+    llm.engine.shutdown()
+
+    events = json.loads(Path(paths[0]).read_text())["traceEvents"]
+    steps = timeline.device_steps(events, MARKER)[2:]  # past the prefill and the first decode steps
+    summary = timeline.summarize(steps)
+    if not steps:
+        print(f"no steps found (marker {MARKER!r}) in {paths[0]}", file=sys.stderr)
+        return 1
+    label = f"{args.shape} TP={args.tensor_parallel_size} batch {args.batch}"
+    print(f"\n{label}: {summary['steps']} decode steps, medians per step (rank 0's device)")
+    print(
+        f"  wall {summary['wall_us']:.0f} µs = busy {summary['busy_us']:.0f} + idle waiting for the host "
+        f"{summary['host_idle_us']:.0f} + idle otherwise {summary['device_idle_us']:.0f}"
+    )
+    print(f"\n{'per step':>9} {'mean µs':>8}  {'host?':5}  gap between (launched by)")
+    for g in summary["gaps"]:
+        host = "host" if g["host_bound"] else "dev"
+        between = f"{g['before']} -> {g['after']} ({g['launch']})"
+        print(f"{g['per_step']:9.2f} {g['mean_us']:8.1f}  {host:5}  {between}")
+    ends = [e["ts"] + e["dur"] for e in events if e.get("cat") == "kernel" and MARKER in e.get("name", "")]
+    outside = timeline.device_time_by_op(events, ends[2], ends[-1], outside_graphs=True)
+    print("\ndevice ops outside the decode graph (µs and launches per step):")
+    for name, count, us in outside:
+        print(f"  {us / summary['steps']:8.1f}  {count / summary['steps']:5.1f}x  {name}")
+    print(f"\ntraces: {', '.join(paths)}")
+    if args.results_dir:
+        record = {
+            "kind": "decode_timeline",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "card": torch.cuda.get_device_name(0),
+            "commit": args.commit,
+            "shape": args.shape,
+            "tensor_parallel_size": args.tensor_parallel_size,
+            "custom_all_reduce": args.custom_all_reduce,
+            "batch": args.batch,
+            **summary,
+            "outside_graph": [
+                (n, round(c / summary["steps"], 2), round(us / summary["steps"], 1)) for n, c, us in outside
+            ],
+        }
+        with open(Path(args.results_dir) / "results.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

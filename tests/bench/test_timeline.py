@@ -1,0 +1,66 @@
+"""pagoda/bench/timeline.py on hand-made traces: steps cut at the marker, busy time as the union of device
+ops, and idle gaps split by whether the host launched the next op only after the device ran dry."""
+
+from pagoda.bench import timeline
+
+
+def op(name, ts, dur, corr, cat="kernel"):
+    return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "args": {"correlation": corr}}
+
+
+def call(name, ts, corr):
+    return op(name, ts, 2.0, corr, cat="cuda_runtime")
+
+
+def two_steps():
+    """Marker ends at 10, 110, 210. Step 1: a graph (launched early) of two kernels with a 3 µs gap between
+    them, then the LM head launched 20 µs after the graph ended (host-bound). Step 2: all queued in time."""
+    return [
+        op("_sample_kernel", 0, 10, 1),
+        call("cudaGraphLaunch", 5, 2),
+        op("gemv", 12, 40, 2),
+        op("norm", 55, 5, 2),  # 3 µs after gemv: launched long before (inside the graph)
+        call("cudaLaunchKernel", 80, 3),  # the graph ended at 60: launched 20 µs late
+        op("lm_head", 85, 20, 3),
+        call("cuLaunchKernelEx", 90, 4),
+        op("_sample_kernel", 105, 5, 4),  # ends at 110
+        call("cudaMemcpyAsync", 100, 5),
+        op("Memcpy HtoD", 111, 2, 5, cat="gpu_memcpy"),
+        call("cudaGraphLaunch", 101, 6),
+        op("gemv", 113, 90, 6),
+        op("_sample_kernel", 203, 7, 7),  # ends at 210
+        call("cuLaunchKernelEx", 150, 7),
+    ]
+
+
+def test_steps_busy_and_gaps():
+    steps = timeline.device_steps(two_steps(), "_sample_kernel")
+    assert [s.wall_us for s in steps] == [100, 100]
+    first, second = steps
+    assert first.busy_us == 40 + 5 + 20 + 5
+    gaps = [(g.before, g.after, g.us, g.host_bound, g.launch) for g in first.gaps]
+    assert gaps == [
+        ("_sample_kernel", "gemv", 2, False, "cudaGraphLaunch"),
+        ("gemv", "norm", 3, False, "cudaGraphLaunch"),
+        ("norm", "lm_head", 25, True, "cudaLaunchKernel"),
+    ]
+    assert first.gaps[-1].host_late_us == 20
+    assert first.host_idle_us == 25 and first.device_idle_us == 5
+    assert second.busy_us == 2 + 90 + 7 and second.gaps == []  # 1 µs gaps are below the threshold
+
+
+def test_summary_groups_gaps_and_takes_medians():
+    summary = timeline.summarize(timeline.device_steps(two_steps(), "_sample_kernel"))
+    assert summary["steps"] == 2 and summary["wall_us"] == 100
+    assert summary["host_idle_us"] == 12.5  # the median of 25 and 0
+    worst = summary["gaps"][0]
+    assert (worst["before"], worst["after"], worst["host_bound"]) == ("norm", "lm_head", True)
+    assert worst["per_step"] == 0.5 and worst["mean_us"] == 25
+    assert timeline.summarize([]) == {"steps": 0}
+
+
+def test_device_ops_outside_graphs():
+    ops = timeline.device_time_by_op(two_steps(), 10, 210, outside_graphs=True)
+    assert ops == [("lm_head", 1, 20), ("_sample_kernel", 2, 12), ("Memcpy HtoD", 1, 2)]
+    every = timeline.device_time_by_op(two_steps(), 10, 210)
+    assert every[0] == ("gemv", 2, 130)
