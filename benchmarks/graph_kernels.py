@@ -29,7 +29,7 @@ from pagoda.bench.shapes import write_model_dir  # noqa: E402
 
 # kernel name pattern -> group; the first that matches
 GROUPS = [
-    (r"all_reduce_add_rms_norm|gathered_add_rms_norm", "all-reduce+norm"),  # ops/triton_all_reduce_norm.py
+    (r"all_reduce_add_rms_norm", "all-reduce+norm"),  # fused (ops/triton_all_reduce_norm.py)
     (r"nccl|all_reduce|allreduce", "all-reduce"),
     (r"paged_attention|reduce_splits", "attention"),
     (r"gemm|gemv|nvjet|xmma|cutlass|cublas|matmul|splitk", "matrix products"),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine_service.ops import dispatch as ops
-from engine_service.parallel.all_reduce import all_reduce, row_parallel_linear
+from engine_service.parallel.all_reduce import all_reduce
 
 
 def divide(numerator: int, denominator: int) -> int:
@@ -126,7 +126,7 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.reduce_results:
-            return row_parallel_linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
+            return ops.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
         out = ops.linear(x, self.weight)
         if self.tp_size > 1:
             out = all_reduce(out)

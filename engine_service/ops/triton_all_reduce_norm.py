@@ -19,13 +19,6 @@ they cannot deadlock on residency. A peer that dies leaves the others spinning; 
 
 Pointers arrive as int64 device arrays (every rank's buffer and signal pad, from the symmetric-memory
 rendezvous) and are cast in the kernel.
-
-`gathered_add_rms_norm` is the reducing half of the push variant: the row-parallel GEMV before it has
-already written its partial rows into every rank's buffer and counted them into the peers' pads
-(triton_gemv.gemv_push), so this kernel waits for the counts, sums the ranks' rows from its own memory (no
-read across NVLink) and norms. Its buffer halves and flags live in a region of their own, and alternate
-per row with the same counters as the pull kernel, by the same argument: a rank writes a half again only
-two calls later, after a barrier that every peer enters once done reading it.
 """
 
 from __future__ import annotations
@@ -118,89 +111,6 @@ def all_reduce_add_rms_norm(
         counters,
         eps,
         rank,
-        ROWS=counters.numel(),
-        WORLD=world_size,
-        HIDDEN=hidden,
-        BLOCK=block,
-        num_warps=min(16, max(1, block // 512)),
-    )
-    return out, residual
-
-
-@triton.jit
-def _gathered_add_rms_norm_kernel(
-    out_ptr,  # [T, H] normed output
-    residual_ptr,  # [T, H] read, then overwritten with the reduced sum + residual
-    weight_ptr,  # [H]
-    buffer_ptrs,  # int64 [WORLD]: each rank's push buffer, [2, ROWS, WORLD, H] (ops/triton_gemv.py: Push)
-    signal_ptrs,  # int64 [WORLD]: each rank's push counts, int32 [2, ROWS, WORLD]
-    counters_ptr,  # int32 [ROWS], local: calls per row (the same counters the pushing GEMV read)
-    eps,
-    rank,
-    expected,  # counts each peer sends per row: its GEMV's column blocks
-    ROWS: tl.constexpr,
-    WORLD: tl.constexpr,
-    HIDDEN: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < HIDDEN
-    dtype = residual_ptr.dtype.element_ty
-    count = tl.load(counters_ptr + row)
-    half = count % 2
-    own_pad = tl.load(signal_ptrs + rank).to(tl.pointer_type(tl.int32))
-    for peer in tl.static_range(WORLD):
-        if peer != rank:  # every column block of the peer's row is in our buffer: take the counts back to 0
-            flag = own_pad + (half * ROWS + row) * WORLD + peer
-            while tl.atomic_cas(flag, expected, 0, sem="acquire", scope="sys") != expected:
-                pass
-    tl.debug_barrier()  # no thread reads the row before the counts are in
-
-    own = tl.multiple_of(tl.load(buffer_ptrs + rank).to(tl.pointer_type(dtype)), 16)
-    slot = ((half * ROWS + row) * WORLD).to(tl.int64) * HIDDEN
-    total = tl.zeros([BLOCK], dtype=tl.float32)
-    for peer in tl.static_range(WORLD):  # rank order, as the pull kernel: every rank gets the same bits
-        part = own + slot + peer * HIDDEN + offs
-        total += tl.load(part, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-    reduced = total.to(dtype)
-    r = tl.load(residual_ptr + row * HIDDEN + offs, mask=mask, other=0.0)
-    h = (reduced.to(tl.float32) + r.to(tl.float32)).to(dtype)
-    tl.store(residual_ptr + row * HIDDEN + offs, h, mask=mask)
-    h = h.to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(h * h, axis=0) / HIDDEN + eps)
-    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * HIDDEN + offs, (h * rstd * w).to(dtype), mask=mask)
-    tl.store(counters_ptr + row, count + 1)
-
-
-def gathered_add_rms_norm(
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float,
-    buffer_ptrs: torch.Tensor,
-    signal_ptrs: torch.Tensor,
-    counters: torch.Tensor,
-    rank: int,
-    world_size: int,
-    expected: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reduction of partial sums that a pushing GEMV (triton_gemv.gemv_push) already sent to every
-    rank's buffer, + residual add + RMSNorm: waits for `expected` counts per row from each peer, sums the
-    ranks' rows from local memory. residual: [T, H], updated in place. Returns (normed, residual)."""
-    T, hidden = residual.shape
-    out = torch.empty_like(residual)
-    block = triton.next_power_of_2(hidden)
-    _gathered_add_rms_norm_kernel[(T,)](
-        out,
-        residual,
-        weight,
-        buffer_ptrs,
-        signal_ptrs,
-        counters,
-        eps,
-        rank,
-        expected,
         ROWS=counters.numel(),
         WORLD=world_size,
         HIDDEN=hidden,

@@ -12,19 +12,11 @@ result does not depend on arrival order), adds the bias, stores y, and puts the 
 next call. The workspace is allocated once per (device, size) and kept, so a CUDA graph can hold its address;
 calls that share it must be ordered (one stream per device, as the decode step runs). Warm a shape up
 before capturing a graph, so that the workspace is not allocated inside the capture.
-
-Pushed partial sums (`gemv_push`, tensor parallelism): a row-parallel projection's output is this rank's
-partial sum, which the next kernel all-reduces (ops/triton_all_reduce_norm.py). With a `Push` target, each
-program also stores its columns of every row straight into every rank's symmetric buffer, at the row's slot
-for this rank, and then raises a per-row count in each peer's signal pad (release, system scope): the
-exchange rides on the product's own tail, and the reducing kernel only waits for the counts and reads its
-local memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import triton
@@ -84,40 +76,6 @@ def choose_config(n: int, k: int, m: int, element_size: int = 2, num_sms: int = 
     return _heuristic(n, k, element_size, num_sms)
 
 
-class Push(NamedTuple):
-    """Where a pushed GEMV sends its output (see parallel/all_reduce.py: SymmMemAddRMSNorm)."""
-
-    buffer_ptrs: torch.Tensor  # int64 [world]: each rank's buffer, [2, rows, world, N] of the model dtype
-    signal_ptrs: torch.Tensor  # int64 [world]: each rank's counts, int32 [2, rows, world]
-    counters: torch.Tensor  # int32 [rows], local: calls made per row (the half a call uses: count % 2)
-    rank: int
-    world: int
-    rows: int
-
-
-@triton.jit
-def _push_columns(
-    acc, offs_n, offs_m, out_mask, M, N, buffer_ptrs, signal_ptrs, counters_ptr, rank,
-    WORLD: tl.constexpr, ROWS: tl.constexpr, DTYPE: tl.constexpr,
-):  # fmt: skip
-    """Store acc ([BLOCK_N, BLOCK_M] = y^T for these columns) at [half, row, rank, columns] of every rank's
-    buffer, then add 1 to each peer's count for [half, row, rank] (one per row: the reducer waits for one
-    per column block)."""
-    count = tl.load(counters_ptr + offs_m, mask=offs_m < M, other=0)
-    slot = (((count % 2) * ROWS + offs_m) * WORLD + rank).to(tl.int64) * N  # [BLOCK_M]
-    value = acc.to(DTYPE)
-    for peer in tl.static_range(WORLD):
-        buffer = tl.load(buffer_ptrs + peer).to(tl.pointer_type(DTYPE))
-        tl.store(buffer + slot[None, :] + offs_n[:, None], value, mask=out_mask)
-    tl.debug_barrier()  # every thread's columns are stored before one thread signals (see the reducer)
-    for peer in tl.static_range(WORLD):
-        if peer != rank:
-            pad = tl.load(signal_ptrs + peer).to(tl.pointer_type(tl.int32))
-            for row in range(M):
-                half = tl.load(counters_ptr + row) % 2
-                tl.atomic_add(pad + (half * ROWS + row) * WORLD + rank, 1, sem="release", scope="sys")
-
-
 @triton.jit
 def _gemv_kernel(
     out_ptr,  # [M, N]
@@ -134,10 +92,6 @@ def _gemv_kernel(
     stride_om,
     stride_xm,
     stride_wn,
-    push_buffer_ptrs,  # (unused without PUSH: see Push)
-    push_signal_ptrs,
-    push_counters_ptr,
-    push_rank,
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -145,9 +99,6 @@ def _gemv_kernel(
     SPLIT: tl.constexpr,  # split_k > 1
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
-    PUSH: tl.constexpr,
-    PUSH_WORLD: tl.constexpr,
-    PUSH_ROWS: tl.constexpr,
 ):
     """Grid (cdiv(N, BLOCK_N), split_k)."""
     pid_n = tl.program_id(0)
@@ -175,22 +126,6 @@ def _gemv_kernel(
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
-        if PUSH:
-            _push_columns(
-                acc,
-                offs_n,
-                offs_m,
-                out_mask,
-                M,
-                N,
-                push_buffer_ptrs,
-                push_signal_ptrs,
-                push_counters_ptr,
-                push_rank,
-                PUSH_WORLD,
-                PUSH_ROWS,
-                out_ptr.dtype.element_ty,
-            )
     else:
         part_ptrs = partial_ptr + offs_m[None, :] * N + offs_n[:, None]  # split s at + s * M * N
         tl.store(part_ptrs + pid_k * M * N, acc, mask=out_mask)
@@ -206,22 +141,6 @@ def _gemv_kernel(
                 total += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
             tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
             tl.atomic_xchg(counter_ptr + pid_n, 0)  # ready for the next call: no memset
-            if PUSH:
-                _push_columns(
-                    total,
-                    offs_n,
-                    offs_m,
-                    out_mask,
-                    M,
-                    N,
-                    push_buffer_ptrs,
-                    push_signal_ptrs,
-                    push_counters_ptr,
-                    push_rank,
-                    PUSH_WORLD,
-                    PUSH_ROWS,
-                    out_ptr.dtype.element_ty,
-                )
 
 
 # (device, partial floats, counters) -> (partials, counters). Never freed: captured graphs hold the addresses.
@@ -248,30 +167,6 @@ def gemv(
     """x: [M, K] (M <= 16), weight: [N, K], bias: [N] or None -> x @ weight^T + bias: [M, N] in x's dtype.
 
     fp32 accumulation; `config` overrides the table (for sweeps and tests)."""
-    return _launch(x, weight, bias, config, None)[0]
-
-
-def gemv_push(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    push: Push,
-    config: GemvConfig | None = None,
-) -> tuple[torch.Tensor, int]:
-    """`gemv`, whose output also goes to every rank's buffer of `push` (rows <= push.rows, N the buffer's
-    row length). Returns (the output, how many counts each peer receives per row: its column blocks)."""
-    if x.shape[0] > push.rows:
-        raise ValueError(f"gemv_push: {x.shape[0]} rows, the buffers hold {push.rows}")
-    return _launch(x, weight, bias, config, push)
-
-
-def _launch(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    config: GemvConfig | None,
-    push: Push | None,
-) -> tuple[torch.Tensor, int]:
     m, k = x.shape
     n = weight.shape[0]
     if weight.shape[1] != k or m > BLOCK_M or x.dtype != weight.dtype:
@@ -281,47 +176,8 @@ def _launch(
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    cfg = config or choose_config(n, k, m, x.element_size(), _num_sms(x.device))
-    blocks = triton.cdiv(n, cfg.block_n)
     if m == 0 or n == 0:
-        return out, 0
-    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    split = triton.cdiv(k, k_per_split)  # a split past K would only add an empty program
-    partials, counters = _workspace(x.device, split * m * n, blocks) if split > 1 else (out, out)
-    _gemv_kernel[(blocks, split)](
-        out,
-        x,
-        weight,
-        bias if bias is not None else out,
-        partials,
-        counters,
-        m,
-        n,
-        k,
-        split,
-        k_per_split,
-        out.stride(0),
-        x.stride(0),
-        weight.stride(0),
-        push.buffer_ptrs if push else out,
-        push.signal_ptrs if push else out,
-        push.counters if push else out,
-        push.rank if push else 0,
-        HAS_BIAS=bias is not None,
-        BLOCK_M=BLOCK_M,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        SPLIT=split > 1,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        # Triton's interpreter (CPU tensors) hands bf16 dot operands to numpy as raw bits: fp32 there.
-        DOT_FP32=x.dtype == torch.bfloat16 and not x.is_cuda,
-        PUSH=push is not None,
-        PUSH_WORLD=push.world if push else 1,
-        PUSH_ROWS=push.rows if push else 1,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
-    return out, blocks
+        return out
     cfg = config or choose_config(n, k, m, x.element_size(), _num_sms(x.device))
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = triton.cdiv(k, k_per_split)  # a split past K would only add an empty program

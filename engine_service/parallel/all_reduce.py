@@ -21,17 +21,8 @@ On 2x H200 at one row: 5.3 µs against 8.3 (one-shot + norm) and 8.5 (NCCL + nor
 step 3.54 and 3.21 ms against NCCL's 3.92 and 3.63, throughput 1.11x and 1.18x NCCL's (two calls,
 RESULTS.md). On by default (`--no-custom-all-reduce` turns it off) where every GPU reaches its peers.
 
-At decode sizes (at most GEMV_MAX_ROWS rows, 16-bit) the exchange moves into the row-parallel product
-itself: `row_parallel_linear` runs the Triton GEMV with a push target (ops/triton_gemv.py: gemv_push), whose
-programs store their columns into every rank's buffer and count them into the peers' signal pads as they
-finish; the norm that follows (`gathered_add_rms_norm`) waits for the counts and reads only local memory.
-The pushed partial is handed over by identity: `all_reduce_add_rms_norm` given the tensor that
-`row_parallel_linear` returned last reduces it from the buffers (and refuses any other tensor while one is
-pending: its peers' counts would never be consumed).
-
     install(device, dtype, hidden_size, max_bytes)   once per rank, after the process group is up (CUDA)
     out = all_reduce(tensor)            in the layers: the summed tensor (a new one, or `tensor` itself)
-    partial = row_parallel_linear(x, weight, bias)   a row-parallel layer's partial sums (pushed if it can)
     normed, residual = all_reduce_add_rms_norm(partial, residual, weight, eps)
 """
 
@@ -49,7 +40,6 @@ log = logging.getLogger(__name__)
 # One-shot up to here: a decode batch of 512 at hidden 4096 in bf16 (21 µs against NCCL's 37 at 256 rows
 # on 2x H200); the fused add + norm keeps two halves in its own buffer of this size: 256 rows.
 DEFAULT_MAX_BYTES = 4 << 20
-PUSH_ROWS = 8  # the pushed exchange covers decode batches up to here (the GEMV's, ops.GEMV_MAX_ROWS)
 
 
 class SymmMemAllReduce:
@@ -77,91 +67,21 @@ class SymmMemAllReduce:
 
 class SymmMemAddRMSNorm:
     """All-reduce + residual add + RMSNorm of up to `rows` rows of `hidden_size` in one kernel, through a
-    symmetric buffer of two halves per rank and the buffer's signal pads (see triton_all_reduce_norm).
-    The buffer's tail and the pads' flags past the pull kernel's hold the push variant's halves and counts
-    (`push_linear`, for up to PUSH_ROWS rows)."""
+    symmetric buffer of two halves per rank and the buffer's signal pads (see triton_all_reduce_norm)."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype, hidden_size: int, max_bytes: int):
         import torch.distributed._symmetric_memory as symm_mem
 
-        from engine_service.ops.triton_gemv import Push
-
         self.dtype, self.hidden_size = dtype, hidden_size
-        world = dist.get_world_size()
         rows = max_bytes // (2 * hidden_size * dtype.itemsize)
-        pull_size, push_size = 2 * rows * hidden_size, 2 * PUSH_ROWS * world * hidden_size
-        self.buffer = symm_mem.empty(pull_size + push_size, dtype=dtype, device=device)
+        self.buffer = symm_mem.empty(2 * rows * hidden_size, dtype=dtype, device=device)
         handle = symm_mem.rendezvous(self.buffer, dist.group.WORLD.group_name)
         self.rank, self.world_size = handle.rank, handle.world_size
-        push_flags = 2 * PUSH_ROWS * world
-        flags = handle.get_signal_pad(handle.rank, [], torch.int32).numel() - push_flags
-        self.rows = min(rows, flags // world)  # one flag per (row, peer)
-        if self.rows < PUSH_ROWS:
-            raise RuntimeError(f"the signal pads hold flags for {self.rows} rows")
+        flags = handle.get_signal_pad(handle.rank, [], torch.int32).numel()
+        self.rows = min(rows, flags // self.world_size)  # one flag per (row, peer)
         self.buffer_ptrs = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
         self.signal_ptrs = torch.tensor(handle.signal_pad_ptrs, dtype=torch.int64, device=device)
         self.counters = torch.zeros(self.rows, dtype=torch.int32, device=device)
-        # The push region: [2, PUSH_ROWS, world, hidden] after the pull halves; its counts after the pull
-        # kernel's flags ([rows, world] of them at most). The row counters are shared: one call, one count.
-        self.push = Push(
-            buffer_ptrs=self.buffer_ptrs + pull_size * dtype.itemsize,
-            signal_ptrs=self.signal_ptrs + flags * 4,
-            counters=self.counters[:PUSH_ROWS],
-            rank=self.rank,
-            world=world,
-            rows=PUSH_ROWS,
-        )
-        self.pushing = dtype in (torch.bfloat16, torch.float16)  # the GEMV's dtypes
-        self._pending: tuple[torch.Tensor, int] | None = None  # pushed, not reduced yet: (partial, counts)
-
-    def can_push(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
-        return (
-            self.pushing
-            and x.is_cuda
-            and x.dim() == 2
-            and 0 < x.shape[0] <= min(PUSH_ROWS, ops.GEMV_MAX_ROWS)
-            and x.dtype == weight.dtype == self.dtype
-            and weight.shape[0] == self.hidden_size
-        )
-
-    def push_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """This rank's partial x @ weight^T (+ bias), also pushed to every rank; reduce it next."""
-        from engine_service.ops.triton_gemv import gemv_push
-
-        if self._pending is not None:
-            raise RuntimeError("a pushed partial sum was never reduced")
-        partial, counts = gemv_push(x, weight, bias, self.push)
-        self._pending = (partial, counts)
-        return partial
-
-    def reduce_pushed(
-        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The pushed partial `x` reduced + added + normed; None when `x` is not the pending pushed one."""
-        if self._pending is None:
-            return None
-        partial, counts = self._pending
-        if partial is not x:
-            raise RuntimeError("a pushed partial sum was never reduced (another tensor came to the norm)")
-        if residual.shape != x.shape or not residual.is_contiguous() or residual.dtype != self.dtype:
-            raise ValueError(
-                f"residual {tuple(residual.shape)} {residual.dtype} for a pushed {tuple(x.shape)}"
-            )
-        self._pending = None
-        from engine_service.ops.triton_all_reduce_norm import gathered_add_rms_norm
-
-        push = self.push
-        return gathered_add_rms_norm(
-            residual,
-            weight,
-            eps,
-            push.buffer_ptrs,
-            push.signal_ptrs,
-            push.counters,
-            push.rank,
-            push.world,
-            counts,
-        )
 
     def fits(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
         return (
@@ -242,23 +162,11 @@ def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def row_parallel_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A row-parallel layer's partial sums x @ weight^T (+ bias), to be reduced by the next
-    all_reduce_add_rms_norm: at decode sizes the GEMV pushes them to every rank on the way."""
-    if _fused_norm is not None and _fused_norm.can_push(x, weight):
-        return _fused_norm.push_linear(x, weight, bias)
-    return ops.linear(x, weight, bias)
-
-
 def all_reduce_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`x` is a row-parallel layer's partial sum on this rank: returns (rms_norm(h) * weight, h) with
     h = sum of x over the ranks + residual. Use the returned pair (`residual` may be updated in place)."""
-    if _fused_norm is not None:
-        pushed = _fused_norm.reduce_pushed(x, residual, weight, eps)
-        if pushed is not None:
-            return pushed
-        if _fused_norm.fits(x, residual):
-            return _fused_norm(x, residual, weight, eps)
+    if _fused_norm is not None and _fused_norm.fits(x, residual):
+        return _fused_norm(x, residual, weight, eps)
     return ops.fused_add_rms_norm(all_reduce(x), residual, weight, eps)

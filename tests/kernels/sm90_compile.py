@@ -117,12 +117,6 @@ def _scenarios():
     for n, k in ((28672, 4096), (3072, 4096), (2048, 8192)):  # plain and split-K configs, with a bias
         w = torch.empty(n, k, dtype=bf16)
         triton_gemv.gemv(torch.empty(1, k, dtype=bf16), w, w[:, 0].contiguous())
-    counters = torch.zeros(8, dtype=torch.int32)
-    for rank in (0, 1):  # the pushed exchange: row-parallel GEMVs (plain and split-K) and their reducer
-        push = triton_gemv.Push(ptrs, ptrs, counters, rank, 2, 8)
-        for n, k in ((4096, 7168), (2048, 8192)):
-            triton_gemv.gemv_push(torch.empty(1, k, dtype=bf16), torch.empty(n, k, dtype=bf16), None, push)
-        triton_all_reduce_norm.gathered_add_rms_norm(x, x[0], 1e-5, ptrs, ptrs, counters, rank, 2, 64)
     triton_gemv.gemv(torch.empty(8, 2048), torch.empty(2048, 2048))  # an fp32 model
 
 
@@ -140,7 +134,7 @@ def _registers(cubin: bytes) -> str:
 
 
 _SHOWN = (
-    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K PUSH".split()
+    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K".split()
 )  # printed constexprs
 
 KERNELS = [
@@ -152,7 +146,6 @@ KERNELS = [
     (triton_activation, "_silu_and_mul_kernel"),
     (triton_all_reduce_norm, "_all_reduce_add_rms_norm_kernel"),
     (triton_gemv, "_gemv_kernel"),
-    (triton_all_reduce_norm, "_gathered_add_rms_norm_kernel"),
 ]
 
 
