@@ -3,10 +3,11 @@
     python benchmarks/gemv.py --out gemv.jsonl            # table configs, seconds
     python benchmarks/gemv.py --out gemv.jsonl --sweep    # also a config sweep: 53 s on an H200
 
-Shapes: the per-layer projections of llama-8b (TP=1 and TP=2 half width) and llama-1b, bf16, M = 1, 2, 4, 8
-rows, no bias. Each time is one CUDA graph of CALLS back-to-back calls over distinct weight copies (more than
-L2_DEFEAT bytes of them, so every call streams its weight from HBM, as a decode step does), per call, median
-of the replays. Split-K in cuBLAS shows up here as its reduce kernel inside the graph, as in the engine.
+Shapes: the per-layer projections of llama-8b (TP=1 and TP=2 half width) and llama-1b, and their LM heads,
+bf16, M = 1, 2, 4, 8 rows, no bias. Each time is one CUDA graph of CALLS back-to-back calls over distinct
+weight copies (more than L2_DEFEAT bytes of them, so every call streams its weight from HBM, as a decode step
+does), per call, median of the replays. Split-K in cuBLAS shows up here as its reduce kernel inside the
+graph, as in the engine.
 TB/s counts W, x and y bytes once; the copy bandwidth (1 GiB device copy, read + write) is the ceiling.
 One JSON line per shape goes to --out, with every M's row and, with --sweep, the best config found per M.
 """
@@ -41,6 +42,9 @@ SHAPES = [  # name, N, K
     ("1b-o", 2048, 2048),
     ("1b-gate_up", 16384, 2048),
     ("1b-down", 2048, 8192),
+    ("8b-lm_head", 128256, 4096),  # the vocabulary (llama-3's 128,256 tokens), TP=1
+    ("8b-tp2-lm_head", 64128, 4096),  # half of it on each of two ranks
+    ("1b-lm_head", 128256, 2048),
 ]
 M_VALUES = (1, 2, 4, 8)
 CALLS = 50
