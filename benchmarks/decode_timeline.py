@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         host = "host" if g["host_bound"] else "dev"
         between = f"{g['before']} -> {g['after']} ({g['launch']})"
         print(f"{g['per_step']:9.2f} {g['mean_us']:8.1f}  {host:5}  {between}")
-    ends = [e["ts"] + e["dur"] for e in events if e.get("cat") == "kernel" and MARKER in e.get("name", "")]
+    ends = timeline.marker_ends(events, MARKER)
     outside = timeline.device_time_by_op(events, ends[2], ends[-1], outside_graphs=True)
     print("\ndevice ops outside the decode graph (µs and launches per step):")
     for name, count, us in outside:

@@ -47,6 +47,12 @@ def _correlation(event: dict) -> int | None:
     return (event.get("args") or {}).get("correlation")
 
 
+def marker_ends(events: list[dict], marker: str) -> list[float]:
+    """When each kernel whose name holds `marker` ended, in time order (a trace's events are not)."""
+    kernels = (e for e in events if e.get("ph") == "X" and e.get("cat") == "kernel")
+    return sorted(e["ts"] + e["dur"] for e in kernels if marker in e["name"])
+
+
 def device_steps(events: list[dict], marker: str, min_gap_us: float = 1.0) -> list[StepTimeline]:
     """The steps between consecutive ends of `marker` kernels (a substring of the kernel name), in order.
     Gaps of at most `min_gap_us` are not listed (their time is idle still: wall = busy + all gaps)."""
@@ -54,7 +60,7 @@ def device_steps(events: list[dict], marker: str, min_gap_us: float = 1.0) -> li
         (e for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS), key=lambda e: e["ts"]
     )
     launches = {_correlation(e): e for e in events if e.get("ph") == "X" and e.get("cat") in LAUNCH_CATS}
-    ends = [e["ts"] + e["dur"] for e in device if e.get("cat") == "kernel" and marker in e["name"]]
+    ends = marker_ends(device, marker)
     steps = []
     i = 0
     for start, end in zip(ends, ends[1:], strict=False):

@@ -59,6 +59,12 @@ def test_summary_groups_gaps_and_takes_medians():
     assert timeline.summarize([]) == {"steps": 0}
 
 
+def test_marker_ends_are_in_time_order():
+    events = list(reversed(two_steps()))  # traces list events in no particular order
+    assert timeline.marker_ends(events, "_sample_kernel") == [10, 110, 210]
+    assert [s.wall_us for s in timeline.device_steps(events, "_sample_kernel")] == [100, 100]
+
+
 def test_device_ops_outside_graphs():
     ops = timeline.device_time_by_op(two_steps(), 10, 210, outside_graphs=True)
     assert ops == [("lm_head", 1, 20), ("_sample_kernel", 2, 12), ("Memcpy HtoD", 1, 2)]
