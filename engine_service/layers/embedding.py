@@ -6,7 +6,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from engine_service.ops import dispatch as ops
 from engine_service.parallel.all_reduce import all_reduce
 
 
@@ -34,12 +33,10 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Logits over this rank's vocabulary slice, gathered to the full vocabulary. At decode sizes the
-    product is the Triton GEMV (ops.linear), which streams the vocabulary's weights faster than cuBLAS's
-    kernel for one row did (benchmarks/gemv.py, the lm_head shapes)."""
+    """Logits over this rank's vocabulary slice, gathered to the full vocabulary."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [B, hidden] -> [B, vocab]
-        logits = ops.linear(hidden, self.weight)
+        logits = nn.functional.linear(hidden, self.weight)
         if self.tp_size > 1:
             parts = [torch.empty_like(logits) for _ in range(self.tp_size)]
             dist.all_gather(parts, logits)
