@@ -8,7 +8,7 @@ more (`LLM.start_profile`: torch.profiler on every rank, host and CUDA) of `--ba
 to `--tokens` outputs, and reads rank 0's trace (pagoda/bench/timeline.py): per decode step the wall time,
 the device's busy time, and its idle gaps, split into host-bound (the next op was launched only after the
 device ran dry) and the device's own; then the gaps that cost the most, and the device ops outside the
-decode graph. One `decode_timeline` line to results.jsonl with --results-dir.
+decode graph; and the other ranks' medians. One `decode_timeline` line to results.jsonl with --results-dir.
 """
 
 from __future__ import annotations
@@ -86,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\ndevice ops outside the decode graph (µs and launches per step):")
     for name, count, us in outside:
         print(f"  {us / summary['steps']:8.1f}  {count / summary['steps']:5.1f}x  {name}")
+    other_ranks = {}
+    for rank, path in enumerate(paths[1:], start=1):  # the others' medians: a late rank shows here
+        theirs = timeline.summarize(
+            timeline.device_steps(json.loads(Path(path).read_text())["traceEvents"], MARKER)[2:]
+        )
+        other_ranks[rank] = {
+            k: theirs.get(k) for k in ("wall_us", "busy_us", "host_idle_us", "device_idle_us")
+        }
+        print(f"rank {rank}: " + ", ".join(f"{k} {v}" for k, v in other_ranks[rank].items()))
     print(f"\ntraces: {', '.join(paths)}")
     if args.results_dir:
         record = {
@@ -98,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             "custom_all_reduce": args.custom_all_reduce,
             "batch": args.batch,
             **summary,
+            "other_ranks": other_ranks,
             "outside_graph": [
                 (n, round(c / summary["steps"], 2), round(us / summary["steps"], 1)) for n, c, us in outside
             ],
