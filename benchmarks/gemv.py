@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.graph_timing import graph_call_us  # noqa: E402
 from engine_service.ops import triton_gemv as tg  # noqa: E402
 
 SHAPES = [  # name, N, K
@@ -68,22 +69,7 @@ def copy_tbps() -> float:
 def graph_us(fn, weights: list[torch.Tensor], reps: int = 10) -> float:
     """Per-call time of one graph replaying `fn(weights[i % len])` CALLS times (median replay)."""
     fn(weights[0])  # compile, and allocate any workspace outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(CALLS):
-            fn(weights[i % len(weights)])
-    graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / CALLS)
-    del graph
-    return sorted(times)[len(times) // 2]
+    return graph_call_us(lambda i: fn(weights[i % len(weights)]), CALLS, reps)
 
 
 def sweep_configs(n: int, k: int) -> list[tg.GemvConfig]:

@@ -38,6 +38,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.graph_timing import graph_call_us  # noqa: E402
 from engine_service.ops import torch_ops  # noqa: E402
 from engine_service.ops import triton_attention as ta  # noqa: E402
 from engine_service.ops import triton_sampling as ts  # noqa: E402
@@ -150,21 +151,7 @@ class DecodeCase:
 
     def graph_us(self, reps: int = 20, **kwargs) -> float:
         self.call(**kwargs)  # compile outside the capture
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for c in range(len(self.block_tables)):
-                self.call(copy=c, **kwargs)
-        graph.replay()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3 / len(self.block_tables))
-        return sorted(times)[len(times) // 2]
+        return graph_call_us(lambda c: self.call(copy=c, **kwargs), len(self.block_tables), reps)
 
 
 def sdpa_us(case: DecodeCase) -> float | None:
