@@ -30,6 +30,17 @@ def tasks(router) -> int:
     return int(router.counter("pagoda_router_event_loop_tasks"))
 
 
+async def idle_tasks(router, expected: int | None = None, within_s: float = 1.0) -> int:
+    """The router's task count without the transient ones (a health probe in flight, a closing connection):
+    polled every 0.1 s until it equals `expected`, else the least seen in `within_s`. A leaked task never
+    goes away, so it still shows."""
+    deadline, least = time.monotonic() + within_s, tasks(router)
+    while least != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        least = min(least, tasks(router))
+    return least
+
+
 def outstanding(router) -> float:
     """The router's requests in flight, summed over engines (its own leak check)."""
     pattern = r"^pagoda_router_engine_outstanding_requests\{[^}]*\} ([0-9.e+]+)$"
@@ -40,7 +51,7 @@ async def test_a_thousand_concurrent_streaming_clients(stack, scale, tally):
     t = tally(f"load: {scale.clients} concurrent streaming clients, 2 engines, 2 rounds")
     url = stack.routers[0].url + "/v1/chat/completions"
     stack.wait_idle()
-    before, tasks_before = usage(stack), tasks(stack.routers[0])
+    before, tasks_before = usage(stack), await idle_tasks(stack.routers[0])
     rounds = []
     for r in range(2):  # the first round grows heaps and pools to their working size; the second must not
         # A fresh session per round: its closed connections must not count as the router's descriptors.
@@ -56,7 +67,7 @@ async def test_a_thousand_concurrent_streaming_clients(stack, scale, tally):
         await asyncio.sleep(0.5)  # the router notices the closed connections
         rounds.append((elapsed, usage(stack)))
     assert outstanding(stack.routers[0]) == 0
-    tasks_after = tasks(stack.routers[0])
+    tasks_after = await idle_tasks(stack.routers[0], expected=tasks_before, within_s=10.0)
     assert tasks_after == tasks_before, (tasks_before, tasks_after)
     t.assert_none_hung_or_lost()
     errors = {o.status for o in t.of("error")}
@@ -84,6 +95,8 @@ async def test_a_thousand_concurrent_streaming_clients(stack, scale, tally):
 async def test_soak_with_a_steady_mix(stack, scale, tally):
     t = tally(f"soak: {scale.soak_s:.0f} s, {scale.soak_workers} clients, short and long requests")
     url = stack.routers[0].url + "/v1/chat/completions"
+    stack.wait_idle()
+    tasks_before = await idle_tasks(stack.routers[0])
     deadline = time.monotonic() + scale.soak_s
     long_tokens = min(8 * scale.load_max_tokens, 400)  # within the engines' 512-token context
 
@@ -96,8 +109,6 @@ async def test_soak_with_a_steady_mix(stack, scale, tally):
             i += 1
 
     samples: list[tuple[float, dict[str, Usage]]] = []
-    stack.wait_idle()
-    tasks_before = tasks(stack.routers[0])
 
     async def sampler() -> None:
         start = time.monotonic()
@@ -110,7 +121,7 @@ async def test_soak_with_a_steady_mix(stack, scale, tally):
     stack.wait_idle()
     samples.append((scale.soak_s, usage(stack)))
     assert outstanding(stack.routers[0]) == 0
-    tasks_after = tasks(stack.routers[0])
+    tasks_after = await idle_tasks(stack.routers[0], expected=tasks_before, within_s=10.0)
     assert tasks_after == tasks_before, (tasks_before, tasks_after)
     t.assert_none_hung_or_lost()
     assert t.counts["ok"] == t.sent, t.details("error")
