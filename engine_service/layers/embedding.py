@@ -6,13 +6,26 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from engine_service.ops import dispatch as ops
 from engine_service.parallel.all_reduce import all_reduce
 
 
 class VocabParallelEmbedding(nn.Module):
-    def __init__(self, vocab_size: int, hidden_size: int, tp_rank: int = 0, tp_size: int = 1):
+    """`reduce_results=False`: under tensor parallelism return this rank's part of the lookup (zeros for the
+    tokens it does not hold), for the caller to sum over the ranks fused with what follows (LlamaModel hands
+    it to the first layer's input norm as a partial sum)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        reduce_results: bool = True,
+    ):
         super().__init__()
         self.tp_rank, self.tp_size = tp_rank, tp_size
+        self.reduce_results = reduce_results
         self.vocab_size = vocab_size
         self.per_rank = -(-vocab_size // tp_size)  # the last rank's slice is padded
         self.start = tp_rank * self.per_rank
@@ -26,10 +39,8 @@ class VocabParallelEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, hidden]
         if self.tp_size == 1:
             return nn.functional.embedding(input_ids, self.weight)
-        local = input_ids - self.start
-        mask = (local >= 0) & (local < self.per_rank)
-        out = nn.functional.embedding(local.clamp(0, self.per_rank - 1), self.weight) * mask[:, None]
-        return all_reduce(out)
+        out = ops.vocab_slice_embedding(input_ids, self.weight, self.start)
+        return all_reduce(out) if self.reduce_results else out
 
 
 class ParallelLMHead(VocabParallelEmbedding):

@@ -118,7 +118,8 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Under tensor parallelism the sub-layers return partial sums (their row-parallel projections do not
     reduce) and each residual-add norm sums them over the ranks first: one all-reduce + add + norm kernel
-    where the one-shot path is installed. The first layer's input norm gets the (reduced) embedding."""
+    where the one-shot path is installed. The first layer's input norm gets the embedding: reduced, without
+    a residual, at TP=1; partial, with a zero residual, under TP (LlamaModel)."""
 
     def __init__(self, a: LlamaArgs, rotary: RotaryEmbedding):
         super().__init__()
@@ -148,7 +149,12 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, a: LlamaArgs):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(a.vocab_size, a.hidden_size, a.tp_rank, a.tp_size)
+        # Under TP the lookup stays partial: the first layer's input norm sums it (a zero residual), one
+        # all-reduce + norm kernel where the embedding's own all-reduce and a norm were two.
+        self.partial_embedding = a.tp_size > 1
+        self.embed_tokens = VocabParallelEmbedding(
+            a.vocab_size, a.hidden_size, a.tp_rank, a.tp_size, reduce_results=not self.partial_embedding
+        )
         rotary = RotaryEmbedding(a.head_dim, a.max_positions, a.rope)
         self.layers = nn.ModuleList(LlamaDecoderLayer(a, rotary) for _ in range(a.num_layers))
         self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps, reduce_input=a.tp_size > 1)
@@ -160,7 +166,8 @@ class LlamaModel(nn.Module):
         kv_caches: list[KVCache],
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T] -> [T, hidden]
-        x, residual = self.embed_tokens(input_ids), None
+        x = self.embed_tokens(input_ids)
+        residual = torch.zeros_like(x) if self.partial_embedding else None
         for layer, kv in zip(self.layers, kv_caches, strict=True):
             x, residual = layer(positions, x, residual, kv, meta)
         x, _ = self.norm(x, residual)

@@ -94,6 +94,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return torch.nn.functional.linear(x, weight, bias)
 
 
+def vocab_slice_embedding(input_ids: torch.Tensor, weight: torch.Tensor, start: int) -> torch.Tensor:
+    """The lookup of a rank's slice of the vocabulary: rows for the ids it holds, zeros for the others."""
+    ops = _triton_ops() if _on_gpu(weight) else torch_ops
+    return ops.vocab_slice_embedding(input_ids, weight, start)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     ops = _triton_ops() if _on_gpu(x) else torch_ops
     return ops.rms_norm(x, weight, eps)

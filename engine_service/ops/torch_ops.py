@@ -69,6 +69,13 @@ def paged_attention(
     return out
 
 
+def vocab_slice_embedding(input_ids: torch.Tensor, weight: torch.Tensor, start: int) -> torch.Tensor:
+    """input_ids [T] -> [T, hidden]: weight[id - start] for the ids in [start, start + rows), zeros else."""
+    local = input_ids - start
+    inside = (local >= 0) & (local < weight.shape[0])
+    return torch.nn.functional.embedding(local.clamp(0, weight.shape[0] - 1), weight) * inside[:, None]
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)

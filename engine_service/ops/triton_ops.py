@@ -10,6 +10,7 @@ Importing this module imports triton; `dispatch` imports it only when a CUDA ten
 
 from engine_service.ops.triton_activation import silu_and_mul
 from engine_service.ops.triton_attention import choose_num_kv_splits, paged_attention
+from engine_service.ops.triton_embedding import vocab_slice_embedding
 from engine_service.ops.triton_gemv import gemv
 from engine_service.ops.triton_kv_cache import write_kv_cache
 from engine_service.ops.triton_norm import fused_add_rms_norm, rms_norm
@@ -25,5 +26,6 @@ __all__ = [
     "rotary_embedding",
     "sample_tokens",
     "silu_and_mul",
+    "vocab_slice_embedding",
     "write_kv_cache",
 ]

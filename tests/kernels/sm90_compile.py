@@ -28,6 +28,7 @@ from engine_service.ops import (  # noqa: E402
     triton_activation,
     triton_all_reduce_norm,
     triton_attention,
+    triton_embedding,
     triton_gemv,
     triton_kv_cache,
     triton_norm,
@@ -110,6 +111,9 @@ def _scenarios():
     triton_rotary.rotary_embedding(torch.zeros(8, dtype=torch.int64), qkv[:, :32], qkv[:, 32:40],
                                    torch.empty(4096, 128))  # fmt: skip
     triton_activation.silu_and_mul(torch.empty(8, 2 * 14336, dtype=bf16))
+    triton_embedding.vocab_slice_embedding(
+        torch.zeros(8, dtype=torch.int64), torch.empty(64128, 4096, dtype=bf16), 64128
+    )
     ptrs, counters = torch.zeros(2, dtype=torch.int64), torch.zeros(64, dtype=torch.int32)
     fused = triton_all_reduce_norm.all_reduce_add_rms_norm
     for rank in (0, 1):  # rank 1 is specialized into a constant
@@ -146,6 +150,7 @@ KERNELS = [
     (triton_activation, "_silu_and_mul_kernel"),
     (triton_all_reduce_norm, "_all_reduce_add_rms_norm_kernel"),
     (triton_gemv, "_gemv_kernel"),
+    (triton_embedding, "_vocab_slice_embedding_kernel"),
 ]
 
 

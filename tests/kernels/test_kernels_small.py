@@ -78,3 +78,23 @@ def test_rotary_embedding_in_place_on_qkv_views(dtype):
 def test_silu_and_mul(dtype):
     x = randn(3, 2 * 1500, dtype=dtype, seed=9)  # 1500 > one 1024-wide block: two column programs
     torch.testing.assert_close(silu_and_mul(x), torch_ops.silu_and_mul(x), **TOL[dtype])
+
+
+@pytest.mark.parametrize("hidden", [48, 5000])  # one block, and two with a masked tail (blocks of 4096)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vocab_slice_embedding(dtype, hidden):
+    """A rank's slice [start, start + rows) of the vocabulary: its rows for the ids it holds, zeros for
+    the rest (below and above the slice), as the torch path and a plain lookup say."""
+    from engine_service.ops.triton_embedding import vocab_slice_embedding
+
+    start, rows = 10, 6
+    weight = randn(rows, hidden, dtype=dtype, seed=3)
+    ids = torch.tensor([9, 10, 15, 16, 12, 0, 10], device=DEVICE)
+    got = vocab_slice_embedding(ids, weight, start)
+    want = torch.zeros(len(ids), hidden, dtype=dtype, device=DEVICE)
+    for i, token in enumerate(ids.tolist()):
+        if start <= token < start + rows:
+            want[i] = weight[token - start]
+    assert torch.equal(got, want)
+    assert torch.equal(torch_ops.vocab_slice_embedding(ids, weight, start), want)
+    assert vocab_slice_embedding(ids[:0], weight, start).shape == (0, hidden)
