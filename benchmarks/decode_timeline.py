@@ -23,9 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine_service import LLM, SamplingParams  # noqa: E402
+from engine_service import SamplingParams  # noqa: E402
 from pagoda.bench import timeline  # noqa: E402
-from pagoda.bench.shapes import write_model_dir  # noqa: E402
+from pagoda.bench.shapes import dummy_llm  # noqa: E402
 
 MARKER = "_sample_kernel"  # the sampler's kernel: once per step, at its end
 
@@ -44,17 +44,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    folder = write_model_dir(args.shape, tempfile.mkdtemp())
-    llm = LLM(
-        str(folder),
-        load_format="dummy",
-        dtype="bfloat16",
-        max_model_len=2048,
+    llm = dummy_llm(
+        args.shape,
         max_num_seqs=max(8, args.batch),
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,
     )
-    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    vocab = llm.engine.model_config.vocab_size
     prompts = [[(7 * i + 13 * j) % (vocab - 3) + 3 for j in range(512)] for i in range(args.batch)]
     params = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
     llm.generate(prompt_token_ids=prompts, sampling_params=params)  # warm: every kernel compiled

@@ -17,15 +17,13 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine_service import LLM  # noqa: E402
-from pagoda.bench.shapes import write_model_dir  # noqa: E402
+from pagoda.bench.shapes import dummy_llm  # noqa: E402
 
 # kernel name pattern -> group; the first that matches
 GROUPS = [
@@ -63,12 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    folder = write_model_dir(args.shape, tempfile.mkdtemp())
-    llm = LLM(
-        str(folder),
-        load_format="dummy",
-        dtype="bfloat16",
-        max_model_len=2048,
+    llm = dummy_llm(
+        args.shape,
         max_num_seqs=max(args.batch),
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,

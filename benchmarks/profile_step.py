@@ -13,13 +13,12 @@ import argparse
 import cProfile
 import io
 import pstats
-import tempfile
 import time
 
 import torch
 
-from engine_service import LLM, SamplingParams
-from pagoda.bench.shapes import write_model_dir
+from engine_service import SamplingParams
+from pagoda.bench.shapes import dummy_llm
 
 
 def main() -> None:
@@ -32,14 +31,7 @@ def main() -> None:
     ap.add_argument("--out", default="profile.txt")
     args = ap.parse_args()
 
-    folder = write_model_dir(args.shape, tempfile.mkdtemp())
-    llm = LLM(
-        str(folder),
-        load_format="dummy",
-        dtype="bfloat16",
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.batch,
-    )
+    llm = dummy_llm(args.shape, max_model_len=args.max_model_len, max_num_seqs=args.batch)
     engine = llm.engine
     params = SamplingParams(max_tokens=1000, temperature=1.0, ignore_eos=True)
     g = torch.Generator().manual_seed(0)

@@ -141,3 +141,15 @@ def write_model_dir(name: str, path: str | Path) -> Path:
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
     (path / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return path
+
+
+def dummy_llm(name: str, *, dtype: str = "bfloat16", max_model_len: int = 2048, **engine_args):
+    """Pagoda's offline LLM for shape `name` with random weights (a fresh model folder in a temporary
+    directory): what the GPU probes (graph_kernels.py, decode_timeline.py, profile_step.py) build.
+    `engine_args` go to LLM as they are (max_num_seqs, tensor_parallel_size, custom_all_reduce, ...)."""
+    import tempfile
+
+    from engine_service import LLM
+
+    folder = write_model_dir(name, tempfile.mkdtemp(prefix=f"pagoda-{name}-"))
+    return LLM(str(folder), load_format="dummy", dtype=dtype, max_model_len=max_model_len, **engine_args)

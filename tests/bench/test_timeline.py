@@ -70,3 +70,23 @@ def test_device_ops_outside_graphs():
     assert ops == [("lm_head", 1, 20), ("_sample_kernel", 2, 12), ("Memcpy HtoD", 1, 2)]
     every = timeline.device_time_by_op(two_steps(), 10, 210)
     assert every[0] == ("gemv", 2, 130)
+
+
+def test_dummy_llm_and_a_cpu_profile(tmp_path):
+    """The engine the GPU probes build (shapes.dummy_llm), here the tiny shape on CPU, profiled the way
+    decode_timeline.py does it: the trace holds the host's ops (no kernels on a CPU to cut steps at)."""
+    import json
+
+    from engine_service import SamplingParams
+    from pagoda.bench.shapes import dummy_llm
+
+    llm = dummy_llm("tiny", dtype="float32", device="cpu", num_kv_blocks=64, max_num_seqs=4)
+    assert llm.engine.model_config.vocab_size == 512
+    params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    llm.start_profile(str(tmp_path))
+    out = llm.generate(prompt_token_ids=[[5, 6, 7], [8, 9]], sampling_params=params)
+    (path,) = llm.stop_profile()
+    assert [len(o.outputs[0].token_ids) for o in out] == [3, 3]
+    events = json.loads(open(path).read())["traceEvents"]
+    assert any(e.get("cat") == "cpu_op" for e in events)
+    assert timeline.device_steps(events, "_sample_kernel") == []
