@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from engine_service.ops import triton_norm  # noqa: E402
 from engine_service.parallel import all_reduce  # noqa: E402
 from engine_service.parallel.distributed import NCCL_DEFAULTS  # noqa: E402
+from pagoda.bench.report import append_jsonl  # noqa: E402
 
 HIDDEN = 4096
 CALLS_PER_GRAPH = 64
@@ -186,8 +187,7 @@ def main() -> int:
     }
     print(json.dumps(record))
     if args.results_dir:
-        with open(Path(args.results_dir) / "results.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(record, args.results_dir)
     return 1 if result["wrong"] else 0
 
 

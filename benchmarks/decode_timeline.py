@@ -25,9 +25,16 @@ sys.path.insert(0, str(REPO))
 
 from engine_service import SamplingParams  # noqa: E402
 from pagoda.bench import timeline  # noqa: E402
+from pagoda.bench.report import append_jsonl  # noqa: E402
 from pagoda.bench.shapes import dummy_llm  # noqa: E402
 
 MARKER = "_sample_kernel"  # the sampler's kernel: once per step, at its end
+
+
+def read_steps(path: str) -> tuple[list[dict], list[timeline.StepTimeline]]:
+    """A rank's trace events and its decode steps (past the prefill and the first decode steps)."""
+    events = json.loads(Path(path).read_text())["traceEvents"]
+    return events, timeline.device_steps(events, MARKER)[2:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = llm.stop_profile()
     llm.engine.shutdown()
 
-    events = json.loads(Path(paths[0]).read_text())["traceEvents"]
-    steps = timeline.device_steps(events, MARKER)[2:]  # past the prefill and the first decode steps
+    events, steps = read_steps(paths[0])
     summary = timeline.summarize(steps)
     if not steps:
         print(f"no steps found (marker {MARKER!r}) in {paths[0]}", file=sys.stderr)
@@ -84,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {us / summary['steps']:8.1f}  {count / summary['steps']:5.1f}x  {name}")
     other_ranks = {}
     for rank, path in enumerate(paths[1:], start=1):  # the others' medians: a late rank shows here
-        theirs = timeline.summarize(
-            timeline.device_steps(json.loads(Path(path).read_text())["traceEvents"], MARKER)[2:]
-        )
+        theirs = timeline.summarize(read_steps(path)[1])
         other_ranks[rank] = {
             k: theirs.get(k) for k in ("wall_us", "busy_us", "host_idle_us", "device_idle_us")
         }
@@ -108,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 (n, round(c / summary["steps"], 2), round(us / summary["steps"], 1)) for n, c, us in outside
             ],
         }
-        with open(Path(args.results_dir) / "results.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(record, args.results_dir)
     return 0
 
 

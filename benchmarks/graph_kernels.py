@@ -14,7 +14,6 @@ to results.jsonl with --results-dir.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pagoda.bench.report import append_jsonl  # noqa: E402
 from pagoda.bench.shapes import dummy_llm  # noqa: E402
 
 # kernel name pattern -> group; the first that matches
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 "launches": round(launches),
                 "groups": {k: {"us": round(us, 1), "launches": round(n)} for k, (n, us) in groups.items()},
             }
-            with open(Path(args.results_dir) / "results.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(record, args.results_dir)
     llm.engine.shutdown()
     return 0
 

@@ -38,6 +38,7 @@ from engine_service.engine import Engine  # noqa: E402
 from engine_service.ops import dispatch  # noqa: E402
 from engine_service.sampling_params import SamplingParams  # noqa: E402
 from pagoda.bench import shapes  # noqa: E402
+from pagoda.bench.report import append_jsonl  # noqa: E402
 
 
 class NoModel(nn.Module):
@@ -139,8 +140,7 @@ def _measure(args: argparse.Namespace) -> int:
     }
     print(json.dumps(record))
     if args.results_dir:
-        with open(Path(args.results_dir) / "results.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(record, args.results_dir)
     return 0
 
 

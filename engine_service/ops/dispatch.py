@@ -150,5 +150,6 @@ __all__ = [
     "rotary_embedding",
     "sample_tokens",
     "silu_and_mul",
+    "vocab_slice_embedding",
     "write_kv_cache",
 ]

@@ -292,9 +292,7 @@ def append_results(record: dict[str, Any], results_dir: str | Path) -> None:
     """One line to results.jsonl; one row to the gRPC table of RESULTS.md (created before the offline table,
     which `pagoda bench throughput` appends to at the end of the file)."""
     results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / "results.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    report.append_jsonl(record, results_dir)
     table = results_dir / "RESULTS.md"
     text = table.read_text() if table.exists() else report.RESULTS_HEADER + report.TABLE_HEAD
     if GRPC_END not in text:

@@ -180,12 +180,18 @@ def markdown_row(record: dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def append_results(record: dict[str, Any], results_dir: str | Path) -> None:
-    """Append the record to results.jsonl and its row to RESULTS.md (created with its header if missing)."""
+def append_jsonl(record: dict[str, Any], results_dir: str | Path) -> None:
+    """Append the record as one line to results_dir/results.jsonl (the folder made if missing)."""
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     with open(results_dir / "results.jsonl", "a") as f:
-        f.write(json.dumps(record, sort_keys=False) + "\n")
+        f.write(json.dumps(record) + "\n")
+
+
+def append_results(record: dict[str, Any], results_dir: str | Path) -> None:
+    """Append the record to results.jsonl and its row to RESULTS.md (created with its header if missing)."""
+    results_dir = Path(results_dir)
+    append_jsonl(record, results_dir)
     table = results_dir / "RESULTS.md"
     if not table.exists():
         table.write_text(RESULTS_HEADER + TABLE_HEAD)
