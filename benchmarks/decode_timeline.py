@@ -8,7 +8,8 @@ more (`LLM.start_profile`: torch.profiler on every rank, host and CUDA) of `--ba
 to `--tokens` outputs, and reads rank 0's trace (pagoda/bench/timeline.py): per decode step the wall time,
 the device's busy time, and its idle gaps, split into host-bound (the next op was launched only after the
 device ran dry) and the device's own; then the gaps that cost the most, and the device ops outside the
-decode graph; and the other ranks' medians. One `decode_timeline` line to results.jsonl with --results-dir.
+decode graph; and the other ranks' medians. One `decode_timeline` line to results.jsonl with --results-dir,
+holding each rank's device ops per step too.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def read_steps(path: str) -> tuple[list[dict], list[timeline.StepTimeline]]:
     """A rank's trace events and its decode steps (past the prefill and the first decode steps)."""
     events = json.loads(Path(path).read_text())["traceEvents"]
     return events, timeline.device_steps(events, MARKER)[2:]
+
+
+def ops_per_step(events: list[dict], outside_graphs: bool = False, top: int = 20) -> list[tuple]:
+    """(name, launches, µs) a decode step, of the device ops over the steps read_steps keeps."""
+    ends = timeline.marker_ends(events, MARKER)
+    n = len(ends) - 3  # the steps between ends[2] and ends[-1]
+    ops = timeline.device_time_by_op(events, ends[2], ends[-1], top=top, outside_graphs=outside_graphs)
+    return [(name, round(count / n, 2), round(us / n, 1)) for name, count, us in ops]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,18 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         host = "host" if g["host_bound"] else "dev"
         between = f"{g['before']} -> {g['after']} ({g['launch']})"
         print(f"{g['per_step']:9.2f} {g['mean_us']:8.1f}  {host:5}  {between}")
-    ends = timeline.marker_ends(events, MARKER)
-    outside = timeline.device_time_by_op(events, ends[2], ends[-1], outside_graphs=True)
+    outside = ops_per_step(events, outside_graphs=True)
     print("\ndevice ops outside the decode graph (µs and launches per step):")
-    for name, count, us in outside:
-        print(f"  {us / summary['steps']:8.1f}  {count / summary['steps']:5.1f}x  {name}")
+    for name, launches, us in outside:
+        print(f"  {us:8.1f}  {launches:5.1f}x  {name}")
     other_ranks = {}
     for rank, path in enumerate(paths[1:], start=1):  # the others' medians: a late rank shows here
-        theirs = timeline.summarize(read_steps(path)[1])
+        their_events, their_steps = read_steps(path)
+        theirs = timeline.summarize(their_steps)
         other_ranks[rank] = {
             k: theirs.get(k) for k in ("wall_us", "busy_us", "host_idle_us", "device_idle_us")
         }
         print(f"rank {rank}: " + ", ".join(f"{k} {v}" for k, v in other_ranks[rank].items()))
+        other_ranks[rank]["device_ops"] = ops_per_step(their_events)
     print(f"\ntraces: {', '.join(paths)}")
     if args.results_dir:
         record = {
@@ -108,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             "batch": args.batch,
             **summary,
             "other_ranks": other_ranks,
-            "outside_graph": [
-                (n, round(c / summary["steps"], 2), round(us / summary["steps"], 1)) for n, c, us in outside
-            ],
+            "outside_graph": outside,
+            "device_ops": ops_per_step(events),  # every op, the decode graph's included
         }
         append_jsonl(record, args.results_dir)
     return 0
