@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", default="llama-8b")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--custom-all-reduce", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--trace-dir", help="where the ranks' Chrome traces go (default: a temporary folder)")
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         max_num_seqs=max(8, args.batch),
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,
+        pdl=args.pdl,
     )
     vocab = llm.engine.model_config.vocab_size
     prompts = [[(7 * i + 13 * j) % (vocab - 3) + 3 for j in range(512)] for i in range(args.batch)]
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "shape": args.shape,
             "tensor_parallel_size": args.tensor_parallel_size,
             "custom_all_reduce": args.custom_all_reduce,
+            "pdl": args.pdl,
             "batch": args.batch,
             **summary,
             "other_ranks": other_ranks,

@@ -7,7 +7,9 @@ Shapes: the per-layer projections of llama-8b (TP=1 and TP=2 half width) and lla
 bf16, M = 1, 2, 4, 8 rows, no bias. Each time is one CUDA graph of CALLS back-to-back calls over distinct
 weight copies (more than L2_DEFEAT bytes of them, so every call streams its weight from HBM, as a decode step
 does), per call, median of the replays. Split-K in cuBLAS shows up here as its reduce kernel inside the
-graph, as in the engine.
+graph, as in the engine. Our kernel launches with PDL where the card has it (sm_90+, ops/triton_pdl.py), as
+in the engine, so each call's start overlaps the previous one's end; `gemv_no_pdl_us` is the same without.
+`--prefetch-bytes` also times the table config asking the L2 for that much of each row before its wait.
 TB/s counts W, x and y bytes once; the copy bandwidth (1 GiB device copy, read + write) is the ceiling.
 One JSON line per shape goes to --out, with every M's row and, with --sweep, the best config found per M.
 """
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.graph_timing import graph_call_us  # noqa: E402
 from engine_service.ops import triton_gemv as tg  # noqa: E402
+from engine_service.ops import triton_pdl  # noqa: E402
 
 SHAPES = [  # name, N, K
     ("8b-tp2-qkv", 3072, 4096),
@@ -87,7 +90,7 @@ def sweep_configs(n: int, k: int) -> list[tg.GemvConfig]:
     return configs
 
 
-def bench_shape(name: str, n: int, k: int, sweep: bool, bw: float) -> dict:
+def bench_shape(name: str, n: int, k: int, sweep: bool, bw: float, prefetch: list[int]) -> dict:
     w_bytes = n * k * 2
     copies = max(2, math.ceil(L2_DEFEAT / w_bytes))
     weights = torch.empty(copies, n, k, device="cuda", dtype=torch.bfloat16).normal_()
@@ -104,20 +107,29 @@ def bench_shape(name: str, n: int, k: int, sweep: bool, bw: float) -> dict:
         got = tg.gemv(x, weights[0], config=cfg).float()
         torch_us = graph_us(lambda w, x=x: torch.nn.functional.linear(x, w), list(weights))
         ours_us = graph_us(lambda w, x=x, cfg=cfg: tg.gemv(x, w, config=cfg), list(weights))
+        triton_pdl.set_enabled(False)
+        no_pdl_us = graph_us(lambda w, x=x, cfg=cfg: tg.gemv(x, w, config=cfg), list(weights))
+        triton_pdl.set_enabled(True)
         row = dict(
             m=m,
             torch_us=round(torch_us, 2),
             torch_tbps=round(tbps(torch_us), 3),
             gemv_us=round(ours_us, 2),
             gemv_tbps=round(tbps(ours_us), 3),
+            gemv_no_pdl_us=round(no_pdl_us, 2),
             config=dataclasses.asdict(cfg),
             rel_err=float((got - ref).norm() / ref.norm()),
         )
         line = (
             f"{name:15s} N={n:5d} K={k:5d} M={m}  torch {torch_us:6.1f} us {tbps(torch_us):5.2f} TB/s  "
             f"gemv {ours_us:6.1f} us {tbps(ours_us):5.2f} TB/s ({ours_us / torch_us:4.2f}x)  "
-            f"err {row['rel_err']:.1e}"
+            f"err {row['rel_err']:.1e}  no PDL {no_pdl_us:6.1f} us"
         )
+        for b in prefetch:  # the table config, asking the L2 for b bytes of each row before its wait
+            c = dataclasses.replace(cfg, prefetch_bytes=b)
+            us = graph_us(lambda w, x=x, c=c: tg.gemv(x, w, config=c), list(weights))
+            row.setdefault("prefetch_us", {})[str(b)] = round(us, 2)
+            line += f"  prefetch {b} B: {us:6.1f} us"
         if sweep:
             best = None
             for c in sweep_configs(n, k):
@@ -149,6 +161,11 @@ def main() -> int:
     parser.add_argument("--shapes", nargs="*", default=None, help="only these shape names")
     parser.add_argument("--append", action="store_true", help="append to --out (results.jsonl) instead")
     parser.add_argument("--commit", default="unknown", help="recorded in each line")
+    parser.add_argument(
+        "--prefetch-bytes",
+        default="",
+        help="comma list: also time the table config with these prefetch_bytes",
+    )
     args = parser.parse_args()
     shapes = [s for s in SHAPES if args.shapes is None or s[0] in args.shapes]
     if not shapes:
@@ -159,6 +176,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    prefetch = [int(b) for b in args.prefetch_bytes.split(",") if b]
     t0 = time.time()
     bw = round(copy_tbps(), 3)
     print(f"{torch.cuda.get_device_name(0)}: copy bandwidth {bw:.2f} TB/s", flush=True)
@@ -170,7 +188,7 @@ def main() -> int:
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "card": torch.cuda.get_device_name(0),
                 "commit": args.commit,
-                **bench_shape(name, n, k, args.sweep, bw),
+                **bench_shape(name, n, k, args.sweep, bw, prefetch),
             }
             f.write(json.dumps(record) + "\n")
             f.flush()

@@ -28,6 +28,7 @@
 #   gemv       benchmarks/gemv.py: the Triton decode GEMV against cuBLAS at the llama shapes, M = 1..8
 #   timeline   benchmarks/decode_timeline.py: llama-8b batch-1 decode steps on the device timeline (busy, idle
 #              waiting on the host, idle otherwise) at TP=1 and TP=2 (two GPUs); the traces gzipped to $OUT
+#   timeline-no-pdl  the same with --no-pdl (the kernels in plain stream order)
 #   graph-kernels  benchmarks/graph_kernels.py: the kernels of llama-8b's batch-1 decode graph at TP=1, TP=2
 #              and TP=2 one-shot (two GPUs), and of llama-1b's at batch 256 (TP=1)
 #
@@ -116,12 +117,14 @@ stage() {
       "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --no-custom-all-reduce || rc=$?
       "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --custom-all-reduce || rc=$?
       return $rc ;;
-    timeline)
+    timeline|timeline-no-pdl)
       local tl=(python3 benchmarks/decode_timeline.py --shape llama-8b --results-dir "$RES" --commit "$COMMIT") rc=0
-      "${tl[@]}" --trace-dir /tmp/trace-tp1 || rc=$?
-      "${tl[@]}" --trace-dir /tmp/trace-tp2 --tensor-parallel-size 2 || rc=$?
-      gzip -c /tmp/trace-tp1/rank0.json > "$OUT/trace-tp1-rank0.json.gz"
-      for r in 0 1; do gzip -c "/tmp/trace-tp2/rank$r.json" > "$OUT/trace-tp2-rank$r.json.gz"; done
+      local tag=${1#timeline}
+      [ -z "$tag" ] || tl+=(--no-pdl)
+      "${tl[@]}" --trace-dir "/tmp/trace$tag-tp1" || rc=$?
+      "${tl[@]}" --trace-dir "/tmp/trace$tag-tp2" --tensor-parallel-size 2 || rc=$?
+      gzip -c "/tmp/trace$tag-tp1/rank0.json" > "$OUT/trace$tag-tp1-rank0.json.gz"
+      for r in 0 1; do gzip -c "/tmp/trace$tag-tp2/rank$r.json" > "$OUT/trace$tag-tp2-rank$r.json.gz"; done
       return $rc ;;
     tp8b)
       local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)

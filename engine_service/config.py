@@ -29,6 +29,9 @@ class EngineConfig:
     # memory, the row-parallel ones fused with the next residual add + RMSNorm (parallel/all_reduce.py);
     # NCCL for the rest, and for everything when off (RESULTS.md, tensor parallelism).
     custom_all_reduce: bool = True
+    # Programmatic dependent launch of the Triton kernels on sm_90+ GPUs: each kernel is launched while the
+    # one before it drains and waits on the device for it (ops/triton_pdl.py). No effect elsewhere.
+    pdl: bool = True
     max_logprobs: int = 20
 
     def __post_init__(self) -> None:

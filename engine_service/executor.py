@@ -146,7 +146,9 @@ def make_executor(
     config: EngineConfig, model_config: ModelConfig, device: torch.device, dtype: torch.dtype
 ) -> Executor:
     if config.tensor_parallel_size == 1:
-        runner = ModelRunner(model_config, device, dtype, config.block_size, config.load_format, config.seed)
+        runner = ModelRunner(
+            model_config, device, dtype, config.block_size, config.load_format, config.seed, pdl=config.pdl
+        )
         return UniProcExecutor(runner)
     from engine_service.parallel.multiproc import MultiProcExecutor
     from engine_service.parallel.worker import WorkerSpec
@@ -160,5 +162,6 @@ def make_executor(
         seed=config.seed,
         tp_size=config.tensor_parallel_size,
         custom_all_reduce=config.custom_all_reduce,
+        pdl=config.pdl,
     )
     return MultiProcExecutor(spec, model_config)

@@ -44,6 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="tensor parallelism: decode-sized all-reduces over symmetric memory, fused with the next "
         "RMSNorm where they can be (--no-custom-all-reduce: all through NCCL)",
     )
+    p.add_argument(
+        "--pdl",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="programmatic dependent launch of the Triton kernels on sm_90+ GPUs: each one launches while "
+        "the one before it drains (--no-pdl: plain stream order)",
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's context length")
     p.add_argument("--max-num-seqs", type=int, default=512, help="most sequences in one batch")
     p.add_argument("--max-num-batched-tokens", type=int, default=8192, help="token budget of one step")
@@ -132,6 +139,7 @@ def build_config(args: argparse.Namespace):
         enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,
+        pdl=args.pdl,
     )
     return EngineServiceConfig(
         engine=engine,

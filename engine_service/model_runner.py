@@ -55,7 +55,12 @@ class ModelRunner:
         seed: int,
         tp_rank: int = 0,
         tp_size: int = 1,
+        pdl: bool = True,
     ):
+        if device.type == "cuda":  # one process serves one engine: the launch setting is the process's
+            from engine_service.ops import triton_pdl
+
+            triton_pdl.set_enabled(pdl)
         self.model_config = model_config
         self.device, self.dtype, self.block_size = device, dtype, block_size
         self.tp_rank = tp_rank

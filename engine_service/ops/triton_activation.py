@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine_service.ops.triton_pdl import launch_options, wait_for_previous
+
 _BLOCK = 1024
 
 
@@ -17,7 +19,10 @@ def _silu_and_mul_kernel(
     stride_xt,
     INTERMEDIATE: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_previous()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < INTERMEDIATE
@@ -37,6 +42,13 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if x2.shape[0] > 0:
         block = min(_BLOCK, triton.next_power_of_2(intermediate))
         _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(intermediate, block))](
-            out, x2, out.stride(0), x2.stride(0), INTERMEDIATE=intermediate, BLOCK=block, num_warps=4
+            out,
+            x2,
+            out.stride(0),
+            x2.stride(0),
+            INTERMEDIATE=intermediate,
+            BLOCK=block,
+            num_warps=4,
+            **launch_options(x2),
         )
     return out.view(*x.shape[:-1], intermediate)

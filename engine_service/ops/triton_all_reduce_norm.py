@@ -2,22 +2,28 @@
 
 In a tensor-parallel decode step every row-parallel projection (attention's o_proj, the MLP's down_proj) is
 followed by an all-reduce and then the residual add + RMSNorm of the next sub-layer: two kernels, and at
-batch 1 both are pure latency. Here one program per row does all of it:
+batch 1 both are pure latency. Here one program per row does all of it, pushing rather than pulling, so
+that the only wait on NVLink is one posted write's way there:
 
-    publish   write this rank's partial row into its half of the symmetric buffer
-    barrier   signal every peer "row ready" (flag 0 -> 1 in the peer's signal pad, release) and wait
-              for every peer's signal in ours (flag 1 -> 0, acquire); the flags reset themselves, so a
-              sender whose previous signal was not consumed yet spins until it is
-    reduce    sum every rank's row in rank order (fp32; the same order on every rank, so the ranks'
-              residual streams stay bit-identical), round to the model dtype as an all-reduce would
+    push      store this rank's partial row into every peer's buffer (this rank's slot of the row there),
+              then raise this rank's flag in every peer's flag array to the call's epoch (release)
+    wait      poll this rank's own flags (local memory) until every peer's epoch is there (acquire)
+    reduce    sum the peers' slots and this rank's own partial in rank order (fp32; the same order on
+              every rank, so the ranks' residual streams stay bit-identical), round to the model dtype as
+              an all-reduce would
     norm      residual <- sum + residual (rounded), out <- rms_norm(residual) * weight
 
-Each row alternates between two halves of the buffer (a per-row counter in local memory picks the half): a
-rank may only overwrite a half after passing the next call's barrier, by which time every peer has finished
-reading it. Programs wait only for the same row on other GPUs, never for programs on their own GPU, so
-they cannot deadlock on residency. A peer that dies leaves the others spinning; the executor kills them.
+Epochs: a per-row call counter in local memory (int64: it never wraps) numbers the calls, every rank
+counting the same calls. Flags only grow, so none is ever reset, and a peer that has already moved on to
+the next call leaves a larger epoch, which passes the wait as well.
 
-Pointers arrive as int64 device arrays (every rank's buffer and signal pad, from the symmetric-memory
+Each row alternates between two halves of the buffer (the epoch's parity picks the half). A rank writes a
+half for call n only after passing call n-1's wait, for which every peer raised its flag at the start of
+its call n-1, that is after finishing call n-2, the last one to read that half. Programs wait only for the
+same row on other GPUs, never for programs on their own GPU, so they cannot deadlock on residency. A peer
+that dies leaves the others spinning; the executor kills them.
+
+Pointers arrive as int64 device arrays (every rank's buffer and flag array, from the symmetric-memory
 rendezvous) and are cast in the kernel.
 """
 
@@ -27,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine_service.ops.triton_pdl import launch_options, wait_for_previous
+
 
 @triton.jit
 def _all_reduce_add_rms_norm_kernel(
@@ -34,46 +42,53 @@ def _all_reduce_add_rms_norm_kernel(
     x_ptr,  # [T, H] this rank's partial sums
     residual_ptr,  # [T, H] read, then overwritten with the reduced sum + residual
     weight_ptr,  # [H]
-    buffer_ptrs,  # int64 [WORLD]: each rank's symmetric buffer, [2, ROWS, H] elements of x's dtype
-    signal_ptrs,  # int64 [WORLD]: each rank's signal pad (int32 flags, [ROWS, WORLD] used)
-    counters_ptr,  # int32 [ROWS], local: how many calls each row has made (picks the buffer half)
+    buffer_ptrs,  # int64 [WORLD]: each rank's symmetric buffer, [2, ROWS, WORLD, H] elements of x's dtype
+    flag_ptrs,  # int64 [WORLD]: each rank's symmetric flags, int64 [ROWS, WORLD] (row, sender): epochs
+    counters_ptr,  # int64 [ROWS], local: how many calls each row has made
     eps,
     rank,
     ROWS: tl.constexpr,
     WORLD: tl.constexpr,
     HIDDEN: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_previous()
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
     dtype = x_ptr.dtype.element_ty
     count = tl.load(counters_ptr + row)
-    slot = ((count % 2) * ROWS + row).to(tl.int64) * HIDDEN  # this call's row in every rank's buffer
+    epoch = count + 1
+    slots = ((count % 2) * ROWS + row).to(tl.int64) * WORLD * HIDDEN  # this call's row, slot 0
 
     # Every buffer starts 16-byte aligned and rows are HIDDEN long (a multiple of 8 for the models served),
     # which lets the row be read and written in 16-byte vectors.
-    own = tl.multiple_of(tl.load(buffer_ptrs + rank).to(tl.pointer_type(dtype)), 16)
-    tl.store(own + slot + offs, tl.load(x_ptr + row * HIDDEN + offs, mask=mask), mask=mask)
-    tl.debug_barrier()  # every thread's part of the row is written before the signal goes out
-    own_pad = tl.load(signal_ptrs + rank).to(tl.pointer_type(tl.int32))
+    x = tl.load(x_ptr + row * HIDDEN + offs, mask=mask, other=0.0)
     for peer in tl.static_range(WORLD):
         if peer != rank:
-            peer_pad = tl.load(signal_ptrs + peer).to(tl.pointer_type(tl.int32))
-            flag = peer_pad + row * WORLD + rank
-            while tl.atomic_cas(flag, 0, 1, sem="release", scope="sys") != 0:
-                pass
+            buffer = tl.multiple_of(tl.load(buffer_ptrs + peer).to(tl.pointer_type(dtype)), 16)
+            tl.store(buffer + slots + rank * HIDDEN + offs, x, mask=mask)
+    tl.debug_barrier()  # every thread's stores are issued before the flags go out (the release covers them)
     for peer in tl.static_range(WORLD):
         if peer != rank:
-            flag = own_pad + row * WORLD + peer
-            while tl.atomic_cas(flag, 1, 0, sem="acquire", scope="sys") != 1:
+            flags = tl.load(flag_ptrs + peer).to(tl.pointer_type(tl.int64))
+            tl.atomic_xchg(flags + row * WORLD + rank, epoch, sem="release", scope="sys")
+    own_flags = tl.load(flag_ptrs + rank).to(tl.pointer_type(tl.int64))
+    for peer in tl.static_range(WORLD):
+        if peer != rank:
+            while tl.atomic_add(own_flags + row * WORLD + peer, 0, sem="acquire", scope="sys") < epoch:
                 pass
-    tl.debug_barrier()  # no thread reads a peer's row before the signals are in
+    tl.debug_barrier()  # no thread reads a peer's slot before the flags are in
 
+    own = tl.multiple_of(tl.load(buffer_ptrs + rank).to(tl.pointer_type(dtype)), 16)
     total = tl.zeros([BLOCK], dtype=tl.float32)
-    for peer in tl.static_range(WORLD):
-        buffer = tl.multiple_of(tl.load(buffer_ptrs + peer).to(tl.pointer_type(dtype)), 16)
-        total += tl.load(buffer + slot + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    for sender in tl.static_range(WORLD):
+        part = x  # this rank's own partial never goes through the buffer
+        if sender != rank:
+            part = tl.load(own + slots + sender * HIDDEN + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        total += part.to(tl.float32)
     reduced = total.to(dtype)  # what the all-reduce would have returned
     r = tl.load(residual_ptr + row * HIDDEN + offs, mask=mask, other=0.0)
     h = (reduced.to(tl.float32) + r.to(tl.float32)).to(dtype)
@@ -82,7 +97,7 @@ def _all_reduce_add_rms_norm_kernel(
     rstd = tl.rsqrt(tl.sum(h * h, axis=0) / HIDDEN + eps)
     w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * HIDDEN + offs, (h * rstd * w).to(dtype), mask=mask)
-    tl.store(counters_ptr + row, count + 1)
+    tl.store(counters_ptr + row, epoch)
 
 
 def all_reduce_add_rms_norm(
@@ -91,13 +106,14 @@ def all_reduce_add_rms_norm(
     weight: torch.Tensor,
     eps: float,
     buffer_ptrs: torch.Tensor,
-    signal_ptrs: torch.Tensor,
+    flag_ptrs: torch.Tensor,
     counters: torch.Tensor,
     rank: int,
     world_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [T, H] partial sums, contiguous; residual: [T, H], updated in place. Returns (normed, residual).
-    The caller checks the fit: T <= counters.numel() rows, each rank's buffer holds [2, rows, H]."""
+    The caller checks the fit: T <= counters.numel() rows, each rank's buffer holds [2, rows, world, H]
+    and its flags [rows, world]."""
     T, hidden = x.shape
     out = torch.empty_like(x)
     block = triton.next_power_of_2(hidden)
@@ -107,7 +123,7 @@ def all_reduce_add_rms_norm(
         residual,
         weight,
         buffer_ptrs,
-        signal_ptrs,
+        flag_ptrs,
         counters,
         eps,
         rank,
@@ -116,5 +132,6 @@ def all_reduce_add_rms_norm(
         HIDDEN=hidden,
         BLOCK=block,
         num_warps=min(16, max(1, block // 512)),
+        **launch_options(x),
     )
     return out, residual

@@ -52,6 +52,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine_service.ops.triton_pdl import launch_options, wait_for_previous
+
 _LOG2E = 1.4426950408889634
 _NO_LIMIT = 2**31 - 1
 # Running max before any key is seen: finite, so exp2(m_old - m_new) of a still-empty row is exp2(0)
@@ -171,11 +173,14 @@ def _paged_attention_kernel(
     SEQ_GRID: tl.constexpr,
     SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Grid (q-blocks or sequences, KV heads, KV splits).
 
     SEQ_GRID (decode launches): program 0-index = sequence; it walks that sequence's q-blocks (one for a
     decode) with no search. Otherwise it is a q-block index over the batch, resolved by binary search."""
+    if PDL:
+        wait_for_previous()
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     if SEQ_GRID:
@@ -319,7 +324,10 @@ def _reduce_splits_kernel(
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_previous()
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS_PAD)
@@ -495,6 +503,7 @@ def _launch(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **launch_options(q),
     )
     if split:
         _reduce_splits_kernel[(num_tokens, num_heads)](
@@ -510,6 +519,7 @@ def _launch(
             HEAD_DIM_PAD=head_dim_pad,
             SPLITS_PAD=triton.next_power_of_2(num_splits),
             num_warps=4,
+            **launch_options(q),
         )
 
 

@@ -11,11 +11,15 @@ import torch
 import triton
 import triton.language as tl
 
+from engine_service.ops.triton_pdl import launch_options, wait_for_previous
+
 
 @triton.jit
 def _vocab_slice_embedding_kernel(
-    out_ptr, ids_ptr, weight_ptr, start, rows, HIDDEN: tl.constexpr, BLOCK: tl.constexpr
+    out_ptr, ids_ptr, weight_ptr, start, rows, HIDDEN: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
 ):
+    if PDL:
+        wait_for_previous()
     t = tl.program_id(0)
     local = tl.load(ids_ptr + t) - start
     inside = (local >= 0) & (local < rows)
@@ -35,6 +39,14 @@ def vocab_slice_embedding(input_ids: torch.Tensor, weight: torch.Tensor, start: 
     if input_ids.shape[0]:
         block = min(triton.next_power_of_2(hidden), 4096)
         _vocab_slice_embedding_kernel[(input_ids.shape[0],)](
-            out, input_ids, weight, start, rows, HIDDEN=hidden, BLOCK=block, num_warps=4
+            out,
+            input_ids,
+            weight,
+            start,
+            rows,
+            HIDDEN=hidden,
+            BLOCK=block,
+            num_warps=4,
+            **launch_options(weight),
         )
     return out

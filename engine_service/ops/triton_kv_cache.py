@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine_service.ops.triton_pdl import launch_options, wait_for_previous
+
 
 @triton.jit
 def _write_kv_cache_kernel(
@@ -29,7 +31,10 @@ def _write_kv_cache_kernel(
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_previous()
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:  # padding token
@@ -81,4 +86,5 @@ def write_kv_cache(
         HEAD_DIM_PAD=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=k_cache.shape[1],
         num_warps=4,
+        **launch_options(k_cache),
     )

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine_service.ops.triton_pdl import launch_options, wait_for_previous
+
 
 @triton.jit
 def _rms_norm_kernel(
@@ -25,7 +27,10 @@ def _rms_norm_kernel(
     HIDDEN: tl.constexpr,
     BLOCK: tl.constexpr,
     ADD_RESIDUAL: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_previous()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
@@ -66,6 +71,7 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
             BLOCK=block,
             ADD_RESIDUAL=residual is not None,
             num_warps=min(16, max(1, block // 512)),
+            **launch_options(x2),
         )
     return out.view(x.shape)
 

@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine_service.ops.triton_pdl import launch_options, wait_for_previous
+
 
 @triton.jit
 def _rotate_heads(
@@ -46,7 +48,10 @@ def _rotary_kernel(
     KV_HEADS_PAD: tl.constexpr,
     HALF: tl.constexpr,
     HALF_PAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_previous()
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     offs = tl.arange(0, HALF_PAD)
@@ -86,5 +91,6 @@ def rotary_embedding(
             HALF=half,
             HALF_PAD=triton.next_power_of_2(half),
             num_warps=4,
+            **launch_options(q),
         )
     return q, k

@@ -69,6 +69,7 @@ class WorkerSpec:
     tp_size: int
     store_port: int = 0  # the driver's TCPStore, where the ranks meet
     custom_all_reduce: bool = False  # small all-reduces over symmetric memory (CUDA; see all_reduce.py)
+    pdl: bool = True  # programmatic dependent launch of the Triton kernels (sm_90+; ops/triton_pdl.py)
     collective_timeout_s: float = 300.0
 
 
@@ -93,6 +94,7 @@ class Worker:
             spec.seed,
             rank,
             spec.tp_size,
+            pdl=spec.pdl,
         )
         self.mirror = SequenceMirror()
 

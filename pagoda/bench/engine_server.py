@@ -68,6 +68,7 @@ def server_command(
     if config.enforce_eager:
         cmd.append("--enforce-eager")
     cmd.append("--custom-all-reduce" if config.custom_all_reduce else "--no-custom-all-reduce")
+    cmd.append("--pdl" if config.pdl else "--no-pdl")
     if otlp_endpoint:
         cmd += ["--otlp-endpoint", otlp_endpoint]
     return cmd

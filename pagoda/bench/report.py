@@ -144,6 +144,8 @@ def settings_label(settings: dict[str, Any]) -> str:
     if settings.get("tensor_parallel_size", 1) > 1:
         tp = f"TP={settings['tensor_parallel_size']}"
         parts.append(tp + (" custom all-reduce" if settings.get("custom_all_reduce") else " NCCL only"))
+    if settings.get("pdl") is False:
+        parts.append("no PDL")
     if settings.get("max_num_seqs", 512) != 512:
         parts.append(f"max_num_seqs {settings['max_num_seqs']}")
     return "".join(f", {p}" for p in parts)

@@ -65,6 +65,7 @@ class BenchConfig:
     peer_max_num_batched_tokens: int | None
     tensor_parallel_size: int
     custom_all_reduce: bool
+    pdl: bool
     gpu_memory_utilization: float
     temperature: float
     enforce_eager: bool
@@ -139,6 +140,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="Pagoda TP: decode-sized all-reduces over symmetric memory (--no-custom-all-reduce: NCCL only)",
+    )
+    p.add_argument(
+        "--pdl",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Pagoda: programmatic dependent launch of the Triton kernels on sm_90+ (--no-pdl: off)",
     )
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -220,6 +227,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         peer_max_num_batched_tokens=args.max_num_batched_tokens,
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,
+        pdl=args.pdl,
         gpu_memory_utilization=args.gpu_memory_utilization,
         temperature=args.temperature,
         enforce_eager=args.enforce_eager,
@@ -260,6 +268,7 @@ def run_pagoda(config: BenchConfig, requests: list[workloads.Request], vocab_siz
         enable_prefix_caching=config.prefix_caching,
         gpu_memory_utilization=config.gpu_memory_utilization,
         enforce_eager=config.enforce_eager,
+        pdl=config.pdl,
         seed=config.workload.seed,
         **extra,
     )

@@ -112,3 +112,22 @@ def test_decode_graph_probes_time_and_list_kernels(tiny_models):
     assert "paged_attention" in names and "rms_norm" in names
     assert all(launches > 0 and us > 0 for _, launches, us in kernels)
     assert executor.profile_decode_graph(64, 40, 5) is None  # past the largest graph
+
+
+@needs_cuda
+def test_pdl_changes_when_kernels_start_not_what_they_compute(tiny_models):
+    """Programmatic dependent launch (on by default on sm_90+) gives the tokens and logprobs of plain
+    stream order, bit for bit, in bf16, eagerly and from CUDA graphs."""
+    folder, _ = tiny_models["llama"]
+    ps = prompts([1, 7, 16, 17, 100, 300], seed=5)
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=2)
+
+    def run(pdl: bool, eager: bool):
+        llm = LLM(str(folder), device="cuda", dtype="bfloat16", num_kv_blocks=128, max_num_seqs=16,
+                  enforce_eager=eager, pdl=pdl)  # fmt: skip
+        outs = llm.generate(prompt_token_ids=ps, sampling_params=params)
+        llm.engine.shutdown()
+        return [(o.outputs[0].token_ids, [lp.logprob for lp in o.outputs[0].logprobs]) for o in outs]
+
+    for eager in (True, False):
+        assert run(pdl=True, eager=eager) == run(pdl=False, eager=eager)

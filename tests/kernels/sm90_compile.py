@@ -10,6 +10,7 @@ Run it without TRITON_INTERPRET: `python tests/kernels/sm90_compile.py` (test_ke
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from engine_service.ops import (  # noqa: E402
     triton_gemv,
     triton_kv_cache,
     triton_norm,
+    triton_pdl,
     triton_rotary,
 )
 
@@ -58,7 +60,7 @@ class Recorder:
 def _signature(fn, args, kwargs):
     """The (signature, constexprs, attrs, options) Triton's launcher would derive from these arguments."""
     kwargs = dict(kwargs)
-    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "launch_pdl") if k in kwargs}
     values = dict(zip(fn.arg_names, args, strict=False)) | kwargs
     signature, constexprs, attrs = {}, {}, {}
     for i, param in enumerate(fn.params):
@@ -114,7 +116,7 @@ def _scenarios():
     triton_embedding.vocab_slice_embedding(
         torch.zeros(8, dtype=torch.int64), torch.empty(64128, 4096, dtype=bf16), 64128
     )
-    ptrs, counters = torch.zeros(2, dtype=torch.int64), torch.zeros(64, dtype=torch.int32)
+    ptrs, counters = torch.zeros(2, dtype=torch.int64), torch.zeros(64, dtype=torch.int64)
     fused = triton_all_reduce_norm.all_reduce_add_rms_norm
     for rank in (0, 1):  # rank 1 is specialized into a constant
         fused(x, x.clone(), x[0], 1e-5, ptrs, ptrs, counters, rank, 2)
@@ -122,6 +124,10 @@ def _scenarios():
         w = torch.empty(n, k, dtype=bf16)
         triton_gemv.gemv(torch.empty(1, k, dtype=bf16), w, w[:, 0].contiguous())
     triton_gemv.gemv(torch.empty(8, 2048), torch.empty(2048, 2048))  # an fp32 model
+    prefetching = dataclasses.replace(triton_gemv.choose_config(3072, 4096, 1), prefetch_bytes=1024)
+    triton_gemv.gemv(
+        torch.empty(1, 4096, dtype=bf16), torch.empty(3072, 4096, dtype=bf16), config=prefetching
+    )
 
 
 def _registers(cubin: bytes) -> str:
@@ -138,7 +144,7 @@ def _registers(cubin: bytes) -> str:
 
 
 _SHOWN = (
-    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K".split()
+    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K PDL PREFETCH_BYTES".split()
 )  # printed constexprs
 
 KERNELS = [
@@ -163,9 +169,13 @@ def main() -> int:
         )
         recorders[name] = Recorder(fn)
         setattr(module, name, recorders[name])
+    use_pdl = triton_pdl.use_pdl
     try:
+        _scenarios()  # CPU tensors: launched without PDL
+        triton_pdl.use_pdl = lambda t: True  # as on an sm_90 GPU
         _scenarios()
     finally:
+        triton_pdl.use_pdl = use_pdl
         for module, name in KERNELS:
             setattr(module, name, recorders[name].fn)
 
@@ -194,7 +204,9 @@ def main() -> int:
                 f"cp.async={ptx.count('cp.async.cg') + ptx.count('cp.async.ca')} "
                 f"ld.v4={ptx.count('ld.global.v4') + ptx.count('ld.global.nc.v4')} "
                 f"local={ptx.count('ld.local') + ptx.count('st.local')} "
-                f"atom.sys={ptx.count('.sys')}"
+                f"atom.sys={ptx.count('.sys')} "
+                f"gdc.wait={ptx.count('griddepcontrol.wait')} "
+                f"l2.prefetch={ptx.count('cp.async.bulk.prefetch.L2')}"
             )
     print(f"compiled {len(seen)} kernel variants for sm_90")
     return 0

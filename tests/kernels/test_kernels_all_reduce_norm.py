@@ -1,8 +1,9 @@
 """The fused all-reduce + add + RMSNorm kernel, one rank's side, in one process: the peer's half of the
-exchange (its partial row in its buffer, its "ready" flag in our signal pad) is staged by the test, so the
-kernel's barrier passes at once. Checks the sum, the residual, the norm, the flags it leaves (our signal
-raised in the peer's pad, the peer's consumed in ours), the buffer half it alternates to, and its counters.
-Two GPUs run the real exchange in tests/parallel/test_all_reduce_gpu.py."""
+exchange (its partial row pushed into our buffer, its epoch raised in our flags) is staged by the test, so
+the kernel's wait passes at once. Checks the sum, the residual, the norm, what it pushes (our row in the
+peer's buffer, our epoch in the peer's flags), the buffer half it alternates to, and its counters; and that
+a peer already a call ahead (a larger epoch) passes the wait too. Two GPUs run the real exchange in
+tests/parallel/test_all_reduce_gpu.py."""
 
 from __future__ import annotations
 
@@ -24,30 +25,30 @@ def test_one_rank_of_the_exchange(dtype, rank):
     T, H, eps = 3, 48, 1e-5
     peer = 1 - rank
     g = torch.Generator().manual_seed(rank)
-    buffers = [torch.zeros(2 * ROWS * H, dtype=dtype) for _ in range(WORLD)]
-    pads = [torch.zeros(ROWS * WORLD, dtype=torch.int32) for _ in range(WORLD)]
+    buffers = [torch.zeros(2, ROWS, WORLD, H, dtype=dtype) for _ in range(WORLD)]
+    flags = [torch.zeros(ROWS, WORLD, dtype=torch.int64) for _ in range(WORLD)]
     ptrs = lambda ts: torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64)  # noqa: E731
-    counters = torch.zeros(ROWS, dtype=torch.int32)
+    counters = torch.zeros(ROWS, dtype=torch.int64)
     weight = torch.randn(H, generator=g).to(dtype)
     residual = torch.randn(T, H, generator=g).to(dtype)
-    for call in range(2):  # the second call uses the other half of every buffer
+    for call in range(3):  # calls alternate between the two halves of every buffer
         x = torch.randn(T, H, generator=g).to(dtype)
         theirs = torch.randn(T, H, generator=g).to(dtype)
-        half = call * ROWS * H
-        buffers[peer][half : half + T * H] = theirs.reshape(-1)
-        pads[rank][torch.arange(T) * WORLD + peer] = 1  # the peer's "ready" for each row
-        pads[peer].zero_()  # it consumed our previous signals
+        half = call % 2
+        buffers[rank][half, :T, peer] = theirs  # the peer's push ...
+        flags[rank][:T, peer] = call + 1 + (call == 2)  # ... and its epoch (on the last call, a call ahead)
         partials = [x, theirs] if rank == 0 else [theirs, x]
         reduced = (partials[0].float() + partials[1].float()).to(dtype)
         want_out, want_residual = torch_ops.fused_add_rms_norm(reduced, residual.clone(), weight, eps)
 
         out, residual = all_reduce_add_rms_norm(
-            x, residual, weight, eps, ptrs(buffers), ptrs(pads), counters, rank, WORLD
+            x, residual, weight, eps, ptrs(buffers), ptrs(flags), counters, rank, WORLD
         )
         tol = {"atol": 2e-3, "rtol": 2e-3} if dtype == torch.float16 else {"atol": 1e-5, "rtol": 1e-5}
         torch.testing.assert_close(residual, want_residual, **tol)
         torch.testing.assert_close(out, want_out, **tol)
-        assert torch.equal(buffers[rank][half : half + T * H], x.reshape(-1))
-        assert pads[peer][torch.arange(T) * WORLD + rank].tolist() == [1] * T  # our "ready", sent
-        assert pads[rank].tolist() == [0] * (ROWS * WORLD)  # theirs, consumed
+        assert torch.equal(buffers[peer][half, :T, rank], x)  # pushed into our slot of the peer's row
+        assert not buffers[peer][half, T:].any() and not buffers[peer][half, :, peer].any()
+        assert flags[peer][:, rank].tolist() == [call + 1] * T + [0] * (ROWS - T)  # our epoch, sent
+        assert not flags[peer][:, peer].any()
         assert counters.tolist() == [call + 1] * T + [0] * (ROWS - T)

@@ -64,6 +64,18 @@ def test_custom_all_reduce_gives_the_nccl_tokens(tp_models):
     assert token_ids(one_shot) == token_ids(nccl)
 
 
+def test_pdl_gives_the_plain_launch_tokens(tp_models):
+    """Every rank's kernels launched with programmatic dependent launch (the default on sm_90+), the fused
+    all-reduce + norm among them, give the tokens and logprobs of plain stream order, bit for bit."""
+    ps = prompts(5)
+    kw = dict(dtype="bfloat16", tensor_parallel_size=2)
+    plain = run(tp_models["llama"], ps, pdl=False, **kw)
+    pdl = run(tp_models["llama"], ps, pdl=True, **kw)
+    assert token_ids(pdl) == token_ids(plain)
+    for a, b in zip(plain, pdl, strict=True):
+        assert [lp.logprob for lp in a.outputs[0].logprobs] == [lp.logprob for lp in b.outputs[0].logprobs]
+
+
 def test_async_scheduling_gives_the_synchronous_tokens(tp_models):
     """Rank 0 holds each step's answer until the next step is launched: the tokens do not change."""
     ps = prompts(3)
