@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace-dir", help="where the ranks' Chrome traces go (default: a temporary folder)")
     ap.add_argument("--results-dir")
     ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--note", default="", help="recorded in the row (what this run varies)")
     args = ap.parse_args(argv)
 
     import torch
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             "other_ranks": other_ranks,
             "outside_graph": outside,
             "device_ops": ops_per_step(events),  # every op, the decode graph's included
+            **({"note": args.note} if args.note else {}),
         }
         append_jsonl(record, args.results_dir)
     return 0

@@ -34,7 +34,7 @@
 #
 # Environment: COMMIT (recorded in results; the device copy has no .git), PEERS ("vllm", "vllm hf" or ""
 # for Pagoda alone; default vllm), NUM_PROMPTS (1000), QUICK_PROMPTS (200), HF_PROMPTS (256),
-# TEST_TIMEOUT (300), PEER_TIMEOUT (420), GRPC_CLIENTS (client processes of the grpc and fullstack
+# TEST_TIMEOUT (300), TIMELINE_NOTE (recorded in the timeline rows), PEER_TIMEOUT (420), GRPC_CLIENTS (client processes of the grpc and fullstack
 # stages, 1), BENCH_ARGS (flags appended to every bench run: they win).
 #
 # Results accumulate in /tmp/pagoda-results, seeded from benchmarks/ on the machine's first call and kept
@@ -121,6 +121,7 @@ stage() {
       local tl=(python3 benchmarks/decode_timeline.py --shape llama-8b --results-dir "$RES" --commit "$COMMIT") rc=0
       local tag=${1#timeline}
       [ -z "$tag" ] || tl+=(--no-pdl)
+      [ -z "${TIMELINE_NOTE:-}" ] || tl+=(--note "$TIMELINE_NOTE")
       "${tl[@]}" --trace-dir "/tmp/trace$tag-tp1" || rc=$?
       "${tl[@]}" --trace-dir "/tmp/trace$tag-tp2" --tensor-parallel-size 2 || rc=$?
       gzip -c "/tmp/trace$tag-tp1/rank0.json" > "$OUT/trace$tag-tp1-rank0.json.gz"

@@ -2,29 +2,31 @@
 
 In a tensor-parallel decode step every row-parallel projection (attention's o_proj, the MLP's down_proj) is
 followed by an all-reduce and then the residual add + RMSNorm of the next sub-layer: two kernels, and at
-batch 1 both are pure latency. Here one program per row does all of it, pushing rather than pulling, so
-that the only wait on NVLink is one posted write's way there:
+batch 1 both are pure latency. Here one program per row does all of it, and the only wait on NVLink is one
+posted write's way there:
 
-    push      store this rank's partial row into every peer's buffer (this rank's slot of the row there),
-              then raise this rank's flag in every peer's flag array to the call's epoch (release)
-    wait      poll this rank's own flags (local memory) until every peer's epoch is there (acquire)
-    reduce    sum the peers' slots and this rank's own partial in rank order (fp32; the same order on
+    push      store this rank's partial row into every peer's buffer (this rank's slot of the row there)
+              as 64-bit words, each 32 bits of the row (two 16-bit values, or one fp32) beside the call's
+              32-bit tag
+    wait      poll this rank's own buffer (local memory) until every word of every peer's slot carries
+              this call's tag: the data came with it, in the same single-copy-atomic 8-byte store
+    reduce    sum the peers' rows and this rank's own partial in rank order (fp32; the same order on
               every rank, so the ranks' residual streams stay bit-identical), round to the model dtype as
               an all-reduce would
     norm      residual <- sum + residual (rounded), out <- rms_norm(residual) * weight
 
-Epochs: a per-row call counter in local memory (int64: it never wraps) numbers the calls, every rank
-counting the same calls. Flags only grow, so none is ever reset, and a peer that has already moved on to
-the next call leaves a larger epoch, which passes the wait as well.
+No flag, no fence, no reset: a sender never waits for its stores to be acknowledged (NCCL's LL protocol
+does the same). Tags: a per-row call counter in local memory numbers the calls, every rank counting the
+same calls; the tag is the call's number + 1, mod 2^32 (0, what a fresh buffer holds, is never the first
+tag). Each row alternates between two halves of the buffer (the counter's parity picks the half), so the
+words a slot holds are the previous tag's but one, never this call's. A rank writes a half for call n only
+after passing call n-1's wait, for which every peer pushed at the start of its call n-1, that is after
+finishing call n-2, the last one to read that half. Programs wait only for the same row on other GPUs,
+never for programs on their own GPU, so they cannot deadlock on residency. A peer that dies leaves the
+others spinning; the executor kills them.
 
-Each row alternates between two halves of the buffer (the epoch's parity picks the half). A rank writes a
-half for call n only after passing call n-1's wait, for which every peer raised its flag at the start of
-its call n-1, that is after finishing call n-2, the last one to read that half. Programs wait only for the
-same row on other GPUs, never for programs on their own GPU, so they cannot deadlock on residency. A peer
-that dies leaves the others spinning; the executor kills them.
-
-Pointers arrive as int64 device arrays (every rank's buffer and flag array, from the symmetric-memory
-rendezvous) and are cast in the kernel.
+Pointers arrive as an int64 device array (every rank's buffer, from the symmetric-memory rendezvous) and
+are cast in the kernel.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ import triton.language as tl
 
 from engine_service.ops.triton_pdl import launch_options, wait_for_previous
 
+_DATA = tl.constexpr(0xFFFFFFFF)  # the low 32 bits of a word: the row's data
+_TAG = tl.constexpr(-(1 << 32))  # 0xFFFFFFFF00000000 as an int64: the high 32 bits, the call's tag
+
+
+def words_per_row(hidden: int, dtype: torch.dtype) -> int:
+    """64-bit words a row of `hidden` values takes in the exchange: 32 bits of data each."""
+    return hidden * dtype.itemsize // 4
+
 
 @triton.jit
 def _all_reduce_add_rms_norm_kernel(
@@ -42,53 +52,49 @@ def _all_reduce_add_rms_norm_kernel(
     x_ptr,  # [T, H] this rank's partial sums
     residual_ptr,  # [T, H] read, then overwritten with the reduced sum + residual
     weight_ptr,  # [H]
-    buffer_ptrs,  # int64 [WORLD]: each rank's symmetric buffer, [2, ROWS, WORLD, H] elements of x's dtype
-    flag_ptrs,  # int64 [WORLD]: each rank's symmetric flags, int64 [ROWS, WORLD] (row, sender): epochs
+    buffer_ptrs,  # int64 [WORLD]: each rank's symmetric buffer, int64 [2, ROWS, WORLD, WORDS]
     counters_ptr,  # int64 [ROWS], local: how many calls each row has made
     eps,
     rank,
     ROWS: tl.constexpr,
     WORLD: tl.constexpr,
     HIDDEN: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,  # HIDDEN rounded up to a power of two
     PDL: tl.constexpr,
 ):
     if PDL:
         wait_for_previous()
     row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < HIDDEN
     dtype = x_ptr.dtype.element_ty
+    PACK: tl.constexpr = 32 // dtype.primitive_bitwidth  # values per word: 2 (16-bit) or 1 (fp32)
+    WORDS: tl.constexpr = HIDDEN // PACK
+    offs_w = tl.arange(0, BLOCK // PACK)
+    mask_w = offs_w < WORDS
     count = tl.load(counters_ptr + row)
-    epoch = count + 1
-    slots = ((count % 2) * ROWS + row).to(tl.int64) * WORLD * HIDDEN  # this call's row, slot 0
+    tag = ((count + 1) & _DATA) << 32
+    slots = ((count % 2) * ROWS + row).to(tl.int64) * WORLD * WORDS  # this call's row, sender 0's slot
 
-    # Every buffer starts 16-byte aligned and rows are HIDDEN long (a multiple of 8 for the models served),
-    # which lets the row be read and written in 16-byte vectors.
-    x = tl.load(x_ptr + row * HIDDEN + offs, mask=mask, other=0.0)
+    mine = tl.load(x_ptr.to(tl.pointer_type(tl.uint32)) + row * WORDS + offs_w, mask=mask_w, other=0)
+    words = tag | mine.to(tl.int64)  # zero-extended: the tag keeps the high half
     for peer in tl.static_range(WORLD):
         if peer != rank:
-            buffer = tl.multiple_of(tl.load(buffer_ptrs + peer).to(tl.pointer_type(dtype)), 16)
-            tl.store(buffer + slots + rank * HIDDEN + offs, x, mask=mask)
-    tl.debug_barrier()  # every thread's stores are issued before the flags go out (the release covers them)
-    for peer in tl.static_range(WORLD):
-        if peer != rank:
-            flags = tl.load(flag_ptrs + peer).to(tl.pointer_type(tl.int64))
-            tl.atomic_xchg(flags + row * WORLD + rank, epoch, sem="release", scope="sys")
-    own_flags = tl.load(flag_ptrs + rank).to(tl.pointer_type(tl.int64))
-    for peer in tl.static_range(WORLD):
-        if peer != rank:
-            while tl.atomic_add(own_flags + row * WORLD + peer, 0, sem="acquire", scope="sys") < epoch:
-                pass
-    tl.debug_barrier()  # no thread reads a peer's slot before the flags are in
+            buffer = tl.multiple_of(tl.load(buffer_ptrs + peer).to(tl.pointer_type(tl.int64)), 16)
+            tl.store(buffer + slots + rank * WORDS + offs_w, words, mask=mask_w)
 
-    own = tl.multiple_of(tl.load(buffer_ptrs + rank).to(tl.pointer_type(dtype)), 16)
+    own = tl.multiple_of(tl.load(buffer_ptrs + rank).to(tl.pointer_type(tl.int64)), 16)
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for sender in tl.static_range(WORLD):
-        part = x  # this rank's own partial never goes through the buffer
+        data = mine  # this rank's own partial never goes through the buffer
         if sender != rank:
-            part = tl.load(own + slots + sender * HIDDEN + offs, mask=mask, other=0.0, cache_modifier=".cg")
-        total += part.to(tl.float32)
+            ptrs = own + slots + sender * WORDS + offs_w
+            got = tl.load(ptrs, mask=mask_w, other=tag, volatile=True)
+            while tl.max(((got & _TAG) != tag).to(tl.int32), axis=0) != 0:
+                got = tl.load(ptrs, mask=mask_w, other=tag, volatile=True)
+            data = (got & _DATA).to(tl.uint32)
+        total += _unpack(data, dtype, PACK).to(tl.float32)
+
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
     reduced = total.to(dtype)  # what the all-reduce would have returned
     r = tl.load(residual_ptr + row * HIDDEN + offs, mask=mask, other=0.0)
     h = (reduced.to(tl.float32) + r.to(tl.float32)).to(dtype)
@@ -97,7 +103,18 @@ def _all_reduce_add_rms_norm_kernel(
     rstd = tl.rsqrt(tl.sum(h * h, axis=0) / HIDDEN + eps)
     w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * HIDDEN + offs, (h * rstd * w).to(dtype), mask=mask)
-    tl.store(counters_ptr + row, epoch)
+    tl.store(counters_ptr + row, count + 1)
+
+
+@triton.jit
+def _unpack(data, dtype: tl.constexpr, PACK: tl.constexpr):
+    """uint32 words [W] -> their values [W * PACK] in row order (value 2i in the low half of word i)."""
+    if PACK == 2:
+        low = (data & 0xFFFF).to(tl.uint16).to(dtype, bitcast=True)
+        high = (data >> 16).to(tl.uint16).to(dtype, bitcast=True)
+        return tl.interleave(low, high)
+    else:
+        return data.to(dtype, bitcast=True)
 
 
 def all_reduce_add_rms_norm(
@@ -106,14 +123,13 @@ def all_reduce_add_rms_norm(
     weight: torch.Tensor,
     eps: float,
     buffer_ptrs: torch.Tensor,
-    flag_ptrs: torch.Tensor,
     counters: torch.Tensor,
     rank: int,
     world_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [T, H] partial sums, contiguous; residual: [T, H], updated in place. Returns (normed, residual).
-    The caller checks the fit: T <= counters.numel() rows, each rank's buffer holds [2, rows, world, H]
-    and its flags [rows, world]."""
+    The caller checks the fit: T <= counters.numel() rows, each rank's buffer holds int64
+    [2, rows, world, words_per_row(H)], zeroed before the first call."""
     T, hidden = x.shape
     out = torch.empty_like(x)
     block = triton.next_power_of_2(hidden)
@@ -123,7 +139,6 @@ def all_reduce_add_rms_norm(
         residual,
         weight,
         buffer_ptrs,
-        flag_ptrs,
         counters,
         eps,
         rank,

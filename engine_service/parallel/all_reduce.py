@@ -38,8 +38,8 @@ from engine_service.ops import dispatch as ops
 log = logging.getLogger(__name__)
 
 # One-shot up to here: a decode batch of 512 at hidden 4096 in bf16 (21 µs against NCCL's 37 at 256 rows
-# on 2x H200); the fused add + norm takes 256 rows (two halves, each with a slot per rank: its buffer is
-# world_size times this size).
+# on 2x H200); the fused add + norm takes 256 rows (two halves, each with a slot per rank of 64-bit words
+# that carry 32 bits of data: its buffer is 2 x world_size times this size).
 DEFAULT_MAX_BYTES = 4 << 20
 
 
@@ -67,27 +67,24 @@ class SymmMemAllReduce:
 
 
 class SymmMemAddRMSNorm:
-    """All-reduce + residual add + RMSNorm of up to `rows` rows of `hidden_size` in one kernel, through two
-    symmetric arrays per rank: a buffer of two halves, each a slot per sending rank for every row, and the
-    epochs the peers raise when their slots are written (see triton_all_reduce_norm)."""
+    """All-reduce + residual add + RMSNorm of up to `rows` rows of `hidden_size` in one kernel, through one
+    symmetric buffer per rank: two halves, each a slot per sending rank for every row, of tagged 64-bit
+    words (see triton_all_reduce_norm)."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype, hidden_size: int, max_bytes: int):
         import torch.distributed._symmetric_memory as symm_mem
 
+        from engine_service.ops.triton_all_reduce_norm import words_per_row
+
         self.dtype, self.hidden_size = dtype, hidden_size
         self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
         self.rows = max(1, max_bytes // (2 * hidden_size * dtype.itemsize))
-        group = dist.group.WORLD.group_name
-        self.buffer = symm_mem.empty(
-            2 * self.rows * self.world_size * hidden_size, dtype=dtype, device=device
-        )
-        self.flags = symm_mem.empty(self.rows * self.world_size, dtype=torch.int64, device=device).zero_()
-        buffers = symm_mem.rendezvous(self.buffer, group)
-        flags = symm_mem.rendezvous(self.flags, group)
+        words = 2 * self.rows * self.world_size * words_per_row(hidden_size, dtype)
+        self.buffer = symm_mem.empty(words, dtype=torch.int64, device=device).zero_()  # tag 0: no call's
+        handle = symm_mem.rendezvous(self.buffer, dist.group.WORLD.group_name)
         torch.cuda.synchronize(device)
-        dist.barrier()  # every rank's flags are zero before any peer raises one
-        self.buffer_ptrs = torch.tensor(buffers.buffer_ptrs, dtype=torch.int64, device=device)
-        self.flag_ptrs = torch.tensor(flags.buffer_ptrs, dtype=torch.int64, device=device)
+        dist.barrier()  # every rank's buffer is zero before any peer pushes into it
+        self.buffer_ptrs = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
         self.counters = torch.zeros(self.rows, dtype=torch.int64, device=device)
 
     def fits(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
@@ -112,7 +109,6 @@ class SymmMemAddRMSNorm:
             weight,
             eps,
             self.buffer_ptrs,
-            self.flag_ptrs,
             self.counters,
             self.rank,
             self.world_size,

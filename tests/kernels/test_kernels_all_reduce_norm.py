@@ -1,9 +1,8 @@
 """The fused all-reduce + add + RMSNorm kernel, one rank's side, in one process: the peer's half of the
-exchange (its partial row pushed into our buffer, its epoch raised in our flags) is staged by the test, so
-the kernel's wait passes at once. Checks the sum, the residual, the norm, what it pushes (our row in the
-peer's buffer, our epoch in the peer's flags), the buffer half it alternates to, and its counters; and that
-a peer already a call ahead (a larger epoch) passes the wait too. Two GPUs run the real exchange in
-tests/parallel/test_all_reduce_gpu.py."""
+exchange (its partial row pushed into our buffer as words tagged with the call) is staged by the test, so
+the kernel's wait passes at once. Checks the sum, the residual, the norm, what it pushes (our row, tagged,
+in our slot of the peer's buffer), the buffer half it alternates to, and its counters. Two GPUs run the
+real exchange in tests/parallel/test_all_reduce_gpu.py."""
 
 from __future__ import annotations
 
@@ -11,23 +10,29 @@ import pytest
 import torch
 
 from engine_service.ops import torch_ops
-from engine_service.ops.triton_all_reduce_norm import all_reduce_add_rms_norm
+from engine_service.ops.triton_all_reduce_norm import all_reduce_add_rms_norm, words_per_row
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROWS, WORLD = 4, 2
 
 
+def tagged(values: torch.Tensor, tag: int) -> torch.Tensor:
+    """[T, H] values -> [T, words] int64: each 32 bits of a row in the low half of a word, the tag above."""
+    return (values.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF) | (tag << 32)
+
+
+@pytest.mark.parametrize("hidden", [48, 40])  # 40: the row is shorter than its power-of-two block
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # the interpreter has no bf16
 @pytest.mark.parametrize("rank", [0, 1])
-def test_one_rank_of_the_exchange(dtype, rank):
+def test_one_rank_of_the_exchange(dtype, rank, hidden):
     if DEVICE == "cuda":
         pytest.skip("one process cannot stage a peer's half on a GPU: see the two-GPU test")
-    T, H, eps = 3, 48, 1e-5
+    T, H, eps = 3, hidden, 1e-5
     peer = 1 - rank
+    words = words_per_row(H, dtype)
     g = torch.Generator().manual_seed(rank)
-    buffers = [torch.zeros(2, ROWS, WORLD, H, dtype=dtype) for _ in range(WORLD)]
-    flags = [torch.zeros(ROWS, WORLD, dtype=torch.int64) for _ in range(WORLD)]
-    ptrs = lambda ts: torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64)  # noqa: E731
+    buffers = [torch.zeros(2, ROWS, WORLD, words, dtype=torch.int64) for _ in range(WORLD)]
+    ptrs = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64)
     counters = torch.zeros(ROWS, dtype=torch.int64)
     weight = torch.randn(H, generator=g).to(dtype)
     residual = torch.randn(T, H, generator=g).to(dtype)
@@ -35,20 +40,15 @@ def test_one_rank_of_the_exchange(dtype, rank):
         x = torch.randn(T, H, generator=g).to(dtype)
         theirs = torch.randn(T, H, generator=g).to(dtype)
         half = call % 2
-        buffers[rank][half, :T, peer] = theirs  # the peer's push ...
-        flags[rank][:T, peer] = call + 1 + (call == 2)  # ... and its epoch (on the last call, a call ahead)
+        buffers[rank][half, :T, peer] = tagged(theirs, call + 1)  # the peer's push
         partials = [x, theirs] if rank == 0 else [theirs, x]
         reduced = (partials[0].float() + partials[1].float()).to(dtype)
         want_out, want_residual = torch_ops.fused_add_rms_norm(reduced, residual.clone(), weight, eps)
 
-        out, residual = all_reduce_add_rms_norm(
-            x, residual, weight, eps, ptrs(buffers), ptrs(flags), counters, rank, WORLD
-        )
+        out, residual = all_reduce_add_rms_norm(x, residual, weight, eps, ptrs, counters, rank, WORLD)
         tol = {"atol": 2e-3, "rtol": 2e-3} if dtype == torch.float16 else {"atol": 1e-5, "rtol": 1e-5}
         torch.testing.assert_close(residual, want_residual, **tol)
         torch.testing.assert_close(out, want_out, **tol)
-        assert torch.equal(buffers[peer][half, :T, rank], x)  # pushed into our slot of the peer's row
+        assert torch.equal(buffers[peer][half, :T, rank], tagged(x, call + 1))  # pushed, with this call's tag
         assert not buffers[peer][half, T:].any() and not buffers[peer][half, :, peer].any()
-        assert flags[peer][:, rank].tolist() == [call + 1] * T + [0] * (ROWS - T)  # our epoch, sent
-        assert not flags[peer][:, peer].any()
         assert counters.tolist() == [call + 1] * T + [0] * (ROWS - T)
