@@ -9,7 +9,9 @@ weight copies (more than L2_DEFEAT bytes of them, so every call streams its weig
 does), per call, median of the replays. Split-K in cuBLAS shows up here as its reduce kernel inside the
 graph, as in the engine. Our kernel launches with PDL where the card has it (sm_90+, ops/triton_pdl.py), as
 in the engine, so each call's start overlaps the previous one's end; `gemv_no_pdl_us` is the same without.
-`--prefetch-bytes` also times the table config asking the L2 for that much of each row before its wait.
+`--no-pdl` launches it without PDL throughout (sweep included): back to back, one GEMV's programs launched
+early hold shared memory the one before it could use, which the engine, with small kernels between the
+products, never sees.
 TB/s counts W, x and y bytes once; the copy bandwidth (1 GiB device copy, read + write) is the ceiling.
 One JSON line per shape goes to --out, with every M's row and, with --sweep, the best config found per M.
 """
@@ -90,7 +92,7 @@ def sweep_configs(n: int, k: int) -> list[tg.GemvConfig]:
     return configs
 
 
-def bench_shape(name: str, n: int, k: int, sweep: bool, bw: float, prefetch: list[int]) -> dict:
+def bench_shape(name: str, n: int, k: int, sweep: bool, bw: float) -> dict:
     w_bytes = n * k * 2
     copies = max(2, math.ceil(L2_DEFEAT / w_bytes))
     weights = torch.empty(copies, n, k, device="cuda", dtype=torch.bfloat16).normal_()
@@ -107,9 +109,10 @@ def bench_shape(name: str, n: int, k: int, sweep: bool, bw: float, prefetch: lis
         got = tg.gemv(x, weights[0], config=cfg).float()
         torch_us = graph_us(lambda w, x=x: torch.nn.functional.linear(x, w), list(weights))
         ours_us = graph_us(lambda w, x=x, cfg=cfg: tg.gemv(x, w, config=cfg), list(weights))
+        pdl = triton_pdl.enabled()
         triton_pdl.set_enabled(False)
         no_pdl_us = graph_us(lambda w, x=x, cfg=cfg: tg.gemv(x, w, config=cfg), list(weights))
-        triton_pdl.set_enabled(True)
+        triton_pdl.set_enabled(pdl)
         row = dict(
             m=m,
             torch_us=round(torch_us, 2),
@@ -125,11 +128,6 @@ def bench_shape(name: str, n: int, k: int, sweep: bool, bw: float, prefetch: lis
             f"gemv {ours_us:6.1f} us {tbps(ours_us):5.2f} TB/s ({ours_us / torch_us:4.2f}x)  "
             f"err {row['rel_err']:.1e}  no PDL {no_pdl_us:6.1f} us"
         )
-        for b in prefetch:  # the table config, asking the L2 for b bytes of each row before its wait
-            c = dataclasses.replace(cfg, prefetch_bytes=b)
-            us = graph_us(lambda w, x=x, c=c: tg.gemv(x, w, config=c), list(weights))
-            row.setdefault("prefetch_us", {})[str(b)] = round(us, 2)
-            line += f"  prefetch {b} B: {us:6.1f} us"
         if sweep:
             best = None
             for c in sweep_configs(n, k):
@@ -161,11 +159,7 @@ def main() -> int:
     parser.add_argument("--shapes", nargs="*", default=None, help="only these shape names")
     parser.add_argument("--append", action="store_true", help="append to --out (results.jsonl) instead")
     parser.add_argument("--commit", default="unknown", help="recorded in each line")
-    parser.add_argument(
-        "--prefetch-bytes",
-        default="",
-        help="comma list: also time the table config with these prefetch_bytes",
-    )
+    parser.add_argument("--no-pdl", action="store_true", help="launch our kernel without PDL throughout")
     args = parser.parse_args()
     shapes = [s for s in SHAPES if args.shapes is None or s[0] in args.shapes]
     if not shapes:
@@ -176,7 +170,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    prefetch = [int(b) for b in args.prefetch_bytes.split(",") if b]
+    triton_pdl.set_enabled(not args.no_pdl)
     t0 = time.time()
     bw = round(copy_tbps(), 3)
     print(f"{torch.cuda.get_device_name(0)}: copy bandwidth {bw:.2f} TB/s", flush=True)
@@ -188,7 +182,8 @@ def main() -> int:
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "card": torch.cuda.get_device_name(0),
                 "commit": args.commit,
-                **bench_shape(name, n, k, args.sweep, bw, prefetch),
+                **bench_shape(name, n, k, args.sweep, bw),
+                "pdl": not args.no_pdl,
             }
             f.write(json.dumps(record) + "\n")
             f.flush()

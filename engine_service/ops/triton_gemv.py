@@ -34,9 +34,6 @@ class GemvConfig:
     split_k: int  # programs along K per column block (1: no workspace, plain store)
     num_warps: int = 4
     num_stages: int = 4
-    # Launched with PDL (ops/triton_pdl.py): bytes of each of its rows of W a program asks the L2 for before
-    # it waits for the previous kernel (0: none), while that kernel still runs. A multiple of 16.
-    prefetch_bytes: int = 0
 
 
 # Configs by (N, K) for the decode shapes of llama-8b (TP=1, TP=2) and llama-1b: the best of
@@ -82,25 +79,6 @@ def choose_config(n: int, k: int, m: int, element_size: int = 2, num_sms: int = 
 
 
 @triton.jit
-def _prefetch_rows_l2(w_ptr, offs_n, n_mask, k_start, K, stride_wn, NBYTES: tl.constexpr):
-    """Ask the L2 for up to NBYTES of each row of W from column k_start on, never past column K
-    (cp.async.bulk.prefetch, sm_90: the program does not wait for it). It reads only W, which no kernel
-    writes, so it may run before the wait for the previous kernel."""
-    element_bytes: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-    nbytes = tl.minimum(NBYTES, (K - k_start) * element_bytes) // 16 * 16
-    addr = (w_ptr + offs_n.to(tl.int64) * stride_wn + k_start).to(tl.int64, bitcast=True)
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.s32 p, $2, 0; "
-        "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-        "=r,l,r",
-        [addr, tl.where(n_mask, nbytes, 0)],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )
-
-
-@triton.jit
 def _gemv_kernel(
     out_ptr,  # [M, N]
     x_ptr,  # [M, K]
@@ -124,7 +102,6 @@ def _gemv_kernel(
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PDL: tl.constexpr,
-    PREFETCH_BYTES: tl.constexpr,  # before the wait, with PDL (0: none)
 ):
     """Grid (cdiv(N, BLOCK_N), split_k)."""
     pid_n = tl.program_id(0)
@@ -132,8 +109,6 @@ def _gemv_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     if PDL:
-        if PREFETCH_BYTES > 0:
-            _prefetch_rows_l2(w_ptr, offs_n, n_mask, pid_k * k_per_split, K, stride_wn, PREFETCH_BYTES)
         wait_for_previous()
     offs_m = tl.arange(0, BLOCK_M)
     offs_k = pid_k * k_per_split + tl.arange(0, BLOCK_K)
@@ -238,7 +213,6 @@ def gemv(
         DOT_FP32=x.dtype == torch.bfloat16 and not x.is_cuda,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
-        PREFETCH_BYTES=min(cfg.prefetch_bytes, k_per_split * x.element_size()),
         **launch_options(x),
     )
     return out

@@ -10,7 +10,6 @@ Run it without TRITON_INTERPRET: `python tests/kernels/sm90_compile.py` (test_ke
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import subprocess
 import sys
@@ -124,10 +123,6 @@ def _scenarios():
         w = torch.empty(n, k, dtype=bf16)
         triton_gemv.gemv(torch.empty(1, k, dtype=bf16), w, w[:, 0].contiguous())
     triton_gemv.gemv(torch.empty(8, 2048), torch.empty(2048, 2048))  # an fp32 model
-    prefetching = dataclasses.replace(triton_gemv.choose_config(3072, 4096, 1), prefetch_bytes=1024)
-    triton_gemv.gemv(
-        torch.empty(1, 4096, dtype=bf16), torch.empty(3072, 4096, dtype=bf16), config=prefetching
-    )
 
 
 def _registers(cubin: bytes) -> str:
@@ -144,7 +139,7 @@ def _registers(cubin: bytes) -> str:
 
 
 _SHOWN = (
-    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K PDL PREFETCH_BYTES".split()
+    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K PDL".split()
 )  # printed constexprs
 
 KERNELS = [
@@ -205,8 +200,7 @@ def main() -> int:
                 f"ld.v4={ptx.count('ld.global.v4') + ptx.count('ld.global.nc.v4')} "
                 f"local={ptx.count('ld.local') + ptx.count('st.local')} "
                 f"atom.sys={ptx.count('.sys')} "
-                f"gdc.wait={ptx.count('griddepcontrol.wait')} "
-                f"l2.prefetch={ptx.count('cp.async.bulk.prefetch.L2')}"
+                f"gdc.wait={ptx.count('griddepcontrol.wait')}"
             )
     print(f"compiled {len(seen)} kernel variants for sm_90")
     return 0

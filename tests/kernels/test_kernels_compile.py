@@ -1,7 +1,7 @@
 """Every kernel variant the launchers pick compiles for sm_90 (H100/H200) on this GPU-less machine, with
 the memory habits the design counts on: async (cp.async) K/V loads in the attention loop, tensor-core
 wgmma in the prefill shape, no register spills (stack frame) anywhere, and in every kernel launched with PDL
-one wait for the kernel before it (the GEMV's L2 prefetch ahead of it where configured)."""
+one wait for the kernel before it."""
 
 import os
 import re
@@ -26,8 +26,6 @@ def test_kernels_compile_for_sm90():
                 assert not re.search(r"wgmma=0\b", line), f"prefill shape misses wgmma: {line}"
         # Launched with PDL, a kernel waits once for the one before it (ops/triton_pdl.py); without, never.
         pdl = "'launch_pdl': True" in line
-        assert f"gdc.wait={int(pdl)} " in line, f"PDL launch and wait disagree: {line}"
-        prefetching = pdl and "'PREFETCH_BYTES': 0" not in line and line.startswith("_gemv_kernel")
-        assert f"l2.prefetch={int(prefetching)}" in line, f"the GEMV's L2 prefetch before its wait: {line}"
+        assert line.endswith(f"gdc.wait={int(pdl)}"), f"PDL launch and wait disagree: {line}"
     launched_with_pdl = {line.split()[0] for line in lines if "'launch_pdl': True" in line}
     assert launched_with_pdl == {line.split()[0] for line in lines}, "a kernel never launches with PDL"
