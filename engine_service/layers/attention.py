@@ -1,5 +1,4 @@
-"""Attention over the paged KV cache: write this step's K/V into their slots (rotating q and k first, in the
-same kernel, when given the rotary table), then attend."""
+"""Attention over the paged KV cache: write this step's K/V into their slots, then attend."""
 
 from __future__ import annotations
 
@@ -37,17 +36,9 @@ class Attention(nn.Module):
         v: torch.Tensor,  # [T, Hkv, D]
         kv_cache: tuple[torch.Tensor, torch.Tensor],  # ([N, B, Hkv, D], [N, B, Hkv, D])
         meta: AttentionMetadata,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,  # (positions [T], cos_sin_cache [P, D])
     ) -> torch.Tensor:  # [T, Hq, D]
-        """With `rotary`, q and k are rotated first, in the same kernel as the cache write."""
         k_cache, v_cache = kv_cache
-        if rotary is None:
-            ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
-        else:
-            positions, cos_sin = rotary
-            q = ops.rotary_and_write_kv_cache(
-                positions, q, k, v, cos_sin, k_cache, v_cache, meta.slot_mapping
-            )
+        ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         return ops.paged_attention(
             q,
             k_cache,

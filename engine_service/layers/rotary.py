@@ -43,9 +43,6 @@ def inverse_frequencies(head_dim: int, params: dict[str, Any]) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """The cos/sin table by position. Llama-family attention hands it to the kernel that also writes the KV
-    cache (layers/attention.py); `forward` rotates q and k on its own."""
-
     def __init__(self, head_dim: int, max_positions: int, params: dict[str, Any]):
         super().__init__()
         inv_freq = inverse_frequencies(head_dim, params)  # [D/2] float64

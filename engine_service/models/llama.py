@@ -95,7 +95,8 @@ class LlamaAttention(nn.Module):
         v = v.reshape(T, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        out = self.attn(q, k, v, kv, meta, rotary=(positions, self.rotary.cos_sin_cache))  # [T, Hq, D]
+        q, k = self.rotary(positions, q, k)
+        out = self.attn(q, k, v, kv, meta)  # [T, Hq, D]
         return self.o_proj(out.reshape(T, q_size))
 
 

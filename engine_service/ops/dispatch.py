@@ -124,23 +124,6 @@ def rotary_embedding(
     return ops.rotary_embedding(positions, q, k, cos_sin_cache)
 
 
-def rotary_and_write_kv_cache(
-    positions: torch.Tensor,  # int64 [T]
-    q: torch.Tensor,  # [T, Hq, D]
-    k: torch.Tensor,  # [T, Hkv, D]
-    v: torch.Tensor,  # [T, Hkv, D]
-    cos_sin_cache: torch.Tensor,  # float32 [max_positions, D]
-    k_cache: torch.Tensor,  # [N, B, Hkv, D]
-    v_cache: torch.Tensor,  # [N, B, Hkv, D]
-    slot_mapping: torch.Tensor,  # int64 [T]; -1 = skip
-) -> torch.Tensor:
-    """Rotary embedding of q and k, then the rotated k and v into their cache slots: returns q rotated. One
-    kernel on the Triton path, which rotates q in place and leaves k as it came (only the cache holds its
-    rotation)."""
-    ops = _triton_ops() if _on_gpu(q) else torch_ops
-    return ops.rotary_and_write_kv_cache(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping)
-
-
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: [T, 2I] (gate then up) -> silu(gate) * up: [T, I]."""
     ops = _triton_ops() if _on_gpu(x) else torch_ops
@@ -164,7 +147,6 @@ __all__ = [
     "linear",
     "paged_attention",
     "rms_norm",
-    "rotary_and_write_kv_cache",
     "rotary_embedding",
     "sample_tokens",
     "silu_and_mul",

@@ -108,22 +108,6 @@ def rotary_embedding(
     return rotate(q), rotate(k)
 
 
-def rotary_and_write_kv_cache(
-    positions: torch.Tensor,  # int64 [T]
-    q: torch.Tensor,  # [T, Hq, D]
-    k: torch.Tensor,  # [T, Hkv, D]
-    v: torch.Tensor,  # [T, Hkv, D]
-    cos_sin_cache: torch.Tensor,  # float32 [max_positions, D]
-    k_cache: torch.Tensor,  # [N, B, Hkv, D]
-    v_cache: torch.Tensor,  # [N, B, Hkv, D]
-    slot_mapping: torch.Tensor,  # int64 [T]; -1 = skip
-) -> torch.Tensor:
-    """rotary_embedding, then write_kv_cache of the rotated k and v: returns q rotated."""
-    q, k = rotary_embedding(positions, q, k, cos_sin_cache)
-    write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
-    return q
-
-
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: [T, 2I] (gate then up) -> silu(gate) * up: [T, I]."""
     gate, up = x.chunk(2, dim=-1)

@@ -15,7 +15,6 @@ from engine_service.ops.triton_gemv import gemv
 from engine_service.ops.triton_kv_cache import write_kv_cache
 from engine_service.ops.triton_norm import fused_add_rms_norm, rms_norm
 from engine_service.ops.triton_rotary import rotary_embedding
-from engine_service.ops.triton_rotary_kv_cache import rotary_and_write_kv_cache
 from engine_service.ops.triton_sampling import sample_tokens
 
 __all__ = [
@@ -24,7 +23,6 @@ __all__ = [
     "gemv",
     "paged_attention",
     "rms_norm",
-    "rotary_and_write_kv_cache",
     "rotary_embedding",
     "sample_tokens",
     "silu_and_mul",

@@ -34,7 +34,6 @@ from engine_service.ops import (  # noqa: E402
     triton_norm,
     triton_pdl,
     triton_rotary,
-    triton_rotary_kv_cache,
 )
 
 _DTYPES = {
@@ -112,11 +111,6 @@ def _scenarios():
     qkv = torch.empty(8, 48, 128, dtype=bf16)
     triton_rotary.rotary_embedding(torch.zeros(8, dtype=torch.int64), qkv[:, :32], qkv[:, 32:40],
                                    torch.empty(4096, 128))  # fmt: skip
-    caches = (k_cache.new_empty(64, 16, 8, 128), k_cache.new_empty(64, 16, 8, 128))
-    triton_rotary_kv_cache.rotary_and_write_kv_cache(
-        torch.zeros(8, dtype=torch.int64), qkv[:, :32], qkv[:, 32:40], qkv[:, 40:], torch.empty(4096, 128),
-        *caches, torch.zeros(8, dtype=torch.int64),
-    )  # fmt: skip
     triton_activation.silu_and_mul(torch.empty(8, 2 * 14336, dtype=bf16))
     triton_embedding.vocab_slice_embedding(
         torch.zeros(8, dtype=torch.int64), torch.empty(64128, 4096, dtype=bf16), 64128
@@ -154,7 +148,6 @@ KERNELS = [
     (triton_kv_cache, "_write_kv_cache_kernel"),
     (triton_norm, "_rms_norm_kernel"),
     (triton_rotary, "_rotary_kernel"),
-    (triton_rotary_kv_cache, "_rotary_kv_cache_kernel"),
     (triton_activation, "_silu_and_mul_kernel"),
     (triton_all_reduce_norm, "_all_reduce_add_rms_norm_kernel"),
     (triton_gemv, "_gemv_kernel"),

@@ -8,7 +8,6 @@ from engine_service.ops.triton_activation import silu_and_mul
 from engine_service.ops.triton_kv_cache import write_kv_cache
 from engine_service.ops.triton_norm import fused_add_rms_norm, rms_norm
 from engine_service.ops.triton_rotary import rotary_embedding
-from engine_service.ops.triton_rotary_kv_cache import rotary_and_write_kv_cache
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16]
@@ -73,35 +72,6 @@ def test_rotary_embedding_in_place_on_qkv_views(dtype):
     torch.testing.assert_close(out_k, ref_k, **TOL[dtype])
     torch.testing.assert_close(qkv[:, :hq], ref_q, **TOL[dtype])  # rotated in place
     assert torch.equal(qkv[:, hq + hkv :], v_before)  # v untouched
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads", [(4, 2, 32), (6, 3, 24)], ids=["pow2", "padded"])  # 3 heads, 24 dims
-def test_rotary_and_kv_cache_write_in_one_kernel(dtype, heads):
-    """q rotated in place, the rotated k and the v in their slots (padding tokens write nothing), as the
-    torch ops rotary_embedding then write_kv_cache give; k and v as they came."""
-    hq, hkv, dim = heads
-    tokens, num_blocks, block_size = 7, 5, 4
-    qkv = randn(tokens, hq + 2 * hkv, dim, dtype=dtype, seed=10)  # views of one fused qkv output
-    q, k, v = qkv[:, :hq], qkv[:, hq : hq + hkv], qkv[:, hq + hkv :]
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
-    angles = torch.outer(torch.arange(64).float(), inv_freq)
-    cos_sin = torch.cat((angles.cos(), angles.sin()), dim=-1).to(DEVICE)
-    positions = torch.tensor([0, 1, 17, 63, 5, 9, 2], device=DEVICE)
-    slots = torch.tensor([0, 3, -1, 4, 19, -1, 10], device=DEVICE)
-    k_cache = torch.full((num_blocks, block_size, hkv, dim), 7.0, dtype=dtype, device=DEVICE)
-    v_cache = k_cache.clone()
-    ref_k_cache, ref_v_cache = k_cache.clone(), v_cache.clone()
-    ref_q = torch_ops.rotary_and_write_kv_cache(positions, q, k, v, cos_sin, ref_k_cache, ref_v_cache, slots)
-    k_before, v_before = k.clone(), v.clone()
-
-    out_q = rotary_and_write_kv_cache(positions, q, k, v, cos_sin, k_cache, v_cache, slots)
-    torch.testing.assert_close(out_q, ref_q, **TOL[dtype])
-    torch.testing.assert_close(qkv[:, :hq], ref_q, **TOL[dtype])  # rotated in place
-    torch.testing.assert_close(k_cache, ref_k_cache, **TOL[dtype])
-    assert torch.equal(v_cache, ref_v_cache)
-    assert (k_cache.view(-1, hkv, dim)[[1, 2, 5]] == 7.0).all()  # untouched slots keep their value
-    assert torch.equal(k, k_before) and torch.equal(v, v_before)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
