@@ -17,9 +17,10 @@ The same path fuses each row-parallel layer's all-reduce with the residual add a
 it (ops/triton_all_reduce_norm.py: one kernel where there were two, 64 fewer launches per llama-8b
 decode step): the layers hand their partial sums to `all_reduce_add_rms_norm`, which falls back to
 NCCL + the separate norm where the fused kernel does not apply (CPU, prefill-sized tensors, not installed).
-On 2x H200 at one row: 5.3 µs against 8.3 (one-shot + norm) and 8.5 (NCCL + norm); llama-8b TP=2 batch-1
-step 3.54 and 3.21 ms against NCCL's 3.92 and 3.63, throughput 1.11x and 1.18x NCCL's (two calls,
-RESULTS.md). On by default (`--no-custom-all-reduce` turns it off) where every GPU reaches its peers.
+Its exchange pushes tagged words and never waits on a flag: on 2x H200 at one row 3.3 µs against 8.0
+(one-shot + norm) and 8.0 (NCCL + norm), and 5.1-5.6 µs for the flag handshake it replaced; llama-8b
+TP=2 batch-1 step 2.95 ms against NCCL's 3.43, throughput 1.21x NCCL's (RESULTS.md, sixth session). On
+by default (`--no-custom-all-reduce` turns it off) where every GPU reaches its peers.
 
     install(device, dtype, hidden_size, max_bytes)   once per rank, after the process group is up (CUDA)
     out = all_reduce(tensor)            in the layers: the summed tensor (a new one, or `tensor` itself)
