@@ -52,3 +52,39 @@ def test_one_rank_of_the_exchange(dtype, rank, hidden):
         assert torch.equal(buffers[peer][half, :T, rank], tagged(x, call + 1))  # pushed, with this call's tag
         assert not buffers[peer][half, T:].any() and not buffers[peer][half, :, peer].any()
         assert counters.tolist() == [call + 1] * T + [0] * (ROWS - T)
+
+
+def test_waits_for_the_peers_tag_after_pushing():
+    """A slot that still holds the previous call's words keeps the kernel polling, after it has pushed its
+    own row: the sum, the residual and the norm wait for the peer's words of this call."""
+    if DEVICE == "cuda":
+        pytest.skip("one process cannot stage a peer's half on a GPU: see the two-GPU test")
+    import threading
+    import time
+
+    T, H, rank, peer, dtype = 1, 16, 0, 1, torch.float32
+    words = words_per_row(H, dtype)
+    buffers = [torch.zeros(2, ROWS, WORLD, words, dtype=torch.int64) for _ in range(WORLD)]
+    ptrs = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64)
+    counters = torch.full((ROWS,), 2, dtype=torch.int64)  # two calls made: this is call 3, half 0
+    x, theirs = torch.ones(T, H, dtype=dtype), torch.full((T, H), 2.0, dtype=dtype)
+    residual, weight = torch.zeros(T, H, dtype=dtype), torch.ones(H, dtype=dtype)
+    buffers[rank][0, :T, peer] = tagged(theirs, 1)  # what call 1 left in this half: not this call's
+    done = []
+    kernel = threading.Thread(
+        target=lambda: done.append(
+            all_reduce_add_rms_norm(x, residual, weight, 1e-5, ptrs, counters, rank, WORLD)
+        ),
+        daemon=True,
+    )
+    kernel.start()
+    time.sleep(1.0)
+    assert kernel.is_alive() and not done  # still polling
+    assert torch.equal(buffers[peer][0, :T, rank], tagged(x, 3))  # but its own row went out first
+    buffers[rank][0, :T, peer] = tagged(theirs, 3)  # the peer's push of this call
+    kernel.join(timeout=30)
+    assert done, "the kernel did not see the peer's words"
+    out, new_residual = done[0]
+    assert torch.equal(new_residual, torch.full((T, H), 3.0))
+    torch.testing.assert_close(out, torch.ones(T, H))
+    assert counters[0].item() == 3
