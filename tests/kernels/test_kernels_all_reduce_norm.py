@@ -1,8 +1,9 @@
 """The fused all-reduce + add + RMSNorm kernel, one rank's side, in one process: the peer's half of the
 exchange (its partial row pushed into our buffer as words tagged with the call) is staged by the test, so
 the kernel's wait passes at once. Checks the sum, the residual, the norm, what it pushes (our row, tagged,
-in our slot of the peer's buffer), the buffer half it alternates to, and its counters. Two GPUs run the
-real exchange in tests/parallel/test_all_reduce_gpu.py."""
+in our slot of the peer's buffer), the buffer half it alternates to, and its counters; and, with the
+kernel in a thread, that it pushes first and then polls until the peer's words carry this call's tag.
+Two GPUs run the real exchange in tests/parallel/test_all_reduce_gpu.py."""
 
 from __future__ import annotations
 
