@@ -107,11 +107,11 @@ def _gemv_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
     if PDL:
         wait_for_previous()
     offs_m = tl.arange(0, BLOCK_M)
     offs_k = pid_k * k_per_split + tl.arange(0, BLOCK_K)
+    n_mask = offs_n < N
     m_mask = offs_m < M
     w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]

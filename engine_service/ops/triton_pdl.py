@@ -9,7 +9,7 @@ past that point, the next kernel may launch in turn.
 Every kernel launched this way calls `wait_for_previous` before its first load or store of memory that
 another kernel reads or writes, so the stream's order holds as before: when a kernel passes its wait, the
 one before it has finished, and that one had passed its own wait, so everything earlier has finished too.
-Only the launches overlap. (A kernel may read what nothing writes, a layer's weights, before its wait.)
+Only the launches overlap.
 
 Kernels take `PDL: tl.constexpr` and are launched with `**launch_options(tensor)`; `set_enabled(False)`
 turns it off for the process (the engine's `pdl` setting).
