@@ -36,16 +36,17 @@ def _write_kv_cache_kernel(
     if PDL:
         wait_for_previous()
     token = tl.program_id(0).to(tl.int64)
+    heads = tl.arange(0, HEADS_PAD)[:, None]
+    dims = tl.arange(0, HEAD_DIM_PAD)[None, :]
+    mask = (heads < NUM_KV_HEADS) & (dims < HEAD_DIM)
+    # The row is read with the slot, not after it: one round trip before the stores, not two.
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
+    k = tl.load(k_ptr + token * stride_kt + heads * stride_kh + dims, mask=mask)
+    v = tl.load(v_ptr + token * stride_vt + heads * stride_vh + dims, mask=mask)
     if slot < 0:  # padding token
         return
     block = slot // BLOCK_SIZE
     in_block = slot % BLOCK_SIZE
-    heads = tl.arange(0, HEADS_PAD)[:, None]
-    dims = tl.arange(0, HEAD_DIM_PAD)[None, :]
-    mask = (heads < NUM_KV_HEADS) & (dims < HEAD_DIM)
-    k = tl.load(k_ptr + token * stride_kt + heads * stride_kh + dims, mask=mask)
-    v = tl.load(v_ptr + token * stride_vt + heads * stride_vh + dims, mask=mask)
     k_dst = k_cache_ptr + block * stride_kcb + in_block * stride_kcs + heads * stride_kch + dims
     v_dst = v_cache_ptr + block * stride_vcb + in_block * stride_vcs + heads * stride_vch + dims
     tl.store(k_dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)

@@ -35,13 +35,13 @@ def _rms_norm_kernel(
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
     x = tl.load(x_ptr + row * stride_xt + offs, mask=mask, other=0.0)
+    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # now: its round trip overlaps x's
     if ADD_RESIDUAL:
         r = tl.load(residual_ptr + row * stride_rt + offs, mask=mask, other=0.0)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)  # round like the torch path
         tl.store(residual_ptr + row * stride_rt + offs, x, mask=mask)
     x = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / HIDDEN + eps)
-    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_ot + offs, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
 
 
