@@ -89,3 +89,50 @@ def test_waits_for_the_peers_tag_after_pushing():
     assert torch.equal(new_residual, torch.full((T, H), 3.0))
     torch.testing.assert_close(out, torch.ones(T, H))
     assert counters[0].item() == 3
+
+
+@pytest.mark.parametrize("split_k", [1, 2])  # the plain epilogue and the split-K fixup both push
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_pushed_product_then_the_norm(rank, dtype, split_k):
+    """The row-parallel GEMV pushes its output as the norm kernel would (this call's tag, this call's half,
+    our slot of the peer's buffer); the norm then reduces it with pushed=True and does not push again."""
+    if DEVICE == "cuda":
+        pytest.skip("one process cannot stage a peer's half on a GPU: see the two-GPU test")
+    from engine_service.ops.triton_gemv import GemvConfig, GemvPush, gemv
+
+    T, K, H, eps = 3, 64, 48, 1e-5
+    peer = 1 - rank
+    words = words_per_row(H, dtype)
+    g = torch.Generator().manual_seed(10 + rank)
+    buffers = [torch.zeros(2, ROWS, WORLD, words, dtype=torch.int64) for _ in range(WORLD)]
+    ptrs = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64)
+    counters = torch.zeros(ROWS, dtype=torch.int64)
+    push = GemvPush(ptrs, counters, rank, WORLD)
+    config = GemvConfig(block_n=16, block_k=16, split_k=split_k)  # three column blocks of the row
+    weight = torch.randn(H, generator=g).to(dtype)
+    residual = torch.randn(T, H, generator=g).to(dtype)
+    for call in range(3):
+        half = call % 2
+        x, w = torch.randn(T, K, generator=g).to(dtype), torch.randn(H, K, generator=g).to(dtype)
+        partial = gemv(x, w, config=config, push=push)
+        assert torch.equal(partial, gemv(x, w, config=config))  # the product itself is unchanged
+        assert torch.equal(buffers[peer][half, :T, rank], tagged(partial, call + 1))
+        assert not buffers[peer][half, T:].any() and not buffers[peer][half, :, peer].any()
+        assert counters.tolist() == [call] * T + [0] * (ROWS - T)  # only the norm advances them
+
+        sentinel = torch.full_like(buffers[peer][half, :T, rank], 7)
+        buffers[peer][half, :T, rank] = sentinel  # the norm must not push again
+        theirs = torch.randn(T, H, generator=g).to(dtype)
+        buffers[rank][half, :T, peer] = tagged(theirs, call + 1)  # the peer's push
+        partials = [partial, theirs] if rank == 0 else [theirs, partial]
+        reduced = (partials[0].float() + partials[1].float()).to(dtype)
+        want_out, want_residual = torch_ops.fused_add_rms_norm(reduced, residual.clone(), weight, eps)
+        out, residual = all_reduce_add_rms_norm(
+            partial, residual, weight, eps, ptrs, counters, rank, WORLD, pushed=True
+        )
+        tol = {"atol": 2e-3, "rtol": 2e-3} if dtype == torch.float16 else {"atol": 1e-5, "rtol": 1e-5}
+        torch.testing.assert_close(residual, want_residual, **tol)
+        torch.testing.assert_close(out, want_out, **tol)
+        assert torch.equal(buffers[peer][half, :T, rank], sentinel)
+        assert counters.tolist() == [call + 1] * T + [0] * (ROWS - T)
