@@ -9,10 +9,6 @@ graph) and timed as the engine runs them: 64 all-reduces captured in one CUDA gr
 32-layer model), replayed; per-call microseconds = replay time / 64. The fused all-reduce + add + RMSNorm
 (`all_reduce_add_rms_norm`) is checked against NCCL + the separate norm kernel the same ways (the updated
 residual exactly, the normed output to bf16 rounding) and timed beside one-shot + norm and NCCL + norm.
-At decode sizes in 16 bits (rows <= 8), a row-parallel product (llama-8b's o_proj at TP=2: K = 2048) and
-the norm that reduces it run both ways: the GEMV pushing its output into the peers' buffers
-(`row_parallel_product`, `pushed_pair_us`) and the GEMV then the norm that pushes (`pair_us`); the two must
-give the same bits, eagerly and from a CUDA graph.
 Prints one JSON object; with --results-dir, appends it to results.jsonl there. Exits 1 if anything was wrong.
 """
 
@@ -34,7 +30,7 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine_service.ops import triton_gemv, triton_norm  # noqa: E402
+from engine_service.ops import triton_norm  # noqa: E402
 from engine_service.parallel import all_reduce  # noqa: E402
 from engine_service.parallel.distributed import NCCL_DEFAULTS  # noqa: E402
 from pagoda.bench.report import append_jsonl  # noqa: E402
@@ -117,44 +113,6 @@ def check_and_time_fused_norm(x: torch.Tensor, rank: int, dtype, device, wrong: 
     return {name: round(time_graph(fn, x.clone()), 2) for name, fn in paths.items()}
 
 
-def check_and_time_pushed_product(x: torch.Tensor, rank: int, dtype, device, wrong: list[str]) -> dict:
-    """A row-parallel product and the norm that reduces it, the product pushing (row_parallel_product)
-    against the plain GEMV and the norm pushing: bit-equal eagerly and from a CUDA graph, and timed."""
-    rows, k = x.shape[0], 2048
-    inp = (rank_input(30, rows * k, dtype, device) / 16).view(rows, k)
-    weight_in = (rank_input(40 + rank, HIDDEN * k, dtype, device) / 64).view(HIDDEN, k)
-    weight = (torch.rand(HIDDEN, generator=torch.Generator().manual_seed(7)) + 0.5).to(dtype).to(device)
-    start = rank_input(50, x.numel(), dtype, device).view(rows, HIDDEN)
-
-    def pushed(residual):
-        return all_reduce.all_reduce_add_rms_norm(
-            all_reduce.row_parallel_product(inp, weight_in, None), residual, weight, 1e-5
-        )
-
-    def apart(residual):
-        return all_reduce.all_reduce_add_rms_norm(triton_gemv.gemv(inp, weight_in), residual, weight, 1e-5)
-
-    want = apart(start.clone())
-    got = pushed(start.clone())
-    if not (torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])):
-        wrong.append(f"pushed product + norm eager, {rows} rows")
-    residual = start.clone()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = pushed(residual)[0]
-    for replay in range(2):  # the halves alternate
-        residual.copy_(start)
-        graph.replay()
-        torch.cuda.synchronize()
-        if not (torch.equal(out, want[0]) and torch.equal(residual, want[1])):
-            wrong.append(f"pushed product + norm in a CUDA graph (replay {replay}), {rows} rows")
-    residual = start.clone()
-    return {
-        "pushed_pair_us": round(time_graph(lambda t: pushed(residual), x), 2),
-        "pair_us": round(time_graph(lambda t: apart(residual), x), 2),
-    }
-
-
 def worker(rank: int, args, port: int, queue) -> None:
     torch.cuda.set_device(rank)
     device = torch.device("cuda", rank)
@@ -190,8 +148,6 @@ def worker(rank: int, args, port: int, queue) -> None:
             row["one_shot_us"] = round(time_graph(one_shot, x), 2)
         if installed and all_reduce._fused_norm.fits(x.view(rows, HIDDEN), x.view(rows, HIDDEN)):
             row.update(check_and_time_fused_norm(x.view(rows, HIDDEN), rank, dtype, device, wrong))
-            if dtype.itemsize == 2 and rows <= 8:
-                row.update(check_and_time_pushed_product(x.view(rows, HIDDEN), rank, dtype, device, wrong))
         rows_out.append(row)
     # Past the symmetric buffer, all_reduce() hands the tensor to NCCL: still the exact sum.
     numel = max(rows_list) * HIDDEN + HIDDEN

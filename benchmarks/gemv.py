@@ -12,9 +12,6 @@ in the engine, so each call's start overlaps the previous one's end; `gemv_no_pd
 `--no-pdl` launches it without PDL throughout (sweep included): back to back, one GEMV's programs launched
 early hold shared memory the one before it could use, which the engine, with small kernels between the
 products, never sees.
-The down projections (`*-down`) are also timed gated, as the engine runs them: x given as [gate | up] and
-SiLU(gate) * up computed as the GEMV loads it (`gated_us`), against the activation kernel then the plain
-GEMV (`silu_then_gemv_us`).
 TB/s counts W, x and y bytes once; the copy bandwidth (1 GiB device copy, read + write) is the ceiling.
 One JSON line per shape goes to --out, with every M's row and, with --sweep, the best config found per M.
 """
@@ -116,23 +113,6 @@ def bench_shape(name: str, n: int, k: int, sweep: bool, bw: float) -> dict:
         triton_pdl.set_enabled(False)
         no_pdl_us = graph_us(lambda w, x=x, cfg=cfg: tg.gemv(x, w, config=cfg), list(weights))
         triton_pdl.set_enabled(pdl)
-        gated = {}
-        if name.endswith("-down"):
-            from engine_service.ops import triton_activation
-
-            gate_up = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16)
-            gated = dict(
-                gated_us=round(graph_us(lambda w, g=gate_up: tg.gemv(g, w, gated=True), list(weights)), 2),
-                silu_then_gemv_us=round(
-                    graph_us(
-                        lambda w, g=gate_up, cfg=cfg: tg.gemv(
-                            triton_activation.silu_and_mul(g), w, config=cfg
-                        ),
-                        list(weights),
-                    ),
-                    2,
-                ),
-            )
         row = dict(
             m=m,
             torch_us=round(torch_us, 2),
@@ -142,15 +122,12 @@ def bench_shape(name: str, n: int, k: int, sweep: bool, bw: float) -> dict:
             gemv_no_pdl_us=round(no_pdl_us, 2),
             config=dataclasses.asdict(cfg),
             rel_err=float((got - ref).norm() / ref.norm()),
-            **gated,
         )
         line = (
             f"{name:15s} N={n:5d} K={k:5d} M={m}  torch {torch_us:6.1f} us {tbps(torch_us):5.2f} TB/s  "
             f"gemv {ours_us:6.1f} us {tbps(ours_us):5.2f} TB/s ({ours_us / torch_us:4.2f}x)  "
             f"err {row['rel_err']:.1e}  no PDL {no_pdl_us:6.1f} us"
         )
-        if gated:
-            line += f"  gated {gated['gated_us']:6.1f} us (silu + gemv {gated['silu_then_gemv_us']:6.1f})"
         if sweep:
             best = None
             for c in sweep_configs(n, k):

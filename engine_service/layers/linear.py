@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine_service.ops import dispatch as ops
-from engine_service.parallel.all_reduce import all_reduce, row_parallel_product
+from engine_service.parallel.all_reduce import all_reduce
 
 
 def divide(numerator: int, denominator: int) -> int:
@@ -99,10 +99,7 @@ class QKVParallelLinear(ColumnParallelLinear):
 
 class RowParallelLinear(nn.Module):
     """`reduce_results=False` returns this rank's partial sums (the bias only on rank 0, so the sum holds it
-    once): the caller reduces them, fused with what follows (RMSNorm's `reduce_input`).
-
-    `silu_gated_input=True` (a gated MLP's down projection) takes [gate | up], each of this rank's width,
-    and multiplies silu(gate) * up: fused into the product on the decode GEMV path."""
+    once): the caller reduces them, fused with what follows (RMSNorm's `reduce_input`)."""
 
     def __init__(
         self,
@@ -112,12 +109,10 @@ class RowParallelLinear(nn.Module):
         tp_rank: int = 0,
         tp_size: int = 1,
         reduce_results: bool = True,
-        silu_gated_input: bool = False,
     ):
         super().__init__()
         self.tp_rank, self.tp_size = tp_rank, tp_size
         self.reduce_results = reduce_results
-        self.silu_gated_input = silu_gated_input
         self.in_per_rank = divide(in_features, tp_size)
         self.weight = nn.Parameter(torch.empty(out_features, self.in_per_rank), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
@@ -129,18 +124,10 @@ class RowParallelLinear(nn.Module):
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         param.data.copy_(loaded.narrow(1, self.tp_rank * self.in_per_rank, self.in_per_rank))
 
-    def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.silu_gated_input:
-            return ops.silu_and_mul_linear(x, self.weight, bias)
-        return ops.linear(x, self.weight, bias)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.reduce_results:
-            bias = self.bias if self.tp_rank == 0 else None
-            if self.tp_size > 1:  # the product may push its partial sum to the peers (parallel/all_reduce)
-                return row_parallel_product(x, self.weight, bias, self.silu_gated_input)
-            return self._product(x, bias)
-        out = self._product(x, None)
+            return ops.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
+        out = ops.linear(x, self.weight)
         if self.tp_size > 1:
             out = all_reduce(out)
         if self.bias is not None:

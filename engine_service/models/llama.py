@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine_service.layers.activation import SiluAndMul
 from engine_service.layers.attention import Attention, AttentionMetadata
 from engine_service.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from engine_service.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -106,17 +107,12 @@ class LlamaMLP(nn.Module):
             a.hidden_size, [a.intermediate_size] * 2, False, a.tp_rank, a.tp_size
         )
         self.down_proj = RowParallelLinear(  # reduced by the next layer's input norm, or the final norm
-            a.intermediate_size,
-            a.hidden_size,
-            False,
-            a.tp_rank,
-            a.tp_size,
-            reduce_results=False,
-            silu_gated_input=True,  # takes [gate | up]: SiLU(gate) * up fused into the product
+            a.intermediate_size, a.hidden_size, False, a.tp_rank, a.tp_size, reduce_results=False
         )
+        self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.gate_up_proj(x))
+        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):

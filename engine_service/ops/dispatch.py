@@ -94,17 +94,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return torch.nn.functional.linear(x, weight, bias)
 
 
-def silu_and_mul_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """linear(silu_and_mul(x), weight, bias) for x = [gate | up] ([T, 2I]): a gated MLP's down projection.
-    On the GEMV path one kernel computes the activation as it loads x; otherwise the two ops in turn."""
-    small = x.dim() == 2 and x.shape[0] <= GEMV_MAX_ROWS
-    if x.is_cuda and small and x.dtype in (torch.bfloat16, torch.float16):
-        return _triton_ops().gemv(x, weight, bias, gated=True)
-    return linear(silu_and_mul(x), weight, bias)
-
-
 def vocab_slice_embedding(input_ids: torch.Tensor, weight: torch.Tensor, start: int) -> torch.Tensor:
     """The lookup of a rank's slice of the vocabulary: rows for the ids it holds, zeros for the others."""
     ops = _triton_ops() if _on_gpu(weight) else torch_ops
@@ -161,7 +150,6 @@ __all__ = [
     "rotary_embedding",
     "sample_tokens",
     "silu_and_mul",
-    "silu_and_mul_linear",
     "vocab_slice_embedding",
     "write_kv_cache",
 ]

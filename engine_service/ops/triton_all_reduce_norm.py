@@ -15,10 +15,6 @@ posted write's way there:
               an all-reduce would
     norm      residual <- sum + residual (rounded), out <- rms_norm(residual) * weight
 
-The push may also come from the product that computed the partial sums (ops/triton_gemv's `push`: each
-GEMV program stores its tile of the row into the peers' buffers as it finishes): `pushed=True` then skips
-the push here, and the kernel only polls, the peers' words already on their way when it starts.
-
 No flag, no fence, no reset: a sender never waits for its stores to be acknowledged (NCCL's LL protocol
 does the same). Tags: a per-row call counter in local memory numbers the calls, every rank counting the
 same calls; the tag is the call's number + 1, mod 2^32 (0, what a fresh buffer holds, is never the first
@@ -62,10 +58,8 @@ def _all_reduce_add_rms_norm_kernel(
     rank,
     ROWS: tl.constexpr,
     WORLD: tl.constexpr,
-    WORLD_PAD: tl.constexpr,  # WORLD rounded up to a power of two
     HIDDEN: tl.constexpr,
     BLOCK: tl.constexpr,  # HIDDEN rounded up to a power of two
-    PUSHED: tl.constexpr,  # the product that computed x pushed it already
     PDL: tl.constexpr,
 ):
     if PDL:
@@ -81,22 +75,13 @@ def _all_reduce_add_rms_norm_kernel(
     slots = ((count % 2) * ROWS + row).to(tl.int64) * WORLD * WORDS  # this call's row, sender 0's slot
 
     mine = tl.load(x_ptr.to(tl.pointer_type(tl.uint32)) + row * WORDS + offs_w, mask=mask_w, other=0)
-    # What the norm needs besides the sum is read now, so its round trips overlap the peers' pushes.
-    offs = tl.arange(0, BLOCK)
-    mask = offs < HIDDEN
-    r = tl.load(residual_ptr + row * HIDDEN + offs, mask=mask, other=0.0)
-    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    peers = tl.arange(0, WORLD_PAD)
-    bases = tl.load(buffer_ptrs + peers, mask=peers < WORLD, other=0)  # every rank's buffer address
-    own = tl.multiple_of(tl.load(buffer_ptrs + rank).to(tl.pointer_type(tl.int64)), 16)
     words = tag | mine.to(tl.int64)  # zero-extended: the tag keeps the high half
-    if not PUSHED:
-        for peer in tl.static_range(WORLD):
-            if peer != rank:
-                base = tl.sum(tl.where(peers == peer, bases, 0))
-                buffer = tl.multiple_of(base.to(tl.pointer_type(tl.int64)), 16)
-                tl.store(buffer + slots + rank * WORDS + offs_w, words, mask=mask_w)
+    for peer in tl.static_range(WORLD):
+        if peer != rank:
+            buffer = tl.multiple_of(tl.load(buffer_ptrs + peer).to(tl.pointer_type(tl.int64)), 16)
+            tl.store(buffer + slots + rank * WORDS + offs_w, words, mask=mask_w)
 
+    own = tl.multiple_of(tl.load(buffer_ptrs + rank).to(tl.pointer_type(tl.int64)), 16)
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for sender in tl.static_range(WORLD):
         data = mine  # this rank's own partial never goes through the buffer
@@ -108,11 +93,15 @@ def _all_reduce_add_rms_norm_kernel(
             data = (got & _DATA).to(tl.uint32)
         total += _unpack(data, dtype, PACK).to(tl.float32)
 
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
     reduced = total.to(dtype)  # what the all-reduce would have returned
+    r = tl.load(residual_ptr + row * HIDDEN + offs, mask=mask, other=0.0)
     h = (reduced.to(tl.float32) + r.to(tl.float32)).to(dtype)
     tl.store(residual_ptr + row * HIDDEN + offs, h, mask=mask)
     h = h.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(h * h, axis=0) / HIDDEN + eps)
+    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * HIDDEN + offs, (h * rstd * w).to(dtype), mask=mask)
     tl.store(counters_ptr + row, count + 1)
 
@@ -137,12 +126,10 @@ def all_reduce_add_rms_norm(
     counters: torch.Tensor,
     rank: int,
     world_size: int,
-    pushed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [T, H] partial sums, contiguous; residual: [T, H], updated in place. Returns (normed, residual).
     The caller checks the fit: T <= counters.numel() rows, each rank's buffer holds int64
-    [2, rows, world, words_per_row(H)], zeroed before the first call. pushed: x came from a product that
-    pushed it into the peers' buffers already (triton_gemv's `push`, with these buffers and counters)."""
+    [2, rows, world, words_per_row(H)], zeroed before the first call."""
     T, hidden = x.shape
     out = torch.empty_like(x)
     block = triton.next_power_of_2(hidden)
@@ -157,10 +144,8 @@ def all_reduce_add_rms_norm(
         rank,
         ROWS=counters.numel(),
         WORLD=world_size,
-        WORLD_PAD=triton.next_power_of_2(world_size),
         HIDDEN=hidden,
         BLOCK=block,
-        PUSHED=pushed,
         num_warps=min(16, max(1, block // 512)),
         **launch_options(x),
     )

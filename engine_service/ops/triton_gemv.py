@@ -1,16 +1,5 @@
 """y = x @ W^T + b for a few rows (decode, M <= 16), W [N, K] row-major (nn.Linear layout), in Triton.
 
-`gated=True` takes x as a gated MLP's [gate | up] ([M, 2K]) and multiplies W by silu(gate) * up, computed
-as each x tile is loaded (fp32 math, one rounding to x's dtype: the same values `silu_and_mul` would store),
-so a gated MLP's down projection needs no separate activation kernel.
-
-`push=GemvPush(...)` (a row-parallel layer's partial sum under tensor parallelism, where the fused
-all-reduce + norm of ops/triton_all_reduce_norm reduces it next): each program also stores its tile of y,
-as that kernel's tagged 64-bit words, into this rank's slot of every peer's exchange buffer. The norm kernel
-then only polls its own buffer: the peers' rows are on their way before it starts. Which half and which
-tag a row uses come from the norm's per-row call counters, which only the norm kernel advances: every
-pushed product must be reduced by exactly one `all_reduce_add_rms_norm(..., pushed=True)` before the next.
-
 At small M the product is a weight stream: every byte of W is read once, and the time is W's bytes over
 the memory bandwidth that the bytes in flight per SM can sustain. Each program owns BLOCK_N rows of W (output
 columns) and one of split_k contiguous K ranges; it walks its range in BLOCK_K chunks through a pipelined
@@ -28,7 +17,6 @@ before capturing a graph, so that the workspace is not allocated inside the capt
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import triton
@@ -46,15 +34,6 @@ class GemvConfig:
     split_k: int  # programs along K per column block (1: no workspace, plain store)
     num_warps: int = 4
     num_stages: int = 4
-
-
-class GemvPush(NamedTuple):
-    """Where a pushed product's rows go: the fused all-reduce + norm's exchange (triton_all_reduce_norm)."""
-
-    buffer_ptrs: torch.Tensor  # int64 [world]: every rank's exchange buffer
-    counters: torch.Tensor  # int64 [rows]: the norm's per-row call counts (read here, never written)
-    rank: int
-    world_size: int
 
 
 # Configs by (N, K) for the decode shapes of llama-8b (TP=1, TP=2) and llama-1b: the best of
@@ -91,33 +70,22 @@ def _heuristic(n: int, k: int, element_size: int, num_sms: int) -> GemvConfig:
     return GemvConfig(block_n, block_k, split, 4, 6 if element_size == 2 else 4)  # fp32: 6 spill
 
 
-def choose_config(
-    n: int, k: int, m: int, element_size: int = 2, num_sms: int = 132, gated: bool = False
-) -> GemvConfig:
-    """The launch config for an [m, k] x [n, k]^T product (m enters only through the table's key today).
-    gated: x comes as [gate | up], two x tiles a stage and the activation: K chunks of at most 128 (at 256,
-    llama-8b's down spills registers on sm_90)."""
+def choose_config(n: int, k: int, m: int, element_size: int = 2, num_sms: int = 132) -> GemvConfig:
+    """The launch config for an [m, k] x [n, k]^T product (m enters only through the table's key today)."""
     del m  # kept in the signature: a measured table may want a separate M > 8 entry
     if element_size == 2 and (n, k) in CONFIGS:  # measured in bf16
-        cfg = CONFIGS[(n, k)]
-    else:
-        cfg = _heuristic(n, k, element_size, num_sms)
-    if gated and cfg.block_k > 128:
-        cfg = GemvConfig(cfg.block_n, 128, cfg.split_k, cfg.num_warps, 6 if element_size == 2 else 4)
-    return cfg
+        return CONFIGS[(n, k)]
+    return _heuristic(n, k, element_size, num_sms)
 
 
 @triton.jit
 def _gemv_kernel(
     out_ptr,  # [M, N]
-    x_ptr,  # [M, K], or [M, 2K] = [gate | up] when GATED
+    x_ptr,  # [M, K]
     w_ptr,  # [N, K]
     bias_ptr,  # [N] (unused without HAS_BIAS)
     partial_ptr,  # [split_k, M, N] fp32 (unused without SPLIT)
     counter_ptr,  # [cdiv(N, BLOCK_N)] int32, 0 between calls (unused without SPLIT)
-    push_ptrs,  # int64 [WORLD]: every rank's exchange buffer (unused without PUSH)
-    push_counters_ptr,  # int64 [PUSH_ROWS]: the norm's call counts per row (unused without PUSH)
-    rank,
     M,
     N,
     K,
@@ -133,11 +101,6 @@ def _gemv_kernel(
     SPLIT: tl.constexpr,  # split_k > 1
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
-    GATED: tl.constexpr,  # x is [gate | up]: the product takes silu(gate) * up
-    PUSH: tl.constexpr,  # also store y into the peers' exchange buffers
-    PUSH_ROWS: tl.constexpr,
-    WORLD: tl.constexpr,
-    WORLD_PAD: tl.constexpr,  # WORLD rounded up to a power of two
     PDL: tl.constexpr,
 ):
     """Grid (cdiv(N, BLOCK_N), split_k)."""
@@ -152,20 +115,12 @@ def _gemv_kernel(
     m_mask = offs_m < M
     w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
-    if PUSH:  # read now, not after the loop: the push then costs no round trip at the end
-        push_count = tl.load(push_counters_ptr + offs_m, mask=m_mask, other=0)
-        ranks = tl.arange(0, WORLD_PAD)
-        push_bases = tl.load(push_ptrs + ranks, mask=ranks < WORLD, other=0)
 
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # y^T for this column block
     for k in range(0, k_per_split, BLOCK_K):
         k_mask = offs_k + k < K  # only against K: the next split's chunks start past this range's end
         w = tl.load(w_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
         x = tl.load(x_ptrs + k, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        if GATED:  # x was the gate; up sits K columns on
-            up = tl.load(x_ptrs + K + k, mask=m_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-            gate = x.to(tl.float32)
-            x = (gate * tl.sigmoid(gate) * up).to(x_ptr.dtype.element_ty)
         if DOT_FP32:
             w, x = w.to(tl.float32), x.to(tl.float32)
         acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
@@ -175,11 +130,7 @@ def _gemv_kernel(
     if not SPLIT:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-        y = acc.to(out_ptr.dtype.element_ty)
-        tl.store(out_ptrs, y, mask=out_mask)
-        if PUSH:
-            _push_tile(y, pid_n, offs_m, m_mask, N, push_bases, push_count, rank, PUSH_ROWS, WORLD, WORLD_PAD,
-                       BLOCK_N, BLOCK_M)  # fmt: skip
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
         part_ptrs = partial_ptr + offs_m[None, :] * N + offs_n[:, None]  # split s at + s * M * N
         tl.store(part_ptrs + pid_k * M * N, acc, mask=out_mask)
@@ -193,46 +144,8 @@ def _gemv_kernel(
                 total += tl.load(part_ptrs + s * M * N, mask=out_mask, other=0.0, cache_modifier=".cg")
             if HAS_BIAS:
                 total += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-            y = total.to(out_ptr.dtype.element_ty)
-            tl.store(out_ptrs, y, mask=out_mask)
-            if PUSH:
-                _push_tile(y, pid_n, offs_m, m_mask, N, push_bases, push_count, rank, PUSH_ROWS, WORLD,
-                           WORLD_PAD, BLOCK_N, BLOCK_M)  # fmt: skip
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
             tl.atomic_xchg(counter_ptr + pid_n, 0)  # ready for the next call: no memset
-
-
-@triton.jit
-def _push_tile(
-    y, pid_n, offs_m, m_mask, N, bases, count, rank,
-    ROWS: tl.constexpr, WORLD: tl.constexpr, WORLD_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """Store y^T (this program's [BLOCK_N, BLOCK_M] tile of the output) into this rank's slot of every
-    peer's exchange buffer, int64 [2, ROWS, WORLD, N / PACK], as triton_all_reduce_norm's tagged words:
-    32 bits of the row (two 16-bit values, the even column in the low half, or one fp32) beside the tag
-    of the row's next call, in the half that call uses. bases: int64 [WORLD], every rank's buffer;
-    count: int64 [BLOCK_M], each row's calls so far."""
-    PACK: tl.constexpr = 32 // y.dtype.primitive_bitwidth
-    WORDS: tl.constexpr = BLOCK_N // PACK  # this tile's words per row
-    rows = tl.trans(y)  # [BLOCK_M, BLOCK_N]
-    if PACK == 2:
-        even, odd = tl.split(tl.reshape(rows, (BLOCK_M, WORDS, 2)))
-        low = even.to(tl.uint16, bitcast=True).to(tl.uint32)
-        bits = low | (odd.to(tl.uint16, bitcast=True).to(tl.uint32) << 16)
-    else:
-        bits = rows.to(tl.uint32, bitcast=True)
-    row_words = N // PACK
-    offs_w = pid_n * WORDS + tl.arange(0, WORDS)
-    tag = ((count + 1) & 0xFFFFFFFF) << 32
-    slot = (((count % 2) * ROWS + offs_m) * WORLD + rank) * row_words  # this rank's slot of the row
-    words = tag[:, None] | bits.to(tl.int64)  # zero-extended: the tag keeps the high half
-    mask = m_mask[:, None] & (offs_w < row_words)[None, :]
-    peers = tl.arange(0, WORLD_PAD)
-    for peer in tl.static_range(WORLD):
-        if peer != rank:
-            base = tl.sum(tl.where(peers == peer, bases, 0))  # the peer's buffer address, of the vector read
-            buffer = tl.multiple_of(base.to(tl.pointer_type(tl.int64)), 16)
-            tl.store(buffer + slot[:, None] + offs_w[None, :], words, mask=mask)
 
 
 # (device, partial floats, counters) -> (partials, counters). Never freed: captured graphs hold the addresses.
@@ -254,25 +167,15 @@ def _num_sms(device: torch.device) -> int:
 
 
 def gemv(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    config: GemvConfig | None = None,
-    gated: bool = False,
-    push: GemvPush | None = None,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config: GemvConfig | None = None
 ) -> torch.Tensor:
     """x: [M, K] (M <= 16), weight: [N, K], bias: [N] or None -> x @ weight^T + bias: [M, N] in x's dtype.
-    gated: x is [M, 2K] = [gate | up], and the product is silu_and_mul(x) @ weight^T + bias.
-    push: also store the output into the peers' exchange buffers (see the module docstring); M may not
-    exceed push.counters' rows, N must be even.
 
     fp32 accumulation; `config` overrides the table (for sweeps and tests)."""
-    m, k = x.shape[0], weight.shape[1]
+    m, k = x.shape
     n = weight.shape[0]
-    if x.shape[1] != (2 * k if gated else k) or m > BLOCK_M or x.dtype != weight.dtype:
+    if weight.shape[1] != k or m > BLOCK_M or x.dtype != weight.dtype:
         raise ValueError(f"gemv: x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
-    if push is not None and (m > push.counters.numel() or n % 2):
-        raise ValueError(f"gemv: cannot push {m} rows of {n} into an exchange of {push.counters.numel()}")
     if x.stride(-1) != 1:
         x = x.contiguous()
     if weight.stride(-1) != 1:
@@ -280,7 +183,7 @@ def gemv(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
-    cfg = config or choose_config(n, k, m, x.element_size(), _num_sms(x.device), gated)
+    cfg = config or choose_config(n, k, m, x.element_size(), _num_sms(x.device))
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = triton.cdiv(k, k_per_split)  # a split past K would only add an empty program
     blocks = triton.cdiv(n, cfg.block_n)
@@ -292,9 +195,6 @@ def gemv(
         bias if bias is not None else out,
         partials,
         counters,
-        push.buffer_ptrs if push else counters,
-        push.counters if push else counters,
-        push.rank if push else 0,
         m,
         n,
         k,
@@ -311,11 +211,6 @@ def gemv(
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         # Triton's interpreter (CPU tensors) hands bf16 dot operands to numpy as raw bits: fp32 there.
         DOT_FP32=x.dtype == torch.bfloat16 and not x.is_cuda,
-        GATED=gated,
-        PUSH=push is not None,
-        PUSH_ROWS=push.counters.numel() if push else 1,
-        WORLD=push.world_size if push else 1,
-        WORLD_PAD=triton.next_power_of_2(push.world_size) if push else 1,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         **launch_options(x),

@@ -22,12 +22,8 @@ Its exchange pushes tagged words and never waits on a flag: on 2x H200 at one ro
 TP=2 batch-1 step 2.95 ms against NCCL's 3.43, throughput 1.21x NCCL's (RESULTS.md, sixth session). On
 by default (`--no-custom-all-reduce` turns it off) where every GPU reaches its peers.
 
-At decode sizes the row-parallel product itself can do the push (`row_parallel_product`: the GEMV stores
-its output into the peers' buffers as it finishes), and the norm kernel that reduces it only polls.
-
     install(device, dtype, hidden_size, max_bytes)   once per rank, after the process group is up (CUDA)
     out = all_reduce(tensor)            in the layers: the summed tensor (a new one, or `tensor` itself)
-    partial = row_parallel_product(x, weight, bias, silu_gated)   a row-parallel layer's partial sum
     normed, residual = all_reduce_add_rms_norm(partial, residual, weight, eps)
 """
 
@@ -91,7 +87,6 @@ class SymmMemAddRMSNorm:
         dist.barrier()  # every rank's buffer is zero before any peer pushes into it
         self.buffer_ptrs = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
         self.counters = torch.zeros(self.rows, dtype=torch.int64, device=device)
-        self.pushed: torch.Tensor | None = None  # the partial sum a product pushed, not yet reduced
 
     def fits(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
         return (
@@ -104,37 +99,11 @@ class SymmMemAddRMSNorm:
             and residual.is_contiguous()
         )
 
-    def product(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_gated: bool
-    ) -> torch.Tensor | None:
-        """The decode GEMV of a row-parallel layer, pushing its output into the peers' buffers; None where
-        it does not apply (then the norm pushes). Every rank decides alike: the same shapes."""
-        from engine_service.ops import triton_gemv
-
-        rows = x.shape[0] if x.dim() == 2 else 0
-        if not (
-            x.is_cuda
-            and x.dtype == self.dtype == weight.dtype
-            and self.dtype.itemsize == 2
-            and 0 < rows <= min(self.rows, ops.GEMV_MAX_ROWS)
-            and weight.shape[0] == self.hidden_size
-        ):
-            return None
-        if self.pushed is not None:
-            raise RuntimeError("a pushed partial sum was never reduced: the exchange's tags would repeat")
-        push = triton_gemv.GemvPush(self.buffer_ptrs, self.counters, self.rank, self.world_size)
-        self.pushed = triton_gemv.gemv(x, weight, bias, gated=silu_gated, push=push)
-        return self.pushed
-
     def __call__(
         self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         from engine_service.ops.triton_all_reduce_norm import all_reduce_add_rms_norm
 
-        pushed = self.pushed is not None
-        if pushed and (x is not self.pushed or not self.fits(x, residual)):
-            raise RuntimeError("the norm must reduce the partial sum that was pushed, and that one first")
-        self.pushed = None
         return all_reduce_add_rms_norm(
             x,
             residual,
@@ -144,7 +113,6 @@ class SymmMemAddRMSNorm:
             self.counters,
             self.rank,
             self.world_size,
-            pushed=pushed,
         )
 
 
@@ -198,25 +166,11 @@ def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def row_parallel_product(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_gated: bool = False
-) -> torch.Tensor:
-    """A row-parallel layer's partial sum x @ weight^T (+ bias), for `all_reduce_add_rms_norm` to reduce
-    next; `silu_gated`: x is [gate | up] and the product takes silu(gate) * up. Where the fused exchange
-    and the decode GEMV apply, the GEMV pushes its output into the peers' buffers as it goes."""
-    if _fused_norm is not None:
-        out = _fused_norm.product(x, weight, bias, silu_gated)
-        if out is not None:
-            return out
-    return ops.silu_and_mul_linear(x, weight, bias) if silu_gated else ops.linear(x, weight, bias)
-
-
 def all_reduce_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`x` is a row-parallel layer's partial sum on this rank: returns (rms_norm(h) * weight, h) with
-    h = sum of x over the ranks + residual. Use the returned pair (`residual` may be updated in place).
-    A partial sum that `row_parallel_product` pushed must come here next, and takes the fused path."""
-    if _fused_norm is not None and (_fused_norm.pushed is not None or _fused_norm.fits(x, residual)):
+    h = sum of x over the ranks + residual. Use the returned pair (`residual` may be updated in place)."""
+    if _fused_norm is not None and _fused_norm.fits(x, residual):
         return _fused_norm(x, residual, weight, eps)
     return ops.fused_add_rms_norm(all_reduce(x), residual, weight, eps)

@@ -120,19 +120,10 @@ def _scenarios():
     fused = triton_all_reduce_norm.all_reduce_add_rms_norm
     for rank in (0, 1):  # rank 1 is specialized into a constant
         fused(x, x.clone(), x[0], 1e-5, ptrs, counters, rank, 2)
-        fused(x, x.clone(), x[0], 1e-5, ptrs, counters, rank, 2, pushed=True)  # the product pushed x
     for n, k in ((28672, 4096), (3072, 4096), (2048, 8192)):  # plain and split-K configs, with a bias
         w = torch.empty(n, k, dtype=bf16)
         triton_gemv.gemv(torch.empty(1, k, dtype=bf16), w, w[:, 0].contiguous())
     triton_gemv.gemv(torch.empty(8, 2048), torch.empty(2048, 2048))  # an fp32 model
-    down = torch.empty(4096, 7168, dtype=bf16)  # llama-8b's down_proj at TP=2: [gate | up] in, pushed out
-    triton_gemv.gemv(torch.empty(1, 2 * 7168, dtype=bf16), down, gated=True)
-    for rank in (0, 1):
-        push = triton_gemv.GemvPush(ptrs, counters, rank, 2)
-        triton_gemv.gemv(torch.empty(1, 2 * 7168, dtype=bf16), down, gated=True, push=push)
-        triton_gemv.gemv(torch.empty(1, 2048, dtype=bf16), torch.empty(4096, 2048, dtype=bf16), push=push)
-        w = torch.empty(2048, 8192, dtype=bf16)  # llama-1b's down: split-K, pushed from the fixup
-        triton_gemv.gemv(torch.empty(1, 8192, dtype=bf16), w, push=push)
 
 
 def _registers(cubin: bytes) -> str:
@@ -149,8 +140,7 @@ def _registers(cubin: bytes) -> str:
 
 
 _SHOWN = (
-    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT MERGE_SPLITS DOT_PRECISION BLOCK_N BLOCK_K GATED PUSH PUSHED "
-    "PDL".split()
+    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT MERGE_SPLITS DOT_PRECISION BLOCK_N BLOCK_K PDL".split()
 )  # printed constexprs
 
 KERNELS = [

@@ -79,24 +79,3 @@ def test_chosen_configs_are_launchable(n, k):
         for size in (cfg.block_n, cfg.block_k):
             assert size >= 16 and size & (size - 1) == 0
         assert 1 <= cfg.split_k <= 16 and cfg.num_warps in (1, 2, 4, 8) and cfg.num_stages >= 1
-
-
-@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gated_gemv_equals_silu_and_mul_then_gemv(dtype, config):
-    """gated=True takes [gate | up] and computes silu(gate) * up as it loads x, rounded once to x's dtype:
-    the same bits as the activation kernel's output fed to the plain GEMV."""
-    from engine_service.ops import triton_activation
-
-    m = 3
-    gate_up = randn(m, 2 * K, dtype=dtype, seed=30)
-    w, bias = randn(N, K, dtype=dtype, seed=31), randn(N, dtype=dtype, seed=32)
-    fused = gemv(gate_up, w, bias, config=config, gated=True)
-    apart = gemv(triton_activation.silu_and_mul(gate_up), w, bias, config=config)
-    assert fused.shape == (m, N)
-    assert torch.equal(fused, apart)
-
-
-def test_gated_gemv_checks_the_width():
-    with pytest.raises(ValueError):
-        gemv(randn(1, K), randn(N, K), gated=True)  # x must be [gate | up], 2K wide
