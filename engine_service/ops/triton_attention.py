@@ -1,4 +1,4 @@
-"""Paged attention in Triton: one kernel for prefill chunks and decodes, split-KV reduce included.
+"""Paged attention in Triton: one kernel for prefill chunks and decodes, plus a split-KV reduce.
 
 Same contract as `torch_ops.paged_attention` (read its docstring for the cache layout and the step batch).
 
@@ -30,15 +30,10 @@ Two shapes of the kernel:
 
 Split-KV (flash-decoding). When a decode step has too few (sequence, KV head) programs to fill the GPU, each
 one is split into `num_splits` programs over contiguous ranges of KV tiles; each writes an unnormalized
-fp32 partial (acc, running max, running sum) for every query of its sequence, then counts itself in at an
-int32 counter of its (sequence, KV head). The program that arrives last merges the partials of the splits,
-in split order (the same result whatever the arrival order), writes `out` and puts the counter back to 0:
-no second kernel, no memset (the GEMV's split-K fixup works the same way). The counters live in a
-workspace allocated once per (device, size) and kept, so CUDA graphs may hold its address: a first call
-outside any capture (the engine's warm-up pass) allocates it. The ranges come from the actual seq_len
-inside the kernel, so the grid depends only on the batch size and `num_splits`: a decode call can be
-captured in a CUDA graph and replayed with other seq_lens, as long as `num_splits` was sized for the
-longest sequence the graph will see (pass `max_seq_len=max_model_len` when capturing).
+fp32 partial (acc, running max, running sum) and `_reduce_splits_kernel` combines them. The ranges come from
+the actual seq_len inside the kernel, so the grid depends only on the batch size and `num_splits`: a decode
+call can be captured in a CUDA graph and replayed with other seq_lens, as long as `num_splits` was sized
+for the longest sequence the graph will see (pass `max_seq_len=max_model_len` when capturing).
 
 Nothing here reads a device value on the host: `max_query_len` and `max_seq_len` are host hints that pick
 the launch shapes; correctness never depends on them.
@@ -69,10 +64,6 @@ _EMPTY_MAX = tl.constexpr(-1.0e30)
 MIN_KEYS_PER_SPLIT = 256
 MAX_KV_SPLITS = 64
 PROGRAMS_PER_SM = 2
-# fp32 partial elements the split merge loads at once ([GROUP, splits, D], 128 a thread at 4 warps): all 32
-# splits of a GQA-4, D=128 decode in one round of loads. Half as many took a second round, 0.6-0.9 us at
-# batch 1 on an H200: more than the registers cost (~210, still the two programs per SM the split aims for).
-_MERGE_ELEMS = 16384
 
 
 @dataclass(frozen=True)
@@ -152,7 +143,6 @@ def _paged_attention_kernel(
     part_acc_ptr,  # fp32 [T, Hq, num_splits, D]   (split launches only)
     part_max_ptr,  # fp32 [T, Hq, num_splits]      (log2 domain)
     part_sum_ptr,  # fp32 [T, Hq, num_splits]
-    counter_ptr,  # int32 [S, Hkv], 0 between calls  (split launches only)
     query_start_loc_ptr,  # int32 [S + 1]
     seq_lens_ptr,  # int32 [S]
     block_tables_ptr,  # int32 [S, M]
@@ -174,7 +164,6 @@ def _paged_attention_kernel(
     stride_bt,
     NUM_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
-    GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
@@ -183,32 +172,24 @@ def _paged_attention_kernel(
     TILE_N: tl.constexpr,
     SEQ_GRID: tl.constexpr,
     SPLIT: tl.constexpr,
-    MERGE_SPLITS: tl.constexpr,  # splits the merge loads at once (SPLIT only)
     DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """Grid (q-blocks or sequences, KV heads, KV splits).
 
     SEQ_GRID (decode launches): program 0-index = sequence; it walks that sequence's q-blocks (one for a
-    decode) with no search. Otherwise it is a q-block index over the batch, resolved by binary search.
-    SPLIT needs SEQ_GRID: a program covers all the queries of its sequence, so the last split to finish
-    can merge them all."""
-    tl.static_assert(SEQ_GRID or not SPLIT, "split-KV runs on the sequence grid")
+    decode) with no search. Otherwise it is a q-block index over the batch, resolved by binary search."""
     if PDL:
         wait_for_previous()
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     if SEQ_GRID:
         seq = tl.program_id(0)
-        # Three independent loads in flight together (seq < num_seqs: every address is valid).
         q_start = tl.load(query_start_loc_ptr + seq)
-        q_end = tl.load(query_start_loc_ptr + seq + 1)
-        seq_len = tl.load(seq_lens_ptr + seq)
-        q_len = q_end - q_start
-        # A padding sequence, or the other launch's. Every split of the sequence leaves here alike, so a
-        # split launch never counts a sequence it skips.
-        if (q_len < min_q_len) | (q_len > max_q_len):
+        q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+        if (q_len < min_q_len) | (q_len > max_q_len):  # a padding sequence, or the other launch's
             return
+        seq_len = tl.load(seq_lens_ptr + seq)
         for q_block_local in range(0, tl.cdiv(q_len, BLOCK_Q)):
             _attend_q_block(
                 out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
@@ -217,25 +198,6 @@ def _paged_attention_kernel(
                 stride_vb, stride_vs, stride_vh, stride_bt, NUM_HEADS, GROUP, HEAD_DIM, HEAD_DIM_PAD,
                 BLOCK_SIZE, BLOCK_M, BLOCK_Q, TILE_N, SPLIT, DOT_PRECISION,
             )  # fmt: skip
-        if SPLIT:
-            # Once per program, after all its q-blocks: a counter per q-block would need to know how many
-            # q-blocks a sequence has, and one shared count cannot tell which q-block a fast split's arrival
-            # belongs to. Every thread's partials are stored before one thread publishes them (the release
-            # covers what the barrier ordered before it); the acquire makes the other splits' partials
-            # visible to the last one.
-            tl.debug_barrier()
-            counter = counter_ptr + seq * tl.num_programs(1) + kv_head
-            arrived = tl.atomic_add(counter, 1, sem="acq_rel")
-            if arrived == num_splits - 1:
-                _merge_splits(
-                    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, q_start, q_len, seq_len, kv_head,
-                    num_splits, stride_ot, stride_oh, NUM_HEADS, GROUP, GROUP_PAD, HEAD_DIM, HEAD_DIM_PAD,
-                    BLOCK_Q, TILE_N, MERGE_SPLITS,
-                )  # fmt: skip
-                # Ready for the next call, no memset. Every split has counted in, so nothing else touches the
-                # counter in this launch, and the next one reads it only after this one has ended: a plain
-                # store does (an atomic exchange measured ~0.2 us slower on an H200, at the end of the chain).
-                tl.store(counter, 0)
     else:
         q_block = tl.program_id(0)
         seq = _find_seq(query_start_loc_ptr, q_block, num_seqs, BLOCK_Q)
@@ -254,12 +216,6 @@ def _paged_attention_kernel(
             stride_vb, stride_vs, stride_vh, stride_bt, NUM_HEADS, GROUP, HEAD_DIM, HEAD_DIM_PAD,
             BLOCK_SIZE, BLOCK_M, BLOCK_Q, TILE_N, SPLIT, DOT_PRECISION,
         )  # fmt: skip
-
-
-@triton.jit
-def _kv_len(seq_len, q_len, q_block_local, BLOCK_Q: tl.constexpr):
-    """Keys a q-block can see: 0 .. (position of its last query); never past seq_len."""
-    return tl.maximum(tl.minimum(seq_len, seq_len - q_len + (q_block_local + 1) * BLOCK_Q), 0)
 
 
 @triton.jit
@@ -289,7 +245,9 @@ def _attend_q_block(
         other=0.0,
     )  # [BLOCK_M, D]
 
-    kv_len = _kv_len(seq_len, q_len, q_block_local, BLOCK_Q)
+    # Keys this q-block can see: 0 .. (position of its last query); never past seq_len.
+    kv_len = tl.minimum(seq_len, context_len + (q_block_local + 1) * BLOCK_Q)
+    kv_len = tl.maximum(kv_len, 0)
     num_tiles = tl.cdiv(kv_len, TILE_N)
     if SPLIT:
         tiles_per_split = tl.cdiv(num_tiles, num_splits)
@@ -312,14 +270,8 @@ def _attend_q_block(
         block = tl.load(block_table_row + offs_n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
         in_block = offs_n % BLOCK_SIZE
         kv_mask = n_valid[:, None] & d_valid[None, :]
-        # K and V issued together, before the dot waits on K: both round trips overlap.
         k = tl.load(
             k_head + block[:, None] * stride_kb + in_block[:, None] * stride_ks + offs_d[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )  # [TILE_N, D]
-        v = tl.load(
-            v_head + block[:, None] * stride_vb + in_block[:, None] * stride_vs + offs_d[None, :],
             mask=kv_mask,
             other=0.0,
         )  # [TILE_N, D]
@@ -331,11 +283,16 @@ def _attend_q_block(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(
+            v_head + block[:, None] * stride_vb + in_block[:, None] * stride_vs + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )  # [TILE_N, D]
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
         m_i = m_new
 
     if SPLIT:
-        # Unnormalized partials; an empty split writes (acc 0, sum 0, max _EMPTY_MAX): the merge drops it.
+        # Unnormalized partials; an empty split writes (acc 0, sum 0, max _EMPTY_MAX): the reduce drops it.
         part_row = (row_tok * NUM_HEADS + row_head) * num_splits + split  # [BLOCK_M]
         tl.store(part_max_ptr + part_row, m_i, mask=row_valid)
         tl.store(part_sum_ptr + part_row, l_i, mask=row_valid)
@@ -355,56 +312,46 @@ def _attend_q_block(
 
 
 @triton.jit
-def _merge_splits(
-    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, q_start, q_len, seq_len, kv_head, num_splits,
-    stride_ot, stride_oh,
-    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-    HEAD_DIM_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr, MERGE_SPLITS: tl.constexpr,
-):  # fmt: skip
-    """The last split of a (sequence, KV head): every query's GROUP heads from the splits' partials, in split
-    order, MERGE_SPLITS at a time (one round of loads for a decode up to that many splits). Splits past the
-    last one with a tile of the query's q-block are empty (max _EMPTY_MAX, sum 0: they would weigh nothing)
-    and are not read: a short sequence under a split count sized for long ones costs a few loads, not all.
-    A row that saw no key gets zeros."""
-    g = tl.arange(0, GROUP_PAD)
-    g_valid = g < GROUP
-    head = kv_head * GROUP + g
-    offs_c = tl.arange(0, MERGE_SPLITS)
+def _reduce_splits_kernel(
+    out_ptr,  # [T, Hq, D]
+    part_acc_ptr,  # fp32 [T, Hq, num_splits, D]
+    part_max_ptr,  # fp32 [T, Hq, num_splits]
+    part_sum_ptr,  # fp32 [T, Hq, num_splits]
+    num_splits,
+    stride_ot,
+    stride_oh,
+    NUM_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    if PDL:
+        wait_for_previous()
+    token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    offs_s = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
+    s_valid = offs_s < num_splits
     d_valid = offs_d < HEAD_DIM
-    for qi in range(0, q_len):
-        num_tiles = tl.cdiv(_kv_len(seq_len, q_len, qi // BLOCK_Q, BLOCK_Q), TILE_N)  # as _attend_q_block
-        used = tl.cdiv(num_tiles, tl.maximum(tl.cdiv(num_tiles, num_splits), 1))  # splits with a tile
-        tok = (q_start + qi).to(tl.int64)
-        base = (tok * NUM_HEADS + head) * num_splits  # [GROUP_PAD]
-        m_i = tl.full([GROUP_PAD], _EMPTY_MAX, dtype=tl.float32)
-        l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
-        acc = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], dtype=tl.float32)
-        for s0 in range(0, used, MERGE_SPLITS):
-            s = s0 + offs_c
-            mask = g_valid[:, None] & (s < used)[None, :]  # [GROUP_PAD, MERGE_SPLITS]
-            row = base[:, None] + s[None, :]
-            # .cg: past L1, which does not see the other programs' stores.
-            m_s = tl.load(part_max_ptr + row, mask=mask, other=_EMPTY_MAX, cache_modifier=".cg")
-            l_s = tl.load(part_sum_ptr + row, mask=mask, other=0.0, cache_modifier=".cg")
-            acc_s = tl.load(
-                part_acc_ptr + row[:, :, None] * HEAD_DIM + offs_d[None, None, :],
-                mask=mask[:, :, None] & d_valid[None, None, :],
-                other=0.0,
-                cache_modifier=".cg",
-            )  # [GROUP_PAD, MERGE_SPLITS, D]
-            m_new = tl.maximum(m_i, tl.max(m_s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            w = tl.exp2(m_s - m_new[:, None])  # 1 where every split so far was empty: their sums are 0
-            l_i = l_i * alpha + tl.sum(w * l_s, axis=1)
-            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * acc_s, axis=1)
-            m_i = m_new
-        out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-        tl.store(
-            out_ptr + tok * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=g_valid[:, None] & d_valid[None, :],
-        )
+    base = (token * NUM_HEADS + head) * num_splits
+
+    m = tl.load(part_max_ptr + base + offs_s, mask=s_valid, other=float("-inf"))
+    sums = tl.load(part_sum_ptr + base + offs_s, mask=s_valid, other=0.0)
+    acc = tl.load(
+        part_acc_ptr + (base + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
+        mask=s_valid[:, None] & d_valid[None, :],
+        other=0.0,
+    )  # [SPLITS_PAD, D]
+    m_all = tl.max(m, axis=0)
+    w = tl.exp2(m - m_all)  # [SPLITS_PAD]; 0 for padding splits, 1 everywhere if all splits were empty
+    denom = tl.sum(w * sums, axis=0)
+    out = tl.sum(w[:, None] * acc, axis=0) / tl.where(denom > 0.0, denom, 1.0)
+    tl.store(
+        out_ptr + token * stride_ot + head * stride_oh + offs_d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=d_valid,
+    )
 
 
 def paged_attention(
@@ -491,25 +438,6 @@ def _paged_attention(
     return out
 
 
-# (device, counters) -> int32 counters, one per (sequence, KV head) of a split decode launch, 0 between calls
-# (the kernel puts them back). Never freed: captured CUDA graphs hold the addresses. One launch at a time
-# per workspace: two streams running split launches of the same size at once would share the counters.
-_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
-
-
-def _split_counters(device: torch.device, size: int) -> torch.Tensor:
-    key = (device, size)
-    counters = _COUNTERS.get(key)
-    if counters is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                "paged_attention: the split-KV counters of this batch size are allocated on first use; "
-                "run the call once before capturing it in a CUDA graph"
-            )
-        counters = _COUNTERS[key] = torch.zeros(size, dtype=torch.int32, device=device)
-    return counters
-
-
 def _launch(
     q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, scale, out, tiles: AttentionTiles, *,
     seq_grid: bool, min_q_len: int, max_q_len: int, num_splits: int,
@@ -522,23 +450,15 @@ def _launch(
     block_m = max(tiles.block_m, triton.next_power_of_2(group))
     block_q = block_m // group
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
-    group_pad = triton.next_power_of_2(group)
     split = num_splits > 1
     if split:
-        if not seq_grid:
-            raise ValueError("split-KV launches run on the sequence grid")
         part_acc = torch.empty(
             (num_tokens, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
         )
         part_max = torch.empty((num_tokens, num_heads, num_splits), dtype=torch.float32, device=q.device)
         part_sum = torch.empty_like(part_max)
-        counters = _split_counters(q.device, num_seqs * num_kv_heads)
-        merge_splits = min(
-            triton.next_power_of_2(num_splits), max(1, _MERGE_ELEMS // (group_pad * head_dim_pad))
-        )
     else:
-        part_acc = part_max = part_sum = counters = out  # never touched: SPLIT is a compile-time False
-        merge_splits = 1
+        part_acc = part_max = part_sum = out  # never touched: SPLIT is a compile-time False
     # Sequence s owns q-blocks [qsl[s] // block_q + s, qsl[s+1] // block_q + s + 1): T // block_q + S of them.
     num_programs = num_seqs if seq_grid else num_tokens // block_q + num_seqs
     grid = (num_programs, num_kv_heads, num_splits)
@@ -550,7 +470,6 @@ def _launch(
         part_acc,
         part_max,
         part_sum,
-        counters,
         query_start_loc,
         seq_lens,
         block_tables,
@@ -572,7 +491,6 @@ def _launch(
         block_tables.stride(0),
         NUM_HEADS=num_heads,
         GROUP=group,
-        GROUP_PAD=group_pad,
         HEAD_DIM=head_dim,
         HEAD_DIM_PAD=head_dim_pad,
         BLOCK_SIZE=block_size,
@@ -581,13 +499,28 @@ def _launch(
         TILE_N=tiles.tile_n,
         SEQ_GRID=seq_grid,
         SPLIT=split,
-        MERGE_SPLITS=merge_splits,
         # fp32 models stay exact (no tf32); 16-bit inputs ignore this.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
         **launch_options(q),
     )
+    if split:
+        _reduce_splits_kernel[(num_tokens, num_heads)](
+            out,
+            part_acc,
+            part_max,
+            part_sum,
+            num_splits,
+            out.stride(0),
+            out.stride(1),
+            NUM_HEADS=num_heads,
+            HEAD_DIM=head_dim,
+            HEAD_DIM_PAD=head_dim_pad,
+            SPLITS_PAD=triton.next_power_of_2(num_splits),
+            num_warps=4,
+            **launch_options(q),
+        )
 
 
 __all__ = ["AttentionTiles", "choose_num_kv_splits", "long_tiles", "paged_attention", "short_tiles"]

@@ -97,9 +97,8 @@ def _scenarios():
         q = torch.empty(4, heads, head_dim, dtype=dtype)
         attention = triton_attention.paged_attention
         attention(q, k_cache, k_cache, qsl, seq_lens, block_tables, 0.1, max_query_len=1, max_seq_len=100)
-        # 32 splits, as batch 1 gets at 8k on an H100/H200: the widest split merge
         attention(q, k_cache, k_cache, qsl, seq_lens, block_tables, 0.1, max_query_len=1, max_seq_len=8192,
-                  num_kv_splits=32)  # fmt: skip
+                  num_kv_splits=16)  # fmt: skip
         q = torch.empty(300, heads, head_dim, dtype=dtype)
         qsl = torch.tensor([0, 1, 2, 299, 300], dtype=torch.int32)
         attention(q, k_cache, k_cache, qsl, seq_lens, block_tables, 0.1, max_query_len=297, max_seq_len=400)
@@ -140,11 +139,12 @@ def _registers(cubin: bytes) -> str:
 
 
 _SHOWN = (
-    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT MERGE_SPLITS DOT_PRECISION BLOCK_N BLOCK_K PDL".split()
+    "GROUP HEAD_DIM BLOCK_M TILE_N SEQ_GRID SPLIT DOT_PRECISION BLOCK_N BLOCK_K PDL".split()
 )  # printed constexprs
 
 KERNELS = [
     (triton_attention, "_paged_attention_kernel"),
+    (triton_attention, "_reduce_splits_kernel"),
     (triton_kv_cache, "_write_kv_cache_kernel"),
     (triton_norm, "_rms_norm_kernel"),
     (triton_rotary, "_rotary_kernel"),

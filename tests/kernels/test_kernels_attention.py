@@ -92,49 +92,6 @@ def test_split_kv_with_multi_query_blocks():
     assert rel_err(out, ref) < TOL[torch.float32]
 
 
-def _counters(batch):
-    num_seqs, num_kv_heads = batch.seq_lens.shape[0], batch.k_cache.shape[2]
-    return ta._COUNTERS[(batch.q.device, num_seqs * num_kv_heads)]
-
-
-def test_split_kv_repeat_is_bitwise_and_leaves_counters_at_zero():
-    # The last split to arrive merges and puts its counter back: the next call (a CUDA graph replay, say)
-    # finds every counter at 0, and merging in split order gives the same bits again.
-    batch = build([(1, 100), (1, 37), (1, 129)], num_heads=8, num_kv_heads=2, seed=19)
-    first, ref = run(batch, num_kv_splits=4)
-    counters = _counters(batch)
-    assert counters.abs().max() == 0
-    second, _ = run(batch, num_kv_splits=4)
-    assert _counters(batch) is counters  # one workspace per (device, size), kept
-    assert counters.abs().max() == 0
-    assert torch.equal(first, second)
-    assert rel_err(first, ref) < TOL[torch.float32]
-
-
-def test_split_kv_empty_splits_and_padding():
-    # 16 splits of sequences of one or two tiles: most splits are empty, yet each stores its empty partial
-    # and counts in. A padding sequence (q_len 0) never counts in; one with no keys gets zeros.
-    pairs = [(1, 3), (0, 0), (1, 0), (1, 20), (0, 0)]
-    batch = build(pairs, num_heads=6, num_kv_heads=2, seed=23)
-    out, ref = run(batch, num_kv_splits=16)
-    assert rel_err(out, ref) < TOL[torch.float32]
-    assert out[1].abs().max() == 0  # token 1 is the query of the (1, 0) sequence
-    assert _counters(batch).abs().max() == 0
-
-
-@pytest.mark.parametrize("group", [1, 4])
-def test_split_kv_wrong_hint_multi_q_blocks(group):
-    # Prompts announced as decodes: the split short kernel walks several q-blocks per sequence (q_len > its
-    # BLOCK_Q), and the last split merges every query of the sequence.
-    pairs = [(9, 40), (1, 70), (0, 0), (20, 20), (5, 5)]
-    batch = build(pairs, num_heads=2 * group, num_kv_heads=2, seed=29 + group)
-    block_q = ta.short_tiles(group, 32, torch.float32).block_m // group
-    assert max(p[0] for p in pairs) > block_q
-    out, ref = run(batch, num_kv_splits=4, max_query_len=1)
-    assert rel_err(out, ref) < TOL[torch.float32]
-    assert _counters(batch).abs().max() == 0
-
-
 @pytest.mark.parametrize(
     "short,long",
     [
