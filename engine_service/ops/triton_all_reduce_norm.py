@@ -58,6 +58,7 @@ def _all_reduce_add_rms_norm_kernel(
     rank,
     ROWS: tl.constexpr,
     WORLD: tl.constexpr,
+    WORLD_PAD: tl.constexpr,  # WORLD rounded up to a power of two
     HIDDEN: tl.constexpr,
     BLOCK: tl.constexpr,  # HIDDEN rounded up to a power of two
     PDL: tl.constexpr,
@@ -75,13 +76,22 @@ def _all_reduce_add_rms_norm_kernel(
     slots = ((count % 2) * ROWS + row).to(tl.int64) * WORLD * WORDS  # this call's row, sender 0's slot
 
     mine = tl.load(x_ptr.to(tl.pointer_type(tl.uint32)) + row * WORDS + offs_w, mask=mask_w, other=0)
+    # Everything else the kernel reads is asked for now, beside this rank's row, so that those round trips
+    # overlap it and the peers' pushes instead of following the poll (or the push) one after another.
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
+    r = tl.load(residual_ptr + row * HIDDEN + offs, mask=mask, other=0.0)
+    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    ranks = tl.arange(0, WORLD_PAD)
+    bases = tl.load(buffer_ptrs + ranks, mask=ranks < WORLD, other=0)  # every rank's buffer address
+    own = tl.multiple_of(tl.load(buffer_ptrs + rank).to(tl.pointer_type(tl.int64)), 16)
     words = tag | mine.to(tl.int64)  # zero-extended: the tag keeps the high half
     for peer in tl.static_range(WORLD):
         if peer != rank:
-            buffer = tl.multiple_of(tl.load(buffer_ptrs + peer).to(tl.pointer_type(tl.int64)), 16)
+            base = tl.sum(tl.where(ranks == peer, bases, 0))  # the peer's address, of the vector read
+            buffer = tl.multiple_of(base.to(tl.pointer_type(tl.int64)), 16)
             tl.store(buffer + slots + rank * WORDS + offs_w, words, mask=mask_w)
 
-    own = tl.multiple_of(tl.load(buffer_ptrs + rank).to(tl.pointer_type(tl.int64)), 16)
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for sender in tl.static_range(WORLD):
         data = mine  # this rank's own partial never goes through the buffer
@@ -93,15 +103,11 @@ def _all_reduce_add_rms_norm_kernel(
             data = (got & _DATA).to(tl.uint32)
         total += _unpack(data, dtype, PACK).to(tl.float32)
 
-    offs = tl.arange(0, BLOCK)
-    mask = offs < HIDDEN
     reduced = total.to(dtype)  # what the all-reduce would have returned
-    r = tl.load(residual_ptr + row * HIDDEN + offs, mask=mask, other=0.0)
     h = (reduced.to(tl.float32) + r.to(tl.float32)).to(dtype)
     tl.store(residual_ptr + row * HIDDEN + offs, h, mask=mask)
     h = h.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(h * h, axis=0) / HIDDEN + eps)
-    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * HIDDEN + offs, (h * rstd * w).to(dtype), mask=mask)
     tl.store(counters_ptr + row, count + 1)
 
@@ -144,6 +150,7 @@ def all_reduce_add_rms_norm(
         rank,
         ROWS=counters.numel(),
         WORLD=world_size,
+        WORLD_PAD=triton.next_power_of_2(world_size),
         HIDDEN=hidden,
         BLOCK=block,
         num_warps=min(16, max(1, block // 512)),
