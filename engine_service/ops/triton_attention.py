@@ -187,9 +187,9 @@ def _paged_attention_kernel(
         seq = tl.program_id(0)
         q_start = tl.load(query_start_loc_ptr + seq)
         q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+        seq_len = tl.load(seq_lens_ptr + seq)  # with the two above: one round trip, not two
         if (q_len < min_q_len) | (q_len > max_q_len):  # a padding sequence, or the other launch's
             return
-        seq_len = tl.load(seq_lens_ptr + seq)
         for q_block_local in range(0, tl.cdiv(q_len, BLOCK_Q)):
             _attend_q_block(
                 out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
@@ -275,6 +275,11 @@ def _attend_q_block(
             mask=kv_mask,
             other=0.0,
         )  # [TILE_N, D]
+        v = tl.load(
+            v_head + block[:, None] * stride_vb + in_block[:, None] * stride_vs + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )  # [TILE_N, D], asked for with K: both in flight while the scores are computed
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, TILE_N]
         visible = (offs_n[None, :] <= row_pos[:, None]) & n_valid[None, :]
         s = tl.where(visible, s, float("-inf"))
@@ -283,11 +288,6 @@ def _attend_q_block(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_head + block[:, None] * stride_vb + in_block[:, None] * stride_vs + offs_d[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )  # [TILE_N, D]
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
         m_i = m_new
 
