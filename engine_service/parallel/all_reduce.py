@@ -17,9 +17,9 @@ The same path fuses each row-parallel layer's all-reduce with the residual add a
 it (ops/triton_all_reduce_norm.py: one kernel where there were two, 64 fewer launches per llama-8b
 decode step): the layers hand their partial sums to `all_reduce_add_rms_norm`, which falls back to
 NCCL + the separate norm where the fused kernel does not apply (CPU, prefill-sized tensors, not installed).
-Its exchange pushes tagged words and never waits on a flag: on 2x H200 at one row 3.3 µs against 8.0
-(one-shot + norm) and 8.0 (NCCL + norm), and 5.1-5.6 µs for the flag handshake it replaced; llama-8b
-TP=2 batch-1 step 2.95 ms against NCCL's 3.43, throughput 1.21x NCCL's (RESULTS.md, sixth session). On
+Its exchange pushes tagged words and never waits on a flag: on 2x H200 at one row 3.1-3.3 µs against
+8.0 (one-shot + norm) and 8.0 (NCCL + norm), and 5.1-5.6 µs for the flag handshake it replaced; llama-8b
+TP=2 batch-1 step 2.82 ms against NCCL's 3.46, throughput 1.15x NCCL's (RESULTS.md, seventh session). On
 by default (`--no-custom-all-reduce` turns it off) where every GPU reaches its peers.
 
     install(device, dtype, hidden_size, max_bytes)   once per rank, after the process group is up (CUDA)
