@@ -84,13 +84,11 @@ def _all_reduce_add_rms_norm_kernel(
     w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     ranks = tl.arange(0, WORLD_PAD)
     bases = tl.load(buffer_ptrs + ranks, mask=ranks < WORLD, other=0)  # every rank's buffer address
-    own = tl.multiple_of(tl.load(buffer_ptrs + rank).to(tl.pointer_type(tl.int64)), 16)
+    own = _buffer(bases, ranks, rank)
     words = tag | mine.to(tl.int64)  # zero-extended: the tag keeps the high half
     for peer in tl.static_range(WORLD):
         if peer != rank:
-            base = tl.sum(tl.where(ranks == peer, bases, 0))  # the peer's address, of the vector read
-            buffer = tl.multiple_of(base.to(tl.pointer_type(tl.int64)), 16)
-            tl.store(buffer + slots + rank * WORDS + offs_w, words, mask=mask_w)
+            tl.store(_buffer(bases, ranks, peer) + slots + rank * WORDS + offs_w, words, mask=mask_w)
 
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for sender in tl.static_range(WORLD):
@@ -110,6 +108,13 @@ def _all_reduce_add_rms_norm_kernel(
     rstd = tl.rsqrt(tl.sum(h * h, axis=0) / HIDDEN + eps)
     tl.store(out_ptr + row * HIDDEN + offs, (h * rstd * w).to(dtype), mask=mask)
     tl.store(counters_ptr + row, count + 1)
+
+
+@triton.jit
+def _buffer(bases, ranks, r):
+    """Rank r's buffer, of the addresses read as one vector (every buffer starts 16-byte aligned)."""
+    base = tl.sum(tl.where(ranks == r, bases, 0))
+    return tl.multiple_of(base.to(tl.pointer_type(tl.int64)), 16)
 
 
 @triton.jit

@@ -20,8 +20,8 @@ NCCL + the separate norm where the fused kernel does not apply (CPU, prefill-siz
 Its exchange pushes tagged words and never waits on a flag: on 2x H200 at one row 3.1-3.3 µs against
 8.0 (one-shot + norm) and 8.0 (NCCL + norm), and 5.1-5.6 µs for the flag handshake it replaced; llama-8b
 TP=2 batch-1 step 2.82-2.84 ms against NCCL's 3.35-3.46, throughput 1.00-1.15x NCCL's in two calls
-(RESULTS.md, seventh session). On
-by default (`--no-custom-all-reduce` turns it off) where every GPU reaches its peers.
+(RESULTS.md, seventh session). On by default (`--no-custom-all-reduce` turns it off) where every GPU
+reaches its peers.
 
     install(device, dtype, hidden_size, max_bytes)   once per rank, after the process group is up (CUDA)
     out = all_reduce(tensor)            in the layers: the summed tensor (a new one, or `tensor` itself)
