@@ -8,8 +8,9 @@ more (`LLM.start_profile`: torch.profiler on every rank, host and CUDA) of `--ba
 to `--tokens` outputs, and reads rank 0's trace (pagoda/bench/timeline.py): per decode step the wall time,
 the device's busy time, and its idle gaps, split into host-bound (the next op was launched only after the
 device ran dry) and the device's own; then the gaps that cost the most, and the device ops outside the
-decode graph; and the other ranks' medians. One `decode_timeline` line to results.jsonl with --results-dir,
-holding each rank's device ops per step too.
+decode graph; rank 0's critical path per op (what each op added to the step's end: under PDL the ops' own
+durations overlap and do not add up); and the other ranks' medians. One `decode_timeline` line to
+results.jsonl with --results-dir, holding each rank's device ops per step and rank 0's critical path too.
 """
 
 from __future__ import annotations
@@ -38,11 +39,17 @@ def read_steps(path: str) -> tuple[list[dict], list[timeline.StepTimeline]]:
     return events, timeline.device_steps(events, MARKER)[2:]
 
 
-def ops_per_step(events: list[dict], outside_graphs: bool = False, top: int = 20) -> list[tuple]:
-    """(name, launches, µs) a decode step, of the device ops over the steps read_steps keeps."""
+def ops_per_step(
+    events: list[dict], outside_graphs: bool = False, top: int = 20, critical_path: bool = False
+) -> list[tuple]:
+    """(name, launches, µs) a decode step, of the device ops over the steps read_steps keeps: their own
+    durations, or with `critical_path` what each op added to the step's end (timeline.critical_path_by_op)."""
     ends = timeline.marker_ends(events, MARKER)
     n = len(ends) - 3  # the steps between ends[2] and ends[-1]
-    ops = timeline.device_time_by_op(events, ends[2], ends[-1], top=top, outside_graphs=outside_graphs)
+    if critical_path:
+        ops = timeline.critical_path_by_op(events, ends[2], ends[-1], top=top)
+    else:
+        ops = timeline.device_time_by_op(events, ends[2], ends[-1], top=top, outside_graphs=outside_graphs)
     return [(name, round(count / n, 2), round(us / n, 1)) for name, count, us in ops]
 
 
@@ -95,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         host = "host" if g["host_bound"] else "dev"
         between = f"{g['before']} -> {g['after']} ({g['launch']})"
         print(f"{g['per_step']:9.2f} {g['mean_us']:8.1f}  {host:5}  {between}")
+    critical = ops_per_step(events, critical_path=True)
+    print("\ncritical path: µs each op added to the step's end, and launches per step:")
+    for name, launches, us in critical:
+        print(f"  {us:8.1f}  {launches:5.1f}x  {name}")
     outside = ops_per_step(events, outside_graphs=True)
     print("\ndevice ops outside the decode graph (µs and launches per step):")
     for name, launches, us in outside:
@@ -124,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "other_ranks": other_ranks,
             "outside_graph": outside,
             "device_ops": ops_per_step(events),  # every op, the decode graph's included
+            "critical_path": critical,  # adds up to the step, where device_ops overlap under PDL
             **({"note": args.note} if args.note else {}),
         }
         append_jsonl(record, args.results_dir)

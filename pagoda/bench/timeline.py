@@ -136,3 +136,29 @@ def device_time_by_op(
             t[0] += 1
             t[1] += e["dur"]
     return sorted(((n, int(c), us) for n, (c, us) in totals.items()), key=lambda x: -x[2])[:top]
+
+
+def critical_path_by_op(
+    events: list[dict], start: float, end: float, top: int = 20
+) -> list[tuple[str, int, float]]:
+    """(name, count, µs) of the device ops that end in (start, end], most time first: each op is charged
+    the time by which it moved the end of the device's work on (its end minus the latest end before it,
+    any idle gap included; 0 if it ended inside earlier work). Under programmatic dependent launch the ops'
+    own durations overlap their neighbours' and no longer add up; these charges add up to end - start."""
+    device = sorted(
+        (
+            e
+            for e in events
+            if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS and start < e["ts"] + e["dur"] <= end
+        ),
+        key=lambda e: e["ts"],
+    )
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    covered_to = start
+    for e in device:
+        op_end = e["ts"] + e["dur"]
+        t = totals[e["name"][:80]]
+        t[0] += 1
+        t[1] += max(0.0, op_end - covered_to)
+        covered_to = max(covered_to, op_end)
+    return sorted(((n, int(c), us) for n, (c, us) in totals.items()), key=lambda x: -x[2])[:top]

@@ -90,3 +90,19 @@ def test_dummy_llm_and_a_cpu_profile(tmp_path):
     events = json.loads(open(path).read())["traceEvents"]
     assert any(e.get("cat") == "cpu_op" for e in events)
     assert timeline.device_steps(events, "_sample_kernel") == []
+
+
+def test_critical_path_charges_add_up_to_the_span():
+    """Overlapping ops (as under PDL) are charged only the time by which each moved the end of the work on,
+    gaps included, so the charges sum to the span; an op that ends inside earlier work is charged 0."""
+    events = [
+        op("gemv", 0, 10, 1),  # ends at 10
+        op("norm", 8, 4, 2),  # launched early, ends at 12: charged 2
+        op("tiny", 9, 2, 3),  # ends at 11, inside the norm's end: 0
+        op("gemv", 11, 9, 4),  # ends at 20: 8
+        op("Memcpy", 25, 5, 5, cat="gpu_memcpy"),  # ends at 30, after a 5 µs gap: 10
+        op("late", 30, 50, 6),  # ends past the span: left out
+    ]
+    got = timeline.critical_path_by_op(events, 0, 30)
+    assert got == [("gemv", 2, 18.0), ("Memcpy", 1, 10.0), ("norm", 1, 2.0), ("tiny", 1, 0.0)]
+    assert sum(us for _, _, us in got) == 30
