@@ -61,7 +61,6 @@ _NO_LIMIT = 2**31 - 1
 _EMPTY_MAX = tl.constexpr(-1.0e30)
 
 # Split-KV heuristic (see choose_num_kv_splits).
-MIN_KEYS_PER_SPLIT = 256
 MAX_KV_SPLITS = 64
 PROGRAMS_PER_SM = 2
 
@@ -107,15 +106,20 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def choose_num_kv_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int) -> int:
+def choose_num_kv_splits(
+    num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int, tile_keys: int = 64
+) -> int:
     """Splits per (sequence, KV head) for a decode step: enough programs for about PROGRAMS_PER_SM per SM,
-    but no split shorter than MIN_KEYS_PER_SPLIT keys of `max_seq_len` (the longest sequence the launch,
-    or the CUDA graph that captures it, must serve). A power of two, so few kernel variants get compiled."""
+    but no split shorter than one KV tile (`tile_keys` keys) of `max_seq_len` (the longest sequence the
+    launch, or the CUDA graph that captures it, must serve). A power of two, so few kernel variants get
+    compiled. At batch 1 a program is bound by the latency of its serial walk over its tiles, not by
+    bandwidth: a split as short as one tile is the fastest, and a sequence shorter than the bound leaves
+    the splits past its end empty (they cost a program that exits at once)."""
     programs = num_seqs * num_kv_heads
     target = PROGRAMS_PER_SM * num_sms
-    if programs >= target // 2 or max_seq_len < 2 * MIN_KEYS_PER_SPLIT:
+    if programs >= target // 2 or max_seq_len < 2 * tile_keys:
         return 1
-    splits = min(triton.cdiv(target, programs), max_seq_len // MIN_KEYS_PER_SPLIT, MAX_KV_SPLITS)
+    splits = min(triton.cdiv(target, programs), max_seq_len // tile_keys, MAX_KV_SPLITS)
     return 1 << (splits.bit_length() - 1)  # round down to a power of two
 
 
@@ -427,7 +431,7 @@ def _paged_attention(
     if max_query_len <= short_block_q:
         if num_kv_splits is None:
             num_sms = _num_sms(q.device.index or 0) if q.is_cuda else 1
-            num_kv_splits = choose_num_kv_splits(num_seqs, num_kv_heads, max_seq_len, num_sms)
+            num_kv_splits = choose_num_kv_splits(num_seqs, num_kv_heads, max_seq_len, num_sms, short.tile_n)
         # Every q_len is served: a wrong hint can cost speed, never correctness.
         _launch(*args, short, seq_grid=True, min_q_len=1, max_q_len=_NO_LIMIT, num_splits=num_kv_splits)
         return out
