@@ -110,17 +110,18 @@ def choose_num_kv_splits(
     num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int, tile_keys: int = 64
 ) -> int:
     """Splits per (sequence, KV head) for a decode step: enough programs for about PROGRAMS_PER_SM per SM,
-    but no split shorter than one KV tile (`tile_keys` keys) of `max_seq_len` (the longest sequence the
-    launch, or the CUDA graph that captures it, must serve). A power of two, so few kernel variants get
-    compiled. At batch 1 a program is bound by the latency of its serial walk over its tiles, not by
-    bandwidth: a split as short as one tile is the fastest, and a sequence shorter than the bound leaves
-    the splits past its end empty (they cost a program that exits at once)."""
+    but no more than it takes to give each split one KV tile (`tile_keys` keys) of `max_seq_len` (the
+    longest sequence the launch, or the CUDA graph that captures it, must serve). A power of two, so few
+    kernel variants get compiled. At batch 1 a program is bound by the latency of its serial walk over its
+    tiles, not by bandwidth: one tile a split is the fastest, and a sequence shorter than the bound leaves
+    the splits past its end empty (each costs a program that exits at once)."""
     programs = num_seqs * num_kv_heads
     target = PROGRAMS_PER_SM * num_sms
-    if programs >= target // 2 or max_seq_len < 2 * tile_keys:
+    tiles = triton.cdiv(max_seq_len, tile_keys)
+    if programs >= target // 2 or tiles < 2:
         return 1
-    splits = min(triton.cdiv(target, programs), max_seq_len // tile_keys, MAX_KV_SPLITS)
-    return 1 << (splits.bit_length() - 1)  # round down to a power of two
+    fill = min(triton.cdiv(target, programs), MAX_KV_SPLITS)
+    return min(1 << (fill.bit_length() - 1), triton.next_power_of_2(tiles))  # powers of two
 
 
 @triton.jit

@@ -140,11 +140,12 @@ def test_choose_num_kv_splits():
     # Few programs and long sequences: split until about two programs per SM, a power of two.
     assert ta.choose_num_kv_splits(1, 8, 8192, num_sms=132) == 32
     assert ta.choose_num_kv_splits(4, 8, 8192, num_sms=132) == 8
-    # Short sequences are not split below one KV tile (64 keys by default) each.
-    assert ta.choose_num_kv_splits(1, 8, 768, num_sms=132) == 8
-    assert ta.choose_num_kv_splits(1, 8, 300, num_sms=132) == 4
-    assert ta.choose_num_kv_splits(1, 8, 300, num_sms=132, tile_keys=128) == 2
-    assert ta.choose_num_kv_splits(1, 8, 100, num_sms=132) == 1
+    # Short sequences: no more splits than the power of two that gives each one KV tile (64 keys here).
+    assert ta.choose_num_kv_splits(1, 8, 768, num_sms=132) == 16  # 12 tiles
+    assert ta.choose_num_kv_splits(1, 4, 768, num_sms=132) == 16
+    assert ta.choose_num_kv_splits(1, 8, 300, num_sms=132) == 8  # 5 tiles
+    assert ta.choose_num_kv_splits(1, 8, 300, num_sms=132, tile_keys=128) == 4
+    assert ta.choose_num_kv_splits(1, 8, 64, num_sms=132) == 1  # one tile
     # A full GPU is never split.
     assert ta.choose_num_kv_splits(256, 8, 8192, num_sms=132) == 1
     assert ta.choose_num_kv_splits(1, 1, 10**6, num_sms=132) == ta.MAX_KV_SPLITS
