@@ -3,6 +3,7 @@
     python benchmarks/kernels.py --out kernels.json            # the table below, in about a minute
     python benchmarks/kernels.py --out kernels.json --sweep    # also launch shapes and split counts
     python benchmarks/kernels.py --out sampling.json --sampling-only   # the sampling rows, in seconds
+    python benchmarks/kernels.py --out splits.json --splits-only [--results-dir benchmarks --commit SHA]
 
 Decode: batch 1 and 256, context 512 and 8k, llama-1b (32 q / 8 kv heads, head_dim 64) and llama-8b (32/8,
 head_dim 128) head shapes, bf16, block size 16, blocks shuffled over the cache. The floor is the KV bytes
@@ -14,6 +15,11 @@ bytes read + written). Times are medians:
     decode step under CUDA graphs pays per layer.
 A peer on the same card: torch SDPA (flash) on contiguous, unpaged K/V of the same shapes.
 Every timed case is also checked against the torch reference in fp32 (rel err column).
+
+Splits (`--splits-only`): llama-8b's batch-1 decode attention at TP=1 (32 q / 8 kv heads) and TP=2 (16 / 4),
+context 608 (the throughput benchmark's probe) and 2048, graph time per call (reduce kernel included) for
+every KV split count, beside the count `choose_num_kv_splits` picks for a graph bound (max_model_len) of 768
+and 2048; one `attention_splits` line per case to results.jsonl with --results-dir.
 
 Sampling: `sample_tokens` on bf16 logits [B, 128256] (Llama 3 vocab), B = 1 and 256, every row sampling
 (T = 1) or every row greedy, against the sampler's previous torch path (fp32 copy, softmax, exponential race;
@@ -29,6 +35,7 @@ import json
 import math
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -42,10 +49,12 @@ from benchmarks.graph_timing import graph_call_us  # noqa: E402
 from engine_service.ops import torch_ops  # noqa: E402
 from engine_service.ops import triton_attention as ta  # noqa: E402
 from engine_service.ops import triton_sampling as ts  # noqa: E402
+from pagoda.bench.report import append_jsonl  # noqa: E402
 
 # The SDPA peer may use only fused kernels: the math fallback would repeat K/V per query head (GBs).
 FUSED_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
 SHAPES = {"llama-1b": (32, 8, 64), "llama-8b": (32, 8, 128)}  # q heads, kv heads, head_dim
+SPLIT_SHAPES = {"llama-8b": (32, 8, 128), "llama-8b-tp2": (16, 4, 128)}  # per rank at TP=2
 BLOCK_SIZE = 16
 L2_DEFEAT_BYTES = 256 << 20
 SWEEP_SPLITS = [1, 2, 4, 8, 16, 32, 64]
@@ -78,7 +87,7 @@ class DecodeCase:
     graph timing so the KV comes from DRAM, not L2."""
 
     def __init__(self, shape: str, batch: int, context: int, copies: int = 1, q_len: int = 1, extra=()):
-        heads, kv_heads, dim = SHAPES[shape]
+        heads, kv_heads, dim = SHAPES[shape] if shape in SHAPES else SPLIT_SHAPES[shape]
         self.shape, self.batch, self.context, self.heads, self.kv_heads, self.dim = (
             shape,
             batch,
@@ -253,6 +262,35 @@ def sweep_decode(case: DecodeCase, copy_bw: float) -> list[dict]:
     return out
 
 
+def bench_splits() -> list[dict]:
+    """Batch-1 decode attention per KV split count (see the module docstring)."""
+    rows = []
+    for shape in SPLIT_SHAPES:
+        for context in (608, 2048):
+            case = DecodeCase(shape, 1, context, copies=64)
+            by_splits = {}
+            for splits in SWEEP_SPLITS:
+                if splits > 1 and context // splits < 16:
+                    continue
+                err = case.rel_err(num_kv_splits=splits)
+                if not err < 1e-2:
+                    raise AssertionError(f"{shape} ctx {context} splits {splits}: rel err {err}")
+                by_splits[str(splits)] = round(case.graph_us(num_kv_splits=splits), 2)
+            chosen = {
+                str(bound): ta.choose_num_kv_splits(1, case.kv_heads, bound, ta._num_sms(0))
+                for bound in (768, 2048)
+            }
+            print(
+                f"splits {shape} b1 ctx{context}: {by_splits} (chosen for bound: {chosen})", file=sys.stderr
+            )
+            rows.append(
+                dict(shape=shape, batch=1, context=context, graph_us_by_splits=by_splits, chosen=chosen)
+            )
+            del case
+            torch.cuda.empty_cache()
+    return rows
+
+
 def _name(case: DecodeCase) -> str:
     return f"{case.shape} b{case.batch} ctx{case.context}"
 
@@ -421,9 +459,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="also sweep split counts and launch shapes")
     parser.add_argument("--no-prefill", action="store_true", help="decode rows only")
     parser.add_argument("--sampling-only", action="store_true", help="only the sampling rows")
+    parser.add_argument("--splits-only", action="store_true", help="only the batch-1 KV split sweep")
+    parser.add_argument("--results-dir", help="--splits-only: append its rows to results.jsonl here")
+    parser.add_argument("--commit", default="unknown", help="recorded in the results rows")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
+    if args.splits_only:
+        rows = bench_splits()
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+        if args.results_dir:
+            stamp = dict(kind="attention_splits", date=datetime.now(UTC).isoformat(timespec="seconds"))
+            card = dict(card=torch.cuda.get_device_name(), commit=args.commit)
+            for row in rows:
+                append_jsonl({**stamp, **card, **row}, args.results_dir)
+        return 0
 
     started = time.time()
     copy_bw, mm = copy_bandwidth(), matmul_rate()
