@@ -49,7 +49,10 @@ class ParallelLMHead(VocabParallelEmbedding):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [B, hidden] -> [B, vocab]
         logits = nn.functional.linear(hidden, self.weight)
         if self.tp_size > 1:
-            parts = [torch.empty_like(logits) for _ in range(self.tp_size)]
-            dist.all_gather(parts, logits)
-            logits = torch.cat(parts, dim=-1)
+            # One gather into [rank, B, slice]: a row's slices side by side are its full logits. At B = 1
+            # that is already the [1, vocab] layout (no copy); a larger batch takes one transposing copy.
+            batch, per_rank = logits.shape
+            gathered = logits.new_empty(self.tp_size * batch, per_rank)
+            dist.all_gather_into_tensor(gathered, logits)
+            logits = gathered.view(self.tp_size, batch, per_rank).transpose(0, 1).reshape(batch, -1)
         return logits[:, : self.vocab_size]
