@@ -269,9 +269,7 @@ def bench_splits() -> list[dict]:
         for context in (608, 2048):
             case = DecodeCase(shape, 1, context, copies=64)
             by_splits = {}
-            for splits in SWEEP_SPLITS:
-                if splits > 1 and context // splits < 16:
-                    continue
+            for splits in SWEEP_SPLITS:  # splits past the sequence's end are empty: the graph bound's case
                 err = case.rel_err(num_kv_splits=splits)
                 if not err < 1e-2:
                     raise AssertionError(f"{shape} ctx {context} splits {splits}: rel err {err}")

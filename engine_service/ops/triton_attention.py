@@ -343,9 +343,10 @@ def _reduce_splits_kernel(
 
     m = tl.load(part_max_ptr + base + offs_s, mask=s_valid, other=float("-inf"))
     sums = tl.load(part_sum_ptr + base + offs_s, mask=s_valid, other=0.0)
+    live = s_valid & (m > _EMPTY_MAX)  # a split past the sequence's end left nothing to read
     acc = tl.load(
         part_acc_ptr + (base + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
-        mask=s_valid[:, None] & d_valid[None, :],
+        mask=live[:, None] & d_valid[None, :],
         other=0.0,
     )  # [SPLITS_PAD, D]
     m_all = tl.max(m, axis=0)
