@@ -11,7 +11,8 @@ kernel of WINDOW µs on one SM (the idle window), then the GEMV under test over 
   inline  the same kernel on the main stream between the large GEMV and the window;
   warm    the weight read just before the window by a copy of the GEMV itself (an upper bound on what L2
           residency gives; the extra GEMV's own time is subtracted via the `warm_twice` baseline).
-Per-iteration µs (median replay / CALLS); the saving is none − variant.
+Per-iteration µs (median replay / CALLS); the saving is none − variant. On one H200 (7355d74) nothing
+saved: an L2-resident weight did not make the GEMV faster (benchmarks/RESULTS.md, eighth session).
 """
 
 from __future__ import annotations
