@@ -129,6 +129,15 @@ class DecodeGraphs:
         graph.replay()
         return out[:B]
 
+    def release(self) -> None:
+        """Destroy every captured graph (and with the last one, their memory pool). NCCL counts a reference
+        on its communicator for each graph that captured one of its collectives (the all-reduces of a
+        tensor-parallel run without the custom all-reduce) and tears the communicator down only once they
+        are gone: release the graphs before leaving the process group, or that hangs."""
+        for graph, _ in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+
     def _probe_graph(self, batch_size: int, context_len: int) -> torch.cuda.CUDAGraph:
         """The graph for `batch_size`, its inputs set so that each row attends to `context_len` positions of
         the cache (whatever they hold) and writes nothing (slot -1); replayed three times (warm)."""

@@ -151,6 +151,13 @@ class ModelRunner:
         )
         self.graphs.capture()
 
+    def release_graphs(self) -> None:
+        """Drop the decode graphs once this runner's last step is done (DecodeGraphs.release says why)."""
+        if self.graphs is not None:
+            torch.cuda.synchronize(self.device)
+            self.graphs.release()
+            self.graphs = None
+
     def time_decode_graph(self, batch_size: int, context_len: int, replays: int) -> float | None:
         """The decode graph's own time (ms per replay, see DecodeGraphs.time_replay); None without graphs."""
         if self.graphs is None or batch_size > self.graphs.max_batch_size:

@@ -9,7 +9,7 @@ answers ("ok", kv_bytes_per_block). Then, until "stop" or the driver's end close
     ("call", name, args)   every rank runs ModelRunner.<name>(*args) and answers ("ok", result)
     ("step", StepMessage)  every rank launches the step (forward pass and sampling, on its device);
                            rank 0 answers ("ok", SampleResult), one answer per step, in order
-    ("stop",)              leave the process group and exit 0
+    ("stop",)              drop the CUDA graphs, leave the process group and exit 0
 
 Rank 0 holds a step's answer while the driver may still send the next step (async scheduling): it
 launches that one first and answers after, so the GPU always has the next step queued:
@@ -178,6 +178,7 @@ def serve(conn: Connection, rank: int) -> int:
         except OSError:
             pass
         return 1
+    worker.runner.release_graphs()  # graphs holding NCCL collectives would hang the group's teardown
     dist.destroy_process_group()
     return 0
 

@@ -64,6 +64,20 @@ def test_custom_all_reduce_gives_the_nccl_tokens(tp_models):
     assert token_ids(one_shot) == token_ids(nccl)
 
 
+def test_workers_with_nccl_in_their_graphs_stop_on_their_own(tp_models):
+    """NCCL only: the decode graphs hold NCCL all-reduces, and NCCL tears its communicator down only after
+    every such graph is gone. The workers drop their graphs first, so each leaves the process group and
+    exits 0 within the stop timeout instead of being killed (pytorch/pytorch#115388)."""
+    llm = LLM(str(tp_models["llama"]), device="cuda", num_kv_blocks=256, max_num_seqs=16,
+              tensor_parallel_size=2, custom_all_reduce=False)  # fmt: skip
+    try:
+        llm.generate(prompt_token_ids=prompts(6)[:2], sampling_params=GREEDY)
+    finally:
+        workers = llm.engine.executor.workers
+        llm.engine.shutdown()
+    assert [w.proc.returncode for w in workers] == [0, 0]
+
+
 def test_pdl_gives_the_plain_launch_tokens(tp_models):
     """Every rank's kernels launched with programmatic dependent launch (the default on sm_90+), the fused
     all-reduce + norm among them, give the tokens and logprobs of plain stream order, bit for bit."""
