@@ -124,6 +124,11 @@ class DecodeCase:
         self.kv_bytes = sum(s for _, s in self.pairs) * kv_heads * dim * 2 * 2  # K and V, bf16
         self.scale = dim**-0.5
 
+    def auto_splits(self, bound: int) -> int:
+        """The KV split count paged_attention picks for this batch under a bound (max_seq_len) of `bound`."""
+        tile = ta.short_tiles(self.heads // self.kv_heads, self.dim).tile_n
+        return ta.choose_num_kv_splits(self.batch, self.kv_heads, bound, ta._num_sms(0), tile)
+
     def call(self, copy: int = 0, **kwargs) -> torch.Tensor:
         return ta._paged_attention(
             self.q,
@@ -191,7 +196,7 @@ def bench_decode(copy_bw: float, sweep: bool) -> tuple[list[dict], list[dict]]:
                 kv_bytes = batch * context * SHAPES[shape][1] * SHAPES[shape][2] * 4
                 copies = max(1, min(256, math.ceil(L2_DEFEAT_BYTES / kv_bytes)))
                 case = DecodeCase(shape, batch, context, copies=copies)
-                splits = ta.choose_num_kv_splits(batch, case.kv_heads, context, ta._num_sms(0))
+                splits = case.auto_splits(context)
                 err = case.rel_err()
                 eager, graph = case.eager_us(), case.graph_us()
                 peer = sdpa_us(case)
@@ -241,7 +246,7 @@ def sweep_decode(case: DecodeCase, copy_bw: float) -> list[dict]:
                 frac_of_copy=case.kv_bytes / copy_bw * 1e6 / us,
             )
         )
-    splits = ta.choose_num_kv_splits(case.batch, case.kv_heads, case.context, ta._num_sms(0))
+    splits = case.auto_splits(case.context)
     for tiles in SWEEP_SHORT:
         try:
             err = case.rel_err(short=tiles, num_kv_splits=splits)
@@ -274,10 +279,7 @@ def bench_splits() -> list[dict]:
                 if not err < 1e-2:
                     raise AssertionError(f"{shape} ctx {context} splits {splits}: rel err {err}")
                 by_splits[str(splits)] = round(case.graph_us(num_kv_splits=splits), 2)
-            chosen = {
-                str(bound): ta.choose_num_kv_splits(1, case.kv_heads, bound, ta._num_sms(0))
-                for bound in (768, 2048)
-            }
+            chosen = {str(bound): case.auto_splits(bound) for bound in (768, 2048)}
             print(
                 f"splits {shape} b1 ctx{context}: {by_splits} (chosen for bound: {chosen})", file=sys.stderr
             )
