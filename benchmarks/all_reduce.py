@@ -4,7 +4,7 @@ and the all-reduce fused with the residual add and RMSNorm against the two kerne
     python benchmarks/all_reduce.py [--world-size 2] [--dtype bfloat16] [--results-dir benchmarks]
 
 One process per GPU. For each size (a decode batch's hidden states: rows x 4096 values), both paths of
-engine_service.parallel.all_reduce are checked against the exact sum (eagerly and replayed from a CUDA
+engine_service.distributed.all_reduce are checked against the exact sum (eagerly and replayed from a CUDA
 graph) and timed as the engine runs them: 64 all-reduces captured in one CUDA graph (one decode step of a
 32-layer model), replayed; per-call microseconds = replay time / 64. The fused all-reduce + add + RMSNorm
 (`all_reduce_add_rms_norm`) is checked against NCCL + the separate norm kernel the same ways (the updated
@@ -30,9 +30,9 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from engine_service.distributed import all_reduce  # noqa: E402
+from engine_service.distributed.group import NCCL_DEFAULTS  # noqa: E402
 from engine_service.ops import triton_norm  # noqa: E402
-from engine_service.parallel import all_reduce  # noqa: E402
-from engine_service.parallel.distributed import NCCL_DEFAULTS  # noqa: E402
 from pagoda.bench.report import append_jsonl  # noqa: E402
 
 HIDDEN = 4096

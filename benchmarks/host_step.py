@@ -33,10 +33,10 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine_service.config import EngineConfig  # noqa: E402
-from engine_service.engine import Engine  # noqa: E402
+from engine_service.core.config import EngineConfig  # noqa: E402
+from engine_service.core.sampling_params import SamplingParams  # noqa: E402
+from engine_service.engine.engine import Engine  # noqa: E402
 from engine_service.ops import dispatch  # noqa: E402
-from engine_service.sampling_params import SamplingParams  # noqa: E402
 from pagoda.bench import shapes  # noqa: E402
 from pagoda.bench.report import append_jsonl  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The engine service: a model on its device, a paged KV cache and a continuous-batching loop.
 
-`LLM` and `SamplingParams` are the offline API; `engine_service.main` runs the gRPC service. The names
+`LLM` and `SamplingParams` are the offline API; `engine_service.server.main` runs the gRPC service. The names
 below load lazily, so that `python -m engine_service` can bind its port before torch is imported.
 """
 
@@ -10,18 +10,18 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "LLM": "engine_service.llm",
-    "SamplingParams": "engine_service.sampling_params",
-    "RequestOutput": "engine_service.outputs",
-    "CompletionOutput": "engine_service.outputs",
+    "LLM": "engine_service.engine.llm",
+    "SamplingParams": "engine_service.core.sampling_params",
+    "RequestOutput": "engine_service.core.outputs",
+    "CompletionOutput": "engine_service.core.outputs",
 }
 
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
-    from engine_service.llm import LLM  # noqa: F401
-    from engine_service.outputs import CompletionOutput, RequestOutput  # noqa: F401
-    from engine_service.sampling_params import SamplingParams  # noqa: F401
+    from engine_service.core.outputs import CompletionOutput, RequestOutput  # noqa: F401
+    from engine_service.core.sampling_params import SamplingParams  # noqa: F401
+    from engine_service.engine.llm import LLM  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -2,6 +2,6 @@
 
 import sys
 
-from engine_service.main import main
+from engine_service.server.main import main
 
 sys.exit(main())

@@ -12,11 +12,11 @@ import sys
 # sub-command -> (module, help text)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("pagoda.serve", "run tokenizer, engines and router on this machine"),
-    "engine": ("engine_service.main", "run the gRPC engine service"),
+    "engine": ("engine_service.server.main", "run the gRPC engine service"),
     "tokenizer": ("tokenizer_service.main", "run the gRPC tokenizer service"),
     "router": ("router.main", "run the OpenAI-compatible HTTP router"),
     "bench": ("pagoda.bench", "benchmarks: `throughput` (offline, in-process) and `serve` (online)"),
-    "generate": ("engine_service.generate_cli", "generate offline from a prompt (no servers)"),
+    "generate": ("pagoda.generate", "generate offline from a prompt (no servers)"),
 }
 
 

@@ -13,22 +13,22 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from pagoda.telemetry.tracing import setup_tracing
-from router import chat, completions, status, tokenize
-from router.auth import OPEN_PATHS, ApiKeys
-from router.channels import ChannelFactory
+from router.api import chat, completions, status, tokenize
+from router.api.auth import OPEN_PATHS, ApiKeys
+from router.api.context import CONTEXT, KEY_ID, STARTED, TELEMETRY, RouterContext
+from router.api.limits import RequestLimits, StreamLimiter
+from router.api.streaming import ClientGone
 from router.config import RouterConfig
-from router.context import CONTEXT, KEY_ID, STARTED, TELEMETRY, RouterContext
-from router.discovery.dns import DnsDiscovery
-from router.discovery.static import StaticDiscovery
-from router.dispatch import Dispatcher
-from router.engines import EngineRegistry
 from router.errors import OpenAIError
-from router.limits import RequestLimits, StreamLimiter
 from router.metrics import RouterMetrics
-from router.policies import make_policy
 from router.request_telemetry import RouterTelemetry
-from router.streaming import ClientGone
-from router.tokenizer import TokenizerClient
+from router.upstream.channels import ChannelFactory
+from router.upstream.discovery.dns import DnsDiscovery
+from router.upstream.discovery.static import StaticDiscovery
+from router.upstream.dispatch import Dispatcher
+from router.upstream.engines import EngineRegistry
+from router.upstream.policies import make_policy
+from router.upstream.tokenizer import TokenizerClient
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _discovery_sources(config: RouterConfig, k8s_api_client) -> list[tuple[str, 
     for target in config.engine_dns:
         sources.append((f"dns:{target}", DnsDiscovery(target, config.dns_interval_s)))
     if config.k8s_service or config.k8s_label_selector:
-        from router.discovery.kubernetes import EndpointSliceDiscovery, load_api_client
+        from router.upstream.discovery.kubernetes import EndpointSliceDiscovery, load_api_client
 
         source = EndpointSliceDiscovery(
             k8s_api_client or load_api_client(config.kubeconfig),

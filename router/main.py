@@ -10,7 +10,7 @@ from pathlib import Path
 from pagoda.telemetry.logging import setup_logging
 from pagoda.telemetry.tracing import otlp_endpoint
 from router.config import RouterConfig
-from router.policies import POLICIES
+from router.upstream.policies import POLICIES
 
 _NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 

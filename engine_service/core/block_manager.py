@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
-from engine_service.request import Sequence
+from engine_service.core.sequence import Sequence
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from engine_service.core.block_manager import BlockManager
-from engine_service.request import PLACEHOLDER, Sequence, SequenceStatus
+from engine_service.core.sequence import PLACEHOLDER, Sequence, SequenceStatus
 
 
 @dataclass(slots=True)

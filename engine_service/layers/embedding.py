@@ -6,8 +6,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from engine_service.distributed.all_reduce import all_reduce
 from engine_service.ops import dispatch as ops
-from engine_service.parallel.all_reduce import all_reduce
 
 
 class VocabParallelEmbedding(nn.Module):

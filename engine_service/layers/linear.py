@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine_service.distributed.all_reduce import all_reduce
 from engine_service.ops import dispatch as ops
-from engine_service.parallel.all_reduce import all_reduce
 
 
 def divide(numerator: int, denominator: int) -> int:

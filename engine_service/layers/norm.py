@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine_service.distributed.all_reduce import all_reduce_add_rms_norm
 from engine_service.ops import dispatch as ops
-from engine_service.parallel.all_reduce import all_reduce_add_rms_norm
 
 
 class RMSNorm(nn.Module):

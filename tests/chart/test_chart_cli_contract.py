@@ -14,7 +14,7 @@ from .chartlib import ROOT, VALUES_CASES, VALUES_IDS, container
 
 # component -> (module with parse_args, the sub-command the pod's args start with, if any)
 PARSERS = {
-    "engine": ("engine_service.main", None),
+    "engine": ("engine_service.server.main", None),
     "router": ("router.main", "router"),
     "tokenizer": ("tokenizer_service.main", "tokenizer"),
 }

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from engine_service import LLM, SamplingParams
-from engine_service.cuda_graphs import DecodeGraphs
+from engine_service.worker.cuda_graphs import DecodeGraphs
 
 
 def prompts_of(lengths, seed=0):

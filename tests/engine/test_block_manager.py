@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine_service.core.block_manager import BlockManager
-from engine_service.request import Sequence
-from engine_service.sampling_params import SamplingParams
+from engine_service.core.sampling_params import SamplingParams
+from engine_service.core.sequence import Sequence
 
 
 def seq(name: str, tokens: list[int], salt: str | None = None) -> Sequence:

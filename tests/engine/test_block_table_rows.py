@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from engine_service.block_table_rows import BlockTableRows
+from engine_service.worker.block_table_rows import BlockTableRows
 
 
 def expected(tables):

@@ -8,7 +8,7 @@ import random
 import torch
 
 from engine_service import LLM, SamplingParams
-from engine_service.cuda_graphs import DecodeGraphs, capture_sizes
+from engine_service.worker.cuda_graphs import DecodeGraphs, capture_sizes
 
 
 class EagerReplay:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_service.detokenizer import REPLACEMENT_CHAR, IncrementalDetokenizer
+from engine_service.engine.detokenizer import REPLACEMENT_CHAR, IncrementalDetokenizer
 
 MIXED = "Hello 👋🏽 world! 日本語のテキスト and 中文 ✨ done."
 
@@ -165,7 +165,7 @@ def test_each_step_decodes_a_short_window(tokenizer):
 
 
 def test_the_module_does_not_import_torch():
-    path = Path(__file__).resolve().parents[2] / "engine_service" / "detokenizer.py"
+    path = Path(__file__).resolve().parents[2] / "engine_service" / "engine" / "detokenizer.py"
     code = f"""
 import importlib.util, sys
 class NoTorch:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from engine_service import LLM, SamplingParams
-from engine_service.request import Sequence
-from engine_service.sampler import Sampler
+from engine_service.core.sequence import Sequence
+from engine_service.worker.sampler import Sampler
 
 V = 32
 

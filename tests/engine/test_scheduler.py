@@ -7,9 +7,9 @@ import random
 import pytest
 
 from engine_service.core.block_manager import BlockManager, block_key
+from engine_service.core.sampling_params import SamplingParams
 from engine_service.core.scheduler import Scheduler
-from engine_service.request import Sequence, SequenceStatus
-from engine_service.sampling_params import SamplingParams
+from engine_service.core.sequence import Sequence, SequenceStatus
 
 EOS = 0
 

@@ -10,10 +10,10 @@ import threading
 
 import grpc
 
-from engine_service.config import EngineConfig
-from engine_service.engine import Engine
-from engine_service.server import EngineServer
-from engine_service.service_config import EngineServiceConfig
+from engine_service.core.config import EngineConfig
+from engine_service.engine.engine import Engine
+from engine_service.server.grpc_server import EngineServer
+from engine_service.server.service_config import EngineServiceConfig
 from pagoda.engine.v1 import engine_pb2_grpc
 
 

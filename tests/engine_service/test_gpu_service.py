@@ -22,8 +22,8 @@ def tiny_shape(tmp_path_factory):
 @pytest.mark.parametrize("core", ["process", "thread"])
 def test_streams_on_gpu_match_offline(tiny_shape, core):
     from engine_service import LLM, SamplingParams
-    from engine_service.config import EngineConfig
-    from engine_service.engine import Engine
+    from engine_service.core.config import EngineConfig
+    from engine_service.engine.engine import Engine
     from pagoda.engine.v1 import engine_pb2 as pb
     from tests.engine_service.server_thread import ServerThread
 

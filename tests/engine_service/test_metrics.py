@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import urllib.request
 
-from engine_service.metrics import start_metrics_server
+from engine_service.server.metrics import start_metrics_server
 from pagoda.engine.v1 import engine_pb2 as pb
 from tests.engine_service.server_thread import ServerThread, tiny_engine
 

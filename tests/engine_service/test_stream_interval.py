@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine_service.async_engine import RateMeter
+from engine_service.engine.async_engine import RateMeter
 from pagoda.engine.v1 import engine_pb2 as pb
 from tests.engine_service.server_thread import ServerThread, tiny_engine
 

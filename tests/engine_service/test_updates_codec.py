@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pickle
 
-from engine_service import updates_codec
-from engine_service.outputs import SequenceUpdate, TokenLogprobs
+from engine_service.core.outputs import SequenceUpdate, TokenLogprobs
+from engine_service.engine import updates_codec
 
 
 def update(request_id, index=0, tokens=(5,), logprobs=None, finish=None, stop=None, cached=0):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine_service.engine_loop import WARM_UP_WAVES, warm_up
+from engine_service.engine.engine_loop import WARM_UP_WAVES, warm_up
 from tests.engine_service.server_thread import tiny_engine
 
 

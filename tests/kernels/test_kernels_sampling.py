@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from engine_service import SamplingParams
+from engine_service.core.sequence import Sequence
 from engine_service.ops import torch_ops
 from engine_service.ops import triton_sampling as ts
-from engine_service.request import Sequence
-from engine_service.sampler import Sampler
+from engine_service.worker.sampler import Sampler
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -195,7 +195,7 @@ def test_plain_rows_hand_the_logits_to_the_kernel_untouched(monkeypatch, device)
         seen.append(logits)
         return torch_ops.sample_tokens(logits, temperature, seeds, positions)
 
-    monkeypatch.setattr("engine_service.sampler.dispatch.sample_tokens", spy)
+    monkeypatch.setattr("engine_service.worker.sampler.dispatch.sample_tokens", spy)
     sampler = Sampler(torch.device(device), (0,), seed=0)
     logits = torch.randn(3, 50, device=device).to(torch.bfloat16)
     before = logits.clone()

@@ -13,8 +13,8 @@ import sys
 import pytest
 from prometheus_client.core import HistogramMetricFamily
 
-from engine_service.engine import EngineStats
-from engine_service.stats_logger import stats_line
+from engine_service.engine.engine import EngineStats
+from engine_service.server.stats_logger import stats_line
 from pagoda.telemetry.histogram import Histogram
 from pagoda.telemetry.logging import (
     JsonFormatter,
@@ -97,7 +97,7 @@ def test_the_flag_wins_over_the_standard_variables():
 
 def test_tracing_off_imports_no_opentelemetry():
     code = (
-        "import sys, router.app, router.main, engine_service.server, engine_service.main, "
+        "import sys, router.app, router.main, engine_service.server.grpc_server, engine_service.server.main, "
         "tokenizer_service.server, tokenizer_service.main\n"
         "from router.config import RouterConfig\n"
         "router.app.build_app(RouterConfig(engines=('127.0.0.1:1',)))\n"

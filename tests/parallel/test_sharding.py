@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from engine_service.core.model_config import ModelConfig
 from engine_service.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from engine_service.layers.linear import (
     ColumnParallelLinear,
@@ -17,9 +18,8 @@ from engine_service.layers.linear import (
     QKVParallelLinear,
     RowParallelLinear,
 )
-from engine_service.model_config import ModelConfig
 from engine_service.models.registry import model_class
-from engine_service.weights import CheckpointTensor, checkpoint_files, load_weights
+from engine_service.worker.weights import CheckpointTensor, checkpoint_files, load_weights
 
 
 def row_ids(rows: int, cols: int) -> torch.Tensor:

@@ -12,10 +12,10 @@ import pickle
 import random
 
 from engine_service.core.block_manager import BlockManager
+from engine_service.core.sampling_params import SamplingParams
 from engine_service.core.scheduler import Scheduler, SchedulerOutput
-from engine_service.parallel.step_message import SequenceMirror, StepEncoder
-from engine_service.request import Sequence
-from engine_service.sampling_params import SamplingParams
+from engine_service.core.sequence import Sequence
+from engine_service.worker.step_message import SequenceMirror, StepEncoder
 
 
 def run_workload(seed: int, num_blocks: int) -> tuple[int, int, int]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from engine_service import LLM, SamplingParams
-from engine_service.parallel.distributed import NCCL_DEFAULTS, worker_env
-from engine_service.parallel.multiproc import WorkerError
+from engine_service.distributed.group import NCCL_DEFAULTS, worker_env
+from engine_service.executor.multiproc import WorkerError
 
 TIGHT = dict(
     device="cpu", dtype="float32", block_size=8, num_kv_blocks=20, max_num_batched_tokens=32, max_num_seqs=6

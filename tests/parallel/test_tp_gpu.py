@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from engine_service import LLM, SamplingParams
-from engine_service.parallel.multiproc import WorkerError
+from engine_service.executor.multiproc import WorkerError
 
 pytestmark = [
     pytest.mark.gpu,

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine_service.engine import Engine
+from engine_service.engine.engine import Engine
 from pagoda.engine.v1 import engine_pb2 as pb
 from pagoda.engine.v1 import engine_pb2_grpc
 from tests.engine_service.scripted_model import write_scripted_model
@@ -148,7 +148,7 @@ def worker_pids(root: int) -> list[int]:
                 return True
         return False
 
-    return [p for p, (_, cmd) in parents.items() if b"engine_service.parallel.worker" in cmd and descends(p)]
+    return [p for p, (_, cmd) in parents.items() if b"engine_service.worker.tp_worker" in cmd and descends(p)]
 
 
 def gone(pid: int) -> bool:

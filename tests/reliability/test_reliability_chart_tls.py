@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_service.main import parse_args as engine_args
+from engine_service.server.main import parse_args as engine_args
 from router.main import parse_args as router_args
 from tests.chart.chartlib import (
     CHART,

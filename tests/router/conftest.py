@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from router_fakes import Script, ScriptedEngine, ScriptedTokenizer, start_engine, start_tokenizer
 
+from router.api.context import CONTEXT, RouterContext
 from router.app import start
 from router.config import RouterConfig
-from router.context import CONTEXT, RouterContext
 
 # Fast health checks so that ejection and recovery fit in a test.
 TEST_CONFIG = RouterConfig(

@@ -10,9 +10,9 @@ from conftest import wait_for
 from fake_kube import FakeKubeApi, endpoint, endpoint_slice
 from router_fakes import Script
 
-from router.discovery import host_port
-from router.discovery.dns import DnsDiscovery
-from router.discovery.kubernetes import ready_addresses
+from router.upstream.discovery import host_port
+from router.upstream.discovery.dns import DnsDiscovery
+from router.upstream.discovery.kubernetes import ready_addresses
 
 MSGS = [{"role": "user", "content": "hi"}]
 

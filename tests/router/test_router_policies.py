@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import pytest
 
 from router.config import RouterConfig
-from router.policies import POLICIES, RouteRequest, make_policy
-from router.policies.hashing import rendezvous_order
-from router.policies.least_requests import LeastRequests
-from router.policies.power_of_two import PowerOfTwo
-from router.policies.prefix_affinity import PrefixAffinity
-from router.policies.round_robin import RoundRobin
-from router.policies.session import Session
+from router.upstream.policies import POLICIES, RouteRequest, make_policy
+from router.upstream.policies.hashing import rendezvous_order
+from router.upstream.policies.least_requests import LeastRequests
+from router.upstream.policies.power_of_two import PowerOfTwo
+from router.upstream.policies.prefix_affinity import PrefixAffinity
+from router.upstream.policies.round_robin import RoundRobin
+from router.upstream.policies.session import Session
 
 
 @dataclass

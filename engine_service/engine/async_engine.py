@@ -1,0 +1,339 @@
+"""AsyncEngine: the asyncio side of the engine, over an engine loop running apart (engine_loop.py).
+
+      add_request: validate, register ──▶ core.submit ──▶  engine loop (thread or process)
+      abort / stop-string aborts        ──▶ core.submit
+      _on_step: detokenize, stop strings ◀── publish(updates, stats), once per loop iteration
+      RequestStream.get(): all deltas queued for the request, one merged delta per sample
+
+Every step's updates reach the event loop in one callback, and a stream sends everything queued for it
+in one message per sample: when the front falls behind, messages carry more tokens instead of piling up.
+
+Each stream also keeps its request's times (arrival here; first scheduled, from the loop; first token
+and end, at the step that produced them) for metrics, the request's log line and its trace span.
+
+A watchdog fails the engine (every stream ends with INTERNAL, `on_fatal` is called) when the loop exits
+or dies, or when requests are outstanding and the loop has not finished an iteration for
+`step_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from engine_service.core.outputs import SequenceUpdate
+from engine_service.core.sampling_params import SamplingParams
+from engine_service.engine.engine import EngineStats
+from engine_service.engine.engine_loop import AbortRequest, AddRequest, ProcessCore, StepTimes, ThreadCore
+from engine_service.engine.errors import EngineDeadError, EngineOverloadedError
+from engine_service.engine.output_processor import OutputProcessor, SampleDelta, Usage
+
+log = logging.getLogger(__name__)
+
+
+class MetricsSink(Protocol):
+    """What the front reports to the service's metrics (server/metrics.py's EngineMetrics)."""
+
+    def step(self, stats: EngineStats, times: StepTimes, num_updates: int) -> None: ...
+    def started(self, queued: float, scheduled: float, first_token: float) -> None: ...
+    def first_token(self, stream: RequestStream) -> None: ...
+    def finished(self, stream: RequestStream) -> None: ...
+
+
+# ---- the asyncio side ------------------------------------------------------------------------------
+class RequestStream:
+    """What the engine produced for one request and its consumer has not taken yet.
+
+    The consumer is woken for the first output, for every finish, and otherwise once `stream_interval`
+    tokens are waiting (1: every step). A larger interval sends fewer, bigger messages: less host work
+    per token for the front, at the cost of smoothness (as vLLM's --stream-interval).
+    """
+
+    def __init__(self, request_id: str, stream_interval: int = 1, num_prompt_tokens: int = 0):
+        self.request_id = request_id
+        self.num_prompt_tokens = num_prompt_tokens
+        self.started = False  # a first token (or any output) arrived
+        self.finished = False  # the request's last delta (with usage) was queued
+        # The request's life, in time.monotonic() (the engine loop's clock too): None until it happens.
+        self.arrival_time = time.monotonic()
+        self.queued_time: float | None = None  # added to the engine's queue (in the loop)
+        self.first_scheduled_time: float | None = None
+        self.first_token_time: float | None = None
+        self.finished_time: float | None = None
+        self.finish_reason: str | None = None  # of the last sample to finish
+        self.usage: Usage | None = None
+        self._interval = stream_interval
+        self._held = 0  # tokens queued and not yet taken by the consumer
+        self._deltas: list[SampleDelta] = []
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, delta: SampleDelta) -> None:
+        first = not self.started
+        self._deltas.append(delta)
+        self.started = True
+        self.finished = delta.usage is not None
+        self._held += len(delta.token_ids)
+        if first or delta.finish_reason is not None or self._held >= self._interval:
+            self._ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._ready.set()
+
+    async def get(self) -> list[SampleDelta]:
+        """Everything queued since the last call, merged into one delta per sample (usage last)."""
+        await self._ready.wait()
+        self._ready.clear()
+        if self._error is not None:
+            raise self._error
+        deltas, self._deltas, self._held = self._deltas, [], 0
+        merged: dict[int, SampleDelta] = {}
+        for d in deltas:
+            if d.index in merged:
+                merged[d.index].merge(d)
+            else:
+                merged[d.index] = d
+        return sorted(merged.values(), key=lambda d: d.usage is not None)
+
+
+class RateMeter:
+    """Generated tokens per second over the last `window_s` seconds, from a running total."""
+
+    def __init__(self, window_s: float = 5.0):
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()  # (time, total), at most one per 0.1 s
+
+    def record(self, total: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._samples and now - self._samples[-1][0] < 0.1:
+            self._samples[-1] = (self._samples[-1][0], total)
+        else:
+            self._samples.append((now, total))
+        # Keep one sample at or before the window's start as the base.
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self.window_s:
+            self._samples.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        """Tokens since the newest sample at or before the window's start, per second since that sample.
+
+        The owner records at least every second (the watchdog does), so that sample is about
+        window_s old.
+        """
+        now = time.monotonic() if now is None else now
+        if not self._samples:
+            return 0.0
+        base = self._samples[0]
+        for sample in self._samples:
+            if sample[0] > now - self.window_s:
+                break
+            base = sample
+        elapsed = now - base[0]
+        return (self._samples[-1][1] - base[1]) / elapsed if elapsed > 0 else 0.0
+
+
+class AsyncEngine:
+    """Streams requests through an engine loop (ThreadCore or ProcessCore). Lives on one event loop."""
+
+    def __init__(
+        self,
+        core: ThreadCore | ProcessCore,
+        tokenizer,
+        *,
+        max_waiting: int,
+        step_timeout_s: float,
+        max_logprobs: int = 20,
+        stream_interval: int = 1,
+        on_fatal: Callable[[str], None] = lambda reason: None,
+        metrics: MetricsSink | None = None,
+    ):
+        self.model_info = core.info.model_info
+        self.tokenizer = tokenizer
+        # In a thread, validate with the engine's own checks (they read only what it fixed at start-up).
+        # In a process, check the sampling options here; the loop rejects what only the engine can know.
+        self._validate = core.engine.validate if isinstance(core, ThreadCore) else self._check_params
+        self._max_logprobs = max_logprobs
+        self._max_waiting = max_waiting
+        self._stream_interval = stream_interval
+        self._step_timeout_s = step_timeout_s
+        self._on_fatal = on_fatal
+        self._processor = OutputProcessor(tokenizer)
+        self._streams: dict[str, RequestStream] = {}
+        self._num_waiting = 0  # streams with no output yet: bounded by max_waiting
+        self.stats: EngineStats = core.info.stats
+        self.initial_stats = core.info.stats  # after the warm-up: counters reported to metrics start here
+        self.metrics = metrics  # None: no Prometheus metrics (--metrics-port 0)
+        self.meter = RateMeter()
+        self.error: str | None = None
+        self._stopping = False
+        self._last_progress = time.monotonic()  # the loop's last iteration, or when work arrived while idle
+        self._loop = asyncio.get_running_loop()
+        self._core = core
+        self._watchdog: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._core.start(self._publish_threadsafe, self._on_core_exit)
+        self._watchdog = asyncio.create_task(self._watch(), name="engine-watchdog")
+
+    # ---- requests ------------------------------------------------------------------------------
+    @property
+    def num_requests(self) -> int:
+        return len(self._streams)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests accepted that have produced nothing yet (queued, or in their prefill)."""
+        return self._num_waiting
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        cache_salt: str | None = None,
+    ) -> RequestStream:
+        """Validates and queues a request; raises ValueError (bad input) or EngineOverloadedError."""
+        if self.error is not None:
+            raise EngineDeadError(self.error)
+        if request_id in self._streams:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        self._validate(prompt_token_ids, params)
+        if self._num_waiting >= self._max_waiting:
+            raise EngineOverloadedError(
+                f"the engine has {self._max_waiting} requests waiting (--max-waiting): retry later"
+            )
+        self._processor.add_request(request_id, prompt_token_ids, params)
+        if not self._streams:  # the loop was idle: it owes an iteration from now on
+            self._last_progress = time.monotonic()
+        stream = RequestStream(request_id, self._stream_interval, len(prompt_token_ids))
+        self._streams[request_id] = stream
+        self._num_waiting += 1
+        self._core.submit(AddRequest(request_id, list(prompt_token_ids), params, cache_salt))
+        return stream
+
+    def abort(self, request_id: str) -> bool:
+        """Ends the request's stream now (finish_reason "abort"); the engine frees its blocks next step."""
+        if request_id not in self._streams:
+            return False
+        self._core.submit(AbortRequest(request_id))
+        self._deliver(self._processor.abort(request_id), time.monotonic())
+        return True
+
+    def abort_all(self) -> None:
+        for request_id in list(self._streams):
+            self.abort(request_id)
+
+    async def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Aborts what is left and stops the loop."""
+        self._stopping = True
+        self.abort_all()
+        self._core.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await asyncio.to_thread(self._core.join, timeout_s)
+
+    def _check_params(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_token_ids:
+            raise ValueError("prompt must contain at least one token")
+        params.validate(self.model_info.vocab_size, self._max_logprobs)
+
+    # ---- from the loop -------------------------------------------------------------------------
+    def _publish_threadsafe(self, updates, stats, rejected, times) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._on_step, updates, stats, rejected, times)
+        except RuntimeError:  # the event loop is closed: the process is exiting
+            pass
+
+    def _on_step(
+        self,
+        updates: list[SequenceUpdate],
+        stats: EngineStats,
+        rejected: list[tuple[str, str]],
+        times: StepTimes,
+    ) -> None:
+        if self.error is not None:
+            return
+        self._last_progress = time.monotonic()
+        self.stats = stats
+        self.meter.record(stats.num_generation_tokens)
+        if times.started:  # before the deltas: a request may finish in the step of its first token
+            self._started(times.started)
+        deltas, aborts = self._processor.process(updates)
+        for request_id, index in aborts:  # stop strings
+            self._core.submit(AbortRequest(request_id, index))
+        self._deliver(deltas, times.time)
+        if self.metrics is not None:
+            self.metrics.step(stats, times, len(updates))
+        for request_id, message in rejected:
+            self._processor.abort(request_id)
+            stream = self._streams.pop(request_id, None)
+            if stream is not None:
+                self._num_waiting -= not stream.started
+                stream.fail(ValueError(message))
+
+    def _started(self, started: list[tuple[str, float, float, float]]) -> None:
+        for request_id, queued, scheduled, first_token in started:
+            stream = self._streams.get(request_id)
+            if stream is not None and stream.first_scheduled_time is None:  # n > 1: the first sample's
+                stream.queued_time, stream.first_scheduled_time = queued, scheduled
+            if self.metrics is not None:
+                self.metrics.started(queued, scheduled, first_token)
+
+    def _deliver(self, deltas: list[SampleDelta], now: float) -> None:
+        """`now`: when these deltas' tokens were produced (the step's time), for the streams' timings."""
+        for d in deltas:
+            stream = self._streams.get(d.request_id)
+            if stream is None:
+                continue
+            if not stream.started:
+                self._num_waiting -= 1
+                if d.token_ids:
+                    stream.first_token_time = now
+                    if self.metrics is not None:
+                        self.metrics.first_token(stream)
+            stream.put(d)
+            if stream.finished:
+                del self._streams[d.request_id]
+                stream.finished_time, stream.finish_reason, stream.usage = now, d.finish_reason, d.usage
+                if self.metrics is not None:
+                    self.metrics.finished(stream)
+
+    def _on_core_exit(self, error: BaseException | None) -> None:
+        if error is not None:
+            log.critical("the engine loop died: %s", error, exc_info=error)
+        if not self._stopping:
+            reason = (
+                f"the engine loop died: {type(error).__name__}: {error}"
+                if error
+                else "the engine loop exited"
+            )
+            try:
+                self._loop.call_soon_threadsafe(self._fail, reason)
+            except RuntimeError:  # the event loop is closed: the process is exiting
+                pass
+
+    # ---- failure -------------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        interval = min(1.0, self._step_timeout_s / 4)
+        while self.error is None:
+            await asyncio.sleep(interval)
+            self.meter.record(self.stats.num_generation_tokens)  # keeps the rate falling while idle
+            silent_s = time.monotonic() - self._last_progress
+            if self._streams and silent_s > self._step_timeout_s:
+                self._fail(f"the engine loop has not finished a step for {silent_s:.1f} s (stalled)")
+
+    def _fail(self, reason: str) -> None:
+        if self.error is not None or self._stopping:
+            return
+        log.critical("engine failed: %s", reason)
+        self.error = reason
+        self._core.stop()  # a stalled loop exits once its step returns
+        self._core.kill()  # an engine process is killed at once
+        streams, self._streams, self._num_waiting = self._streams, {}, 0
+        for stream in streams.values():
+            stream.fail(EngineDeadError(f"engine failed: {reason}"))
+        self._on_fatal(reason)

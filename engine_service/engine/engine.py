@@ -1,0 +1,330 @@
+"""The engine: requests in, one scheduler step + forward pass + sampling per `step()`, updates out.
+
+The offline `LLM` and the gRPC service both drive this same loop. It is not thread-safe: whoever owns
+it calls add_request / abort / step from one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine_service.core.block_manager import BlockManager
+from engine_service.core.config import EngineConfig
+from engine_service.core.model_config import ModelConfig
+from engine_service.core.outputs import SequenceUpdate
+from engine_service.core.sampling_params import SamplingParams
+from engine_service.core.scheduler import Scheduler
+from engine_service.core.sequence import Sequence, SequenceStatus
+from engine_service.engine import updates_codec
+from engine_service.engine.tokenizer import load_tokenizer
+from engine_service.executor.executor import Executor
+from engine_service.executor.factory import make_executor
+from engine_service.worker.model_runner import resolve_device, resolve_dtype
+from engine_service.worker.sampler import SampleResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    served_model_name: str
+    model_path: str
+    architecture: str
+    max_model_len: int
+    block_size: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    dtype: str
+    device: str
+    tensor_parallel_size: int
+    max_num_seqs: int
+    num_kv_blocks: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_hit_rate: float
+    num_free_blocks: int
+    num_total_blocks: int
+    num_preemptions: int
+    num_prompt_tokens: int
+    num_generation_tokens: int
+    num_prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache
+    num_prefix_hit_tokens: int = 0  # of which were found there
+    num_steps: int = 0  # steps launched (batches through the model) since start
+
+
+class Engine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.model_config = mc = ModelConfig.from_dir(config.model)
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        self.max_model_len = self._max_model_len(config, mc)
+        # The model, its KV cache and the sampler: here (TP=1) or in one worker process per rank.
+        self.executor: Executor = make_executor(config, mc, device, dtype)
+        try:
+            num_blocks = self._num_kv_blocks(config)
+            self.executor.allocate_kv_cache(num_blocks)
+            if device.type == "cuda" and not config.enforce_eager:
+                self.executor.capture_cuda_graphs(config.max_num_seqs, self.max_model_len)
+        except BaseException:
+            self.executor.shutdown()
+            raise
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.block_manager,
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            self.max_model_len,
+            mc.eos_token_ids,
+        )
+        self.tokenizer = load_tokenizer(mc.path)
+        self.model_info = ModelInfo(
+            served_model_name=config.served_model_name or Path(mc.path).name,
+            model_path=mc.path,
+            architecture=mc.architecture,
+            max_model_len=self.max_model_len,
+            block_size=config.block_size,
+            vocab_size=mc.vocab_size,
+            eos_token_ids=mc.eos_token_ids,
+            dtype=str(dtype).removeprefix("torch."),
+            device=device.type,
+            tensor_parallel_size=config.tensor_parallel_size,
+            max_num_seqs=config.max_num_seqs,
+            num_kv_blocks=num_blocks,
+        )
+        self._requests: dict[str, list[Sequence]] = {}
+        self.num_prompt_tokens = 0
+        self.num_generation_tokens = 0
+        self.num_steps = 0
+        # Set to a list by a server that reports request timings: a sequence is appended when its first
+        # token is sampled (its arrival, first-scheduled and first-token times are all set then).
+        self.started: list[Sequence] | None = None
+        self.async_scheduling = self.executor.supports_async and (
+            config.async_scheduling if config.async_scheduling is not None else device.type == "cuda"
+        )
+        self._inflight = None  # (SchedulerOutput, pending result) of the step on the device
+        # The last batch whose updates were all plain, while none of its sequences finished or was aborted.
+        self._steady: updates_codec.SteadyRows | None = None
+        log.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens per request: %.1fx",
+            num_blocks,
+            config.block_size,
+            num_blocks * self.executor.kv_bytes_per_block / 2**30,
+            self.max_model_len,
+            num_blocks * config.block_size / self.max_model_len,
+        )
+
+    # ---- requests ------------------------------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        cache_salt: str | None = None,
+    ) -> None:
+        """Validate and queue a request; raises ValueError naming the field and its limit."""
+        if request_id in self._requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        self.validate(prompt_token_ids, params)
+        seqs = [
+            Sequence(f"{request_id}#{i}", request_id, i, list(prompt_token_ids), params, cache_salt)
+            for i in range(params.n)
+        ]
+        self._requests[request_id] = seqs
+        for seq in seqs:
+            self.scheduler.add(seq)
+
+    def abort(self, request_id: str, index: int | None = None) -> bool:
+        seqs = self._requests.get(request_id)
+        if not seqs:
+            return False
+        targets = [s for s in seqs if index is None or s.index == index]
+        self.scheduler.abort(targets)
+        self._steady = None  # an in-flight token of theirs is void
+        self.executor.forget(s.seq_id for s in targets)
+        self._forget_finished(request_id)
+        return bool(targets)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0 or self._inflight is not None
+
+    @property
+    def runner(self):
+        """The ModelRunner of a single-process engine (tests and tools look inside it)."""
+        return self.executor.runner
+
+    def check_alive(self) -> None:
+        """Raises when the engine cannot run steps any more (a tensor-parallel worker died)."""
+        self.executor.check_alive()
+
+    def shutdown(self) -> None:
+        """Stops the tensor-parallel workers, if any. Idempotent."""
+        self.executor.shutdown()
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def step(self) -> list[SequenceUpdate]:
+        """Schedule and launch one step; return the updates of the step that finished meanwhile.
+
+        With async scheduling the step launched here is collected by the next call, so the host
+        schedules step n+1 while the device runs step n; otherwise it is collected at once.
+        """
+        return updates_codec.unpack(self.step_packed())
+
+    def step_packed(self) -> updates_codec.PackedUpdates:
+        """`step`, with its updates as built (see updates_codec): what the engine process sends as is."""
+        updates = updates_codec.empty()
+        if self._inflight is not None and self.scheduler.num_with_penalties:
+            updates = self._collect()  # penalties read the output tokens: they must all be known
+        out = self.scheduler.schedule()
+        launched = None
+        if not out.is_empty:
+            tables = self.block_manager.block_tables(s.seq for s in out.scheduled)
+            launched = (out, self.executor.launch(out, tables))
+            self.num_steps += 1
+        if self._inflight is not None:
+            updates_codec.extend(updates, self._collect())
+        self._inflight = launched
+        if launched is not None and not self.async_scheduling:
+            updates_codec.extend(updates, self._collect())
+        if not self.has_unfinished():
+            self.block_manager.check_all_free()
+        return updates
+
+    def _collect(self) -> updates_codec.PackedUpdates:
+        """Wait for the in-flight step's tokens, resolve its placeholders, and build its updates."""
+        out, pending = self._inflight
+        self._inflight = None
+        result = pending.result()
+        sampling = [s.seq for s in out.scheduled if s.samples]
+        finished = self.scheduler.update_from_output(sampling, result.token_ids)
+        self.num_prompt_tokens += out.num_prompt_tokens
+        steady = self._steady
+        if finished or steady is None or steady.seqs != sampling:  # (list !=: identity, at C speed)
+            packed = self._build_updates(sampling, result, finished)
+        else:  # the sequences of an earlier step whose updates were all plain, none finished since
+            packed = steady.packed(result.token_ids)
+        self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
+        self.executor.forget(seq.seq_id for seq in finished)
+        for seq in finished:
+            self._forget_finished(seq.request_id)
+        return packed
+
+    def _build_updates(
+        self, sampling: list[Sequence], result: SampleResult, finished: list[Sequence]
+    ) -> updates_codec.PackedUpdates:
+        """The step's updates, row by row. When every one is plain (and nothing finished), the batch is
+        kept as steady: later steps of the same sequences copy its columns (see updates_codec.SteadyRows)."""
+        done = set(finished)
+        now = time.monotonic()
+        packed = updates_codec.empty()
+        # Runs once per sampled token, so the plain-update rule of updates_codec.pack is inlined here: the
+        # common update is four appends to the columns, no object.
+        request_ids, token_ids = packed.request_ids.append, packed.token_ids.append
+        cached, prompt = packed.num_cached_tokens.append, packed.num_prompt_tokens.append
+        FINISHED = SequenceStatus.FINISHED  # a local: an enum member lookup costs ~60 ns
+        rows = zip(sampling, result.token_ids, result.logprobs, strict=True)
+        for seq, token, logprobs in rows:
+            is_done = seq.status is FINISHED
+            if is_done and seq not in done:
+                continue  # aborted, or stopped by an earlier step's token: this one is void
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+                if self.started is not None:
+                    self.started.append(seq)
+            num_cached = seq.num_cached_tokens if seq.num_cached_tokens > 0 else 0
+            if seq.index == 0 and not is_done and logprobs is None:
+                request_ids(seq.request_id)
+                token_ids(token)
+                cached(num_cached)
+                prompt(seq.num_prompt_tokens)
+                continue
+            packed.other.append(
+                SequenceUpdate(
+                    seq.request_id,
+                    seq.index,
+                    [token],
+                    None if logprobs is None else [logprobs],
+                    seq.finish_reason if is_done else None,
+                    seq.stop_reason if is_done else None,
+                    seq.num_prompt_tokens,
+                    num_cached,
+                )
+            )
+        all_plain = not finished and len(packed.request_ids) == len(sampling)  # no void, no other update
+        self._steady = updates_codec.SteadyRows(sampling, packed) if all_plain else None
+        return packed
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=bm.usage,
+            prefix_cache_hit_rate=bm.num_hit_tokens / bm.num_query_tokens if bm.num_query_tokens else 0.0,
+            num_free_blocks=bm.num_free_blocks,
+            num_total_blocks=bm.num_blocks,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_generation_tokens=self.num_generation_tokens,
+            num_prefix_query_tokens=bm.num_query_tokens,
+            num_prefix_hit_tokens=bm.num_hit_tokens,
+            num_steps=self.num_steps,
+        )
+
+    # ---- internals -----------------------------------------------------------------------------
+    def validate(self, prompt: list[int], params: SamplingParams) -> None:
+        """Raise ValueError naming the field and its limit if the request can never run here."""
+        if not prompt:
+            raise ValueError("prompt must contain at least one token")
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"prompt token id {bad!r} is outside the vocabulary [0, {vocab})")
+        params.validate(vocab, self.config.max_logprobs)
+        capacity = min(self.max_model_len, self.block_manager.num_blocks * self.block_manager.block_size)
+        if len(prompt) >= capacity:
+            raise ValueError(
+                f"prompt has {len(prompt)} tokens; the limit is {capacity - 1} "
+                f"(max_model_len {self.max_model_len}, leaving room for one generated token)"
+            )
+        if params.max_tokens is not None and len(prompt) + params.max_tokens > capacity:
+            raise ValueError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the limit of "
+                f"{capacity} tokens (max_model_len {self.max_model_len})"
+            )
+
+    def _forget_finished(self, request_id: str) -> None:
+        seqs = self._requests.get(request_id)
+        if seqs is not None and all(s.is_finished for s in seqs):
+            del self._requests[request_id]
+
+    @staticmethod
+    def _max_model_len(config: EngineConfig, mc: ModelConfig) -> int:
+        limit = mc.max_position_embeddings
+        cfg = mc.hf_config
+        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+        if window:  # full attention is only exact within the window: cap the context there
+            limit = min(limit, int(window))
+        if config.max_model_len is not None:
+            if config.max_model_len > limit:
+                raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's limit of {limit}")
+            return config.max_model_len
+        return limit
+
+    def _num_kv_blocks(self, config: EngineConfig) -> int:
+        if config.num_kv_blocks is not None:
+            return config.num_kv_blocks
+        per_block = self.executor.kv_bytes_per_block  # on each tensor-parallel rank
+        if self.executor.device.type == "cuda":
+            return self.executor.profile_num_kv_blocks(
+                config.gpu_memory_utilization, config.max_num_batched_tokens
+            )
+        return max(1, int(config.cpu_kv_cache_gib * 2**30) // per_block)

@@ -1,0 +1,90 @@
+"""The executor: what the Engine runs the model through, on one device or across tensor-parallel ranks.
+
+    Engine ── schedule ──▶ executor.execute(SchedulerOutput, block tables) ──▶ SampleResult
+                              UniProcExecutor    one ModelRunner in this process (TP=1)
+                              MultiProcExecutor  one worker process per rank (multiproc.py)
+
+The Engine keeps the scheduler, the block manager and the requests; the executor keeps the model, its KV
+cache and the sampler. Start-up goes: kv_bytes_per_block / profile_num_kv_blocks (sizing),
+allocate_kv_cache, capture_cuda_graphs; then one execute per step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import torch
+
+from engine_service.core.scheduler import SchedulerOutput
+from engine_service.worker.sampler import SampleResult
+
+
+class _Done:
+    """A step that already ran (executors that cannot overlap steps)."""
+
+    def __init__(self, result: SampleResult):
+        self._result = result
+
+    def result(self) -> SampleResult:
+        return self._result
+
+
+class Executor(ABC):
+    device: torch.device  # the ranks' device type (a TP engine's driver holds no GPU itself)
+    # Whether launch() returns before the step's tokens reach the host, so that the engine can schedule
+    # the next step meanwhile (the placeholders of the sampled tokens are filled on the device).
+    supports_async: bool = False
+
+    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]):
+        """Queue a step; `.result()` of what is returned gives its SampleResult."""
+        return _Done(self.execute(out, block_tables))
+
+    @property
+    @abstractmethod
+    def kv_bytes_per_block(self) -> int:
+        """Bytes one KV block takes on each rank (all layers, K and V)."""
+
+    @abstractmethod
+    def profile_num_kv_blocks(self, gpu_memory_utilization: float, max_num_batched_tokens: int) -> int:
+        """KV blocks that fit on every rank's GPU after the weights and a peak-activation pass."""
+
+    @abstractmethod
+    def allocate_kv_cache(self, num_blocks: int) -> None: ...
+
+    @abstractmethod
+    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None: ...
+
+    @abstractmethod
+    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
+        """One forward pass over the scheduled tokens; a token for each sequence that caught up."""
+
+    def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
+        """A benchmark's probe: ms per replay of the decode CUDA graph (every rank in step), None without
+        graphs. Only between steps: it overwrites the graphs' inputs."""
+        return None
+
+    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int = 20) -> list | None:
+        """A benchmark's probe: rank 0's kernels of one decode graph replay as (name, launches, µs), None
+        without graphs. Only between steps, like time_decode_graph."""
+        return None
+
+    @abstractmethod
+    def start_profile(self, trace_dir: str) -> None:
+        """torch.profiler on every rank (host and device) until stop_profile: a benchmark's tool."""
+
+    @abstractmethod
+    def stop_profile(self) -> list[str]:
+        """Stop the profile; every rank writes its Chrome trace to trace_dir. Returns their paths."""
+
+    @abstractmethod
+    def forget(self, seq_ids: Iterable[str]) -> None:
+        """These sequences finished or were aborted: drop what the executor keeps per sequence."""
+
+    @abstractmethod
+    def check_alive(self) -> None:
+        """Raises if the executor can no longer run steps (a worker process died)."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Releases the devices (stops worker processes). Idempotent."""

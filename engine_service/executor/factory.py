@@ -1,0 +1,36 @@
+"""make_executor: one process for tensor parallelism 1, one worker process per rank above it."""
+
+from __future__ import annotations
+
+import torch
+
+from engine_service.core.config import EngineConfig
+from engine_service.core.model_config import ModelConfig
+from engine_service.executor.executor import Executor
+from engine_service.executor.multiproc import MultiProcExecutor
+from engine_service.executor.uniproc import UniProcExecutor
+from engine_service.worker.model_runner import ModelRunner
+from engine_service.worker.tp_worker import WorkerSpec
+
+
+def make_executor(
+    config: EngineConfig, model_config: ModelConfig, device: torch.device, dtype: torch.dtype
+) -> Executor:
+    if config.tensor_parallel_size == 1:
+        runner = ModelRunner(
+            model_config, device, dtype, config.block_size, config.load_format, config.seed, pdl=config.pdl
+        )
+        return UniProcExecutor(runner)
+
+    spec = WorkerSpec(
+        model_path=model_config.path,
+        device=device.type,
+        dtype=str(dtype).removeprefix("torch."),
+        block_size=config.block_size,
+        load_format=config.load_format,
+        seed=config.seed,
+        tp_size=config.tensor_parallel_size,
+        custom_all_reduce=config.custom_all_reduce,
+        pdl=config.pdl,
+    )
+    return MultiProcExecutor(spec, model_config)

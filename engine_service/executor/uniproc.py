@@ -1,0 +1,59 @@
+"""UniProcExecutor: the model in this process (tensor parallelism 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine_service.core.scheduler import SchedulerOutput
+from engine_service.executor.executor import Executor
+from engine_service.worker.model_runner import ModelRunner
+from engine_service.worker.sampler import SampleResult
+
+
+class UniProcExecutor(Executor):
+    """The model in this process: a thin pass-through to one ModelRunner, no cost per step."""
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+        self.device = runner.device
+        self.supports_async = True
+
+    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]):
+        return self.runner.launch(out, block_tables)
+
+    @property
+    def kv_bytes_per_block(self) -> int:
+        return self.runner.kv_bytes_per_block
+
+    def profile_num_kv_blocks(self, gpu_memory_utilization: float, max_num_batched_tokens: int) -> int:
+        return self.runner.profile_num_kv_blocks(gpu_memory_utilization, max_num_batched_tokens)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.runner.allocate_kv_cache(num_blocks)
+
+    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        self.runner.capture_cuda_graphs(max_num_seqs, max_model_len)
+
+    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
+        return self.runner.execute(out, block_tables)
+
+    def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
+        return self.runner.time_decode_graph(batch_size, context_len, replays)
+
+    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int = 20) -> list | None:
+        return self.runner.profile_decode_graph(batch_size, context_len, replays)
+
+    def start_profile(self, trace_dir: str) -> None:
+        self.runner.start_profile(trace_dir)
+
+    def stop_profile(self) -> list[str]:
+        return [self.runner.stop_profile()]
+
+    def forget(self, seq_ids: Iterable[str]) -> None:
+        self.runner.forget(seq_ids)
+
+    def check_alive(self) -> None:
+        pass  # nothing here can die on its own
+
+    def shutdown(self) -> None:
+        pass  # the model and its cache go with this process

@@ -1,0 +1,130 @@
+"""Protobuf <-> engine types, so that servicer methods stay a few lines.
+
+Unset optional proto fields take the offline API's defaults, except max_tokens: unset means "as many
+as fit in max_model_len" (the proto's documented default), not SamplingParams' 16.
+"""
+
+from __future__ import annotations
+
+from engine_service.core.outputs import TokenLogprobs
+from engine_service.core.sampling_params import SamplingParams
+from engine_service.engine.engine import EngineStats, ModelInfo
+from engine_service.engine.output_processor import SampleDelta
+from pagoda.engine.v1 import engine_pb2 as pb
+
+MAX_REQUEST_ID_LEN = 256
+
+FINISH_REASONS = {
+    None: pb.FINISH_REASON_UNSPECIFIED,
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "abort": pb.FINISH_REASON_ABORT,
+}
+
+
+def sampling_params_from_pb(p: pb.SamplingParams) -> SamplingParams:
+    """Raises ValueError for what SamplingParams cannot express; SamplingParams.validate checks the rest."""
+    if p.HasField("prompt_logprobs"):
+        raise ValueError("sampling_params.prompt_logprobs is not supported yet: leave it unset")
+
+    def opt(name: str, default):
+        return getattr(p, name) if p.HasField(name) else default
+
+    return SamplingParams(
+        n=opt("n", 1),
+        max_tokens=opt("max_tokens", None),
+        min_tokens=p.min_tokens,
+        temperature=opt("temperature", 1.0),
+        top_p=opt("top_p", 1.0),
+        top_k=opt("top_k", -1),
+        min_p=p.min_p,
+        presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty,
+        repetition_penalty=opt("repetition_penalty", 1.0),
+        logit_bias=dict(p.logit_bias),
+        seed=opt("seed", None),
+        ignore_eos=p.ignore_eos,
+        stop_token_ids=list(p.stop_token_ids),
+        stop=list(p.stop),
+        include_stop_str_in_output=p.include_stop_str_in_output,
+        skip_special_tokens=opt("skip_special_tokens", True),
+        logprobs=opt("logprobs", None),
+    )
+
+
+def check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID_LEN:
+        raise ValueError(f"request_id must be at most {MAX_REQUEST_ID_LEN} characters, got {len(request_id)}")
+
+
+class TokenTexts:
+    """Each token's text decoded on its own (for logprobs), cached: a vocabulary is decoded at most once."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._cache.get(token_id)
+        if text is None:
+            text = self._tokenizer.decode([token_id]) if self._tokenizer is not None else ""
+            self._cache[token_id] = text
+        return text
+
+
+def delta_to_pb(d: SampleDelta, token_text: TokenTexts) -> pb.GenerateResponse:
+    msg = pb.GenerateResponse(index=d.index, token_ids=d.token_ids, text=d.text)
+    if d.logprobs:
+        msg.logprobs.extend(_position_logprobs(lp, token_text) for lp in d.logprobs)
+    if d.finish_reason is not None:
+        msg.finish_reason = FINISH_REASONS[d.finish_reason]
+        if d.stop_reason is not None:
+            msg.stop_reason = str(d.stop_reason)
+    if d.usage is not None:
+        u = d.usage
+        msg.usage.CopyFrom(
+            pb.Usage(
+                prompt_tokens=u.prompt_tokens,
+                completion_tokens=u.completion_tokens,
+                cached_prompt_tokens=u.cached_prompt_tokens,
+            )
+        )
+    return msg
+
+
+def _position_logprobs(lp: TokenLogprobs, token_text: TokenTexts) -> pb.PositionLogprobs:
+    return pb.PositionLogprobs(
+        sampled=pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, token=token_text(lp.token_id)),
+        top=[pb.TokenLogprob(token_id=t, logprob=v, token=token_text(t)) for t, v in lp.top],
+    )
+
+
+def model_info_to_pb(info: ModelInfo) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        served_model_name=info.served_model_name,
+        model_path=info.model_path,
+        architecture=info.architecture,
+        max_model_len=info.max_model_len,
+        block_size=info.block_size,
+        vocab_size=info.vocab_size,
+        eos_token_ids=list(info.eos_token_ids),
+        dtype=info.dtype,
+        device=info.device,
+        tensor_parallel_size=info.tensor_parallel_size,
+        max_num_seqs=info.max_num_seqs,
+        num_kv_blocks=info.num_kv_blocks,
+    )
+
+
+def server_info_to_pb(stats: EngineStats, generation_tokens_per_s: float, draining: bool) -> pb.ServerInfo:
+    return pb.ServerInfo(
+        num_running=stats.num_running,
+        num_waiting=stats.num_waiting,
+        kv_cache_usage=stats.kv_cache_usage,
+        prefix_cache_hit_rate=stats.prefix_cache_hit_rate,
+        generation_tokens_per_s=generation_tokens_per_s,
+        draining=draining,
+        num_free_blocks=stats.num_free_blocks,
+        num_total_blocks=stats.num_total_blocks,
+        num_steps=stats.num_steps,
+    )

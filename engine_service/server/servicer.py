@@ -1,0 +1,80 @@
+"""The EngineService RPCs: thin, over AsyncEngine. Errors map to statuses in errors.grpc_errors."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+
+from engine_service.engine.async_engine import AsyncEngine
+from engine_service.server import convert
+from engine_service.server.errors import grpc_errors
+from engine_service.server.request_telemetry import RequestTelemetry
+from engine_service.server.serving_state import ServingState
+from pagoda.engine.v1 import engine_pb2 as pb
+from pagoda.engine.v1 import engine_pb2_grpc
+
+
+class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
+    def __init__(self, state: ServingState, telemetry: RequestTelemetry | None = None):
+        self.state = state
+        self.telemetry = telemetry or RequestTelemetry(tracing=None, log_requests=False, model_name="")
+
+    @grpc_errors
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+        request_id = request.request_id or uuid.uuid4().hex
+        with self.telemetry.generate(request_id, context.invocation_metadata()) as call:
+            engine = self.state.accepting()
+            convert.check_request_id(request_id)
+            params = convert.sampling_params_from_pb(request.sampling_params)
+            prompt = await self._prompt(request, engine)
+            stream = call.stream = engine.add_request(request_id, prompt, params, request.cache_salt or None)
+            done = False  # the request's last message (with usage) was sent
+            try:
+                while not done:
+                    for delta in await stream.get():
+                        await context.write(convert.delta_to_pb(delta, self.state.token_texts))
+                        done = delta.usage is not None
+            finally:
+                if not done:  # cancelled by the client, or the write failed
+                    engine.abort(request_id)
+
+    @grpc_errors
+    async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:
+        return pb.AbortResponse(found=self.state.ready().abort(request.request_id))
+
+    @grpc_errors
+    async def GetModelInfo(self, request, context) -> pb.ModelInfo:
+        return convert.model_info_to_pb(self.state.ready().model_info)
+
+    @grpc_errors
+    async def GetServerInfo(self, request, context) -> pb.ServerInfo:
+        return self._server_info()
+
+    @grpc_errors
+    async def WatchServerInfo(self, request: pb.WatchServerInfoRequest, context) -> None:
+        interval_s = (request.interval_ms or 1000) / 1000
+        if interval_s < 0.05:
+            raise ValueError(f"interval_ms must be at least 50, got {request.interval_ms}")
+        while True:
+            await context.write(self._server_info())
+            await asyncio.sleep(interval_s)
+
+    def _server_info(self) -> pb.ServerInfo:
+        engine = self.state.ready()
+        return convert.server_info_to_pb(engine.stats, engine.meter.rate(), self.state.draining)
+
+    @staticmethod
+    async def _prompt(request: pb.GenerateRequest, engine: AsyncEngine) -> list[int]:
+        which = request.WhichOneof("prompt")
+        if which == "prompt_token_ids":
+            return list(request.prompt_token_ids.ids)
+        if which is None:
+            raise ValueError("prompt is required: set prompt_token_ids or text")
+        if engine.tokenizer is None:
+            raise ValueError(
+                "text needs the model's tokenizer, and the model folder has none: send prompt_token_ids"
+            )
+        # Off the event loop: a long text takes milliseconds to encode.
+        return await asyncio.to_thread(engine.tokenizer.encode, request.text)

@@ -1,0 +1,185 @@
+"""CUDA graphs for decode-only steps: one graph per padded batch size, captured at start-up.
+
+A decode step of a small model is mostly launch overhead: dozens of kernels per layer, each a few
+microseconds of work. Capturing the whole forward pass once per batch size turns a step into one replay.
+The graphs read persistent input buffers; a step copies its inputs into them and pads the batch up to the
+next captured size (padding rows are sequences of length 0: they write no KV (slot -1) and attend to nothing).
+
+    sizes: 1 2 4 8 16 24 ... max_num_seqs (rounded up to a multiple of 8)
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine_service.layers.attention import AttentionMetadata
+from engine_service.worker import host_copy
+
+log = logging.getLogger(__name__)
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    top = -(-max_num_seqs // 8) * 8
+    return [s for s in (1, 2, 4) if s < top] + list(range(8, top + 1, 8))
+
+
+class DecodeGraphs:
+    def __init__(
+        self,
+        model: nn.Module,
+        kv_caches: list,
+        max_num_seqs: int,
+        max_model_len: int,
+        block_size: int,
+        device: torch.device,
+    ):
+        self.model, self.kv_caches = model, kv_caches
+        self.sizes = capture_sizes(max_num_seqs)
+        self.max_model_len = max_model_len
+        max_bs, max_blocks = self.sizes[-1], -(-max_model_len // block_size)
+        i32, i64 = torch.int32, torch.int64
+        # One int64 device buffer holds every per-step input, so a step is one host-to-device copy from one
+        # pinned buffer: rows 0..3 are input ids, positions, KV slots, seq lens; then the block table.
+        self.max_blocks = max_blocks
+        self._device = torch.zeros(4 * max_bs + max_bs * max_blocks, dtype=i64, device=device)
+        self.input_ids = self._device[:max_bs]
+        self.positions = self._device[max_bs : 2 * max_bs]
+        self.slot_mapping = self._device[2 * max_bs : 3 * max_bs]
+        self._seq_lens64 = self._device[3 * max_bs : 4 * max_bs]
+        self.block_tables = torch.zeros(max_bs, max_blocks, dtype=i32, device=device)
+        self.seq_lens = torch.zeros(max_bs, dtype=i32, device=device)
+        self.query_start_loc = torch.arange(max_bs + 1, dtype=i32, device=device)  # one query per sequence
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.sizes[-1]
+
+    def _meta(self, bs: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=self.slot_mapping[:bs],
+            query_start_loc=self.query_start_loc[: bs + 1],
+            seq_lens=self.seq_lens[:bs],
+            block_tables=self.block_tables[:bs],
+            max_query_len=1,
+            max_seq_len=self.max_model_len,  # the split-KV count must serve the longest sequence
+        )
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        start = time.perf_counter()
+        pool = torch.cuda.graph_pool_handle() if torch.cuda.is_available() else None
+        for bs in reversed(self.sizes):  # largest first, so the smaller graphs reuse its memory pool
+            self.graphs[bs] = self._capture_one(bs, pool)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        log.info(
+            "captured %d decode CUDA graphs (batch 1..%d) in %.1f s",
+            len(self.sizes),
+            self.sizes[-1],
+            time.perf_counter() - start,
+        )
+
+    def _capture_one(self, bs: int, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        args = (self.input_ids[:bs], self.positions[:bs], self.kv_caches, self._meta(bs))
+        self.model(*args)  # warm-up: compiles the kernels for this shape outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = self.model(*args)
+        return graph, out
+
+    def run(
+        self,
+        input_ids: list[int],
+        positions: list[int],
+        slots: list[int],
+        seq_lens: list[int],
+        table: np.ndarray,
+        fixup=None,
+    ) -> torch.Tensor:  # [B, hidden]
+        """Replay the graph for B sequences (`table`: their [B, width] block table); `fixup(input_ids)` may
+        patch device-side input ids first."""
+        B = len(input_ids)
+        bs = self.sizes[bisect.bisect_left(self.sizes, B)]
+        max_bs = self.sizes[-1]
+        width, table_start = table.shape[1], 4 * max_bs
+        # A fresh pinned buffer each step (see host_copy): the previous step's copy may not have run yet.
+        host, staging = host_copy.pinned(table_start + B * width, torch.int64, self._device.device)
+        # Padding rows are sequences of length 0: no KV write (slot -1), nothing to attend to. Past the
+        # graph's size `bs` the rows are left unset: no graph of this size reads them.
+        for i, (row, fill) in enumerate(((input_ids, 0), (positions, 0), (slots, -1), (seq_lens, 0))):
+            staging[i * max_bs : i * max_bs + B] = row
+            staging[i * max_bs + B : i * max_bs + bs] = fill
+        staging[table_start:] = table.reshape(-1)
+        self._device[: table_start + B * width].copy_(host, non_blocking=True)
+        # int64 -> int32 views the kernels read (block table rows are `width` wide here, max_blocks there)
+        self.seq_lens[:bs].copy_(self._seq_lens64[:bs])
+        table_view = self._device[table_start : table_start + B * width].view(B, width)
+        self.block_tables[:B, :width].copy_(table_view)
+        if fixup is not None:
+            fixup(self.input_ids)
+        graph, out = self.graphs[bs]
+        graph.replay()
+        return out[:B]
+
+    def release(self) -> None:
+        """Destroy every captured graph (and with the last one, their memory pool). NCCL counts a reference
+        on its communicator for each graph that captured one of its collectives (the all-reduces of a
+        tensor-parallel run without the custom all-reduce) and tears the communicator down only once they
+        are gone: release the graphs before leaving the process group, or that hangs."""
+        for graph, _ in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+
+    def _probe_graph(self, batch_size: int, context_len: int) -> torch.cuda.CUDAGraph:
+        """The graph for `batch_size`, its inputs set so that each row attends to `context_len` positions of
+        the cache (whatever they hold) and writes nothing (slot -1); replayed three times (warm)."""
+        bs = self.sizes[bisect.bisect_left(self.sizes, batch_size)]
+        blocks = min(self.max_blocks, self.kv_caches[0][0].shape[0])
+        context_len = min(context_len, blocks * self.kv_caches[0][0].shape[1])
+        self.input_ids.zero_()
+        self.positions.fill_(context_len - 1)
+        self.slot_mapping.fill_(-1)
+        self.seq_lens[:bs] = context_len
+        self.block_tables[:bs, :blocks] = torch.arange(blocks, dtype=torch.int32, device=self._device.device)
+        graph, _ = self.graphs[bs]
+        for _ in range(3):
+            graph.replay()
+        return graph
+
+    @torch.inference_mode()
+    def time_replay(self, batch_size: int, context_len: int, replays: int) -> float:
+        """Milliseconds per replay of the graph for `batch_size`, replayed back to back: the device's own
+        decode step, without the host loop around it. Overwrites the graph inputs."""
+        graph = self._probe_graph(batch_size, context_len)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / replays
+
+    @torch.inference_mode()
+    def profile_replay(self, batch_size: int, context_len: int, replays: int) -> list:
+        """The kernels of one replay as (name, launches, µs), from torch.profiler over `replays` replays
+        (the same inputs as time_replay), longest first. Overwrites the graph inputs."""
+        graph = self._probe_graph(batch_size, context_len)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(replays):
+                graph.replay()
+            torch.cuda.synchronize()
+        kernels = [
+            (e.key, e.count / replays, e.device_time_total / replays)
+            for e in prof.key_averages()
+            if e.device_time_total > 0
+        ]
+        return sorted(kernels, key=lambda k: -k[2])

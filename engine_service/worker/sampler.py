@@ -1,0 +1,257 @@
+"""Sampling on the device: every option of SamplingParams, one host sync per step (the token ids).
+
+Order, as vLLM applies it: logprobs come from the raw logits; then logit_bias, the min_tokens mask and
+the penalties change the logits, and min_p, top-k and top-p (judged on the logits over the temperature)
+set the tokens they exclude to -inf, each only on the rows that ask for it. Then one kernel,
+`dispatch.sample_tokens`, reads every logit once: greedy rows take the argmax, the others the Gumbel-max
+draw argmax(logits / T + g), which samples softmax(logits / T) exactly. A row's noise g is a pure function
+of (its sequence's seed, its number of output tokens, the column), so a sequence's draws do not depend on
+the batch it rides in or on a preemption, and a request with a seed repeats. When no row needs any
+processing, the LM head's logits (bf16 on a GPU) go to the kernel as they are: no fp32 copy, no softmax.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from engine_service.core.outputs import TokenLogprobs
+from engine_service.core.sampling_params import SamplingParams
+from engine_service.core.sequence import Sequence
+from engine_service.ops import dispatch
+from engine_service.worker import host_copy
+
+# Temperatures below this are greedy, as in vLLM: 1/T would blow the scores up to inf.
+_MIN_TEMPERATURE = 1e-5
+_SEED_MASK = 2**63 - 1
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs | None]
+
+
+@dataclass
+class _BatchRows:
+    """What a batch's rows ask of the draw, apart from their positions: fixed by their params and seeds, so
+    the sampler keeps it (its tensors already on the device) while the same sequences come in the same
+    order, as in every step of a steady decode."""
+
+    seqs: list[Sequence]
+    temperatures: list[float]  # 0.0 for a greedy row
+    temperature: torch.Tensor  # the same, float32 on the device
+    seeds: torch.Tensor  # int64 on the device
+    num_logprobs: list[int | None]
+    any_logprobs: bool
+    always_processed: bool  # a row has logit_bias, penalties or a filter: its logits change every draw
+    max_min_tokens: int  # a row below its min_tokens has its stop tokens masked (processed) too
+
+
+class Sampler:
+    def __init__(self, device: torch.device, eos_token_ids: tuple[int, ...], seed: int):
+        self.device = device
+        self.eos_token_ids = eos_token_ids
+        self._rng = random.Random(seed)  # seeds of sequences whose request has none
+        self._rows: _BatchRows | None = None  # the last batch's rows, kept while the batch stays the same
+
+    def __call__(
+        self, logits: torch.Tensor, seqs: list[Sequence], positions: list[int] | None = None
+    ) -> SampleResult:
+        return self.launch(logits, seqs, positions).result()
+
+    def launch(
+        self, logits: torch.Tensor, seqs: list[Sequence], positions: list[int] | None = None
+    ) -> PendingSample:
+        """Queue the draw on the device; the tokens reach the host when `result()` is called.
+
+        logits: [B, V]; positions[i]: which output token of seqs[i] this draws (0 = the first), which is
+        also the counter of its noise and the length of the output history its penalties read. The
+        default, for sequences that hold no placeholder, is the next one: len(output_token_ids).
+        """
+        if positions is None:
+            positions = [len(s.output_token_ids) for s in seqs]
+        rows = self._rows
+        if rows is None or rows.seqs != seqs:  # by identity, element by element, at C speed
+            rows = self._rows = self._batch_rows(seqs)
+        processing = rows.always_processed or (rows.max_min_tokens > 0 and _below_min_tokens(seqs, positions))
+        raw_logprobs = None
+        if rows.any_logprobs:
+            raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [B, V]
+        if processing:
+            logits = self._process(logits.to(torch.float32, copy=True), seqs, positions)  # a copy, always
+            self._exclude_filtered(logits, seqs, rows.temperatures)
+        (counters,) = host_copy.int64_parts([positions], self.device)
+        tokens = dispatch.sample_tokens(logits, rows.temperature, rows.seeds, counters)  # [B]
+        return PendingSample(tokens, raw_logprobs, rows.num_logprobs)
+
+    def _batch_rows(self, seqs: list[Sequence]) -> _BatchRows:
+        """What the rows of `seqs` ask of every draw: one pass, once per batch (not per step)."""
+        temperatures, seeds, num_logprobs = [], [], []
+        always_processed = False
+        for seq in seqs:
+            params = seq.params
+            temperature = 0.0 if params.temperature < _MIN_TEMPERATURE else params.temperature
+            temperatures.append(temperature)
+            seeds.append(self._seed(seq))
+            num_logprobs.append(params.logprobs)
+            always_processed = always_processed or _always_processed(params, temperature)
+        (seeds_on_device,) = host_copy.int64_parts([seeds], self.device)
+        return _BatchRows(
+            seqs=list(seqs),  # a copy: the caller may reuse its list
+            temperatures=temperatures,
+            temperature=host_copy.float32(temperatures, self.device),
+            seeds=seeds_on_device,
+            num_logprobs=num_logprobs,
+            any_logprobs=any(n is not None for n in num_logprobs),
+            always_processed=always_processed,
+            max_min_tokens=max((s.params.min_tokens for s in seqs), default=0),
+        )
+
+    def _seed(self, seq: Sequence) -> int:
+        """63 bits: the request's seed + the sample's index, else one drawn once from the sampler's RNG."""
+        seed = seq.sampling_seed
+        if seed is None:
+            if seq.params.seed is not None:
+                seed = (seq.params.seed + seq.index) & _SEED_MASK
+            else:
+                seed = self._rng.getrandbits(63)
+            seq.sampling_seed = seed
+        return seed
+
+    # ---- logits processing ---------------------------------------------------------------------
+    def _process(
+        self, logits: torch.Tensor, seqs: list[Sequence], positions: list[int] | None = None
+    ) -> torch.Tensor:
+        if positions is None:
+            positions = [len(s.output_token_ids) for s in seqs]
+        rows_bias = [(i, s.params.logit_bias) for i, s in enumerate(seqs) if s.params.logit_bias]
+        for i, bias in rows_bias:
+            ids = torch.tensor(list(bias.keys()), device=self.device, dtype=torch.long)
+            logits[i, ids] += torch.tensor(list(bias.values()), device=self.device, dtype=logits.dtype)
+        for i, s in enumerate(seqs):
+            if positions[i] < s.params.min_tokens:
+                eos = [] if s.params.ignore_eos else list(self.eos_token_ids)
+                banned = list(s.params.stop_token_ids) + eos
+                if banned:
+                    logits[i, banned] = float("-inf")
+        rows = [i for i, s in enumerate(seqs) if s.params.has_penalties]
+        if rows:
+            history = [seqs[i].output_token_ids[: positions[i]] for i in rows]  # the tokens before this draw
+            logits[rows] = self._penalize(logits[rows], [seqs[i] for i in rows], history)
+        return logits
+
+    def _penalize(self, logits: torch.Tensor, seqs: list[Sequence], outputs: list[list[int]]) -> torch.Tensor:
+        B, V = logits.shape
+        counts = torch.zeros(B, V, device=self.device)
+        seen = torch.zeros(B, V, dtype=torch.bool, device=self.device)
+        for i, (s, out) in enumerate(zip(seqs, outputs, strict=True)):
+            if out:
+                out_ids = torch.tensor(out, device=self.device)
+                counts[i].index_add_(0, out_ids, torch.ones(len(out_ids), device=self.device))
+            seen[i, torch.tensor(s.prompt_token_ids + out, device=self.device)] = True
+        rep = torch.tensor([s.params.repetition_penalty for s in seqs], device=self.device)[:, None]
+        freq = torch.tensor([s.params.frequency_penalty for s in seqs], device=self.device)[:, None]
+        pres = torch.tensor([s.params.presence_penalty for s in seqs], device=self.device)[:, None]
+        # Repetition penalty (CTRL): over prompt and output tokens, shrink positive logits, grow negatives.
+        penalized = torch.where(logits > 0, logits / rep, logits * rep)
+        logits = torch.where(seen, penalized, logits)
+        # OpenAI's frequency and presence penalties: over generated tokens only.
+        return logits - freq * counts - pres * (counts > 0).float()
+
+    # ---- filtering ---------------------------------------------------------------------------------
+    def _exclude_filtered(self, logits: torch.Tensor, seqs: list[Sequence], temps: list[float]) -> None:
+        """-inf, in place, where min_p / top-k / top-p exclude a token of a sampling row."""
+        rows = [i for i, s in enumerate(seqs) if temps[i] > 0 and _filters(s.params)]
+        if not rows:
+            return
+        temp = torch.tensor([temps[i] for i in rows], device=self.device)[:, None]  # [R, 1]
+        filtered = self._filter(logits[rows] / temp, [seqs[i] for i in rows])  # [R, V]
+        logits[rows] = logits[rows].masked_fill(filtered.isneginf(), float("-inf"))
+
+    def _filter(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        V = logits.shape[-1]
+        min_p = [s.params.min_p for s in seqs]
+        if any(min_p):
+            probs = torch.softmax(logits, dim=-1)
+            best = probs.max(dim=-1, keepdim=True).values  # [B, 1]
+            threshold = torch.tensor(min_p, device=self.device)[:, None] * best
+            logits = logits.masked_fill(probs < threshold, float("-inf"))
+        top_k = [s.params.top_k if s.params.top_k > 0 else V for s in seqs]
+        top_p = [s.params.top_p for s in seqs]
+        if all(k >= V for k in top_k) and all(p >= 1.0 for p in top_p):
+            return logits
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V]
+        ranks = torch.arange(V, device=self.device)[None, :]
+        drop = ranks >= torch.tensor(top_k, device=self.device)[:, None]
+        probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability mass strictly above each token
+        drop |= mass_before >= torch.tensor(top_p, device=self.device)[:, None]
+        drop[:, 0] = False  # always keep the most likely token
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+class PendingSample:
+    """A draw queued on the device. On CUDA its tokens are copied to pinned host memory as soon as they
+    exist, so `result()` waits only for this step's work, and the caller can queue the next step first."""
+
+    def __init__(self, tokens: torch.Tensor | None, raw_logprobs: torch.Tensor | None, num_logprobs: list):
+        self.tokens, self.raw_logprobs, self.num_logprobs = tokens, raw_logprobs, num_logprobs
+        self._host: torch.Tensor | None = None
+        self._ready: torch.cuda.Event | None = None
+        if tokens is not None and tokens.is_cuda:
+            self._host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            self._host.copy_(tokens, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    @classmethod
+    def empty(cls) -> PendingSample:
+        return cls(None, None, [])
+
+    def result(self) -> SampleResult:
+        if self.tokens is None:
+            return SampleResult([], [])
+        if self._ready is not None:
+            self._ready.synchronize()
+            token_list = self._host.tolist()
+        else:
+            token_list = self.tokens.tolist()
+        logprobs: list[TokenLogprobs | None] = [None] * len(token_list)
+        if self.raw_logprobs is not None:
+            logprobs = self._gather_logprobs(token_list)
+        return SampleResult(token_list, logprobs)
+
+    def _gather_logprobs(self, token_list: list[int]) -> list[TokenLogprobs | None]:
+        logprobs, wanted = self.raw_logprobs, self.num_logprobs
+        k = max(n or 0 for n in wanted)
+        chosen = logprobs.gather(-1, self.tokens[:, None])[:, 0].tolist()
+        top_vals, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
+        top_vals = top_vals.tolist() if k else None
+        top_ids = top_ids.tolist() if k else None
+        out: list[TokenLogprobs | None] = []
+        for i, n in enumerate(wanted):
+            if n is None:
+                out.append(None)
+                continue
+            top = list(zip(top_ids[i][:n], top_vals[i][:n], strict=True)) if n else []
+            out.append(TokenLogprobs(token_list[i], chosen[i], top))
+        return out
+
+
+def _filters(params: SamplingParams) -> bool:
+    return params.min_p > 0.0 or params.top_k > 0 or params.top_p < 1.0
+
+
+def _below_min_tokens(seqs: list[Sequence], positions: list[int]) -> bool:
+    """Whether a row draws before its min_tokens-th token (its EOS and stop ids are masked then)."""
+    return any(pos < s.params.min_tokens for s, pos in zip(seqs, positions, strict=True))
+
+
+def _always_processed(p: SamplingParams, temperature: float) -> bool:
+    """Whether some logit of this row changes before every draw (the fp32 copy is made only then); a row
+    below its min_tokens is processed as well (see `launch`)."""
+    return bool(p.logit_bias or p.has_penalties or (temperature > 0 and _filters(p)))

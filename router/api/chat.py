@@ -1,0 +1,105 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from router.api.body import read_json
+from router.api.context import CONTEXT, STARTED
+from router.api.generation import FINISH_REASONS, Generation
+from router.api.logprobs import chat_logprobs
+from router.api.openai_schema import ChatRequest, parse_chat
+from router.api.stream_choices import stream_choices
+from router.api.streaming import Chunks, dumps, json_str
+from router.upstream.dispatch import EngineStreamError
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    req = parse_chat(await read_json(request))
+    card = ctx.registry.resolve(req.model)
+    encoded = await ctx.tokenizer.encode_chat(
+        req.messages,
+        add_generation_prompt=req.add_generation_prompt,
+        continue_final_message=req.continue_final_message,
+        chat_template_kwargs_json=req.chat_template_kwargs_json,
+        chat_template=req.chat_template,
+    )
+    prompt_len = len(encoded.token_ids)
+    req.sampling.check(prompt_len, card, "messages")
+    sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "messages")
+    session = ctx.session_key(request, req.prompt_cache_key, req.user)
+    gen = await Generation.open(
+        ctx.dispatcher,
+        card,
+        "chatcmpl",
+        [encoded.token_ids],
+        sampling,
+        started=request[STARTED],
+        cache_salt=ctx.cache_salt(request, req.cache_salt),
+        session_key=session,
+    )
+    try:
+        if req.stream:
+            return await _stream(request, req, gen)
+        return web.json_response(await _collect(req, gen), dumps=dumps)
+    finally:
+        gen.close()
+
+
+async def _collect(req: ChatRequest, gen: Generation) -> dict:
+    texts: list[list[str]] = [[] for _ in range(gen.num_choices)]
+    logprobs: list[list[dict]] = [[] for _ in range(gen.num_choices)]
+    finish: list[str | None] = [None] * gen.num_choices
+    try:
+        async for i, msg in gen.messages():
+            texts[i].append(msg.text)
+            if req.logprobs:
+                logprobs[i].extend(chat_logprobs(msg.logprobs))
+            if msg.finish_reason:
+                finish[i] = FINISH_REASONS[msg.finish_reason]
+    except EngineStreamError as err:
+        raise err.error from None
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": "".join(texts[i])},
+            "logprobs": {"content": logprobs[i]} if req.logprobs else None,
+            "finish_reason": finish[i],
+        }
+        for i in range(gen.num_choices)
+    ]
+    return {
+        "id": gen.id,
+        "object": "chat.completion",
+        "created": gen.created,
+        "model": gen.model,
+        "choices": choices,
+        "usage": gen.usage,
+    }
+
+
+async def _stream(request: web.Request, req: ChatRequest, gen: Generation) -> web.StreamResponse:
+    chunks = Chunks(gen.id, "chat.completion.chunk", gen.created, gen.model, req.include_usage)
+    # OpenAI opens every choice with the assistant role before any content.
+    opening = b"".join(
+        chunks.choice(_delta(i, '"role":"assistant","content":""')) for i in range(gen.num_choices)
+    )
+
+    def content(i: int, msg) -> str:
+        lp = dumps({"content": chat_logprobs(msg.logprobs)}) if req.logprobs else "null"
+        return _delta(i, f'"content":{json_str(msg.text)}', lp)
+
+    return await stream_choices(
+        request,
+        gen,
+        chunks,
+        include_usage=req.include_usage,
+        content=content,
+        finish=lambda i, reason: _delta(i, "", "null", reason),
+        opening=opening,
+    )
+
+
+def _delta(index: int, delta: str, logprobs: str = "null", finish_reason: str = "null") -> str:
+    return f'{{"index":{index},"delta":{{{delta}}},"logprobs":{logprobs},"finish_reason":{finish_reason}}}'

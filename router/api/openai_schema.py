@@ -1,0 +1,338 @@
+"""OpenAI request bodies -> validated request objects. Everything here is pure: no I/O, no model facts
+(those are checked in `Sampling.check` once the model is resolved).
+
+Fields are checked against allow-lists: an argument we do not know is a 400, as on OpenAI's own API, and
+an argument we know but do not serve yet (`tools`, `functions`, non-text `response_format`...) is a 400
+that says so; neither is ever silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from pagoda.tokenizer.v1 import tokenizer_pb2
+from router.api.sampling import MAX_LOGPROBS, SAMPLING_FIELDS, Sampling, parse_sampling
+from router.api.validation import opt_bool, opt_dict, opt_int, opt_str, reject_unknown, token_ids
+from router.errors import bad_request, unsupported
+
+MAX_PROMPTS = 256
+MAX_CACHE_SALT = 1024
+
+_COMMON = SAMPLING_FIELDS | {"model", "stream", "stream_options", "user", "cache_salt"}
+
+# Known OpenAI fields we accept only in the value that asks for nothing we lack; a predicate says which.
+_NEUTRAL = {
+    "tools": lambda v: not v,
+    "functions": lambda v: not v,
+    "tool_choice": lambda v: v in ("none", "auto"),
+    "function_call": lambda v: v in ("none", "auto"),
+    "parallel_tool_calls": lambda v: isinstance(v, bool),
+    "response_format": lambda v: isinstance(v, dict) and v.get("type") == "text" and len(v) == 1,
+    "store": lambda v: v is False,
+    "metadata": lambda v: not v,
+    "service_tier": lambda v: v in ("auto", "default"),
+    "modalities": lambda v: v == ["text"],
+    "audio": lambda v: False,
+    "prediction": lambda v: False,
+    "reasoning_effort": lambda v: False,
+    "web_search_options": lambda v: False,
+    "suffix": lambda v: v == "",
+}
+
+_CHAT_FIELDS = (
+    _COMMON
+    | {
+        "messages",
+        "max_completion_tokens",
+        "logprobs",
+        "top_logprobs",
+        "chat_template_kwargs",
+        "add_generation_prompt",
+        "continue_final_message",
+        "chat_template",
+        "prompt_cache_key",
+        "safety_identifier",
+    }
+    | (_NEUTRAL.keys() - {"suffix"})
+)
+
+_COMPLETION_FIELDS = _COMMON | {"prompt", "logprobs", "echo", "best_of", "suffix"}
+
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+_MESSAGE_FIELDS = frozenset(
+    {
+        "role",
+        "content",
+        "name",
+        "tool_call_id",
+        "tool_calls",
+        "function_call",
+        "refusal",
+        "annotations",
+        "audio",
+        "reasoning_content",
+    }
+)
+
+
+Message = tokenizer_pb2.ChatMessage  # parsed straight into the tokenizer service's message
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: tuple[Message, ...]
+    sampling: Sampling
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+    add_generation_prompt: bool
+    continue_final_message: bool
+    chat_template_kwargs_json: str
+    chat_template: str
+    user: str | None
+    prompt_cache_key: str | None  # OpenAI's hint that requests share a prefix: a session key for routing
+    cache_salt: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    model: str
+    prompts: tuple[str | list[int], ...]  # each a text or token ids
+    sampling: Sampling
+    stream: bool
+    include_usage: bool
+    echo: bool
+    user: str | None
+    cache_salt: str
+
+
+def parse_chat(body: object) -> ChatRequest:
+    body = _object(body)
+    _check_fields(body, _CHAT_FIELDS)
+    logprobs = opt_bool(body, "logprobs")
+    top = opt_int(body, "top_logprobs", lo=0, hi=MAX_LOGPROBS)
+    if top is not None and not logprobs:
+        raise bad_request("'top_logprobs' needs 'logprobs' set to true.", "top_logprobs")
+    max_tokens = opt_int(body, "max_completion_tokens", lo=1)
+    if max_tokens is None:
+        max_tokens = opt_int(body, "max_tokens", lo=1)
+    add_generation_prompt = opt_bool(body, "add_generation_prompt", default=True)
+    continue_final = opt_bool(body, "continue_final_message")
+    if add_generation_prompt and continue_final and "add_generation_prompt" in body:
+        raise bad_request(
+            "'continue_final_message' and 'add_generation_prompt' cannot both be true.",
+            "continue_final_message",
+        )
+    kwargs = opt_dict(body, "chat_template_kwargs")
+    stream, include_usage = _stream(body)
+    return ChatRequest(
+        model=_model(body),
+        messages=_messages(body.get("messages")),
+        sampling=parse_sampling(body, max_tokens=max_tokens, logprobs=(top or 0) if logprobs else None),
+        stream=stream,
+        include_usage=include_usage,
+        logprobs=logprobs,
+        add_generation_prompt=add_generation_prompt and not continue_final,
+        continue_final_message=continue_final,
+        chat_template_kwargs_json=json.dumps(kwargs) if kwargs else "",
+        chat_template=opt_str(body, "chat_template") or "",
+        user=opt_str(body, "user"),
+        prompt_cache_key=opt_str(body, "prompt_cache_key"),
+        cache_salt=_cache_salt(body),
+    )
+
+
+def parse_completion(body: object) -> CompletionRequest:
+    body = _object(body)
+    _check_fields(body, _COMPLETION_FIELDS)
+    sampling = parse_sampling(
+        body,
+        max_tokens=opt_int(body, "max_tokens", lo=1),
+        logprobs=opt_int(body, "logprobs", lo=0, hi=MAX_LOGPROBS),
+    )
+    best_of = opt_int(body, "best_of", lo=1)
+    if best_of is not None and best_of != sampling.n:
+        raise unsupported("best_of", " other than n")
+    echo = opt_bool(body, "echo")
+    if echo and sampling.logprobs is not None:
+        raise unsupported("echo", " together with 'logprobs' (prompt logprobs)")
+    stream, include_usage = _stream(body)
+    return CompletionRequest(
+        model=_model(body),
+        prompts=_prompts(body.get("prompt")),
+        sampling=sampling,
+        stream=stream,
+        include_usage=include_usage,
+        echo=echo,
+        user=opt_str(body, "user"),
+        cache_salt=_cache_salt(body),
+    )
+
+
+def _cache_salt(body: dict) -> str:
+    """A tenant's own prefix-cache namespace (vLLM's extension): requests share cached blocks only when
+    their salts are equal."""
+    salt = opt_str(body, "cache_salt") or ""
+    if len(salt) > MAX_CACHE_SALT:
+        raise bad_request(f"'cache_salt' may be at most {MAX_CACHE_SALT} characters.", "cache_salt")
+    return salt
+
+
+def _object(body: object) -> dict:
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return body
+
+
+def _check_fields(body: dict, known: frozenset[str]) -> None:
+    reject_unknown(body, known)
+    for name, neutral in _NEUTRAL.items():
+        value = body.get(name)
+        if value is not None and name in known and not neutral(value):
+            what = (
+                f" of type {value.get('type')!r}"
+                if name == "response_format" and isinstance(value, dict)
+                else ""
+            )
+            raise unsupported(name, what)
+
+
+def _model(body: dict) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required: the name of a served model (see GET /v1/models).", "model")
+    return model
+
+
+def _stream(body: dict) -> tuple[bool, bool]:
+    stream = opt_bool(body, "stream")
+    options = opt_dict(body, "stream_options")
+    if options is None:
+        return stream, False
+    if not stream:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
+    reject_unknown(options, frozenset({"include_usage", "continuous_usage_stats", "include_obfuscation"}))
+    if options.get("continuous_usage_stats"):
+        raise unsupported("stream_options.continuous_usage_stats")
+    return stream, opt_bool(options, "include_usage")
+
+
+def _messages(value: object) -> tuple[Message, ...]:
+    if not isinstance(value, list) or not value:
+        raise bad_request("'messages' must be a non-empty list of messages.", "messages")
+    return tuple(_message(m, f"messages[{i}]") for i, m in enumerate(value))
+
+
+def _message(m: object, where: str) -> Message:
+    if not isinstance(m, dict):
+        raise bad_request(f"'{where}' must be an object with 'role' and 'content'.", "messages")
+    unknown = m.keys() - _MESSAGE_FIELDS
+    if unknown:
+        raise bad_request(f"'{where}' has an unrecognized field: {sorted(unknown)[0]}", "messages")
+    role = m.get("role")
+    if not isinstance(role, str) or role not in _ROLES:
+        raise bad_request(f"'{where}.role' must be one of {sorted(_ROLES)}, got {role!r}.", "messages")
+    for field in ("tool_calls", "function_call", "audio"):
+        if m.get(field):
+            raise unsupported(f"{where}.{field}")
+    name = m.get("name")
+    if name is not None and not isinstance(name, str):
+        raise bad_request(f"'{where}.name' must be a string.", "messages")
+    # Chat templates know "system"; OpenAI's newer "developer" role means the same to an open model.
+    return Message(
+        role="system" if role == "developer" else role,
+        content=_content(m.get("content"), role, where),
+        name=name,
+    )
+
+
+def _content(content: object, role: str, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if content is None and role == "assistant":
+        return ""
+    if not isinstance(content, list):
+        raise bad_request(f"'{where}.content' must be a string or a list of content parts.", "messages")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text":
+            if isinstance(kind, str):
+                raise unsupported(f"{where}.content[{j}].type", f" {kind!r}")
+            raise bad_request(f"'{where}.content[{j}]' must be a content part with a 'type'.", "messages")
+        if not isinstance(part.get("text"), str):
+            raise bad_request(f"'{where}.content[{j}].text' must be a string.", "messages")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _prompts(value: object) -> tuple[str | list[int], ...]:
+    """OpenAI's four prompt forms: a string, a list of strings, token ids, or a list of token-id lists."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not value:
+        raise bad_request("'prompt' must be a string, a list of strings, or (lists of) token ids.", "prompt")
+    if all(isinstance(p, str) for p in value):
+        prompts: tuple = tuple(value)
+    elif all(isinstance(p, list) for p in value):
+        prompts = tuple(token_ids(p, f"prompt[{i}]") for i, p in enumerate(value))
+    elif all(isinstance(p, int) and not isinstance(p, bool) for p in value):
+        prompts = (token_ids(value, "prompt"),)
+    else:
+        raise bad_request("'prompt' must not mix strings, token ids and lists of token ids.", "prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise bad_request(f"'prompt' may hold at most {MAX_PROMPTS} prompts, got {len(prompts)}.", "prompt")
+    return prompts
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeRequest:
+    model: str
+    prompt: str | None  # exactly one of prompt and messages
+    messages: tuple[Message, ...]
+    add_special_tokens: bool | None
+    add_generation_prompt: bool
+    continue_final_message: bool
+    chat_template_kwargs_json: str
+
+
+def parse_tokenize(body: object) -> TokenizeRequest:
+    """POST /tokenize: {"model", "prompt"} or {"model", "messages", ...} as vLLM takes them."""
+    body = _object(body)
+    reject_unknown(
+        body,
+        frozenset(
+            {
+                "model",
+                "prompt",
+                "messages",
+                "add_special_tokens",
+                "add_generation_prompt",
+                "continue_final_message",
+                "chat_template_kwargs",
+            }
+        ),
+    )
+    prompt = opt_str(body, "prompt")
+    if (prompt is None) == (body.get("messages") is None):
+        raise bad_request("Give exactly one of 'prompt' and 'messages'.", "prompt")
+    kwargs = opt_dict(body, "chat_template_kwargs")
+    add_special = body.get("add_special_tokens")
+    return TokenizeRequest(
+        model=_model(body),
+        prompt=prompt,
+        messages=() if prompt is not None else _messages(body["messages"]),
+        add_special_tokens=None if add_special is None else opt_bool(body, "add_special_tokens"),
+        add_generation_prompt=opt_bool(body, "add_generation_prompt", default=True),
+        continue_final_message=opt_bool(body, "continue_final_message"),
+        chat_template_kwargs_json=json.dumps(kwargs) if kwargs else "",
+    )
+
+
+def parse_detokenize(body: object) -> tuple[str, list[int]]:
+    """POST /detokenize: {"model", "tokens"}."""
+    body = _object(body)
+    reject_unknown(body, frozenset({"model", "tokens"}))
+    return _model(body), token_ids(body.get("tokens"), "tokens")

@@ -1,0 +1,39 @@
+"""POST /tokenize and POST /detokenize (as vLLM and SGLang serve them), through the tokenizer service."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from router.api.body import read_json
+from router.api.context import CONTEXT
+from router.api.openai_schema import parse_detokenize, parse_tokenize
+from router.api.streaming import dumps
+from router.errors import bad_request
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    req = parse_tokenize(await read_json(request))
+    card = ctx.registry.resolve(req.model)
+    if req.prompt is not None:
+        encoded = await ctx.tokenizer.encode_text(req.prompt, req.add_special_tokens)
+    else:
+        encoded = await ctx.tokenizer.encode_chat(
+            req.messages,
+            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+            continue_final_message=req.continue_final_message,
+            chat_template_kwargs_json=req.chat_template_kwargs_json,
+        )
+    tokens = list(encoded.token_ids)
+    return web.json_response(
+        {"count": len(tokens), "max_model_len": card.max_model_len, "tokens": tokens}, dumps=dumps
+    )
+
+
+async def detokenize(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    model, tokens = parse_detokenize(await read_json(request))
+    card = ctx.registry.resolve(model)
+    if any(t >= card.vocab_size for t in tokens):
+        raise bad_request(f"'tokens' holds ids outside the vocabulary (size {card.vocab_size}).", "tokens")
+    return web.json_response({"prompt": await ctx.tokenizer.decode(tokens)}, dumps=dumps)

@@ -1,0 +1,195 @@
+"""Sending one prompt to an engine: pick, open `Generate`, retry elsewhere until the first message arrives.
+
+Before the first message nothing has reached the client, so any engine-side failure (unreachable, timed
+out, pushed back, crashed) is retried on another engine, at most `max_attempts` engines in all. After it,
+a failure ends the stream: the handler turns `EngineStreamError` into an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from pagoda.engine.v1 import engine_pb2
+from router import request_telemetry
+from router.errors import ENGINE_DOWN, RETRYABLE, OpenAIError, from_grpc, no_engine, overloaded
+from router.metrics import RouterMetrics
+from router.upstream.engines import Engine, EngineRegistry
+from router.upstream.model_card import ModelCard
+from router.upstream.policies import Policy, RouteRequest
+
+log = logging.getLogger(__name__)
+
+_READY = grpc.ChannelConnectivity.READY
+_STOPPED_RESPONDING = OpenAIError(503, "The engine stopped responding.", type="server_error")
+
+
+class EngineStreamError(Exception):
+    """The engine failed after the first message; carries the error to show the client."""
+
+    def __init__(self, error: OpenAIError):
+        super().__init__(error.message)
+        self.error = error
+
+
+class _Retry(Exception):
+    def __init__(self, error: OpenAIError, pushed_back: bool):
+        self.error = error
+        self.pushed_back = pushed_back
+
+
+class EngineStream:
+    """One `Generate` call on one engine; counts as the engine's outstanding request until `close()`."""
+
+    def __init__(self, engine: Engine, registry: EngineRegistry, request: engine_pb2.GenerateRequest):
+        self.engine = engine
+        self._registry = registry
+        self._request = request
+        self._call = None
+        self._first: engine_pb2.GenerateResponse | None = None
+        self._abandoned = False
+        self._closed = False
+        self._error: str | None = None  # why the stream failed, for its trace span
+        self._metadata, self._span = request_telemetry.outgoing("EngineService/Generate", engine.address)
+        engine.num_outstanding += 1
+        engine.streams.add(self)
+
+    async def start(self, connect_timeout_s: float, first_token_timeout_s: float) -> None:
+        """Waits for the first message; raises `_Retry` for failures another engine may not have."""
+        engine = self.engine
+        try:
+            if engine.channel.get_state(try_to_connect=True) is not _READY:
+                async with asyncio.timeout(connect_timeout_s):
+                    await engine.channel.channel_ready()
+            if self._abandoned:
+                raise EngineStreamError(_STOPPED_RESPONDING)
+            self._call = engine.stub.Generate(self._request, metadata=self._metadata)
+            async with asyncio.timeout(first_token_timeout_s):
+                first = await self._read()
+        except TimeoutError:
+            self._registry.request_failed(engine, "no first token in time")
+            error = OpenAIError(503, "The engine did not answer in time.", type="server_error")
+            raise _Retry(error, pushed_back=False) from None
+        except EngineStreamError as err:  # abandoned: the engine stopped answering probes meanwhile
+            raise _Retry(err.error, pushed_back=False) from None
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            if code in ENGINE_DOWN:
+                self._registry.request_failed(engine, f"{code.name}: {err.details()}")
+            if code not in RETRYABLE:
+                raise from_grpc(err, "engine") from None
+            raise _Retry(
+                from_grpc(err, "engine"), pushed_back=code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            ) from None
+        if first is grpc.aio.EOF:
+            raise _Retry(
+                OpenAIError(503, "The engine ended the stream without output.", type="server_error"), False
+            )
+        self._first = first
+
+    async def __aiter__(self) -> AsyncIterator[engine_pb2.GenerateResponse]:
+        first, self._first = self._first, None
+        yield first
+        try:
+            while (msg := await self._read()) is not grpc.aio.EOF:
+                yield msg
+        except grpc.aio.AioRpcError as err:
+            self._error = f"{err.code().name}: {err.details()}"
+            if err.code() in ENGINE_DOWN:
+                self._registry.request_failed(self.engine, self._error)
+            raise EngineStreamError(from_grpc(err, "engine")) from None
+
+    async def _read(self):
+        try:
+            return await self._call.read()
+        except asyncio.CancelledError:
+            # grpc raises CancelledError for a locally cancelled call: when `abandon()` did that, the
+            # engine is gone, not our caller.
+            if self._abandoned and asyncio.current_task().cancelling() == 0:
+                raise EngineStreamError(_STOPPED_RESPONDING) from None
+            raise
+
+    def abandon(self) -> None:
+        """The engine stopped answering health probes: end this stream instead of waiting forever."""
+        self._abandoned = True
+        if self._call is not None:
+            self._call.cancel()
+
+    def close(self, error: str | None = None) -> None:
+        """Ends the call (`error`: why it failed, for its trace span)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()  # a no-op once finished; aborts the request on the engine otherwise
+        self.engine.num_outstanding -= 1
+        self.engine.streams.discard(self)
+        if self._span is not None:
+            self._span.end(error or self._error)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: EngineRegistry,
+        policy: Policy,
+        metrics: RouterMetrics,
+        *,
+        max_attempts: int,
+        connect_timeout_s: float,
+        first_token_timeout_s: float,
+    ):
+        self.registry = registry
+        self.policy = policy
+        self.metrics = metrics
+        self.max_attempts = max_attempts
+        self.connect_timeout_s = connect_timeout_s
+        self.first_token_timeout_s = first_token_timeout_s
+
+    async def open(
+        self, card: ModelCard, request: engine_pb2.GenerateRequest, session_key: str | None = None
+    ) -> EngineStream:
+        """An engine stream whose first message has arrived; the caller must `close()` it."""
+        route = RouteRequest(request.prompt_token_ids.ids, card.block_size, session_key)
+        tel = request_telemetry.current()
+        retries = self.metrics.engine_retries.labels(card.name)  # exists at 0, so that rate() sees it
+        tried: set[str] = set()
+        errors: list[_Retry] = []
+        for _ in range(self.max_attempts):
+            candidates = [e for e in self.registry.ready_for(card.name) if e.address not in tried]
+            if not candidates:
+                break
+            engine = await self.policy.pick(candidates, route)
+            self.metrics.engine_picks.labels(engine.address, self.policy.name).inc()
+            tried.add(engine.address)
+            stream = EngineStream(engine, self.registry, request)
+            if tel is not None:
+                tel.engine = engine.address
+            try:
+                await stream.start(self.connect_timeout_s, self.first_token_timeout_s)
+            except _Retry as retry:
+                stream.close(retry.error.message)
+                errors.append(retry)
+                retries.inc()
+                if tel is not None:
+                    tel.retried(engine.address, retry.error.message)
+                log.warning(
+                    "request %s failed on %s before its first token: %s",
+                    request.request_id,
+                    engine.address,
+                    retry.error.message,
+                )
+                continue
+            except BaseException as e:
+                stream.close(f"{type(e).__name__}: {e}")
+                raise
+            self.metrics.engine_requests.labels(engine.address).inc()
+            return stream
+        if not errors:
+            raise no_engine(card.name)
+        if all(e.pushed_back for e in errors):
+            raise overloaded()
+        raise errors[-1].error

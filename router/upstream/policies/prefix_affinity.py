@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+
+from router.upstream.policies.base import Policy, Routable, RouteRequest, affinity_outcomes, least_loaded
+from router.upstream.policies.hashing import key_digest, pick_bounded
+
+
+class PrefixAffinity(Policy):
+    """Requests whose prompts start with the same full KV blocks go to the same engine, where those blocks
+    are likely still cached; load-bounded so that one hot prefix spreads before it swamps an engine.
+
+    The key is the first `max_blocks` full blocks (fewer when the prompt is shorter): long enough to tell
+    apart system prompts that share a chat template's opening, short enough that a conversation keeps
+    its key as it grows turn by turn. Two prompts with different keys share fewer than `max_blocks`
+    leading blocks, so whatever affinity misses costs at most that much prefill. A prompt without one
+    full block shares nothing cacheable: it goes to the least loaded engine.
+    """
+
+    name = "prefix_affinity"
+
+    def __init__(self, max_blocks: int = 8, load_factor: float = 1.25) -> None:
+        self.max_blocks = max_blocks
+        self.load_factor = load_factor
+        self.outcomes = affinity_outcomes()
+
+    def key(self, request: RouteRequest) -> bytes | None:
+        num_blocks = min(self.max_blocks, len(request.token_ids) // request.block_size)
+        if num_blocks == 0:
+            return None
+        return key_digest(array("I", request.token_ids[: num_blocks * request.block_size]).tobytes())
+
+    async def pick(self, engines: Sequence[Routable], request: RouteRequest) -> Routable:
+        if len(request.token_ids) < request.block_size:
+            self.outcomes["none"] += 1
+            return least_loaded(engines)
+        if len(engines) == 1:  # the key's own engine, whatever the key
+            self.outcomes["hit"] += 1
+            return engines[0]
+        engine, spilled = pick_bounded(engines, self.key(request), self.load_factor)
+        self.outcomes["spill" if spilled else "hit"] += 1
+        return engine
