@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "LLM": "engine_service.engine.llm",
     "SamplingParams": "engine_service.core.sampling_params",
+    "StructuredOutputsParams": "engine_service.core.structured_outputs",
     "RequestOutput": "engine_service.core.outputs",
     "CompletionOutput": "engine_service.core.outputs",
 }
@@ -21,6 +22,7 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:
     from engine_service.core.outputs import CompletionOutput, RequestOutput  # noqa: F401
     from engine_service.core.sampling_params import SamplingParams  # noqa: F401
+    from engine_service.core.structured_outputs import StructuredOutputsParams  # noqa: F401
     from engine_service.engine.llm import LLM  # noqa: F401
 
 

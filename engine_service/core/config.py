@@ -33,6 +33,8 @@ class EngineConfig:
     # one before it drains and waits on the device for it (ops/triton_pdl.py). No effect elsewhere.
     pdl: bool = True
     max_logprobs: int = 20
+    # Structured outputs: a constraint whose grammar takes longer than this to compile rejects its request.
+    grammar_compile_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         checks = [

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from engine_service.core.structured_outputs import StructuredOutputsParams
+
 
 @dataclass
 class SamplingParams:
@@ -26,6 +28,8 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logprobs: int | None = None  # top-N alternatives per position; 0 = only the sampled token's logprob
+    # A JSON schema, regex, choice or grammar the output must follow (engine_service/structured/).
+    structured_outputs: StructuredOutputsParams | None = None
 
     @property
     def greedy(self) -> bool:
@@ -99,6 +103,8 @@ class SamplingParams:
                 f"seed must be in [0, 2^63), got {self.seed!r}",
             )
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+        if self.structured_outputs is not None:
+            self.structured_outputs.validate()
 
 
 def _finite(x: float) -> bool:

@@ -185,8 +185,10 @@ class Scheduler:
             seq.output_token_ids[index] = token
             seq.num_pending = num_pending - 1
             num_output = index + 1
-            if token in seq.stop_ids or num_output >= seq.max_output_tokens:  # may stop: look closer
-                reason = self._stop_reason(seq, token, num_output)
+            # A structured-output sequence's grammar takes its tokens in order; its end is a stop.
+            complete = seq.grammar is not None and seq.grammar.accept(token)
+            if complete or token in seq.stop_ids or num_output >= seq.max_output_tokens:  # look closer
+                reason = self._stop_reason(seq, token, num_output) or ("stop" if complete else None)
                 if reason is not None:
                     del seq.output_token_ids[num_output:]  # a newer step's placeholder, if any, is void
                     seq.num_pending = 0

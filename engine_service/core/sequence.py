@@ -6,8 +6,18 @@ import enum
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from engine_service.core.sampling_params import SamplingParams
+
+
+class GrammarTracker(Protocol):
+    """What the scheduler sees of a sequence's grammar: it takes each resolved output token in order."""
+
+    def accept(self, token: int) -> bool:
+        """Feed the next output token; True when the output is complete (the sequence stops: "stop")."""
+        ...
+
 
 # Stands for a token sampled by a step whose result has not reached the host yet (see Scheduler).
 PLACEHOLDER = -1
@@ -50,6 +60,9 @@ class Sequence:
     # ignored, stop_token_ids), and the output length at which it ends (max_tokens, or the context's end).
     stop_ids: frozenset[int] = field(init=False, default=frozenset())
     max_output_tokens: int = field(init=False, default=sys.maxsize)
+    # A structured-output request's grammar state (engine_service/structured/state.py), set by the engine
+    # before the sequence is scheduled; update_from_output feeds it every resolved token.
+    grammar: GrammarTracker | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.prompt_token_ids)

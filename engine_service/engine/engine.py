@@ -22,6 +22,7 @@ from engine_service.engine import updates_codec
 from engine_service.engine.tokenizer import load_tokenizer
 from engine_service.executor.executor import Executor
 from engine_service.executor.factory import make_executor
+from engine_service.structured.manager import StructuredOutputManager
 from engine_service.worker.model_runner import resolve_device, resolve_dtype
 from engine_service.worker.sampler import SampleResult
 
@@ -86,6 +87,14 @@ class Engine:
             mc.eos_token_ids,
         )
         self.tokenizer = load_tokenizer(mc.path)
+        self.structured = StructuredOutputManager(
+            self.tokenizer,
+            mc.vocab_size,
+            mc.eos_token_ids,
+            device,
+            compile_timeout_s=config.grammar_compile_timeout_s,
+        )
+        self._rejected: list[tuple[str, str]] = []  # (request_id, message) of requests dropped after add
         self.model_info = ModelInfo(
             served_model_name=config.served_model_name or Path(mc.path).name,
             model_path=mc.path,
@@ -138,6 +147,10 @@ class Engine:
             Sequence(f"{request_id}#{i}", request_id, i, list(prompt_token_ids), params, cache_salt)
             for i in range(params.n)
         ]
+        if params.structured_outputs is not None:  # scheduled once its grammar is compiled (take_ready)
+            self.structured.add(request_id, seqs, params.structured_outputs)
+            self._requests[request_id] = seqs
+            return
         self._requests[request_id] = seqs
         for seq in seqs:
             self.scheduler.add(seq)
@@ -147,14 +160,25 @@ class Engine:
         if not seqs:
             return False
         targets = [s for s in seqs if index is None or s.index == index]
+        if self.structured.drop(request_id) is not None:  # still waiting for its grammar: never scheduled
+            for seq in seqs:
+                seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
         self.scheduler.abort(targets)
         self._steady = None  # an in-flight token of theirs is void
         self.executor.forget(s.seq_id for s in targets)
+        self.structured.forget(targets)
         self._forget_finished(request_id)
         return bool(targets)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0 or self._inflight is not None
+        return self.scheduler.num_unfinished > 0 or self._inflight is not None or self.structured.has_waiting
+
+    def take_rejected(self) -> list[tuple[str, str]]:
+        """(request_id, message) of requests dropped after add_request: their constraint did not compile.
+        The serving loop reports them as INVALID_ARGUMENT (see engine_loop.run_loop)."""
+        rejected = self._rejected
+        self._rejected = []
+        return rejected
 
     @property
     def runner(self):
@@ -168,6 +192,7 @@ class Engine:
     def shutdown(self) -> None:
         """Stops the tensor-parallel workers, if any. Idempotent."""
         self.executor.shutdown()
+        self.structured.shutdown()
 
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> list[SequenceUpdate]:
@@ -183,11 +208,13 @@ class Engine:
         updates = updates_codec.empty()
         if self._inflight is not None and self.scheduler.num_with_penalties:
             updates = self._collect()  # penalties read the output tokens: they must all be known
+        self._admit_compiled()
         out = self.scheduler.schedule()
         launched = None
         if not out.is_empty:
             tables = self.block_manager.block_tables(s.seq for s in out.scheduled)
-            launched = (out, self.executor.launch(out, tables))
+            mask = self._grammar_mask(out, updates) if self.structured.constrains(out) else None
+            launched = (out, self.executor.launch(out, tables, mask))
             self.num_steps += 1
         if self._inflight is not None:
             updates_codec.extend(updates, self._collect())
@@ -197,6 +224,34 @@ class Engine:
         if not self.has_unfinished():
             self.block_manager.check_all_free()
         return updates
+
+    def _admit_compiled(self) -> None:
+        """Schedule the structured-output requests whose grammar is ready; with nothing else to run, wait
+        for one a little (the loop would otherwise spin while a grammar compiles)."""
+        if not self.structured.has_waiting:
+            return
+        if self.scheduler.num_unfinished == 0 and self._inflight is None:
+            self.structured.wait(0.05)
+        for seq in self.structured.take_ready():
+            self.scheduler.add(seq)
+        for request_id, message in self.structured.take_rejected():
+            for seq in self._requests.pop(request_id, []):
+                seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+            self._rejected.append((request_id, message))
+
+    def _grammar_mask(self, out, updates: updates_codec.PackedUpdates):
+        """The mask callback of a step with structured-output draws. The runner calls it once the step's
+        forward pass is queued: first the step still in flight is collected (its tokens are the grammars'
+        next input: update_from_output feeds them), then the masks are filled for this step's draws. So the
+        host's grammar work overlaps the device's forward pass, as in vLLM (its deferred sample_tokens) and
+        SGLang (the overlap scheduler waits for the previous batch before the vocab mask)."""
+
+        def mask():
+            if self._inflight is not None:
+                updates_codec.extend(updates, self._collect())
+            return self.structured.fill_bitmask(out)
+
+        return mask
 
     def _collect(self) -> updates_codec.PackedUpdates:
         """Wait for the in-flight step's tokens, resolve its placeholders, and build its updates."""
@@ -213,6 +268,8 @@ class Engine:
             packed = steady.packed(result.token_ids)
         self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
         self.executor.forget(seq.seq_id for seq in finished)
+        if self.structured.num_live:
+            self.structured.forget(finished)
         for seq in finished:
             self._forget_finished(seq.request_id)
         return packed

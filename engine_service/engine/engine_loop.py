@@ -99,6 +99,7 @@ def run_loop(engine: Engine, receive: Callable[[bool], list], publish: PublishPa
             rejected += _apply(engine, command)
         changed = True
         updates = engine.step_packed() if engine.has_unfinished() else updates_codec.empty()
+        rejected += engine.take_rejected()  # structured outputs whose grammar did not compile
         publish(updates, engine.stats(), rejected, StepTimes(time.monotonic(), _started(engine)))
 
 

@@ -49,6 +49,8 @@ class LLM:
         rids = [f"llm-{next(self._ids)}" for _ in token_lists]
         for rid, ids, p in zip(rids, token_lists, params_list, strict=True):
             self.engine.validate(ids, p)
+            if p.structured_outputs is not None:  # compiled now: a bad grammar raises before anything runs
+                self.engine.structured.check(p.structured_outputs)
             processor.add_request(rid, ids, p)
         has_text = self.engine.tokenizer is not None
         results: dict[str, RequestOutput] = {}
@@ -73,6 +75,8 @@ class LLM:
             # The output processor detokenizes and applies stop strings; a stop string ends a sample
             # here, and the engine is told to drop it.
             deltas, aborts = processor.process(self.engine.step())
+            for rid, message in self.engine.take_rejected():  # checked above: only a compile timeout
+                raise ValueError(f"request {rid}: {message}")
             for rid, index in aborts:
                 self.engine.abort(rid, index)
             for delta in deltas:

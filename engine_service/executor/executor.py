@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import torch
 
 from engine_service.core.scheduler import SchedulerOutput
+from engine_service.worker.model_runner import GrammarMask
 from engine_service.worker.sampler import SampleResult
 
 
@@ -36,9 +37,13 @@ class Executor(ABC):
     # the next step meanwhile (the placeholders of the sampled tokens are filled on the device).
     supports_async: bool = False
 
-    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]):
-        """Queue a step; `.result()` of what is returned gives its SampleResult."""
-        return _Done(self.execute(out, block_tables))
+    def launch(
+        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
+    ):
+        """Queue a step; `.result()` of what is returned gives its SampleResult. `grammar_mask` is called
+        before the step's draw, after its forward pass is queued where the executor can overlap them
+        (ModelRunner.launch)."""
+        return _Done(self.execute(out, block_tables, grammar_mask))
 
     @property
     @abstractmethod
@@ -56,7 +61,9 @@ class Executor(ABC):
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None: ...
 
     @abstractmethod
-    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
+    def execute(
+        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
+    ) -> SampleResult:
         """One forward pass over the scheduled tokens; a token for each sequence that caught up."""
 
     def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:

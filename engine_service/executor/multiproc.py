@@ -42,6 +42,7 @@ from engine_service.core.model_config import ModelConfig
 from engine_service.core.scheduler import SchedulerOutput
 from engine_service.distributed.group import check_tp_size, cpu_threads_per_rank, worker_env
 from engine_service.executor.executor import Executor
+from engine_service.worker.model_runner import GrammarMask
 from engine_service.worker.sampler import SampleResult
 from engine_service.worker.step_message import StepEncoder
 from engine_service.worker.tp_worker import WorkerSpec
@@ -146,13 +147,22 @@ class MultiProcExecutor(Executor):
         self._profiling = False
         return self._call("stop_profile")
 
-    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]) -> RankZeroAnswer:
-        self._broadcast(("step", self._encoder.encode(out, block_tables)))
+    def launch(
+        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
+    ) -> RankZeroAnswer:
+        message = self._encoder.encode(out, block_tables)
+        if grammar_mask is not None:
+            # Worked out before the step is sent (no overlap with its forward pass across processes): every
+            # rank draws, so every rank needs the mask.
+            message = replace(message, bitmask=grammar_mask())
+        self._broadcast(("step", message))
         self._num_unanswered += 1
         return RankZeroAnswer(self)
 
-    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
-        return self.launch(out, block_tables).result()
+    def execute(
+        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
+    ) -> SampleResult:
+        return self.launch(out, block_tables, grammar_mask).result()
 
     def forget(self, seq_ids: Iterable[str]) -> None:
         self._encoder.forget(seq_ids)  # the workers hear of it with the next step

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from engine_service.core.scheduler import SchedulerOutput
 from engine_service.executor.executor import Executor
-from engine_service.worker.model_runner import ModelRunner
+from engine_service.worker.model_runner import GrammarMask, ModelRunner
 from engine_service.worker.sampler import SampleResult
 
 
@@ -18,8 +18,10 @@ class UniProcExecutor(Executor):
         self.device = runner.device
         self.supports_async = True
 
-    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]):
-        return self.runner.launch(out, block_tables)
+    def launch(
+        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
+    ):
+        return self.runner.launch(out, block_tables, grammar_mask)
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -34,8 +36,10 @@ class UniProcExecutor(Executor):
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         self.runner.capture_cuda_graphs(max_num_seqs, max_model_len)
 
-    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
-        return self.runner.execute(out, block_tables)
+    def execute(
+        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
+    ) -> SampleResult:
+        return self.runner.execute(out, block_tables, grammar_mask)
 
     def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
         return self.runner.time_decode_graph(batch_size, context_len, replays)

@@ -142,7 +142,18 @@ def sample_tokens(
     return ops.sample_tokens(logits, temperature, seeds, positions)
 
 
+def apply_token_bitmask(
+    logits: torch.Tensor,  # [B, V]; changed in place
+    bits: torch.Tensor,  # int32 [R, ceil(V / 32)]: bit set = token allowed
+    rows: torch.Tensor,  # int64 [R]: the logits row each bitmask row masks
+) -> None:
+    """Grammar masks: -inf on the tokens a row's bits disallow (see worker/token_bitmask.py)."""
+    ops = _triton_ops() if _on_gpu(logits) else torch_ops
+    ops.apply_token_bitmask(logits, bits, rows)
+
+
 __all__ = [
+    "apply_token_bitmask",
     "fused_add_rms_norm",
     "linear",
     "paged_attention",

@@ -178,3 +178,18 @@ def sample_tokens(
         scale = (LOG2E / temperature[rows])[:, None]  # float32 [R, 1]
         tokens[rows] = (scores[rows] * scale - torch.log2(-torch.log2(u))).argmax(dim=-1)
     return tokens
+
+
+# ---- grammar masks -----------------------------------------------------------------------------------------
+
+
+def apply_token_bitmask(
+    logits: torch.Tensor,  # [B, V], any float dtype; changed in place
+    bits: torch.Tensor,  # int32 [R, ceil(V / 32)]: bit b of word w set = token 32w + b allowed
+    rows: torch.Tensor,  # int64 [R]: the logits row of each bitmask row (distinct)
+) -> None:
+    """-inf on every token of row rows[r] whose bit is 0 (see worker/token_bitmask.py)."""
+    V = logits.shape[1]
+    shifts = torch.arange(32, dtype=torch.int32, device=bits.device)
+    allowed = ((bits[:, :, None] >> shifts) & 1).bool().reshape(len(bits), -1)[:, :V]  # [R, V]
+    logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))

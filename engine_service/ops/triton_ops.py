@@ -10,6 +10,7 @@ Importing this module imports triton; `dispatch` imports it only when a CUDA ten
 
 from engine_service.ops.triton_activation import silu_and_mul
 from engine_service.ops.triton_attention import choose_num_kv_splits, paged_attention
+from engine_service.ops.triton_bitmask import apply_token_bitmask
 from engine_service.ops.triton_embedding import vocab_slice_embedding
 from engine_service.ops.triton_gemv import gemv
 from engine_service.ops.triton_kv_cache import write_kv_cache
@@ -18,6 +19,7 @@ from engine_service.ops.triton_rotary import rotary_embedding
 from engine_service.ops.triton_sampling import sample_tokens
 
 __all__ = [
+    "apply_token_bitmask",
     "choose_num_kv_splits",
     "fused_add_rms_norm",
     "gemv",

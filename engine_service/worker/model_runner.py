@@ -8,6 +8,7 @@ for the sequences that caught up, and samples them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +24,13 @@ from engine_service.worker import host_copy
 from engine_service.worker.block_table_rows import BlockTableRows
 from engine_service.worker.cuda_graphs import DecodeGraphs
 from engine_service.worker.sampler import PendingSample, Sampler, SampleResult
+from engine_service.worker.token_bitmask import TokenBitmask
 from engine_service.worker.weights import init_dummy_weights, load_weights
 
 log = logging.getLogger(__name__)
+
+# Called by launch between the forward pass and the draw: the step's grammar mask (None: no row needs one).
+GrammarMask = Callable[[], TokenBitmask | None]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -194,16 +199,23 @@ class ModelRunner:
         profiler.export_chrome_trace(path)
         return path
 
-    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
+    def execute(
+        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
+    ) -> SampleResult:
         """Run the scheduled tokens and wait for the sampled ones."""
-        return self.launch(out, block_tables).result()
+        return self.launch(out, block_tables, grammar_mask).result()
 
     @torch.inference_mode()
-    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]) -> PendingSample:
+    def launch(
+        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
+    ) -> PendingSample:
         """Queue the step on the device; `block_tables[i]` is the i-th scheduled sequence's block table.
 
         A fed token may be a PLACEHOLDER for a token the previous launch sampled and the host has not
         seen yet (async scheduling): its id is copied on the device from that launch's sampled tokens.
+        `grammar_mask`, for a step with structured-output rows, is called once the forward pass is queued
+        and before the draw: the host works out the mask (it may first wait for the previous step's
+        tokens) while the device runs this step's forward pass.
         """
         step = _HostStep.build(out, block_tables, self.block_size)
         items = [s for s in out.scheduled if s.samples]
@@ -226,7 +238,8 @@ class ModelRunner:
         # the same on every rank, so each holds the step's tokens on its device for the next step's
         # placeholders. Only rank 0's tokens go to the host (its worker alone calls result()).
         positions = [it.start + it.num_new_tokens - it.seq.num_prompt_tokens for it in items]
-        pending = self.sampler.launch(logits, [it.seq for it in items], positions)
+        bitmask = grammar_mask() if grammar_mask is not None else None
+        pending = self.sampler.launch(logits, [it.seq for it in items], positions, bitmask)
         sampled_ids = seq_ids if len(items) == len(seq_ids) else [it.seq.seq_id for it in items]
         self._last_sampled = (pending.tokens, sampled_ids)
         return pending

@@ -22,6 +22,7 @@ from engine_service.core.sampling_params import SamplingParams
 from engine_service.core.sequence import Sequence
 from engine_service.ops import dispatch
 from engine_service.worker import host_copy
+from engine_service.worker.token_bitmask import TokenBitmask
 
 # Temperatures below this are greedy, as in vLLM: 1/T would blow the scores up to inf.
 _MIN_TEMPERATURE = 1e-5
@@ -58,18 +59,28 @@ class Sampler:
         self._rows: _BatchRows | None = None  # the last batch's rows, kept while the batch stays the same
 
     def __call__(
-        self, logits: torch.Tensor, seqs: list[Sequence], positions: list[int] | None = None
+        self,
+        logits: torch.Tensor,
+        seqs: list[Sequence],
+        positions: list[int] | None = None,
+        bitmask: TokenBitmask | None = None,
     ) -> SampleResult:
-        return self.launch(logits, seqs, positions).result()
+        return self.launch(logits, seqs, positions, bitmask).result()
 
     def launch(
-        self, logits: torch.Tensor, seqs: list[Sequence], positions: list[int] | None = None
+        self,
+        logits: torch.Tensor,
+        seqs: list[Sequence],
+        positions: list[int] | None = None,
+        bitmask: TokenBitmask | None = None,
     ) -> PendingSample:
         """Queue the draw on the device; the tokens reach the host when `result()` is called.
 
         logits: [B, V]; positions[i]: which output token of seqs[i] this draws (0 = the first), which is
         also the counter of its noise and the length of the output history its penalties read. The
         default, for sequences that hold no placeholder, is the next one: len(output_token_ids).
+        bitmask: the grammar masks of the structured-output rows, applied to the logits (in place) after
+        the raw logprobs are taken and before everything else, so filters and the draw see the grammar.
         """
         if positions is None:
             positions = [len(s.output_token_ids) for s in seqs]
@@ -80,6 +91,9 @@ class Sampler:
         raw_logprobs = None
         if rows.any_logprobs:
             raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [B, V]
+        if bitmask is not None:
+            logits = logits if logits.stride(1) == 1 else logits.contiguous()
+            dispatch.apply_token_bitmask(logits, *bitmask.to_device(self.device))
         if processing:
             logits = self._process(logits.to(torch.float32, copy=True), seqs, positions)  # a copy, always
             self._exclude_filtered(logits, seqs, rows.temperatures)

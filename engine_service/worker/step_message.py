@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.core.scheduler import ScheduledSequence, SchedulerOutput
 from engine_service.core.sequence import Sequence
+from engine_service.worker.token_bitmask import TokenBitmask
 
 NewSequence = tuple[int, int, list[int], SamplingParams]  # handle, index, prompt token ids, params
 Item = tuple[int, int, list[int], bool, int, list[int]]  # handle, start, tokens, samples, kept, new blocks
@@ -39,6 +40,7 @@ class StepMessage:
     new: list[NewSequence]
     forgotten: list[int]
     items: list[Item]
+    bitmask: TokenBitmask | None = None  # the grammar masks of the step's structured-output draws
 
 
 class StepEncoder:

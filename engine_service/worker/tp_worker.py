@@ -101,7 +101,9 @@ class Worker:
     def launch(self, message: StepMessage) -> Launched:
         out, tables, forgotten = self.mirror.apply(message)  # the mirror drops forgotten sequences itself
         self.runner.forget(forgotten)
-        return Launched(self.runner.launch(out, tables), self.runner.device)
+        mask = message.bitmask
+        grammar_mask = (lambda: mask) if mask is not None else None
+        return Launched(self.runner.launch(out, tables, grammar_mask), self.runner.device)
 
     def call(self, name: str, args: tuple):
         if name not in CALLS:
