@@ -20,6 +20,7 @@ from tokenizer_service.metrics import TokenizerMetrics
 from tokenizer_service.pool import TokenizerPool
 from tokenizer_service.rpc_telemetry import RpcTelemetry
 from tokenizer_service.tokenizer import ChatRequest, InvalidInput, NoChatTemplate, TokenizerInfo
+from tokenizer_service.tools import MAX_TOOL_CALLS, ToolsError, parse_tools, tool_call_for_template
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,16 @@ def chat_from_pb(chat: pb.ChatInput) -> ChatRequest:
         message = {"role": m.role, "content": m.content}
         if m.HasField("name"):
             message["name"] = m.name
+        if m.HasField("tool_call_id"):
+            message["tool_call_id"] = m.tool_call_id
+        if m.tool_calls:
+            if len(m.tool_calls) > MAX_TOOL_CALLS:
+                raise InvalidInput(
+                    f"chat.messages[{i}].tool_calls", f"may hold at most {MAX_TOOL_CALLS} calls"
+                )
+            message["tool_calls"] = [tool_call_for_template(c.id, c.name, c.arguments) for c in m.tool_calls]
+            if not m.content:
+                message["content"] = None  # as OpenAI sends it, and templates test for
         messages.append(message)
     if chat.continue_final_message and chat.add_generation_prompt:
         raise InvalidInput(
@@ -133,7 +144,15 @@ def chat_from_pb(chat: pb.ChatInput) -> ChatRequest:
         continue_final_message=chat.continue_final_message,
         template_kwargs=_template_kwargs(chat.chat_template_kwargs_json),
         chat_template=chat.chat_template or None,
+        tools=_tools(chat.tools_json),
     )
+
+
+def _tools(text: str) -> list | None:
+    try:
+        return parse_tools(text)
+    except ToolsError as e:
+        raise InvalidInput(e.field, str(e)) from e
 
 
 def _template_kwargs(text: str) -> dict:
@@ -159,4 +178,5 @@ def info_to_pb(info: TokenizerInfo) -> pb.InfoResponse:
         has_chat_template=info.has_chat_template,
         model_max_length=info.model_max_length,
         model_name=info.model_name,
+        chat_template=info.chat_template,
     )

@@ -14,6 +14,8 @@ from typing import Any
 
 import jinja2
 
+from tokenizer_service import tools as tools_mod
+
 # transformers' "no limit" sentinel for model_max_length is about 1e30; anything past 2^32 is that.
 _NO_LIMIT = 2**32
 
@@ -32,11 +34,12 @@ class NoChatTemplate(RuntimeError):
 
 @dataclass(frozen=True)
 class ChatRequest:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     chat_template: str | None = None  # None: the model's own
+    tools: list[dict[str, Any]] | None = None  # OpenAI's `tools`, for the template
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class TokenizerInfo:
     has_chat_template: bool
     model_max_length: int  # 0 when unknown
     model_name: str
+    chat_template: str = ""  # the model's own, for routers to pick output parsers from
 
 
 def load_hf_tokenizer(model_dir: Path):
@@ -77,6 +81,14 @@ class ModelTokenizer:
     def has_chat_template(self) -> bool:
         return bool(self.hf.chat_template)
 
+    @property
+    def template_text(self) -> str:
+        """The model's chat template (the default one when the tokenizer holds several), or ""."""
+        template = self.hf.chat_template
+        if isinstance(template, dict):
+            template = template.get("default") or next(iter(template.values()), "")
+        return template or ""
+
     def encode_text(self, text: str, add_special_tokens: bool = True) -> Encoded:
         return Encoded(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
@@ -95,10 +107,17 @@ class ModelTokenizer:
                 "chat.chat_template_kwargs_json", f"{', '.join(reserved)} cannot be set as template variables"
             )
         field_name = "chat.messages" if chat.chat_template is None else "chat.chat_template"
+        template = chat.chat_template or self.template_text
+        messages, tools = tools_mod.with_fallbacks(chat.messages, chat.tools, template)
+        if tools is not None:
+            kwargs = {"tools": tools}
+        else:
+            kwargs = {}
         try:
             return self.hf.apply_chat_template(
-                chat.messages,
+                messages,
                 chat_template=chat.chat_template,
+                **kwargs,
                 add_generation_prompt=chat.add_generation_prompt,
                 continue_final_message=chat.continue_final_message,
                 tokenize=False,
@@ -135,6 +154,7 @@ class ModelTokenizer:
             has_chat_template=self.has_chat_template,
             model_max_length=int(max_len),
             model_name=model_name,
+            chat_template=self.template_text,
         )
 
 

@@ -35,6 +35,10 @@ class EngineConfig:
     max_logprobs: int = 20
     # Structured outputs: a constraint whose grammar takes longer than this to compile rejects its request.
     grammar_compile_timeout_s: float = 30.0
+    # Sampling defaults for fields a request leaves unset: "auto", the model's generation_config.json
+    # (temperature, top_p, top_k, min_p, repetition_penalty; vLLM's --generation-config auto); "none", the
+    # engine's own (temperature 1, everything else off).
+    generation_config: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +70,14 @@ class EngineConfig:
             (
                 self.num_kv_blocks is None or self.num_kv_blocks >= 1,
                 f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}",
+            ),
+            (
+                self.generation_config in ("auto", "none"),
+                f"generation_config must be auto or none, got {self.generation_config!r}",
+            ),
+            (
+                self.grammar_compile_timeout_s > 0,
+                f"grammar_compile_timeout_s must be > 0, got {self.grammar_compile_timeout_s}",
             ),
             (
                 self.tensor_parallel_size >= 1,

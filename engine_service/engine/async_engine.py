@@ -31,6 +31,7 @@ from engine_service.engine.engine import EngineStats
 from engine_service.engine.engine_loop import AbortRequest, AddRequest, ProcessCore, StepTimes, ThreadCore
 from engine_service.engine.errors import EngineDeadError, EngineOverloadedError
 from engine_service.engine.output_processor import OutputProcessor, SampleDelta, Usage
+from engine_service.structured.validator import ConstraintValidator
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class AsyncEngine:
         step_timeout_s: float,
         max_logprobs: int = 20,
         stream_interval: int = 1,
+        grammar_timeout_s: float = 30.0,
         on_fatal: Callable[[str], None] = lambda reason: None,
         metrics: MetricsSink | None = None,
     ):
@@ -167,6 +169,8 @@ class AsyncEngine:
         self.stats: EngineStats = core.info.stats
         self.initial_stats = core.info.stats  # after the warm-up: counters reported to metrics start here
         self.metrics = metrics  # None: no Prometheus metrics (--metrics-port 0)
+        # Structured outputs: the syntax of a request's constraint is checked here, before it is queued.
+        self.constraints = ConstraintValidator(grammar_timeout_s)
         self.meter = RateMeter()
         self.error: str | None = None
         self._stopping = False
@@ -235,6 +239,7 @@ class AsyncEngine:
         if self._watchdog is not None:
             self._watchdog.cancel()
         await asyncio.to_thread(self._core.join, timeout_s)
+        self.constraints.shutdown()
 
     def _check_params(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if not prompt_token_ids:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine_service.core.block_manager import BlockManager
 from engine_service.core.config import EngineConfig
+from engine_service.core.generation_config import sampling_defaults
 from engine_service.core.model_config import ModelConfig
 from engine_service.core.outputs import SequenceUpdate
 from engine_service.core.sampling_params import SamplingParams
@@ -43,6 +44,8 @@ class ModelInfo:
     tensor_parallel_size: int
     max_num_seqs: int
     num_kv_blocks: int
+    # Sampling fields the model's generation_config.json sets: the defaults of requests that leave them unset.
+    sampling_defaults: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Engine:
             tensor_parallel_size=config.tensor_parallel_size,
             max_num_seqs=config.max_num_seqs,
             num_kv_blocks=num_blocks,
+            sampling_defaults=sampling_defaults(mc.path) if config.generation_config == "auto" else {},
         )
         self._requests: dict[str, list[Sequence]] = {}
         self.num_prompt_tokens = 0

@@ -38,7 +38,7 @@ class LLM:
     ) -> list[RequestOutput]:
         """Generate for every prompt (text or token ids) and return the outputs in prompt order."""
         token_lists = self._token_lists(prompts, prompt_token_ids)
-        params = sampling_params or SamplingParams()
+        params = sampling_params or self.get_default_sampling_params()
         params_list = [params] * len(token_lists) if isinstance(params, SamplingParams) else list(params)
         if len(params_list) != len(token_lists):
             raise ValueError(f"got {len(params_list)} SamplingParams for {len(token_lists)} prompts")
@@ -95,6 +95,11 @@ class LLM:
                     result.num_cached_tokens = delta.usage.cached_prompt_tokens
                     result.metrics.finished_time = time.monotonic()
         return [results[rid] for rid in order]
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams with the model's own defaults (its generation_config.json, unless the engine was
+        built with generation_config="none"): what generate uses when given none."""
+        return SamplingParams(**self.engine.model_info.sampling_defaults)
 
     def start_profile(self, trace_dir: str) -> None:
         """Profile what follows (torch.profiler, host and device, every tensor-parallel rank) until

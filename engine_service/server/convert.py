@@ -6,8 +6,11 @@ as fit in max_model_len" (the proto's documented default), not SamplingParams' 1
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from engine_service.core.outputs import TokenLogprobs
 from engine_service.core.sampling_params import SamplingParams
+from engine_service.core.structured_outputs import StructuredOutputsParams
 from engine_service.engine.engine import EngineStats, ModelInfo
 from engine_service.engine.output_processor import SampleDelta
 from pagoda.engine.v1 import engine_pb2 as pb
@@ -22,8 +25,12 @@ FINISH_REASONS = {
 }
 
 
-def sampling_params_from_pb(p: pb.SamplingParams) -> SamplingParams:
-    """Raises ValueError for what SamplingParams cannot express; SamplingParams.validate checks the rest."""
+def sampling_params_from_pb(
+    p: pb.SamplingParams, defaults: Mapping[str, float] | None = None
+) -> SamplingParams:
+    """Raises ValueError for what SamplingParams cannot express; SamplingParams.validate checks the rest.
+    `defaults`: the model's sampling defaults (ModelInfo.sampling_defaults) for the fields left unset."""
+    defaults = defaults or {}
     if p.HasField("prompt_logprobs"):
         raise ValueError("sampling_params.prompt_logprobs is not supported yet: leave it unset")
 
@@ -34,13 +41,13 @@ def sampling_params_from_pb(p: pb.SamplingParams) -> SamplingParams:
         n=opt("n", 1),
         max_tokens=opt("max_tokens", None),
         min_tokens=p.min_tokens,
-        temperature=opt("temperature", 1.0),
-        top_p=opt("top_p", 1.0),
-        top_k=opt("top_k", -1),
-        min_p=p.min_p,
+        temperature=opt("temperature", defaults.get("temperature", 1.0)),
+        top_p=opt("top_p", defaults.get("top_p", 1.0)),
+        top_k=opt("top_k", defaults.get("top_k", -1)),
+        min_p=opt("min_p", defaults.get("min_p", 0.0)),
         presence_penalty=p.presence_penalty,
         frequency_penalty=p.frequency_penalty,
-        repetition_penalty=opt("repetition_penalty", 1.0),
+        repetition_penalty=opt("repetition_penalty", defaults.get("repetition_penalty", 1.0)),
         logit_bias=dict(p.logit_bias),
         seed=opt("seed", None),
         ignore_eos=p.ignore_eos,
@@ -49,6 +56,26 @@ def sampling_params_from_pb(p: pb.SamplingParams) -> SamplingParams:
         include_stop_str_in_output=p.include_stop_str_in_output,
         skip_special_tokens=opt("skip_special_tokens", True),
         logprobs=opt("logprobs", None),
+    )
+
+
+def structured_outputs_from_pb(s: pb.StructuredOutput) -> StructuredOutputsParams:
+    """The request's constraint; its checks run in StructuredOutputsParams.validate and the grammar engine."""
+    kind = s.WhichOneof("constraint")
+    if kind is None:
+        raise ValueError(
+            "structured_output: set one of json_schema, json_object, regex, choice, grammar, lark"
+        )
+    return StructuredOutputsParams(
+        json=s.json_schema if kind == "json_schema" else None,
+        json_object=kind == "json_object" and s.json_object,
+        regex=s.regex if kind == "regex" else None,
+        choice=tuple(s.choice.values) if kind == "choice" else None,
+        grammar=s.grammar if kind == "grammar" else None,
+        lark=s.lark if kind == "lark" else None,
+        any_whitespace=s.any_whitespace,
+        reasoning_start=s.reasoning_start or None,
+        reasoning_end=s.reasoning_end or None,
     )
 
 

@@ -121,6 +121,7 @@ class EngineServer:
             step_timeout_s=config.step_timeout_s,
             max_logprobs=config.engine.max_logprobs,
             stream_interval=config.stream_interval,
+            grammar_timeout_s=config.engine.grammar_compile_timeout_s,
             on_fatal=self._on_fatal,
             metrics=self._metrics(core),
         )

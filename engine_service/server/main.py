@@ -94,6 +94,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the engine loop in a process of its own (default: streaming never takes the GIL from "
         "the GPU loop) or in a thread of the gRPC process",
     )
+    p.add_argument(
+        "--generation-config",
+        choices=("auto", "none"),
+        default="auto",
+        help="sampling defaults for fields a request leaves unset: auto, the model's generation_config.json "
+        "(temperature, top_p, top_k, min_p, repetition_penalty); none, the engine's own",
+    )
+    p.add_argument(
+        "--grammar-compile-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a structured-output constraint may take to compile before its request is refused",
+    )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument(
         "--log-requests",
@@ -140,6 +153,8 @@ def build_config(args: argparse.Namespace):
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,
         pdl=args.pdl,
+        generation_config=args.generation_config,
+        grammar_compile_timeout_s=args.grammar_compile_timeout,
     )
     return EngineServiceConfig(
         engine=engine,

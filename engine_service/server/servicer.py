@@ -27,7 +27,12 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         with self.telemetry.generate(request_id, context.invocation_metadata()) as call:
             engine = self.state.accepting()
             convert.check_request_id(request_id)
-            params = convert.sampling_params_from_pb(request.sampling_params)
+            params = convert.sampling_params_from_pb(
+                request.sampling_params, engine.model_info.sampling_defaults
+            )
+            if request.HasField("structured_output"):  # parsed here: a bad one is refused before queueing
+                params.structured_outputs = convert.structured_outputs_from_pb(request.structured_output)
+                await engine.constraints.check(params.structured_outputs, "structured_output")
             prompt = await self._prompt(request, engine)
             stream = call.stream = engine.add_request(request_id, prompt, params, request.cache_salt or None)
             done = False  # the request's last message (with usage) was sent

@@ -48,7 +48,7 @@ class Sampling:
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    min_p: float = 0.0
+    min_p: float | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float | None = None
@@ -92,7 +92,6 @@ class Sampling:
         pb = engine_pb2.SamplingParams(
             n=self.n,
             min_tokens=self.min_tokens,
-            min_p=self.min_p,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             logit_bias=dict(self.logit_bias),
@@ -102,8 +101,9 @@ class Sampling:
             include_stop_str_in_output=self.include_stop_str_in_output,
             skip_special_tokens=self.skip_special_tokens,
         )
-        # proto3 `optional` fields: unset means "the engine's default", so only set what the client gave.
-        for name in ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "logprobs"):
+        # proto3 `optional` fields: unset means "the engine's default" (the model's own for temperature,
+        # top_p, top_k, min_p and repetition_penalty), so only set what the client gave.
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "logprobs"):
             value = getattr(self, name)
             if value is not None:
                 setattr(pb, name, value)
@@ -131,7 +131,7 @@ def parse_sampling(body: dict, *, max_tokens: int | None, logprobs: int | None) 
         temperature=opt_float(body, "temperature", lo=0.0, hi=2.0),
         top_p=opt_float(body, "top_p", lo=0.0, hi=1.0, lo_open=True),
         top_k=None if top_k in (None, 0) else top_k,
-        min_p=opt_float(body, "min_p", lo=0.0, hi=1.0) or 0.0,
+        min_p=opt_float(body, "min_p", lo=0.0, hi=1.0),
         presence_penalty=opt_float(body, "presence_penalty", lo=-2.0, hi=2.0) or 0.0,
         frequency_penalty=opt_float(body, "frequency_penalty", lo=-2.0, hi=2.0) or 0.0,
         repetition_penalty=opt_float(body, "repetition_penalty", lo=0.0, hi=10.0, lo_open=True),
