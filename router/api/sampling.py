@@ -103,7 +103,8 @@ class Sampling:
         )
         # proto3 `optional` fields: unset means "the engine's default" (the model's own for temperature,
         # top_p, top_k, min_p and repetition_penalty), so only set what the client gave.
-        for name in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "logprobs"):
+        optional = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "logprobs")
+        for name in optional:
             value = getattr(self, name)
             if value is not None:
                 setattr(pb, name, value)
