@@ -64,6 +64,11 @@ class RouterConfig:
     max_tokens_limit: int | None = None
     max_concurrent_streams_per_key: int | None = None
 
+    # Model output: the tool-call format (auto: read from the chat template; hermes, llama3_json, mistral)
+    # and the reasoning parser (None, qwen3, deepseek_r1) of the served model.
+    tool_call_parser: str = "auto"
+    reasoning_parser: str | None = None
+
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys) or self.api_key_file is not None

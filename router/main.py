@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pagoda.telemetry.logging import setup_logging
 from pagoda.telemetry.tracing import otlp_endpoint
+from router.api.reasoning import PARSERS as REASONING_PARSERS
+from router.api.tool_parsers import CHOICES as TOOL_PARSER_CHOICES
 from router.config import RouterConfig
 from router.upstream.policies import POLICIES
 
@@ -92,6 +94,19 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         help="the name expected in engine and tokenizer certificates (default: the address dialled; "
         "set it when engines are found by IP)",
     )
+    g = p.add_argument_group("model output")
+    g.add_argument(
+        "--tool-call-parser",
+        choices=TOOL_PARSER_CHOICES,
+        default="auto",
+        help="the model's tool-call format (auto: read from its chat template)",
+    )
+    g.add_argument(
+        "--reasoning-parser",
+        choices=sorted(REASONING_PARSERS),
+        default=None,
+        help="split a thinking model's <think> reasoning into reasoning_content (default: off)",
+    )
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-body-bytes", type=int, default=64 * 1024 * 1024, help="larger request bodies get a 413"
@@ -162,6 +177,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         max_prompt_tokens=a.max_prompt_tokens,
         max_tokens_limit=a.max_tokens_limit,
         max_concurrent_streams_per_key=a.max_concurrent_streams_per_key,
+        tool_call_parser=a.tool_call_parser,
+        reasoning_parser=a.reasoning_parser,
     )
 
 

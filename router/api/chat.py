@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from aiohttp import web
 
 from router.api.body import read_json
-from router.api.context import CONTEXT, STARTED
+from router.api.chat_output import ChoiceOutput, Piece
+from router.api.context import CONTEXT, STARTED, RouterContext
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.logprobs import chat_logprobs
 from router.api.openai_schema import ChatRequest, parse_chat
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str
+from router.api.structured_outputs import Constraint, client_error
+from router.errors import OpenAIError, bad_request
 from router.upstream.dispatch import EngineStreamError
 
 
@@ -18,36 +23,71 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     req = parse_chat(await read_json(request))
     card = ctx.registry.resolve(req.model)
+    constraint = _constraint(ctx, req)
     encoded = await ctx.tokenizer.encode_chat(
         req.messages,
         add_generation_prompt=req.add_generation_prompt,
         continue_final_message=req.continue_final_message,
         chat_template_kwargs_json=req.chat_template_kwargs_json,
         chat_template=req.chat_template,
+        tools_json=req.tools.tools_json,
     )
     prompt_len = len(encoded.token_ids)
     req.sampling.check(prompt_len, card, "messages")
     sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "messages")
+    outputs = await _outputs(ctx, req)
+    if outputs and any(o.needs_special_tokens for o in outputs):
+        sampling = dataclasses.replace(sampling, skip_special_tokens=False)
     session = ctx.session_key(request, req.prompt_cache_key, req.user)
-    gen = await Generation.open(
-        ctx.dispatcher,
-        card,
-        "chatcmpl",
-        [encoded.token_ids],
-        sampling,
-        started=request[STARTED],
-        cache_salt=ctx.cache_salt(request, req.cache_salt),
-        session_key=session,
-    )
+    try:
+        gen = await Generation.open(
+            ctx.dispatcher,
+            card,
+            "chatcmpl",
+            [encoded.token_ids],
+            sampling,
+            started=request[STARTED],
+            cache_salt=ctx.cache_salt(request, req.cache_salt),
+            session_key=session,
+            structured_output=constraint.pb if constraint else None,
+        )
+    except OpenAIError as err:
+        raise client_error(err, constraint) from None
     try:
         if req.stream:
-            return await _stream(request, req, gen)
-        return web.json_response(await _collect(req, gen), dumps=dumps)
+            return await _stream(request, req, gen, outputs)
+        return web.json_response(await _collect(req, gen, outputs), dumps=dumps)
     finally:
         gen.close()
 
 
-async def _collect(req: ChatRequest, gen: Generation) -> dict:
+def _constraint(ctx: RouterContext, req: ChatRequest) -> Constraint | None:
+    """The grammar of a forced tool_choice or of response_format / structured_outputs (never both); with a
+    reasoning parser, it starts after the thinking."""
+    forced = req.tools.constraint()
+    if forced is not None and req.constraint is not None:
+        raise bad_request(
+            "A forced 'tool_choice' ('required' or a named function) cannot be combined with "
+            "'response_format' or 'structured_outputs'.",
+            "tool_choice",
+        )
+    constraint = forced or req.constraint
+    spec = ctx.parsers.reasoning
+    if constraint is not None and spec is not None:
+        constraint = constraint.with_reasoning(spec.start, spec.end)
+    return constraint
+
+
+async def _outputs(ctx: RouterContext, req: ChatRequest) -> list[ChoiceOutput]:
+    """Each choice's output parsers (an empty list: the text goes out as it is)."""
+    tools = req.tools
+    if not tools.active and ctx.parsers.reasoning is None:
+        return []
+    family = await ctx.parsers.tool_family() if tools.choice == "auto" and tools.active else "hermes"
+    return [ChoiceOutput(ctx.parsers.reasoning_parser(), tools.parser(family)) for _ in range(req.sampling.n)]
+
+
+async def _collect(req: ChatRequest, gen: Generation, outputs: list[ChoiceOutput]) -> dict:
     texts: list[list[str]] = [[] for _ in range(gen.num_choices)]
     logprobs: list[list[dict]] = [[] for _ in range(gen.num_choices)]
     finish: list[str | None] = [None] * gen.num_choices
@@ -60,15 +100,23 @@ async def _collect(req: ChatRequest, gen: Generation) -> dict:
                 finish[i] = FINISH_REASONS[msg.finish_reason]
     except EngineStreamError as err:
         raise err.error from None
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": "".join(texts[i])},
-            "logprobs": {"content": logprobs[i]} if req.logprobs else None,
-            "finish_reason": finish[i],
-        }
-        for i in range(gen.num_choices)
-    ]
+    choices = []
+    for i in range(gen.num_choices):
+        message: dict = {"role": "assistant", "content": "".join(texts[i])}
+        reason = finish[i]
+        if outputs:
+            out = outputs[i]
+            out.feed(message["content"])
+            out.finish()
+            message, reason = out.message(), out.finish_reason(reason)
+        choices.append(
+            {
+                "index": i,
+                "message": message,
+                "logprobs": {"content": logprobs[i]} if req.logprobs else None,
+                "finish_reason": reason,
+            }
+        )
     return {
         "id": gen.id,
         "object": "chat.completion",
@@ -79,16 +127,28 @@ async def _collect(req: ChatRequest, gen: Generation) -> dict:
     }
 
 
-async def _stream(request: web.Request, req: ChatRequest, gen: Generation) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, req: ChatRequest, gen: Generation, outputs: list[ChoiceOutput]
+) -> web.StreamResponse:
     chunks = Chunks(gen.id, "chat.completion.chunk", gen.created, gen.model, req.include_usage)
     # OpenAI opens every choice with the assistant role before any content.
     opening = b"".join(
         chunks.choice(_delta(i, '"role":"assistant","content":""')) for i in range(gen.num_choices)
     )
 
-    def content(i: int, msg) -> str:
+    def content(i: int, msg) -> str | list[str]:
         lp = dumps({"content": chat_logprobs(msg.logprobs)}) if req.logprobs else "null"
-        return _delta(i, f'"content":{json_str(msg.text)}', lp)
+        if not outputs:
+            return _delta(i, f'"content":{json_str(msg.text)}', lp)
+        return _piece_deltas(i, outputs[i].feed(msg.text), lp)
+
+    def finish(i: int, reason: str) -> str | list[str]:
+        if not outputs:
+            return _delta(i, "", "null", reason)
+        out = outputs[i]
+        bodies = _piece_deltas(i, out.finish(), "null", required=False)
+        final = out.finish_reason(reason.strip('"'))
+        return [*bodies, _delta(i, "", "null", f'"{final}"')]
 
     return await stream_choices(
         request,
@@ -96,9 +156,24 @@ async def _stream(request: web.Request, req: ChatRequest, gen: Generation) -> we
         chunks,
         include_usage=req.include_usage,
         content=content,
-        finish=lambda i, reason: _delta(i, "", "null", reason),
+        finish=finish,
         opening=opening,
     )
+
+
+def _piece_deltas(i: int, piece: Piece, logprobs: str, required: bool = True) -> list[str]:
+    """One chunk body per kind of text the piece holds; the logprobs ride on the first (or on an empty
+    content delta, when everything this message brought is held back)."""
+    deltas = []
+    if piece.reasoning:
+        deltas.append(f'"reasoning_content":{json_str(piece.reasoning)}')
+    if piece.content:
+        deltas.append(f'"content":{json_str(piece.content)}')
+    if piece.calls:
+        deltas.append(f'"tool_calls":{dumps([c.to_json() for c in piece.calls])}')
+    if not deltas:
+        return [_delta(i, '"content":""', logprobs)] if required and logprobs != "null" else []
+    return [_delta(i, d, logprobs if k == 0 else "null") for k, d in enumerate(deltas)]
 
 
 def _delta(index: int, delta: str, logprobs: str = "null", finish_reason: str = "null") -> str:

@@ -13,7 +13,8 @@ from router.api.logprobs import CompletionLogprobs
 from router.api.openai_schema import CompletionRequest, parse_completion
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str
-from router.errors import bad_request
+from router.api.structured_outputs import client_error
+from router.errors import OpenAIError, bad_request
 from router.upstream.dispatch import EngineStreamError
 from router.upstream.model_card import ModelCard
 
@@ -28,16 +29,20 @@ async def completions(request: web.Request) -> web.StreamResponse:
     longest = max(len(ids) for ids in prompts)
     sampling = ctx.limits.apply(req.sampling, longest, card.max_model_len, "prompt")
     echoes = await _echo_texts(ctx, req, prompts) if req.echo else None
-    gen = await Generation.open(
-        ctx.dispatcher,
-        card,
-        "cmpl",
-        prompts,
-        sampling,
-        started=request[STARTED],
-        cache_salt=ctx.cache_salt(request, req.cache_salt),
-        session_key=ctx.session_key(request, req.user),
-    )
+    try:
+        gen = await Generation.open(
+            ctx.dispatcher,
+            card,
+            "cmpl",
+            prompts,
+            sampling,
+            started=request[STARTED],
+            cache_salt=ctx.cache_salt(request, req.cache_salt),
+            session_key=ctx.session_key(request, req.user),
+            structured_output=req.constraint.pb if req.constraint else None,
+        )
+    except OpenAIError as err:
+        raise client_error(err, req.constraint) from None
     try:
         if req.stream:
             return await _stream(request, req, gen, echoes)

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from router.api.auth import ApiKeys
 from router.api.limits import RequestLimits, StreamLimiter
+from router.api.output_parsers import OutputParsers
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.request_telemetry import RequestTelemetry, RouterTelemetry
@@ -27,6 +28,12 @@ class RouterContext:
     limits: RequestLimits = field(default_factory=RequestLimits)
     streams: StreamLimiter = field(default_factory=lambda: StreamLimiter(None))
     telemetry: RouterTelemetry = field(default_factory=lambda: RouterTelemetry(None))
+    parsers: OutputParsers = field(init=False)  # the model's tool-call format and reasoning parser
+
+    def __post_init__(self) -> None:
+        self.parsers = OutputParsers(
+            self.config.tool_call_parser, self.config.reasoning_parser, self.tokenizer
+        )
 
     def session_key(self, request: web.Request, *fallbacks: str | None) -> str | None:
         """The session policy's key: the session header, else the first body field given (`user`...)."""

@@ -49,6 +49,7 @@ class Generation:
         started: float,
         cache_salt: str = "",
         session_key: str | None = None,
+        structured_output: engine_pb2.StructuredOutput | None = None,
     ) -> Generation:
         """Opens every prompt's engine stream; returns once each has its first message. `started` is the
         request's arrival (time.perf_counter()), for the time-to-first-token metric."""
@@ -63,6 +64,7 @@ class Generation:
                 prompt_token_ids=engine_pb2.TokenIds(ids=ids),
                 sampling_params=params,
                 cache_salt=cache_salt,
+                structured_output=structured_output,
             )
             for i, ids in enumerate(prompts)
         ]

@@ -2,8 +2,9 @@
 (those are checked in `Sampling.check` once the model is resolved).
 
 Fields are checked against allow-lists: an argument we do not know is a 400, as on OpenAI's own API, and
-an argument we know but do not serve yet (`tools`, `functions`, non-text `response_format`...) is a 400
-that says so; neither is ever silently ignored.
+an argument we know but do not serve yet (`functions`, `audio`...) is a 400 that says so; neither is ever
+silently ignored. Tools and structured outputs are read by their own modules (tools.py,
+structured_outputs.py).
 """
 
 from __future__ import annotations
@@ -12,23 +13,24 @@ import json
 from dataclasses import dataclass
 
 from pagoda.tokenizer.v1 import tokenizer_pb2
+from router.api import structured_outputs
 from router.api.sampling import MAX_LOGPROBS, SAMPLING_FIELDS, Sampling, parse_sampling
+from router.api.structured_outputs import Constraint
+from router.api.tools import ToolRequest, message_tool_fields, parse_tools
 from router.api.validation import opt_bool, opt_dict, opt_int, opt_str, reject_unknown, token_ids
 from router.errors import bad_request, unsupported
 
 MAX_PROMPTS = 256
 MAX_CACHE_SALT = 1024
 
-_COMMON = SAMPLING_FIELDS | {"model", "stream", "stream_options", "user", "cache_salt"}
+_COMMON = (
+    SAMPLING_FIELDS | structured_outputs.FIELDS | {"model", "stream", "stream_options", "user", "cache_salt"}
+)
 
 # Known OpenAI fields we accept only in the value that asks for nothing we lack; a predicate says which.
 _NEUTRAL = {
-    "tools": lambda v: not v,
     "functions": lambda v: not v,
-    "tool_choice": lambda v: v in ("none", "auto"),
     "function_call": lambda v: v in ("none", "auto"),
-    "parallel_tool_calls": lambda v: isinstance(v, bool),
-    "response_format": lambda v: isinstance(v, dict) and v.get("type") == "text" and len(v) == 1,
     "store": lambda v: v is False,
     "metadata": lambda v: not v,
     "service_tier": lambda v: v in ("auto", "default"),
@@ -53,6 +55,9 @@ _CHAT_FIELDS = (
         "chat_template",
         "prompt_cache_key",
         "safety_identifier",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
     }
     | (_NEUTRAL.keys() - {"suffix"})
 )
@@ -94,6 +99,8 @@ class ChatRequest:
     user: str | None
     prompt_cache_key: str | None  # OpenAI's hint that requests share a prefix: a session key for routing
     cache_salt: str
+    tools: ToolRequest = ToolRequest()
+    constraint: Constraint | None = None  # response_format / structured_outputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,7 @@ class CompletionRequest:
     echo: bool
     user: str | None
     cache_salt: str
+    constraint: Constraint | None = None  # response_format / structured_outputs
 
 
 def parse_chat(body: object) -> ChatRequest:
@@ -141,6 +149,8 @@ def parse_chat(body: object) -> ChatRequest:
         user=opt_str(body, "user"),
         prompt_cache_key=opt_str(body, "prompt_cache_key"),
         cache_salt=_cache_salt(body),
+        tools=parse_tools(body),
+        constraint=structured_outputs.parse(body),
     )
 
 
@@ -168,6 +178,7 @@ def parse_completion(body: object) -> CompletionRequest:
         echo=echo,
         user=opt_str(body, "user"),
         cache_salt=_cache_salt(body),
+        constraint=structured_outputs.parse(body),
     )
 
 
@@ -234,7 +245,7 @@ def _message(m: object, where: str) -> Message:
     role = m.get("role")
     if not isinstance(role, str) or role not in _ROLES:
         raise bad_request(f"'{where}.role' must be one of {sorted(_ROLES)}, got {role!r}.", "messages")
-    for field in ("tool_calls", "function_call", "audio"):
+    for field in ("function_call", "audio"):
         if m.get(field):
             raise unsupported(f"{where}.{field}")
     name = m.get("name")
@@ -245,6 +256,7 @@ def _message(m: object, where: str) -> Message:
         role="system" if role == "developer" else role,
         content=_content(m.get("content"), role, where),
         name=name,
+        **message_tool_fields(m, role, where),
     )
 
 

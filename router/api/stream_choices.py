@@ -13,9 +13,10 @@ from router.api.generation import FINISH_REASONS, Generation
 from router.api.streaming import DONE, Chunks, ClientGone, error_event, open_sse, write
 from router.upstream.dispatch import EngineStreamError
 
-# (choice index, engine message) -> the choice's JSON body; (choice index, finish reason as JSON) -> body
-ContentChunk = Callable[[int, object], str]
-FinishChunk = Callable[[int, str], str]
+# (choice index, engine message) -> the choice's JSON body; (choice index, finish reason as JSON) -> body.
+# Either may return several bodies (a list: one chunk each; none: nothing to send yet).
+ContentChunk = Callable[[int, object], str | list[str]]
+FinishChunk = Callable[[int, str], str | list[str]]
 
 
 async def stream_choices(
@@ -37,9 +38,9 @@ async def stream_choices(
             async for i, msg in gen.messages():
                 out = b""
                 if msg.token_ids or msg.text:  # a message can carry tokens whose text is held back
-                    out = chunks.choice(content(i, msg))
+                    out = _render(chunks, content(i, msg))
                 if msg.finish_reason:
-                    out += chunks.choice(finish(i, f'"{FINISH_REASONS[msg.finish_reason]}"'))
+                    out += _render(chunks, finish(i, f'"{FINISH_REASONS[msg.finish_reason]}"'))
                 if out:
                     await write(response, out)
         except EngineStreamError as err:
@@ -52,3 +53,9 @@ async def stream_choices(
     except ClientGone:
         metrics.client_disconnects.inc()
     return response
+
+
+def _render(chunks: Chunks, bodies: str | list[str]) -> bytes:
+    if isinstance(bodies, str):
+        return chunks.choice(bodies)
+    return b"".join(chunks.choice(body) for body in bodies)

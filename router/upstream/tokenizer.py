@@ -31,6 +31,7 @@ class TokenizerClient:
         continue_final_message: bool,
         chat_template_kwargs_json: str = "",
         chat_template: str = "",
+        tools_json: str = "",
     ) -> tokenizer_pb2.EncodeResponse:
         chat = tokenizer_pb2.ChatInput(
             messages=messages,
@@ -38,6 +39,7 @@ class TokenizerClient:
             continue_final_message=continue_final_message,
             chat_template_kwargs_json=chat_template_kwargs_json,
             chat_template=chat_template,
+            tools_json=tools_json,
         )
         return await self._call("Encode", tokenizer_pb2.EncodeRequest(chat=chat))
 
@@ -48,6 +50,9 @@ class TokenizerClient:
         if add_special_tokens is not None:
             request.add_special_tokens = add_special_tokens
         return await self._call("Encode", request)
+
+    async def info(self) -> tokenizer_pb2.InfoResponse:
+        return await self._call("Info", tokenizer_pb2.InfoRequest())
 
     async def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         request = tokenizer_pb2.DecodeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)

@@ -48,11 +48,22 @@ BAD_CHAT_BODIES = [
     ({"model": "scripted", "messages": [{"role": "user", "content": 5}]}, "messages", "content"),
     ({"model": "scripted", "messages": ["hi"]}, "messages", "object"),
     ({"messages": MSGS}, "model", "'model' is required"),
+    # Tools and structured outputs: malformed ones name their field.
+    (_chat(tools=[{"type": "function", "function": {"name": "no spaces"}}]), "tools", "letters, digits"),
+    (_chat(tools=[{"type": "function", "function": {"name": "f", "parameters": 3}}]), "tools", "schema"),
+    (_chat(tool_choice="required"), "tool_choice", "no 'tools'"),
+    (_chat(tool_choice={"type": "function", "function": {"name": "g"}}), "tool_choice", "not in 'tools'"),
+    (_chat(response_format={"type": "xml"}), "response_format", "must be one of"),
+    (_chat(response_format={"type": "json_schema"}), "response_format", "'schema'"),
+    (_chat(structured_outputs={"regex": "a", "choice": ["b"]}), "structured_outputs", "exactly one"),
+    (_chat(guided_json={"type": "object"}), "guided_json", "use 'structured_outputs'"),
+    (
+        _chat(messages=[{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}]),
+        "messages",
+        "only allowed on assistant",
+    ),
     # Known OpenAI features we do not serve yet: a 400 that says so.
-    (_chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", "not supported yet"),
     (_chat(functions=[{"name": "f"}]), "functions", "not supported yet"),
-    (_chat(response_format={"type": "json_object"}), "response_format", "not supported yet"),
-    (_chat(tool_choice="required"), "tool_choice", "not supported yet"),
     (_chat(audio={"voice": "x"}), "audio", "not supported yet"),
     (
         {
