@@ -32,11 +32,15 @@ def parse(params: StructuredOutputsParams, field: str = FIELD) -> xgr.Grammar:
 def _parse(p: StructuredOutputsParams) -> xgr.Grammar:
     if p.kind == "json":
         json.loads(p.json)  # a clearer message for text that is not JSON at all
-        return xgr.Grammar.from_json_schema(p.json, any_whitespace=p.any_whitespace)
+        return _json_strings_without_controls(
+            xgr.Grammar.from_json_schema(p.json, any_whitespace=p.any_whitespace)
+        )
     if p.kind == "json_object":
         # Any object: not strict, so properties the (empty) schema does not name are allowed.
-        return xgr.Grammar.from_json_schema(
-            '{"type": "object"}', any_whitespace=p.any_whitespace, strict_mode=False
+        return _json_strings_without_controls(
+            xgr.Grammar.from_json_schema(
+                '{"type": "object"}', any_whitespace=p.any_whitespace, strict_mode=False
+            )
         )
     if p.kind == "regex":
         return xgr.Grammar.from_regex(p.regex)
@@ -46,6 +50,21 @@ def _parse(p: StructuredOutputsParams) -> xgr.Grammar:
     if p.kind == "grammar":
         return xgr.Grammar.from_ebnf(p.grammar)
     return xgr.Grammar.from_lark(p.lark)
+
+
+# xgrammar 0.2.8 writes the characters of a length-bounded JSON string (minLength / maxLength) as
+# [^"\\\r\n], which lets control characters U+0001..U+001F through: JSON forbids them unescaped, and a
+# parser (Python's json, jsonschema, pydantic) rejects the output. Its unbounded strings exclude them
+# ([^\0-\x1f"\\...]). The grammar's EBNF is rewritten with the same class and read back.
+_LAX_STRING_CHAR = r"[^\"\\\r\n]"
+_JSON_STRING_CHAR = r"[^\0-\x1f\"\\]"
+
+
+def _json_strings_without_controls(g: xgr.Grammar) -> xgr.Grammar:
+    text = str(g)
+    if _LAX_STRING_CHAR not in text:
+        return g
+    return xgr.Grammar.from_ebnf(text.replace(_LAX_STRING_CHAR, _JSON_STRING_CHAR))
 
 
 def _message(error: Exception) -> str:
