@@ -65,6 +65,7 @@ class StructuredOutputManager:
         # Timing of the last masks filled (benchmarks read them): rows and seconds, summed until reset.
         self.fill_rows = 0
         self.fill_s = 0.0
+        self.fill_calls = 0
 
     # ---- requests --------------------------------------------------------------------------------
     def check(self, params: StructuredOutputsParams) -> None:
@@ -169,6 +170,7 @@ class StructuredOutputManager:
             for i, state in enumerate(states):
                 state.fill(mask.bits, i)
         self.fill_rows += len(rows)
+        self.fill_calls += 1
         self.fill_s += time.perf_counter() - started
         return TokenBitmask(rows, mask.bits)
 
