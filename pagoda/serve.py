@@ -42,6 +42,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--api-key", action="append", default=[], help="require this API key (repeatable)")
     p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for every engine")
+    p.add_argument(
+        "--tool-call-parser",
+        default="auto",
+        help="the router's tool-call format: auto (from the chat template), hermes, llama3_json, mistral",
+    )
+    p.add_argument(
+        "--reasoning-parser", default=None, help="the router's reasoning parser: qwen3, deepseek_r1"
+    )
+    p.add_argument(
+        "--generation-config",
+        choices=("auto", "none"),
+        default="auto",
+        help="engines' sampling defaults for unset fields: the model's generation_config.json, or none",
+    )
     args = p.parse_args(argv)
     if args.engines is not None and args.engines < 1:
         p.error("--engines must be at least 1")
@@ -172,13 +186,18 @@ class Stack:
                     "0",
                     "--tensor-parallel-size",
                     str(args.tensor_parallel_size if device == "cuda" else 1),
+                    "--generation-config",
+                    args.generation_config,
                 ],
                 env,
             )
             for i, ((device, env), port) in enumerate(zip(plan, engine_ports, strict=True))
         ]
         engine_flags = [flag for port in engine_ports for flag in ("--engine", f"127.0.0.1:{port}")]
-        key_flags = [flag for key in args.api_key for flag in ("--api-key", key)]
+        router_flags = [flag for key in args.api_key for flag in ("--api-key", key)]
+        router_flags += ["--tool-call-parser", args.tool_call_parser]
+        if args.reasoning_parser:
+            router_flags += ["--reasoning-parser", args.reasoning_parser]
         self.router = Child(
             "router",
             [
@@ -190,7 +209,7 @@ class Stack:
                 "--tokenizer",
                 f"127.0.0.1:{tokenizer_port}",
                 *engine_flags,
-                *key_flags,
+                *router_flags,
             ],
         )
         self.children = [self.tokenizer, *self.engines, self.router]

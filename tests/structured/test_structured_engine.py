@@ -112,3 +112,19 @@ def test_async_scheduling_and_preemption_give_the_same_tokens(tiny_chat_model_di
     assert got == want
     for text in got:
         jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_tensor_parallel_ranks_apply_the_same_masks(tiny_chat_model_dir, tiny_llm):
+    """With two ranks (gloo on CPU) the step message carries the masks: TP=2 gives TP=1's tokens."""
+    params = [
+        SamplingParams(max_tokens=100, temperature=1.0, seed=3, n=2, structured_outputs=SCHEMA),
+        SamplingParams(
+            max_tokens=10, temperature=0.0, structured_outputs=StructuredOutputsParams(choice=("a", "b"))
+        ),
+    ]
+    want = _texts(tiny_llm.generate(prompt_token_ids=PROMPTS, sampling_params=params))
+    tp = _llm(tiny_chat_model_dir, tensor_parallel_size=2, async_scheduling=True)
+    try:
+        assert _texts(tp.generate(prompt_token_ids=PROMPTS, sampling_params=params)) == want
+    finally:
+        tp.engine.shutdown()
