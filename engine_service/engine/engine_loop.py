@@ -35,6 +35,7 @@ from typing import NamedTuple
 from engine_service.core.config import EngineConfig
 from engine_service.core.outputs import SequenceUpdate
 from engine_service.core.sampling_params import SamplingParams
+from engine_service.core.structured_outputs import StructuredOutputsParams
 from engine_service.engine import updates_codec
 from engine_service.engine.engine import Engine, EngineStats, ModelInfo
 
@@ -144,6 +145,13 @@ def warm_up(engine: Engine) -> None:
             engine.add_request(f"warm-up-{n}", prompt, greedy if n % 2 == 0 else sampled)
             n += 1
         engine.step()
+    if engine.tokenizer is not None and engine.model_info.device == "cuda":
+        # The structured-output path on a GPU: the grammar engine reads the vocabulary (seconds for 128k
+        # tokens) and the mask kernel compiles here, not in the first constrained request. 64 letters cannot
+        # fit in 4 tokens, so this sample makes exactly 4 tokens, as the others do.
+        so = StructuredOutputsParams(regex="[a-z]{64}")
+        params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True, structured_outputs=so)
+        engine.add_request("warm-up-grammar", [(13 * n + 11) % vocab], params)
     while engine.has_unfinished():
         engine.step()
 
