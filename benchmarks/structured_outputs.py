@@ -264,13 +264,20 @@ def run_pagoda(args, folder: Path, vocab: int) -> dict:
 
 
 def _valid(text: str) -> bool:
+    """Whether an output is JSON valid against SCHEMA (only parsed as JSON where jsonschema is missing)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
     try:
         import jsonschema
-
-        jsonschema.validate(json.loads(text), SCHEMA)
-        return True
-    except Exception:
+    except ImportError:
+        return isinstance(value, dict)
+    try:
+        jsonschema.validate(value, SCHEMA)
+    except jsonschema.ValidationError:
         return False
+    return True
 
 
 def _rates(lengths, c_elapsed, u_lengths, u_elapsed, valid) -> dict:
