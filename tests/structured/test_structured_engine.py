@@ -128,3 +128,32 @@ def test_tensor_parallel_ranks_apply_the_same_masks(tiny_chat_model_dir, tiny_ll
         assert _texts(tp.generate(prompt_token_ids=PROMPTS, sampling_params=params)) == want
     finally:
         tp.engine.shutdown()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_on_the_gpu_with_cuda_graphs_and_async_scheduling(tiny_chat_model_dir):
+    """The GPU path: decode steps replay CUDA graphs, async scheduling overlaps the mask with the forward."""
+    params = [
+        SamplingParams(max_tokens=200, temperature=1.0, seed=s, n=2, structured_outputs=SCHEMA)
+        for s in range(8)
+    ]
+    prompts = [[7 + i, 8, 9, 10 + i] for i in range(8)]
+    texts = {}
+    for name, async_scheduling in (("async", True), ("sync", False)):
+        llm = LLM(
+            str(tiny_chat_model_dir),
+            device="cuda",
+            dtype="float32",
+            max_model_len=512,
+            seed=0,
+            async_scheduling=async_scheduling,
+        )
+        try:
+            texts[name] = _texts(llm.generate(prompt_token_ids=prompts, sampling_params=params))
+            assert llm.engine.runner.graphs is not None
+        finally:
+            llm.engine.shutdown()
+    assert texts["async"] == texts["sync"]
+    for text in texts["async"]:
+        jsonschema.validate(json.loads(text), PERSON)

@@ -182,3 +182,21 @@ def test_sampler_logprobs_stay_the_models(tiny_llm):
     first = out.logprobs[0]
     assert first.logprob < 0 and first.top and first.top[0][1] >= first.logprob
     assert json.dumps(first.top)  # plain numbers
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bitmask_kernel_on_the_gpu_in_bf16():
+    from engine_service.ops import dispatch
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(300, 128256, generator=g).to(torch.bfloat16)
+    bits = torch.randint(
+        -(2**31), 2**31 - 1, (256, TokenBitmask.words(128256)), generator=g, dtype=torch.int32
+    )
+    rows = torch.randperm(300, generator=g)[:256]
+    expected = logits.clone()
+    torch_ops.apply_token_bitmask(expected, bits, rows)
+    got = logits.cuda()
+    dispatch.apply_token_bitmask(got, bits.cuda(), rows.cuda())
+    assert torch.equal(got.cpu(), expected)
