@@ -352,7 +352,8 @@ def vllm_worker(job_path: str, out_path: str) -> int:
         SamplingParams(max_tokens=n, temperature=1.0, seed=i, ignore_eos=True) for i, n in enumerate(lengths)
     ]
     _, u_lengths, u_elapsed = timed(free)
-    backend = llm.llm_engine.vllm_config.structured_outputs_config.backend
+    so_config = getattr(llm.llm_engine.vllm_config, "structured_outputs_config", None)
+    backend = getattr(so_config, "backend", "unknown")
     result = {
         "engine": f"vllm {vllm.__version__}",
         "structured_output_backend": backend,
