@@ -69,8 +69,8 @@ def build_engine(model_dir: str, batch: int) -> Engine:
     )
     engine = Engine(config)
     runner = engine.runner
-    cfg = engine.model_config.hf_config
-    runner.model = NoModel(runner.model, cfg["hidden_size"], cfg["vocab_size"])
+    mc = engine.model_config
+    runner.model = NoModel(runner.model, mc.hidden_size, mc.vocab_size)
     return engine
 
 

@@ -69,7 +69,7 @@ class ModelRunner:
             previous = torch.get_default_dtype()
             torch.set_default_dtype(dtype)
             try:
-                self.model = model_class(model_config.architecture)(model_config.hf_config, tp_rank, tp_size)
+                self.model = model_class(model_config.architecture)(model_config, tp_rank, tp_size)
             finally:
                 torch.set_default_dtype(previous)
         if load_format == "dummy":
