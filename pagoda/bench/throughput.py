@@ -26,9 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engine_service.core.config import EngineConfig
 from pagoda.bench import report, roofline, shapes, workloads
 from pagoda.bench.peers import REPO_ROOT, PeerJob, run_worker
 from pagoda.bench.workloads import WorkloadSpec
+from pagoda.cli_args import add_config_args
 
 # peer flag -> (result key, worker module, mode)
 PEERS: dict[str, list[tuple[str, str, str]]] = {
@@ -49,6 +51,16 @@ VLLM_ENV = {
 }
 
 BLOCK_SIZE = 16  # Pagoda's and vLLM's KV block: a cached prefix is whole blocks
+ENGINE_FLAGS = (
+    "device",
+    "dtype",
+    "enable_prefix_caching",
+    "gpu_memory_utilization",
+    "enforce_eager",
+    "tensor_parallel_size",
+    "custom_all_reduce",
+    "pdl",
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--prefix-len", type=int, default=1024, help="shared-prefix: tokens every prompt starts with"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument(
         "--peer",
         action="append",
@@ -123,8 +134,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[],
         help="also run this engine on the same workload (repeatable)",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    # The engine settings a run shares with `pagoda engine`: flags made from EngineConfig's fields.
+    add_config_args(
+        p,
+        EngineConfig,
+        only=ENGINE_FLAGS,
+        defaults={"dtype": "bfloat16"},  # the roofline needs a real dtype: no "auto"
+        choices={"dtype": ["bfloat16", "float16", "float32"]},
+    )
     p.add_argument(
         "--max-num-seqs", type=int, default=None, help="default: Pagoda's 512; peers keep their own"
     )
@@ -134,22 +151,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="default 16384 (as vLLM's offline LLM); peers keep their own",
     )
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument(
-        "--custom-all-reduce",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Pagoda TP: decode-sized all-reduces over symmetric memory (--no-custom-all-reduce: NCCL only)",
-    )
-    p.add_argument(
-        "--pdl",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Pagoda: programmatic dependent launch of the Triton kernels on sm_90+ (--no-pdl: off)",
-    )
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--enforce-eager", action="store_true", help="Pagoda without CUDA graphs")
     p.add_argument(
         "--decode-batch-sizes",
         type=_int_list,
@@ -217,7 +219,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         shape=args.shape,
         workload=spec,
-        prefix_caching=not args.no_prefix_caching,
+        prefix_caching=args.enable_prefix_caching,
         peers=tuple(dict.fromkeys(args.peer)),
         device=device,
         dtype=args.dtype,
