@@ -9,7 +9,8 @@ to `--tokens` outputs, and reads rank 0's trace (pagoda/bench/timeline.py): per 
 the device's busy time, and its idle gaps, split into host-bound (the next op was launched only after the
 device ran dry) and the device's own; then the gaps that cost the most, and the device ops outside the
 decode graph; rank 0's critical path per op (what each op added to the step's end: under PDL the ops' own
-durations overlap and do not add up); and the other ranks' medians. One `decode_timeline` line to
+durations overlap and do not add up); the device time per step by kernel family (matrix products,
+attention, all-reduce, norms, ...); and the other ranks' medians. One `decode_timeline` line to
 results.jsonl with --results-dir, holding each rank's device ops per step and rank 0's critical path too.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -31,6 +33,21 @@ from pagoda.bench.report import append_jsonl  # noqa: E402
 from pagoda.bench.shapes import dummy_llm  # noqa: E402
 
 MARKER = "_sample_kernel"  # the sampler's kernel: once per step, at its end
+
+# kernel name pattern -> family; the first that matches
+FAMILIES = [
+    (r"all_reduce_add_rms_norm", "all-reduce+norm"),  # fused (ops/triton_all_reduce_norm.py)
+    (r"nccl|all_reduce|allreduce", "all-reduce"),
+    (r"paged_attention|reduce_splits", "attention"),
+    (r"gemm|gemv|nvjet|xmma|cutlass|cublas|matmul|splitk", "matrix products"),
+    (r"rms_norm", "norms"),
+    (r"rotary", "rotary"),
+    (r"kv_cache", "KV write"),
+    (r"silu", "activation"),
+    (r"embedding|index_select|indexSelect", "embedding"),
+    (r"sample", "sampling"),
+    (r"copy|Memcpy|Memset|fill|elementwise|cat", "copies"),
+]
 
 
 def read_steps(path: str) -> tuple[list[dict], list[timeline.StepTimeline]]:
@@ -51,6 +68,22 @@ def ops_per_step(
     else:
         ops = timeline.device_time_by_op(events, ends[2], ends[-1], top=top, outside_graphs=outside_graphs)
     return [(name, round(count / n, 2), round(us / n, 1)) for name, count, us in ops]
+
+
+def family_of(name: str) -> str:
+    return next((f for pattern, f in FAMILIES if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
+def by_family(ops: list[tuple]) -> dict[str, dict[str, float]]:
+    """The (name, launches, µs) a step of every device op, summed by kernel family, most time first. The
+    ops' own durations: under PDL they overlap, so the sum may pass the step (critical_path does not)."""
+    families: dict[str, list[float]] = {}
+    for name, launches, us in ops:
+        f = families.setdefault(family_of(name), [0.0, 0.0])
+        f[0] += launches
+        f[1] += us
+    ranked = sorted(families.items(), key=lambda kv: -kv[1][1])
+    return {name: {"us": round(us, 1), "launches": round(n, 2)} for name, (n, us) in ranked}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\ndevice ops outside the decode graph (µs and launches per step):")
     for name, launches, us in outside:
         print(f"  {us:8.1f}  {launches:5.1f}x  {name}")
+    families = by_family(ops_per_step(events, top=10_000))
+    print("\ndevice time per step by kernel family (own durations; µs and launches):")
+    for name, f in families.items():
+        print(f"  {f['us']:8.1f}  {f['launches']:6.1f}x  {name}")
     other_ranks = {}
     for rank, path in enumerate(paths[1:], start=1):  # the others' medians: a late rank shows here
         their_events, their_steps = read_steps(path)
@@ -136,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "outside_graph": outside,
             "device_ops": ops_per_step(events),  # every op, the decode graph's included
             "critical_path": critical,  # adds up to the step, where device_ops overlap under PDL
+            "families": families,
             **({"note": args.note} if args.note else {}),
         }
         append_jsonl(record, args.results_dir)

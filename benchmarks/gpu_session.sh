@@ -29,8 +29,6 @@
 #   timeline   benchmarks/decode_timeline.py: llama-8b batch-1 decode steps on the device timeline (busy, idle
 #              waiting on the host, idle otherwise) at TP=1 and TP=2 (two GPUs); the traces gzipped to $OUT
 #   timeline-no-pdl  the same with --no-pdl (the kernels in plain stream order)
-#   graph-kernels  benchmarks/graph_kernels.py: the kernels of llama-8b's batch-1 decode graph at TP=1, TP=2
-#              and TP=2 one-shot (two GPUs), and of llama-1b's at batch 256 (TP=1)
 #
 # Environment: COMMIT (recorded in results; the device copy has no .git), PEERS ("vllm", "vllm hf" or ""
 # for Pagoda alone; default vllm), NUM_PROMPTS (1000), QUICK_PROMPTS (200), HF_PROMPTS (256),
@@ -110,13 +108,6 @@ stage() {
         2>&1 | tee "$OUT/tp-tests.log" ;;
     allreduce) python3 benchmarks/all_reduce.py --results-dir "$RES" ;;
     gemv) python3 benchmarks/gemv.py --out "$RES/results.jsonl" --append --commit "$COMMIT" ;;
-    graph-kernels)
-      local gk=(python3 benchmarks/graph_kernels.py --results-dir "$RES" --commit "$COMMIT") rc=0
-      "${gk[@]}" --shape llama-1b --batch 256 || rc=$?
-      "${gk[@]}" --shape llama-8b --batch 1 || rc=$?
-      "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --no-custom-all-reduce || rc=$?
-      "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --custom-all-reduce || rc=$?
-      return $rc ;;
     timeline|timeline-no-pdl)
       local tl=(python3 benchmarks/decode_timeline.py --shape llama-8b --results-dir "$RES" --commit "$COMMIT") rc=0
       local tag=${1#timeline}

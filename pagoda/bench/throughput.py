@@ -318,12 +318,6 @@ def _measure_pagoda(llm, config: BenchConfig, requests, vocab_size: int, startup
         spec.input_len,
         vocab_size,
     )
-    # The decode graph replayed back to back: the device's step without the host loop (GPU only).
-    context = spec.input_len + spec.output_len // 2
-    graph_ms = {str(b): llm.engine.executor.time_decode_graph(b, context) for b in batch_sizes}
-    graph_ms = {b: round(ms, 4) for b, ms in graph_ms.items() if ms is not None}
-    if graph_ms:
-        print(f"[bench] decode graph alone (ms per replay): {graph_ms}", file=sys.stderr, flush=True)
     return report.engine_result(
         engine="pagoda",
         startup_s=startup_s,
@@ -337,7 +331,6 @@ def _measure_pagoda(llm, config: BenchConfig, requests, vocab_size: int, startup
         tpot_s=tpot,
         decode_step_ms=decode,
         num_cached_tokens=sum(o.num_cached_tokens for o in outs),
-        decode_graph_ms=graph_ms,
         num_steps=num_steps,
     )
 
