@@ -1,11 +1,11 @@
 """A decode step end to end on the device timeline: busy time, and idle time the host or the device caused.
 
-    python benchmarks/decode_timeline.py --shape llama-8b [--tensor-parallel-size 2] [--batch 1]
+    python -m benchmarks.decode_timeline --shape llama-8b [--tensor-parallel-size 2] [--batch 1]
         [--tokens 64] [--results-dir benchmarks --commit SHA] [--trace-dir DIR]
 
 Builds the engine (dummy weights, bf16, decode graphs), runs one warm-up generation, then profiles one
 more (`LLM.start_profile`: torch.profiler on every rank, host and CUDA) of `--batch` prompts of 512 tokens
-to `--tokens` outputs, and reads rank 0's trace (pagoda/bench/timeline.py): per decode step the wall time,
+to `--tokens` outputs, and reads rank 0's trace (benchmarks/timeline.py): per decode step the wall time,
 the device's busy time, and its idle gaps, split into host-bound (the next op was launched only after the
 device ran dry) and the device's own; then the gaps that cost the most, and the device ops outside the
 decode graph; rank 0's critical path per op (what each op added to the step's end: under PDL the ops' own
@@ -18,36 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine_service import SamplingParams  # noqa: E402
-from pagoda.bench import timeline  # noqa: E402
-from pagoda.bench.report import append_jsonl  # noqa: E402
-from pagoda.bench.shapes import dummy_llm  # noqa: E402
+from benchmarks import timeline
+from engine_service import SamplingParams
+from pagoda.bench.results import git_commit, record_result
+from pagoda.bench.shapes import dummy_llm
 
 MARKER = "_sample_kernel"  # the sampler's kernel: once per step, at its end
-
-# kernel name pattern -> family; the first that matches
-FAMILIES = [
-    (r"all_reduce_add_rms_norm", "all-reduce+norm"),  # fused (ops/triton_all_reduce_norm.py)
-    (r"nccl|all_reduce|allreduce", "all-reduce"),
-    (r"paged_attention|reduce_splits", "attention"),
-    (r"gemm|gemv|nvjet|xmma|cutlass|cublas|matmul|splitk", "matrix products"),
-    (r"rms_norm", "norms"),
-    (r"rotary", "rotary"),
-    (r"kv_cache", "KV write"),
-    (r"silu", "activation"),
-    (r"embedding|index_select|indexSelect", "embedding"),
-    (r"sample", "sampling"),
-    (r"copy|Memcpy|Memset|fill|elementwise|cat", "copies"),
-]
 
 
 def read_steps(path: str) -> tuple[list[dict], list[timeline.StepTimeline]]:
@@ -70,22 +51,6 @@ def ops_per_step(
     return [(name, round(count / n, 2), round(us / n, 1)) for name, count, us in ops]
 
 
-def family_of(name: str) -> str:
-    return next((f for pattern, f in FAMILIES if re.search(pattern, name, re.IGNORECASE)), "other")
-
-
-def by_family(ops: list[tuple]) -> dict[str, dict[str, float]]:
-    """The (name, launches, µs) a step of every device op, summed by kernel family, most time first. The
-    ops' own durations: under PDL they overlap, so the sum may pass the step (critical_path does not)."""
-    families: dict[str, list[float]] = {}
-    for name, launches, us in ops:
-        f = families.setdefault(family_of(name), [0.0, 0.0])
-        f[0] += launches
-        f[1] += us
-    ranked = sorted(families.items(), key=lambda kv: -kv[1][1])
-    return {name: {"us": round(us, 1), "launches": round(n, 2)} for name, (n, us) in ranked}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", default="llama-8b")
@@ -96,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--trace-dir", help="where the ranks' Chrome traces go (default: a temporary folder)")
     ap.add_argument("--results-dir")
-    ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--commit", default=None, help="recorded in the row (default: git rev-parse HEAD)")
     ap.add_argument("--note", default="", help="recorded in the row (what this run varies)")
     args = ap.parse_args(argv)
 
@@ -143,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\ndevice ops outside the decode graph (µs and launches per step):")
     for name, launches, us in outside:
         print(f"  {us:8.1f}  {launches:5.1f}x  {name}")
-    families = by_family(ops_per_step(events, top=10_000))
+    families = timeline.by_family(ops_per_step(events, top=10_000))
     print("\ndevice time per step by kernel family (own durations; µs and launches):")
     for name, f in families.items():
         print(f"  {f['us']:8.1f}  {f['launches']:6.1f}x  {name}")
@@ -162,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "kind": "decode_timeline",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "card": torch.cuda.get_device_name(0),
-            "commit": args.commit,
+            "commit": args.commit or git_commit(),
             "shape": args.shape,
             "tensor_parallel_size": args.tensor_parallel_size,
             "custom_all_reduce": args.custom_all_reduce,
@@ -176,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             "families": families,
             **({"note": args.note} if args.note else {}),
         }
-        append_jsonl(record, args.results_dir)
+        record_result(record, args.results_dir)
     return 0
 
 

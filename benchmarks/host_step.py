@@ -1,9 +1,9 @@
 """Host work per engine step, with the model taken out: what bounds the step loop of a small model.
 
-    python benchmarks/host_step.py [--batch 256] [--steps 300] [--results-dir benchmarks]
+    python -m benchmarks.host_step [--batch 256] [--steps 300] [--results-dir benchmarks]
 
 On a fast GPU a llama-1b decode step at batch 256 takes ~3 ms of device time, and the engine loop's own
-Python work per step is of the same size (RESULTS.md, third session): whichever is longer sets the pace.
+Python work per step is of the same size: whichever is longer sets the pace.
 This measures the host side alone, on the CPU: a real Engine (scheduler, block manager, ModelRunner step
 inputs and block-table rows, sampler inputs, placeholders, updates) on the tiny shape, with the forward
 pass replaced by zeros and the draw by an argmax, async scheduling on as on a GPU. Each step also pickles
@@ -12,7 +12,7 @@ front.
 
 Reports microseconds per step in steady decode at --batch sequences (and per phase: schedule + launch,
 collect, pack for the pipe), and the host seconds of the whole fixed workload (1000 × 512 / 256 at
---batch sequences, the gRPC benchmark's shape). One JSON line to results.jsonl with --results-dir.
+--batch sequences, the gRPC benchmark's shape). One `host_step` row to results.jsonl with --results-dir.
 """
 
 from __future__ import annotations
@@ -25,20 +25,16 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine_service.core.config import EngineConfig  # noqa: E402
-from engine_service.core.sampling_params import SamplingParams  # noqa: E402
-from engine_service.engine.engine import Engine  # noqa: E402
-from engine_service.ops import dispatch  # noqa: E402
-from pagoda.bench import shapes  # noqa: E402
-from pagoda.bench.report import append_jsonl  # noqa: E402
+from engine_service.core.config import EngineConfig
+from engine_service.core.sampling_params import SamplingParams
+from engine_service.engine.engine import Engine
+from engine_service.ops import dispatch
+from pagoda.bench import shapes
+from pagoda.bench.results import git_commit, record_result
 
 
 class NoModel(nn.Module):
@@ -130,7 +126,7 @@ def _measure(args: argparse.Namespace) -> int:
         "kind": "host_step",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "commit": args.commit or _commit(),
+        "commit": args.commit or git_commit(),
         "batch": args.batch,
         "decode_us_per_step": per_step,
         "decode_us_per_step_total": round(sum(per_step.values()), 1),
@@ -140,15 +136,8 @@ def _measure(args: argparse.Namespace) -> int:
     }
     print(json.dumps(record))
     if args.results_dir:
-        append_jsonl(record, args.results_dir)
+        record_result(record, args.results_dir)
     return 0
-
-
-def _commit() -> str:
-    import subprocess
-
-    out = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    return out.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

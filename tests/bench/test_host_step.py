@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
+from benchmarks import host_step
 from engine_service.ops import dispatch
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("host_step", REPO / "benchmarks" / "host_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_host_step_records_a_steady_decode_and_the_whole_workload(tmp_path, capsys):
-    host_step = load_benchmark()
     argv = ["--batch", "8", "--steps", "20", "--num-prompts", "20", "--results-dir", str(tmp_path)]
     assert host_step.main(argv + ["--commit", "test"]) == 0
     (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
