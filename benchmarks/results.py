@@ -31,6 +31,7 @@ NOTE_WORDS = 12
 
 Row = dict[str, Any]
 Cells = list[str]
+STAMP = "date | card | commit | "
 
 
 def read_rows(path: Path) -> list[Row]:
@@ -102,6 +103,35 @@ def peer_cell(peer: dict[str, Any] | None) -> str:
 # ---- RESULTS.md: one table per kind -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Table:
+    title: str
+    kinds: tuple[str, ...]  # empty: every kind no other table takes
+    columns: str  # " | "-separated
+    lines: Callable[[Row], list[Cells]]  # a row's lines in the table (most rows give one)
+
+
+TABLES: list[Table] = []  # in the order of RESULTS.md
+
+
+def table(title: str, kinds: str, columns: str, many: bool = False):
+    """Make the decorated function the table of these kinds of row (space-separated), after date, card and
+    commit. It gives a row's cells, or with `many` a list of lines (a row of several cases)."""
+
+    def register(cells: Callable[[Row], Any]) -> Callable[[Row], Any]:
+        lines = cells if many else (lambda row: [cells(row)])
+        TABLES.append(Table(title, tuple(kinds.split()), STAMP + columns, lines))
+        return cells
+
+    return register
+
+
+@table(
+    "Offline throughput (`pagoda bench throughput`)",
+    "throughput",
+    "shape | workload | out tok/s | total tok/s | eff | TTFT p50 | TPOT p50 | bs1 ms (floor) | "
+    "bs256 ms (floor) | start-up s | vLLM | HF static | HF CB",
+)
 def throughput_cells(row: Row) -> Cells:
     pagoda, peers = row.get("pagoda") or {}, row.get("peer") or {}
 
@@ -117,6 +147,12 @@ def throughput_cells(row: Row) -> Cells:
     return [*stamp(row), shape, label(row), out, *figures, *peer_cells]
 
 
+@table(
+    "Streaming through the engine gRPC service (`pagoda bench grpc`)",
+    "grpc",
+    "shape | workload | core | streams | gRPC out tok/s | offline out tok/s | ratio | offline @streams | "
+    "ratio @streams | TTFT p50 | TPOT p50 | msgs/s | tok/msg",
+)
 def grpc_cells(row: Row) -> Cells:
     g = row.get("grpc") or {}
     core = row.get("engine_core") or "–"
@@ -135,6 +171,12 @@ def grpc_cells(row: Row) -> Cells:
     return [*stamp(row), shape, label(row), core, str(row["concurrency"]), out, *offline, *stream]
 
 
+@table(
+    "Router + engine beside the offline run (`python -m benchmarks.router_full_stack`)",
+    "router_full_stack",
+    "shape | workload | streams | via router tok/s | offline max_num_seqs | offline tok/s | ratio | "
+    "TTFT p50 ms",
+)
 def full_stack_cells(row: Row) -> Cells:
     reference = [str(row.get("offline_max_num_seqs") or 512), num(row.get("offline_out_tok_s"))]
     figures = [num(row.get("ratio"), 3), num(dig(row, "router.ttft_ms.p50"), 1)]
@@ -142,6 +184,11 @@ def full_stack_cells(row: Row) -> Cells:
     return [*stamp(row), row["shape"], label(row), *streams, *reference, *figures]
 
 
+@table(
+    "Serving (`pagoda bench serve`)",
+    "serve",
+    "model | requests | concurrency | out tok/s | req/s | TTFT p50 ms | ITL p50 ms | completed",
+)
 def serve_cells(row: Row) -> Cells:
     c = row.get("config") or {}
     requests = f"{c.get('num_prompts')}×{c.get('input_len')}/{c.get('output_len')}"
@@ -158,6 +205,11 @@ def serve_cells(row: Row) -> Cells:
     ]
 
 
+@table(
+    "Router overhead with a fake engine (`python -m benchmarks.router_overhead`)",
+    "router_overhead",
+    "tok/msg | streams | tok/s via router | TTFT p50 direct ms | TTFT p50 via router ms | TTFT added ms",
+)
 def router_overhead_cells(row: Row) -> Cells:
     r = row.get("result") or {}
     ttft = [num(r.get(k), 2) for k in ("ttft_direct_p50_ms", "ttft_router_p50_ms", "ttft_added_ms")]
@@ -178,6 +230,12 @@ def bench_args_label(args: list[str]) -> str:
     return f"{flag('--shape', 'llama-1b')} {size}, {flag('--concurrency', '256')} streams"
 
 
+@table(
+    "Metrics and tracing overhead (`python -m benchmarks.observability_overhead`)",
+    "observability_overhead",
+    "workload | on | runs | off tok/s | on tok/s | overhead | spread off / on | "
+    "engine CPU ms / 1k tok, off → on | CPU overhead",
+)
 def observability_cells(row: Row) -> Cells:
     off, on = row["median_off_engine_cpu_ms_per_1k_tokens"], row["median_on_engine_cpu_ms_per_1k_tokens"]
     cpu, spread = row.get("cpu_overhead"), f"{100 * row['spread_off']:.0f} % / {100 * row['spread_on']:.0f} %"
@@ -201,6 +259,11 @@ def observability_cells(row: Row) -> Cells:
     ]
 
 
+@table(
+    "Reliability (`pytest tests/reliability --record-results`)",
+    "reliability",
+    "mode | scenario | sent | ok | proper errors | hung | lost | figures",
+)
 def reliability_cells(row: Row) -> Cells:
     left = {"left on purpose": row["left_on_purpose"]} if row.get("left_on_purpose") else {}
     figures = "; ".join(f"{k} {v}" for k, v in (left | (row.get("figures") or {})).items())
@@ -208,6 +271,11 @@ def reliability_cells(row: Row) -> Cells:
     return [*stamp(row), row["mode"], with_note(row["scenario"], row), *counts, figures or "–"]
 
 
+@table(
+    "Host work per step without the model (`python -m benchmarks.host_step`)",
+    "host_step",
+    "batch | step µs | pipe µs | total µs | workload host s",
+)
 def host_step_cells(row: Row) -> Cells:
     per_step = row.get("decode_us_per_step") or {}
     us = [num(per_step.get("step")), num(per_step.get("pack")), num(row.get("decode_us_per_step_total"))]
@@ -215,6 +283,11 @@ def host_step_cells(row: Row) -> Cells:
     return [*stamp(row), str(row["batch"]), *us, workload]
 
 
+@table(
+    "Decode steps on the device timeline (`python -m benchmarks.decode_timeline`)",
+    "decode_timeline",
+    "shape | TP | batch | PDL | wall µs | busy µs | idle: host µs | idle: device µs | most device time (µs)",
+)
 def timeline_cells(row: Row) -> Cells:
     tp = row.get("tensor_parallel_size", 1)
     tp_cell = str(tp) if tp == 1 else f"{tp}, {'custom' if row.get('custom_all_reduce') else 'NCCL'}"
@@ -231,6 +304,12 @@ def timeline_cells(row: Row) -> Cells:
     return [*stamp(row), *setup, *times, top]
 
 
+@table(
+    "Decode attention, a call in a CUDA graph (`python -m benchmarks.kernels`)",
+    "kernels",
+    "case | KV splits | µs | floor µs | of copy bandwidth | torch SDPA µs",
+    many=True,
+)
 def attention_lines(row: Row) -> list[Cells]:
     lines = []
     for c in row.get("decode") or []:
@@ -245,6 +324,12 @@ def sampling_cases(row: Row) -> list[dict[str, Any]]:
     return (row.get("sampling") if row["kind"] == "kernels" else row.get("rows")) or []
 
 
+@table(
+    "Sampling kernel (`python -m benchmarks.kernels --sampling-only`)",
+    "kernels sampling_kernel",
+    "case | fused µs | floor µs | torch µs",
+    many=True,
+)
 def sampling_lines(row: Row) -> list[Cells]:
     return [
         [
@@ -256,12 +341,23 @@ def sampling_lines(row: Row) -> list[Cells]:
     ]
 
 
+@table(
+    "Batch-1 decode attention by KV split count (`python -m benchmarks.kernels --splits-only`)",
+    "attention_splits",
+    "case | µs by splits | picked",
+)
 def splits_cells(row: Row) -> Cells:
     by_splits = " / ".join(f"{s}: {us}" for s, us in (row.get("graph_us_by_splits") or {}).items())
     picked = ", ".join(f"{n} at bound {b}" for b, n in (row.get("chosen") or {}).items())
     return [*stamp(row), f"{row['shape']} b{row['batch']} ctx {row['context']}", by_splits, picked]
 
 
+@table(
+    "Decode GEMV beside cuBLAS, a call in a CUDA graph (`python -m benchmarks.gemv`)",
+    "gemv",
+    "shape N×K | M | cuBLAS µs | GEMV µs | GEMV TB/s | speed-up | PDL",
+    many=True,
+)
 def gemv_lines(row: Row) -> list[Cells]:
     shape, pdl = (
         with_note(f"{row['shape']} {row['n']}×{row['k']}", row),
@@ -275,6 +371,12 @@ def gemv_lines(row: Row) -> list[Cells]:
     return lines
 
 
+@table(
+    "All-reduce a call, bf16 rows of 4096 (`python -m benchmarks.all_reduce`)",
+    "all_reduce",
+    "GPUs | rows | NCCL µs | one-shot µs | fused + norm µs | NCCL + norm µs",
+    many=True,
+)
 def all_reduce_lines(row: Row) -> list[Cells]:
     keys = ("nccl_us", "one_shot_us", "fused_norm_us", "nccl_then_norm_us")
     return [
@@ -292,112 +394,7 @@ def other_cells(row: Row) -> Cells:
     return [*stamp(row), row["kind"], with_note("; ".join(scalars) or "–", row)]
 
 
-@dataclass(frozen=True)
-class Table:
-    title: str
-    kinds: tuple[str, ...]  # empty: every kind no other table takes
-    columns: str  # " | "-separated
-    lines: Callable[[Row], list[Cells]]  # a row's lines in the table (most rows give one)
-
-
-def one(cells: Callable[[Row], Cells]) -> Callable[[Row], list[Cells]]:
-    return lambda row: [cells(row)]
-
-
-STAMP = "date | card | commit | "
-TABLES = [
-    Table(
-        "Offline throughput (`pagoda bench throughput`)",
-        ("throughput",),
-        STAMP + "shape | workload | out tok/s | total tok/s | eff | TTFT p50 | TPOT p50 | bs1 ms (floor) | "
-        "bs256 ms (floor) | start-up s | vLLM | HF static | HF CB",
-        one(throughput_cells),
-    ),
-    Table(
-        "Streaming through the engine gRPC service (`pagoda bench grpc`)",
-        ("grpc",),
-        STAMP + "shape | workload | core | streams | gRPC out tok/s | offline out tok/s | ratio | "
-        "offline @streams | ratio @streams | TTFT p50 | TPOT p50 | msgs/s | tok/msg",
-        one(grpc_cells),
-    ),
-    Table(
-        "Router + engine beside the offline run (`python -m benchmarks.router_full_stack`)",
-        ("router_full_stack",),
-        STAMP + "shape | workload | streams | via router tok/s | offline max_num_seqs | offline tok/s | "
-        "ratio | TTFT p50 ms",
-        one(full_stack_cells),
-    ),
-    Table(
-        "Serving (`pagoda bench serve`)",
-        ("serve",),
-        STAMP + "model | requests | concurrency | out tok/s | req/s | TTFT p50 ms | ITL p50 ms | completed",
-        one(serve_cells),
-    ),
-    Table(
-        "Router overhead with a fake engine (`python -m benchmarks.router_overhead`)",
-        ("router_overhead",),
-        STAMP + "tok/msg | streams | tok/s via router | TTFT p50 direct ms | TTFT p50 via router ms | "
-        "TTFT added ms",
-        one(router_overhead_cells),
-    ),
-    Table(
-        "Metrics and tracing overhead (`python -m benchmarks.observability_overhead`)",
-        ("observability_overhead",),
-        STAMP + "workload | on | runs | off tok/s | on tok/s | overhead | spread off / on | "
-        "engine CPU ms / 1k tok, off → on | CPU overhead",
-        one(observability_cells),
-    ),
-    Table(
-        "Reliability (`pytest tests/reliability --record-results`)",
-        ("reliability",),
-        STAMP + "mode | scenario | sent | ok | proper errors | hung | lost | figures",
-        one(reliability_cells),
-    ),
-    Table(
-        "Host work per step without the model (`python -m benchmarks.host_step`)",
-        ("host_step",),
-        STAMP + "batch | step µs | pipe µs | total µs | workload host s",
-        one(host_step_cells),
-    ),
-    Table(
-        "Decode steps on the device timeline (`python -m benchmarks.decode_timeline`)",
-        ("decode_timeline",),
-        STAMP + "shape | TP | batch | PDL | wall µs | busy µs | idle: host µs | idle: device µs | "
-        "most device time (µs)",
-        one(timeline_cells),
-    ),
-    Table(
-        "Decode attention, a call in a CUDA graph (`python -m benchmarks.kernels`)",
-        ("kernels",),
-        STAMP + "case | KV splits | µs | floor µs | of copy bandwidth | torch SDPA µs",
-        attention_lines,
-    ),
-    Table(
-        "Sampling kernel (`python -m benchmarks.kernels --sampling-only`)",
-        ("kernels", "sampling_kernel"),
-        STAMP + "case | fused µs | floor µs | torch µs",
-        sampling_lines,
-    ),
-    Table(
-        "Batch-1 decode attention by KV split count (`python -m benchmarks.kernels --splits-only`)",
-        ("attention_splits",),
-        STAMP + "case | µs by splits | picked",
-        one(splits_cells),
-    ),
-    Table(
-        "Decode GEMV beside cuBLAS, a call in a CUDA graph (`python -m benchmarks.gemv`)",
-        ("gemv",),
-        STAMP + "shape N×K | M | cuBLAS µs | GEMV µs | GEMV TB/s | speed-up | PDL",
-        gemv_lines,
-    ),
-    Table(
-        "All-reduce a call, bf16 rows of 4096 (`python -m benchmarks.all_reduce`)",
-        ("all_reduce",),
-        STAMP + "GPUs | rows | NCCL µs | one-shot µs | fused + norm µs | NCCL + norm µs",
-        all_reduce_lines,
-    ),
-]
-OTHER = Table("Other rows", (), STAMP + "kind | figures", one(other_cells))
+OTHER = Table("Other rows", (), STAMP + "kind | figures", lambda row: [other_cells(row)])
 
 
 def markdown_table(columns: str, lines: list[Cells]) -> str:
