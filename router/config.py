@@ -9,8 +9,11 @@ from dataclasses import dataclass
 class RouterConfig:
     host: str = "0.0.0.0"
     port: int = 8000
-    # The tokenizer service (a host:port; any gRPC target such as dns:///name:port works too).
-    tokenizer: str = "127.0.0.1:50052"
+    # The tokenizer service of every model without its own (a host:port; any gRPC target such as
+    # dns:///name:port works too); None: each model needs its own in model_tokenizers.
+    tokenizer: str | None = "127.0.0.1:50052"
+    # (served model name, tokenizer address) pairs: each model tokenized by its own weights' tokenizer.
+    model_tokenizers: tuple[tuple[str, str], ...] = ()
 
     # Engine discovery: any mix of a static list, DNS names and Kubernetes EndpointSlices.
     engines: tuple[str, ...] = ()
@@ -57,6 +60,10 @@ class RouterConfig:
     grpc_tls_cert: str | None = None
     grpc_tls_key: str | None = None
     grpc_tls_server_name: str | None = None  # the name in server certificates, when not the dialled address
+    tls_reload_interval_s: float = 5.0  # how often the gRPC client files are checked for a renewal
+
+    # Keepalive pings to engines and tokenizers (they accept them down to 5 s: pagoda/grpc_keepalive.py).
+    grpc_keepalive_time_s: float = 10.0
 
     # Limits (None: none beyond the model's context).
     max_body_bytes: int = 64 * 1024 * 1024

@@ -22,7 +22,14 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     )
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--tokenizer", default="127.0.0.1:50052", help="tokenizer service HOST:PORT")
+    p.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="[MODEL=]HOST:PORT",
+        help="the tokenizer service of MODEL (repeatable: one per served model), or without MODEL= of every "
+        "model that has none of its own (default 127.0.0.1:50052 when no --tokenizer is given)",
+    )
     g = p.add_argument_group("engine discovery (any mix)")
     g.add_argument(
         "--engine", action="append", default=[], metavar="HOST:PORT", help="a static engine (repeatable)"
@@ -59,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     g.add_argument("--connect-timeout", type=float, default=5.0)
     g.add_argument("--first-token-timeout", type=float, default=120.0)
     g.add_argument("--max-attempts", type=int, default=3, help="engines tried before the first token")
+    g.add_argument(
+        "--grpc-keepalive-time",
+        type=float,
+        default=10.0,
+        help="seconds between keepalive pings to engines and tokenizers (they accept >= 5 s by default)",
+    )
     g = p.add_argument_group("security and observability")
     g.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable)")
     g.add_argument("--api-key-file", help="file with one API key per line, re-read when it changes")
@@ -92,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         help="the name expected in engine and tokenizer certificates (default: the address dialled; "
         "set it when engines are found by IP)",
     )
+    g.add_argument(
+        "--tls-reload-interval",
+        type=float,
+        default=5.0,
+        help="seconds between checks of the --grpc-tls-* files for a renewal (new connections use it)",
+    )
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-body-bytes", type=int, default=64 * 1024 * 1024, help="larger request bodies get a 413"
@@ -107,8 +126,11 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         "more get a 429 with Retry-After",
     )
     a = p.parse_args(argv)
+    default_tokenizer, model_tokenizers = _tokenizers(p, a.tokenizer)
     if a.prefix_affinity_blocks < 1 or a.load_factor < 1.0 or a.max_attempts < 1:
         p.error("--prefix-affinity-blocks and --max-attempts must be >= 1, --load-factor >= 1.0")
+    if a.grpc_keepalive_time <= 0 or a.tls_reload_interval <= 0:
+        p.error("--grpc-keepalive-time and --tls-reload-interval must be > 0")
     for flag in ("max_body_bytes", "max_prompt_tokens", "max_tokens_limit", "max_concurrent_streams_per_key"):
         if getattr(a, flag) is not None and getattr(a, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
@@ -126,7 +148,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     return RouterConfig(
         host=a.host,
         port=a.port,
-        tokenizer=a.tokenizer,
+        tokenizer=default_tokenizer,
+        model_tokenizers=model_tokenizers,
         engines=tuple(a.engine),
         engine_dns=tuple(a.engine_dns),
         dns_interval_s=a.dns_interval,
@@ -144,6 +167,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         connect_timeout_s=a.connect_timeout,
         first_token_timeout_s=a.first_token_timeout,
         max_attempts=a.max_attempts,
+        grpc_keepalive_time_s=a.grpc_keepalive_time,
         api_keys=tuple(a.api_key),
         api_key_file=a.api_key_file,
         metrics=a.metrics,
@@ -158,11 +182,34 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         grpc_tls_cert=a.grpc_tls_cert,
         grpc_tls_key=a.grpc_tls_key,
         grpc_tls_server_name=a.grpc_tls_server_name,
+        tls_reload_interval_s=a.tls_reload_interval,
         max_body_bytes=a.max_body_bytes,
         max_prompt_tokens=a.max_prompt_tokens,
         max_tokens_limit=a.max_tokens_limit,
         max_concurrent_streams_per_key=a.max_concurrent_streams_per_key,
     )
+
+
+def _tokenizers(
+    p: argparse.ArgumentParser, values: list[str]
+) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """--tokenizer values -> (the default address, (model, address) pairs). Addresses hold no `=`, so a
+    value splits at its last one (model names may hold anything)."""
+    if not values:
+        return "127.0.0.1:50052", ()
+    defaults = [v for v in values if "=" not in v]
+    pairs = tuple(tuple(v.rsplit("=", 1)) for v in values if "=" in v)
+    if len(defaults) > 1:
+        p.error(f"--tokenizer: one address without MODEL= at most, got {defaults}")
+    models = [m for m, _ in pairs]
+    for model, address in pairs:
+        if not model or not address:
+            p.error(f"--tokenizer {model}={address}: give MODEL=HOST:PORT")
+        if models.count(model) > 1:
+            p.error(f"--tokenizer: model {model!r} is given twice")
+    if any(not v for v in defaults):
+        p.error("--tokenizer: an empty address")
+    return (defaults[0] if defaults else None), pairs
 
 
 def main(argv: list[str] | None = None) -> int:

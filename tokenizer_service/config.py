@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pagoda.grpc_keepalive import SERVER_MIN_PING_INTERVAL_S
 from pagoda.tls import ServerTls
 
 
@@ -27,3 +28,5 @@ class TokenizerConfig:
     tls: ServerTls | None = None  # None: plaintext gRPC
     # A plaintext port that serves only grpc.health.v1, for kubelet probes when gRPC is TLS; 0: none.
     health_port: int = 0
+    # Clients' keepalive pings this far apart or more are accepted, calls or not (pagoda/grpc_keepalive.py).
+    grpc_min_ping_interval_s: float = SERVER_MIN_PING_INTERVAL_S

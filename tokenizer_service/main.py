@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from pagoda.grpc_keepalive import add_server_keepalive_arg
 from pagoda.telemetry.logging import setup_logging
 from pagoda.telemetry.tracing import TracingUnavailable, otlp_endpoint
 from pagoda.tls import TlsConfigError, add_server_tls_args, server_tls
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off)",
     )
     add_server_tls_args(p)
+    add_server_keepalive_arg(p)
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")
@@ -69,6 +71,7 @@ def build_config(args: argparse.Namespace) -> TokenizerConfig:
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
         tls=server_tls(args),
         health_port=args.health_port,
+        grpc_min_ping_interval_s=args.grpc_min_ping_interval,
     )
 
 

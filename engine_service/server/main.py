@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+from pagoda.grpc_keepalive import add_server_keepalive_arg
 from pagoda.telemetry.logging import setup_logging
 from pagoda.telemetry.tracing import TracingUnavailable, otlp_endpoint
 from pagoda.tls import add_server_tls_args, server_tls
@@ -114,6 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off)",
     )
     add_server_tls_args(p)
+    add_server_keepalive_arg(p)
     return p.parse_args(argv)
 
 
@@ -157,6 +159,7 @@ def build_config(args: argparse.Namespace):
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
         tls=server_tls(args),
         health_port=args.health_port,
+        grpc_min_ping_interval_s=args.grpc_min_ping_interval,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine_service.core.config import EngineConfig
+from pagoda.grpc_keepalive import SERVER_MIN_PING_INTERVAL_S
 from pagoda.tls import ServerTls
 
 
@@ -26,12 +27,18 @@ class EngineServiceConfig:
     tls: ServerTls | None = None  # None: plaintext gRPC
     # A plaintext port that serves only grpc.health.v1, for kubelet probes when gRPC is TLS; 0: none.
     health_port: int = 0
+    # Clients' keepalive pings this far apart or more are accepted, calls or not (pagoda/grpc_keepalive.py).
+    grpc_min_ping_interval_s: float = SERVER_MIN_PING_INTERVAL_S
 
     def __post_init__(self) -> None:
         checks = [
             (0 <= self.port < 65536, f"port must be in [0, 65535], got {self.port}"),
             (0 <= self.metrics_port < 65536, f"metrics_port must be in [0, 65535], got {self.metrics_port}"),
             (0 <= self.health_port < 65536, f"health_port must be in [0, 65535], got {self.health_port}"),
+            (
+                self.grpc_min_ping_interval_s > 0,
+                f"grpc_min_ping_interval must be > 0, got {self.grpc_min_ping_interval_s}",
+            ),
             (self.max_waiting >= 1, f"max_waiting must be >= 1, got {self.max_waiting}"),
             (
                 self.shutdown_grace_period_s >= 0,
