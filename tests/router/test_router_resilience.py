@@ -10,7 +10,7 @@ import aiohttp
 import grpc
 import openai
 import pytest
-from conftest import wait_for
+from tests.router.conftest import wait_for
 from router_fakes import Script
 
 MSGS = [{"role": "user", "content": "hi"}]
