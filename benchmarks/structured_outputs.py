@@ -1,7 +1,8 @@
 """Structured outputs on random weights: a JSON-schema workload, constrained against unconstrained, Pagoda
 beside vLLM 0.26 (its default structured-output backend, xgrammar), in one call on one card.
 
-    python benchmarks/structured_outputs.py --shape llama-1b --num-prompts 256 --peer vllm --out-json OUT.json
+    python -m benchmarks.structured_outputs --shape llama-1b --num-prompts 256 --peer vllm \
+        --vllm-site /tmp/site --results-dir benchmarks
 
 What it measures, per engine (engines one after the other, each in a process of its own for vLLM):
   - constrained: every prompt asks for JSON valid against SCHEMA (10 fields: strings, integers, a number,
@@ -17,6 +18,9 @@ shapes get Llama 3's own tokenizer (128,000 BPE tokens + 256 special ones = the 
 from the `llama-models` package's tiktoken file (pip install --no-deps llama-models==0.3.0: no network at
 run time). `--tokenizer DIR` takes any Hugging Face tokenizer folder instead (the CPU smoke test uses the
 default model's); the model's vocab_size is then raised to the tokenizer's size if it is smaller.
+
+One `structured_outputs` row to results.jsonl with --results-dir (pagoda.bench.results.record_result): the
+table "Structured outputs" of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -26,19 +30,17 @@ import base64
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-# Run as a script, Python puts benchmarks/ first on the path, where kernels.py would shadow the `kernels`
-# package transformers imports: the repository root goes there instead.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
-sys.path.insert(0, str(REPO))
-
-from pagoda.bench import shapes  # noqa: E402
+from pagoda.bench import shapes
+from pagoda.bench.peers import subprocess_env
+from pagoda.bench.results import git_commit, record_result
+from pagoda.bench.throughput import VLLM_ENV
 
 SCHEMA = {
     "type": "object",
@@ -63,18 +65,6 @@ SCHEMA = {
         "status": {"enum": ["new", "open", "closed"]},
     },
     "required": ["id", "name", "email", "age", "score", "role", "active", "tags", "address", "status"],
-}
-
-# vLLM's peer environment on the GPU machine (../shared/tools/vllm-peer/README.md).
-VLLM_ENV = {
-    "VLLM_USE_FLASHINFER_SAMPLER": "0",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TVM_FFI_DISABLE_TORCH_C_DLPACK": "1",
-    "VLLM_CACHE_ROOT": "/tmp/vllm_cache",
-    "PYTHONUNBUFFERED": "1",
 }
 
 LLAMA3_PATTERN = (
@@ -295,17 +285,26 @@ def _rates(lengths, c_elapsed, u_lengths, u_elapsed, valid) -> dict:
 
 
 def run_vllm(args, folder: Path, vocab: int) -> dict:
+    """vLLM in a process (and session) of its own, its site folder first on the path."""
     with tempfile.TemporaryDirectory() as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job.write_text(json.dumps({**vars(args), "folder": str(folder), "vocab": vocab}))
-        env = {**os.environ, **VLLM_ENV, "PYTHONPATH": args.vllm_site}
-        proc = subprocess.run(
-            [sys.executable, __file__, "--vllm-worker", str(job), str(out)],
+        env = {**subprocess_env(*([args.vllm_site] if args.vllm_site else [])), **VLLM_ENV}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.structured_outputs", "--vllm-worker", str(job), str(out)],
             env=env,
-            timeout=args.peer_timeout,
+            start_new_session=True,  # vLLM's engine core is a grandchild: it goes with the group
         )
-        if proc.returncode != 0 or not out.is_file():
-            return {"engine": "vllm", "error": f"exit status {proc.returncode}"}
+        try:
+            code = proc.wait(timeout=args.peer_timeout)
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if code != 0 or not out.is_file():
+            return {"engine": "vllm", "error": f"exit status {code}"}
         return json.loads(out.read_text())
 
 
@@ -381,17 +380,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peer", action="append", choices=["vllm"], default=[])
-    p.add_argument("--vllm-site", default="/tmp/site")
+    p.add_argument("--vllm-site", default="/tmp/site", help="vLLM's folder, first on its process's path")
     p.add_argument("--peer-timeout", type=float, default=1200.0)
     p.add_argument("--model-dir", default=None, help="where to write the model folder (default: a temp dir)")
-    p.add_argument("--out-json", default=None)
+    p.add_argument("--results-dir", default=None, help="record a row in its results.jsonl")
+    p.add_argument("--commit", default=None, help="the code's commit (default: git's)")
     args = p.parse_args(argv)
 
     folder = Path(args.model_dir or tempfile.mkdtemp(prefix=f"pagoda-so-{args.shape}-"))
     folder.mkdir(parents=True, exist_ok=True)
     vocab = write_model(args.shape, folder, args.tokenizer)
     record = {
-        "benchmark": "structured_outputs",
+        "kind": "structured_outputs",
+        "commit": args.commit or git_commit(),
+        **_where(),
         "shape": args.shape,
         "vocab_size": vocab,
         "tokenizer": args.tokenizer or "llama3 (llama-models)",
@@ -399,23 +401,27 @@ def main(argv: list[str] | None = None) -> int:
         "input_len": args.input_len,
         "max_tokens": args.max_tokens,
         "schema_fields": len(SCHEMA["properties"]),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    try:
-        import torch
-
-        record["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    except Exception:
-        pass
     record["pagoda"] = run_pagoda(args, folder, vocab)
     print(json.dumps(record["pagoda"]), flush=True)
     if "vllm" in args.peer:
         record["vllm"] = run_vllm(args, folder, vocab)
         print(json.dumps(record["vllm"]), flush=True)
+    if args.results_dir:
+        record = record_result(record, args.results_dir)
     print(json.dumps(record, indent=2))
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(record, indent=2))
     return 0
+
+
+def _where() -> dict:
+    """`card` on a GPU, else `machine` (as every results row says where it was measured)."""
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return {"card": torch.cuda.get_device_name()}
+    return {"machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
 
 
 if __name__ == "__main__":

@@ -23,6 +23,12 @@ import time
 import urllib.error
 import urllib.request
 
+from engine_service.core.config import EngineConfig
+from pagoda.cli_args import add_config_args
+from router.api.reasoning import PARSERS as REASONING_PARSERS
+from router.api.tool_parsers import CHOICES as TOOL_PARSER_CHOICES
+from router.config import RouterConfig
+
 STOP_TIMEOUT_S = 40.0  # the engines' default drain grace (30 s) plus some
 
 
@@ -42,20 +48,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--api-key", action="append", default=[], help="require this API key (repeatable)")
     p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for every engine")
-    p.add_argument(
-        "--tool-call-parser",
-        default="auto",
-        help="the router's tool-call format: auto (from the chat template), hermes, llama3_json, mistral",
+    # Passed on to the router and the engines: flags made from their config fields (pagoda/cli_args.py).
+    add_config_args(
+        p,
+        RouterConfig,
+        only=("tool_call_parser", "reasoning_parser"),
+        choices={"tool_call_parser": TOOL_PARSER_CHOICES, "reasoning_parser": sorted(REASONING_PARSERS)},
     )
-    p.add_argument(
-        "--reasoning-parser", default=None, help="the router's reasoning parser: qwen3, deepseek_r1"
-    )
-    p.add_argument(
-        "--generation-config",
-        choices=("auto", "none"),
-        default="auto",
-        help="engines' sampling defaults for unset fields: the model's generation_config.json, or none",
-    )
+    add_config_args(p, EngineConfig, only=("generation_config",))
     args = p.parse_args(argv)
     if args.engines is not None and args.engines < 1:
         p.error("--engines must be at least 1")

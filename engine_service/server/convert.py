@@ -1,7 +1,10 @@
 """Protobuf <-> engine types, so that servicer methods stay a few lines.
 
-Unset optional proto fields take the offline API's defaults, except max_tokens: unset means "as many
-as fit in max_model_len" (the proto's documented default), not SamplingParams' 16.
+Unset optional sampling fields take SamplingParams' declared defaults (the one definition), so a gRPC
+request and an offline one with the same fields sample alike; max_tokens unset means "as many as fit".
+Where the model's generation_config.json sets temperature, top_p, top_k, min_p or repetition_penalty (and
+the engine runs with --generation-config auto), unset fields take those instead, offline too
+(LLM.get_default_sampling_params).
 """
 
 from __future__ import annotations
@@ -30,33 +33,9 @@ def sampling_params_from_pb(
 ) -> SamplingParams:
     """Raises ValueError for what SamplingParams cannot express; SamplingParams.validate checks the rest.
     `defaults`: the model's sampling defaults (ModelInfo.sampling_defaults) for the fields left unset."""
-    defaults = defaults or {}
     if p.HasField("prompt_logprobs"):
         raise ValueError("sampling_params.prompt_logprobs is not supported yet: leave it unset")
-
-    def opt(name: str, default):
-        return getattr(p, name) if p.HasField(name) else default
-
-    return SamplingParams(
-        n=opt("n", 1),
-        max_tokens=opt("max_tokens", None),
-        min_tokens=p.min_tokens,
-        temperature=opt("temperature", defaults.get("temperature", 1.0)),
-        top_p=opt("top_p", defaults.get("top_p", 1.0)),
-        top_k=opt("top_k", defaults.get("top_k", -1)),
-        min_p=opt("min_p", defaults.get("min_p", 0.0)),
-        presence_penalty=p.presence_penalty,
-        frequency_penalty=p.frequency_penalty,
-        repetition_penalty=opt("repetition_penalty", defaults.get("repetition_penalty", 1.0)),
-        logit_bias=dict(p.logit_bias),
-        seed=opt("seed", None),
-        ignore_eos=p.ignore_eos,
-        stop_token_ids=list(p.stop_token_ids),
-        stop=list(p.stop),
-        include_stop_str_in_output=p.include_stop_str_in_output,
-        skip_special_tokens=opt("skip_special_tokens", True),
-        logprobs=opt("logprobs", None),
-    )
+    return SamplingParams.from_pb(p, defaults)
 
 
 def structured_outputs_from_pb(s: pb.StructuredOutput) -> StructuredOutputsParams:

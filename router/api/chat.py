@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from aiohttp import web
 
+from pagoda.engine.v1 import engine_pb2
 from router.api.body import read_json
 from router.api.chat_output import ChoiceOutput, Piece
 from router.api.context import CONTEXT, STARTED, RouterContext
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.logprobs import chat_logprobs
 from router.api.openai_schema import ChatRequest, parse_chat
+from router.api.sampling import check_model, value_of
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str
 from router.api.structured_outputs import Constraint, client_error
 from router.errors import OpenAIError, bad_request
 from router.upstream.dispatch import EngineStreamError
+from router.upstream.tokenizer import TokenizerClient
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -24,7 +25,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = parse_chat(await read_json(request))
     card = ctx.registry.resolve(req.model)
     constraint = _constraint(ctx, req)
-    encoded = await ctx.tokenizer.encode_chat(
+    tokenizer = ctx.tokenizers.for_model(card.name)
+    encoded = await tokenizer.encode_chat(
         req.messages,
         add_generation_prompt=req.add_generation_prompt,
         continue_final_message=req.continue_final_message,
@@ -33,11 +35,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         tools_json=req.tools.tools_json,
     )
     prompt_len = len(encoded.token_ids)
-    req.sampling.check(prompt_len, card, "messages")
+    check_model(req.sampling, prompt_len, card, "messages")
     sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "messages")
-    outputs = await _outputs(ctx, req)
+    outputs = await _outputs(ctx, req, card.name, tokenizer)
     if outputs and any(o.needs_special_tokens for o in outputs):
-        sampling = dataclasses.replace(sampling, skip_special_tokens=False)
+        sampling = _keeping_special_tokens(sampling)
     session = ctx.session_key(request, req.prompt_cache_key, req.user)
     try:
         gen = await Generation.open(
@@ -78,13 +80,26 @@ def _constraint(ctx: RouterContext, req: ChatRequest) -> Constraint | None:
     return constraint
 
 
-async def _outputs(ctx: RouterContext, req: ChatRequest) -> list[ChoiceOutput]:
+async def _outputs(
+    ctx: RouterContext, req: ChatRequest, model: str, tokenizer: TokenizerClient
+) -> list[ChoiceOutput]:
     """Each choice's output parsers (an empty list: the text goes out as it is)."""
     tools = req.tools
     if not tools.active and ctx.parsers.reasoning is None:
         return []
-    family = await ctx.parsers.tool_family() if tools.choice == "auto" and tools.active else "hermes"
-    return [ChoiceOutput(ctx.parsers.reasoning_parser(), tools.parser(family)) for _ in range(req.sampling.n)]
+    auto = tools.choice == "auto" and tools.active
+    family = await ctx.parsers.tool_family(model, tokenizer) if auto else "hermes"
+    n = value_of(req.sampling, "n")
+    return [ChoiceOutput(ctx.parsers.reasoning_parser(), tools.parser(family)) for _ in range(n)]
+
+
+def _keeping_special_tokens(sampling: engine_pb2.SamplingParams) -> engine_pb2.SamplingParams:
+    """A copy that keeps special tokens in the text: the parsers read markers that are special tokens
+    (Mistral's [TOOL_CALLS], Llama's <|python_tag|>)."""
+    kept = engine_pb2.SamplingParams()
+    kept.CopyFrom(sampling)
+    kept.skip_special_tokens = False
+    return kept
 
 
 async def _collect(req: ChatRequest, gen: Generation, outputs: list[ChoiceOutput]) -> dict:

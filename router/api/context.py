@@ -14,7 +14,7 @@ from router.metrics import RouterMetrics
 from router.request_telemetry import RequestTelemetry, RouterTelemetry
 from router.upstream.dispatch import Dispatcher
 from router.upstream.engines import EngineRegistry
-from router.upstream.tokenizer import TokenizerClient
+from router.upstream.tokenizer import Tokenizers
 
 
 @dataclass
@@ -22,7 +22,7 @@ class RouterContext:
     config: RouterConfig
     registry: EngineRegistry
     dispatcher: Dispatcher
-    tokenizer: TokenizerClient
+    tokenizers: Tokenizers  # each model's tokenizer client: tokenizers.for_model(card.name)
     metrics: RouterMetrics
     api_keys: ApiKeys
     limits: RequestLimits = field(default_factory=RequestLimits)
@@ -31,9 +31,7 @@ class RouterContext:
     parsers: OutputParsers = field(init=False)  # the model's tool-call format and reasoning parser
 
     def __post_init__(self) -> None:
-        self.parsers = OutputParsers(
-            self.config.tool_call_parser, self.config.reasoning_parser, self.tokenizer
-        )
+        self.parsers = OutputParsers(self.config.tool_call_parser, self.config.reasoning_parser)
 
     def session_key(self, request: web.Request, *fallbacks: str | None) -> str | None:
         """The session policy's key: the session header, else the first body field given (`user`...)."""

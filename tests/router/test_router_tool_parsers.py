@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from router.api.sampling import value_of
 from tests.router.router_fakes import Script
 
 WEATHER = {
@@ -95,7 +96,7 @@ async def test_tool_calls_streamed_and_not(make_stack, parser, tokens_per_messag
         assert marker not in s_content
     # The markers are special tokens in these families: the router asks the engine to keep them.
     sent = stack.engines[0].requests[-1].sampling_params
-    assert sent.skip_special_tokens == (parser == "hermes")
+    assert value_of(sent, "skip_special_tokens") == (parser == "hermes")  # unset: the default, True
 
 
 async def test_plain_text_and_tool_choice_none_stay_content(make_stack):
