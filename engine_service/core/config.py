@@ -33,6 +33,13 @@ class EngineConfig:
     # one before it drains and waits on the device for it (ops/triton_pdl.py). No effect elsewhere.
     pdl: bool = True
     max_logprobs: int = 20
+    # Quantize a 16/32-bit checkpoint's linear layers to FP8 (e4m3) as it loads: per-channel weight scales,
+    # dynamic per-token activation scales (layers/quantization). None: run the checkpoint as it is (FP8
+    # checkpoints - fp8, compressed-tensors, modelopt - are recognised from config.json either way).
+    quantization: str | None = None  # None | fp8
+    # KV-cache element type: auto (the model's dtype) | fp8 (e4m3 with per-tensor scales from the checkpoint,
+    # 1.0 where it has none): twice the tokens of a 16-bit cache in the same memory.
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [
@@ -68,6 +75,14 @@ class EngineConfig:
             (
                 self.tensor_parallel_size >= 1,
                 f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}",
+            ),
+            (
+                self.quantization in (None, "fp8"),
+                f"quantization must be fp8 (or unset), got {self.quantization!r}",
+            ),
+            (
+                self.kv_cache_dtype in ("auto", "fp8"),
+                f"kv_cache_dtype must be auto or fp8, got {self.kv_cache_dtype!r}",
             ),
         ]
         for ok, message in checks:

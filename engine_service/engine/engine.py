@@ -22,6 +22,7 @@ from engine_service.engine import updates_codec
 from engine_service.engine.tokenizer import load_tokenizer
 from engine_service.executor.executor import Executor
 from engine_service.executor.factory import make_executor
+from engine_service.models.registry import check_supported, max_context
 from engine_service.worker.model_runner import resolve_device, resolve_dtype
 from engine_service.worker.sampler import SampleResult
 
@@ -64,6 +65,7 @@ class Engine:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.model_config = mc = ModelConfig.from_dir(config.model)
+        check_supported(mc.architecture, mc.hf_config, mc.path, config.quantization)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         self.max_model_len = self._max_model_len(config, mc)
@@ -113,8 +115,10 @@ class Engine:
         self._inflight = None  # (SchedulerOutput, pending result) of the step on the device
         # The last batch whose updates were all plain, while none of its sequences finished or was aborted.
         self._steady: updates_codec.SteadyRows | None = None
+        kv_dtype = "fp8 e4m3, 1 byte a value" if config.kv_cache_dtype == "fp8" else str(dtype)[6:]
         log.info(
-            "KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens per request: %.1fx",
+            "KV cache (%s): %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens a request: %.1fx",
+            kv_dtype,
             num_blocks,
             config.block_size,
             num_blocks * self.executor.kv_bytes_per_block / 2**30,
@@ -308,11 +312,7 @@ class Engine:
 
     @staticmethod
     def _max_model_len(config: EngineConfig, mc: ModelConfig) -> int:
-        limit = mc.max_position_embeddings
-        cfg = mc.hf_config
-        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
-        if window:  # full attention is only exact within the window: cap the context there
-            limit = min(limit, int(window))
+        limit = max_context(mc.architecture, mc.hf_config)  # rope scaling; a window the model does not honour
         if config.max_model_len is not None:
             if config.max_model_len > limit:
                 raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's limit of {limit}")

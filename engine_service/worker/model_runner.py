@@ -18,6 +18,7 @@ from engine_service.core.model_config import ModelConfig
 from engine_service.core.scheduler import SchedulerOutput
 from engine_service.core.sequence import PLACEHOLDER
 from engine_service.layers.attention import AttentionMetadata
+from engine_service.layers.quantization import quant_config
 from engine_service.models.registry import model_class
 from engine_service.worker import host_copy
 from engine_service.worker.block_table_rows import BlockTableRows
@@ -56,6 +57,8 @@ class ModelRunner:
         tp_rank: int = 0,
         tp_size: int = 1,
         pdl: bool = True,
+        quantization: str | None = None,
+        kv_cache_dtype: str = "auto",
     ):
         if device.type == "cuda":  # one process serves one engine: the launch setting is the process's
             from engine_service.ops import triton_pdl
@@ -63,13 +66,16 @@ class ModelRunner:
             triton_pdl.set_enabled(pdl)
         self.model_config = model_config
         self.device, self.dtype, self.block_size = device, dtype, block_size
+        self.kv_dtype = torch.float8_e4m3fn if kv_cache_dtype == "fp8" else dtype
         self.tp_rank = tp_rank
+        quant = quant_config(model_config.hf_config, model_config.path, quantization)
         torch.manual_seed(seed)
         with torch.device(device):
             previous = torch.get_default_dtype()
             torch.set_default_dtype(dtype)
             try:
-                self.model = model_class(model_config.architecture)(model_config.hf_config, tp_rank, tp_size)
+                arch = model_class(model_config.architecture)
+                self.model = arch(model_config.hf_config, tp_rank, tp_size, quant=quant)
             finally:
                 torch.set_default_dtype(previous)
         if load_format == "dummy":
@@ -89,7 +95,7 @@ class ModelRunner:
     @property
     def kv_bytes_per_block(self) -> int:
         attn = self.model.model.layers[0].self_attn
-        per_layer = 2 * self.block_size * attn.num_kv_heads * attn.head_dim * self.dtype.itemsize
+        per_layer = 2 * self.block_size * attn.num_kv_heads * attn.head_dim * self.kv_dtype.itemsize
         return per_layer * len(self.model.model.layers)
 
     @torch.inference_mode()
@@ -103,7 +109,7 @@ class ModelRunner:
         # cache, and writes nothing into it (every slot is -1).
         attn = self.model.model.layers[0].self_attn
         shape = (-(-T // self.block_size), self.block_size, attn.num_kv_heads, attn.head_dim)
-        caches = [(torch.empty(shape, dtype=self.dtype, device=dev),) * 2 for _ in self.model.model.layers]
+        caches = [(torch.empty(shape, dtype=self.kv_dtype, device=dev),) * 2 for _ in self.model.model.layers]
         meta = AttentionMetadata(
             slot_mapping=torch.full((T,), -1, dtype=torch.int64, device=dev),
             query_start_loc=torch.tensor([0, T], dtype=torch.int32, device=dev),
@@ -138,8 +144,8 @@ class ModelRunner:
         shape = (num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
         self.kv_caches = [
             (
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
             )
             for _ in self.model.model.layers
         ]
