@@ -54,8 +54,8 @@ def check_supported(
     quant = quant_config(hf_config, folder, quantization)
     if quant is not None and not quant.online and not cls.fp8_checkpoints:
         raise ValueError(
-            f"{quant.method} FP8 checkpoints of {architecture} are not supported yet (FP8 expert weights); "
-            "use its bf16 checkpoint, with quantization='fp8' to quantize the attention layers"
+            f"FP8 checkpoints ({quant.method} format) of {architecture} are not supported yet (FP8 expert "
+            "weights): use its bf16 checkpoint, with quantization='fp8' to quantize the attention layers"
         )
     for params in cls.rope_sets(hf_config):
         check_rope_type(params)
