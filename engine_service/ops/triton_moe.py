@@ -131,6 +131,7 @@ def _moe_gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
     if PDL:
@@ -165,10 +166,10 @@ def _moe_gemm_kernel(
         a = tl.load(a_rows + k[None, :], mask=valid[:, None] & k_valid[None, :], other=0.0)
         b_mask = n_valid[:, None] & k_valid[None, :]
         b = tl.load(b_rows + k[None, :], mask=b_mask, other=0.0)
-        acc += tl.dot(a, tl.trans(b))
+        acc += tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION)
         if GATED:
             b_up = tl.load(b_rows + N * stride_bn + k[None, :], mask=b_mask, other=0.0)
-            acc_up += tl.dot(a, tl.trans(b_up))
+            acc_up += tl.dot(a, tl.trans(b_up), input_precision=DOT_PRECISION)
     if GATED:
         acc = acc * tl.sigmoid(acc) * acc_up
     if MUL_WEIGHT:
@@ -204,6 +205,7 @@ def _gemm(a, b, c, weights, aligned, *, a_div: int, gated: bool, config: MoeConf
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
         GROUP_M=config.group_m,
+        DOT_PRECISION="ieee" if a.dtype == torch.float32 else "tf32",  # fp32 stays exact; 16-bit ignores it
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         **launch_options(a),

@@ -1,0 +1,120 @@
+"""The kernels the newer architectures need, against the torch reference (interpreted without a GPU):
+attention with a sliding window and soft-capped scores, partial rotary, gelu-and-mul, the fused MoE
+(alignment and both grouped GEMMs), and the FP8 block GEMM (fed e4m3 operands quantized by torch)."""
+
+import pytest
+import torch
+from kernel_cases import make_paged_batch, rel_err
+
+from engine_service.ops import torch_ops
+from engine_service.ops import triton_attention as ta
+from engine_service.ops.triton_activation import gelu_tanh_and_mul
+from engine_service.ops.triton_fp8 import block_gemm
+from engine_service.ops.triton_moe import MoeConfig, fused_moe, moe_align_block_size
+from engine_service.ops.triton_rotary import rotary_embedding
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16]
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+# (q_len, seq_len): decodes far past the window and at its edge, a prompt longer than the window, a chunk
+# on a cached prefix that starts inside the window, a padding sequence.
+WINDOWED = [(1, 70), (1, 9), (33, 33), (20, 61), (0, 0), (1, 1)]
+
+
+def randn(*shape, dtype=torch.float32, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "mods", [dict(sliding_window=8), dict(logit_softcap=1.5), dict(sliding_window=17, logit_softcap=4.0)]
+)
+def test_attention_window_and_softcap(mods, dtype):
+    q_lens, seq_lens = [p[0] for p in WINDOWED], [p[1] for p in WINDOWED]
+    batch = make_paged_batch(
+        q_lens, seq_lens, num_heads=8, num_kv_heads=2, head_dim=32, block_size=16, dtype=dtype, device=DEVICE
+    )
+    batch.q.mul_(3)  # scores of a few units: the soft cap bends them
+    ref = torch_ops.paged_attention(*batch.args(), 0.3, **mods)
+    plain = torch_ops.paged_attention(*batch.args(), 0.3)
+    assert rel_err(plain, ref) > 1e-2  # the window / cap really change the answer
+    got = ta._paged_attention(
+        *batch.args(), 0.3, max_query_len=batch.max_query_len, max_seq_len=batch.max_seq_len, **mods
+    )
+    assert rel_err(got, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("splits", [2, 4])
+def test_split_decode_with_window_skips_old_tiles(splits):
+    batch = make_paged_batch(
+        [1, 1, 1], [200, 40, 7], num_heads=4, num_kv_heads=1, head_dim=32, block_size=16,
+        dtype=torch.float32, device=DEVICE,
+    )  # fmt: skip
+    ref = torch_ops.paged_attention(*batch.args(), 0.2, sliding_window=24, logit_softcap=2.0)
+    got = ta._paged_attention(
+        *batch.args(), 0.2, max_query_len=1, max_seq_len=200, num_kv_splits=splits,
+        sliding_window=24, logit_softcap=2.0,
+    )  # fmt: skip
+    assert rel_err(got, ref) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_tanh_and_mul(dtype):
+    x = randn(5, 2 * 72, dtype=dtype, seed=3)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(gelu_tanh_and_mul(x), torch_ops.gelu_tanh_and_mul(x), **tol)
+
+
+def test_partial_rotary_leaves_the_other_dimensions():
+    q, k = randn(6, 4, 32, seed=4), randn(6, 2, 32, seed=5)
+    cache = randn(50, 24, seed=6)  # rotary_dim 24 of head_dim 32
+    positions = torch.tensor([0, 3, 9, 49, 1, 2], device=DEVICE)
+    ref_q, ref_k = torch_ops.rotary_embedding(positions, q, k, cache)
+    got_q, got_k = rotary_embedding(positions, q.clone(), k.clone(), cache)
+    torch.testing.assert_close(got_q, ref_q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_k, ref_k, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ref_q[..., 24:], q[..., 24:])
+
+
+def test_moe_align_groups_pairs_by_expert_in_padded_blocks():
+    ids = torch.tensor([[3, 0], [3, 1], [0, 3], [3, 2], [3, 0]], device=DEVICE)  # P = 10 pairs, E = 5
+    sorted_ids, expert_ids, num_post = moe_align_block_size(ids, 4, 5)
+    flat = ids.flatten().tolist()
+    # expert 0: pairs 1, 4, 9 -> one block; 1: pair 3; 2: pair 7; 3: pairs 0, 2, 5, 6, 8 -> two blocks
+    assert num_post.item() == 20
+    assert expert_ids[:5].tolist() == [0, 1, 2, 3, 3]
+    rows = sorted_ids[:20].view(5, 4).tolist()
+    assert rows == [[1, 4, 9, 10], [3, 10, 10, 10], [7, 10, 10, 10], [0, 2, 5, 6], [8, 10, 10, 10]]
+    assert all(flat[p] == expert_ids[b].item() for b, row in enumerate(rows) for p in row if p < 10)
+    assert (sorted_ids[20:] == 10).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "num_tokens,config", [(1, MoeConfig(16, 32, 32, 1, 4, 1)), (37, MoeConfig(16, 32, 16, 2, 4, 1))]
+)
+def test_fused_moe_matches_the_expert_loop(num_tokens, config, dtype):
+    experts, top_k, hidden, inter = 6, 2, 48, 40  # N and K not multiples of the tiles
+    x = randn(num_tokens, hidden, dtype=dtype, seed=7)
+    w13 = randn(experts, 2 * inter, hidden, dtype=dtype, seed=8) * 0.2
+    w2 = randn(experts, hidden, inter, dtype=dtype, seed=9) * 0.2
+    logits = randn(num_tokens, experts, seed=10)
+    weights, ids = torch_ops.moe_topk(logits, top_k, renormalize=True)
+    ref = torch_ops.fused_moe(x.float(), w13.float(), w2.float(), weights, ids)
+    got = fused_moe(x, w13, w2, weights, ids, config=config)
+    assert got.dtype == dtype
+    assert rel_err(got, ref) < (1e-5 if dtype == torch.float32 else 3e-3)
+
+
+def test_fp8_block_gemm_matches_the_emulation():
+    m, n, k, block = 5, 96, 160, (32, 64)  # K past two weight blocks, N and K not tile multiples
+    x = randn(m, k, seed=11)
+    w = randn(n, k, seed=12)
+    w_scale = torch.rand(3, 3, generator=torch.Generator().manual_seed(13)).to(DEVICE) * 0.01 + 0.001
+    w_q = (w / 0.05).clamp(-448, 448).to(torch.float8_e4m3fn)
+    bias = randn(n, seed=14)
+    a_q, a_scale = torch_ops.quantize_activations(x, block[1])
+    ref = torch_ops.fp8_linear(x, w_q, w_scale, None, block, bias)
+    got = block_gemm(a_q, a_scale, w_q, w_scale, block, torch.float32, bias, config=(16, 32, 1, 4, 1))
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
