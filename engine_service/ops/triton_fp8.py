@@ -1,4 +1,7 @@
-"""FP8 (e4m3) W8A8 GEMMs for the CUDA path. Same contract as `torch_ops.fp8_linear`.
+"""FP8 (e4m3) GEMMs for the CUDA path. Same contract as `torch_ops.fp8_linear`.
+
+    decode (<= GEMV_MAX_ROWS rows, 16-bit activations)
+                 the Triton GEMV with fp8 weights (W8A16): half the weight bytes, no activation quantization
 
     activations  quantized here each call: per token (dynamic: a row's scale maps its largest |x| to 448),
                  per token and 1 x bk group for block weights, or with the checkpoint's static scale
@@ -19,10 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
+from engine_service.ops.triton_gemv import gemv
 from engine_service.ops.triton_pdl import launch_options, wait_for_previous
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
+GEMV_MAX_ROWS = 8  # decode batches up to here: weights streamed by the GEMV (as dispatch.linear does)
 _MIN_SCALE = 1e-12  # an all-zero row still gets a finite scale
 
 
@@ -247,7 +252,10 @@ def fp8_linear(
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    if block is not None:
+    if x2.shape[0] <= GEMV_MAX_ROWS and x.dtype in (torch.bfloat16, torch.float16):
+        # Decode: stream the e4m3 weights through the GEMV, activations left in 16 bits (W8A16).
+        out = gemv(x2, weight, bias, weight_scale=weight_scale, block=block)
+    elif block is not None:
         q, scales = quantize_activations(x2, block[1])
         out = block_gemm(q, scales, weight, weight_scale, block, x.dtype, bias)
     else:

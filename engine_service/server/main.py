@@ -62,6 +62,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--load-format", choices=("auto", "dummy"), default="auto", help="dummy: random weights")
+    p.add_argument(
+        "--quantization",
+        choices=("fp8",),
+        default=None,
+        help="fp8: quantize a 16/32-bit checkpoint's linear layers to FP8 as it loads (FP8 checkpoints are "
+        "recognised without it)",
+    )
+    p.add_argument(
+        "--kv-cache-dtype",
+        choices=("auto", "fp8"),
+        default="auto",
+        help="fp8: an e4m3 KV cache (per-tensor scales), twice the tokens of a 16-bit one",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--max-waiting",
@@ -135,6 +148,8 @@ def build_config(args: argparse.Namespace):
         num_kv_blocks=args.num_kv_blocks,
         gpu_memory_utilization=args.gpu_memory_utilization,
         load_format=args.load_format,
+        quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
         seed=args.seed,
         enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size,

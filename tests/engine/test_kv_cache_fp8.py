@@ -67,3 +67,13 @@ def test_fp8_kv_cache_changes_logits_a_little(tiny_llama):
     la = a.generate(prompt_token_ids=prompt, sampling_params=params)[0].outputs[0].logprobs[0].logprob
     lb = b.generate(prompt_token_ids=prompt, sampling_params=params)[0].outputs[0].logprobs[0].logprob
     assert 0 < abs(la - lb) < 0.05
+
+
+def test_cli_flags_reach_the_engine_config(tiny_llama):
+    from engine_service.server.main import build_config, parse_args
+
+    args = parse_args(["--model", str(tiny_llama), "--quantization", "fp8", "--kv-cache-dtype", "fp8"])
+    engine = build_config(args).engine
+    assert (engine.quantization, engine.kv_cache_dtype) == ("fp8", "fp8")
+    engine = build_config(parse_args(["--model", str(tiny_llama)])).engine
+    assert (engine.quantization, engine.kv_cache_dtype) == (None, "auto")

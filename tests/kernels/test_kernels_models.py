@@ -9,7 +9,9 @@ from kernel_cases import make_paged_batch, rel_err
 from engine_service.ops import torch_ops
 from engine_service.ops import triton_attention as ta
 from engine_service.ops.triton_activation import gelu_tanh_and_mul
+from engine_service.layers.quantization.fp8 import dequantize
 from engine_service.ops.triton_fp8 import block_gemm
+from engine_service.ops.triton_gemv import GemvConfig, gemv
 from engine_service.ops.triton_moe import MoeConfig, fused_moe, moe_align_block_size
 from engine_service.ops.triton_rotary import rotary_embedding
 
@@ -117,4 +119,17 @@ def test_fp8_block_gemm_matches_the_emulation():
     a_q, a_scale = torch_ops.quantize_activations(x, block[1])
     ref = torch_ops.fp8_linear(x, w_q, w_scale, None, block, bias)
     got = block_gemm(a_q, a_scale, w_q, w_scale, block, torch.float32, bias, config=(16, 32, 1, 4, 1))
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("block", [None, (32, 64)])
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_fp8_weight_gemv_is_the_dequantized_product(block, split_k):
+    m, n, k = 3, 80, 256
+    x, bias = randn(m, k, seed=15), randn(n, seed=16)
+    w_q = (randn(n, k, seed=17) * 40).clamp(-448, 448).to(torch.float8_e4m3fn)
+    shape = (n,) if block is None else (-(-n // block[0]), k // block[1])
+    scale = torch.rand(shape, generator=torch.Generator().manual_seed(18)).to(DEVICE) * 0.01 + 0.001
+    ref = x @ dequantize(w_q, scale, block).t() + bias
+    got = gemv(x, w_q, bias, GemvConfig(32, 64, split_k, 4, 1), weight_scale=scale, block=block)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
