@@ -6,10 +6,10 @@ import pytest
 import torch
 from kernel_cases import make_paged_batch, rel_err
 
+from engine_service.layers.quantization.fp8 import dequantize
 from engine_service.ops import torch_ops
 from engine_service.ops import triton_attention as ta
 from engine_service.ops.triton_activation import gelu_tanh_and_mul
-from engine_service.layers.quantization.fp8 import dequantize
 from engine_service.ops.triton_fp8 import block_gemm
 from engine_service.ops.triton_gemv import GemvConfig, gemv
 from engine_service.ops.triton_moe import MoeConfig, fused_moe, moe_align_block_size
