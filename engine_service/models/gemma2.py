@@ -206,7 +206,8 @@ class GemmaModel(nn.Module):
             for i, kind in enumerate(a.layer_types)
         )
         self.norm = GemmaRMSNorm(a.hidden_size, a.rms_norm_eps)
-        self.embed_scale = a.hidden_size**0.5
+        # sqrt(hidden) as the model's dtype holds it (transformers rounds it so): built under that default dtype
+        self.embed_scale = float(torch.tensor(a.hidden_size**0.5, dtype=torch.get_default_dtype()))
 
     def forward(
         self,
@@ -215,8 +216,7 @@ class GemmaModel(nn.Module):
         kv_caches: list[KVCache],
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T] -> [T, hidden]
-        x = self.embed_tokens(input_ids)
-        x = x * torch.tensor(self.embed_scale, dtype=x.dtype)  # sqrt(hidden) as the model's dtype holds it
+        x = self.embed_tokens(input_ids) * self.embed_scale
         residual = None
         for layer, kv in zip(self.layers, kv_caches, strict=True):
             x, residual = layer(positions, x, residual, kv, meta)
