@@ -206,7 +206,7 @@ class GemmaModel(nn.Module):
             for i, kind in enumerate(a.layer_types)
         )
         self.norm = GemmaRMSNorm(a.hidden_size, a.rms_norm_eps)
-        # sqrt(hidden) as the model's dtype holds it (transformers rounds it so): built under that default dtype
+        # sqrt(hidden) rounded to the model dtype, as transformers has it (built under that default dtype)
         self.embed_scale = float(torch.tensor(a.hidden_size**0.5, dtype=torch.get_default_dtype()))
 
     def forward(

@@ -121,8 +121,10 @@ def fp8_linear(
 
 
 def moe_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights float32 [T, k], expert ids int64 [T, k]) of a softmax router (torch on either device)."""
-    return torch_ops.moe_topk(router_logits, top_k, renormalize)
+    """(weights float32 [T, k], expert ids int64 [T, k]) of a softmax router: its top k experts, their
+    probabilities renormalized to sum to one when `renormalize`. One Triton launch on CUDA."""
+    ops = _triton_ops() if _on_gpu(router_logits) else torch_ops
+    return ops.moe_topk(router_logits, top_k, renormalize)
 
 
 def fused_moe(

@@ -10,8 +10,10 @@ expert) pairs, pair p = t * k + j:
         expert_ids  [ 0          | 1        | 3           | 3        ]     one per block
         num_post    16                                                      rows in use
 
-     Torch ops only, no host sync (CUDA-graph safe): the sorted list is sized for the worst case,
-     P + min(E, P) * (BLOCK_M - 1), and blocks past `num_post` exit at once.
+     No host sync (CUDA-graph safe): the sorted list is sized for the worst case,
+     P + min(E, P) * (BLOCK_M - 1), and blocks past `num_post` exit at once. Up to SMALL_PAIRS pairs
+     (decode) one Triton program does it all (a histogram, a sort of expert * P + pair keys, scans);
+     larger batches use torch ops (a stable sort and scans, a dozen launches that a prefill hides).
   2. GEMM 1 (gated): for each block, rows x[p // k] times its expert's gate and up rows, both
      accumulated in one program, written as silu(gate) * up: [P, I]. SiLU-and-mul costs no extra pass.
   3. GEMM 2: those rows times the expert's down matrix, scaled by the pair's routing weight: [P, H].
@@ -91,6 +93,8 @@ def moe_align_block_size(
     num_pairs = flat.numel()
     size = num_pairs + min(num_experts, num_pairs) * (block_m - 1)
     size = triton.cdiv(size, block_m) * block_m
+    if 0 < num_pairs <= SMALL_PAIRS:
+        return _align_small(flat, block_m, num_experts, size)
     dev = flat.device
     order = torch.sort(flat, stable=True).indices  # pairs by expert, in pair order within one
     counts = torch.zeros(num_experts, dtype=torch.int64, device=dev).scatter_add_(
@@ -106,6 +110,145 @@ def moe_align_block_size(
     block_starts = torch.arange(0, size, block_m, device=dev)
     expert_ids = torch.searchsorted(padded_end, block_starts, right=True).clamp_(max=num_experts - 1)
     return sorted_ids, expert_ids.to(torch.int32), padded_end[-1:].to(torch.int32)
+
+
+SMALL_PAIRS = 4096  # pairs up to which one program aligns them (its sort holds them all in registers)
+
+
+@triton.jit
+def _align_small_kernel(
+    ids_ptr,  # [P] expert of each pair
+    sorted_ids_ptr,  # int32 [S]
+    expert_ids_ptr,  # int32 [S / BLOCK_M]
+    num_post_ptr,  # int32 [1]
+    shift_ptr,  # int32 [E_PAD] scratch: (padded start - sorted start) of each expert
+    num_pairs,
+    size,  # S
+    num_experts,
+    max_blocks,  # most blocks one expert can have: cdiv(P, BLOCK_M)
+    BLOCK_M: tl.constexpr,
+    P_PAD: tl.constexpr,
+    E_PAD: tl.constexpr,  # > num_experts: the last bin counts the padding lanes
+    FILL: tl.constexpr,  # sentinel stores per loop step
+    PDL: tl.constexpr,
+):
+    """moe_align_block_size in one program (see the module doc for the layout)."""
+    if PDL:
+        wait_for_previous()
+    lane = tl.arange(0, P_PAD)
+    valid = lane < num_pairs
+    expert = tl.load(ids_ptr + lane, mask=valid, other=E_PAD - 1).to(tl.int32)
+    counts = tl.histogram(expert, E_PAD)  # [E_PAD]
+    e = tl.arange(0, E_PAD)
+    counts = tl.where(e < num_experts, counts, 0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    padded_end = tl.cumsum(padded, axis=0)
+    count_end = tl.cumsum(counts, axis=0)
+    tl.store(shift_ptr + e, (padded_end - padded) - (count_end - counts))
+    tl.store(num_post_ptr, tl.sum(padded, axis=0))
+    # Each expert writes its id over its blocks (blocks past num_post are never read).
+    first_block = (padded_end - padded) // BLOCK_M
+    num_blocks = padded // BLOCK_M
+    for b in range(0, max_blocks):
+        tl.store(expert_ids_ptr + first_block + b, e, mask=b < num_blocks)
+    for start in range(0, size, FILL):
+        offs = start + tl.arange(0, FILL)
+        tl.store(sorted_ids_ptr + offs, tl.zeros([FILL], dtype=tl.int32) + num_pairs, mask=offs < size)
+    tl.debug_barrier()  # the shifts and sentinels are written before any thread reads or overwrites them
+    keys = tl.sort(tl.where(valid, expert * P_PAD + lane, E_PAD * P_PAD))  # by expert, then pair
+    pair = keys % P_PAD
+    sorted_expert = keys // P_PAD
+    ok = keys < E_PAD * P_PAD
+    shift = tl.load(shift_ptr + sorted_expert, mask=ok, other=0)
+    tl.store(sorted_ids_ptr + shift + lane, pair, mask=ok)
+
+
+@triton.jit
+def _topk_kernel(
+    logits_ptr,  # [T, E]
+    weights_ptr,  # float32 [T, K]
+    ids_ptr,  # int64 [T, K]
+    num_experts,
+    stride_lt,
+    K: tl.constexpr,
+    K_PAD: tl.constexpr,
+    E_PAD: tl.constexpr,
+    RENORMALIZE: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """One token: softmax over its experts in fp32, the k largest (lowest index first among equals)."""
+    if PDL:
+        wait_for_previous()
+    token = tl.program_id(0).to(tl.int64)
+    e = tl.arange(0, E_PAD)
+    x = tl.load(logits_ptr + token * stride_lt + e, mask=e < num_experts, other=float("-inf")).to(tl.float32)
+    p = tl.exp(x - tl.max(x, axis=0))
+    p = p / tl.sum(p, axis=0)
+    left = tl.where(e < num_experts, p, -1.0)
+    slots = tl.arange(0, K_PAD)
+    top_w = tl.zeros([K_PAD], dtype=tl.float32)
+    top_i = tl.zeros([K_PAD], dtype=tl.int32)
+    for j in tl.static_range(K):
+        best = tl.max(left, axis=0)
+        idx = tl.min(tl.where(left == best, e, E_PAD), axis=0)
+        top_w = tl.where(slots == j, best, top_w)
+        top_i = tl.where(slots == j, idx, top_i)
+        left = tl.where(e == idx, -1.0, left)
+    if RENORMALIZE:
+        top_w = top_w / tl.sum(top_w, axis=0)  # the padding slots hold 0
+    tl.store(weights_ptr + token * K + slots, top_w, mask=slots < K)
+    tl.store(ids_ptr + token * K + slots, top_i.to(tl.int64), mask=slots < K)
+
+
+def moe_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch_ops.moe_topk` in one launch: (weights float32 [T, k], ids int64 [T, k])."""
+    num_tokens, num_experts = router_logits.shape
+    weights = torch.empty((num_tokens, top_k), dtype=torch.float32, device=router_logits.device)
+    ids = torch.empty((num_tokens, top_k), dtype=torch.int64, device=router_logits.device)
+    if num_tokens > 0:
+        if router_logits.stride(1) != 1:
+            router_logits = router_logits.contiguous()
+        _topk_kernel[(num_tokens,)](
+            router_logits,
+            weights,
+            ids,
+            num_experts,
+            router_logits.stride(0),
+            K=top_k,
+            K_PAD=triton.next_power_of_2(top_k),
+            E_PAD=triton.next_power_of_2(num_experts),
+            RENORMALIZE=renormalize,
+            num_warps=4,
+            **launch_options(router_logits),
+        )
+    return weights, ids
+
+
+def _align_small(flat: torch.Tensor, block_m: int, num_experts: int, size: int):
+    dev = flat.device
+    e_pad = triton.next_power_of_2(num_experts + 1)
+    sorted_ids = torch.empty(size, dtype=torch.int32, device=dev)
+    expert_ids = torch.empty(size // block_m, dtype=torch.int32, device=dev)
+    num_post = torch.empty(1, dtype=torch.int32, device=dev)
+    shift = torch.empty(e_pad, dtype=torch.int32, device=dev)
+    _align_small_kernel[(1,)](
+        flat,
+        sorted_ids,
+        expert_ids,
+        num_post,
+        shift,
+        flat.numel(),
+        size,
+        num_experts,
+        triton.cdiv(flat.numel(), block_m),
+        BLOCK_M=block_m,
+        P_PAD=triton.next_power_of_2(flat.numel()),
+        E_PAD=e_pad,
+        FILL=1024,
+        num_warps=8,
+        **launch_options(flat),
+    )
+    return sorted_ids, expert_ids, num_post
 
 
 @triton.jit
@@ -238,4 +381,4 @@ def fused_moe(
     return out.view(num_tokens, top_k, hidden).sum(dim=1)
 
 
-__all__ = ["MoeConfig", "fused_moe", "moe_align_block_size", "moe_config"]
+__all__ = ["MoeConfig", "fused_moe", "moe_align_block_size", "moe_config", "moe_topk"]

@@ -14,7 +14,7 @@ from engine_service.ops.triton_embedding import vocab_slice_embedding
 from engine_service.ops.triton_fp8 import fp8_linear
 from engine_service.ops.triton_gemv import gemv
 from engine_service.ops.triton_kv_cache import write_kv_cache
-from engine_service.ops.triton_moe import fused_moe
+from engine_service.ops.triton_moe import fused_moe, moe_topk
 from engine_service.ops.triton_norm import fused_add_rms_norm, rms_norm
 from engine_service.ops.triton_rotary import rotary_embedding
 from engine_service.ops.triton_sampling import sample_tokens
@@ -26,6 +26,7 @@ __all__ = [
     "fused_moe",
     "gelu_tanh_and_mul",
     "gemv",
+    "moe_topk",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",

@@ -7,7 +7,7 @@ import torch
 from kernel_cases import make_paged_batch, rel_err
 
 from engine_service.layers.quantization.fp8 import dequantize
-from engine_service.ops import torch_ops
+from engine_service.ops import torch_ops, triton_moe
 from engine_service.ops import triton_attention as ta
 from engine_service.ops.triton_activation import gelu_tanh_and_mul
 from engine_service.ops.triton_fp8 import block_gemm
@@ -79,7 +79,10 @@ def test_partial_rotary_leaves_the_other_dimensions():
     assert torch.equal(ref_q[..., 24:], q[..., 24:])
 
 
-def test_moe_align_groups_pairs_by_expert_in_padded_blocks():
+@pytest.mark.parametrize("small", [True, False])
+def test_moe_align_groups_pairs_by_expert_in_padded_blocks(small, monkeypatch):
+    if not small:  # the torch-ops path that batches past SMALL_PAIRS take
+        monkeypatch.setattr(triton_moe, "SMALL_PAIRS", 0)
     ids = torch.tensor([[3, 0], [3, 1], [0, 3], [3, 2], [3, 0]], device=DEVICE)  # P = 10 pairs, E = 5
     sorted_ids, expert_ids, num_post = moe_align_block_size(ids, 4, 5)
     flat = ids.flatten().tolist()
@@ -90,6 +93,26 @@ def test_moe_align_groups_pairs_by_expert_in_padded_blocks():
     assert rows == [[1, 4, 9, 10], [3, 10, 10, 10], [7, 10, 10, 10], [0, 2, 5, 6], [8, 10, 10, 10]]
     assert all(flat[p] == expert_ids[b].item() for b, row in enumerate(rows) for p in row if p < 10)
     assert (sorted_ids[20:] == 10).all()
+
+
+def test_moe_align_paths_agree_on_a_random_batch(monkeypatch):
+    ids = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(t))[:4] for t in range(50)])
+    small = moe_align_block_size(ids.to(DEVICE), 16, 16)
+    monkeypatch.setattr(triton_moe, "SMALL_PAIRS", 0)
+    large = moe_align_block_size(ids.to(DEVICE), 16, 16)
+    used = small[2].item()
+    assert used == large[2].item()
+    assert torch.equal(small[0][:used], large[0][:used])
+    assert torch.equal(small[1][: used // 16], large[1][: used // 16])
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_moe_topk_kernel(renormalize):
+    logits = randn(9, 12, seed=19) * 3
+    weights, ids = triton_moe.moe_topk(logits, 3, renormalize)
+    ref_w, ref_i = torch_ops.moe_topk(logits, 3, renormalize)
+    assert torch.equal(ids, ref_i)
+    torch.testing.assert_close(weights, ref_w, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
