@@ -115,7 +115,9 @@ class Engine:
         self._inflight = None  # (SchedulerOutput, pending result) of the step on the device
         # The last batch whose updates were all plain, while none of its sequences finished or was aborted.
         self._steady: updates_codec.SteadyRows | None = None
-        kv_dtype = "fp8 e4m3, 1 byte a value" if config.kv_cache_dtype == "fp8" else str(dtype)[6:]
+        kv_dtype = str(dtype).removeprefix("torch.")
+        if config.kv_cache_dtype == "fp8":  # half the bytes of a 16-bit cache: twice the blocks
+            kv_dtype = "fp8 e4m3, 1 byte a value"
         log.info(
             "KV cache (%s): %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens a request: %.1fx",
             kv_dtype,
