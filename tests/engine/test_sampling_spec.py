@@ -101,7 +101,7 @@ def test_every_field_crosses_the_proto_unchanged():
         skip_special_tokens=False,
         logprobs=0,
     )
-    # structured_outputs crosses in GenerateRequest.structured_output, beside SamplingParams (tests/structured)
+    # structured_outputs crosses in GenerateRequest.structured_output (tests/structured)
     assert {f.name for f in dataclasses.fields(params)} == set(SAMPLING_FIELDS) | {"structured_outputs"}
     fields = {name: getattr(params, name) for name in SAMPLING_FIELDS}
     assert SamplingParams.from_pb(pb.SamplingParams(**fields)) == params
