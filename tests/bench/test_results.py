@@ -99,3 +99,25 @@ def test_since_prints_only_the_new_rows(tmp_path, capsys):
     assert results.main(["--results", str(path), "--since", "1"]) == 0
     out = capsys.readouterr().out
     assert "| after |" in out and "| before |" not in out
+
+
+def test_structured_outputs_rows_have_their_table():
+    """benchmarks/structured_outputs.py's row: Pagoda constrained and free, compile and mask times, and vLLM
+    beside it (its error, when it failed, in the vLLM cell)."""
+    pagoda = {
+        "constrained_tok_s": 9000.4,
+        "unconstrained_tok_s": 9500.0,
+        "constrained_over_unconstrained": 0.9474,
+        "valid_json": "256/256",
+        "grammar_compile_s": 0.0123,
+        "grammar_first_compile_s": 1.5,
+        "mask_ms_per_step": 0.0412,
+    }
+    vllm = {"constrained_tok_s": 8000.0, "constrained_over_unconstrained": 0.9}
+    row = {"kind": "structured_outputs", "date": "2026-12-07", "card": "NVIDIA H100", "commit": "abc",
+           "shape": "llama-1b", "num_prompts": 256, "pagoda": pagoda, "vllm": vllm}  # fmt: skip
+    text = results.results_markdown([row, {**row, "commit": "def", "vllm": {"error": "exit status 1"}}])
+    assert "## Structured outputs" in text
+    cells = "| llama-1b | 256 | 9,000 | 9,500 | 0.947 | 256/256 | 12.3 (1,500) | 0.041 | 8,000 | 0.900 |"
+    assert cells in text
+    assert "| exit status 1 | – |" in text
