@@ -173,8 +173,9 @@ class BlockManager:
     def start_events(self) -> None:
         """Record KV-cache events from now on, starting from an empty cache (what was cached before,
         the warm-up's prompts, is forgotten), so that the events alone tell what is cached."""
-        self.events = []
+        self.events = None
         self.reset_prefix_cache()
+        self.events = []
 
     def take_events(self) -> list[tuple]:
         """The events since the last call (once per engine step)."""
