@@ -64,6 +64,7 @@ def small_model(folder: Path, hidden: int, layers: int) -> Path:
     from pagoda.models import resolve_model
 
     source = resolve_model(None)
+    folder.mkdir(parents=True, exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         if (source / name).is_file():
             shutil.copy(source / name, folder / name)
@@ -284,13 +285,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: one engine per GPU (0, 1)")
     p.add_argument("--hidden", type=int, default=256, help="the random model's hidden size")
     p.add_argument("--layers", type=int, default=4, help="the random model's layers")
-    p.add_argument("--conversations", type=int, default=16)
-    p.add_argument("--turns", type=int, default=4)
+    p.add_argument("--conversations", type=int, default=12)
+    p.add_argument("--turns", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=4, help="conversations at once")
     p.add_argument("--system-words", type=int, default=150, help="words of the shared system prompt")
-    p.add_argument("--user-words", type=int, default=40, help="words of each user message")
-    p.add_argument("--max-tokens", type=int, default=16, help="tokens per reply")
-    p.add_argument("--num-kv-blocks", type=int, default=96, help="KV blocks (16 tokens) per engine")
+    p.add_argument("--user-words", type=int, default=80, help="words of each user message")
+    p.add_argument("--max-tokens", type=int, default=32, help="tokens per reply")
+    p.add_argument("--num-kv-blocks", type=int, default=160, help="KV blocks (16 tokens) per engine")
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-timeout", type=float, default=300.0)
