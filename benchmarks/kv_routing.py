@@ -7,9 +7,10 @@ For each policy (kv_aware, prefix_affinity, least_requests) it starts two `pagod
 tokenizer` and a `pagoda router --policy P`, all fresh (empty caches), and runs the same conversations:
 every conversation opens with one system prompt shared by all (as a product's assistant does), then takes
 `--turns` turns, each sending the whole history so far plus a new user message, streamed, and appending the
-reply; `--concurrency` conversations run at once. Per policy it reports the prefix-cache hit rate (the
-prompt tokens the engines served from their caches, from each response's usage.cached_tokens, over all
-prompt tokens), TTFT p50/p99 and how the requests split over the two engines.
+reply; between turns the user "thinks" (`--think-time`, exponential), so a conversation's next turn finds
+the engines busy with others; `--concurrency` conversations run at once. Per policy it reports the
+prefix-cache hit rate (the prompt tokens the engines served from their caches, from each response's
+usage.cached_tokens, over all prompt tokens), TTFT p50/p99 and how the requests split over the engines.
 
 On CPU the figures are for comparing the policies on this machine only; they are not recorded in
 benchmarks/results.jsonl. The engines' KV caches are kept small (--num-kv-blocks) so that a policy that
@@ -238,14 +239,18 @@ async def run_policy(args, model: Path, policy: str, log_root: Path) -> dict:
             await asyncio.sleep(2)  # the router's KV-event subscriptions open (kv_aware)
             convs = conversations(args)
             limit = asyncio.Semaphore(args.concurrency)
+            pauses = random.Random(args.seed + 1)
 
             async def converse(conv: Conversation) -> None:
+                await asyncio.sleep(pauses.uniform(0, 2 * args.think_time))  # users arrive spread out
                 async with limit:
                     for user in conv.user_turns:
                         conv.messages.append({"role": "user", "content": user})
                         turn, reply = await chat(session, stack.url, conv.messages, args.max_tokens)
                         conv.turns.append(turn)
                         conv.messages.append({"role": "assistant", "content": reply})
+                        if args.think_time:  # the user reads the reply and types the next message
+                            await asyncio.sleep(pauses.expovariate(1 / args.think_time))
 
             start = time.perf_counter()
             await asyncio.gather(*(converse(c) for c in convs))
@@ -287,11 +292,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4, help="the random model's layers")
     p.add_argument("--conversations", type=int, default=12)
     p.add_argument("--turns", type=int, default=5)
-    p.add_argument("--concurrency", type=int, default=4, help="conversations at once")
+    p.add_argument("--concurrency", type=int, default=12, help="conversations at once")
+    p.add_argument(
+        "--think-time", type=float, default=1.0, help="mean seconds between a reply and the next turn"
+    )
     p.add_argument("--system-words", type=int, default=150, help="words of the shared system prompt")
     p.add_argument("--user-words", type=int, default=80, help="words of each user message")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens per reply")
-    p.add_argument("--num-kv-blocks", type=int, default=160, help="KV blocks (16 tokens) per engine")
+    p.add_argument("--num-kv-blocks", type=int, default=320, help="KV blocks (16 tokens) per engine")
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-timeout", type=float, default=300.0)
