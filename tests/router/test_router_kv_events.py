@@ -76,7 +76,6 @@ async def stack(tiny_chat_model_dir):
         health_interval_s=0.05,
         max_backoff_s=0.5,
         first_token_timeout_s=60.0,
-        metrics=False,
     )
     router = await start(config)
     client = openai.AsyncOpenAI(
@@ -114,6 +113,8 @@ async def test_kv_aware_routes_to_the_real_cache_and_follows_evictions(stack):
     # Cached on the engine hashing would not pick: the router learns it from the events alone.
     await generate(holder, prompt)
     await wait_for(lambda: indexed(holder, prompt) == 6, 10, "the holder's stored blocks")
+    scraped = ctx.metrics.render().decode()
+    assert f'pagoda_router_engine_kv_cached_blocks{{engine="{holder}"}} 6.0' in scraped
     before = {a: prompt_tokens(a) for a in addresses}
     done = await client.completions.create(model=MODEL, prompt=follow_up, max_tokens=2, temperature=0)
     assert done.usage.prompt_tokens_details.cached_tokens == 96
