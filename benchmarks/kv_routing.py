@@ -230,7 +230,7 @@ async def chat(session: aiohttp.ClientSession, url: str, messages: list[dict], m
 
 async def run_policy(args, model: Path, policy: str, log_root: Path) -> dict:
     log_dir = log_root / policy
-    log_dir.mkdir(parents=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(args, model, policy, log_dir)
     timeout = aiohttp.ClientTimeout(total=600)
     try:
@@ -304,6 +304,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--log-dir", help="keep the services' logs here (default: a temporary folder)")
     return p.parse_args(argv)
 
 
@@ -314,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         model = Path(args.model) if args.model else small_model(tmp / "model", args.hidden, args.layers)
         rows = []
         for policy in args.policies:
-            rows.append(asyncio.run(run_policy(args, model, policy, tmp / "logs")))
+            logs = Path(args.log_dir) if args.log_dir else tmp / "logs"
+            rows.append(asyncio.run(run_policy(args, model, policy, logs)))
             print(format_row(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
