@@ -103,10 +103,6 @@ class KvEventHub:
         self._max_subscribers = max_subscribers
         self._error: BaseException | None = None
 
-    @property
-    def num_cached(self) -> int:
-        return len(self._cached)
-
     def publish(self, events: Iterable[tuple]) -> None:
         """One step's raw events (BlockManager's tuples): update the mirror, send one batch."""
         grouped = self._apply(events)
