@@ -23,6 +23,8 @@ from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
 from router.errors import model_not_found, no_engine
 from router.upstream.channels import ChannelFactory
 from router.upstream.model_card import ModelCard
+from router.upstream.multiplex import CHANNEL_OPTIONS as MULTIPLEX_OPTIONS
+from router.upstream.multiplex import Multiplexer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class Engine:
         self.address = address
         self.channel = channel
         self.stub = engine_pb2_grpc.EngineServiceStub(self.channel)
+        self.multiplexer = Multiplexer(self.stub, address)  # its call opens with the first generation
         self.card: ModelCard | None = None
         self.info = engine_pb2.ServerInfo()
         self.num_outstanding = 0  # this router's requests in flight on the engine
@@ -83,7 +86,7 @@ class EngineRegistry:
         failures_to_eject: int,
         max_backoff_s: float,
         drain_grace_s: float,
-        connect: Callable[[str], grpc.aio.Channel] | None = None,
+        connect: Callable[[str, list], grpc.aio.Channel] | None = None,
     ):
         self.interval_s = interval_s
         self.probe_timeout_s = probe_timeout_s
@@ -103,7 +106,7 @@ class EngineRegistry:
         self._sources[source] = frozenset(addresses)
         wanted = frozenset().union(*self._sources.values())
         for address in wanted - self._engines.keys():
-            engine = self._engines[address] = Engine(address, self._connect(address))
+            engine = self._engines[address] = Engine(address, self._connect(address, MULTIPLEX_OPTIONS))
             self._tasks[address] = asyncio.create_task(self._probe_loop(engine), name=f"probe {address}")
             log.info("engine %s discovered", address)
         for address in self._engines.keys() - wanted:
