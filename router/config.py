@@ -21,8 +21,12 @@ LIMITS = "limits"
 class RouterConfig:
     host: str = field(default="0.0.0.0", metadata={"help": "address the HTTP server listens on"})
     port: int = field(default=8000, metadata={"help": "HTTP port"})
-    # The tokenizer service (a host:port; any gRPC target such as dns:///name:port works too).
-    tokenizer: str = field(default="127.0.0.1:50052", metadata={"help": "tokenizer service HOST:PORT"})
+    # The tokenizer service of every model without its own (a host:port; any gRPC target such as
+    # dns:///name:port works too); None: each model needs its own in model_tokenizers. Both come from the
+    # repeatable --tokenizer [MODEL=]HOST:PORT (router/main.py).
+    tokenizer: str | None = field(default="127.0.0.1:50052", metadata={"cli": False})
+    # (served model name, tokenizer address) pairs: each model tokenized by its own weights' tokenizer.
+    model_tokenizers: tuple[tuple[str, str], ...] = field(default=(), metadata={"cli": False})
 
     # Engine discovery: any mix of a static list, DNS names and Kubernetes EndpointSlices.
     engines: tuple[str, ...] = field(
@@ -199,6 +203,22 @@ class RouterConfig:
             "group": TLS,
             "help": "the name expected in engine and tokenizer certificates (default: the address dialled; "
             "set it when engines are found by IP)",
+        },
+    )
+    tls_reload_interval_s: float = field(
+        default=5.0,
+        metadata={
+            "group": TLS,
+            "help": "seconds between checks of the --grpc-tls-* files for a renewal (new connections use it)",
+        },
+    )
+
+    # Keepalive pings to engines and tokenizers (they accept them down to 5 s: pagoda/grpc_keepalive.py).
+    grpc_keepalive_time_s: float = field(
+        default=10.0,
+        metadata={
+            "group": ROUTING,
+            "help": "seconds between keepalive pings to engines and tokenizers (they accept >= 5 s)",
         },
     )
 

@@ -22,9 +22,20 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         description="OpenAI-compatible HTTP router in front of the tokenizer and engines.",
     )
     add_config_args(p, RouterConfig, choices={"policy": sorted(POLICIES)})
+    p.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="[MODEL=]HOST:PORT",
+        help="the tokenizer service of MODEL (repeatable: one per served model), or without MODEL= of every "
+        "model that has none of its own (default 127.0.0.1:50052 when no --tokenizer is given)",
+    )
     a = p.parse_args(argv)
+    default_tokenizer, model_tokenizers = _tokenizers(p, a.tokenizer)
     if a.affinity_blocks < 1 or a.affinity_load_factor < 1.0 or a.max_attempts < 1:
         p.error("--prefix-affinity-blocks and --max-attempts must be >= 1, --load-factor >= 1.0")
+    if a.grpc_keepalive_time_s <= 0 or a.tls_reload_interval_s <= 0:
+        p.error("--grpc-keepalive-time and --tls-reload-interval must be > 0")
     for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens_limit", "max_concurrent_streams_per_key"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -42,11 +53,35 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     return RouterConfig(
         **{
             **config_values(a, RouterConfig),
+            "tokenizer": default_tokenizer,
+            "model_tokenizers": model_tokenizers,
             "k8s_namespace": namespace,
             "session_header": a.session_header.lower(),
             "otlp_endpoint": otlp_endpoint(a.otlp_endpoint),
         }
     )
+
+
+def _tokenizers(
+    p: argparse.ArgumentParser, values: list[str]
+) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """--tokenizer values -> (the default address, (model, address) pairs). Addresses hold no `=`, so a
+    value splits at its last one (model names may hold anything)."""
+    if not values:
+        return "127.0.0.1:50052", ()
+    defaults = [v for v in values if "=" not in v]
+    pairs = tuple(tuple(v.rsplit("=", 1)) for v in values if "=" in v)
+    if len(defaults) > 1:
+        p.error(f"--tokenizer: one address without MODEL= at most, got {defaults}")
+    models = [m for m, _ in pairs]
+    for model, address in pairs:
+        if not model or not address:
+            p.error(f"--tokenizer {model}={address}: give MODEL=HOST:PORT")
+        if models.count(model) > 1:
+            p.error(f"--tokenizer: model {model!r} is given twice")
+    if any(not v for v in defaults):
+        p.error("--tokenizer: an empty address")
+    return (defaults[0] if defaults else None), pairs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pagoda.grpc_keepalive import SERVER_MIN_PING_INTERVAL_S
 from pagoda.tls import ServerTls
 
 
@@ -59,3 +60,11 @@ class TokenizerConfig:
     # A plaintext port that serves only grpc.health.v1, for kubelet probes when gRPC is TLS; 0: none. Its
     # flag is one of the TLS flags both gRPC services share (pagoda/tls.py).
     health_port: int = field(default=0, metadata={"cli": False})
+    # Clients' keepalive pings this far apart or more are accepted, calls or not (pagoda/grpc_keepalive.py).
+    grpc_min_ping_interval_s: float = field(
+        default=SERVER_MIN_PING_INTERVAL_S,
+        metadata={
+            "help": "accept clients' keepalive pings this many seconds apart or more, with or without calls "
+            "in flight (the router pings every 10 s); closer pings close the connection (too_many_pings)"
+        },
+    )

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine_service.core.config import EngineConfig
+from pagoda.grpc_keepalive import SERVER_MIN_PING_INTERVAL_S
 from pagoda.tls import ServerTls
 
 
@@ -68,12 +69,24 @@ class EngineServiceConfig:
     # A plaintext port that serves only grpc.health.v1, for kubelet probes when gRPC is TLS; 0: none. Its
     # flag is one of the TLS flags both gRPC services share (pagoda/tls.py).
     health_port: int = field(default=0, metadata={"cli": False})
+    # Clients' keepalive pings this far apart or more are accepted, calls or not (pagoda/grpc_keepalive.py).
+    grpc_min_ping_interval_s: float = field(
+        default=SERVER_MIN_PING_INTERVAL_S,
+        metadata={
+            "help": "accept clients' keepalive pings this many seconds apart or more, with or without calls "
+            "in flight (the router pings every 10 s); closer pings close the connection (too_many_pings)"
+        },
+    )
 
     def __post_init__(self) -> None:
         checks = [
             (0 <= self.port < 65536, f"port must be in [0, 65535], got {self.port}"),
             (0 <= self.metrics_port < 65536, f"metrics_port must be in [0, 65535], got {self.metrics_port}"),
             (0 <= self.health_port < 65536, f"health_port must be in [0, 65535], got {self.health_port}"),
+            (
+                self.grpc_min_ping_interval_s > 0,
+                f"grpc_min_ping_interval must be > 0, got {self.grpc_min_ping_interval_s}",
+            ),
             (self.max_waiting >= 1, f"max_waiting must be >= 1, got {self.max_waiting}"),
             (
                 self.shutdown_grace_period_s >= 0,

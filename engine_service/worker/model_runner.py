@@ -158,18 +158,6 @@ class ModelRunner:
             self.graphs.release()
             self.graphs = None
 
-    def time_decode_graph(self, batch_size: int, context_len: int, replays: int) -> float | None:
-        """The decode graph's own time (ms per replay, see DecodeGraphs.time_replay); None without graphs."""
-        if self.graphs is None or batch_size > self.graphs.max_batch_size:
-            return None
-        return self.graphs.time_replay(batch_size, context_len, replays)
-
-    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int) -> list | None:
-        """The decode graph's kernels (see DecodeGraphs.profile_replay); None without graphs."""
-        if self.graphs is None or batch_size > self.graphs.max_batch_size:
-            return None
-        return self.graphs.profile_replay(batch_size, context_len, replays)
-
     def start_profile(self, trace_dir: str) -> None:
         """torch.profiler over this rank's host and device work, until stop_profile."""
         if self._profiler is not None:

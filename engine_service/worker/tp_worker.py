@@ -49,8 +49,6 @@ CALLS = (
     "profile_num_kv_blocks",
     "allocate_kv_cache",
     "capture_cuda_graphs",
-    "time_decode_graph",
-    "profile_decode_graph",
     "start_profile",
     "stop_profile",
 )

@@ -19,7 +19,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     req = parse_chat(await read_json(request))
     card = ctx.registry.resolve(req.model)
-    encoded = await ctx.tokenizer.encode_chat(
+    encoded = await ctx.tokenizers.for_model(card.name).encode_chat(
         req.messages,
         add_generation_prompt=req.add_generation_prompt,
         continue_final_message=req.continue_final_message,

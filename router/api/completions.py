@@ -28,7 +28,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         check_model(req.sampling, len(ids), card, "prompt")
     longest = max(len(ids) for ids in prompts)
     sampling = ctx.limits.apply(req.sampling, longest, card.max_model_len, "prompt")
-    echoes = await _echo_texts(ctx, req, prompts) if req.echo else None
+    echoes = await _echo_texts(ctx, card, req, prompts) if req.echo else None
     gen = await Generation.open(
         ctx.dispatcher,
         card,
@@ -49,7 +49,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def _token_ids(ctx: RouterContext, card: ModelCard, prompt: str | list[int], i: int):
     if isinstance(prompt, str):
-        ids = (await ctx.tokenizer.encode_text(prompt)).token_ids
+        ids = (await ctx.tokenizers.for_model(card.name).encode_text(prompt)).token_ids
         if not ids:
             raise bad_request(f"'prompt' {i} encodes to no tokens.", "prompt")
         return ids
@@ -61,14 +61,16 @@ async def _token_ids(ctx: RouterContext, card: ModelCard, prompt: str | list[int
     return prompt
 
 
-async def _echo_texts(ctx: RouterContext, req: CompletionRequest, prompts) -> list[str]:
+async def _echo_texts(ctx: RouterContext, card: ModelCard, req: CompletionRequest, prompts) -> list[str]:
     """The prompts as text: as given, or decoded when given as token ids."""
 
     async def text(prompt: str | list[int], ids) -> str:
         return (
             prompt
             if isinstance(prompt, str)
-            else await ctx.tokenizer.decode(ids, value_of(req.sampling, "skip_special_tokens"))
+            else await ctx.tokenizers.for_model(card.name).decode(
+                ids, value_of(req.sampling, "skip_special_tokens")
+            )
         )
 
     return list(await asyncio.gather(*(text(p, ids) for p, ids in zip(req.prompts, prompts, strict=True))))

@@ -45,31 +45,43 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+# A sink holds at most this many messages; one more merges them into one per sample. A handler stalled on
+# a slow client then costs the router its unread tokens (bounded by max_tokens), not a message per step.
+MAX_QUEUED = 32
+
+
 class Sink:
-    """One generation's messages, as the reader hands them over; read by one consumer."""
+    """One generation's messages, as the reader hands them over; read by one consumer. Never blocks the
+    reader: a consumer that falls behind finds what it missed merged."""
 
-    __slots__ = ("handle", "_messages", "_waiter", "_error", "done")
+    __slots__ = ("handle", "call", "_messages", "_waiter", "_error", "done")
 
-    def __init__(self, handle: int):
+    def __init__(self, handle: int, call: _Call | None = None):
         self.handle = handle
+        self.call = call  # the Multiplex call the generation runs on
         self._messages: list[pb.GenerateResponse] = []
         self._waiter: asyncio.Future | None = None
         self._error: BaseException | None = None
         self.done = False  # the last message (with usage) arrived, or an error
 
     def push(self, message: pb.GenerateResponse) -> None:
-        self._messages.append(message)
+        messages = self._messages
+        messages.append(message)
+        if len(messages) > MAX_QUEUED:
+            self._messages = merge(messages)
         if message.finish_reason and message.HasField("usage"):  # (usage comes with a sample's end)
             self.done = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def fail(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
             self.done = True
             self._wake()
+
+    @property
+    def num_queued(self) -> int:
+        return len(self._messages)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -112,80 +124,116 @@ def merge(messages: Iterable[pb.GenerateResponse]) -> list[pb.GenerateResponse]:
     return sorted(merged.values(), key=lambda m: m.HasField("usage"))
 
 
-class Multiplexer:
-    """One engine's Multiplex call, opened on first use; when it ends (engine gone, channel closed) its
-    sinks fail and the next `open` starts a new call."""
+class _Call:
+    """One Multiplex call: the queue its request stream reads, its live generations, the task reading it."""
 
-    def __init__(self, stub, address: str):
-        self._stub = stub
+    __slots__ = ("requests", "sinks", "reader", "retired")
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue = asyncio.Queue()
+        self.sinks: dict[int, Sink] = {}
+        self.reader: asyncio.Task | None = None
+        self.retired = False  # takes no new generations; its request side closes once its last one ended
+
+    def release(self, handle: int) -> Sink | None:
+        sink = self.sinks.pop(handle, None)
+        if self.retired and not self.sinks:
+            self.requests.put_nowait(_CLOSE)
+        return sink
+
+
+class Multiplexer:
+    """One engine's Multiplex calls: new generations go over the current one, opened on first use; when
+    it ends (engine gone, channel closed) its sinks fail and the next `open` starts a new call. After a
+    channel change (`use_stub`) the previous call finishes its generations on the old channel."""
+
+    def __init__(self, address: str):
         self.address = address
-        self._handles = itertools.count(1)
-        self._sinks: dict[int, Sink] = {}
-        self._requests: asyncio.Queue | None = None
-        self._reader: asyncio.Task | None = None
+        self._stub = None
+        self._handles = itertools.count(1)  # unique over every call, so a late message never finds a stranger
+        self._call: _Call | None = None  # where new generations go
+        self._calls: set[_Call] = set()  # every call still read: the current one and retired ones
         self.unsupported = False  # the engine answered UNIMPLEMENTED (a version without Multiplex)
 
     @property
     def num_open(self) -> int:
-        return len(self._sinks)
+        return sum(len(call.sinks) for call in self._calls)
+
+    def use_stub(self, stub) -> None:
+        """New generations go over a call on `stub` (a new channel: the router's TLS files changed); the
+        current call takes no more and ends once its generations have."""
+        self._stub = stub
+        call, self._call = self._call, None
+        if call is not None:
+            call.retired = True
+            if not call.sinks:
+                call.requests.put_nowait(_CLOSE)
 
     def open(self, request: pb.GenerateRequest, metadata: Iterable[tuple[str, str]] = ()) -> Sink:
         """Starts a generation; its messages (or its error) arrive in the returned sink."""
-        if self._reader is None or self._reader.done():
-            self._start_call()
+        call = self._call
+        if call is None or call.reader.done():
+            call = self._call = self._start_call()
         handle = next(self._handles)
-        sink = self._sinks[handle] = Sink(handle)
-        self._requests.put_nowait(
+        sink = call.sinks[handle] = Sink(handle, call)
+        call.requests.put_nowait(
             pb.MultiplexRequest(handle=handle, generate=request, metadata=dict(metadata))
         )
         return sink
 
     def cancel(self, sink: Sink) -> None:
-        """The consumer is gone before the generation ended: the engine aborts it."""
-        if self._sinks.pop(sink.handle, None) is not None and not sink.done:
-            self._requests.put_nowait(pb.MultiplexRequest(handle=sink.handle, cancel=True))
+        """The consumer is gone before the generation ended: the engine aborts it (and frees its blocks);
+        the other generations on the call go on."""
+        call = sink.call
+        if call.release(sink.handle) is not None and not sink.done:
+            call.requests.put_nowait(pb.MultiplexRequest(handle=sink.handle, cancel=True))
 
     def abandon(self) -> None:
-        """The engine stopped answering probes: end the call (its sinks fail) instead of waiting on it."""
-        if self._reader is not None:
-            self._reader.cancel()
+        """The engine stopped answering probes: end its calls (their sinks fail), not wait on them."""
+        for call in list(self._calls):
+            call.reader.cancel()
 
-    def _start_call(self) -> None:
-        self._requests = requests = asyncio.Queue()
+    def _start_call(self) -> _Call:
+        call = _Call()
+        requests = call.requests
 
         async def request_stream():
             while (message := await requests.get()) is not _CLOSE:
                 yield message
 
-        call = self._stub.Multiplex(request_stream())
-        self._reader = asyncio.create_task(self._read(call, requests), name=f"multiplex {self.address}")
+        rpc = self._stub.Multiplex(request_stream())
+        call.reader = asyncio.create_task(self._read(call, rpc), name=f"multiplex {self.address}")
+        self._calls.add(call)
+        return call
 
-    async def _read(self, call, requests: asyncio.Queue) -> None:
+    async def _read(self, call: _Call, rpc) -> None:
         error: BaseException | None = None
-        sinks = self._sinks
+        sinks = call.sinks
         try:
-            async for response in call:
+            async for response in rpc:
                 for m in response.messages:  # hot: once per generation per engine step
                     sink = sinks.get(m.handle)
                     if sink is None:
                         continue  # cancelled meanwhile
                     if m.error_code:
-                        del sinks[m.handle]
+                        call.release(m.handle)
                         code = _CODES.get(m.error_code, grpc.StatusCode.UNKNOWN)
                         sink.fail(rpc_error(code, m.error_message))
                         continue
                     sink.push(m.response)
                     if sink.done:
-                        del sinks[m.handle]
+                        call.release(m.handle)
             error = rpc_error(grpc.StatusCode.UNAVAILABLE, "the engine ended the multiplexed stream")
         except grpc.aio.AioRpcError as err:
             error = err
         except asyncio.CancelledError:
             error = rpc_error(grpc.StatusCode.CANCELLED, "the multiplexed stream was abandoned")
-            call.cancel()
+            rpc.cancel()
             raise
         finally:
-            requests.put_nowait(_CLOSE)
-            failed, self._sinks = self._sinks, {}
-            for sink in failed.values():
+            call.requests.put_nowait(_CLOSE)
+            self._calls.discard(call)
+            failed = list(sinks.values())
+            sinks.clear()
+            for sink in failed:
                 sink.fail(error)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import wait_for
 from router_fakes import Script
 
 from pagoda.engine.v1 import engine_pb2 as pb
 from router.upstream.multiplex import Sink, merge
+from tests.router.conftest import wait_for
 
 MSGS = [{"role": "user", "content": "hi"}]
 REPLY = Script().reply
