@@ -3,7 +3,9 @@ Generate's messages, statuses and cancellation; what a slow reader has not read 
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import threading
 import time
 
@@ -13,7 +15,7 @@ import pytest
 from pagoda.engine.v1 import engine_pb2 as pb
 from pagoda.engine.v1 import engine_pb2_grpc
 from tests.engine_service.scripted_model import SCRIPTS
-from tests.engine_service.server_thread import ServerThread, tiny_engine
+from tests.engine_service.server_thread import ServerThread, tiny_config, tiny_engine
 from tests.engine_service.test_abort import wait_for_free_blocks
 
 
@@ -177,3 +179,22 @@ def test_undecodable_request_bytes_fail_the_call(server):
         list(call(requests(), timeout=10))
     done.set()
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid message" in e.value.details()
+
+
+def test_an_engine_process_that_dies_fails_every_generation_with_generates_error(tiny_model_dir, scripts):
+    """What a Generate call ends with (INTERNAL, "engine process died"), each generation gets as its
+    error_code; the call then ends, and the server exits non-zero (its pod restarts)."""
+    with ServerThread(tiny_config(tiny_model_dir), engine_core="process") as s:
+        mux = Mux(s.stub)
+        for handle in (1, 2):
+            mux.send(handle=handle, generate=generate(scripts["loop"][:1], max_tokens=900))
+        seen: set[int] = set()
+        while len(seen) < 2:
+            seen |= {m.handle for m in next(mux.responses).messages}
+        os.kill(s.server.engine._core._process.pid, signal.SIGKILL)
+        _, errors, _ = mux.collect({1, 2})
+        mux.close()
+        internal = grpc.StatusCode.INTERNAL.value[0]
+        assert {h: code for h, (code, _) in errors.items()} == {1: internal, 2: internal}
+        assert all("engine process died" in message for _, message in errors.values())
+        assert s.wait() == 1

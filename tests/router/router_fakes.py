@@ -82,6 +82,7 @@ class Script:
     delay_s: float = 0.0  # between messages
     fail_before_first: grpc.StatusCode | None = None
     fail_after_messages: int | None = None  # abort with UNAVAILABLE after this many messages
+    fail_only: str | None = None  # with fail_after_messages: only prompts that hold this text fail
     hang: bool = False  # accept the call and never answer
     draining: bool = False
     multiplex: bool = True  # serve Multiplex (False: UNIMPLEMENTED, as an engine from before it)
@@ -146,12 +147,13 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
         samples = [self._sample(request, j, max_tokens) for j in range(n)]
         sent = completion = 0
         positions = [0] * n
+        fails = s.fail_after_messages is not None and (s.fail_only is None or s.fail_only in decode(prompt))
         while any(pos is not None for pos in positions):
             for j, (ids, reason, text_of) in enumerate(samples):
                 pos = positions[j]
                 if pos is None:
                     continue
-                if s.fail_after_messages is not None and sent >= s.fail_after_messages:
+                if fails and sent >= s.fail_after_messages:
                     raise _Abort()
                 chunk = ids[pos : pos + s.tokens_per_message]
                 positions[j] = pos + len(chunk) if pos + len(chunk) < len(ids) else None
@@ -276,6 +278,7 @@ class _AbortAdapter(engine_pb2_grpc.EngineServiceServicer):
                 out.put_nowait(_error(handle, grpc.StatusCode.UNAVAILABLE, "scripted crash"))
             finally:
                 tasks.pop(handle, None)
+                out.put_nowait(None)  # the writer may be waiting for the last generation to end
 
         async def read() -> None:
             async for r in requests:
@@ -285,12 +288,17 @@ class _AbortAdapter(engine_pb2_grpc.EngineServiceServicer):
                     tasks[r.handle].cancel()
 
         reader = asyncio.create_task(read())
+        reader.add_done_callback(lambda _: out.put_nowait(None))
         try:
-            while True:
+            while True:  # as the real engine: until the caller closed its side and every generation ended
                 batch = [await out.get()]
                 while not out.empty():
                     batch.append(out.get_nowait())
-                await context.write(engine_pb2.MultiplexResponse(messages=batch))
+                batch = [m for m in batch if m is not None]
+                if batch:
+                    await context.write(engine_pb2.MultiplexResponse(messages=batch))
+                if reader.done() and not tasks and out.empty():
+                    return
         finally:
             reader.cancel()
             for task in list(tasks.values()):
