@@ -147,8 +147,9 @@ class Multiplexer:
     it ends (engine gone, channel closed) its sinks fail and the next `open` starts a new call. After a
     channel change (`use_stub`) the previous call finishes its generations on the old channel."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, metadata: Iterable[tuple[str, str]] = ()):
         self.address = address
+        self._metadata = tuple(metadata)  # the call's own (the gRPC token, when engines ask for one)
         self._stub = None
         self._handles = itertools.count(1)  # unique over every call, so a late message never finds a stranger
         self._call: _Call | None = None  # where new generations go
@@ -201,7 +202,7 @@ class Multiplexer:
             while (message := await requests.get()) is not _CLOSE:
                 yield message
 
-        rpc = self._stub.Multiplex(request_stream())
+        rpc = self._stub.Multiplex(request_stream(), metadata=self._metadata)
         call.reader = asyncio.create_task(self._read(call, rpc), name=f"multiplex {self.address}")
         self._calls.add(call)
         return call
