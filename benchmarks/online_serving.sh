@@ -42,9 +42,13 @@ trap 'for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null; done; wait 2>/
 
 say() { echo "[$(date -u +%H:%M:%S)] online: $*"; }
 
+http_get() {  # http_get URL: the body, or a non-zero status (python, not curl: the GPU machine may lack it)
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1" 2>/dev/null
+}
+
 wait_http() {  # wait_http URL SECONDS
   local deadline=$((SECONDS + $2))
-  until curl -sf -o /dev/null "$1"; do
+  until http_get "$1" > /dev/null; do
     [ $SECONDS -lt $deadline ] || { say "no answer from $1 in $2 s"; return 1; }
     sleep 1
   done
@@ -52,7 +56,7 @@ wait_http() {  # wait_http URL SECONDS
 
 sample_counter() {  # sample_counter METRICS_URL METRIC FILE: "time value" every 0.5 s until killed
   while true; do
-    echo "$(date +%s.%N) $(curl -sf "$1" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2 } END { print s }')" >> "$3"
+    echo "$(date +%s.%N) $(http_get "$1" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2 } END { print s }')" >> "$3"
     sleep 0.5
   done
 }
@@ -61,7 +65,11 @@ server_rate() {  # server_rate FILE START END: the best generated tok/s over 5 s
   python3 - "$@" <<'EOF'
 import sys
 path, start, end = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-rows = [(float(t), float(v)) for t, *v in (line.split() for line in open(path)) if v and start <= float(t) <= end]
+rows = []
+for line in open(path):
+    fields = line.split()  # "time value"; the value is missing while the server did not answer
+    if len(fields) == 2 and start <= float(fields[0]) <= end:
+        rows.append((float(fields[0]), float(fields[1])))
 best = 0.0
 for i, (t0, v0) in enumerate(rows):
     for t1, v1 in rows[i + 1 :]:
