@@ -106,7 +106,8 @@ async def test_an_engine_that_dies_fails_its_generations_and_the_others_retry(ma
     # Those streaming on the dead engine end with an error event; the others finish.
     failed = [r for r in results if r != REPLY[:25]]
     assert REPLY[:25] in results and failed and all(r.startswith("The engine failed") for r in failed)
-    await wait_for(lambda: not stack.ctx.registry.engines[0].ready, what="the dead engine ejected")
+    dead = registry_engine(stack, 0)
+    await wait_for(lambda: not dead.ready, what="the dead engine ejected")
     assert await asyncio.gather(*(one() for _ in range(4))) == [REPLY[:25]] * 4
 
 
@@ -121,7 +122,7 @@ async def test_a_first_token_deadline_cancels_the_generation_on_the_engine(make_
         r = await client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=2)
         assert r.choices[0].message.content == "He"
     assert time.monotonic() - started < 3
-    mux = stack.ctx.registry.engines[0].multiplexer
+    mux = registry_engine(stack, 0).multiplexer
     assert mux.num_open == 0  # the timed-out generation was cancelled, not left on the call
 
 
@@ -166,6 +167,12 @@ async def test_reconnected_channels_finish_open_generations_on_the_old_call(make
     await wait_for(
         lambda: len(stack.ctx.registry.engines[0].multiplexer._calls) == 1, what="the old call to end"
     )
+
+
+def registry_engine(stack, i: int):
+    """The router's Engine for the stack's i-th scripted engine (the registry's order is its own)."""
+    address = f"127.0.0.1:{stack.engine_ports[i]}"
+    return next(e for e in stack.ctx.registry.engines if e.address == address)
 
 
 def message(index=0, ids=(), text="", finish=0, usage=None) -> pb.GenerateResponse:
