@@ -101,7 +101,7 @@ clients() {  # clients SERVER_LABEL BASE_URL METRICS_URL METRIC: every client at
             --save-result --result-dir "$DIR" --result-filename "$(basename "$file")" ;;
         pagoda-*)
           local procs=${run#pagoda-}; procs=${procs%p} rec=()
-          [ -z "${RES:-}" ] || rec=(--results-dir "$RES" --commit "$COMMIT" --card "${CARD:-unknown}")
+          [ -z "${RES:-}" ] || rec=(--results-dir "$RES" --commit "$COMMIT" --card "${CARD:-unknown}" --note "$label")
           python3 -m pagoda.cli bench serve --url "$url" --model "$NAME" --num-prompts "$PROMPTS" \
             --input-len "$IN" --output-len "$OUT_LEN" --max-concurrency "$c" --temperature 0 --seed "$seed" \
             --processes "$procs" --no-progress --json "$file" ${rec[@]+"${rec[@]}"} ;;
