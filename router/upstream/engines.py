@@ -25,6 +25,8 @@ from router.upstream.channels import ChannelFactory
 from router.upstream.kv_events import KvEventFollower
 from router.upstream.kv_index import KvIndex
 from router.upstream.model_card import ModelCard
+from router.upstream.multiplex import CHANNEL_OPTIONS as MULTIPLEX_OPTIONS
+from router.upstream.multiplex import Multiplexer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class Engine:
 
     def __init__(self, address: str, channel: grpc.aio.Channel):
         self.address = address
+        self.multiplexer = Multiplexer(address)  # its call opens with the first generation
         self.use_channel(channel)
         self.card: ModelCard | None = None
         self.info = engine_pb2.ServerInfo()
@@ -62,6 +65,7 @@ class Engine:
         """Calls from now on go over `channel` (streams already open keep theirs)."""
         self.channel = channel
         self.stub = engine_pb2_grpc.EngineServiceStub(channel)
+        self.multiplexer.use_stub(self.stub)
 
     def eject(self, reason: str, max_backoff_s: float) -> None:
         # An engine still starting up is probed every interval, so it serves as soon as it is up;
@@ -90,7 +94,7 @@ class EngineRegistry:
         failures_to_eject: int,
         max_backoff_s: float,
         drain_grace_s: float,
-        connect: Callable[[str], grpc.aio.Channel] | None = None,
+        connect: Callable[[str, list], grpc.aio.Channel] | None = None,
         kv_events: bool = False,
     ):
         self.interval_s = interval_s
@@ -113,7 +117,7 @@ class EngineRegistry:
         self._sources[source] = frozenset(addresses)
         wanted = frozenset().union(*self._sources.values())
         for address in wanted - self._engines.keys():
-            engine = self._engines[address] = Engine(address, self._connect(address))
+            engine = self._engines[address] = Engine(address, self._connect(address, MULTIPLEX_OPTIONS))
             self._tasks[address] = asyncio.create_task(self._probe_loop(engine), name=f"probe {address}")
             if self.kv_events:
                 engine.kv_index = KvIndex()
@@ -138,7 +142,7 @@ class EngineRegistry:
         certificate, streams already open finish on the old channel."""
         for engine in self._engines.values():
             old = engine.channel
-            engine.use_channel(self._connect(engine.address))
+            engine.use_channel(self._connect(engine.address, MULTIPLEX_OPTIONS))
             self._close_later(old)
 
     def _close_later(self, channel: grpc.aio.Channel) -> None:
