@@ -13,8 +13,10 @@ prefix-cache hit rate (the prompt tokens the engines served from their caches, f
 usage.cached_tokens, over all prompt tokens), TTFT p50/p99 and how the requests split over the engines.
 
 On CPU the figures are for comparing the policies on this machine only; they are not recorded in
-benchmarks/results.jsonl. The engines' KV caches are kept small (--num-kv-blocks) so that a policy that
-scatters a conversation over both engines pays for it in evictions and recomputed prefixes.
+benchmarks/results.jsonl. Hit rates move by several points from run to run (where least_requests sends a
+conversation's next turn is down to timing, and so are kv_aware's load spills): run it more than once.
+The engines' KV caches are kept small (--num-kv-blocks) so that a policy that scatters a conversation
+over both engines pays for it in evictions and recomputed prefixes.
 """
 
 from __future__ import annotations
