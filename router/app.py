@@ -53,6 +53,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             max_backoff_s=config.max_backoff_s,
             drain_grace_s=config.drain_grace_s,
             connect=connect,
+            kv_events=config.policy == "kv_aware",
         )
         metrics = RouterMetrics()
         metrics.watch_engines(lambda: registry.engines)
@@ -65,6 +66,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             max_attempts=config.max_attempts,
             connect_timeout_s=config.connect_timeout_s,
             first_token_timeout_s=config.first_token_timeout_s,
+            multiplex=config.engine_stream == "multiplex",
         )
         tokenizers = Tokenizers(
             config.tokenizer, dict(config.model_tokenizers), config.tokenizer_timeout_s, connect

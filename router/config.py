@@ -102,6 +102,15 @@ class RouterConfig:
         },
     )
 
+    kv_load_threshold: float = field(
+        default=4.0,
+        metadata={
+            "group": ROUTING,
+            "help": "kv_aware: engines whose load is more than this above the least loaded one's are passed "
+            "over, however much of the prompt they have cached",
+        },
+    )
+
     # Health and timeouts.
     health_interval_s: float = field(
         default=1.0, metadata={"group": ROUTING, "help": "seconds between engine probes"}
@@ -127,6 +136,14 @@ class RouterConfig:
     )
     max_attempts: int = field(
         default=3, metadata={"group": ROUTING, "help": "engines tried for one request before its first token"}
+    )
+    engine_stream: Literal["multiplex", "generate"] = field(
+        default="multiplex",
+        metadata={
+            "group": ROUTING,
+            "help": "how requests reach an engine: multiplex (one stream per engine carries every request's "
+            "tokens, one message per engine step) or generate (a Generate call per request)",
+        },
     )
     drain_grace_s: float = field(
         default=600.0,

@@ -10,6 +10,7 @@ import grpc
 from engine_service.engine.async_engine import AsyncEngine
 from engine_service.server import convert
 from engine_service.server.errors import grpc_errors
+from engine_service.server.multiplex import MultiplexCall
 from engine_service.server.request_telemetry import RequestTelemetry
 from engine_service.server.serving_state import ServingState
 from pagoda.engine.v1 import engine_pb2 as pb
@@ -27,12 +28,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         with self.telemetry.generate(request_id, context.invocation_metadata()) as call:
             engine = self.state.accepting()
             convert.check_request_id(request_id)
-            params = convert.sampling_params_from_pb(
-                request.sampling_params, engine.model_info.sampling_defaults
-            )
-            if request.HasField("structured_output"):  # parsed here: a bad one is refused before queueing
-                params.structured_outputs = convert.structured_outputs_from_pb(request.structured_output)
-                await engine.constraints.check(params.structured_outputs, "structured_output")
+            params = await convert.request_params(request, engine)
             prompt = await self._prompt(request, engine)
             stream = call.stream = engine.add_request(request_id, prompt, params, request.cache_salt or None)
             done = False  # the request's last message (with usage) was sent
@@ -44,6 +40,11 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             finally:
                 if not done:  # cancelled by the client, or the write failed
                     engine.abort(request_id)
+
+    @grpc_errors
+    async def Multiplex(self, requests, context: grpc.aio.ServicerContext) -> None:
+        """Generations over one stream (multiplex.py): a router's way in."""
+        await MultiplexCall(self.state, self.telemetry, self._prompt).serve(requests, context)
 
     @grpc_errors
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:
@@ -65,6 +66,19 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         while True:
             await context.write(self._server_info())
             await asyncio.sleep(interval_s)
+
+    @grpc_errors
+    async def SubscribeKvEvents(self, request: pb.SubscribeKvEventsRequest, context) -> None:
+        engine = self.state.ready()
+        hub = engine.kv_events
+        subscription = hub.subscribe()
+        try:
+            while True:
+                item = await subscription.next()
+                for message in convert.kv_events_to_pb(item, hub.block_size, request.include_token_ids):
+                    await context.write(message)
+        finally:
+            subscription.close()
 
     def _server_info(self) -> pb.ServerInfo:
         engine = self.state.ready()
