@@ -30,6 +30,8 @@
 #              at batch 256; the traces go to $OUT/traces.tar.gz                          decode_timeline
 #   timeline-no-pdl  the same with the Triton kernels in plain stream order               decode_timeline
 #   host-step  the engine loop's host work per step, on this machine's CPU                host_step
+#   moe-tune   the fused MoE kernel's launch shapes per token count, for each of $MOE_TUNE_SHAPES
+#              (default qwen3-30b-a3b; one shape a call): prints the ops/triton_moe.py table   moe_tune
 #   tp         two GPUs: llama-8b, TP_PROMPTS prompts at TP=1, TP=2 NCCL only, TP=2 custom all-reduce;
 #              then the all-reduces alone                                  rows: throughput, all_reduce
 # Test stages (logs to $OUT):
@@ -141,6 +143,7 @@ stage() {
       tar -czf "$OUT/traces.tar.gz" -C "$TRACES" . || rc=$?
       return $rc ;;
     host-step) python3 -m benchmarks.host_step "${REC[@]}" ;;
+    moe-tune) python3 -m benchmarks.tune_moe "${REC[@]}" --shapes ${MOE_TUNE_SHAPES:-qwen3-30b-a3b} ;;
     tp)
       [ "$(num_gpus)" -ge 2 ] || { echo "tp needs two GPUs"; return 2; }
       local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)
