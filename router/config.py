@@ -57,16 +57,42 @@ class RouterConfig:
     grpc_tls_cert: str | None = None
     grpc_tls_key: str | None = None
     grpc_tls_server_name: str | None = None  # the name in server certificates, when not the dialled address
+    # The token engines and the tokenizer ask for (`authorization: Bearer`): the file's first token.
+    grpc_token_file: str | None = None
+
+    # Connections: past max_connections (None: as many as the descriptor limit allows, see
+    # http_server.py) a new connection gets a 503; a connection idle, or still sending its request's
+    # headers, for idle_timeout_s is closed; a body that takes longer than body_timeout_s is a 408.
+    max_connections: int | None = None
+    idle_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
+    body_parse_workers: int = 1  # processes that parse bodies over 256 KiB (off the event loop)
 
     # Limits (None: none beyond the model's context).
     max_body_bytes: int = 64 * 1024 * 1024
     max_prompt_tokens: int | None = None
     max_tokens_limit: int | None = None
+    # Sequences (prompts x n) in flight per API key; all callers share one budget without keys.
     max_concurrent_streams_per_key: int | None = None
+    # Tokens in flight per API key: each sequence counts its prompt and its max_tokens.
+    max_concurrent_tokens_per_key: int | None = None
+    max_sequences_per_request: int = 256  # prompts x n in one request
+    max_response_bytes: int = 64 * 1024 * 1024  # a non-streaming answer's JSON; larger: stream it
+    # A request's own `chat_template` is refused (400) unless this is set (and the tokenizer allows it).
+    trust_request_chat_template: bool = False
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys) or self.api_key_file is not None
+
+    def channel_factory(self):
+        """Channels to engines and tokenizer: TLS and the gRPC token as configured (reads the files now, so
+        a bad one fails start-up)."""
+        from pagoda.grpc_auth import read_tokens
+        from router.upstream.channels import ChannelFactory
+
+        token = read_tokens(self.grpc_token_file)[0] if self.grpc_token_file else None
+        return ChannelFactory(self.channel_tls(), token)
 
     def channel_tls(self):
         """The router's side of TLS to engines and tokenizer, or None for plaintext."""

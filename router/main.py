@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from router.upstream.policies import POLICIES
 _NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-def parse_args(argv: list[str] | None = None) -> RouterConfig:
+API_KEY_ENV = "PAGODA_API_KEY"  # an API key from the environment: not in `ps` like --api-key
+
+
+def parse_args(argv: list[str] | None = None, environ: dict | None = None) -> RouterConfig:
     p = argparse.ArgumentParser(
         prog="pagoda router",
         description="OpenAI-compatible HTTP router in front of the tokenizer and engines.",
@@ -60,7 +64,13 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     g.add_argument("--first-token-timeout", type=float, default=120.0)
     g.add_argument("--max-attempts", type=int, default=3, help="engines tried before the first token")
     g = p.add_argument_group("security and observability")
-    g.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable)")
+    g.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="accepted API key (repeatable; visible to other users in `ps`: prefer --api-key-file or "
+        "the PAGODA_API_KEY environment variable)",
+    )
     g.add_argument("--api-key-file", help="file with one API key per line, re-read when it changes")
     g.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True, help="serve /metrics")
     g.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -88,6 +98,11 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     g.add_argument("--grpc-tls-cert", help="client certificate for mutual TLS to engines and tokenizer")
     g.add_argument("--grpc-tls-key", help="the PEM private key of --grpc-tls-cert")
     g.add_argument(
+        "--grpc-token-file",
+        help="send `authorization: Bearer TOKEN` to engines and the tokenizer, TOKEN being the file's first "
+        "line (the services' own --grpc-token-file)",
+    )
+    g.add_argument(
         "--grpc-tls-server-name",
         help="the name expected in engine and tokenizer certificates (default: the address dialled; "
         "set it when engines are found by IP)",
@@ -103,15 +118,75 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     g.add_argument(
         "--max-concurrent-streams-per-key",
         type=int,
-        help="generation requests in flight per API key (all callers share one budget without keys); "
+        help="sequences (prompts x n) in flight per API key (all callers share one budget without keys); "
         "more get a 429 with Retry-After",
     )
+    g.add_argument(
+        "--max-concurrent-tokens-per-key",
+        type=int,
+        help="tokens in flight per API key, each sequence counting its prompt and max_tokens; more: 429",
+    )
+    g.add_argument(
+        "--max-sequences-per-request",
+        type=int,
+        default=256,
+        help="prompts x n in one request; more get a 400",
+    )
+    g.add_argument(
+        "--max-response-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="a non-streaming answer larger than this is a 400 (ask for less, or stream it)",
+    )
+    g.add_argument(
+        "--trust-request-chat-template",
+        action="store_true",
+        help="accept a request's own `chat_template` (the tokenizer service must allow it too); "
+        "without it such a request is a 400",
+    )
+    g = p.add_argument_group("connections")
+    g.add_argument(
+        "--max-connections",
+        type=int,
+        help="open client connections; more get a 503 (default: what the descriptor limit allows)",
+    )
+    g.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        help="seconds before closing a connection that is idle or has not sent its request's headers",
+    )
+    g.add_argument(
+        "--body-timeout", type=float, default=60.0, help="seconds a request body may take to arrive (408)"
+    )
+    g.add_argument(
+        "--body-parse-workers",
+        type=int,
+        default=1,
+        help="processes that parse request bodies over 256 KiB, off the event loop",
+    )
     a = p.parse_args(argv)
+    env_key = (os.environ if environ is None else environ).get(API_KEY_ENV, "").strip()
+    if env_key:
+        a.api_key.append(env_key)
     if a.prefix_affinity_blocks < 1 or a.load_factor < 1.0 or a.max_attempts < 1:
         p.error("--prefix-affinity-blocks and --max-attempts must be >= 1, --load-factor >= 1.0")
-    for flag in ("max_body_bytes", "max_prompt_tokens", "max_tokens_limit", "max_concurrent_streams_per_key"):
+    positive = (
+        "max_body_bytes",
+        "max_prompt_tokens",
+        "max_tokens_limit",
+        "max_concurrent_streams_per_key",
+        "max_concurrent_tokens_per_key",
+        "max_sequences_per_request",
+        "max_response_bytes",
+        "max_connections",
+        "body_parse_workers",
+    )
+    for flag in positive:
         if getattr(a, flag) is not None and getattr(a, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if a.idle_timeout <= 0 or a.body_timeout <= 0:
+        p.error("--idle-timeout and --body-timeout must be > 0")
     if (a.tls_cert is None) != (a.tls_key is None):
         p.error("--tls-cert and --tls-key go together")
     if (a.grpc_tls_cert is None) != (a.grpc_tls_key is None):
@@ -158,10 +233,19 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         grpc_tls_cert=a.grpc_tls_cert,
         grpc_tls_key=a.grpc_tls_key,
         grpc_tls_server_name=a.grpc_tls_server_name,
+        grpc_token_file=a.grpc_token_file,
         max_body_bytes=a.max_body_bytes,
         max_prompt_tokens=a.max_prompt_tokens,
         max_tokens_limit=a.max_tokens_limit,
         max_concurrent_streams_per_key=a.max_concurrent_streams_per_key,
+        max_concurrent_tokens_per_key=a.max_concurrent_tokens_per_key,
+        max_sequences_per_request=a.max_sequences_per_request,
+        max_response_bytes=a.max_response_bytes,
+        trust_request_chat_template=a.trust_request_chat_template,
+        max_connections=a.max_connections,
+        idle_timeout_s=a.idle_timeout,
+        body_timeout_s=a.body_timeout,
+        body_parse_workers=a.body_parse_workers,
     )
 
 
@@ -174,13 +258,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from pagoda.grpc_auth import TokenFileError
     from pagoda.telemetry.tracing import TracingUnavailable
     from pagoda.tls import TlsConfigError
     from router.app import serve
+    from router.http_server import raise_fd_limit
 
+    raise_fd_limit()  # connections are descriptors: take what the system allows (see http_server.py)
     try:
         asyncio.run(serve(config))
-    except (TlsConfigError, TracingUnavailable) as err:
+    except (TlsConfigError, TracingUnavailable, TokenFileError) as err:
         print(f"pagoda router: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. the port is taken

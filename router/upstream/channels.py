@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from pagoda.grpc_auth import call_metadata
 from pagoda.tls import ChannelTls
 
 CHANNEL_OPTIONS = [
@@ -21,11 +22,13 @@ CHANNEL_OPTIONS = [
 
 class ChannelFactory:
     """Opens channels with the router's options; with `tls`, verified TLS (mutual when it has a cert).
-    The credentials are built once, so every channel shares the PEM files read at start-up."""
+    The credentials are built once, so every channel shares the PEM files read at start-up. `token`: the
+    gRPC token engines and tokenizers ask for (--grpc-token-file); every call carries `metadata`."""
 
-    def __init__(self, tls: ChannelTls | None = None):
+    def __init__(self, tls: ChannelTls | None = None, token: str | None = None):
         self._tls = tls
         self._credentials = tls.credentials() if tls is not None else None
+        self.metadata: tuple[tuple[str, str], ...] = call_metadata(token)
 
     def __call__(self, target: str, extra_options: list[tuple[str, object]] = ()) -> grpc.aio.Channel:
         options = [*CHANNEL_OPTIONS, *extra_options]

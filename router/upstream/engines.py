@@ -33,9 +33,10 @@ KV_FULL_WEIGHT = 4.0
 class Engine:
     """One engine endpoint. `ready` is what routing looks at; the rest feeds `load` and the health state."""
 
-    def __init__(self, address: str, channel: grpc.aio.Channel):
+    def __init__(self, address: str, channel: grpc.aio.Channel, metadata: tuple = ()):
         self.address = address
         self.channel = channel
+        self.metadata = metadata  # on every call: the gRPC token (pagoda/grpc_auth.py), if any
         self.stub = engine_pb2_grpc.EngineServiceStub(self.channel)
         self.card: ModelCard | None = None
         self.info = engine_pb2.ServerInfo()
@@ -103,7 +104,8 @@ class EngineRegistry:
         self._sources[source] = frozenset(addresses)
         wanted = frozenset().union(*self._sources.values())
         for address in wanted - self._engines.keys():
-            engine = self._engines[address] = Engine(address, self._connect(address))
+            metadata = getattr(self._connect, "metadata", ())
+            engine = self._engines[address] = Engine(address, self._connect(address), metadata)
             self._tasks[address] = asyncio.create_task(self._probe_loop(engine), name=f"probe {address}")
             log.info("engine %s discovered", address)
         for address in self._engines.keys() - wanted:
@@ -173,11 +175,11 @@ class EngineRegistry:
             if engine.ejected:
                 # Fetched again after every ejection: the address may now be a different engine.
                 info = await engine.stub.GetModelInfo(
-                    engine_pb2.GetModelInfoRequest(), timeout=self.probe_timeout_s
+                    engine_pb2.GetModelInfoRequest(), timeout=self.probe_timeout_s, metadata=engine.metadata
                 )
                 engine.card = ModelCard.from_pb(info)
             engine.info = await engine.stub.GetServerInfo(
-                engine_pb2.GetServerInfoRequest(), timeout=self.probe_timeout_s
+                engine_pb2.GetServerInfoRequest(), timeout=self.probe_timeout_s, metadata=engine.metadata
             )
         except grpc.aio.AioRpcError as err:
             engine.probe_failures += 1

@@ -83,6 +83,7 @@ class Script:
     fail_before_first: grpc.StatusCode | None = None
     fail_after_messages: int | None = None  # abort with UNAVAILABLE after this many messages
     hang: bool = False  # accept the call and never answer
+    first_token_delay_s: float = 0.0  # a busy engine: probes answer at once, the first token waits
     draining: bool = False
     max_model_len: int = 512
     block_size: int = 4
@@ -124,6 +125,8 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
             await asyncio.Event().wait()
         if s.fail_before_first is not None:
             await context.abort(s.fail_before_first, "scripted failure")
+        if s.first_token_delay_s:
+            await asyncio.sleep(s.first_token_delay_s)
         rid = request.request_id
         self.active.add(rid)
         try:

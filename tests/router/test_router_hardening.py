@@ -1,0 +1,248 @@
+"""Issue 25, router side: bodies (compressed, announced too large, huge, slow), connections (idle, slow
+headers, past the cap), and limits that count sequences and bytes, not requests. A real router on a free
+port in front of the scripted tokenizer and engines, real clients (aiohttp, raw sockets, the openai SDK)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import time
+import zlib
+
+import aiohttp
+import openai
+import pytest
+from conftest import wait_for
+from router_fakes import Script
+
+MSGS = [{"role": "user", "content": "hi"}]
+CHAT = {"model": "scripted", "messages": MSGS, "max_tokens": 4}
+
+
+async def raw_post(stack, body: bytes, headers: dict) -> tuple[int, dict]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        async with session.post(stack.url + "/v1/chat/completions", data=body, headers=headers) as r:
+            return r.status, json.loads(await r.read())
+
+
+# ---- Content-Encoding (issue 25, break 9) -------------------------------------------------------------
+
+
+async def test_compressed_bodies_are_decoded_or_refused_never_a_500(make_stack):
+    stack = await make_stack(max_body_bytes=1 << 20)
+    plain = json.dumps(CHAT).encode()
+    kinds = {"Content-Type": "application/json"}
+    status, body = await raw_post(stack, gzip.compress(plain), {**kinds, "Content-Encoding": "gzip"})
+    assert status == 200 and body["choices"][0]["message"]["content"], body
+    status, body = await raw_post(stack, zlib.compress(plain), {**kinds, "Content-Encoding": "deflate"})
+    assert status == 200, body
+    # A body that says gzip and is not: a 400 that says so (it was a 500 with a traceback).
+    status, body = await raw_post(stack, plain, {**kinds, "Content-Encoding": "gzip"})
+    assert status == 400 and "gzip" in body["error"]["message"], body
+    # A zip bomb: 1 KB that inflates to 64 MB is refused at the body limit, not inflated whole.
+    bomb = gzip.compress(b"[" + b" " * (64 << 20) + b"]")
+    assert len(bomb) < 100_000
+    status, body = await raw_post(stack, bomb, {**kinds, "Content-Encoding": "gzip"})
+    assert status == 413 and body["error"]["code"] == "request_too_large", body
+    status, body = await raw_post(stack, plain, {**kinds, "Content-Encoding": "br"})
+    assert status == 415, body
+
+
+async def test_expect_100_continue_with_a_huge_length_gets_413_before_the_body(make_stack):
+    stack = await make_stack(max_body_bytes=1 << 20)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 200000000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.split()[1] == b"413", status_line  # not "100 Continue"
+    # Without Expect, a Content-Length over the limit is refused before the body is read, too.
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 200000000\r\n\r\n{"
+    )
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.split()[1] == b"413", status_line
+
+
+# ---- bodies parsed off the event loop (break 7) -------------------------------------------------------
+
+
+async def test_large_bodies_do_not_stall_another_clients_stream(make_stack):
+    """Three ~40 MB bodies (token ids: the slowest JSON to parse) arrive while another client streams; the
+    stream's longest gap between chunks stays small (it was seconds: json.loads held the event loop)."""
+    stack = await make_stack([Script(delay_s=0.01, reply="x" * 200)])
+    big = json.dumps({"model": "scripted", "prompt": [[7] * 6_000_000], "max_tokens": 1}).encode()
+    gaps: list[float] = []
+
+    async def stream(session) -> None:
+        body = {"model": "scripted", "messages": MSGS, "stream": True, "max_tokens": 300, "ignore_eos": True}
+        async with session.post(stack.url + "/v1/chat/completions", json=body) as r:
+            last = time.monotonic()
+            async for _ in r.content:
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+    async def post_big(session) -> int:
+        async with session.post(
+            stack.url + "/v1/completions", data=big, headers={"Content-Type": "application/json"}
+        ) as r:
+            await r.read()
+            return r.status
+
+    async with aiohttp.ClientSession() as session:
+        streaming = asyncio.create_task(stream(session))
+        await wait_for(lambda: len(gaps) > 5, what="the stream to start")
+        statuses = await asyncio.gather(*(post_big(session) for _ in range(3)))
+        await streaming
+    assert statuses == [400, 400, 400]  # the prompt cannot fit the model: refused, after parsing
+    worst = max(gaps[5:])
+    assert worst < 0.5, f"the stream stalled for {worst:.2f} s while large bodies were parsed"
+
+
+async def test_slow_body_gets_408(make_stack):
+    stack = await make_stack(body_timeout_s=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.split()[1] == b"408", status_line
+
+
+# ---- connections (break 4) ----------------------------------------------------------------------------
+
+
+def closed_within(sock: socket.socket, timeout_s: float, trickle: bytes = b"") -> float | None:
+    """Seconds until the server closed `sock` (None: still open after timeout_s); sends `trickle` a byte
+    every 0.1 s meanwhile (slow headers)."""
+    started = time.monotonic()
+    sock.settimeout(0.1)
+    sent = 0
+    while time.monotonic() - started < timeout_s:
+        try:
+            if sock.recv(1024) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            pass
+        except ConnectionError:
+            return time.monotonic() - started
+        if sent < len(trickle):
+            try:
+                sock.send(trickle[sent : sent + 1])
+            except OSError:
+                return time.monotonic() - started
+            sent += 1
+    return None
+
+
+async def test_idle_and_slow_header_connections_are_closed(make_stack):
+    stack = await make_stack(idle_timeout_s=0.5)
+    idle = socket.create_connection(("127.0.0.1", stack.port))
+    slow = socket.create_connection(("127.0.0.1", stack.port))
+    headers = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 200
+    closed = await asyncio.gather(
+        asyncio.to_thread(closed_within, idle, 5), asyncio.to_thread(closed_within, slow, 5, headers)
+    )
+    idle.close()
+    slow.close()
+    assert closed[0] is not None and closed[0] < 2, f"an idle connection lived {closed[0]} s"
+    assert closed[1] is not None and closed[1] < 2, f"a connection trickling headers lived {closed[1]} s"
+    # A keep-alive client that is not idle is served as usual.
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.post(stack.url + "/v1/chat/completions", json=CHAT) as r:
+                assert r.status == 200
+            await asyncio.sleep(0.2)
+
+
+async def test_connections_past_the_cap_get_a_clean_503(make_stack):
+    stack = await make_stack(max_connections=4)
+    held = [socket.create_connection(("127.0.0.1", stack.port)) for _ in range(4)]
+    await asyncio.sleep(0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert b"Retry-After: 1" in answer and b"too many open connections" in answer
+    for s in held:
+        s.close()
+    await asyncio.sleep(0.2)
+    status, _, _ = await stack.get("/health")
+    assert status == 200
+
+
+# ---- limits count sequences, bytes and tokens (break 5) ----------------------------------------------
+
+
+async def test_one_request_cannot_ask_for_thousands_of_sequences(make_stack):
+    stack = await make_stack(max_sequences_per_request=256)
+    body = {"model": "scripted", "prompt": [[5, 6]] * 256, "n": 128, "max_tokens": 1}
+    status, answer, _ = await stack.post("/v1/completions", body)
+    assert status == 400 and answer["error"]["code"] == "too_many_sequences", answer
+    status, answer, _ = await stack.post("/v1/completions", {**body, "prompt": [[5, 6]] * 2})
+    assert status == 200 and len(answer["choices"]) == 256, answer
+
+
+async def test_per_key_budget_counts_sequences_and_tokens(make_stack):
+    stack = await make_stack(
+        [Script(delay_s=0.02)], max_concurrent_streams_per_key=4, max_concurrent_tokens_per_key=2000
+    )
+    client = stack.client()
+    long = asyncio.create_task(
+        client.chat.completions.create(
+            model="scripted", messages=MSGS, n=4, max_tokens=40, extra_body={"ignore_eos": True}
+        )
+    )
+    await wait_for(lambda: stack.ctx.streams.in_flight("") == 4, what="the n=4 request to hold its budget")
+    with pytest.raises(openai.RateLimitError) as err:  # one more sequence is past the key's 4
+        await client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=2)
+    assert "sequences" in err.value.message
+    assert len((await long).choices) == 4
+    # A request that could never fit the key's budget is a 400, not a 429 to retry forever.
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(model="scripted", messages=MSGS, n=5, max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=3000)
+    assert "tokens" in err.value.message
+
+
+async def test_non_streaming_answers_are_bounded_in_size(make_stack):
+    stack = await make_stack([Script(reply="y" * 400)], max_response_bytes=4096)
+    body = {**CHAT, "n": 128, "logprobs": True, "top_logprobs": 20, "max_tokens": 400}
+    status, answer, _ = await stack.post("/v1/chat/completions", body)
+    assert status == 400 and answer["error"]["code"] == "response_too_large", answer
+    assert "stream" in answer["error"]["message"]
+    # Without logprobs the answer is counted as it comes: 16 x 400 bytes of text pass the limit mid-way.
+    status, answer, _ = await stack.post("/v1/chat/completions", {**CHAT, "n": 16, "max_tokens": 400})
+    assert status == 400 and answer["error"]["code"] == "response_too_large", answer
+    await wait_for(lambda: not stack.engines[0].active, what="the engine calls to be cancelled")
+    # Streamed, the same request is fine: nothing is held.
+    async with aiohttp.ClientSession() as session:
+        body = {**CHAT, "n": 8, "max_tokens": 400, "stream": True}
+        async with session.post(stack.url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200 and (await r.read()).endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_busy_engine_is_not_ejected(make_stack):
+    """No first token within --first-token-timeout means busy, not dead: the request is retried on the
+    other engine, and the slow one stays in service (it used to be ejected, and with both engines busy
+    the router answered 503 to everyone)."""
+    stack = await make_stack(
+        [Script(first_token_delay_s=1.0), Script()], policy="round_robin", first_token_timeout_s=0.3
+    )
+    client = stack.client()
+    for _ in range(4):
+        r = await client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=2)
+        assert r.choices[0].finish_reason == "length"
+    assert all(e.ready for e in stack.ctx.registry.engines), stack.ctx.registry.engines
