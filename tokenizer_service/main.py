@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from pagoda.grpc_auth import TokenFileError, add_server_auth_args, read_tokens
 from pagoda.telemetry.logging import setup_logging
 from pagoda.telemetry.tracing import TracingUnavailable, otlp_endpoint
 from pagoda.tls import TlsConfigError, add_server_tls_args, server_tls
@@ -28,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="a Hugging Face model folder or a .gguf file (default: SmolLM2-135M-Instruct)",
     )
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="127.0.0.1", help="the address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=50052, help="gRPC port (0: any free port)")
     p.add_argument("--metrics-port", type=int, default=9101, help="Prometheus /metrics port (0: off)")
     p.add_argument(
@@ -50,10 +51,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="export traces over OTLP/gRPC, e.g. http://otel-collector:4317 "
         "(default: OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off)",
     )
+    p.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=None,
+        help="the most tokens one Encode may produce; longer input is refused before it is tokenized "
+        "where its length in bytes tells (default: the model's context length)",
+    )
+    p.add_argument(
+        "--trust-request-chat-template",
+        action="store_true",
+        help="render a request's own chat template (in sandboxed worker processes, with the limits below); "
+        "without it such a request is INVALID_ARGUMENT",
+    )
+    p.add_argument("--template-workers", type=int, default=2, help="processes rendering request templates")
+    p.add_argument(
+        "--template-timeout", type=float, default=2.0, help="seconds one request template may take"
+    )
+    p.add_argument("--template-memory-mb", type=int, default=256, help="memory one request template may use")
     add_server_tls_args(p)
+    add_server_auth_args(p)
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")
+    if args.template_workers < 1:
+        p.error("--template-workers must be at least 1")
+    if args.max_input_tokens is not None and args.max_input_tokens < 1:
+        p.error("--max-input-tokens must be at least 1")
+    if args.template_timeout <= 0 or args.template_memory_mb < 16:
+        p.error("--template-timeout must be > 0 and --template-memory-mb at least 16")
     return args
 
 
@@ -69,13 +95,21 @@ def build_config(args: argparse.Namespace) -> TokenizerConfig:
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
         tls=server_tls(args),
         health_port=args.health_port,
+        max_input_tokens=args.max_input_tokens,
+        trust_request_chat_template=args.trust_request_chat_template,
+        template_workers=args.template_workers,
+        template_timeout_s=args.template_timeout,
+        template_memory_mb=args.template_memory_mb,
+        grpc_token_file=args.grpc_token_file,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         config = build_config(parse_args(argv))
-    except TlsConfigError as err:
+        if config.grpc_token_file:
+            read_tokens(config.grpc_token_file)  # a missing or empty file fails now, not at the first call
+    except (TlsConfigError, TokenFileError) as err:
         print(f"pagoda tokenizer: {err}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, "tokenizer")
