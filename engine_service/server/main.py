@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+from pagoda.grpc_auth import add_server_auth_args, read_tokens
 from pagoda.telemetry.logging import setup_logging
 from pagoda.telemetry.tracing import TracingUnavailable, otlp_endpoint
 from pagoda.tls import add_server_tls_args, server_tls
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model-cache-dir", default=None, help="where .gguf models are converted (default ~/.cache/pagoda)"
     )
     p.add_argument("--served-model-name", default=None, help="the name clients use (default: from --model)")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="127.0.0.1", help="the address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
     p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: off)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-waiting",
         type=int,
         default=1024,
-        help="accepted requests with no output yet; past it, RESOURCE_EXHAUSTED",
+        help="accepted sequences (requests x n) with no output yet; past it, RESOURCE_EXHAUSTED",
     )
     p.add_argument(
         "--shutdown-grace-period",
@@ -80,6 +81,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=300.0,
         help="an engine step running longer than this many seconds fails the engine (exit 1)",
+    )
+    p.add_argument(
+        "--liveness-timeout",
+        type=float,
+        default=5.0,
+        help="the engine process silent this many seconds (stopped, swapped out, stuck) is frozen: health "
+        "NOT_SERVING and its streams end UNAVAILABLE, until it responds again",
     )
     p.add_argument(
         "--stream-interval",
@@ -114,6 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off)",
     )
     add_server_tls_args(p)
+    add_server_auth_args(p)
     return p.parse_args(argv)
 
 
@@ -149,6 +158,7 @@ def build_config(args: argparse.Namespace):
         max_waiting=args.max_waiting,
         shutdown_grace_period_s=args.shutdown_grace_period,
         step_timeout_s=args.step_timeout,
+        liveness_timeout_s=args.liveness_timeout,
         engine_core=args.engine_core,
         stream_interval=args.stream_interval,
         log_format=args.log_format,
@@ -157,7 +167,13 @@ def build_config(args: argparse.Namespace):
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
         tls=server_tls(args),
         health_port=args.health_port,
+        grpc_token_file=args.grpc_token_file and _checked(args.grpc_token_file),
     )
+
+
+def _checked(token_file: str) -> str:
+    read_tokens(token_file)  # a missing or empty file fails here, before the model loads (a ValueError)
+    return token_file
 
 
 def main(argv: list[str] | None = None) -> int:
