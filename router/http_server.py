@@ -21,9 +21,11 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-# Descriptors kept for everything but client connections: gRPC channels, the body pool, log files.
+# Descriptors kept for everything but client connections (gRPC channels, the body pool, log files), and
+# for connections being refused (each holds one for up to REFUSAL_LINGER_S): at most 256 each, and at
+# most a quarter and an eighth of a small limit.
 FD_RESERVE = 256
-MAX_REFUSING = 256  # refusals in flight (each holds a descriptor for up to REFUSAL_LINGER_S)
+MAX_REFUSING = 256
 REFUSAL_LINGER_S = 0.5  # read (and drop) what the client sends, so that closing does not reset the 503
 
 _REFUSAL_BODY = json.dumps(
@@ -54,10 +56,21 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def connection_cap(configured: int | None) -> int:
-    """The connections the router accepts at once: as configured, but always within the descriptors."""
+def refusal_cap() -> int:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    within = max(16, soft - FD_RESERVE - MAX_REFUSING) if soft != resource.RLIM_INFINITY else 1 << 20
+    return MAX_REFUSING if soft == resource.RLIM_INFINITY else max(2, min(MAX_REFUSING, soft // 8))
+
+
+def connection_cap(configured: int | None) -> int:
+    """The connections the router accepts at once: as configured, but always within the descriptors, so
+    that accept() never fails for want of one. Besides the served ones, descriptors go to the reserve,
+    to refusals in flight, and to one burst of accept() (asyncio accepts up to `backlog` connections
+    before it asks the protocol factory about any of them: CappedSite passes refusal_cap() as backlog)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        within = 1 << 20
+    else:
+        within = max(4, soft - min(FD_RESERVE, soft // 4) - 2 * refusal_cap())
     return min(configured, within) if configured is not None else within
 
 
@@ -65,11 +78,15 @@ class CappedSite(web.TCPSite):
     """A TCPSite that refuses connections past `max_connections`."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, max_connections: int, **kwargs):
+        # The listen backlog is also how many connections one accept() burst takes: keep it within the
+        # descriptors set aside for it (connection_cap).
+        kwargs["backlog"] = min(kwargs.get("backlog", 128), refusal_cap())
         super().__init__(runner, host, port, **kwargs)
         self.max_connections = max_connections
         self.open = 0  # connections being served
         self.refusing = 0  # connections being refused
         self.refused = 0  # in all
+        self.max_refusing = refusal_cap()
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -138,7 +155,7 @@ class _Refusal(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self._site.refusing += 1
-        if self._site.refusing > MAX_REFUSING:  # a flood: no time for manners
+        if self._site.refusing > self._site.max_refusing:  # a flood: no time for manners
             transport.abort()
             return
         transport.write(REFUSAL)

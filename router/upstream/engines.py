@@ -182,6 +182,8 @@ class EngineRegistry:
                 engine_pb2.GetServerInfoRequest(), timeout=self.probe_timeout_s, metadata=engine.metadata
             )
         except grpc.aio.AioRpcError as err:
+            if err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and not engine.ejected:
+                return  # busy (its call limit is reached), not dead: it answered; keep its last load figures
             engine.probe_failures += 1
             if engine.probe_failures >= self.failures_to_eject or engine.ejected:
                 was_serving = not engine.ejected

@@ -75,9 +75,22 @@ class TokenizerClient:
                 span.end(error)
 
 
+# The tokenizer's messages start with the request field at fault: the body field it came from.
+_PARAMS = {
+    "chat.chat_template": "chat_template",
+    "chat.chat_template_kwargs_json": "chat_template_kwargs",
+    "chat.messages": "messages",
+    "text": "prompt",
+}
+
+
 def _client_error(err: grpc.aio.AioRpcError, param: str | None) -> OpenAIError:
     if err.code() is grpc.StatusCode.OUT_OF_RANGE:  # the prompt cannot fit: no retry will help
         return bad_request(
             f"The prompt is too long for this model: {err.details()}.", param, code="context_length_exceeded"
         )
-    return from_grpc(err, "tokenizer")
+    error = from_grpc(err, "tokenizer")
+    if err.code() is grpc.StatusCode.INVALID_ARGUMENT:
+        field = (err.details() or "").split(":", 1)[0]
+        error.param = _PARAMS.get(field, error.param)
+    return error

@@ -246,3 +246,91 @@ async def test_a_busy_engine_is_not_ejected(make_stack):
         r = await client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=2)
         assert r.choices[0].finish_reason == "length"
     assert all(e.ready for e in stack.ctx.registry.engines), stack.ctx.registry.engines
+
+
+# ---- descriptors exhausted, logs flooded (break 4), with a real router process --------------------------
+
+
+def test_a_connection_flood_within_a_small_descriptor_limit(tmp_path):
+    """A router limited to 256 descriptors, 600 idle connections opened at it: it keeps within its
+    descriptors (a 503 to the excess, /health answered), and its log stays small. (Issue 25: 19,990 idle
+    connections exhausted the descriptors; accept() then failed hundreds of times a second, each time with
+    a traceback in the log: 110 MB in 44 s, and every real request timed out.)"""
+    import resource
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from router_processes import REPO, free_port
+
+    port = free_port()
+    log_path = tmp_path / "router.log"
+    command = [sys.executable, "-m", "pagoda.cli", "router", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--engine", "127.0.0.1:9", "--tokenizer", "127.0.0.1:9", "--idle-timeout", "30"]
+
+    def limit() -> None:  # in the child, before exec: 256 descriptors, soft and hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    with open(log_path, "wb") as log:
+        router = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, preexec_fn=limit)
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        for _ in range(600):
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                pass
+        time.sleep(2)
+
+        def health() -> tuple[int, bytes]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as err:
+                return err.code, err.read()
+
+        status, body = health()  # answered at once: a clean refusal
+        assert status == 503 and b"too many open connections" in body, (status, body)
+        for s in held:
+            s.close()
+        held.clear()
+        time.sleep(1)
+        status, body = health()  # served again ("unavailable": this router has no engine)
+        assert status == 503 and b"engines_ready" in body, (status, body)
+        assert router.poll() is None, log_path.read_text()[-2000:]
+        text = log_path.read_text()
+        assert len(text) < 50_000, f"{len(text)} bytes of log: {text[-1500:]}"
+        assert "out of system resource" not in text and "Too many open files" not in text, text[-1500:]
+    finally:
+        for s in held:
+            s.close()
+        router.terminate()
+        router.wait(20)
+
+
+def test_repeated_errors_are_held_back_in_the_logs():
+    """The same warning or error past 10 a minute is dropped, then counted in the next line let through."""
+    import logging
+
+    from pagoda.telemetry.logging import RepeatFilter
+
+    f = RepeatFilter(burst=10, window_s=60)
+    kept = 0
+    for i in range(1000):
+        record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "accept failed", (), None)
+        record.created = 1000.0 + i * 0.01
+        kept += f.filter(record)
+    assert kept == 10
+    later = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "accept failed", (), None)
+    later.created = 1061.0
+    assert f.filter(later) and "990 more like this" in later.getMessage()
+    info = logging.LogRecord("router.requests", logging.INFO, __file__, 1, "POST %s", ("/x",), None)
+    assert all(f.filter(info) for _ in range(100))  # one line per request, by design: never held back
