@@ -216,6 +216,7 @@ async def start(config: RouterConfig, **app_kwargs) -> web.AppRunner:
 
 async def serve(config: RouterConfig) -> None:
     runner = await start(config)
+    runner.app[CONTEXT].body_pool.warm()
     host, port = runner.addresses[0][:2]
     log.info("router listening on %s://%s:%d", "https" if config.tls_cert else "http", host, port)
     stop = asyncio.Event()

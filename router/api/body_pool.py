@@ -44,6 +44,10 @@ class BodyPool:
             raise value
         return value
 
+    def warm(self) -> None:
+        """Starts the worker now (a spawned interpreter takes a second or two), not at the first big body."""
+        self._pool().submit(int)
+
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             # spawn: a fork of the router would copy its event loop, sockets and gRPC channels.
