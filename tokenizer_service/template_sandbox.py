@@ -12,9 +12,10 @@ worker process of its own:
     output   at most `max_output_bytes` of rendered text
 
 Workers start once (about 0.8 s: they import transformers' template renderer, not the tokenizer) and
-take one render at a time over a pipe; a render costs a pickle of the messages each way and a wake-up
-(about 0.3 ms over the in-process render; see the README). A request that finds every worker busy waits
-for one up to `timeout_s`, then is refused. The model's own template never comes here: it is part of the
+take one render at a time over a pipe; a render costs a pickle of the messages each way and a wake-up:
+SmolLM2's own template on a two-message chat took 2.3 ms through a worker against 1.4 ms in-process
+(median Encode, a loaded 2-core machine). A request that finds every worker busy waits for one up to
+`timeout_s`, then is refused. The model's own template never comes here: it is part of the
 model folder, trusted like the weights, and renders in-process.
 """
 
