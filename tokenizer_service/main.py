@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--template-timeout", type=float, default=2.0, help="seconds one request template may take"
     )
     p.add_argument("--template-memory-mb", type=int, default=256, help="memory one request template may use")
+    p.add_argument(
+        "--template-max-output-bytes",
+        type=int,
+        default=8 * 2**20,
+        help="the longest prompt one request template may render",
+    )
     add_server_tls_args(p)
     add_server_auth_args(p)
     args = p.parse_args(argv)
@@ -78,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--template-workers must be at least 1")
     if args.max_input_tokens is not None and args.max_input_tokens < 1:
         p.error("--max-input-tokens must be at least 1")
+    if args.template_max_output_bytes < 1:
+        p.error("--template-max-output-bytes must be at least 1")
     if args.template_timeout <= 0 or args.template_memory_mb < 16:
         p.error("--template-timeout must be > 0 and --template-memory-mb at least 16")
     return args
@@ -100,6 +108,7 @@ def build_config(args: argparse.Namespace) -> TokenizerConfig:
         template_workers=args.template_workers,
         template_timeout_s=args.template_timeout,
         template_memory_mb=args.template_memory_mb,
+        template_max_output_bytes=args.template_max_output_bytes,
         grpc_token_file=args.grpc_token_file,
     )
 

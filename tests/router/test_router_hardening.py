@@ -334,3 +334,18 @@ def test_repeated_errors_are_held_back_in_the_logs():
     assert f.filter(later) and "990 more like this" in later.getMessage()
     info = logging.LogRecord("router.requests", logging.INFO, __file__, 1, "POST %s", ("/x",), None)
     assert all(f.filter(info) for _ in range(100))  # one line per request, by design: never held back
+
+
+async def test_a_large_body_of_token_ids_is_served_through_the_body_pool(make_stack):
+    """A valid body over the inline limit (parsed in the worker process, its long token-id lists back as
+    arrays) is served like a small one, echo included."""
+    stack = await make_stack([Script(max_model_len=4096, reply="ok")])
+    prompts = [[100 + (i + j) % 150 for j in range(3000)] for i in range(50)]
+    body = {"model": "scripted", "prompt": prompts, "max_tokens": 2, "echo": True}
+    assert len(json.dumps(body)) > 256 * 1024
+    status, answer, _ = await stack.post("/v1/completions", body)
+    assert status == 200 and len(answer["choices"]) == 50, answer
+    assert answer["usage"]["prompt_tokens"] == 50 * 3000
+    assert answer["choices"][7]["text"].startswith(bytes(t - 3 for t in prompts[7][:20]).decode())
+    sent = [list(r.prompt_token_ids.ids) for r in stack.engines[0].requests[-50:]]
+    assert sorted(sent) == sorted(prompts)
