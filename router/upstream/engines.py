@@ -183,7 +183,7 @@ class EngineRegistry:
             )
         except grpc.aio.AioRpcError as err:
             if err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and not engine.ejected:
-                return  # busy (its call limit is reached), not dead: it answered; keep its last load figures
+                return  # busy (its backlog of calls is full), not dead: it answered; keep its last figures
             engine.probe_failures += 1
             if engine.probe_failures >= self.failures_to_eject or engine.ejected:
                 was_serving = not engine.ejected

@@ -84,6 +84,7 @@ class Script:
     fail_after_messages: int | None = None  # abort with UNAVAILABLE after this many messages
     hang: bool = False  # accept the call and never answer
     first_token_delay_s: float = 0.0  # a busy engine: probes answer at once, the first token waits
+    probe_error: grpc.StatusCode | None = None  # GetServerInfo answers with this status
     draining: bool = False
     max_model_len: int = 512
     block_size: int = 4
@@ -116,6 +117,8 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
     async def GetServerInfo(self, request, context):
         if self.script.hang:
             await asyncio.Event().wait()
+        if self.script.probe_error is not None:
+            await context.abort(self.script.probe_error, "scripted probe failure")
         return engine_pb2.ServerInfo(num_running=len(self.active), draining=self.script.draining)
 
     async def Generate(self, request, context):

@@ -234,6 +234,21 @@ async def test_non_streaming_answers_are_bounded_in_size(make_stack):
             assert r.status == 200 and (await r.read()).endswith(b"data: [DONE]\n\n")
 
 
+async def test_a_probe_refused_for_load_is_not_a_dead_engine(make_stack):
+    """RESOURCE_EXHAUSTED to a probe says busy (it answered); UNAVAILABLE says down."""
+    import grpc
+
+    stack = await make_stack([Script(), Script()])
+    busy, down = stack.engines
+    busy.script.probe_error = grpc.StatusCode.RESOURCE_EXHAUSTED
+    down.script.probe_error = grpc.StatusCode.UNAVAILABLE
+    engines = {e.address: e for e in stack.ctx.registry.engines}
+    by_port = {p: engines[f"127.0.0.1:{p}"] for p in stack.engine_ports}
+    await wait_for(lambda: not by_port[stack.engine_ports[1]].ready, what="the unavailable engine to go")
+    await asyncio.sleep(0.5)  # ten probe intervals
+    assert by_port[stack.engine_ports[0]].ready
+
+
 async def test_a_busy_engine_is_not_ejected(make_stack):
     """No first token within --first-token-timeout means busy, not dead: the request is retried on the
     other engine, and the slow one stays in service (it used to be ejected, and with both engines busy
