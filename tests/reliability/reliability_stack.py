@@ -106,8 +106,12 @@ class Stack:
         self.health_ports = [free_port() for _ in range(self.num_engines)] if self.tls else []
         self.tokenizer = self._start_tokenizer()
         self.engines = [self._start_engine(i) for i in range(self.num_engines)]
-        for i in range(self.num_engines):
-            self.wait_engine(i)
+        try:
+            for i in range(self.num_engines):
+                self.wait_engine(i)
+        except BaseException:
+            self.stop()  # no process outlives a stack that failed to start
+            raise
 
     @property
     def addresses(self) -> list[str]:
@@ -171,7 +175,12 @@ class Stack:
         process = Process(args + list(extra), self.log_dir, self._name("router"), env)
         router = Router(process, f"{scheme}://127.0.0.1:{port}", client_ssl)
         self.routers.append(router)
-        self.wait_router(router, self.num_engines)
+        try:
+            self.wait_router(router, self.num_engines)
+        except BaseException:
+            process.stop()
+            self.routers.remove(router)
+            raise
         return router
 
     # -- waiting ----------------------------------------------------------------------------------------

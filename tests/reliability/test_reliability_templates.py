@@ -70,10 +70,14 @@ def trusting(shared_stack, tmp_path_factory):
     args += ["--metrics-port", "0", "--workers", "1", "--trust-request-chat-template"]
     args += ["--template-workers", "2", "--template-timeout", "2", "--template-memory-mb", "256"]
     tokenizer = Process(args, tmp_path_factory.mktemp("trusting"), "trusting-tokenizer")
-    router = shared_stack.start_router("--trust-request-chat-template", "--tokenizer", f"127.0.0.1:{port}")
-    wait_until(
-        lambda: router.health()["engines_ready"] == 2 and _encode_ok(port), 60, "the trusting tokenizer"
-    )
+    try:
+        router = shared_stack.start_router(
+            "--trust-request-chat-template", "--tokenizer", f"127.0.0.1:{port}"
+        )
+        wait_until(lambda: _encode_ok(port), 120, "the trusting tokenizer", [tokenizer])
+    except BaseException:
+        tokenizer.stop()
+        raise
     yield router, tokenizer
     router.process.stop()
     shared_stack.routers.remove(router)
