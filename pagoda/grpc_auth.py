@@ -105,14 +105,5 @@ def caller_identity(context: grpc.aio.ServicerContext) -> str:
     return "peer:" + (context.peer() or "")
 
 
-def add_server_auth_args(p) -> None:
-    """`--grpc-token-file` of the gRPC services (`pagoda engine`, `pagoda tokenizer`)."""
-    p.add_argument(
-        "--grpc-token-file",
-        help="accept only callers with `authorization: Bearer TOKEN` for a token of this file (one a line); "
-        "grpc.health.v1 stays open",
-    )
-
-
 def server_interceptors(token_file: str | None) -> list[grpc.aio.ServerInterceptor]:
     return [TokenAuth(read_tokens(token_file))] if token_file else []

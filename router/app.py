@@ -25,12 +25,13 @@ from router.errors import OpenAIError
 from router.http_server import CappedSite, connection_cap
 from router.metrics import RouterMetrics
 from router.request_telemetry import RouterTelemetry
+from router.upstream.channels import ChannelFactory
 from router.upstream.discovery.dns import DnsDiscovery
 from router.upstream.discovery.static import StaticDiscovery
 from router.upstream.dispatch import Dispatcher
 from router.upstream.engines import EngineRegistry
 from router.upstream.policies import make_policy
-from router.upstream.tokenizer import TokenizerClient
+from router.upstream.tokenizer import Tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +73,28 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             connect_timeout_s=config.connect_timeout_s,
             first_token_timeout_s=config.first_token_timeout_s,
         )
-        tokenizer = TokenizerClient(config.tokenizer, config.tokenizer_timeout_s, connect)
+        tokenizers = Tokenizers(
+            config.tokenizer, dict(config.model_tokenizers), config.tokenizer_timeout_s, connect
+        )
         streams = StreamLimiter(config.max_concurrent_streams_per_key, config.max_concurrent_tokens_per_key)
         body_pool = BodyPool(config.body_parse_workers)
         app[CONTEXT] = RouterContext(
-            config, registry, dispatcher, tokenizer, metrics, api_keys, limits, streams, telemetry, body_pool
+            config, registry, dispatcher, tokenizers, metrics, api_keys, limits, streams, telemetry, body_pool
         )
         tasks = [
             asyncio.create_task(source.run(functools.partial(registry.update, name)), name=name)
             for name, source in _discovery_sources(config, k8s_api_client)
         ]
         tasks.append(asyncio.create_task(api_keys.watch_file()))
+        if config.channel_tls() is not None:
+            watch = _watch_channel_tls(connect, registry, tokenizers, config.tls_reload_interval_s)
+            tasks.append(asyncio.create_task(watch, name="grpc-tls-reload"))
         yield
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await registry.close()
-        await tokenizer.close()
+        await tokenizers.close()
         body_pool.close()
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)  # sends the spans still queued
@@ -131,6 +137,18 @@ def _discovery_sources(config: RouterConfig, k8s_api_client) -> list[tuple[str, 
         )
         sources.append(("kubernetes", source))
     return sources
+
+
+async def _watch_channel_tls(
+    connect: ChannelFactory, registry: EngineRegistry, tokenizers: Tokenizers, interval_s: float
+) -> None:
+    """Reopens every channel when the router's gRPC TLS files change (a certificate renewal), so that new
+    connections present the new client certificate and trust the new CA; runs until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if connect.refresh():
+            registry.reconnect()
+            tokenizers.reconnect()
 
 
 @web.middleware

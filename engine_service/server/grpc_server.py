@@ -33,6 +33,7 @@ from engine_service.server.serving_state import ServingState
 from engine_service.server.stats_logger import log_stats
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
 from pagoda.grpc_auth import server_interceptors
+from pagoda.grpc_keepalive import server_options
 from pagoda.grpc_strict import add_servicer
 from pagoda.health_port import serve_health
 from pagoda.prompt_bound import max_bytes_per_token
@@ -67,7 +68,8 @@ class EngineServer:
         self.port: int | None = None
         self.exit_code: int | None = None
         self._server = grpc.aio.server(
-            options=GRPC_OPTIONS, interceptors=server_interceptors(config.grpc_token_file)
+            options=GRPC_OPTIONS + server_options(config.grpc_min_ping_interval_s),
+            interceptors=server_interceptors(config.grpc_token_file),
         )
         self._health = health.aio.HealthServicer()
         self._health_server: grpc.aio.Server | None = None  # --health-port

@@ -10,6 +10,7 @@ from router.api.generation import FINISH_REASONS, Generation
 from router.api.limits import ResponseBudget
 from router.api.logprobs import chat_logprobs
 from router.api.openai_schema import ChatRequest, parse_chat
+from router.api.sampling import check_model, value_of
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str
 from router.errors import bad_request
@@ -25,9 +26,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "(an operator may allow request templates with --trust-request-chat-template).",
             param="chat_template",
         )
-    ctx.limits.check_sequences(1, req.sampling.n)
+    n = value_of(req.sampling, "n")
+    ctx.limits.check_sequences(1, n)
     card = ctx.registry.resolve(req.model)
-    encoded = await ctx.tokenizer.encode_chat(
+    encoded = await ctx.tokenizers.for_model(card.name).encode_chat(
         req.messages,
         add_generation_prompt=req.add_generation_prompt,
         continue_final_message=req.continue_final_message,
@@ -36,14 +38,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         max_tokens=card.max_model_len - 1,  # at least one token must fit after the prompt
     )
     prompt_len = len(encoded.token_ids)
-    req.sampling.check(prompt_len, card, "messages")
+    check_model(req.sampling, prompt_len, card, "messages")
     sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "messages")
-    max_tokens = sampling.max_tokens or card.max_model_len - prompt_len
+    max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else card.max_model_len - prompt_len
     if not req.stream:
-        ctx.limits.check_response(sampling.n, max_tokens, sampling.logprobs)
+        ctx.limits.check_response(n, max_tokens, sampling)
     session = ctx.session_key(request, req.prompt_cache_key, req.user)
-    tokens = sampling.n * (prompt_len + max_tokens)
-    with ctx.streams.hold(request.get(KEY_ID, ""), sampling.n, tokens):
+    tokens = n * (prompt_len + max_tokens)
+    with ctx.streams.hold(request.get(KEY_ID, ""), n, tokens):
         gen = await Generation.open(
             ctx.dispatcher,
             card,

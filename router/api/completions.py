@@ -12,6 +12,7 @@ from router.api.generation import FINISH_REASONS, Generation
 from router.api.limits import ResponseBudget
 from router.api.logprobs import CompletionLogprobs
 from router.api.openai_schema import CompletionRequest, parse_completion
+from router.api.sampling import check_model, value_of
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str
 from router.errors import bad_request
@@ -22,22 +23,24 @@ from router.upstream.model_card import ModelCard
 async def completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     req = await read_request(request, parse_completion)
-    ctx.limits.check_sequences(len(req.prompts), req.sampling.n)
+    n = value_of(req.sampling, "n")
+    ctx.limits.check_sequences(len(req.prompts), n)
     card = ctx.registry.resolve(req.model)
     prompts = await asyncio.gather(
         *(_token_ids(ctx, card, req.sampling, p, i) for i, p in enumerate(req.prompts))
     )
     longest = max(len(ids) for ids in prompts)
     sampling = ctx.limits.apply(req.sampling, longest, card.max_model_len, "prompt")
-    sequences = len(prompts) * sampling.n
+    sequences = len(prompts) * n
+
+    def completion_len(prompt_len: int) -> int:  # at most: as asked, else as many as fit
+        return sampling.max_tokens if sampling.HasField("max_tokens") else card.max_model_len - prompt_len
+
     if not req.stream:
-        max_tokens = sampling.max_tokens or card.max_model_len - min(len(ids) for ids in prompts)
-        ctx.limits.check_response(sequences, max_tokens, sampling.logprobs)
-    tokens = sampling.n * sum(
-        len(ids) + (sampling.max_tokens or card.max_model_len - len(ids)) for ids in prompts
-    )
+        ctx.limits.check_response(sequences, completion_len(min(len(ids) for ids in prompts)), sampling)
+    tokens = n * sum(len(ids) + completion_len(len(ids)) for ids in prompts)
     with ctx.streams.hold(request.get(KEY_ID, ""), sequences, tokens):
-        echoes = await _echo_texts(ctx, req, prompts) if req.echo else None
+        echoes = await _echo_texts(ctx, card, req, prompts) if req.echo else None
         gen = await Generation.open(
             ctx.dispatcher,
             card,
@@ -60,12 +63,13 @@ async def _token_ids(ctx: RouterContext, card: ModelCard, sampling, prompt, i: i
     """A prompt's token ids, checked against the model's context (before anything else is done with them:
     a prompt that cannot fit costs no more) and vocabulary."""
     if isinstance(prompt, str):
-        ids = (await ctx.tokenizer.encode_text(prompt, max_tokens=card.max_model_len - 1)).token_ids
+        tokenizer = ctx.tokenizers.for_model(card.name)
+        ids = (await tokenizer.encode_text(prompt, max_tokens=card.max_model_len - 1)).token_ids
         if not ids:
             raise bad_request(f"'prompt' {i} encodes to no tokens.", "prompt")
     else:
         ids = prompt
-    sampling.check(len(ids), card, "prompt")
+    check_model(sampling, len(ids), card, "prompt")
     if not isinstance(prompt, str):
         top = max(ids)
         if top >= card.vocab_size:
@@ -75,21 +79,25 @@ async def _token_ids(ctx: RouterContext, card: ModelCard, sampling, prompt, i: i
     return ids
 
 
-async def _echo_texts(ctx: RouterContext, req: CompletionRequest, prompts) -> list[str]:
+async def _echo_texts(ctx: RouterContext, card: ModelCard, req: CompletionRequest, prompts) -> list[str]:
     """The prompts as text: as given, or decoded when given as token ids."""
 
     async def text(prompt: str | list[int], ids) -> str:
         return (
             prompt
             if isinstance(prompt, str)
-            else await ctx.tokenizer.decode(ids, req.sampling.skip_special_tokens)
+            else await ctx.tokenizers.for_model(card.name).decode(
+                ids, value_of(req.sampling, "skip_special_tokens")
+            )
         )
 
     return list(await asyncio.gather(*(text(p, ids) for p, ids in zip(req.prompts, prompts, strict=True))))
 
 
 def _choice_logprobs(req: CompletionRequest, gen: Generation) -> list[CompletionLogprobs] | None:
-    return None if req.sampling.logprobs is None else [CompletionLogprobs() for _ in range(gen.num_choices)]
+    if not req.sampling.HasField("logprobs"):
+        return None
+    return [CompletionLogprobs() for _ in range(gen.num_choices)]
 
 
 async def _collect(

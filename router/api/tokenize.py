@@ -15,11 +15,12 @@ async def tokenize(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     req = await read_request(request, parse_tokenize)
     card = ctx.registry.resolve(req.model)
+    tokenizer = ctx.tokenizers.for_model(card.name)
     # The same limit as generation (the model's context), so counting a prompt costs no more than using it.
     if req.prompt is not None:
-        encoded = await ctx.tokenizer.encode_text(req.prompt, req.add_special_tokens, card.max_model_len)
+        encoded = await tokenizer.encode_text(req.prompt, req.add_special_tokens, card.max_model_len)
     else:
-        encoded = await ctx.tokenizer.encode_chat(
+        encoded = await tokenizer.encode_chat(
             req.messages,
             add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
             continue_final_message=req.continue_final_message,
@@ -42,4 +43,5 @@ async def detokenize(request: web.Request) -> web.Response:
         )
     if max(tokens) >= card.vocab_size:
         raise bad_request(f"'tokens' holds ids outside the vocabulary (size {card.vocab_size}).", "tokens")
-    return web.json_response({"prompt": await ctx.tokenizer.decode(tokens)}, dumps=dumps)
+    text = await ctx.tokenizers.for_model(card.name).decode(tokens)
+    return web.json_response({"prompt": text}, dumps=dumps)
