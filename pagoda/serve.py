@@ -36,7 +36,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from pagoda.cli_args import add_config_args, config_values
 
 STOP_TIMEOUT_S = 40.0  # the engines' default drain grace (30 s) plus some
 API_KEY_ENV = "PAGODA_API_KEY"
@@ -44,38 +48,52 @@ RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest wait before a dead child is
 HEALTHY_AFTER_S = 60.0  # a child up this long starts its backoff afresh
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class ServeConfig:
+    """`pagoda serve`'s settings: a flag per field (pagoda/cli_args.py)."""
+
+    model: str | None = field(
+        default=None, metadata={"help": "a model folder or .gguf file (default: SmolLM2-135M-Instruct)"}
+    )
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "the router's address (0.0.0.0: reachable from others)"}
+    )
+    port: int = field(default=8000, metadata={"help": "the router's HTTP port"})
+    engines: int | None = field(
+        default=None, metadata={"help": "engines to start (default: one per GPU, or 1)"}
+    )
+    device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto", metadata={"help": "where the engines run (auto: CUDA if a GPU is visible)"}
+    )
+    tensor_parallel_size: int = field(
+        default=1, metadata={"help": "GPUs per engine (each engine splits the model)"}
+    )
+    api_keys: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "flag": "api-key",
+            "help": f"require this API key (repeatable; visible in `ps`: prefer {API_KEY_ENV} or "
+            "--api-key-file)",
+        },
+    )
+    api_key_file: str | None = field(
+        default=None,
+        metadata={"help": "require one of the API keys of this file (one a line, re-read live)"},
+    )
+    startup_timeout_s: float = field(default=900.0, metadata={"help": "seconds to wait for every engine"})
+
+
+def parse_args(argv: list[str] | None) -> ServeConfig:
     p = argparse.ArgumentParser(prog="pagoda serve", description="Serve a model on this machine.")
-    p.add_argument(
-        "--model", default=None, help="a model folder or .gguf file (default: SmolLM2-135M-Instruct)"
-    )
-    p.add_argument(
-        "--host", default="127.0.0.1", help="the router's address (0.0.0.0: reachable from others)"
-    )
-    p.add_argument("--port", type=int, default=8000, help="the router's HTTP port")
-    p.add_argument("--engines", type=int, default=None, help="engines to start (default: one per GPU, or 1)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument(
-        "--tensor-parallel-size", type=int, default=1, help="GPUs per engine (each engine splits the model)"
-    )
-    p.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        help=f"require this API key (repeatable; visible in `ps`: prefer {API_KEY_ENV} or --api-key-file)",
-    )
-    p.add_argument(
-        "--api-key-file", help="require one of the API keys of this file (one a line, re-read live)"
-    )
-    p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for every engine")
+    add_config_args(p, ServeConfig)
     args = p.parse_args(argv)
     if args.engines is not None and args.engines < 1:
         p.error("--engines must be at least 1")
     if args.tensor_parallel_size < 1:
         p.error("--tensor-parallel-size must be at least 1")
-    if args.api_key_file and args.api_key:
+    if args.api_key_file and args.api_keys:
         p.error("give API keys either with --api-key-file or with --api-key, not both")
-    return args
+    return ServeConfig(**config_values(args, ServeConfig))
 
 
 def count_gpus() -> int:
@@ -212,7 +230,7 @@ def write_private(folder: Path, name: str, text: str) -> str:
 
 
 class Stack:
-    def __init__(self, model: str, name: str, args: argparse.Namespace, api_keys: list[str]):
+    def __init__(self, model: str, name: str, args: ServeConfig, api_keys: list[str]):
         num_gpus = count_gpus() if args.device != "cpu" else 0
         plan = plan_engines(args.device, args.engines, num_gpus, args.tensor_parallel_size)
         tokenizer_port = free_port()
@@ -343,7 +361,7 @@ def example(url: str, name: str, api_keys: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    api_keys = [*args.api_key]
+    api_keys = [*args.api_keys]
     if os.environ.get(API_KEY_ENV, "").strip() and not args.api_key_file:
         api_keys.append(os.environ[API_KEY_ENV].strip())
     if port_in_use(args.host, args.port):
@@ -365,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stack = Stack(model, name, args, api_keys)
     try:
-        if not stack.wait_ready(args.startup_timeout, stop):
+        if not stack.wait_ready(args.startup_timeout_s, stop):
             return 0 if stop.is_set() else 1
         print(example(stack.url, name, bool(api_keys or args.api_key_file)), flush=True)
         while not stop.wait(0.5):

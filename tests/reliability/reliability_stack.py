@@ -152,12 +152,14 @@ class Stack:
         self, *extra: str, client_ssl: ssl.SSLContext | None = None, env: dict | None = None
     ) -> Router:
         """A router over every engine, with `extra` flags (and `env`); `client_ssl` trusts its certificate
-        (HTTPS)."""
+        (HTTPS). A `--tokenizer` among `extra` replaces the stack's own."""
         port = free_port()
         args = ["router", "--host", "127.0.0.1", "--port", str(port)]
         if self.router_token is not None:
             args += ["--grpc-token-file", str(self.router_token)]
-        args += ["--tokenizer", f"127.0.0.1:{self.tokenizer_port}", "--health-interval", "0.5"]
+        if "--tokenizer" not in extra:
+            args += ["--tokenizer", f"127.0.0.1:{self.tokenizer_port}"]
+        args += ["--health-interval", "0.5"]
         for address in self.addresses:
             args += ["--engine", address]
         if self.tls is not None:

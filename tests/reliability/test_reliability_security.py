@@ -412,3 +412,42 @@ def test_api_key_from_the_environment_is_not_on_the_command_line(stack, tally):
     finally:
         router.process.stop()
         stack.routers.remove(router)
+
+
+def test_standalone_services_listen_on_loopback_unless_told(tiny_model_dir, tmp_path):
+    """Issue 25, break 8: `pagoda engine` and `pagoda tokenizer` without --host listened on 0.0.0.0, so
+    anyone who could reach the machine could generate text or abort others' requests. Now they listen on
+    127.0.0.1 alone unless given --host (the chart passes --host 0.0.0.0)."""
+    import psutil
+
+    from tests.router.router_processes import Process, free_port, wait_until
+
+    ports = {"engine": free_port(), "tokenizer": free_port(), "told": free_port()}
+    common = ["--model", str(tiny_model_dir), "--metrics-port", "0"]
+    processes = {
+        "engine": Process(
+            ["engine", *common, "--device", "cpu", "--port", str(ports["engine"])], tmp_path, "engine"
+        ),
+        "tokenizer": Process(
+            ["tokenizer", *common, "--port", str(ports["tokenizer"])], tmp_path, "tokenizer"
+        ),
+        "told": Process(
+            ["tokenizer", *common, "--port", str(ports["told"]), "--host", "0.0.0.0"], tmp_path, "told"
+        ),
+    }
+    try:
+
+        def listening(name: str) -> set[str]:
+            connections = psutil.Process(processes[name].popen.pid).net_connections(kind="tcp")
+            # gRPC may bind an IPv6 socket: 127.0.0.1 then shows as ::ffff:127.0.0.1.
+            ips = {c.laddr.ip for c in connections if c.status == "LISTEN" and c.laddr.port == ports[name]}
+            return {ip.removeprefix("::ffff:") for ip in ips}
+
+        for name in processes:
+            wait_until(lambda n=name: listening(n), 120, f"{name} to listen", list(processes.values()))
+        assert listening("engine") == {"127.0.0.1"}
+        assert listening("tokenizer") == {"127.0.0.1"}
+        assert listening("told") & {"0.0.0.0", "::"}
+    finally:
+        for p in processes.values():
+            p.stop()
