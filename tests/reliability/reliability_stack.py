@@ -187,7 +187,7 @@ class Stack:
 
     # -- waiting ----------------------------------------------------------------------------------------
 
-    def wait_engine(self, i: int, timeout_s: float = 120) -> None:
+    def wait_engine(self, i: int, timeout_s: float = 300) -> None:  # a loaded 2-core machine: minutes
         if self.tls is not None:
             return  # probed through the router instead
         ready = engine_serving if self.accepted_tokens is not None else engine_ready  # health needs no token
