@@ -14,8 +14,9 @@ import zlib
 import aiohttp
 import openai
 import pytest
-from conftest import wait_for
 from router_fakes import Script
+
+from tests.router.conftest import wait_for
 
 MSGS = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "scripted", "messages": MSGS, "max_tokens": 4}
@@ -79,6 +80,9 @@ async def test_large_bodies_do_not_stall_another_clients_stream(make_stack):
     stream's longest gap between chunks stays small (it was seconds: json.loads held the event loop)."""
     stack = await make_stack([Script(delay_s=0.01, reply="x" * 200)])
     big = json.dumps({"model": "scripted", "prompt": [[7] * 6_000_000], "max_tokens": 1}).encode()
+    started = time.monotonic()
+    json.loads(big)  # what one body held the event loop for when it was parsed there, on this machine now
+    parse_s = time.monotonic() - started
     gaps: list[float] = []
 
     async def stream(session) -> None:
@@ -104,9 +108,11 @@ async def test_large_bodies_do_not_stall_another_clients_stream(make_stack):
         await streaming
     assert statuses == [400, 400, 400]  # the prompt cannot fit the model: refused, after parsing
     worst = max(gaps[5:])
-    # Parsed on the event loop, each body held it for its whole json.loads: 2-6 s on this 2-core machine.
-    # Off the loop, what is left is scheduling: the parser process takes a core from this one.
-    assert worst < 1.0, f"the stream stalled for {worst:.2f} s while large bodies were parsed"
+    # Parsed on the event loop, each body held it for a whole json.loads (parse_s: 2-6 s on the 2-core
+    # test machine). Off the loop, what is left is scheduling (the parser process takes a core from this
+    # one, and a loaded machine has few to give): a bound relative to parse_s holds wherever it runs.
+    bound = max(0.5, parse_s / 3)
+    assert worst < bound, f"the stream stalled for {worst:.2f} s (one parse: {parse_s:.2f} s)"
 
 
 async def test_slow_body_gets_408(make_stack):
