@@ -23,6 +23,8 @@ from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
 from router.errors import model_not_found, no_engine
 from router.upstream.channels import ChannelFactory
 from router.upstream.model_card import ModelCard
+from router.upstream.multiplex import CHANNEL_OPTIONS as MULTIPLEX_OPTIONS
+from router.upstream.multiplex import Multiplexer
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class Engine:
     def __init__(self, address: str, channel: grpc.aio.Channel, metadata: tuple = ()):
         self.address = address
         self.metadata = metadata  # on every call: the gRPC token (pagoda/grpc_auth.py), if any
+        self.multiplexer = Multiplexer(address, metadata)  # its call opens with the first generation
         self.use_channel(channel)
         self.card: ModelCard | None = None
         self.info = engine_pb2.ServerInfo()
@@ -60,6 +63,7 @@ class Engine:
         """Calls from now on go over `channel` (streams already open keep theirs)."""
         self.channel = channel
         self.stub = engine_pb2_grpc.EngineServiceStub(channel)
+        self.multiplexer.use_stub(self.stub)
 
     def eject(self, reason: str, max_backoff_s: float) -> None:
         # An engine still starting up is probed every interval, so it serves as soon as it is up;
@@ -88,7 +92,7 @@ class EngineRegistry:
         failures_to_eject: int,
         max_backoff_s: float,
         drain_grace_s: float,
-        connect: Callable[[str], grpc.aio.Channel] | None = None,
+        connect: Callable[[str, list], grpc.aio.Channel] | None = None,
     ):
         self.interval_s = interval_s
         self.probe_timeout_s = probe_timeout_s
@@ -109,7 +113,8 @@ class EngineRegistry:
         wanted = frozenset().union(*self._sources.values())
         for address in wanted - self._engines.keys():
             metadata = getattr(self._connect, "metadata", ())
-            engine = self._engines[address] = Engine(address, self._connect(address), metadata)
+            channel = self._connect(address, MULTIPLEX_OPTIONS)
+            engine = self._engines[address] = Engine(address, channel, metadata)
             self._tasks[address] = asyncio.create_task(self._probe_loop(engine), name=f"probe {address}")
             log.info("engine %s discovered", address)
         for address in self._engines.keys() - wanted:
@@ -127,7 +132,7 @@ class EngineRegistry:
         certificate, streams already open finish on the old channel."""
         for engine in self._engines.values():
             old = engine.channel
-            engine.use_channel(self._connect(engine.address))
+            engine.use_channel(self._connect(engine.address, MULTIPLEX_OPTIONS))
             self._close_later(old)
 
     def _close_later(self, channel: grpc.aio.Channel) -> None:
