@@ -48,7 +48,12 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     @grpc_errors
     async def Multiplex(self, requests, context: grpc.aio.ServicerContext) -> None:
         """Generations over one stream (multiplex.py): a router's way in."""
-        await MultiplexCall(self.state, self.telemetry, self._prompt).serve(requests, context)
+
+        # The prompt as Generate reads it, text that cannot fit refused from its length (bytes_per_token).
+        def prompt_of(request: pb.GenerateRequest, engine: AsyncEngine):
+            return self._prompt(request, engine, self.state.bytes_per_token)
+
+        await MultiplexCall(self.state, self.telemetry, prompt_of).serve(requests, context)
 
     @grpc_errors
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:
