@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from pagoda.engine.v1 import engine_pb2
-from router.api.body import read_json
+from router.api.body import read_request
 from router.api.chat_output import ChoiceOutput, Piece
-from router.api.context import CONTEXT, STARTED, RouterContext
+from router.api.context import CONTEXT, KEY_ID, STARTED, RouterContext
 from router.api.generation import FINISH_REASONS, Generation
+from router.api.limits import ResponseBudget
 from router.api.logprobs import chat_logprobs
 from router.api.openai_schema import ChatRequest, parse_chat
 from router.api.sampling import check_model, value_of
@@ -22,7 +23,15 @@ from router.upstream.tokenizer import TokenizerClient
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    req = parse_chat(await read_json(request))
+    req = await read_request(request, parse_chat)
+    if req.chat_template and not ctx.config.trust_request_chat_template:
+        raise bad_request(
+            "'chat_template' is not accepted by this server: it renders the model's own template "
+            "(an operator may allow request templates with --trust-request-chat-template).",
+            param="chat_template",
+        )
+    n = value_of(req.sampling, "n")
+    ctx.limits.check_sequences(1, n)
     card = ctx.registry.resolve(req.model)
     constraint = _constraint(ctx, req)
     tokenizer = ctx.tokenizers.for_model(card.name)
@@ -33,6 +42,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chat_template_kwargs_json=req.chat_template_kwargs_json,
         chat_template=req.chat_template,
         tools_json=req.tools.tools_json,
+        max_tokens=card.max_model_len - 1,  # at least one token must fit after the prompt
     )
     prompt_len = len(encoded.token_ids)
     check_model(req.sampling, prompt_len, card, "messages")
@@ -40,27 +50,32 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     outputs = await _outputs(ctx, req, card.name, tokenizer)
     if outputs and any(o.needs_special_tokens for o in outputs):
         sampling = _keeping_special_tokens(sampling)
+    max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else card.max_model_len - prompt_len
+    if not req.stream:
+        ctx.limits.check_response(n, max_tokens, sampling)
     session = ctx.session_key(request, req.prompt_cache_key, req.user)
-    try:
-        gen = await Generation.open(
-            ctx.dispatcher,
-            card,
-            "chatcmpl",
-            [encoded.token_ids],
-            sampling,
-            started=request[STARTED],
-            cache_salt=ctx.cache_salt(request, req.cache_salt),
-            session_key=session,
-            structured_output=constraint.pb if constraint else None,
-        )
-    except OpenAIError as err:
-        raise client_error(err, constraint) from None
-    try:
-        if req.stream:
-            return await _stream(request, req, gen, outputs)
-        return web.json_response(await _collect(req, gen, outputs), dumps=dumps)
-    finally:
-        gen.close()
+    tokens = n * (prompt_len + max_tokens)
+    with ctx.streams.hold(request.get(KEY_ID, ""), n, tokens):
+        try:
+            gen = await Generation.open(
+                ctx.dispatcher,
+                card,
+                "chatcmpl",
+                [encoded.token_ids],
+                sampling,
+                started=request[STARTED],
+                cache_salt=ctx.cache_salt(request, req.cache_salt),
+                session_key=session,
+                structured_output=constraint.pb if constraint else None,
+            )
+        except OpenAIError as err:
+            raise client_error(err, constraint) from None
+        try:
+            if req.stream:
+                return await _stream(request, req, gen, outputs)
+            return web.json_response(await _collect(req, gen, outputs, ctx.limits.budget()), dumps=dumps)
+        finally:
+            gen.close()
 
 
 def _constraint(ctx: RouterContext, req: ChatRequest) -> Constraint | None:
@@ -102,12 +117,15 @@ def _keeping_special_tokens(sampling: engine_pb2.SamplingParams) -> engine_pb2.S
     return kept
 
 
-async def _collect(req: ChatRequest, gen: Generation, outputs: list[ChoiceOutput]) -> dict:
+async def _collect(
+    req: ChatRequest, gen: Generation, outputs: list[ChoiceOutput], budget: ResponseBudget
+) -> dict:
     texts: list[list[str]] = [[] for _ in range(gen.num_choices)]
     logprobs: list[list[dict]] = [[] for _ in range(gen.num_choices)]
     finish: list[str | None] = [None] * gen.num_choices
     try:
         async for i, msg in gen.messages():
+            budget.charge(msg.text, msg.logprobs if req.logprobs else ())
             texts[i].append(msg.text)
             if req.logprobs:
                 logprobs[i].extend(chat_logprobs(msg.logprobs))
