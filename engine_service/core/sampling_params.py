@@ -26,6 +26,9 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logprobs: int | None = None  # top-N alternatives per position; 0 = only the sampled token's logprob
+    # Logprobs of the prompt's tokens, with top-N alternatives (0: the prompt token's alone); None: none.
+    # Such a request's prompt skips the prefix cache (see core/prompt_logprobs.py).
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -88,11 +91,13 @@ class SamplingParams:
                 isinstance(token_id, int) and 0 <= token_id < vocab_size,
                 f"stop_token_ids entry {token_id!r} is outside the vocabulary [0, {vocab_size})",
             )
-        if self.logprobs is not None:
-            _check(
-                isinstance(self.logprobs, int) and 0 <= self.logprobs <= max_logprobs,
-                f"logprobs must be in [0, {max_logprobs}], got {self.logprobs!r}",
-            )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(
+                    isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= max_logprobs,
+                    f"{name} must be in [0, {max_logprobs}], got {value!r}",
+                )
         if self.seed is not None:
             _check(
                 isinstance(self.seed, int) and 0 <= self.seed < 2**63,

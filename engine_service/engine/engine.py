@@ -15,6 +15,7 @@ from engine_service.core.block_manager import BlockManager
 from engine_service.core.config import EngineConfig
 from engine_service.core.model_config import ModelConfig
 from engine_service.core.outputs import SequenceUpdate
+from engine_service.core.prompt_logprobs import PromptLogprobsAccumulator, wants_prompt_logprobs
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.core.scheduler import Scheduler
 from engine_service.core.sequence import Sequence, SequenceStatus
@@ -101,6 +102,7 @@ class Engine:
             num_kv_blocks=num_blocks,
         )
         self._requests: dict[str, list[Sequence]] = {}
+        self._prompt_logprobs = PromptLogprobsAccumulator()  # received, until the sample's first update
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
         self.num_steps = 0
@@ -135,7 +137,15 @@ class Engine:
             raise ValueError(f"request_id {request_id!r} is already in use")
         self.validate(prompt_token_ids, params)
         seqs = [
-            Sequence(f"{request_id}#{i}", request_id, i, list(prompt_token_ids), params, cache_salt)
+            Sequence(
+                f"{request_id}#{i}",
+                request_id,
+                i,
+                list(prompt_token_ids),
+                params,
+                cache_salt,
+                reads_every_position=wants_prompt_logprobs(i, params.prompt_logprobs),
+            )
             for i in range(params.n)
         ]
         self._requests[request_id] = seqs
@@ -150,6 +160,7 @@ class Engine:
         self.scheduler.abort(targets)
         self._steady = None  # an in-flight token of theirs is void
         self.executor.forget(s.seq_id for s in targets)
+        self._prompt_logprobs.forget(s.seq_id for s in targets)
         self._forget_finished(request_id)
         return bool(targets)
 
@@ -203,6 +214,8 @@ class Engine:
         out, pending = self._inflight
         self._inflight = None
         result = pending.result()
+        if result.prompt_logprobs:  # before the updates: a prompt's last chunk comes with its first token
+            self._prompt_logprobs.add([s.seq.seq_id for s in out.scheduled], result.prompt_logprobs)
         sampling = [s.seq for s in out.scheduled if s.samples]
         finished = self.scheduler.update_from_output(sampling, result.token_ids)
         self.num_prompt_tokens += out.num_prompt_tokens
@@ -213,6 +226,8 @@ class Engine:
             packed = steady.packed(result.token_ids)
         self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
         self.executor.forget(seq.seq_id for seq in finished)
+        if self._prompt_logprobs:
+            self._prompt_logprobs.forget(seq.seq_id for seq in finished)
         for seq in finished:
             self._forget_finished(seq.request_id)
         return packed
@@ -235,12 +250,15 @@ class Engine:
             is_done = seq.status is FINISHED
             if is_done and seq not in done:
                 continue  # aborted, or stopped by an earlier step's token: this one is void
+            prompt_logprobs = None
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 if self.started is not None:
                     self.started.append(seq)
+                if seq.reads_every_position:  # its prompt logprobs ride on its first update
+                    prompt_logprobs = self._prompt_logprobs.pop(seq.seq_id)
             num_cached = seq.num_cached_tokens if seq.num_cached_tokens > 0 else 0
-            if seq.index == 0 and not is_done and logprobs is None:
+            if seq.index == 0 and not is_done and logprobs is None and prompt_logprobs is None:
                 request_ids(seq.request_id)
                 token_ids(token)
                 cached(num_cached)
@@ -256,6 +274,7 @@ class Engine:
                     seq.stop_reason if is_done else None,
                     seq.num_prompt_tokens,
                     num_cached,
+                    prompt_logprobs,
                 )
             )
         all_plain = not finished and len(packed.request_ids) == len(sampling)  # no void, no other update

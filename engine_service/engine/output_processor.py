@@ -39,6 +39,7 @@ class SampleDelta:
     finish_reason: str | None = None  # None | "stop" | "length" | "abort"
     stop_reason: int | str | None = None  # the stop token id or stop string that ended the sample
     usage: Usage | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None  # on sample 0's first delta, when asked for
 
     def merge(self, later: SampleDelta) -> None:
         """Append a later delta of the same sample (to send several steps' tokens in one message)."""
@@ -48,6 +49,7 @@ class SampleDelta:
             self.logprobs = (self.logprobs or []) + later.logprobs
         self.finish_reason, self.stop_reason = later.finish_reason, later.stop_reason
         self.usage = later.usage or self.usage
+        self.prompt_logprobs = self.prompt_logprobs or later.prompt_logprobs
 
 
 class _Sample:
@@ -161,7 +163,14 @@ class OutputProcessor:
                 finish_reason, stop_reason = "stop", d.stop_str
         sample.num_tokens += len(token_ids)
         return SampleDelta(
-            update.request_id, update.index, list(token_ids), text, logprobs, finish_reason, stop_reason
+            update.request_id,
+            update.index,
+            list(token_ids),
+            text,
+            logprobs,
+            finish_reason,
+            stop_reason,
+            prompt_logprobs=update.prompt_logprobs,
         )
 
     def _finish_sample(self, request_id: str, request: _Request, delta: SampleDelta) -> None:

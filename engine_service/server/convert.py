@@ -24,8 +24,6 @@ FINISH_REASONS = {
 
 def sampling_params_from_pb(p: pb.SamplingParams) -> SamplingParams:
     """Raises ValueError for what SamplingParams cannot express; SamplingParams.validate checks the rest."""
-    if p.HasField("prompt_logprobs"):
-        raise ValueError("sampling_params.prompt_logprobs is not supported yet: leave it unset")
 
     def opt(name: str, default):
         return getattr(p, name) if p.HasField(name) else default
@@ -49,6 +47,7 @@ def sampling_params_from_pb(p: pb.SamplingParams) -> SamplingParams:
         include_stop_str_in_output=p.include_stop_str_in_output,
         skip_special_tokens=opt("skip_special_tokens", True),
         logprobs=opt("logprobs", None),
+        prompt_logprobs=opt("prompt_logprobs", None),
     )
 
 
@@ -76,6 +75,8 @@ def delta_to_pb(d: SampleDelta, token_text: TokenTexts) -> pb.GenerateResponse:
     msg = pb.GenerateResponse(index=d.index, token_ids=d.token_ids, text=d.text)
     if d.logprobs:
         msg.logprobs.extend(_position_logprobs(lp, token_text) for lp in d.logprobs)
+    if d.prompt_logprobs:
+        msg.prompt_logprobs.extend(_position_logprobs(lp, token_text) for lp in d.prompt_logprobs)
     if d.finish_reason is not None:
         msg.finish_reason = FINISH_REASONS[d.finish_reason]
         if d.stop_reason is not None:
@@ -93,10 +94,14 @@ def delta_to_pb(d: SampleDelta, token_text: TokenTexts) -> pb.GenerateResponse:
 
 
 def _position_logprobs(lp: TokenLogprobs, token_text: TokenTexts) -> pb.PositionLogprobs:
-    return pb.PositionLogprobs(
-        sampled=pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, token=token_text(lp.token_id)),
-        top=[pb.TokenLogprob(token_id=t, logprob=v, token=token_text(t)) for t, v in lp.top],
+    sampled = pb.TokenLogprob(
+        token_id=lp.token_id, logprob=lp.logprob, token=token_text(lp.token_id), rank=lp.rank
     )
+    top = [
+        pb.TokenLogprob(token_id=t, logprob=v, token=token_text(t), rank=r)
+        for r, (t, v) in enumerate(lp.top, 1)
+    ]
+    return pb.PositionLogprobs(sampled=sampled, top=top)
 
 
 def model_info_to_pb(info: ModelInfo) -> pb.ModelInfo:
