@@ -86,7 +86,9 @@ class RequestStream:
         self._ready.set()
 
     async def get(self) -> list[SampleDelta]:
-        """Everything queued since the last call, merged into one delta per sample (usage last)."""
+        """Everything queued since the last call, merged into one delta per sample: prompt logprobs first
+        (so they lead the request's first message; sample 0, which carries them, is never behind its
+        siblings in the scheduler), usage last."""
         await self._ready.wait()
         self._ready.clear()
         if self._error is not None:
@@ -98,7 +100,7 @@ class RequestStream:
                 merged[d.index].merge(d)
             else:
                 merged[d.index] = d
-        return sorted(merged.values(), key=lambda d: d.usage is not None)
+        return sorted(merged.values(), key=lambda d: (d.usage is not None, d.prompt_logprobs is None))
 
 
 class RateMeter:

@@ -35,6 +35,7 @@ class Generation:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.hide_completion = False  # the tokens are drawn but not returned (max_tokens 0 with echo)
         self._metrics = metrics
 
     @classmethod
@@ -97,10 +98,11 @@ class Generation:
 
     @property
     def usage(self) -> dict:
+        completion = 0 if self.hide_completion else self.completion_tokens
         usage = {
             "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
         }
         if self.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}

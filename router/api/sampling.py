@@ -60,6 +60,7 @@ class Sampling:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logprobs: int | None = None  # top alternatives per position; None: no logprobs at all
+    prompt_logprobs: int | None = None  # top alternatives per prompt position; None: no prompt logprobs
 
     def check(self, prompt_len: int, model: ModelCard, param: str) -> None:
         """Checks what needs the model: the context length and token ids against the vocabulary."""
@@ -103,7 +104,15 @@ class Sampling:
             skip_special_tokens=self.skip_special_tokens,
         )
         # proto3 `optional` fields: unset means "the engine's default", so only set what the client gave.
-        for name in ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "logprobs"):
+        for name in (
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "repetition_penalty",
+            "logprobs",
+            "prompt_logprobs",
+        ):
             value = getattr(self, name)
             if value is not None:
                 setattr(pb, name, value)

@@ -10,11 +10,12 @@ from aiohttp import web
 
 from router.api.context import CONTEXT
 from router.api.generation import FINISH_REASONS, Generation
-from router.api.streaming import DONE, Chunks, ClientGone, error_event, open_sse, write
+from router.api.streaming import DONE, Chunks, ClientGone, error_event, open_sse, running_usage, write
 from router.upstream.dispatch import EngineStreamError
 
-# (choice index, engine message) -> the choice's JSON body; (choice index, finish reason as JSON) -> body
-ContentChunk = Callable[[int, object], str]
+# (choice index, engine message) -> the choice's JSON body, or several (one chunk each: an echo before the
+# first tokens); (choice index, finish reason as JSON) -> body
+ContentChunk = Callable[[int, object], str | list[str]]
 FinishChunk = Callable[[int, str], str]
 
 
@@ -27,19 +28,29 @@ async def stream_choices(
     content: ContentChunk,
     finish: FinishChunk,
     opening: bytes = b"",
+    prompt_tokens: list[int] | None = None,
 ) -> web.StreamResponse:
+    """`prompt_tokens` (each prompt's length): usage on every chunk (continuous_usage_stats)."""
     response = await open_sse(request)
     metrics = request.app[CONTEXT].metrics
+    num_tokens = [0] * gen.num_choices  # each choice's tokens so far, for continuous usage
+
+    def usage(i: int) -> dict | None:
+        return None if prompt_tokens is None else running_usage(prompt_tokens[i // gen.n], num_tokens[i])
+
     try:
         if opening:
             await write(response, opening)
         try:
             async for i, msg in gen.messages():
                 out = b""
+                num_tokens[i] += 0 if gen.hide_completion else len(msg.token_ids)
                 if msg.token_ids or msg.text:  # a message can carry tokens whose text is held back
-                    out = chunks.choice(content(i, msg))
+                    bodies = content(i, msg)
+                    for body in [bodies] if isinstance(bodies, str) else bodies:
+                        out += chunks.choice(body, usage(i))
                 if msg.finish_reason:
-                    out += chunks.choice(finish(i, f'"{FINISH_REASONS[msg.finish_reason]}"'))
+                    out += chunks.choice(finish(i, f'"{FINISH_REASONS[msg.finish_reason]}"'), usage(i))
                 if out:
                     await write(response, out)
         except EngineStreamError as err:

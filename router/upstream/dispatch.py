@@ -90,6 +90,12 @@ class EngineStream:
             )
         self._first = first
 
+    @property
+    def first(self) -> engine_pb2.GenerateResponse | None:
+        """The first message, until iteration takes it: what a handler needs before streaming (the
+        prompt logprobs ride on it)."""
+        return self._first
+
     async def __aiter__(self) -> AsyncIterator[engine_pb2.GenerateResponse]:
         first, self._first = self._first, None
         yield first
