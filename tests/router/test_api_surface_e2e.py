@@ -214,3 +214,76 @@ def test_fields_accepted_and_ignored(stack):
 def test_max_tokens_zero_without_echo_is_a_400(stack):
     status, body = post_json(stack.url + "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 0})
     assert status == 400 and body["error"]["param"] == "max_tokens"
+
+
+# ---- /v1/responses ---------------------------------------------------------------------------------------
+
+
+def test_responses_create_matches_chat(stack):
+    """Stateless Responses: instructions become the system message, the text is the chat completion's."""
+    client = stack.client()
+    r = client.responses.create(
+        model=MODEL,
+        instructions="Be brief.",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Hello"}]}],
+        max_output_tokens=5,
+        temperature=0,
+        store=False,
+        metadata={"k": "v"},
+        reasoning={"effort": "low"},
+    )
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+        max_tokens=5,
+        temperature=0,
+        reasoning_effort="low",
+    )
+    assert r.object == "response" and r.id.startswith("resp_") and r.output_text
+    # The same prompt as the chat request (instructions as its system message) and the same output length;
+    # the texts are not compared: a random tiny model has near-ties that the prefix cache's rounding can flip.
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert (r.usage.input_tokens, r.usage.output_tokens) == (chat.usage.prompt_tokens, 5)
+    assert r.usage.total_tokens == r.usage.input_tokens + 5 and r.metadata == {"k": "v"}
+
+
+def test_responses_stream_events(stack):
+    client = stack.client()
+    with client.responses.stream(model=MODEL, input="Hi there", max_output_tokens=4, temperature=0) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    types = [e.type for e in events]
+    assert types[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert types[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    plain = client.responses.create(model=MODEL, input="Hi there", max_output_tokens=4, temperature=0)
+    assert deltas == final.output_text == plain.output_text
+    assert final.usage.output_tokens == 4
+    raw = client.responses.create(model=MODEL, input="Hi there", max_output_tokens=4, stream=True)
+    assert [e.type for e in raw][-1] == "response.completed"
+
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"store": True}, "store"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input[0].type"),
+    ],
+)
+def test_responses_refusals_name_the_field(stack, extra, param):
+    status, body = post_json(stack.url + "/v1/responses", {"model": MODEL, "input": "hi", **extra})
+    assert status == 400 and body["error"]["param"] == param, body
