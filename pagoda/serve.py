@@ -139,6 +139,8 @@ class Stack:
         plan = plan_engines(args.device, args.engines, num_gpus, args.tensor_parallel_size)
         tokenizer_port = free_port()
         engine_ports = [free_port() for _ in plan]
+        # Each engine serves its metrics on loopback; the router appends them to its own /metrics.
+        metrics_ports = [free_port() for _ in plan]
         self.tokenizer = Child(
             "tokenizer",
             [
@@ -169,15 +171,22 @@ class Stack:
                     "--port",
                     str(port),
                     "--metrics-port",
-                    "0",
+                    str(metrics_port),
                     "--tensor-parallel-size",
                     str(args.tensor_parallel_size if device == "cuda" else 1),
                 ],
                 env,
             )
-            for i, ((device, env), port) in enumerate(zip(plan, engine_ports, strict=True))
+            for i, ((device, env), port, metrics_port) in enumerate(
+                zip(plan, engine_ports, metrics_ports, strict=True)
+            )
         ]
         engine_flags = [flag for port in engine_ports for flag in ("--engine", f"127.0.0.1:{port}")]
+        engine_flags += [
+            flag
+            for port in metrics_ports
+            for flag in ("--engine-metrics-url", f"http://127.0.0.1:{port}/metrics")
+        ]
         key_flags = [flag for key in args.api_key for flag in ("--api-key", key)]
         self.router = Child(
             "router",

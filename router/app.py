@@ -26,6 +26,7 @@ from router.upstream.channels import ChannelFactory
 from router.upstream.discovery.dns import DnsDiscovery
 from router.upstream.discovery.static import StaticDiscovery
 from router.upstream.dispatch import Dispatcher
+from router.upstream.engine_metrics import EngineMetrics
 from router.upstream.engines import EngineRegistry
 from router.upstream.policies import make_policy
 from router.upstream.tokenizer import TokenizerClient
@@ -68,7 +69,16 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
         tokenizer = TokenizerClient(config.tokenizer, config.tokenizer_timeout_s, connect)
         streams = StreamLimiter(config.max_concurrent_streams_per_key)
         app[CONTEXT] = RouterContext(
-            config, registry, dispatcher, tokenizer, metrics, api_keys, limits, streams, telemetry
+            config,
+            registry,
+            dispatcher,
+            tokenizer,
+            metrics,
+            api_keys,
+            limits,
+            streams,
+            telemetry,
+            EngineMetrics(config.engine_metrics_urls),
         )
         tasks = [
             asyncio.create_task(source.run(functools.partial(registry.update, name)), name=name)

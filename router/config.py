@@ -44,6 +44,9 @@ class RouterConfig:
     api_keys: tuple[str, ...] = ()
     api_key_file: str | None = None
     metrics: bool = True
+    # Engines' /metrics URLs whose families /metrics appends, labelled by engine (pagoda serve passes its
+    # engines'; upstream/engine_metrics.py). Empty: the router's own metrics only.
+    engine_metrics_urls: tuple[str, ...] = ()
     log_format: str = "text"
     log_requests: bool = True  # one line per request (router.requests)
     log_prompts: bool = False  # ... with its messages / prompt (off: prompts never reach the logs)

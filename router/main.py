@@ -63,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     g.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable)")
     g.add_argument("--api-key-file", help="file with one API key per line, re-read when it changes")
     g.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True, help="serve /metrics")
+    g.add_argument(
+        "--engine-metrics-url",
+        action="append",
+        default=[],
+        help="an engine's /metrics URL whose metrics /metrics appends, labelled by engine (repeatable; "
+        "pagoda serve passes its engines')",
+    )
     g.add_argument("--log-format", choices=["text", "json"], default="text")
     g.add_argument(
         "--log-requests",
@@ -147,6 +154,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         api_keys=tuple(a.api_key),
         api_key_file=a.api_key_file,
         metrics=a.metrics,
+        engine_metrics_urls=tuple(a.engine_metrics_url),
         log_format=a.log_format,
         log_requests=a.log_requests,
         log_prompts=a.log_prompts,

@@ -53,9 +53,17 @@ class RequestStream:
     per token for the front, at the cost of smoothness (as vLLM's --stream-interval).
     """
 
-    def __init__(self, request_id: str, stream_interval: int = 1, num_prompt_tokens: int = 0):
+    def __init__(
+        self,
+        request_id: str,
+        stream_interval: int = 1,
+        num_prompt_tokens: int = 0,
+        params_n: int = 1,
+        params_max_tokens: int = 0,
+    ):
         self.request_id = request_id
         self.num_prompt_tokens = num_prompt_tokens
+        self.params_n, self.params_max_tokens = params_n, params_max_tokens  # for metrics
         self.started = False  # a first token (or any output) arrived
         self.finished = False  # the request's last delta (with usage) was queued
         # The request's life, in time.monotonic() (the engine loop's clock too): None until it happens.
@@ -211,7 +219,8 @@ class AsyncEngine:
         self._processor.add_request(request_id, prompt_token_ids, params)
         if not self._streams:  # the loop was idle: it owes an iteration from now on
             self._last_progress = time.monotonic()
-        stream = RequestStream(request_id, self._stream_interval, len(prompt_token_ids))
+        max_tokens = params.max_tokens or self.model_info.max_model_len - len(prompt_token_ids)
+        stream = RequestStream(request_id, self._stream_interval, len(prompt_token_ids), params.n, max_tokens)
         self._streams[request_id] = stream
         self._num_waiting += 1
         self._core.submit(AddRequest(request_id, list(prompt_token_ids), params, cache_salt))

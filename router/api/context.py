@@ -12,6 +12,7 @@ from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.request_telemetry import RequestTelemetry, RouterTelemetry
 from router.upstream.dispatch import Dispatcher
+from router.upstream.engine_metrics import EngineMetrics
 from router.upstream.engines import EngineRegistry
 from router.upstream.tokenizer import TokenizerClient
 
@@ -27,6 +28,7 @@ class RouterContext:
     limits: RequestLimits = field(default_factory=RequestLimits)
     streams: StreamLimiter = field(default_factory=lambda: StreamLimiter(None))
     telemetry: RouterTelemetry = field(default_factory=lambda: RouterTelemetry(None))
+    engine_metrics: EngineMetrics = field(default_factory=lambda: EngineMetrics(()))
 
     def session_key(self, request: web.Request, *fallbacks: str | None) -> str | None:
         """The session policy's key: the session header, else the first body field given (`user`...)."""

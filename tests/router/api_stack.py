@@ -17,6 +17,7 @@ class ApiStack:
         self.name = name
         tokenizer_port, self.router_port, engine_port = free_port(), free_port(), free_port()
         self.engine_address = f"127.0.0.1:{engine_port}"
+        self.engine_metrics = f"127.0.0.1:{free_port()}"  # appended to the router's /metrics
         self.tokenizer = Process(
             ["tokenizer", "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(tokenizer_port)]
             + ["--metrics-port", "0", "--workers", "1"],
@@ -26,13 +27,15 @@ class ApiStack:
         self.engine = Process(
             ["engine", "--model", str(model_dir), "--served-model-name", name, "--device", "cpu"]
             + ["--dtype", "float32", "--host", "127.0.0.1", "--port", str(engine_port)]
-            + ["--engine-core", "thread", *engine_flags],
+            + ["--engine-core", "thread", "--metrics-port", self.engine_metrics.rsplit(":", 1)[1]]
+            + engine_flags,
             log_dir,
             "engine",
         )
         self.router = Process(
             ["router", "--host", "127.0.0.1", "--port", str(self.router_port)]
-            + ["--tokenizer", f"127.0.0.1:{tokenizer_port}", "--engine", self.engine_address, *router_flags],
+            + ["--tokenizer", f"127.0.0.1:{tokenizer_port}", "--engine", self.engine_address]
+            + ["--engine-metrics-url", f"http://{self.engine_metrics}/metrics", *router_flags],
             log_dir,
             "router",
         )

@@ -10,6 +10,7 @@ import openai
 import pytest
 import torch
 from api_stack import ApiStack, post_json
+from router_processes import http_text
 
 MODEL = "tiny-api"
 CONTEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the woods. " * 2
@@ -134,13 +135,19 @@ def test_prompt_logprobs_and_return_token_ids(stack, hf):
         assert entry["rank"] == int((ref[p - 1] > ref[p - 1, ids[p]]).sum()) + 1
         assert entry["decoded_token"] == tokenizer.decode([ids[p]])
         assert len(plp[p]) in (2, 3)
-    chat = stack.client().chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "hi"}],
-        max_tokens=2,
-        extra_body={"prompt_logprobs": 0, "return_token_ids": True},
-    ).model_dump()
-    assert len(chat["prompt_logprobs"]) == len(chat["prompt_token_ids"]) and chat["prompt_logprobs"][0] is None
+    chat = (
+        stack.client()
+        .chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=2,
+            extra_body={"prompt_logprobs": 0, "return_token_ids": True},
+        )
+        .model_dump()
+    )
+    assert (
+        len(chat["prompt_logprobs"]) == len(chat["prompt_token_ids"]) and chat["prompt_logprobs"][0] is None
+    )
     assert len(chat["choices"][0]["token_ids"]) == chat["usage"]["completion_tokens"]
 
 
@@ -287,3 +294,27 @@ def test_responses_stream_events(stack):
 def test_responses_refusals_name_the_field(stack, extra, param):
     status, body = post_json(stack.url + "/v1/responses", {"model": MODEL, "input": "hi", **extra})
     assert status == 400 and body["error"]["param"] == param, body
+
+
+def test_router_metrics_append_the_engines(stack):
+    """What `pagoda serve` shows on /metrics: the router's own, then the engine's, labelled by engine; with
+    vLLM's request_params_n, request_params_max_tokens and num_requests_waiting_by_reason."""
+    client = stack.client()
+    client.completions.create(model=MODEL, prompt="a", max_tokens=3, n=2)
+    text = http_text(stack.url + "/metrics")
+    engine = f'engine="{stack.engine_metrics}"'
+    assert "pagoda_router_requests_total" in text
+    labels = f'{engine},model_name="{MODEL}"'
+    assert f'pagoda:num_requests_waiting_by_reason{{{labels},reason="capacity"}} 0.0' in text
+    assert f'pagoda:num_requests_waiting_by_reason{{{labels},reason="deferred"}} 0.0' in text
+    model = f'model_name="{MODEL}"'
+
+    def n_bucket(le: str) -> float:
+        line = next(
+            x for x in text.splitlines() if x.startswith(f"pagoda:request_params_n_bucket{{{engine},le={le}")
+        )
+        return float(line.rsplit(" ", 1)[1])
+
+    assert n_bucket('"2.0"') - n_bucket('"1.0"') >= 1  # the n=2 request above
+    assert f"pagoda:request_params_max_tokens_count{{{labels}}}" in text
+    assert text.count("# TYPE process_cpu_seconds_total") <= 1  # the engine's process families are left out
