@@ -1,5 +1,5 @@
-"""A real stack for API-surface tests: `pagoda tokenizer`, one `pagoda engine` (CPU, float32) and `pagoda router`
-as processes on loopback, with the engine's flags chosen by the test."""
+"""A real stack for API-surface tests: `pagoda tokenizer`, one `pagoda engine` (CPU, float32) and
+`pagoda router` as processes on loopback, with the engine's flags chosen by the test."""
 
 from __future__ import annotations
 

@@ -65,8 +65,9 @@ def check_echo(choice, ids, ref, tokenizer, max_tokens):
 
 @pytest.mark.parametrize("max_tokens", [1, 0])
 def test_lm_eval_loglikelihood_requests_match_transformers(stack, hf, max_tokens):
-    """lm-eval's `local-completions` loglikelihood request: token ids (context + continuation), echo, logprobs=1,
-    temperature 0, batched. Chunked at 16 tokens; a prefix already cached is recomputed for its logprobs."""
+    """lm-eval's `local-completions` loglikelihood request: token ids (context + continuation), echo,
+    logprobs=1, temperature 0, batched. Chunked at 16 tokens; a prefix already cached is recomputed for
+    its logprobs."""
     model, tokenizer = hf
     client = stack.client()
     context = tokenizer.encode(CONTEXT)
@@ -307,7 +308,6 @@ def test_router_metrics_append_the_engines(stack):
     labels = f'{engine},model_name="{MODEL}"'
     assert f'pagoda:num_requests_waiting_by_reason{{{labels},reason="capacity"}} 0.0' in text
     assert f'pagoda:num_requests_waiting_by_reason{{{labels},reason="deferred"}} 0.0' in text
-    model = f'model_name="{MODEL}"'
 
     def n_bucket(le: str) -> float:
         line = next(
