@@ -33,6 +33,9 @@ class EngineConfig:
     # one before it drains and waits on the device for it (ops/triton_pdl.py). No effect elsewhere.
     pdl: bool = True
     max_logprobs: int = 20
+    # What the engine serves: auto (an embedding model when the folder is one: core/pooling.py), generate,
+    # or pooling (embeddings: one prefill per input, pooled hidden states).
+    runner: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +67,10 @@ class EngineConfig:
             (
                 self.num_kv_blocks is None or self.num_kv_blocks >= 1,
                 f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}",
+            ),
+            (
+                self.runner in ("auto", "generate", "pooling"),
+                f"runner must be auto, generate or pooling, got {self.runner!r}",
             ),
             (
                 self.tensor_parallel_size >= 1,

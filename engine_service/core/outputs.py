@@ -29,6 +29,8 @@ class SequenceUpdate:
     num_cached_tokens: int
     # With the first token of a sample that asked for prompt logprobs: prompt tokens 1..P-1's logprobs.
     prompt_logprobs: list[TokenLogprobs] | None = None
+    # An embedding model's pooled vector (its one update, with no token).
+    embedding: list[float] | None = None
 
 
 @dataclass

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from engine_service.core.outputs import SequenceUpdate
+from engine_service.core.pooling import pooling_params
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.engine.engine import EngineStats
 from engine_service.engine.engine_loop import AbortRequest, AddRequest, ProcessCore, StepTimes, ThreadCore
@@ -173,6 +174,7 @@ class AsyncEngine:
         self._on_fatal = on_fatal
         self._processor = OutputProcessor(tokenizer)
         self._streams: dict[str, RequestStream] = {}
+        self._embeds: dict[str, asyncio.Future] = {}  # an embedding model's inputs: their vectors
         self._num_waiting = 0  # streams with no output yet: bounded by max_waiting
         self.stats: EngineStats = core.info.stats
         self.initial_stats = core.info.stats  # after the warm-up: counters reported to metrics start here
@@ -226,6 +228,35 @@ class AsyncEngine:
         self._core.submit(AddRequest(request_id, list(prompt_token_ids), params, cache_salt))
         return stream
 
+    def embed(
+        self, request_id: str, prompts: list[list[int]], cache_salt: str | None = None
+    ) -> list[asyncio.Future]:
+        """Queues each prompt as request `<request_id>-<i>` of an embedding model; each future resolves to
+        its pooled vector (or raises ValueError if the engine refused it)."""
+        if self.error is not None:
+            raise EngineDeadError(self.error)
+        params = pooling_params()
+        ids = [f"{request_id}-{i}" for i in range(len(prompts))]
+        for rid, prompt in zip(ids, prompts, strict=True):
+            if rid in self._embeds or rid in self._streams:
+                raise ValueError(f"request_id {rid!r} is already in use")
+            self._validate(prompt, params)
+        if not self._streams and not self._embeds:  # the loop was idle: it owes an iteration from now on
+            self._last_progress = time.monotonic()
+        futures = []
+        for rid, prompt in zip(ids, prompts, strict=True):
+            futures.append(self._embeds.setdefault(rid, self._loop.create_future()))
+            self._core.submit(AddRequest(rid, list(prompt), params, cache_salt))
+        return futures
+
+    def abort_embeds(self, request_id: str, count: int) -> None:
+        """Drops the inputs of `embed(request_id, ...)` still running (the caller went away)."""
+        for i in range(count):
+            future = self._embeds.pop(f"{request_id}-{i}", None)
+            if future is not None:
+                future.cancel()
+                self._core.submit(AbortRequest(f"{request_id}-{i}"))
+
     def abort(self, request_id: str) -> bool:
         """Ends the request's stream now (finish_reason "abort"); the engine frees its blocks next step."""
         if request_id not in self._streams:
@@ -273,6 +304,8 @@ class AsyncEngine:
         self.meter.record(stats.num_generation_tokens)
         if times.started:  # before the deltas: a request may finish in the step of its first token
             self._started(times.started)
+        if self._embeds:
+            self._deliver_embeddings(updates, rejected)
         deltas, aborts = self._processor.process(updates)
         for request_id, index in aborts:  # stop strings
             self._core.submit(AbortRequest(request_id, index))
@@ -285,6 +318,17 @@ class AsyncEngine:
             if stream is not None:
                 self._num_waiting -= not stream.started
                 stream.fail(ValueError(message))
+
+    def _deliver_embeddings(self, updates: list[SequenceUpdate], rejected: list[tuple[str, str]]) -> None:
+        for u in updates:
+            if u.embedding is not None:
+                future = self._embeds.pop(u.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(u.embedding)
+        for request_id, message in rejected:
+            future = self._embeds.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(ValueError(message))
 
     def _started(self, started: list[tuple[str, float, float, float]]) -> None:
         for request_id, queued, scheduled, first_token in started:
@@ -334,7 +378,7 @@ class AsyncEngine:
             await asyncio.sleep(interval)
             self.meter.record(self.stats.num_generation_tokens)  # keeps the rate falling while idle
             silent_s = time.monotonic() - self._last_progress
-            if self._streams and silent_s > self._step_timeout_s:
+            if (self._streams or self._embeds) and silent_s > self._step_timeout_s:
                 self._fail(f"the engine loop has not finished a step for {silent_s:.1f} s (stalled)")
 
     def _fail(self, reason: str) -> None:
@@ -347,4 +391,8 @@ class AsyncEngine:
         streams, self._streams, self._num_waiting = self._streams, {}, 0
         for stream in streams.values():
             stream.fail(EngineDeadError(f"engine failed: {reason}"))
+        embeds, self._embeds = self._embeds, {}
+        for future in embeds.values():
+            if not future.done():
+                future.set_exception(EngineDeadError(f"engine failed: {reason}"))
         self._on_fatal(reason)

@@ -15,6 +15,7 @@ from engine_service.core.block_manager import BlockManager
 from engine_service.core.config import EngineConfig
 from engine_service.core.model_config import ModelConfig
 from engine_service.core.outputs import SequenceUpdate
+from engine_service.core.pooling import pooling_config, pooling_params, resolve_task
 from engine_service.core.prompt_logprobs import PromptLogprobsAccumulator, wants_prompt_logprobs
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.core.scheduler import Scheduler
@@ -43,6 +44,10 @@ class ModelInfo:
     tensor_parallel_size: int
     max_num_seqs: int
     num_kv_blocks: int
+    task: str = "generate"  # generate | embed (core/pooling.py)
+    embedding_size: int = 0
+    matryoshka: bool = False
+    matryoshka_dimensions: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,12 +73,15 @@ class Engine:
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         self.max_model_len = self._max_model_len(config, mc)
+        self.task = resolve_task(config.runner, mc.path, mc.architecture)
+        self.pooling = pooling_config(mc.path, mc.hf_config) if self.task == "embed" else None
         # The model, its KV cache and the sampler: here (TP=1) or in one worker process per rank.
-        self.executor: Executor = make_executor(config, mc, device, dtype)
+        self.executor: Executor = make_executor(config, mc, device, dtype, self.pooling)
         try:
             num_blocks = self._num_kv_blocks(config)
             self.executor.allocate_kv_cache(num_blocks)
-            if device.type == "cuda" and not config.enforce_eager:
+            # An embedding model never decodes: no decode graphs.
+            if device.type == "cuda" and not config.enforce_eager and self.pooling is None:
                 self.executor.capture_cuda_graphs(config.max_num_seqs, self.max_model_len)
         except BaseException:
             self.executor.shutdown()
@@ -100,6 +108,10 @@ class Engine:
             tensor_parallel_size=config.tensor_parallel_size,
             max_num_seqs=config.max_num_seqs,
             num_kv_blocks=num_blocks,
+            task=self.task,
+            embedding_size=mc.hidden_size if self.pooling else 0,
+            matryoshka=bool(self.pooling and self.pooling.matryoshka),
+            matryoshka_dimensions=self.pooling.matryoshka_dimensions if self.pooling else (),
         )
         self._requests: dict[str, list[Sequence]] = {}
         self._prompt_logprobs = PromptLogprobsAccumulator()  # received, until the sample's first update
@@ -135,7 +147,10 @@ class Engine:
         """Validate and queue a request; raises ValueError naming the field and its limit."""
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        if self.pooling is not None:  # an embedding: one prefill, pooled (see pooling_params)
+            params = pooling_params()
         self.validate(prompt_token_ids, params)
+        every = self.pooling is not None and self.pooling.reads_every_position
         seqs = [
             Sequence(
                 f"{request_id}#{i}",
@@ -144,7 +159,7 @@ class Engine:
                 list(prompt_token_ids),
                 params,
                 cache_salt,
-                reads_every_position=wants_prompt_logprobs(i, params.prompt_logprobs),
+                reads_every_position=every or wants_prompt_logprobs(i, params.prompt_logprobs),
             )
             for i in range(params.n)
         ]
@@ -220,7 +235,9 @@ class Engine:
         finished = self.scheduler.update_from_output(sampling, result.token_ids)
         self.num_prompt_tokens += out.num_prompt_tokens
         steady = self._steady
-        if finished or steady is None or steady.seqs != sampling:  # (list !=: identity, at C speed)
+        if result.pooled:
+            packed = self._embedding_updates(sampling, result.pooled)
+        elif finished or steady is None or steady.seqs != sampling:  # (list !=: identity, at C speed)
             packed = self._build_updates(sampling, result, finished)
         else:  # the sequences of an earlier step whose updates were all plain, none finished since
             packed = steady.packed(result.token_ids)
@@ -281,6 +298,25 @@ class Engine:
         self._steady = updates_codec.SteadyRows(sampling, packed) if all_plain else None
         return packed
 
+    def _embedding_updates(
+        self, sampling: list[Sequence], pooled: list[list[float]]
+    ) -> updates_codec.PackedUpdates:
+        """An embedding model's sequences end with their prompt: each update carries its vector, no token."""
+        packed = updates_codec.empty()
+        now = time.monotonic()
+        for seq, vector in zip(sampling, pooled, strict=True):
+            if seq.finish_reason == "abort":
+                continue
+            seq.first_token_time = now
+            num_cached = max(seq.num_cached_tokens, 0)
+            update = SequenceUpdate(
+                seq.request_id, seq.index, [], None, "length", None, seq.num_prompt_tokens, num_cached
+            )
+            update.embedding = vector
+            packed.other.append(update)
+        self._steady = None
+        return packed
+
     def stats(self) -> EngineStats:
         bm = self.block_manager
         return EngineStats(
@@ -319,6 +355,10 @@ class Engine:
                 f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the limit of "
                 f"{capacity} tokens (max_model_len {self.max_model_len})"
             )
+
+    @property
+    def is_embedding_model(self) -> bool:
+        return self.pooling is not None
 
     def _forget_finished(self, request_id: str) -> None:
         seqs = self._requests.get(request_id)

@@ -6,6 +6,7 @@ import torch
 
 from engine_service.core.config import EngineConfig
 from engine_service.core.model_config import ModelConfig
+from engine_service.core.pooling import PoolingConfig
 from engine_service.executor.executor import Executor
 from engine_service.executor.multiproc import MultiProcExecutor
 from engine_service.executor.uniproc import UniProcExecutor
@@ -14,13 +15,27 @@ from engine_service.worker.tp_worker import WorkerSpec
 
 
 def make_executor(
-    config: EngineConfig, model_config: ModelConfig, device: torch.device, dtype: torch.dtype
+    config: EngineConfig,
+    model_config: ModelConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    pooling: PoolingConfig | None = None,
 ) -> Executor:
+    """`pooling`: an embedding model's pooling (tensor parallelism 1 only, for now)."""
     if config.tensor_parallel_size == 1:
         runner = ModelRunner(
-            model_config, device, dtype, config.block_size, config.load_format, config.seed, pdl=config.pdl
+            model_config,
+            device,
+            dtype,
+            config.block_size,
+            config.load_format,
+            config.seed,
+            pdl=config.pdl,
+            pooling=pooling,
         )
         return UniProcExecutor(runner)
+    if pooling is not None:
+        raise ValueError("embedding models run at tensor_parallel_size 1 (pooling is not sharded yet)")
 
     spec = WorkerSpec(
         model_path=model_config.path,

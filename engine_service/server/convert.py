@@ -13,6 +13,7 @@ from engine_service.engine.output_processor import SampleDelta
 from pagoda.engine.v1 import engine_pb2 as pb
 
 MAX_REQUEST_ID_LEN = 256
+MAX_EMBED_INPUTS = 2048  # OpenAI's limit on one embeddings request
 
 FINISH_REASONS = {
     None: pb.FINISH_REASON_UNSPECIFIED,
@@ -118,7 +119,38 @@ def model_info_to_pb(info: ModelInfo) -> pb.ModelInfo:
         tensor_parallel_size=info.tensor_parallel_size,
         max_num_seqs=info.max_num_seqs,
         num_kv_blocks=info.num_kv_blocks,
+        task=pb.MODEL_TASK_EMBED if info.task == "embed" else pb.MODEL_TASK_GENERATE,
+        embedding_size=info.embedding_size,
+        matryoshka=info.matryoshka,
+        matryoshka_dimensions=list(info.matryoshka_dimensions),
     )
+
+
+def check_embed_request(request: pb.EmbedRequest, info: ModelInfo, dimensions: int | None) -> None:
+    n = len(request.inputs)
+    if not 1 <= n <= MAX_EMBED_INPUTS:
+        raise ValueError(f"inputs must hold 1 to {MAX_EMBED_INPUTS} inputs, got {n}")
+    if dimensions is None:
+        return
+    if not info.matryoshka:
+        raise ValueError("dimensions: this model's embeddings cannot be shortened (not a Matryoshka model)")
+    allowed = info.matryoshka_dimensions
+    if allowed and dimensions not in allowed:
+        raise ValueError(f"dimensions must be one of {list(allowed)}, got {dimensions}")
+    if not 1 <= dimensions <= info.embedding_size:
+        raise ValueError(f"dimensions must be in [1, {info.embedding_size}], got {dimensions}")
+
+
+def embed_response(vectors: list[list[float]], prompts: list[list[int]], dimensions: int | None):
+    """The vectors, shortened to `dimensions` and renormalised (Matryoshka), with token counts."""
+    out = pb.EmbedResponse(prompt_tokens=sum(len(p) for p in prompts))
+    for vector, prompt in zip(vectors, prompts, strict=True):
+        if dimensions is not None:
+            vector = vector[:dimensions]
+            norm = sum(v * v for v in vector) ** 0.5
+            vector = [v / norm for v in vector] if norm > 0 else vector
+        out.embeddings.append(pb.Embedding(values=vector, num_tokens=len(prompt)))
+    return out
 
 
 def server_info_to_pb(stats: EngineStats, generation_tokens_per_s: float, draining: bool) -> pb.ServerInfo:

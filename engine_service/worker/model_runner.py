@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from engine_service.core.model_config import ModelConfig
+from engine_service.core.pooling import PoolingConfig
 from engine_service.core.scheduler import SchedulerOutput
 from engine_service.core.sequence import PLACEHOLDER
 from engine_service.layers.attention import AttentionMetadata
@@ -22,6 +23,7 @@ from engine_service.models.registry import model_class
 from engine_service.worker import host_copy, prompt_logprobs
 from engine_service.worker.block_table_rows import BlockTableRows
 from engine_service.worker.cuda_graphs import DecodeGraphs
+from engine_service.worker.pooler import Pooler
 from engine_service.worker.sampler import PendingSample, Sampler, SampleResult
 from engine_service.worker.weights import init_dummy_weights, load_weights
 
@@ -56,6 +58,7 @@ class ModelRunner:
         tp_rank: int = 0,
         tp_size: int = 1,
         pdl: bool = True,
+        pooling: PoolingConfig | None = None,
     ):
         if device.type == "cuda":  # one process serves one engine: the launch setting is the process's
             from engine_service.ops import triton_pdl
@@ -78,6 +81,7 @@ class ModelRunner:
             load_weights(self.model, model_config.path)
         self.model.eval()
         self.sampler = Sampler(device, model_config.eos_token_ids, seed)
+        self.pooler = Pooler(pooling) if pooling is not None else None  # an embedding model pools instead
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs: DecodeGraphs | None = None
         self.block_rows = BlockTableRows()
@@ -220,6 +224,8 @@ class ModelRunner:
             if fixup is not None:
                 fixup(input_ids)
             hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
+            if self.pooler is not None:
+                return self.pooler.launch(out, step.query_start, hidden)
             scored = self._score_prompts(out, step, hidden)
             if not items:
                 return PendingSample.empty(scored)
@@ -244,7 +250,10 @@ class ModelRunner:
 
     def forget(self, seq_ids) -> None:
         """Sequences that finished or were aborted: their block-table rows are free."""
+        seq_ids = list(seq_ids)
         self.block_rows.forget(seq_ids)
+        if self.pooler is not None:
+            self.pooler.forget(seq_ids)
 
     def _placeholder_fixup(self, step: _HostStep, seq_ids: list[str]):
         """A function that writes the previous launch's sampled ids over this step's placeholders, or None.

@@ -35,6 +35,8 @@ class SampleResult:
     logprobs: list[TokenLogprobs | None]
     # The step's scored prompt chunks (worker/prompt_logprobs.py), for requests that asked.
     prompt_logprobs: list[PromptLogprobsChunk] = field(default_factory=list)
+    # Embedding models: each sampling row's pooled vector, instead of a drawn token (worker/pooler.py).
+    pooled: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -204,6 +206,7 @@ class PendingSample:
     def __init__(self, tokens: torch.Tensor | None, raw_logprobs: torch.Tensor | None, num_logprobs: list):
         self.tokens, self.raw_logprobs, self.num_logprobs = tokens, raw_logprobs, num_logprobs
         self.prompt_logprobs = None  # a PendingPromptLogprobs, set by the model runner when a step has any
+        self.pooled: torch.Tensor | None = None  # [B, H]: an embedding model's vectors (worker/pooler.py)
         self._host: torch.Tensor | None = None
         self._ready: torch.cuda.Event | None = None
         if tokens is not None and tokens.is_cuda:
@@ -230,7 +233,8 @@ class PendingSample:
         logprobs: list[TokenLogprobs | None] = [None] * len(token_list)
         if self.raw_logprobs is not None:
             logprobs = self._gather_logprobs(token_list)
-        return SampleResult(token_list, logprobs, scored)
+        pooled = self.pooled.tolist() if self.pooled is not None else []
+        return SampleResult(token_list, logprobs, scored, pooled)
 
     def _gather_logprobs(self, token_list: list[int]) -> list[TokenLogprobs | None]:
         logprobs, wanted = self.raw_logprobs, self.num_logprobs
