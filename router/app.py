@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from pagoda.telemetry.tracing import setup_tracing
-from router.api import chat, completions, responses, status, tokenize
+from router.api import chat, completions, embeddings, responses, status, tokenize
 from router.api.auth import OPEN_PATHS, ApiKeys
 from router.api.context import CONTEXT, KEY_ID, STARTED, TELEMETRY, RouterContext
 from router.api.limits import RequestLimits, StreamLimiter
@@ -100,6 +100,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             web.post("/v1/chat/completions", _counted(chat.chat_completions)),
             web.post("/v1/completions", _counted(completions.completions)),
             web.post("/v1/responses", _counted(responses.create_response)),
+            web.post("/v1/embeddings", _counted(embeddings.embeddings)),
             web.get("/v1/models", status.list_models),
             web.get("/v1/models/{model:.+}", status.get_model),
             web.post("/tokenize", tokenize.tokenize),

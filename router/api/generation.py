@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from pagoda.engine.v1 import engine_pb2
 from router import request_telemetry
 from router.api.sampling import Sampling
-from router.errors import OpenAIError
+from router.errors import OpenAIError, bad_request
 from router.metrics import RouterMetrics
 from router.upstream.dispatch import Dispatcher, EngineStream, EngineStreamError
 from router.upstream.model_card import ModelCard
@@ -53,6 +53,8 @@ class Generation:
     ) -> Generation:
         """Opens every prompt's engine stream; returns once each has its first message. `started` is the
         request's arrival (time.perf_counter()), for the time-to-first-token metric."""
+        if card.is_embedding:
+            raise bad_request(f"The model `{card.name}` is an embedding model: use /v1/embeddings.", "model")
         request_id = f"{id_prefix}-{uuid.uuid4().hex}"
         tel = request_telemetry.current()
         if tel is not None:

@@ -318,3 +318,8 @@ def test_router_metrics_append_the_engines(stack):
     assert n_bucket('"2.0"') - n_bucket('"1.0"') >= 1  # the n=2 request above
     assert f"pagoda:request_params_max_tokens_count{{{labels}}}" in text
     assert text.count("# TYPE process_cpu_seconds_total") <= 1  # the engine's process families are left out
+
+
+def test_embeddings_need_an_embedding_model(stack):
+    status, body = post_json(stack.url + "/v1/embeddings", {"model": MODEL, "input": "x"})
+    assert status == 400 and "not an embedding model" in body["error"]["message"]
