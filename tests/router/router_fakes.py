@@ -212,7 +212,10 @@ class _Abort(Exception):
 def _logprobs(token: int, k: int, rank: int = 0) -> engine_pb2.PositionLogprobs:
     top = [
         engine_pb2.TokenLogprob(
-            token_id=token + i, logprob=-0.25 * (i + 1), token=decode([token + i]), rank=i + 1
+            token_id=(token + i) % VOCAB,
+            logprob=-0.25 * (i + 1),
+            token=decode([(token + i) % VOCAB]),
+            rank=i + 1,
         )
         for i in range(k)
     ]
