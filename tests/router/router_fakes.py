@@ -50,6 +50,7 @@ def render_chat(chat: tokenizer_pb2.ChatInput) -> str:
 class ScriptedTokenizer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     def __init__(self) -> None:
         self.requests: list[tokenizer_pb2.EncodeRequest] = []
+        self.fim: tuple[str, str, str] | None = None  # the FIM tokens Info reports (their texts)
 
     async def Encode(self, request, context):
         self.requests.append(request)
@@ -69,8 +70,13 @@ class ScriptedTokenizer(tokenizer_pb2_grpc.TokenizerServiceServicer):
         return tokenizer_pb2.DecodeResponse(text=decode(request.token_ids, skip))
 
     async def Info(self, request, context):
+        fim = (
+            tokenizer_pb2.FimTokens(prefix=self.fim[0], suffix=self.fim[1], middle=self.fim[2])
+            if self.fim
+            else None
+        )
         return tokenizer_pb2.InfoResponse(
-            vocab_size=VOCAB, bos_token_id=BOS, eos_token_ids=[EOS], model_name="x"
+            vocab_size=VOCAB, bos_token_id=BOS, eos_token_ids=[EOS], model_name="x", fim=fim
         )
 
 
