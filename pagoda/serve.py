@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tensor-parallel-size", type=int, default=1, help="GPUs per engine (each engine splits the model)"
     )
     p.add_argument("--api-key", action="append", default=[], help="require this API key (repeatable)")
+    p.add_argument(
+        "--embedding-model",
+        default=None,
+        help="also serve this embedding model (a sentence-transformers decoder folder) on /v1/embeddings, "
+        "with one more engine",
+    )
     p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for every engine")
     args = p.parse_args(argv)
     if args.engines is not None and args.engines < 1:
@@ -134,9 +140,16 @@ def router_health(url: str) -> dict | None:
 
 
 class Stack:
-    def __init__(self, model: str, name: str, args: argparse.Namespace):
+    def __init__(
+        self, model: str, name: str, args: argparse.Namespace, embedding: tuple[str, str] | None = None
+    ):
+        """`embedding`: (folder, served name) of an embedding model to serve beside, on an engine of its own
+        on the CPU (a GPU's memory belongs to the generation engines); the router routes by model name."""
         num_gpus = count_gpus() if args.device != "cpu" else 0
         plan = plan_engines(args.device, args.engines, num_gpus, args.tensor_parallel_size)
+        models = [(model, name)] * len(plan)
+        if embedding is not None:
+            plan, models = [*plan, ("cpu", {})], [*models, embedding]
         tokenizer_port = free_port()
         engine_ports = [free_port() for _ in plan]
         # Each engine serves its metrics on loopback; the router appends them to its own /metrics.
@@ -161,9 +174,9 @@ class Stack:
                 [
                     "engine",
                     "--model",
-                    model,
+                    engine_model,
                     "--served-model-name",
-                    name,
+                    engine_name,
                     "--device",
                     device,
                     "--host",
@@ -177,8 +190,8 @@ class Stack:
                 ],
                 env,
             )
-            for i, ((device, env), port, metrics_port) in enumerate(
-                zip(plan, engine_ports, metrics_ports, strict=True)
+            for i, ((device, env), port, metrics_port, (engine_model, engine_name)) in enumerate(
+                zip(plan, engine_ports, metrics_ports, models, strict=True)
             )
         ]
         engine_flags = [flag for port in engine_ports for flag in ("--engine", f"127.0.0.1:{port}")]
@@ -262,7 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stack = Stack(model, name, args)
+    embedding = None
+    if args.embedding_model:
+        try:
+            embedding = (str(resolve_model(args.embedding_model)), served_model_name(args.embedding_model))
+        except ModelNotFoundError as err:
+            print(f"pagoda serve: {err}", file=sys.stderr)
+            return 2
+    stack = Stack(model, name, args, embedding)
     try:
         if not stack.wait_ready(args.startup_timeout, stop):
             return 0 if stop.is_set() else 1

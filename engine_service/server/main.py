@@ -64,6 +64,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--load-format", choices=("auto", "dummy"), default="auto", help="dummy: random weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--runner",
+        choices=("auto", "generate", "pooling"),
+        default="auto",
+        help="what to serve: generation, or embeddings (pooling: one prefill per input, the Embed RPC); "
+        "auto: embeddings for a sentence-transformers folder or a bare ...Model architecture",
+    )
+    p.add_argument(
         "--max-waiting",
         type=int,
         default=1024,
@@ -140,6 +147,7 @@ def build_config(args: argparse.Namespace):
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,
         pdl=args.pdl,
+        runner=args.runner,
     )
     return EngineServiceConfig(
         engine=engine,
