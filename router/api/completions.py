@@ -11,6 +11,7 @@ their fields to each choice.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -33,10 +34,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
     req = parse_completion(await read_json(request))
     card = ctx.registry.resolve(req.model)
     prompts = await asyncio.gather(*(_token_ids(ctx, card, req, p, i) for i, p in enumerate(req.prompts)))
-    for ids in prompts:
-        req.sampling.check(len(ids), card, "prompt")
     longest = max(len(ids) for ids in prompts)
-    sampling = ctx.limits.apply(req.sampling, longest, card.max_model_len, "prompt")
+    sampling = req.sampling
+    if req.default_max_tokens:  # OpenAI's default of 16, as much of it as fits
+        sampling = replace(
+            sampling, max_tokens=max(1, min(sampling.max_tokens, card.max_model_len - longest))
+        )
+    for ids in prompts:
+        sampling.check(len(ids), card, "prompt")
+    sampling = ctx.limits.apply(sampling, longest, card.max_model_len, "prompt")
     echo = await _Echo.make(ctx, req, prompts) if req.echo else None
     gen = await Generation.open(
         ctx.dispatcher,

@@ -17,6 +17,8 @@ from router.api.validation import opt_bool, opt_dict, opt_int, opt_str, reject_u
 from router.errors import bad_request, unsupported
 
 MAX_PROMPTS = 256
+# OpenAI's (and vLLM's) default max_tokens for legacy completions; chat's is whatever fits.
+DEFAULT_COMPLETION_MAX_TOKENS = 16
 MAX_CACHE_SALT = 1024
 
 _COMMON = SAMPLING_FIELDS | {
@@ -131,6 +133,7 @@ class CompletionRequest:
     suffix: str = ""  # text after the gap, for fill-in-the-middle models
     prompt_logprobs: int | None = None  # vLLM's field, as asked
     return_token_ids: bool = False
+    default_max_tokens: bool = False  # max_tokens not given: 16, or what fits of it
 
 
 def parse_chat(body: object) -> ChatRequest:
@@ -199,6 +202,9 @@ def parse_completion(body: object) -> CompletionRequest:
     _check_fields(body, _COMPLETION_FIELDS)
     echo = opt_bool(body, "echo")
     max_tokens = opt_int(body, "max_tokens", lo=0)
+    default_max_tokens = max_tokens is None
+    if default_max_tokens:
+        max_tokens = DEFAULT_COMPLETION_MAX_TOKENS
     if max_tokens == 0 and not echo:
         raise bad_request("'max_tokens' must be >= 1 (0 only with 'echo': the prompt alone).", "max_tokens")
     logprobs = opt_int(body, "logprobs", lo=0, hi=MAX_LOGPROBS)
@@ -237,6 +243,7 @@ def parse_completion(body: object) -> CompletionRequest:
         suffix=suffix,
         prompt_logprobs=prompt_logprobs,
         return_token_ids=opt_bool(body, "return_token_ids"),
+        default_max_tokens=default_max_tokens,
     )
 
 
