@@ -241,7 +241,8 @@ class Engine:
             packed = self._build_updates(sampling, result, finished)
         else:  # the sequences of an earlier step whose updates were all plain, none finished since
             packed = steady.packed(result.token_ids)
-        self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
+        if not result.pooled:  # an embedding generates nothing
+            self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
         self.executor.forget(seq.seq_id for seq in finished)
         if self._prompt_logprobs:
             self._prompt_logprobs.forget(seq.seq_id for seq in finished)
@@ -309,11 +310,19 @@ class Engine:
                 continue
             seq.first_token_time = now
             num_cached = max(seq.num_cached_tokens, 0)
-            update = SequenceUpdate(
-                seq.request_id, seq.index, [], None, "length", None, seq.num_prompt_tokens, num_cached
+            packed.other.append(
+                SequenceUpdate(
+                    seq.request_id,
+                    seq.index,
+                    [],
+                    None,
+                    "length",
+                    None,
+                    seq.num_prompt_tokens,
+                    num_cached,
+                    embedding=vector,
+                )
             )
-            update.embedding = vector
-            packed.other.append(update)
         self._steady = None
         return packed
 
