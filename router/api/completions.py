@@ -81,8 +81,9 @@ async def _token_ids(ctx: RouterContext, card: ModelCard, req: CompletionRequest
 
 
 class _Echo:
-    """Each prompt as echoed: its text (as given, or decoded from token ids), and with logprobs the text of
-    its first token on its own (the engine's prompt logprobs start at the second)."""
+    """Each prompt as echoed: its text (as given, or decoded from token ids, special tokens kept: as vLLM),
+    and with logprobs the text of its first token on its own (the engine's prompt logprobs start at the
+    second)."""
 
     def __init__(self, texts: list[str], first_tokens: list[str] | None):
         self.texts = texts
@@ -93,7 +94,7 @@ class _Echo:
         async def text(prompt: str | list[int], ids) -> str:
             if isinstance(prompt, str):
                 return prompt
-            return await ctx.tokenizer.decode(ids, req.sampling.skip_special_tokens)
+            return await ctx.tokenizer.decode(ids, False)  # the prompt as it was, its special tokens too
 
         texts = asyncio.gather(*(text(p, ids) for p, ids in zip(req.prompts, prompts, strict=True)))
         if req.logprobs is None:
