@@ -103,10 +103,10 @@ async def _stream(request: web.Request, req: ChatRequest, gen: Generation, promp
         for i in range(gen.num_choices)
     )
 
-    def content(i: int, msg) -> str:
+    def content(i: int, msg, finish_reason: str) -> str:
         lp = dumps({"content": chat_logprobs(msg.logprobs)}) if req.logprobs else "null"
         ids = f',"token_ids":{dumps(list(msg.token_ids))}' if req.return_token_ids else ""
-        return _delta(i, f'"content":{json_str(msg.text)}', lp, extra=ids)
+        return _delta(i, f'"content":{json_str(msg.text)}', lp, finish_reason, extra=ids)
 
     return await stream_choices(
         request,

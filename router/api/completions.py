@@ -213,9 +213,9 @@ async def _stream(
             opening += chunks.choice(_choice(i, echo.texts[p], lp, extra=_prompt_ids(req, prompts[p])))
     first = [not echo] * gen.num_choices  # whether the choice's prompt ids are still to be sent
 
-    def content(i: int, msg) -> list[str]:
+    def content(i: int, msg, finish_reason: str) -> str | None:
         if req.prompt_only:
-            return []
+            return None
         lp = "null"
         if logprobs is not None:
             logprobs[i].add(msg.logprobs)
@@ -226,7 +226,7 @@ async def _stream(
             extra = _prompt_ids(req, prompts[i // gen.n]) if first[i] else ""
             extra += f',"token_ids":{dumps(list(msg.token_ids))}'
         first[i] = False
-        return [_choice(i, msg.text, lp, extra=extra)]
+        return _choice(i, msg.text, lp, finish_reason, extra=extra)
 
     return await stream_choices(
         request,
@@ -237,6 +237,7 @@ async def _stream(
         finish=lambda i, reason: _choice(i, "", "null", '"length"' if req.prompt_only else reason),
         opening=opening,
         prompt_tokens=[len(ids) for ids in prompts] if req.continuous_usage else None,
+        finish_with_content=True,
     )
 
 
