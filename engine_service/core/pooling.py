@@ -55,7 +55,10 @@ def resolve_task(runner: str, folder: str | Path, architecture: str) -> str:
     return "embed" if st_pooling or architecture.endswith("Model") else "generate"
 
 
-def pooling_config(folder: str | Path, hf_config: dict) -> PoolingConfig:
+def pooling_config(
+    folder: str | Path, is_matryoshka: bool = False, matryoshka_dimensions: tuple[int, ...] = ()
+) -> PoolingConfig:
+    """How the model in `folder` pools; the Matryoshka keys come from its config.json (ModelConfig)."""
     folder = Path(folder)
     method, normalize = "last", True
     module = _pooling_module(folder)
@@ -69,8 +72,8 @@ def pooling_config(folder: str | Path, hf_config: dict) -> PoolingConfig:
             )
         modules = _read_json(folder / "modules.json")
         normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
-    dims = tuple(int(d) for d in hf_config.get("matryoshka_dimensions") or ())
-    return PoolingConfig(method, normalize, bool(hf_config.get("is_matryoshka")) or bool(dims), dims)
+    dims = tuple(matryoshka_dimensions)
+    return PoolingConfig(method, normalize, is_matryoshka or bool(dims), dims)
 
 
 def _pooling_module(folder: Path) -> str | None:

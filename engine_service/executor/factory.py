@@ -38,7 +38,7 @@ def make_executor(
         raise ValueError("embedding models run at tensor_parallel_size 1 (pooling is not sharded yet)")
 
     spec = WorkerSpec(
-        model_path=model_config.path,
+        model=model_config,
         device=device.type,
         dtype=str(dtype).removeprefix("torch."),
         block_size=config.block_size,

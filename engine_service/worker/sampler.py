@@ -20,13 +20,10 @@ import torch
 from engine_service.core.outputs import TokenLogprobs
 from engine_service.core.prompt_logprobs import PromptLogprobsChunk
 from engine_service.core.sampling_params import SamplingParams
+from engine_service.core.sampling_spec import sampler_seed
 from engine_service.core.sequence import Sequence
 from engine_service.ops import dispatch
 from engine_service.worker import host_copy
-
-# Temperatures below this are greedy, as in vLLM: 1/T would blow the scores up to inf.
-_MIN_TEMPERATURE = 1e-5
-_SEED_MASK = 2**63 - 1
 
 
 @dataclass
@@ -98,7 +95,7 @@ class Sampler:
         always_processed = False
         for seq in seqs:
             params = seq.params
-            temperature = 0.0 if params.temperature < _MIN_TEMPERATURE else params.temperature
+            temperature = 0.0 if params.greedy else params.temperature
             temperatures.append(temperature)
             seeds.append(self._seed(seq))
             num_logprobs.append(params.logprobs)
@@ -116,11 +113,11 @@ class Sampler:
         )
 
     def _seed(self, seq: Sequence) -> int:
-        """63 bits: the request's seed + the sample's index, else one drawn once from the sampler's RNG."""
+        """63 bits: from the request's seed and the sample's index, else drawn once from the sampler's RNG."""
         seed = seq.sampling_seed
         if seed is None:
             if seq.params.seed is not None:
-                seed = (seq.params.seed + seq.index) & _SEED_MASK
+                seed = sampler_seed(seq.params.seed, seq.index)
             else:
                 seed = self._rng.getrandbits(63)
             seq.sampling_seed = seed

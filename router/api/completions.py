@@ -11,7 +11,6 @@ their fields to each choice.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 from aiohttp import web
 
@@ -22,6 +21,7 @@ from router.api.fim import fim_prompt
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.logprobs import CompletionLogprobs, cumulative_logprob, vllm_prompt_logprobs
 from router.api.openai_schema import CompletionRequest, parse_completion
+from router.api.sampling import check_model
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str
 from router.errors import OpenAIError, bad_request
@@ -37,13 +37,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
     longest = max(len(ids) for ids in prompts)
     sampling = req.sampling
     if req.default_max_tokens:  # OpenAI's default of 16, as much of it as fits
-        sampling = replace(
-            sampling, max_tokens=max(1, min(sampling.max_tokens, card.max_model_len - longest))
-        )
+        sampling = engine_pb2.SamplingParams()
+        sampling.CopyFrom(req.sampling)
+        sampling.max_tokens = max(1, min(sampling.max_tokens, card.max_model_len - longest))
     for ids in prompts:
-        sampling.check(len(ids), card, "prompt")
+        check_model(sampling, len(ids), card, "prompt")
     sampling = ctx.limits.apply(sampling, longest, card.max_model_len, "prompt")
-    echo = await _Echo.make(ctx, req, prompts) if req.echo else None
+    echo = await _Echo.make(ctx, card, req, prompts) if req.echo else None
     gen = await Generation.open(
         ctx.dispatcher,
         card,
@@ -65,8 +65,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def _token_ids(ctx: RouterContext, card: ModelCard, req: CompletionRequest, prompt, i: int):
     if isinstance(prompt, str):
-        text = await fim_prompt(ctx.tokenizer, prompt, req.suffix) if req.suffix else prompt
-        ids = (await ctx.tokenizer.encode_text(text)).token_ids
+        tokenizer = ctx.tokenizers.for_model(card.name)
+        text = await fim_prompt(tokenizer, prompt, req.suffix) if req.suffix else prompt
+        ids = (await tokenizer.encode_text(text)).token_ids
         if not ids:
             raise bad_request(f"'prompt' {i} encodes to no tokens.", "prompt")
         return ids
@@ -90,16 +91,18 @@ class _Echo:
         self.first_tokens = first_tokens
 
     @classmethod
-    async def make(cls, ctx: RouterContext, req: CompletionRequest, prompts) -> _Echo:
+    async def make(cls, ctx: RouterContext, card: ModelCard, req: CompletionRequest, prompts) -> _Echo:
+        tokenizer = ctx.tokenizers.for_model(card.name)
+
         async def text(prompt: str | list[int], ids) -> str:
             if isinstance(prompt, str):
                 return prompt
-            return await ctx.tokenizer.decode(ids, False)  # the prompt as it was, its special tokens too
+            return await tokenizer.decode(ids, False)  # the prompt as it was, its special tokens too
 
         texts = asyncio.gather(*(text(p, ids) for p, ids in zip(req.prompts, prompts, strict=True)))
         if req.logprobs is None:
             return cls(list(await texts), None)
-        firsts = asyncio.gather(*(ctx.tokenizer.decode(ids[:1], False) for ids in prompts))
+        firsts = asyncio.gather(*(tokenizer.decode(ids[:1], False) for ids in prompts))
         return cls(*(list(x) for x in await asyncio.gather(texts, firsts)))
 
     def logprobs(self, prompt: int, num_top: int, positions) -> CompletionLogprobs:
@@ -138,7 +141,7 @@ async def _collect(req: CompletionRequest, gen: Generation, prompts, echo: _Echo
     choices = []
     for p, ids in enumerate(prompts):
         positions = None
-        if req.sampling.prompt_logprobs is not None:
+        if req.sampling.HasField("prompt_logprobs"):
             positions = prompt_positions.get(p, [])
             if len(positions) != len(ids) - 1:  # never a silently short list
                 raise OpenAIError(502, "The engine sent no prompt logprobs.", type="server_error")

@@ -1,5 +1,5 @@
 """OpenAI request bodies -> validated request objects. Everything here is pure: no I/O, no model facts
-(those are checked in `Sampling.check` once the model is resolved).
+(those are checked in `sampling.check_model` once the model is resolved).
 
 Fields are checked against allow-lists: an argument we do not know is a 400, as on OpenAI's own API, and
 an argument we know but do not serve yet (`tools`, `functions`, non-text `response_format`...) is a 400
@@ -9,10 +9,12 @@ that says so; neither is ever silently ignored.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+from engine_service.core.sampling_params import MAX_N
+from pagoda.engine.v1 import engine_pb2
 from pagoda.tokenizer.v1 import tokenizer_pb2
-from router.api.sampling import MAX_LOGPROBS, MAX_N, SAMPLING_FIELDS, Sampling, parse_sampling
+from router.api.sampling import SAMPLING_BODY_FIELDS, parse_sampling, read_field, value_of
 from router.api.validation import opt_bool, opt_dict, opt_int, opt_str, reject_unknown, token_ids
 from router.errors import bad_request, unsupported
 
@@ -21,14 +23,13 @@ MAX_PROMPTS = 256
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 MAX_CACHE_SALT = 1024
 
-_COMMON = SAMPLING_FIELDS | {
+_COMMON = SAMPLING_BODY_FIELDS | {
     "model",
     "stream",
     "stream_options",
     "user",
     "cache_salt",
-    # vLLM's extensions: the prompt tokens' logprobs, and token ids beside the text.
-    "prompt_logprobs",
+    # vLLM's extension: token ids beside the text (prompt_logprobs, vLLM's too, is a sampling field).
     "return_token_ids",
 }
 
@@ -37,7 +38,7 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 # Known OpenAI fields we accept only in the value that asks for nothing we lack; a predicate says which.
 # Fields that change nothing about generation (metadata, service_tier, verbosity...) are accepted and
-# ignored; reasoning_effort is mapped onto the chat template's switch (see _template_kwargs).
+# ignored; reasoning_effort is mapped onto the chat template's switch (see template_kwargs).
 _NEUTRAL = {
     "tools": lambda v: not v,
     "functions": lambda v: not v,
@@ -100,7 +101,7 @@ Message = tokenizer_pb2.ChatMessage  # parsed straight into the tokenizer servic
 class ChatRequest:
     model: str
     messages: tuple[Message, ...]
-    sampling: Sampling
+    sampling: engine_pb2.SamplingParams  # what the engine is sent (unset fields: the engine's defaults)
     stream: bool
     include_usage: bool
     continuous_usage: bool  # stream_options.continuous_usage_stats: usage on every chunk
@@ -119,7 +120,8 @@ class ChatRequest:
 class CompletionRequest:
     model: str
     prompts: tuple[str | list[int], ...]  # each a text or token ids
-    sampling: Sampling  # what the engine is asked for (best_of samples; prompt logprobs for echo)
+    # What the engine is sent (best_of samples; prompt logprobs for echo; unset fields: the engine's defaults)
+    sampling: engine_pb2.SamplingParams
     stream: bool
     include_usage: bool
     echo: bool
@@ -140,12 +142,12 @@ def parse_chat(body: object) -> ChatRequest:
     body = _object(body)
     _check_fields(body, _CHAT_FIELDS)
     logprobs = opt_bool(body, "logprobs")
-    top = opt_int(body, "top_logprobs", lo=0, hi=MAX_LOGPROBS)
+    top = read_field(body, "logprobs", param="top_logprobs")
     if top is not None and not logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs' set to true.", "top_logprobs")
-    max_tokens = opt_int(body, "max_completion_tokens", lo=1)
+    max_tokens = read_field(body, "max_tokens", param="max_completion_tokens")
     if max_tokens is None:
-        max_tokens = opt_int(body, "max_tokens", lo=1)
+        max_tokens = read_field(body, "max_tokens")
     add_generation_prompt = opt_bool(body, "add_generation_prompt", default=True)
     continue_final = opt_bool(body, "continue_final_message")
     if add_generation_prompt and continue_final and "add_generation_prompt" in body:
@@ -156,10 +158,11 @@ def parse_chat(body: object) -> ChatRequest:
     kwargs = template_kwargs(opt_dict(body, "chat_template_kwargs"), body.get("reasoning_effort"))
     stream, include_usage, continuous = _stream(body)
     sampling = parse_sampling(body, max_tokens=max_tokens, logprobs=(top or 0) if logprobs else None)
+    _set_prompt_logprobs(sampling, _prompt_logprobs(body))
     return ChatRequest(
         model=_model(body),
         messages=_messages(body.get("messages")),
-        sampling=replace(sampling, prompt_logprobs=_prompt_logprobs(body)),
+        sampling=sampling,
         stream=stream,
         include_usage=include_usage,
         continuous_usage=continuous,
@@ -188,10 +191,27 @@ def template_kwargs(kwargs: dict | None, reasoning_effort: str | None) -> dict:
 
 def _prompt_logprobs(body: dict) -> int | None:
     """vLLM's prompt_logprobs; as vLLM, a stream carries none (0 with a stream is accepted, and moot)."""
-    k = opt_int(body, "prompt_logprobs", lo=0, hi=MAX_LOGPROBS)
+    k = read_field(body, "prompt_logprobs")
     if k and body.get("stream"):
         raise bad_request("'prompt_logprobs' is not available when 'stream' is true.", "prompt_logprobs")
     return None if body.get("stream") else k
+
+
+def _set_prompt_logprobs(sampling: engine_pb2.SamplingParams, k: int | None) -> None:
+    if k is not None:
+        sampling.prompt_logprobs = k
+
+
+def _completion_max_tokens(body: dict, echo: bool) -> int | None:
+    """max_tokens as completions take it: 0 is the prompt alone (with echo only); None: not given."""
+    value = body.get("max_tokens")
+    if value == 0 and not isinstance(value, bool):
+        if not echo:
+            raise bad_request(
+                "'max_tokens' must be >= 1 (0 only with 'echo': the prompt alone).", "max_tokens"
+            )
+        return 0
+    return read_field(body, "max_tokens")
 
 
 def parse_completion(body: object) -> CompletionRequest:
@@ -201,16 +221,14 @@ def parse_completion(body: object) -> CompletionRequest:
     body = _object(body)
     _check_fields(body, _COMPLETION_FIELDS)
     echo = opt_bool(body, "echo")
-    max_tokens = opt_int(body, "max_tokens", lo=0)
+    max_tokens = _completion_max_tokens(body, echo)
     default_max_tokens = max_tokens is None
     if default_max_tokens:
         max_tokens = DEFAULT_COMPLETION_MAX_TOKENS
-    if max_tokens == 0 and not echo:
-        raise bad_request("'max_tokens' must be >= 1 (0 only with 'echo': the prompt alone).", "max_tokens")
-    logprobs = opt_int(body, "logprobs", lo=0, hi=MAX_LOGPROBS)
+    logprobs = read_field(body, "logprobs")
     # max_tokens 0: the engine still samples one token with the prompt's last position; it is dropped.
-    sampling = parse_sampling(body, max_tokens=1 if max_tokens == 0 else max_tokens, logprobs=logprobs)
-    n = sampling.n
+    sampling = parse_sampling(body, max_tokens=max(max_tokens, 1), logprobs=logprobs)
+    n = value_of(sampling, "n")
     best_of = opt_int(body, "best_of", lo=1, hi=MAX_N) or n
     if best_of < n:
         raise bad_request(f"'best_of' ({best_of}) must be at least n ({n}).", "best_of")
@@ -221,15 +239,15 @@ def parse_completion(body: object) -> CompletionRequest:
     if suffix and echo:
         raise bad_request("'suffix' cannot be combined with 'echo'.", "suffix")
     prompt_logprobs = _prompt_logprobs(body)
-    engine_prompt_logprobs = max(
-        (k for k in (logprobs if echo else None, prompt_logprobs) if k is not None), default=None
-    )
+    asked = [k for k in (logprobs if echo else None, prompt_logprobs) if k is not None]
+    _set_prompt_logprobs(sampling, max(asked, default=None))
     if best_of > n:  # ranking reads each sample's logprobs
-        sampling = replace(sampling, n=best_of, logprobs=logprobs or 0)
+        sampling.n = best_of
+        sampling.logprobs = logprobs or 0
     return CompletionRequest(
         model=_model(body),
         prompts=_prompts(body.get("prompt")),
-        sampling=replace(sampling, prompt_logprobs=engine_prompt_logprobs),
+        sampling=sampling,
         stream=stream,
         include_usage=include_usage,
         echo=echo,

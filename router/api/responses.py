@@ -25,6 +25,7 @@ from router.api.body import read_json
 from router.api.context import CONTEXT, STARTED
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.responses_schema import ResponsesRequest, parse_responses
+from router.api.sampling import check_model
 from router.api.streaming import ClientGone, dumps, open_sse, write
 from router.upstream.dispatch import EngineStreamError
 
@@ -33,14 +34,14 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     req = parse_responses(await read_json(request))
     card = ctx.registry.resolve(req.model)
-    encoded = await ctx.tokenizer.encode_chat(
+    encoded = await ctx.tokenizers.for_model(card.name).encode_chat(
         req.messages,
         add_generation_prompt=True,
         continue_final_message=False,
         chat_template_kwargs_json=req.chat_template_kwargs_json,
     )
     prompt_len = len(encoded.token_ids)
-    req.sampling.check(prompt_len, card, "input")
+    check_model(req.sampling, prompt_len, card, "input")
     sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "input")
     gen = await Generation.open(
         ctx.dispatcher,

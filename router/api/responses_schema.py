@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from pagoda.engine.v1 import engine_pb2
 from router.api.openai_schema import REASONING_EFFORTS, Message, template_kwargs
-from router.api.sampling import Sampling, parse_sampling
-from router.api.validation import opt_bool, opt_dict, opt_int, opt_str, reject_unknown
+from router.api.sampling import parse_sampling, read_field, value_of
+from router.api.validation import opt_bool, opt_dict, opt_str, reject_unknown
 from router.errors import bad_request, unsupported
 
 MAX_INPUT_ITEMS = 2048
@@ -66,7 +67,7 @@ class ResponsesRequest:
     model: str
     messages: tuple[Message, ...]
     instructions: str | None
-    sampling: Sampling
+    sampling: engine_pb2.SamplingParams  # what the engine is sent (unset fields: the engine's defaults)
     stream: bool
     chat_template_kwargs_json: str
     metadata: dict
@@ -93,7 +94,8 @@ def parse_responses(body: object) -> ResponsesRequest:
     if instructions:
         messages = (Message(role="system", content=instructions), *messages)
     kwargs = template_kwargs(opt_dict(body, "chat_template_kwargs"), effort)
-    sampling = parse_sampling(body, max_tokens=opt_int(body, "max_output_tokens", lo=1), logprobs=None)
+    max_tokens = read_field(body, "max_tokens", param="max_output_tokens")
+    sampling = parse_sampling(body, max_tokens=max_tokens, logprobs=None)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required: the name of a served model (see GET /v1/models).", "model")
@@ -109,9 +111,9 @@ def parse_responses(body: object) -> ResponsesRequest:
         prompt_cache_key=opt_str(body, "prompt_cache_key"),
         reasoning_effort=effort,
         echo={
-            "temperature": sampling.temperature if sampling.temperature is not None else 1.0,
-            "top_p": sampling.top_p if sampling.top_p is not None else 1.0,
-            "max_output_tokens": sampling.max_tokens,
+            "temperature": value_of(sampling, "temperature"),
+            "top_p": value_of(sampling, "top_p"),
+            "max_output_tokens": max_tokens,
             "tool_choice": body.get("tool_choice") or "auto",
             "parallel_tool_calls": body.get("parallel_tool_calls", True),
             "service_tier": body.get("service_tier") or "default",
