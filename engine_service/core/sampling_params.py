@@ -7,8 +7,9 @@ has the field (temperature [0, 2], top_p (0, 1], penalties [-2, 2], n >= 1, logp
 [-100, 100], seed any signed 64-bit integer); the extensions (top_k, min_p, ...) take vLLM's meaning.
 
 An unset max_tokens means "as many as fit in the context" (max_model_len minus the prompt) offline, over
-gRPC and through the router alike: only the engine knows what fits (its context and its KV cache), so the
-default is the engine's. vLLM's offline default is 16 instead; pass max_tokens to bound a request.
+gRPC and through the router's chat alike: only the engine knows what fits (its context and its KV cache), so
+the default is the engine's. vLLM's offline default is 16 instead; pass max_tokens to bound a request. The
+router's legacy completions send 16 (or what fits of it) when the client gives none: OpenAI's default there.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ async def _collect(req: ChatRequest, gen: Generation, prompt_ids) -> dict:
     choices = [
         {
             "index": i,
-            "message": {"role": "assistant", "content": "".join(texts[i])},
+            "message": {"role": "assistant", "content": req.echo + "".join(texts[i])},
             "logprobs": {"content": logprobs[i]} if req.logprobs else None,
             "finish_reason": finish[i],
         }
@@ -97,10 +97,10 @@ async def _stream(request: web.Request, req: ChatRequest, gen: Generation, promp
     chunks = Chunks(gen.id, "chat.completion.chunk", gen.created, gen.model, req.include_usage)
     usage = running_usage(len(prompt_ids), 0) if req.continuous_usage else None
     # OpenAI opens every choice with the assistant role before any content (vLLM's return_token_ids: the
-    # prompt's ids ride on the opening).
+    # prompt's ids ride on the opening; vLLM's echo: the echoed assistant message is its content).
     prompt = f',"prompt_token_ids":{dumps(list(prompt_ids))}' if req.return_token_ids else ""
     opening = b"".join(
-        chunks.choice(_delta(i, '"role":"assistant","content":""', extra=prompt), usage)
+        chunks.choice(_delta(i, f'"role":"assistant","content":{json_str(req.echo)}', extra=prompt), usage)
         for i in range(gen.num_choices)
     )
 

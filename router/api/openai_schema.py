@@ -71,6 +71,7 @@ _CHAT_FIELDS = (
         "prompt_cache_key",
         "prompt_cache_retention",
         "safety_identifier",
+        "echo",  # vLLM's: the final assistant message before the reply
     }
     | _NEUTRAL.keys()
 )
@@ -114,6 +115,9 @@ class ChatRequest:
     prompt_cache_key: str | None  # OpenAI's hint that requests share a prefix: a session key for routing
     cache_salt: str
     return_token_ids: bool = False  # vLLM's: prompt_token_ids on the response, token_ids on each choice
+    # vLLM's echo: the final message's text when it is the assistant's (the reply continues it), put before
+    # each choice's content; "" otherwise.
+    echo: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +163,11 @@ def parse_chat(body: object) -> ChatRequest:
     stream, include_usage, continuous = _stream(body)
     sampling = parse_sampling(body, max_tokens=max_tokens, logprobs=(top or 0) if logprobs else None)
     _set_prompt_logprobs(sampling, _prompt_logprobs(body))
+    messages = _messages(body.get("messages"))
+    echo = opt_bool(body, "echo") and messages[-1].role == "assistant"
     return ChatRequest(
         model=_model(body),
-        messages=_messages(body.get("messages")),
+        messages=messages,
         sampling=sampling,
         stream=stream,
         include_usage=include_usage,
@@ -175,6 +181,7 @@ def parse_chat(body: object) -> ChatRequest:
         prompt_cache_key=opt_str(body, "prompt_cache_key"),
         cache_salt=_cache_salt(body),
         return_token_ids=opt_bool(body, "return_token_ids"),
+        echo=messages[-1].content if echo else "",
     )
 
 

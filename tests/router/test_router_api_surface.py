@@ -94,3 +94,22 @@ async def test_continuous_usage_needs_include_usage(stack):
         stream_options={"continuous_usage_stats": True},
     )
     assert all(c.usage is None for c in [c async for c in stream])
+
+
+async def test_chat_echo_puts_the_final_assistant_message_first(stack):
+    """vLLM's chat `echo`: the assistant message the reply continues comes before each choice's content,
+    streamed (on the opening chunk) and not; a final user message is never echoed."""
+    client = stack.client()
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "An apple a day"}]
+    flags = {"continue_final_message": True, "add_generation_prompt": False}
+    kw = dict(model="scripted", messages=messages, max_tokens=2)
+    plain = await client.chat.completions.create(**kw, extra_body=flags)
+    echoed = await client.chat.completions.create(**kw, extra_body={**flags, "echo": True})
+    assert echoed.choices[0].message.content == "An apple a day" + plain.choices[0].message.content
+    stream = await client.chat.completions.create(**kw, extra_body={**flags, "echo": True}, stream=True)
+    streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert streamed == echoed.choices[0].message.content
+    kw["messages"] = messages[:1]
+    user_last = await client.chat.completions.create(**kw, extra_body={"echo": True})
+    no_echo = await client.chat.completions.create(**kw)
+    assert user_last.choices[0].message.content == no_echo.choices[0].message.content
