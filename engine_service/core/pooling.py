@@ -3,7 +3,8 @@
 An engine runs as an embedding model (task "embed") when asked (`EngineConfig.runner = "pooling"`) or, with
 `runner = "auto"`, when the folder is a sentence-transformers model (modules.json with a Pooling module, as
 Qwen3-Embedding and gte-Qwen2 ship) or its architecture is a bare decoder (`...Model`, as e5-mistral's
-MistralModel). Its requests run one prefill each: the final norm's hidden states of the prompt are pooled
+MistralModel: recognised, but its architecture is not in the model registry yet, so ModelConfig refuses
+it). Its requests run one prefill each: the final norm's hidden states of the prompt are pooled
 and L2-normalised, and the sequence ends there (its KV blocks are freed at once).
 
     pooling (1_Pooling/config.json)   what it takes

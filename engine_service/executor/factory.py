@@ -32,6 +32,7 @@ def make_executor(
             config.seed,
             pdl=config.pdl,
             pooling=pooling,
+            kv_cache_dtype=config.kv_cache_dtype,
         )
         return UniProcExecutor(runner)
     if pooling is not None:
@@ -47,5 +48,6 @@ def make_executor(
         tp_size=config.tensor_parallel_size,
         custom_all_reduce=config.custom_all_reduce,
         pdl=config.pdl,
+        kv_cache_dtype=config.kv_cache_dtype,
     )
     return MultiProcExecutor(spec, model_config)
