@@ -28,6 +28,12 @@ def sampling_params_from_pb(p: pb.SamplingParams) -> SamplingParams:
     return SamplingParams.from_pb(p)
 
 
+def check_generates(info) -> None:
+    """Generate and Multiplex need a generating engine (an embedding model's answers Embed only)."""
+    if info.task == "embed":
+        raise ValueError("this engine serves an embedding model: call Embed, not Generate")
+
+
 def check_request_id(request_id: str) -> None:
     if len(request_id) > MAX_REQUEST_ID_LEN:
         raise ValueError(f"request_id must be at most {MAX_REQUEST_ID_LEN} characters, got {len(request_id)}")
@@ -49,7 +55,16 @@ class TokenTexts:
 
 
 def delta_to_pb(d: SampleDelta, token_text: TokenTexts) -> pb.GenerateResponse:
-    msg = pb.GenerateResponse(index=d.index, token_ids=d.token_ids, text=d.text)
+    return fill_response(pb.GenerateResponse(), d, token_text)
+
+
+def fill_response(msg: pb.GenerateResponse, d: SampleDelta, token_text: TokenTexts) -> pb.GenerateResponse:
+    """Sets an empty GenerateResponse (a new one, or one inside a MultiplexResponse) from a delta."""
+    if d.index:
+        msg.index = d.index
+    msg.token_ids.extend(d.token_ids)
+    if d.text:
+        msg.text = d.text
     if d.logprobs:
         msg.logprobs.extend(_position_logprobs(lp, token_text) for lp in d.logprobs)
     if d.prompt_logprobs:

@@ -50,7 +50,7 @@ async def stream_choices(
                 num_tokens[i] += 0 if gen.hide_completion else len(msg.token_ids)
                 reason = f'"{FINISH_REASONS[msg.finish_reason]}"' if msg.finish_reason else "null"
                 body = None
-                if msg.token_ids or msg.text:  # a message can carry tokens whose text is held back
+                if msg.text or msg.token_ids:  # a message can carry tokens whose text is held back
                     body = content(i, msg, reason if finish_with_content else "null")
                     out = b"" if body is None else chunks.choice(body, usage(i))
                 if msg.finish_reason and (body is None or not finish_with_content):

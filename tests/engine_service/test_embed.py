@@ -77,6 +77,11 @@ def test_embed_matches_transformers(tmp_path, tiny_chat_model_dir, pooling):
         with pytest.raises(grpc.RpcError) as err:
             list(server.stub.Generate(pb.GenerateRequest(text="hi")))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Embed" in err.value.details()
+        start = pb.MultiplexRequest(handle=7, generate=pb.GenerateRequest(text="hi"))
+        # the generation fails; the call ends when its requests did and every generation ended
+        (failed,) = [m for r in server.stub.Multiplex(iter([start])) for m in r.messages]
+        assert failed.handle == 7 and failed.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "Embed" in failed.error_message
         assert server.stub.GetServerInfo(pb.GetServerInfoRequest()).num_free_blocks == 64  # nothing held
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpagoda/engine/v1/engine.proto\x12\x10pagoda.engine.v1\"\xc5\x05\n\x0eSamplingParams\x12\x0e\n\x01n\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x04\x88\x01\x01\x12\r\n\x05min_p\x18\x07 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x08 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\t \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\n \x01(\x02H\x05\x88\x01\x01\x12\x43\n\nlogit_bias\x18\x0b \x03(\x0b\x32/.pagoda.engine.v1.SamplingParams.LogitBiasEntry\x12\x11\n\x04seed\x18\x0c \x01(\x03H\x06\x88\x01\x01\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x16\n\x0estop_token_ids\x18\x0e \x03(\r\x12\x0c\n\x04stop\x18\x0f \x03(\t\x12\"\n\x1ainclude_stop_str_in_output\x18\x10 \x01(\x08\x12 \n\x13skip_special_tokens\x18\x11 \x01(\x08H\x07\x88\x01\x01\x12\x15\n\x08logprobs\x18\x12 \x01(\rH\x08\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x13 \x01(\rH\t\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x04\n\x02_nB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x16\n\x14_skip_special_tokensB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xc6\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x36\n\x10prompt_token_ids\x18\x02 \x01(\x0b\x32\x1a.pagoda.engine.v1.TokenIdsH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x39\n\x0fsampling_params\x18\x04 \x01(\x0b\x32 .pagoda.engine.v1.SamplingParams\x12\x12\n\ncache_salt\x18\x05 \x01(\tB\x08\n\x06prompt\"N\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05token\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\r\"p\n\x10PositionLogprobs\x12/\n\x07sampled\x18\x01 \x01(\x0b\x32\x1e.pagoda.engine.v1.TokenLogprob\x12+\n\x03top\x18\x02 \x03(\x0b\x32\x1e.pagoda.engine.v1.TokenLogprob\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"\xa9\x02\n\x10GenerateResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x34\n\x08logprobs\x18\x04 \x03(\x0b\x32\".pagoda.engine.v1.PositionLogprobs\x12\x35\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1e.pagoda.engine.v1.FinishReason\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12&\n\x05usage\x18\x07 \x01(\x0b\x32\x17.pagoda.engine.v1.Usage\x12;\n\x0fprompt_logprobs\x18\x08 \x03(\x0b\x32\".pagoda.engine.v1.PositionLogprobs\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\x86\x03\n\tModelInfo\x12\x19\n\x11served_model_name\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\x12\n\nblock_size\x18\x05 \x01(\r\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x15\n\reos_token_ids\x18\x07 \x03(\r\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x1c\n\x14tensor_parallel_size\x18\n \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x0b \x01(\r\x12\x15\n\rnum_kv_blocks\x18\x0c \x01(\r\x12)\n\x04task\x18\r \x01(\x0e\x32\x1b.pagoda.engine.v1.ModelTask\x12\x16\n\x0e\x65mbedding_size\x18\x0e \x01(\r\x12\x12\n\nmatryoshka\x18\x0f \x01(\x08\x12\x1d\n\x15matryoshka_dimensions\x18\x10 \x03(\r\"V\n\nEmbedInput\x12/\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x1a.pagoda.engine.v1.TokenIdsH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"\x8c\x01\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x06inputs\x18\x02 \x03(\x0b\x32\x1c.pagoda.engine.v1.EmbedInput\x12\x17\n\ndimensions\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x12\n\ncache_salt\x18\x04 \x01(\tB\r\n\x0b_dimensions\"/\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\"W\n\rEmbedResponse\x12/\n\nembeddings\x18\x01 \x03(\x0b\x32\x1b.pagoda.engine.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\"\x16\n\x14GetServerInfoRequest\"-\n\x16WatchServerInfoRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"\xe6\x01\n\nServerInfo\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x1d\n\x15prefix_cache_hit_rate\x18\x04 \x01(\x02\x12\x1f\n\x17generation_tokens_per_s\x18\x05 \x01(\x02\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x17\n\x0fnum_free_blocks\x18\x07 \x01(\r\x12\x18\n\x10num_total_blocks\x18\x08 \x01(\r\x12\x11\n\tnum_steps\x18\t \x01(\x04*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*V\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_TASK_GENERATE\x10\x01\x12\x14\n\x10MODEL_TASK_EMBED\x10\x02\x32\x80\x04\n\rEngineService\x12S\n\x08Generate\x12!.pagoda.engine.v1.GenerateRequest\x1a\".pagoda.engine.v1.GenerateResponse0\x01\x12H\n\x05\x41\x62ort\x12\x1e.pagoda.engine.v1.AbortRequest\x1a\x1f.pagoda.engine.v1.AbortResponse\x12R\n\x0cGetModelInfo\x12%.pagoda.engine.v1.GetModelInfoRequest\x1a\x1b.pagoda.engine.v1.ModelInfo\x12U\n\rGetServerInfo\x12&.pagoda.engine.v1.GetServerInfoRequest\x1a\x1c.pagoda.engine.v1.ServerInfo\x12[\n\x0fWatchServerInfo\x12(.pagoda.engine.v1.WatchServerInfoRequest\x1a\x1c.pagoda.engine.v1.ServerInfo0\x01\x12H\n\x05\x45mbed\x12\x1e.pagoda.engine.v1.EmbedRequest\x1a\x1f.pagoda.engine.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpagoda/engine/v1/engine.proto\x12\x10pagoda.engine.v1\"\xc5\x05\n\x0eSamplingParams\x12\x0e\n\x01n\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x04\x88\x01\x01\x12\r\n\x05min_p\x18\x07 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x08 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\t \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\n \x01(\x02H\x05\x88\x01\x01\x12\x43\n\nlogit_bias\x18\x0b \x03(\x0b\x32/.pagoda.engine.v1.SamplingParams.LogitBiasEntry\x12\x11\n\x04seed\x18\x0c \x01(\x03H\x06\x88\x01\x01\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x16\n\x0estop_token_ids\x18\x0e \x03(\r\x12\x0c\n\x04stop\x18\x0f \x03(\t\x12\"\n\x1ainclude_stop_str_in_output\x18\x10 \x01(\x08\x12 \n\x13skip_special_tokens\x18\x11 \x01(\x08H\x07\x88\x01\x01\x12\x15\n\x08logprobs\x18\x12 \x01(\rH\x08\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x13 \x01(\rH\t\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x04\n\x02_nB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x16\n\x14_skip_special_tokensB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xc6\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x36\n\x10prompt_token_ids\x18\x02 \x01(\x0b\x32\x1a.pagoda.engine.v1.TokenIdsH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x39\n\x0fsampling_params\x18\x04 \x01(\x0b\x32 .pagoda.engine.v1.SamplingParams\x12\x12\n\ncache_salt\x18\x05 \x01(\tB\x08\n\x06prompt\"N\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05token\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\r\"p\n\x10PositionLogprobs\x12/\n\x07sampled\x18\x01 \x01(\x0b\x32\x1e.pagoda.engine.v1.TokenLogprob\x12+\n\x03top\x18\x02 \x03(\x0b\x32\x1e.pagoda.engine.v1.TokenLogprob\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"\xa9\x02\n\x10GenerateResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x34\n\x08logprobs\x18\x04 \x03(\x0b\x32\".pagoda.engine.v1.PositionLogprobs\x12\x35\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1e.pagoda.engine.v1.FinishReason\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12&\n\x05usage\x18\x07 \x01(\x0b\x32\x17.pagoda.engine.v1.Usage\x12;\n\x0fprompt_logprobs\x18\x08 \x03(\x0b\x32\".pagoda.engine.v1.PositionLogprobs\"\xea\x01\n\x10MultiplexRequest\x12\x0e\n\x06handle\x18\x01 \x01(\x04\x12\x35\n\x08generate\x18\x02 \x01(\x0b\x32!.pagoda.engine.v1.GenerateRequestH\x00\x12\x10\n\x06\x63\x61ncel\x18\x03 \x01(\x08H\x00\x12\x42\n\x08metadata\x18\x04 \x03(\x0b\x32\x30.pagoda.engine.v1.MultiplexRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x61\x63tion\"\x85\x01\n\x12MultiplexedMessage\x12\x0e\n\x06handle\x18\x01 \x01(\x04\x12\x34\n\x08response\x18\x02 \x01(\x0b\x32\".pagoda.engine.v1.GenerateResponse\x12\x12\n\nerror_code\x18\x03 \x01(\r\x12\x15\n\rerror_message\x18\x04 \x01(\t\"K\n\x11MultiplexResponse\x12\x36\n\x08messages\x18\x01 \x03(\x0b\x32$.pagoda.engine.v1.MultiplexedMessage\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\x86\x03\n\tModelInfo\x12\x19\n\x11served_model_name\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\x12\n\nblock_size\x18\x05 \x01(\r\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x15\n\reos_token_ids\x18\x07 \x03(\r\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x1c\n\x14tensor_parallel_size\x18\n \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x0b \x01(\r\x12\x15\n\rnum_kv_blocks\x18\x0c \x01(\r\x12)\n\x04task\x18\r \x01(\x0e\x32\x1b.pagoda.engine.v1.ModelTask\x12\x16\n\x0e\x65mbedding_size\x18\x0e \x01(\r\x12\x12\n\nmatryoshka\x18\x0f \x01(\x08\x12\x1d\n\x15matryoshka_dimensions\x18\x10 \x03(\r\"V\n\nEmbedInput\x12/\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x1a.pagoda.engine.v1.TokenIdsH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"\x8c\x01\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x06inputs\x18\x02 \x03(\x0b\x32\x1c.pagoda.engine.v1.EmbedInput\x12\x17\n\ndimensions\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x12\n\ncache_salt\x18\x04 \x01(\tB\r\n\x0b_dimensions\"/\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\"W\n\rEmbedResponse\x12/\n\nembeddings\x18\x01 \x03(\x0b\x32\x1b.pagoda.engine.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\"\x16\n\x14GetServerInfoRequest\"-\n\x16WatchServerInfoRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"\xe6\x01\n\nServerInfo\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x1d\n\x15prefix_cache_hit_rate\x18\x04 \x01(\x02\x12\x1f\n\x17generation_tokens_per_s\x18\x05 \x01(\x02\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x17\n\x0fnum_free_blocks\x18\x07 \x01(\r\x12\x18\n\x10num_total_blocks\x18\x08 \x01(\r\x12\x11\n\tnum_steps\x18\t \x01(\x04*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*V\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_TASK_GENERATE\x10\x01\x12\x14\n\x10MODEL_TASK_EMBED\x10\x02\x32\xda\x04\n\rEngineService\x12S\n\x08Generate\x12!.pagoda.engine.v1.GenerateRequest\x1a\".pagoda.engine.v1.GenerateResponse0\x01\x12X\n\tMultiplex\x12\".pagoda.engine.v1.MultiplexRequest\x1a#.pagoda.engine.v1.MultiplexResponse(\x01\x30\x01\x12H\n\x05\x41\x62ort\x12\x1e.pagoda.engine.v1.AbortRequest\x1a\x1f.pagoda.engine.v1.AbortResponse\x12R\n\x0cGetModelInfo\x12%.pagoda.engine.v1.GetModelInfoRequest\x1a\x1b.pagoda.engine.v1.ModelInfo\x12U\n\rGetServerInfo\x12&.pagoda.engine.v1.GetServerInfoRequest\x1a\x1c.pagoda.engine.v1.ServerInfo\x12[\n\x0fWatchServerInfo\x12(.pagoda.engine.v1.WatchServerInfoRequest\x1a\x1c.pagoda.engine.v1.ServerInfo0\x01\x12H\n\x05\x45mbed\x12\x1e.pagoda.engine.v1.EmbedRequest\x1a\x1f.pagoda.engine.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2729
-  _globals['_FINISHREASON']._serialized_end=2849
-  _globals['_MODELTASK']._serialized_start=2851
-  _globals['_MODELTASK']._serialized_end=2937
+  _globals['_MULTIPLEXREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_MULTIPLEXREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=3179
+  _globals['_FINISHREASON']._serialized_end=3299
+  _globals['_MODELTASK']._serialized_start=3301
+  _globals['_MODELTASK']._serialized_end=3387
   _globals['_SAMPLINGPARAMS']._serialized_start=52
   _globals['_SAMPLINGPARAMS']._serialized_end=761
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=567
@@ -53,28 +55,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE']._serialized_end=1270
   _globals['_GENERATERESPONSE']._serialized_start=1273
   _globals['_GENERATERESPONSE']._serialized_end=1570
-  _globals['_ABORTREQUEST']._serialized_start=1572
-  _globals['_ABORTREQUEST']._serialized_end=1606
-  _globals['_ABORTRESPONSE']._serialized_start=1608
-  _globals['_ABORTRESPONSE']._serialized_end=1638
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1640
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1661
-  _globals['_MODELINFO']._serialized_start=1664
-  _globals['_MODELINFO']._serialized_end=2054
-  _globals['_EMBEDINPUT']._serialized_start=2056
-  _globals['_EMBEDINPUT']._serialized_end=2142
-  _globals['_EMBEDREQUEST']._serialized_start=2145
-  _globals['_EMBEDREQUEST']._serialized_end=2285
-  _globals['_EMBEDDING']._serialized_start=2287
-  _globals['_EMBEDDING']._serialized_end=2334
-  _globals['_EMBEDRESPONSE']._serialized_start=2336
-  _globals['_EMBEDRESPONSE']._serialized_end=2423
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=2425
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=2447
-  _globals['_WATCHSERVERINFOREQUEST']._serialized_start=2449
-  _globals['_WATCHSERVERINFOREQUEST']._serialized_end=2494
-  _globals['_SERVERINFO']._serialized_start=2497
-  _globals['_SERVERINFO']._serialized_end=2727
-  _globals['_ENGINESERVICE']._serialized_start=2940
-  _globals['_ENGINESERVICE']._serialized_end=3452
+  _globals['_MULTIPLEXREQUEST']._serialized_start=1573
+  _globals['_MULTIPLEXREQUEST']._serialized_end=1807
+  _globals['_MULTIPLEXREQUEST_METADATAENTRY']._serialized_start=1750
+  _globals['_MULTIPLEXREQUEST_METADATAENTRY']._serialized_end=1797
+  _globals['_MULTIPLEXEDMESSAGE']._serialized_start=1810
+  _globals['_MULTIPLEXEDMESSAGE']._serialized_end=1943
+  _globals['_MULTIPLEXRESPONSE']._serialized_start=1945
+  _globals['_MULTIPLEXRESPONSE']._serialized_end=2020
+  _globals['_ABORTREQUEST']._serialized_start=2022
+  _globals['_ABORTREQUEST']._serialized_end=2056
+  _globals['_ABORTRESPONSE']._serialized_start=2058
+  _globals['_ABORTRESPONSE']._serialized_end=2088
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2090
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2111
+  _globals['_MODELINFO']._serialized_start=2114
+  _globals['_MODELINFO']._serialized_end=2504
+  _globals['_EMBEDINPUT']._serialized_start=2506
+  _globals['_EMBEDINPUT']._serialized_end=2592
+  _globals['_EMBEDREQUEST']._serialized_start=2595
+  _globals['_EMBEDREQUEST']._serialized_end=2735
+  _globals['_EMBEDDING']._serialized_start=2737
+  _globals['_EMBEDDING']._serialized_end=2784
+  _globals['_EMBEDRESPONSE']._serialized_start=2786
+  _globals['_EMBEDRESPONSE']._serialized_end=2873
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=2875
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=2897
+  _globals['_WATCHSERVERINFOREQUEST']._serialized_start=2899
+  _globals['_WATCHSERVERINFOREQUEST']._serialized_end=2944
+  _globals['_SERVERINFO']._serialized_start=2947
+  _globals['_SERVERINFO']._serialized_end=3177
+  _globals['_ENGINESERVICE']._serialized_start=3390
+  _globals['_ENGINESERVICE']._serialized_end=3992
 # @@protoc_insertion_point(module_scope)
