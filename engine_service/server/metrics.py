@@ -111,7 +111,7 @@ class EngineMetrics:
             self.inference.observe(end - stream.first_scheduled_time)
         reason = stream.finish_reason if stream.finish_reason in self.num_finished else "abort"
         self.num_finished[reason] += 1
-        self.request_params_n.observe(stream.params_n)
+        self.request_params_n.observe(stream.num_sequences)
         self.request_params_max_tokens.observe(stream.params_max_tokens)
         usage = stream.usage
         if usage is not None:

@@ -15,13 +15,14 @@ import asyncio
 from aiohttp import web
 
 from pagoda.engine.v1 import engine_pb2
-from router.api.body import read_json
-from router.api.context import CONTEXT, STARTED, RouterContext
+from router.api.body import read_request
+from router.api.context import CONTEXT, KEY_ID, STARTED, RouterContext
 from router.api.fim import fim_prompt
 from router.api.generation import FINISH_REASONS, Generation
+from router.api.limits import ResponseBudget
 from router.api.logprobs import CompletionLogprobs, cumulative_logprob, vllm_prompt_logprobs
 from router.api.openai_schema import CompletionRequest, parse_completion
-from router.api.sampling import check_model
+from router.api.sampling import check_model, value_of
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str
 from router.errors import OpenAIError, bad_request
@@ -31,7 +32,9 @@ from router.upstream.model_card import ModelCard
 
 async def completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    req = parse_completion(await read_json(request))
+    req = await read_request(request, parse_completion)
+    n = value_of(req.sampling, "n")  # the engine's samples per prompt (best_of when it is larger)
+    ctx.limits.check_sequences(len(req.prompts), n)
     card = ctx.registry.resolve(req.model)
     prompts = await asyncio.gather(*(_token_ids(ctx, card, req, p, i) for i, p in enumerate(req.prompts)))
     longest = max(len(ids) for ids in prompts)
@@ -43,42 +46,59 @@ async def completions(request: web.Request) -> web.StreamResponse:
     for ids in prompts:
         check_model(sampling, len(ids), card, "prompt")
     sampling = ctx.limits.apply(sampling, longest, card.max_model_len, "prompt")
-    echo = await _Echo.make(ctx, card, req, prompts) if req.echo else None
-    gen = await Generation.open(
-        ctx.dispatcher,
-        card,
-        "cmpl",
-        prompts,
-        sampling,
-        started=request[STARTED],
-        cache_salt=ctx.cache_salt(request, req.cache_salt),
-        session_key=ctx.session_key(request, req.user),
-    )
-    gen.hide_completion = req.prompt_only
-    try:
-        if req.stream:
-            return await _stream(request, req, gen, prompts, echo)
-        return web.json_response(await _collect(req, gen, prompts, echo), dumps=dumps)
-    finally:
-        gen.close()
+    sequences = len(prompts) * n
+
+    def completion_len(prompt_len: int) -> int:  # at most: as asked, else as many as fit
+        return sampling.max_tokens if sampling.HasField("max_tokens") else card.max_model_len - prompt_len
+
+    if not req.stream:
+        ctx.limits.check_response(sequences, completion_len(min(len(ids) for ids in prompts)), sampling)
+    tokens = n * sum(len(ids) + completion_len(len(ids)) for ids in prompts)
+    with ctx.streams.hold(request.get(KEY_ID, ""), sequences, tokens):
+        echo = await _Echo.make(ctx, card, req, prompts) if req.echo else None
+        gen = await Generation.open(
+            ctx.dispatcher,
+            card,
+            "cmpl",
+            prompts,
+            sampling,
+            started=request[STARTED],
+            cache_salt=ctx.cache_salt(request, req.cache_salt),
+            session_key=ctx.session_key(request, req.user),
+        )
+        gen.hide_completion = req.prompt_only
+        try:
+            if req.stream:
+                return await _stream(request, req, gen, prompts, echo)
+            body = await _collect(req, gen, prompts, echo, ctx.limits.budget())
+            return web.json_response(body, dumps=dumps)
+        finally:
+            gen.close()
 
 
 async def _token_ids(ctx: RouterContext, card: ModelCard, req: CompletionRequest, prompt, i: int):
+    """A prompt's token ids, refused as soon as it cannot fit the context (a text prompt by the tokenizer,
+    from its length in bytes where that tells) or names ids outside the vocabulary. The completion's
+    length is checked once the default max_tokens is known (what fits of 16)."""
     if isinstance(prompt, str):
         tokenizer = ctx.tokenizers.for_model(card.name)
         text = await fim_prompt(tokenizer, prompt, req.suffix) if req.suffix else prompt
-        ids = (await tokenizer.encode_text(text)).token_ids
+        ids = (await tokenizer.encode_text(text, max_tokens=card.max_model_len - 1)).token_ids
         if not ids:
             raise bad_request(f"'prompt' {i} encodes to no tokens.", "prompt")
         return ids
     if req.suffix:
         raise bad_request("'suffix' needs text prompts (the gap's tokens are the model's own).", "suffix")
-    for t in prompt:
-        if t >= card.vocab_size:
-            raise bad_request(
-                f"'prompt' holds token id {t}, outside the vocabulary (size {card.vocab_size}).", "prompt"
-            )
+    check_model(_PROMPT_ONLY, len(prompt), card, "prompt")
+    top = max(prompt)
+    if top >= card.vocab_size:
+        raise bad_request(
+            f"'prompt' holds token id {top}, outside the vocabulary (size {card.vocab_size}).", "prompt"
+        )
     return prompt
+
+
+_PROMPT_ONLY = engine_pb2.SamplingParams()  # check_model's context check of a prompt alone
 
 
 class _Echo:
@@ -123,11 +143,17 @@ class _Sample:
         self.finish_reason: str | None = None
 
 
-async def _collect(req: CompletionRequest, gen: Generation, prompts, echo: _Echo | None) -> dict:
+async def _collect(
+    req: CompletionRequest, gen: Generation, prompts, echo: _Echo | None, budget: ResponseBudget
+) -> dict:
     samples = [_Sample() for _ in range(gen.num_choices)]  # best_of per prompt
     prompt_positions: dict[int, list] = {}  # prompt index -> the engine's prompt logprobs
+    if echo:
+        budget.charge("".join(echo.texts) * req.n)
     try:
         async for i, msg in gen.messages():
+            budget.charge(msg.text, msg.logprobs)  # logprobs come only when asked for (or for best_of)
+            budget.charge("", msg.prompt_logprobs)
             s = samples[i]
             s.texts.append(msg.text)
             s.token_ids += msg.token_ids

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from pagoda.engine.v1 import engine_pb2
-from router.api.body import read_json
+from router.api.body import read_request
 from router.api.context import CONTEXT
 from router.api.streaming import dumps
 from router.api.validation import opt_int, opt_str, reject_unknown, token_ids
@@ -42,7 +42,7 @@ class EmbeddingsRequest:
 
 async def embeddings(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    req = parse_embeddings(await read_json(request))
+    req = await read_request(request, parse_embeddings)
     card = ctx.registry.resolve(req.model)
     _check_model(card, req)
     pb_request = engine_pb2.EmbedRequest(

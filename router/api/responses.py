@@ -21,8 +21,8 @@ import uuid
 
 from aiohttp import web
 
-from router.api.body import read_json
-from router.api.context import CONTEXT, STARTED
+from router.api.body import read_request
+from router.api.context import CONTEXT, KEY_ID, STARTED
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.responses_schema import ResponsesRequest, parse_responses
 from router.api.sampling import check_model
@@ -32,40 +32,44 @@ from router.upstream.dispatch import EngineStreamError
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    req = parse_responses(await read_json(request))
+    req = await read_request(request, parse_responses)
     card = ctx.registry.resolve(req.model)
     encoded = await ctx.tokenizers.for_model(card.name).encode_chat(
         req.messages,
         add_generation_prompt=True,
         continue_final_message=False,
         chat_template_kwargs_json=req.chat_template_kwargs_json,
+        max_tokens=card.max_model_len - 1,  # at least one token must fit after the prompt
     )
     prompt_len = len(encoded.token_ids)
     check_model(req.sampling, prompt_len, card, "input")
     sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "input")
-    gen = await Generation.open(
-        ctx.dispatcher,
-        card,
-        "resp",
-        [encoded.token_ids],
-        sampling,
-        started=request[STARTED],
-        session_key=ctx.session_key(request, req.prompt_cache_key, req.user),
-    )
-    try:
-        response = _Response(req, gen)
-        if req.stream:
-            return await _stream(request, response, gen)
-        text, finish = [], None
+    max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else card.max_model_len - prompt_len
+    with ctx.streams.hold(request.get(KEY_ID, ""), 1, prompt_len + max_tokens):
+        gen = await Generation.open(
+            ctx.dispatcher,
+            card,
+            "resp",
+            [encoded.token_ids],
+            sampling,
+            started=request[STARTED],
+            session_key=ctx.session_key(request, req.prompt_cache_key, req.user),
+        )
         try:
-            async for _, msg in gen.messages():
-                text.append(msg.text)
-                finish = FINISH_REASONS.get(msg.finish_reason, finish)
-        except EngineStreamError as err:
-            raise err.error from None
-        return web.json_response(response.body("".join(text), finish, gen.usage), dumps=dumps)
-    finally:
-        gen.close()
+            response = _Response(req, gen)
+            if req.stream:
+                return await _stream(request, response, gen)
+            text, finish, budget = [], None, ctx.limits.budget()
+            try:
+                async for _, msg in gen.messages():
+                    budget.charge(msg.text)
+                    text.append(msg.text)
+                    finish = FINISH_REASONS.get(msg.finish_reason, finish)
+            except EngineStreamError as err:
+                raise err.error from None
+            return web.json_response(response.body("".join(text), finish, gen.usage), dumps=dumps)
+        finally:
+            gen.close()
 
 
 class _Response:
