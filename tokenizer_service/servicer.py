@@ -220,4 +220,7 @@ def info_to_pb(info: TokenizerInfo) -> pb.InfoResponse:
         model_max_length=info.model_max_length,
         model_name=info.model_name,
         chat_template=info.chat_template,
+        fim=pb.FimTokens(prefix=info.fim_tokens[0], suffix=info.fim_tokens[1], middle=info.fim_tokens[2])
+        if info.fim_tokens
+        else None,
     )

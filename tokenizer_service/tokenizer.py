@@ -20,6 +20,15 @@ from tokenizer_service import tools as tools_mod
 # transformers' "no limit" sentinel for model_max_length is about 1e30; anything past 2^32 is that.
 _NO_LIMIT = 2**32
 
+# Fill-in-the-middle token sets (prefix, suffix, middle) of the model families that have them, in PSM
+# order: StarCoder / SantaCoder, Qwen2.5-Coder, DeepSeek-Coder. Each is an added token, so its text
+# encodes to it wherever it stands. (CodeLlama's ▁<PRE>-style tokens need spacing rules of their own.)
+FIM_FAMILIES = (
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
+)
+
 
 class InvalidInput(ValueError):
     """The request is wrong; the message starts with the field at fault."""
@@ -68,6 +77,7 @@ class TokenizerInfo:
     model_max_length: int  # 0 when unknown
     model_name: str
     chat_template: str = ""  # the model's own, for routers to pick output parsers from
+    fim_tokens: tuple[str, str, str] | None = None  # (prefix, suffix, middle); None: no full set
 
 
 def load_hf_tokenizer(model_dir: Path):
@@ -204,7 +214,13 @@ class ModelTokenizer:
             model_max_length=int(max_len),
             model_name=model_name,
             chat_template=self.template_text,
+            fim_tokens=self.fim_tokens(),
         )
+
+    def fim_tokens(self) -> tuple[str, str, str] | None:
+        """The first family of FIM_FAMILIES whose three tokens are all in the vocabulary."""
+        vocab = self.hf.get_vocab()
+        return next((family for family in FIM_FAMILIES if all(t in vocab for t in family)), None)
 
 
 def _read_json(path: Path) -> dict:

@@ -10,11 +10,11 @@ from router.api.chat_output import ChoiceOutput, Piece
 from router.api.context import CONTEXT, KEY_ID, STARTED, RouterContext
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.limits import ResponseBudget
-from router.api.logprobs import chat_logprobs
+from router.api.logprobs import chat_logprobs, vllm_prompt_logprobs
 from router.api.openai_schema import ChatRequest, parse_chat
 from router.api.sampling import check_model, value_of
 from router.api.stream_choices import stream_choices
-from router.api.streaming import Chunks, dumps, json_str
+from router.api.streaming import Chunks, dumps, json_str, running_usage
 from router.api.structured_outputs import Constraint, client_error
 from router.errors import OpenAIError, bad_request
 from router.upstream.dispatch import EngineStreamError
@@ -72,8 +72,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise client_error(err, constraint) from None
         try:
             if req.stream:
-                return await _stream(request, req, gen, outputs)
-            return web.json_response(await _collect(req, gen, outputs, ctx.limits.budget()), dumps=dumps)
+                return await _stream(request, req, gen, encoded.token_ids, outputs)
+            body = await _collect(req, gen, encoded.token_ids, ctx.limits.budget(), outputs)
+            return web.json_response(body, dumps=dumps)
         finally:
             gen.close()
 
@@ -118,17 +119,24 @@ def _keeping_special_tokens(sampling: engine_pb2.SamplingParams) -> engine_pb2.S
 
 
 async def _collect(
-    req: ChatRequest, gen: Generation, outputs: list[ChoiceOutput], budget: ResponseBudget
+    req: ChatRequest, gen: Generation, prompt_ids, budget: ResponseBudget, outputs: list[ChoiceOutput]
 ) -> dict:
     texts: list[list[str]] = [[] for _ in range(gen.num_choices)]
+    token_ids: list[list[int]] = [[] for _ in range(gen.num_choices)]
     logprobs: list[list[dict]] = [[] for _ in range(gen.num_choices)]
     finish: list[str | None] = [None] * gen.num_choices
+    prompt_positions = []
+    budget.charge(req.echo * gen.num_choices)
     try:
         async for i, msg in gen.messages():
             budget.charge(msg.text, msg.logprobs if req.logprobs else ())
+            budget.charge("", msg.prompt_logprobs)  # vLLM's prompt_logprobs: on the first message
             texts[i].append(msg.text)
+            token_ids[i] += msg.token_ids
             if req.logprobs:
                 logprobs[i].extend(chat_logprobs(msg.logprobs))
+            if msg.prompt_logprobs:
+                prompt_positions = list(msg.prompt_logprobs)
             if msg.finish_reason:
                 finish[i] = FINISH_REASONS[msg.finish_reason]
     except EngineStreamError as err:
@@ -137,11 +145,13 @@ async def _collect(
     for i in range(gen.num_choices):
         message: dict = {"role": "assistant", "content": "".join(texts[i])}
         reason = finish[i]
-        if outputs:
+        if outputs:  # tool calls and reasoning parsed out of the text
             out = outputs[i]
             out.feed(message["content"])
             out.finish()
             message, reason = out.message(), out.finish_reason(reason)
+        if req.echo:
+            message["content"] = req.echo + (message.get("content") or "")
         choices.append(
             {
                 "index": i,
@@ -150,7 +160,10 @@ async def _collect(
                 "finish_reason": reason,
             }
         )
-    return {
+    if req.return_token_ids:  # vLLM's extension
+        for choice, ids in zip(choices, token_ids, strict=True):
+            choice["token_ids"] = ids
+    body = {
         "id": gen.id,
         "object": "chat.completion",
         "created": gen.created,
@@ -158,22 +171,32 @@ async def _collect(
         "choices": choices,
         "usage": gen.usage,
     }
+    if req.sampling.HasField("prompt_logprobs"):  # vLLM's extension
+        body["prompt_logprobs"] = vllm_prompt_logprobs(prompt_positions, req.sampling.prompt_logprobs)
+    if req.return_token_ids:
+        body["prompt_token_ids"] = list(prompt_ids)
+    return body
 
 
 async def _stream(
-    request: web.Request, req: ChatRequest, gen: Generation, outputs: list[ChoiceOutput]
+    request: web.Request, req: ChatRequest, gen: Generation, prompt_ids, outputs: list[ChoiceOutput]
 ) -> web.StreamResponse:
     chunks = Chunks(gen.id, "chat.completion.chunk", gen.created, gen.model, req.include_usage)
-    # OpenAI opens every choice with the assistant role before any content.
+    usage = running_usage(len(prompt_ids), 0) if req.continuous_usage else None
+    # OpenAI opens every choice with the assistant role before any content (vLLM's return_token_ids: the
+    # prompt's ids ride on the opening; vLLM's echo: the echoed assistant message is its content).
+    prompt = f',"prompt_token_ids":{dumps(list(prompt_ids))}' if req.return_token_ids else ""
     opening = b"".join(
-        chunks.choice(_delta(i, '"role":"assistant","content":""')) for i in range(gen.num_choices)
+        chunks.choice(_delta(i, f'"role":"assistant","content":{json_str(req.echo)}', extra=prompt), usage)
+        for i in range(gen.num_choices)
     )
 
-    def content(i: int, msg) -> str | list[str]:
+    def content(i: int, msg, finish_reason: str) -> str | list[str]:
         lp = dumps({"content": chat_logprobs(msg.logprobs)}) if req.logprobs else "null"
+        ids = f',"token_ids":{dumps(list(msg.token_ids))}' if req.return_token_ids else ""
         if not outputs:
-            return _delta(i, f'"content":{json_str(msg.text)}', lp)
-        return _piece_deltas(i, outputs[i].feed(msg.text), lp)
+            return _delta(i, f'"content":{json_str(msg.text)}', lp, finish_reason, extra=ids)
+        return _piece_deltas(i, outputs[i].feed(msg.text), lp, extra=ids)
 
     def finish(i: int, reason: str) -> str | list[str]:
         if not outputs:
@@ -191,12 +214,13 @@ async def _stream(
         content=content,
         finish=finish,
         opening=opening,
+        prompt_tokens=[len(prompt_ids)] if req.continuous_usage else None,
     )
 
 
-def _piece_deltas(i: int, piece: Piece, logprobs: str, required: bool = True) -> list[str]:
-    """One chunk body per kind of text the piece holds; the logprobs ride on the first (or on an empty
-    content delta, when everything this message brought is held back)."""
+def _piece_deltas(i: int, piece: Piece, logprobs: str, required: bool = True, extra: str = "") -> list[str]:
+    """One chunk body per kind of text the piece holds; the logprobs (and token ids) ride on the first (or
+    on an empty content delta, when everything this message brought is held back)."""
     deltas = []
     if piece.reasoning:
         deltas.append(f'"reasoning_content":{json_str(piece.reasoning)}')
@@ -205,9 +229,18 @@ def _piece_deltas(i: int, piece: Piece, logprobs: str, required: bool = True) ->
     if piece.calls:
         deltas.append(f'"tool_calls":{dumps([c.to_json() for c in piece.calls])}')
     if not deltas:
-        return [_delta(i, '"content":""', logprobs)] if required and logprobs != "null" else []
-    return [_delta(i, d, logprobs if k == 0 else "null") for k, d in enumerate(deltas)]
+        keep = required and (logprobs != "null" or extra)
+        return [_delta(i, '"content":""', logprobs, extra=extra)] if keep else []
+    return [
+        _delta(i, d, logprobs if k == 0 else "null", extra=extra if k == 0 else "")
+        for k, d in enumerate(deltas)
+    ]
 
 
-def _delta(index: int, delta: str, logprobs: str = "null", finish_reason: str = "null") -> str:
-    return f'{{"index":{index},"delta":{{{delta}}},"logprobs":{logprobs},"finish_reason":{finish_reason}}}'
+def _delta(
+    index: int, delta: str, logprobs: str = "null", finish_reason: str = "null", extra: str = ""
+) -> str:
+    return (
+        f'{{"index":{index},"delta":{{{delta}}},"logprobs":{logprobs},"finish_reason":{finish_reason}'
+        f"{extra}}}"
+    )

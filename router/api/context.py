@@ -14,6 +14,7 @@ from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.request_telemetry import RequestTelemetry, RouterTelemetry
 from router.upstream.dispatch import Dispatcher
+from router.upstream.engine_metrics import EngineMetrics
 from router.upstream.engines import EngineRegistry
 from router.upstream.tokenizer import Tokenizers
 
@@ -30,6 +31,7 @@ class RouterContext:
     streams: StreamLimiter = field(default_factory=lambda: StreamLimiter(None))
     telemetry: RouterTelemetry = field(default_factory=lambda: RouterTelemetry(None))
     body_pool: BodyPool = field(default_factory=BodyPool)
+    engine_metrics: EngineMetrics = field(default_factory=lambda: EngineMetrics(()))
     parsers: OutputParsers = field(init=False)  # the model's tool-call format and reasoning parser
 
     def __post_init__(self) -> None:
