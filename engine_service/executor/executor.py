@@ -1,22 +1,23 @@
 """The executor: what the Engine runs the model through, on one device or across tensor-parallel ranks.
 
-    Engine ── schedule ──▶ executor.execute(SchedulerOutput, block tables) ──▶ SampleResult
+    Engine ── schedule ──▶ executor.launch(SchedulerOutput) ──▶ .result(): SampleResult
                               UniProcExecutor    one ModelRunner in this process (TP=1)
                               MultiProcExecutor  one worker process per rank (multiproc.py)
 
 The Engine keeps the scheduler, the block manager and the requests; the executor keeps the model, its KV
 cache and the sampler. Start-up goes: kv_bytes_per_block / profile_num_kv_blocks (sizing),
-allocate_kv_cache, capture_cuda_graphs; then one execute per step.
+allocate_kv_cache, capture_cuda_graphs; then one launch per step. A step's SchedulerOutput says what
+changed since the last one (new, resumed, preempted and finished sequences, new blocks): the model runner
+keeps its persistent batch from it, so the executor keeps nothing per sequence.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 
 import torch
 
-from engine_service.core.scheduler import SchedulerOutput
+from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.worker.sampler import SampleResult
 
 
@@ -36,9 +37,9 @@ class Executor(ABC):
     # the next step meanwhile (the placeholders of the sampled tokens are filled on the device).
     supports_async: bool = False
 
-    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]):
+    def launch(self, out: SchedulerOutput):
         """Queue a step; `.result()` of what is returned gives its SampleResult."""
-        return _Done(self.execute(out, block_tables))
+        return _Done(self.execute(out))
 
     @property
     @abstractmethod
@@ -56,7 +57,7 @@ class Executor(ABC):
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None: ...
 
     @abstractmethod
-    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
+    def execute(self, out: SchedulerOutput) -> SampleResult:
         """One forward pass over the scheduled tokens; a token for each sequence that caught up."""
 
     def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
@@ -76,10 +77,6 @@ class Executor(ABC):
     @abstractmethod
     def stop_profile(self) -> list[str]:
         """Stop the profile; every rank writes its Chrome trace to trace_dir. Returns their paths."""
-
-    @abstractmethod
-    def forget(self, seq_ids: Iterable[str]) -> None:
-        """These sequences finished or were aborted: drop what the executor keeps per sequence."""
 
     @abstractmethod
     def check_alive(self) -> None:

@@ -1,9 +1,13 @@
 """MultiProcExecutor: one worker process per tensor-parallel rank; the scheduler stays with the driver.
 
     driver (the Engine's process)                 workers, one per GPU (or CPU + gloo)
-      schedule ─▶ StepEncoder ─▶ one pickled ──────▶ rank 0: mirror ▸ forward (all-reduces) ▸ sample
-                                 message per step ─▶ rank 1: mirror ▸ forward (all-reduces) ▸ sample
+      schedule ─▶ SchedulerOutput, ──────────────────▶ rank 0: batch ▸ forward (all-reduces) ▸ sample
+                  pickled once per step ─────────────▶ rank 1: batch ▸ forward (all-reduces) ▸ sample
       SampleResult ◀──────────────────────────────── rank 0 only
+
+The step message is the SchedulerOutput itself, without the driver's Sequence objects: new sequences
+whole, the others as a diff. Each rank's model runner keeps its persistent batch from it, as a single
+process does, so the driver keeps nothing per sequence.
 
 Every rank samples (the same tokens: the logits are gathered whole on each rank and the noise is
 counter-based), so with async scheduling each rank fills step n+1's placeholders from step n's tokens
@@ -39,11 +43,10 @@ import torch
 import torch.distributed as dist
 
 from engine_service.core.model_config import ModelConfig
-from engine_service.core.scheduler import SchedulerOutput
+from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.distributed.group import check_tp_size, cpu_threads_per_rank, worker_env
 from engine_service.executor.executor import Executor
 from engine_service.worker.sampler import SampleResult
-from engine_service.worker.step_message import StepEncoder
 from engine_service.worker.tp_worker import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -91,7 +94,6 @@ class MultiProcExecutor(Executor):
         check_tp_size(model_config, spec.tp_size, spec.device)
         self.device = torch.device(spec.device)
         self.tp_size = spec.tp_size
-        self._encoder = StepEncoder()
         self._error: str | None = None
         self._num_unanswered = 0  # steps launched whose tokens have not been collected
         self._profiling = False
@@ -146,16 +148,17 @@ class MultiProcExecutor(Executor):
         self._profiling = False
         return self._call("stop_profile")
 
-    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]) -> RankZeroAnswer:
-        self._broadcast(("step", self._encoder.encode(out, block_tables)))
+    def launch(self, out: SchedulerOutput) -> RankZeroAnswer:
+        self._broadcast(("step", out))  # pickled as the runner's fields (SchedulerOutput.__reduce__)
         self._num_unanswered += 1
         return RankZeroAnswer(self)
 
-    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
-        return self.launch(out, block_tables).result()
+    def execute(self, out: SchedulerOutput) -> SampleResult:
+        return self.launch(out).result()
 
-    def forget(self, seq_ids: Iterable[str]) -> None:
-        self._encoder.forget(seq_ids)  # the workers hear of it with the next step
+    def num_sequences(self) -> list[int]:
+        """Sequences each rank's model runner keeps (a test's probe: they must agree, and not leak)."""
+        return self._call("num_sequences")
 
     def check_alive(self) -> None:
         if self._error is not None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from engine_service.core.scheduler import SchedulerOutput
+from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.executor.executor import Executor
 from engine_service.worker.model_runner import ModelRunner
 from engine_service.worker.sampler import SampleResult
@@ -18,8 +16,8 @@ class UniProcExecutor(Executor):
         self.device = runner.device
         self.supports_async = True
 
-    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]):
-        return self.runner.launch(out, block_tables)
+    def launch(self, out: SchedulerOutput):
+        return self.runner.launch(out)
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -34,8 +32,8 @@ class UniProcExecutor(Executor):
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         self.runner.capture_cuda_graphs(max_num_seqs, max_model_len)
 
-    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
-        return self.runner.execute(out, block_tables)
+    def execute(self, out: SchedulerOutput) -> SampleResult:
+        return self.runner.execute(out)
 
     def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
         return self.runner.time_decode_graph(batch_size, context_len, replays)
@@ -48,9 +46,6 @@ class UniProcExecutor(Executor):
 
     def stop_profile(self) -> list[str]:
         return [self.runner.stop_profile()]
-
-    def forget(self, seq_ids: Iterable[str]) -> None:
-        self.runner.forget(seq_ids)
 
     def check_alive(self) -> None:
         pass  # nothing here can die on its own

@@ -7,7 +7,8 @@ worker joins the process group, builds its ModelRunner (reading only its slices 
 answers ("ok", kv_bytes_per_block). Then, until "stop" or the driver's end closes:
 
     ("call", name, args)   every rank runs ModelRunner.<name>(*args) and answers ("ok", result)
-    ("step", StepMessage)  every rank launches the step (forward pass and sampling, on its device);
+    ("step", SchedulerOutput)  every rank applies its diff to the persistent batch and launches the step
+                           (forward pass and sampling, on its device);
                            rank 0 answers ("ok", SampleResult), one answer per step, in order
     ("stop",)              drop the CUDA graphs, leave the process group and exit 0
 
@@ -37,11 +38,11 @@ import torch
 import torch.distributed as dist
 
 from engine_service.core.model_config import ModelConfig
+from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.distributed import all_reduce
 from engine_service.distributed.group import init_distributed
 from engine_service.worker.model_runner import DTYPES, ModelRunner
 from engine_service.worker.sampler import PendingSample
-from engine_service.worker.step_message import SequenceMirror, StepMessage
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ CALLS = (
     "profile_decode_graph",
     "start_profile",
     "stop_profile",
+    "num_sequences",
 )
 
 
@@ -96,12 +98,9 @@ class Worker:
             spec.tp_size,
             pdl=spec.pdl,
         )
-        self.mirror = SequenceMirror()
 
-    def launch(self, message: StepMessage) -> Launched:
-        out, tables, forgotten = self.mirror.apply(message)  # the mirror drops forgotten sequences itself
-        self.runner.forget(forgotten)
-        return Launched(self.runner.launch(out, tables), self.runner.device)
+    def launch(self, out: SchedulerOutput) -> Launched:
+        return Launched(self.runner.launch(out), self.runner.device)
 
     def call(self, name: str, args: tuple):
         if name not in CALLS:
