@@ -38,7 +38,7 @@ run: $(STAMP)
 	$(VENV)/bin/pagoda serve $(if $(MODEL),--model $(MODEL)) --port $(PORT)
 
 bench:
-	PYTHONPATH=$(CURDIR) $(GPU_PY) -m pagoda.cli bench throughput $(BENCH_ARGS)
+	PYTHONPATH=$(CURDIR) $(GPU_PY) -m pagoda.cli bench throughput --results-dir benchmarks $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
 """The tensor-parallel all-reduce on this machine's GPUs: NCCL against the one-shot over symmetric memory,
 and the all-reduce fused with the residual add and RMSNorm against the two kernels it replaces.
 
-    python benchmarks/all_reduce.py [--world-size 2] [--dtype bfloat16] [--results-dir benchmarks]
+    python -m benchmarks.all_reduce [--world-size 2] [--dtype bfloat16] [--results-dir benchmarks]
 
 One process per GPU. For each size (a decode batch's hidden states: rows x 4096 values), both paths of
 engine_service.distributed.all_reduce are checked against the exact sum (eagerly and replayed from a CUDA
@@ -9,7 +9,7 @@ graph) and timed as the engine runs them: 64 all-reduces captured in one CUDA gr
 32-layer model), replayed; per-call microseconds = replay time / 64. The fused all-reduce + add + RMSNorm
 (`all_reduce_add_rms_norm`) is checked against NCCL + the separate norm kernel the same ways (the updated
 residual exactly, the normed output to bf16 rounding) and timed beside one-shot + norm and NCCL + norm.
-Prints one JSON object; with --results-dir, appends it to results.jsonl there. Exits 1 if anything was wrong.
+Prints one JSON object; with --results-dir, records it as an `all_reduce` row. Exits 1 if anything was wrong.
 """
 
 from __future__ import annotations
@@ -21,19 +21,15 @@ import socket
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine_service.distributed import all_reduce  # noqa: E402
-from engine_service.distributed.group import NCCL_DEFAULTS  # noqa: E402
-from engine_service.ops import triton_norm  # noqa: E402
-from pagoda.bench.report import append_jsonl  # noqa: E402
+from engine_service.distributed import all_reduce
+from engine_service.distributed.group import NCCL_DEFAULTS
+from engine_service.ops import triton_norm
+from pagoda.bench.results import git_commit, record_result
 
 HIDDEN = 4096
 CALLS_PER_GRAPH = 64
@@ -160,13 +156,14 @@ def worker(rank: int, args, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--rows", default="1,8,32,64,128,256,512", help="decode batch sizes (rows of 4096)")
-    p.add_argument("--results-dir", default="", help="append the record to results.jsonl here")
-    args = p.parse_args()
+    p.add_argument("--results-dir", default="", help="append the record to DIR/results.jsonl")
+    p.add_argument("--commit", default=None, help="recorded in the row (default: git rev-parse HEAD)")
+    args = p.parse_args(argv)
     if torch.cuda.device_count() < args.world_size:
         print(f"needs {args.world_size} GPUs, sees {torch.cuda.device_count()}", file=sys.stderr)
         return 2
@@ -177,8 +174,9 @@ def main() -> int:
     mp.spawn(worker, args=(args, free_port(), queue), nprocs=args.world_size, join=True)
     result = queue.get()
     record = {
-        "bench": "all_reduce",
+        "kind": "all_reduce",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": args.commit or git_commit(),
         "card": torch.cuda.get_device_name(0),
         "world_size": args.world_size,
         "dtype": args.dtype,
@@ -187,7 +185,7 @@ def main() -> int:
     }
     print(json.dumps(record))
     if args.results_dir:
-        append_jsonl(record, args.results_dir)
+        record_result(record, args.results_dir)
     return 1 if result["wrong"] else 0
 
 

@@ -1,15 +1,16 @@
 """A decode step end to end on the device timeline: busy time, and idle time the host or the device caused.
 
-    python benchmarks/decode_timeline.py --shape llama-8b [--tensor-parallel-size 2] [--batch 1]
+    python -m benchmarks.decode_timeline --shape llama-8b [--tensor-parallel-size 2] [--batch 1]
         [--tokens 64] [--results-dir benchmarks --commit SHA] [--trace-dir DIR]
 
 Builds the engine (dummy weights, bf16, decode graphs), runs one warm-up generation, then profiles one
 more (`LLM.start_profile`: torch.profiler on every rank, host and CUDA) of `--batch` prompts of 512 tokens
-to `--tokens` outputs, and reads rank 0's trace (pagoda/bench/timeline.py): per decode step the wall time,
+to `--tokens` outputs, and reads rank 0's trace (benchmarks/timeline.py): per decode step the wall time,
 the device's busy time, and its idle gaps, split into host-bound (the next op was launched only after the
 device ran dry) and the device's own; then the gaps that cost the most, and the device ops outside the
 decode graph; rank 0's critical path per op (what each op added to the step's end: under PDL the ops' own
-durations overlap and do not add up); and the other ranks' medians. One `decode_timeline` line to
+durations overlap and do not add up); the device time per step by kernel family (matrix products,
+attention, all-reduce, norms, ...); and the other ranks' medians. One `decode_timeline` line to
 results.jsonl with --results-dir, holding each rank's device ops per step and rank 0's critical path too.
 """
 
@@ -22,13 +23,10 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine_service import SamplingParams  # noqa: E402
-from pagoda.bench import timeline  # noqa: E402
-from pagoda.bench.report import append_jsonl  # noqa: E402
-from pagoda.bench.shapes import dummy_llm  # noqa: E402
+from benchmarks import timeline
+from engine_service import SamplingParams
+from pagoda.bench.results import git_commit, record_result
+from pagoda.bench.shapes import dummy_llm
 
 MARKER = "_sample_kernel"  # the sampler's kernel: once per step, at its end
 
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--trace-dir", help="where the ranks' Chrome traces go (default: a temporary folder)")
     ap.add_argument("--results-dir")
-    ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--commit", default=None, help="recorded in the row (default: git rev-parse HEAD)")
     ap.add_argument("--note", default="", help="recorded in the row (what this run varies)")
     args = ap.parse_args(argv)
 
@@ -110,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\ndevice ops outside the decode graph (µs and launches per step):")
     for name, launches, us in outside:
         print(f"  {us:8.1f}  {launches:5.1f}x  {name}")
+    families = timeline.by_family(ops_per_step(events, top=10_000))
+    print("\ndevice time per step by kernel family (own durations; µs and launches):")
+    for name, f in families.items():
+        print(f"  {f['us']:8.1f}  {f['launches']:6.1f}x  {name}")
     other_ranks = {}
     for rank, path in enumerate(paths[1:], start=1):  # the others' medians: a late rank shows here
         their_events, their_steps = read_steps(path)
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "kind": "decode_timeline",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "card": torch.cuda.get_device_name(0),
-            "commit": args.commit,
+            "commit": args.commit or git_commit(),
             "shape": args.shape,
             "tensor_parallel_size": args.tensor_parallel_size,
             "custom_all_reduce": args.custom_all_reduce,
@@ -136,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             "outside_graph": outside,
             "device_ops": ops_per_step(events),  # every op, the decode graph's included
             "critical_path": critical,  # adds up to the step, where device_ops overlap under PDL
+            "families": families,
             **({"note": args.note} if args.note else {}),
         }
-        append_jsonl(record, args.results_dir)
+        record_result(record, args.results_dir)
     return 0
 
 

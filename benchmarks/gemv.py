@@ -1,7 +1,7 @@
 """GPU benchmark of the decode GEMV (`triton_gemv.gemv`) against torch.nn.functional.linear (cuBLAS).
 
-    python benchmarks/gemv.py --out gemv.jsonl            # table configs, seconds
-    python benchmarks/gemv.py --out gemv.jsonl --sweep    # also a config sweep: 53 s on an H200
+    python -m benchmarks.gemv [--results-dir benchmarks]   # table configs, seconds
+    python -m benchmarks.gemv --sweep                      # also a config sweep: 53 s on an H200
 
 Shapes: the per-layer projections of llama-8b (TP=1 and TP=2 half width) and llama-1b, and their LM heads,
 bf16, M = 1, 2, 4, 8 rows, no bias. Each time is one CUDA graph of CALLS back-to-back calls over distinct
@@ -13,27 +13,25 @@ in the engine, so each call's start overlaps the previous one's end; `gemv_no_pd
 early hold shared memory the one before it could use, which the engine, with small kernels between the
 products, never sees.
 TB/s counts W, x and y bytes once; the copy bandwidth (1 GiB device copy, read + write) is the ceiling.
-One JSON line per shape goes to --out, with every M's row and, with --sweep, the best config found per M.
+One `gemv` row per shape to results.jsonl with --results-dir, with every M's figures and, with --sweep, the
+best config found per M.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.graph_timing import graph_call_us  # noqa: E402
-from engine_service.ops import triton_gemv as tg  # noqa: E402
-from engine_service.ops import triton_pdl  # noqa: E402
+from benchmarks.graph_timing import graph_call_us
+from engine_service.ops import triton_gemv as tg
+from engine_service.ops import triton_pdl
+from pagoda.bench.results import git_commit, record_result
 
 SHAPES = [  # name, N, K
     ("8b-tp2-qkv", 3072, 4096),
@@ -150,23 +148,22 @@ def bench_shape(name: str, n: int, k: int, sweep: bool, bw: float) -> dict:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, required=True, help="JSON lines, one per shape")
+    parser.add_argument("--results-dir", help="append one row per shape to DIR/results.jsonl")
     parser.add_argument("--sweep", action="store_true", help="also time a config sweep per shape and M")
     parser.add_argument("--shapes", nargs="*", default=None, help="only these shape names")
-    parser.add_argument("--append", action="store_true", help="append to --out (results.jsonl) instead")
-    parser.add_argument("--commit", default="unknown", help="recorded in each line")
+    parser.add_argument("--commit", default=None, help="recorded in each row (default: git rev-parse HEAD)")
     parser.add_argument("--no-pdl", action="store_true", help="launch our kernel without PDL throughout")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shapes = [s for s in SHAPES if args.shapes is None or s[0] in args.shapes]
     if not shapes:
         parser.error(f"no shape among {[s[0] for s in SHAPES]}")
     if not torch.cuda.is_available():
         print(
-            "benchmarks/gemv.py needs a CUDA GPU (it times CUDA graphs); none is visible here",
+            "benchmarks.gemv needs a CUDA GPU (it times CUDA graphs); none is visible here",
             file=sys.stderr,
         )
         return 2
@@ -174,20 +171,19 @@ def main() -> int:
     t0 = time.time()
     bw = round(copy_tbps(), 3)
     print(f"{torch.cuda.get_device_name(0)}: copy bandwidth {bw:.2f} TB/s", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a" if args.append else "w") as f:
-        for name, n, k in shapes:
-            record = {
-                "kind": "gemv",
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "card": torch.cuda.get_device_name(0),
-                "commit": args.commit,
-                **bench_shape(name, n, k, args.sweep, bw),
-                "pdl": not args.no_pdl,
-            }
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-    print(f"done in {time.time() - t0:.0f} s -> {args.out}")
+    commit = args.commit or git_commit()
+    for name, n, k in shapes:
+        record = {
+            "kind": "gemv",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "card": torch.cuda.get_device_name(0),
+            "commit": commit,
+            **bench_shape(name, n, k, args.sweep, bw),
+            "pdl": not args.no_pdl,
+        }
+        if args.results_dir:
+            record_result(record, args.results_dir)
+    print(f"done in {time.time() - t0:.0f} s")
     return 0
 
 

@@ -1,153 +1,155 @@
 #!/bin/bash
-# One device call's work on the GPU machine, run from the repository root:
+# The GPU machine's work, in stages, run from the repository root:
 #
-#     COMMIT=<sha> PEERS=vllm bash benchmarks/gpu_session.sh STAGE [STAGE...]
+#     COMMIT=<sha> bash benchmarks/gpu_session.sh STAGE [STAGE...]
 #
-# Stages, run in the order given (a failing stage is logged and the next one still runs):
-#   stash      copy the carried .vllm_xfer/* into /tmp/vx (the vLLM bundle comes in 4 parts over 4 calls;
-#              /tmp/vx survives while the machine stays warm)
-#   assemble   check the 4 parts and unpack vLLM into /tmp/site (../shared/tools/vllm-peer/device_assemble.sh)
-#   tests      the GPU tests (pytest -m gpu), stopped after TEST_TIMEOUT seconds
-#   quick      llama-1b, fixed, QUICK_PROMPTS prompts, Pagoda alone: does it run, and roughly how fast
-#   1b         llama-1b, fixed 1000 x 512 / 256                          (+ PEERS)
-#   1b-prefix  llama-1b, shared prefix of 1024 + 512 / 256, prefix caching on, then off   (+ PEERS)
-#   1b-random  llama-1b, random lengths 256-768 / 128-384                (+ PEERS)
-#   qwen       qwen-0.5b, fixed 1000 x 512 / 256                         (+ PEERS)
-#   8b         llama-8b, fixed 1000 x 512 / 256                          (+ PEERS)
-#   hf         llama-1b, fixed, with the transformers peers (static generate + continuous batching) on
-#              HF_PROMPTS prompts
-#   grpc       llama-1b, fixed, through the engine gRPC service at 256 streams, then offline (batch limit 512,
-#              and 256), GRPC_REPEAT rounds (issue 4's ratios; run `extras` first for grpc_health)
-#   fullstack  llama-1b, fixed, through router + engine at 256 streams, then offline (issue 5's ratio)
-#   grpc-profile  py-spy (carried in .devcarry; run `extras` first) over one gRPC run and one offline run
-#              at 256 sequences, llama-1b: raw profiles and their summaries in $OUT (not results rows)
-#   host-step  benchmarks/host_step.py on this machine's CPU: the engine loop's host work per step
-#   tp-tests   the tensor-parallel GPU tests (tests/parallel -m gpu; two GPUs)
-#   allreduce  benchmarks/all_reduce.py: NCCL vs the one-shot all-reduce, decode-sized tensors (two GPUs)
-#   tp8b       llama-8b, fixed, TP_PROMPTS prompts: TP=1, TP=2 with NCCL only, TP=2 with the custom all-reduce; batch-1 step (two GPUs)
-#   gemv       benchmarks/gemv.py: the Triton decode GEMV against cuBLAS at the llama shapes, M = 1..8
-#   timeline   benchmarks/decode_timeline.py: llama-8b batch-1 decode steps on the device timeline (busy, idle
-#              waiting on the host, idle otherwise) at TP=1 and TP=2 (two GPUs); the traces gzipped to $OUT
-#   timeline-no-pdl  the same with --no-pdl (the kernels in plain stream order)
-#   graph-kernels  benchmarks/graph_kernels.py: the kernels of llama-8b's batch-1 decode graph at TP=1, TP=2
-#              and TP=2 one-shot (two GPUs), and of llama-1b's at batch 256 (TP=1)
+# Setup stages (the vLLM peer comes as a bundle of 4 parts, one a call: a call carries 64 MiB at most):
+#   stash      copy the carried parts ($VLLM_PARTS/*, default .vllm_xfer) into /tmp/vx; once per part
+#   assemble   check the 4 parts and unpack vLLM into $VLLM_SITE (default /tmp/site), in the 4th call
+#   extras     unpack carried wheels (.devcarry/*.whl) into /tmp/extra; pass EXTRA_PYTHONPATH=/tmp/extra
+# Measuring stages, each recording rows in results.jsonl through pagoda.bench.results.record_result:
+#   offline    llama-1b and llama-8b, fixed 1000 x 512 / 256, beside $PEERS      rows: throughput
+#   prefix     llama-1b, 1024 shared + 512 / 256, prefix caching on, then off (+ PEERS)   throughput
+#   random     llama-1b, input 256-768, output 128-384 (+ PEERS)                           throughput
+#   qwen       qwen-0.5b, fixed (+ PEERS)                                                  throughput
+#   hf         llama-1b, fixed, beside transformers (static generate, continuous batching) throughput
+#   quick      llama-1b, fixed, QUICK_PROMPTS prompts, Pagoda alone                        throughput
+#   grpc       llama-1b through the engine gRPC service at 256 streams, then offline      grpc
+#              (GRPC_REPEAT rounds; the engine needs grpcio-health-checking: `extras` first)
+#   fullstack  llama-1b through router + engine at 256 streams, then offline             router_full_stack
+#   kernels    decode attention and sampling (beside torch), the batch-1 KV split sweep, the decode GEMV
+#              (beside cuBLAS)                                          rows: kernels, attention_splits, gemv
+#   timeline   llama-8b batch-1 decode steps on the device timeline (TP=1; TP=2 too on two GPUs), llama-1b
+#              at batch 256; the traces go to $OUT/traces.tar.gz                          decode_timeline
+#   timeline-no-pdl  the same with the Triton kernels in plain stream order               decode_timeline
+#   host-step  the engine loop's host work per step, on this machine's CPU                host_step
+#   tp         two GPUs: llama-8b, TP_PROMPTS prompts at TP=1, TP=2 NCCL only, TP=2 custom all-reduce;
+#              then the all-reduces alone                                  rows: throughput, all_reduce
+# Test stages (logs to $OUT):
+#   tests      the GPU tests, pytest -m gpu (TEST_TIMEOUT seconds at most)                tests.log
+#   tp-tests   the tensor-parallel GPU tests, tests/parallel -m gpu (two GPUs)            tp-tests.log
 #
-# Environment: COMMIT (recorded in results; the device copy has no .git), PEERS ("vllm", "vllm hf" or ""
-# for Pagoda alone; default vllm), NUM_PROMPTS (1000), QUICK_PROMPTS (200), HF_PROMPTS (256),
-# TEST_TIMEOUT (300), TIMELINE_NOTE (recorded in the timeline rows), PEER_TIMEOUT (420), GRPC_CLIENTS (client processes of the grpc and fullstack
-# stages, 1), BENCH_ARGS (flags appended to every bench run: they win).
+# A call runs 10 minutes at most: offline with vLLM takes about 6 (vLLM starts in 50-70 s per model);
+# grpc ~3, kernels ~3, timeline ~2, host-step ~1, tests ~5. On one GPU, in calls on one warm machine:
+#   1-3: stash (carry .vllm_xfer/part.00 + MANIFEST.sha256 + device_assemble.sh, then part.01, part.02)
+#   4:   stash assemble offline                                  (carry part.03)
+#   5:   extras grpc kernels timeline host-step  (EXTRA_PYTHONPATH=/tmp/extra; carry .devcarry)
+#   6:   tests
 #
-# Results accumulate in /tmp/pagoda-results, seeded from benchmarks/ on the machine's first call and kept
-# while it stays warm, and are copied to $OUT after every stage: each call's $OUT/results.jsonl and
-# $OUT/RESULTS.md are the repo's files plus every row this machine produced, so copying the last call's two
-# files over benchmarks/ is the whole merge. $OUT also gets session.log (all output) and tests.log.
-# Pagoda runs on the machine's own packages; vLLM's folder /tmp/site goes on PYTHONPATH only inside the
-# vLLM peer's subprocess (pagoda/bench/throughput.py sets it).
+# Environment: COMMIT (recorded in every row: the device's copy has no .git), PEERS ("vllm", "vllm hf"
+# or "" for Pagoda alone; default vllm), VLLM_SITE (/tmp/site), VLLM_PARTS (.vllm_xfer), NUM_PROMPTS
+# (1000), QUICK_PROMPTS (200), HF_PROMPTS (256), TP_PROMPTS (500), GRPC_REPEAT (2), GRPC_CLIENTS (client
+# processes of grpc and fullstack, 1), TEST_TIMEOUT (300), PEER_TIMEOUT (420), TIMELINE_NOTE (recorded in
+# the timeline rows), BENCH_ARGS (flags appended to every `pagoda bench` run: they win).
+#
+# Rows accumulate in /tmp/pagoda-results/results.jsonl, seeded from benchmarks/results.jsonl on the
+# machine's first call and kept while it stays warm; after every stage it is copied to $OUT. So each
+# call's $OUT/results.jsonl is the repository's rows plus every row this machine added: copy the last one
+# over benchmarks/results.jsonl and run `python -m benchmarks.results` (RESULTS.md, docs/PERFORMANCE.md).
+# $OUT also gets session.log (all output, ending with the tables of the new rows).
+# Pagoda runs on the machine's own packages; vLLM's folder goes on the path of the vLLM peer's process only.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-# EXTRA_PYTHONPATH: packages unpacked on the machine for this session (e.g. grpcio-health-checking 1.84).
 export PYTHONPATH=$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH} PYTHONUNBUFFERED=1
 COMMIT=${COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 PEERS=${PEERS-vllm}
+VLLM_SITE=${VLLM_SITE:-/tmp/site}
 NUM_PROMPTS=${NUM_PROMPTS:-1000}
 LOG=$OUT/session.log
 RES=/tmp/pagoda-results
-[ -f "$RES/results.jsonl" ] || { mkdir -p "$RES" && cp benchmarks/results.jsonl benchmarks/RESULTS.md "$RES/"; }
+TRACES=/tmp/pagoda-traces
+[ -f "$RES/results.jsonl" ] || { mkdir -p "$RES" && cp benchmarks/results.jsonl "$RES/"; }
+SEEDED=$(wc -l < benchmarks/results.jsonl)
+REC=(--results-dir "$RES" --commit "$COMMIT")
 
 say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+num_gpus() { python3 -c 'import torch; print(torch.cuda.device_count())'; }
 
-bench() {  # bench ARGS...: one configuration, every engine, one results row
+bench() {  # bench ARGS...: one configuration, Pagoda and every peer in $PEERS, one row
   local peers=()
   for p in $PEERS; do peers+=(--peer "$p"); done
-  python3 -m pagoda.cli bench throughput --results-dir "$RES" --commit "$COMMIT" \
-    --peer-timeout "${PEER_TIMEOUT:-420}" ${peers[@]+"${peers[@]}"} "$@" ${BENCH_ARGS:-}
+  [[ " $PEERS " != *" vllm "* ]] || peers+=(--vllm-site "$VLLM_SITE")
+  python3 -m pagoda.cli bench throughput "${REC[@]}" --peer-timeout "${PEER_TIMEOUT:-420}" \
+    ${peers[@]+"${peers[@]}"} "$@" ${BENCH_ARGS:-}
+}
+
+timeline() {  # timeline NAME ARGS...: one decode timeline, its rank traces kept under $TRACES/NAME
+  local tl=(python3 -m benchmarks.decode_timeline "${REC[@]}" --trace-dir "$TRACES/$1")
+  [ -z "${TIMELINE_NOTE:-}" ] || tl+=(--note "$TIMELINE_NOTE")
+  "${tl[@]}" "${@:2}"
 }
 
 stage() {
+  local rc=0
   case "$1" in
-    stash) mkdir -p /tmp/vx && cp .vllm_xfer/* /tmp/vx/ && ls -la /tmp/vx ;;
-    extras)  # carried wheels (.devcarry) unpacked into /tmp/extra; pass EXTRA_PYTHONPATH=/tmp/extra
-      python3 -m pip install -q --no-deps --target /tmp/extra .devcarry/*.whl .devcarry/obs-wheels/*.whl ;;
-    assemble) bash /tmp/vx/device_assemble.sh ;;
+    stash) mkdir -p /tmp/vx && cp "${VLLM_PARTS:-.vllm_xfer}"/* /tmp/vx/ && ls -la /tmp/vx ;;
+    assemble) SITE=$VLLM_SITE bash /tmp/vx/device_assemble.sh ;;
+    extras) python3 -m pip install -q --no-deps --target /tmp/extra .devcarry/*.whl .devcarry/obs-wheels/*.whl ;;
+    offline)
+      bench --shape llama-1b --num-prompts "$NUM_PROMPTS" || rc=$?
+      bench --shape llama-8b --num-prompts "$NUM_PROMPTS" || rc=$?
+      return $rc ;;
+    prefix)
+      bench --shape llama-1b --workload shared-prefix --num-prompts "$NUM_PROMPTS" || rc=$?
+      bench --shape llama-1b --workload shared-prefix --num-prompts "$NUM_PROMPTS" --no-prefix-caching || rc=$?
+      return $rc ;;
+    random) bench --shape llama-1b --workload random --num-prompts "$NUM_PROMPTS" ;;
+    qwen) bench --shape qwen-0.5b --num-prompts "$NUM_PROMPTS" ;;
+    hf) PEERS=hf bench --shape llama-1b --num-prompts "$NUM_PROMPTS" --hf-num-prompts "${HF_PROMPTS:-256}" ;;
+    quick) PEERS="" bench --shape llama-1b --num-prompts "${QUICK_PROMPTS:-200}" ;;
+    grpc)  # each round: gRPC, then offline as configured and at the streams' batch limit
+      python3 -m pagoda.cli bench grpc "${REC[@]}" --shape llama-1b --num-prompts "$NUM_PROMPTS" \
+        --concurrency 256 --repeat "${GRPC_REPEAT:-2}" --client-processes "${GRPC_CLIENTS:-1}" ${BENCH_ARGS:-} ;;
+    fullstack)
+      python3 -m benchmarks.router_full_stack "${REC[@]}" --shape llama-1b --num-prompts "$NUM_PROMPTS" \
+        --concurrency 256 --client-processes "${GRPC_CLIENTS:-1}" ${BENCH_ARGS:-} ;;
+    kernels)
+      python3 -m benchmarks.kernels "${REC[@]}" || rc=$?
+      python3 -m benchmarks.kernels "${REC[@]}" --splits-only || rc=$?
+      python3 -m benchmarks.gemv "${REC[@]}" || rc=$?
+      return $rc ;;
+    timeline|timeline-no-pdl)
+      local tag=${1#timeline} pdl=()
+      [ -z "$tag" ] || pdl=(--no-pdl)
+      timeline "8b-tp1$tag" --shape llama-8b ${pdl[@]+"${pdl[@]}"} || rc=$?
+      if [ "$(num_gpus)" -ge 2 ]; then
+        timeline "8b-tp2$tag" --shape llama-8b --tensor-parallel-size 2 ${pdl[@]+"${pdl[@]}"} || rc=$?
+      fi
+      timeline "1b-b256$tag" --shape llama-1b --batch 256 --tokens 32 ${pdl[@]+"${pdl[@]}"} || rc=$?
+      tar -czf "$OUT/traces.tar.gz" -C "$TRACES" . || rc=$?
+      return $rc ;;
+    host-step) python3 -m benchmarks.host_step "${REC[@]}" ;;
+    tp)
+      [ "$(num_gpus)" -ge 2 ] || { echo "tp needs two GPUs"; return 2; }
+      local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)
+      PEERS="" bench "${tp[@]}" || rc=$?
+      PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 --no-custom-all-reduce || rc=$?
+      PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 --custom-all-reduce || rc=$?
+      python3 -m benchmarks.all_reduce "${REC[@]}" || rc=$?
+      return $rc ;;
     tests)
       nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm --format=csv
-      timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests \
-        2>&1 | tee "$OUT/tests.log" ;;
-    quick) PEERS="" bench --shape llama-1b --num-prompts "${QUICK_PROMPTS:-200}" ;;
-    1b) bench --shape llama-1b --num-prompts "$NUM_PROMPTS" ;;
-    1b-prefix)
-      bench --shape llama-1b --workload shared-prefix --num-prompts "$NUM_PROMPTS"; local rc=$?
-      bench --shape llama-1b --workload shared-prefix --num-prompts "$NUM_PROMPTS" --no-prefix-caching \
-        && return $rc ;;
-    1b-random) bench --shape llama-1b --workload random --num-prompts "$NUM_PROMPTS" ;;
-    qwen) bench --shape qwen-0.5b --num-prompts "$NUM_PROMPTS" ;;
-    8b) bench --shape llama-8b --num-prompts "$NUM_PROMPTS" ;;
-    hf) PEERS=hf bench --shape llama-1b --num-prompts "$NUM_PROMPTS" --hf-num-prompts "${HF_PROMPTS:-256}" ;;
-    grpc)
-      python3 -m pagoda.cli bench grpc --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
-        --repeat "${GRPC_REPEAT:-2}" --client-processes "${GRPC_CLIENTS:-1}" --results-dir "$RES" \
-        --commit "$COMMIT" ${BENCH_ARGS:-} ;;  # each round: offline as configured and at 256 sequences
-    fullstack)
-      python3 benchmarks/router_full_stack.py --shape llama-1b --num-prompts "$NUM_PROMPTS" --concurrency 256 \
-        --client-processes "${GRPC_CLIENTS:-1}" --results-dir "$RES" --commit "$COMMIT" ${BENCH_ARGS:-} ;;
-    grpc-profile)
-      local spy=(/tmp/extra/bin/py-spy record --subprocesses --nonblocking --rate 250 --format raw)
-      "${spy[@]}" -o "$OUT/pyspy-grpc.txt" -- python3 -m pagoda.cli bench grpc --shape llama-1b \
-        --num-prompts "$NUM_PROMPTS" --concurrency 256 --no-offline --client-processes "${GRPC_CLIENTS:-1}" \
-        --results-dir /tmp/profiled --commit "$COMMIT"; local rc=$?
-      "${spy[@]}" -o "$OUT/pyspy-offline.txt" -- python3 -m pagoda.cli bench throughput --shape llama-1b \
-        --num-prompts "$NUM_PROMPTS" --max-num-seqs 256 --decode-batch-sizes= --results-dir /tmp/profiled \
-        --commit "$COMMIT" || rc=$?
-      for f in grpc offline; do
-        python3 benchmarks/pyspy_summary.py "$OUT/pyspy-$f.txt" --top 60 > "$OUT/pyspy-$f-summary.txt"
-        gzip -f "$OUT/pyspy-$f.txt"
-      done
-      return $rc ;;
-    host-step) python3 benchmarks/host_step.py --results-dir "$RES" --commit "$COMMIT" ;;
+      timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+        tests 2>&1 | tee "$OUT/tests.log" ;;
     tp-tests)
       timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
         2>&1 | tee "$OUT/tp-tests.log" ;;
-    allreduce) python3 benchmarks/all_reduce.py --results-dir "$RES" ;;
-    gemv) python3 benchmarks/gemv.py --out "$RES/results.jsonl" --append --commit "$COMMIT" ;;
-    graph-kernels)
-      local gk=(python3 benchmarks/graph_kernels.py --results-dir "$RES" --commit "$COMMIT") rc=0
-      "${gk[@]}" --shape llama-1b --batch 256 || rc=$?
-      "${gk[@]}" --shape llama-8b --batch 1 || rc=$?
-      "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --no-custom-all-reduce || rc=$?
-      "${gk[@]}" --shape llama-8b --batch 1 --tensor-parallel-size 2 --custom-all-reduce || rc=$?
-      return $rc ;;
-    timeline|timeline-no-pdl)
-      local tl=(python3 benchmarks/decode_timeline.py --shape llama-8b --results-dir "$RES" --commit "$COMMIT") rc=0
-      local tag=${1#timeline}
-      [ -z "$tag" ] || tl+=(--no-pdl)
-      [ -z "${TIMELINE_NOTE:-}" ] || tl+=(--note "$TIMELINE_NOTE")
-      "${tl[@]}" --trace-dir "/tmp/trace$tag-tp1" || rc=$?
-      "${tl[@]}" --trace-dir "/tmp/trace$tag-tp2" --tensor-parallel-size 2 || rc=$?
-      gzip -c "/tmp/trace$tag-tp1/rank0.json" > "$OUT/trace$tag-tp1-rank0.json.gz"
-      for r in 0 1; do gzip -c "/tmp/trace$tag-tp2/rank$r.json" > "$OUT/trace$tag-tp2-rank$r.json.gz"; done
-      return $rc ;;
-    tp8b)
-      local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)
-      PEERS="" bench "${tp[@]}"; local rc=$?
-      PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 --no-custom-all-reduce || rc=$?
-      PEERS="" bench "${tp[@]}" --tensor-parallel-size 2 --custom-all-reduce || rc=$?
-      return $rc ;;
     *) echo "unknown stage $1 (see the top of $0)"; return 2 ;;
   esac
 }
 
-[ $# -gt 0 ] || { sed -n '2,30p' "$0"; exit 2; }
+[ $# -gt 0 ] || { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 2; }
 status=0
 for s in "$@"; do
   say "stage $s: start"
   start=$SECONDS
   stage "$s" 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
-  cp "$RES/results.jsonl" "$RES/RESULTS.md" "$OUT/"
+  cp "$RES/results.jsonl" "$OUT/"
   say "stage $s: rc=$rc in $((SECONDS - start)) s"
   [ "$rc" = 0 ] || status=1
 done
-say "rows this machine added to RESULTS.md:"
-tail -n +"$(($(wc -l < benchmarks/RESULTS.md) + 1))" "$RES/RESULTS.md" | tee -a "$LOG"
+say "rows this machine added:"
+python3 -m benchmarks.results --results "$RES/results.jsonl" --since "$SEEDED" 2>&1 | tee -a "$LOG"
 exit $status

@@ -1,18 +1,19 @@
 """Host work per engine step, with the model taken out: what bounds the step loop of a small model.
 
-    python benchmarks/host_step.py [--batch 256] [--steps 300] [--results-dir benchmarks]
+    python -m benchmarks.host_step [--batch 256] [--steps 300] [--results-dir benchmarks]
 
 On a fast GPU a llama-1b decode step at batch 256 takes ~3 ms of device time, and the engine loop's own
-Python work per step is of the same size (RESULTS.md, third session): whichever is longer sets the pace.
-This measures the host side alone, on the CPU: a real Engine (scheduler, block manager, ModelRunner step
-inputs and block-table rows, sampler inputs, placeholders, updates) on the tiny shape, with the forward
-pass replaced by zeros and the draw by an argmax, async scheduling on as on a GPU. Each step also pickles
-its updates (as the engine builds them) and stats, as the gRPC engine process does for the pipe to its
-front.
+Python work per step is of the same size: whichever is longer sets the pace. This measures the host side
+alone, on the CPU: a real Engine (scheduler, block manager, step inputs and block-table rows, sampler
+inputs, placeholders, updates) with async scheduling on as on a GPU, serving the tiny shape through a
+model registered for the purpose (`register_model`): the tiny Llama whose forward pass and LM head return
+zeros. Requests are greedy, so the draw is one argmax of those zeros (the fused sampling kernel is one
+launch on a GPU). Each step also pickles its updates (as the engine builds them) and stats, as the gRPC
+engine process does for the pipe to its front.
 
 Reports microseconds per step in steady decode at --batch sequences (and per phase: schedule + launch,
 collect, pack for the pipe), and the host seconds of the whole fixed workload (1000 × 512 / 256 at
---batch sequences, the gRPC benchmark's shape). One JSON line to results.jsonl with --results-dir.
+--batch sequences, the gRPC benchmark's shape). One `host_step` row to results.jsonl with --results-dir.
 """
 
 from __future__ import annotations
@@ -28,31 +29,39 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from engine_service.core.config import EngineConfig
+from engine_service.core.sampling_params import SamplingParams
+from engine_service.engine.engine import Engine
+from engine_service.models.llama import LlamaForCausalLM
+from engine_service.models.registry import register_model
+from pagoda.bench import shapes
+from pagoda.bench.results import git_commit, record_result
 
-from engine_service.core.config import EngineConfig  # noqa: E402
-from engine_service.core.sampling_params import SamplingParams  # noqa: E402
-from engine_service.engine.engine import Engine  # noqa: E402
-from engine_service.ops import dispatch  # noqa: E402
-from pagoda.bench import shapes  # noqa: E402
-from pagoda.bench.report import append_jsonl  # noqa: E402
+ARCHITECTURE = "HostStepLlama"
 
 
-class NoModel(nn.Module):
-    """Stands in for the model: zeros of the right shapes, no work."""
+class HostStepLlama(LlamaForCausalLM):
+    """The tiny Llama with no work in it: zeros of the right shapes. Its layers stay, unused, for the runner
+    to size the KV cache from."""
 
-    def __init__(self, model: nn.Module, hidden: int, vocab: int):
-        super().__init__()
-        self.model, self.hidden, self.vocab = model.model, hidden, vocab  # the layers stay for KV sizing
+    def forward(self, input_ids: torch.Tensor, *inputs) -> torch.Tensor:  # [T] -> [T, hidden]
+        return torch.zeros(input_ids.shape[0], self.args.hidden_size)
 
-    def forward(self, input_ids, positions, kv_caches, meta):
-        return torch.zeros(input_ids.shape[0], self.hidden)
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [B, hidden] -> [B, vocab]
+        return torch.zeros(hidden.shape[0], self.args.vocab_size)
 
-    def compute_logits(self, hidden):
-        return torch.zeros(hidden.shape[0], self.vocab)
+
+register_model(ARCHITECTURE, HostStepLlama)
+
+
+def write_model_dir(path: str) -> None:
+    """The tiny shape's folder, its config.json naming the architecture above."""
+    shapes.write_model_dir("tiny", path)
+    config_file = Path(path, "config.json")
+    config = json.loads(config_file.read_text())
+    config["architectures"] = [ARCHITECTURE]
+    config_file.write_text(json.dumps(config))
 
 
 def build_engine(model_dir: str, batch: int) -> Engine:
@@ -67,11 +76,7 @@ def build_engine(model_dir: str, batch: int) -> Engine:
         async_scheduling=True,
         enable_prefix_caching=True,
     )
-    engine = Engine(config)
-    runner = engine.runner
-    cfg = engine.model_config.hf_config
-    runner.model = NoModel(runner.model, cfg["hidden_size"], cfg["vocab_size"])
-    return engine
+    return Engine(config)
 
 
 def run_steps(engine: Engine, steps: int | None) -> dict[str, float]:
@@ -98,28 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default=None)
     p.add_argument("--commit", default=None)
     args = p.parse_args(argv)
-    # The draw: an argmax of the zero logits (the fused sampling kernel is one launch on a GPU).
-    sample_tokens = dispatch.sample_tokens
-    dispatch.sample_tokens = lambda logits, temperature, seeds, counters: logits.argmax(-1)
-    try:
-        return _measure(args)
-    finally:
-        dispatch.sample_tokens = sample_tokens
-
-
-def _measure(args: argparse.Namespace) -> int:
+    # The loop is one thread of Python; torch's pool would only add wake-ups (and, on a shared machine,
+    # slow-downs of 10x or more) to the zeros above.
+    torch.set_num_threads(1)
     vocab = shapes.shape_config("tiny")["vocab_size"]
     with tempfile.TemporaryDirectory() as tmp:
-        shapes.write_model_dir("tiny", tmp)
+        write_model_dir(tmp)
         engine = build_engine(tmp, args.batch)
-        params = SamplingParams(max_tokens=1000, temperature=1.0, ignore_eos=True)
+        params = SamplingParams(max_tokens=1000, temperature=0.0, ignore_eos=True)
         for i in range(args.batch):
             engine.add_request(f"d{i}", [(i * 7 + j) % vocab for j in range(512)], params)
         run_steps(engine, 40)  # prefill and a few decodes
         decode = run_steps(engine, args.steps)
 
         engine = build_engine(tmp, args.batch)
-        work = SamplingParams(max_tokens=256, temperature=1.0, ignore_eos=True)
+        work = SamplingParams(max_tokens=256, temperature=0.0, ignore_eos=True)
         for i in range(args.num_prompts):
             engine.add_request(f"w{i}", [(i * 13 + j) % vocab for j in range(512)], work)
         t0 = time.perf_counter()
@@ -130,7 +128,7 @@ def _measure(args: argparse.Namespace) -> int:
         "kind": "host_step",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "commit": args.commit or _commit(),
+        "commit": args.commit or git_commit(),
         "batch": args.batch,
         "decode_us_per_step": per_step,
         "decode_us_per_step_total": round(sum(per_step.values()), 1),
@@ -140,15 +138,8 @@ def _measure(args: argparse.Namespace) -> int:
     }
     print(json.dumps(record))
     if args.results_dir:
-        append_jsonl(record, args.results_dir)
+        record_result(record, args.results_dir)
     return 0
-
-
-def _commit() -> str:
-    import subprocess
-
-    out = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    return out.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

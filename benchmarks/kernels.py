@@ -1,9 +1,12 @@
 """GPU micro-benchmark of the Triton paged-attention kernels (decode first, with a prefill reference point).
 
-    python benchmarks/kernels.py --out kernels.json            # the table below, in about a minute
-    python benchmarks/kernels.py --out kernels.json --sweep    # also launch shapes and split counts
-    python benchmarks/kernels.py --out sampling.json --sampling-only   # the sampling rows, in seconds
-    python benchmarks/kernels.py --out splits.json --splits-only [--results-dir benchmarks --commit SHA]
+    python -m benchmarks.kernels [--results-dir benchmarks]   # the table below, in about a minute
+    python -m benchmarks.kernels --sweep               # also launch shapes and split counts
+    python -m benchmarks.kernels --sampling-only       # the sampling rows, in seconds
+    python -m benchmarks.kernels --splits-only         # the batch-1 KV split sweep
+
+With --results-dir, one `kernels` row to results.jsonl there (every case below), or with --splits-only one
+`attention_splits` row per case; --out also writes the run as one JSON file.
 
 Decode: batch 1 and 256, context 512 and 8k, llama-1b (32 q / 8 kv heads, head_dim 64) and llama-8b (32/8,
 head_dim 128) head shapes, bf16, block size 16, blocks shuffled over the cache. The floor is the KV bytes
@@ -19,7 +22,7 @@ Every timed case is also checked against the torch reference in fp32 (rel err co
 Splits (`--splits-only`): llama-8b's batch-1 decode attention at TP=1 (32 q / 8 kv heads) and TP=2 (16 / 4),
 context 608 (the throughput benchmark's probe) and 2048, graph time per call (reduce kernel included) for
 every KV split count, beside the count `choose_num_kv_splits` picks for a graph bound (max_model_len) of 768
-and 2048; one `attention_splits` line per case to results.jsonl with --results-dir.
+and 2048.
 
 Sampling: `sample_tokens` on bf16 logits [B, 128256] (Llama 3 vocab), B = 1 and 256, every row sampling
 (T = 1) or every row greedy, against the sampler's previous torch path (fp32 copy, softmax, exponential race;
@@ -43,13 +46,11 @@ import triton
 import triton.testing
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.graph_timing import graph_call_us  # noqa: E402
-from engine_service.ops import torch_ops  # noqa: E402
-from engine_service.ops import triton_attention as ta  # noqa: E402
-from engine_service.ops import triton_sampling as ts  # noqa: E402
-from pagoda.bench.report import append_jsonl  # noqa: E402
+from benchmarks.graph_timing import graph_call_us
+from engine_service.ops import torch_ops
+from engine_service.ops import triton_attention as ta
+from engine_service.ops import triton_sampling as ts
+from pagoda.bench.results import git_commit, record_result
 
 # The SDPA peer may use only fused kernels: the math fallback would repeat K/V per query head (GBs).
 FUSED_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
@@ -455,24 +456,26 @@ def matmul_rate() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="where to write the JSON results")
+    parser.add_argument("--out", help="also write the run's results to this JSON file")
     parser.add_argument("--sweep", action="store_true", help="also sweep split counts and launch shapes")
     parser.add_argument("--no-prefill", action="store_true", help="decode rows only")
     parser.add_argument("--sampling-only", action="store_true", help="only the sampling rows")
     parser.add_argument("--splits-only", action="store_true", help="only the batch-1 KV split sweep")
-    parser.add_argument("--results-dir", help="--splits-only: append its rows to results.jsonl here")
-    parser.add_argument("--commit", default="unknown", help="recorded in the results rows")
+    parser.add_argument("--results-dir", help="append the results to DIR/results.jsonl")
+    parser.add_argument("--commit", default=None, help="recorded in the rows (default: git rev-parse HEAD)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
+    commit = args.commit or git_commit()
     if args.splits_only:
         rows = bench_splits()
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+        if args.out:
+            Path(args.out).write_text(json.dumps(rows, indent=1))
         if args.results_dir:
             stamp = dict(kind="attention_splits", date=datetime.now(UTC).isoformat(timespec="seconds"))
-            card = dict(card=torch.cuda.get_device_name(), commit=args.commit)
+            card = dict(card=torch.cuda.get_device_name(), commit=commit)
             for row in rows:
-                append_jsonl({**stamp, **card, **row}, args.results_dir)
+                record_result({**stamp, **card, **row}, args.results_dir)
         return 0
 
     started = time.time()
@@ -483,7 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     mixed = bench_mixed(copy_bw) if attention and not args.no_prefill else []
     sampling = bench_sampling(copy_bw)
     result = dict(
-        device=torch.cuda.get_device_name(),
+        kind="kernels",
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
+        commit=commit,
+        card=torch.cuda.get_device_name(),
         num_sms=ta._num_sms(0),
         torch=torch.__version__,
         triton=triton.__version__,
@@ -496,11 +502,14 @@ def main(argv: list[str] | None = None) -> int:
         sweep=decode_sweep + prefill_sweep,
         wall_s=time.time() - started,
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.results_dir:
+        record_result(result, args.results_dir)
 
     print(
-        f"\n{result['device']}: copy {copy_bw / 1e9:.0f} GB/s, bf16 matmul {mm / 1e12:.0f} TFLOP/s, "
+        f"\n{result['card']}: copy {copy_bw / 1e9:.0f} GB/s, bf16 matmul {mm / 1e12:.0f} TFLOP/s, "
         f"triton {triton.__version__}"
     )
     print(
@@ -544,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 best[key] = r
         for key, r in sorted(best.items()):
             print(f"best {key}: {r['value']} -> {r.get('graph_us', r.get('us')):.1f} us")
-    print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
+    print(f"done in {result['wall_s']:.0f} s")
     return 0
 
 

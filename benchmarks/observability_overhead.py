@@ -1,7 +1,7 @@
 """What metrics and tracing cost: `pagoda bench grpc` with both on against both off, same workload.
 
-    python benchmarks/observability_overhead.py                       # CPU: tiny model, 64 streams
-    python benchmarks/observability_overhead.py --device cuda --shape llama-1b --num-prompts 1000 \\
+    python -m benchmarks.observability_overhead                       # CPU: tiny model, 64 streams
+    python -m benchmarks.observability_overhead --device cuda --shape llama-1b --num-prompts 1000 \\
         --input-len 512 --output-len 256 --concurrency 256            # GPU (add --no-tracing without OTel)
 
 "on": the engine serves Prometheus metrics (scraped every second during the run, as Prometheus would) and
@@ -10,9 +10,8 @@ which only counts them); "off": --metrics-port 0 and no endpoint. The runs alter
 (--repeats pairs), each one a fresh engine, so that drift in a shared machine's speed hits both sides alike;
 the overhead is 1 - median(on) / median(off) of generated tokens per second. It also reports the CPU time
 the engine's processes spent per generated token (Linux /proc), the steadier figure on a machine shared
-with other work. Per-request log lines stay on in both. The result goes to benchmarks/results.jsonl (kind
-"observability_overhead") and a row of the observability table in benchmarks/RESULTS.md. Target (issue 7):
-at most 2 %.
+with other work. Per-request log lines stay on in both. The result goes to benchmarks/results.jsonl as an
+`observability_overhead` row. Target (issue 7): at most 2 %.
 """
 
 from __future__ import annotations
@@ -31,36 +30,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pagoda.bench.results import git_commit, record_result
+
 REPO = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- observability-results:begin -->", "<!-- observability-results:end -->"
-COLUMNS = [
-    "date",
-    "machine",
-    "commit",
-    "workload",
-    "on",
-    "runs",
-    "off tok/s",
-    "on tok/s",
-    "overhead",
-    "spread off / on",
-    "engine CPU ms / 1k tok, off → on",
-    "CPU overhead",
-]
-TABLE = f"""{BEGIN}
-## Metrics and tracing overhead (`benchmarks/observability_overhead.py`)
-
-`pagoda bench grpc` with the engine's metrics (scraped every second) and tracing (a span per request to an
-OTLP receiver) on, against both off; runs alternate, **off/on tok/s** are medians of generated tokens per
-second, **overhead** = 1 - on / off, **spread** = (fastest - slowest) / median run of each side, the
-noise a difference must beat. **engine CPU**: CPU time of the engine's processes (gRPC front and
-engine loop) per 1,000 generated tokens in the timed run, medians; **CPU overhead** = on / off - 1. On a
-machine shared with other work the CPU figures are the steadier ones.
-
-| {" | ".join(COLUMNS)} |
-|{"---|" * len(COLUMNS)}
-{END}
-"""
 CPU_DEFAULTS = [
     "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--num-prompts", "256", "--input-len", "128",
     "--output-len", "64", "--concurrency", "64",
@@ -71,11 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 class Receiver:
@@ -169,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "kind": "observability_overhead",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(runs[0]["card"]),
-        "commit": git_commit(),
+        "commit": git_commit(REPO),
         "bench_args": bench_args,
         "on": "metrics" if args.no_tracing else "metrics + tracing",
         "runs": runs,
@@ -187,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps({k: v for k, v in entry.items() if k != "runs"}, indent=2))
     if args.results_dir:
-        record(entry, Path(args.results_dir))
+        record_result(entry, args.results_dir)
     return 0
 
 
@@ -202,51 +169,6 @@ def say(message: str) -> None:
 def machine(card: str) -> str:
     cpu = f"{platform.machine()} {os.cpu_count()} cores"
     return f"{cpu}, CPU only" if card == "cpu" else f"{card}, {cpu}"
-
-
-def workload_label(bench_args: list[str]) -> str:
-    def flag(name: str, default: str) -> str:
-        return bench_args[bench_args.index(name) + 1] if name in bench_args else default
-
-    return (
-        f"{flag('--shape', 'llama-1b')} {flag('--num-prompts', '1000')}×{flag('--input-len', '512')}/"
-        f"{flag('--output-len', '256')}, {flag('--concurrency', '256')} streams"
-    )
-
-
-def _cpu(entry: dict) -> str:
-    off, on = entry["median_off_engine_cpu_ms_per_1k_tokens"], entry["median_on_engine_cpu_ms_per_1k_tokens"]
-    return "–" if off is None else f"{off:,.0f} → {on:,.0f}"
-
-
-def record(entry: dict, results_dir: Path) -> None:
-    """One line to results.jsonl; one row to the observability table of RESULTS.md (made before the gRPC
-    table the first time)."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / "results.jsonl", "a") as f:
-        f.write(json.dumps(entry) + "\n")
-    path = results_dir / "RESULTS.md"
-    text = path.read_text() if path.exists() else ""
-    if END not in text:
-        anchor = text.find("<!-- grpc-results:begin -->")
-        anchor = len(text) if anchor < 0 else anchor
-        text = text[:anchor] + TABLE + "\n" + text[anchor:]
-    cells = [
-        entry["date"][:10],
-        entry["machine"],
-        entry["commit"][:8],
-        workload_label(entry["bench_args"]),
-        entry["on"],
-        str(len(entry["runs"])),
-        f"{entry['median_off_tok_s']:,.0f}",
-        f"{entry['median_on_tok_s']:,.0f}",
-        f"{100 * entry['overhead']:.1f} %",
-        f"{100 * entry['spread_off']:.0f} % / {100 * entry['spread_on']:.0f} %",
-        _cpu(entry),
-        "–" if entry["cpu_overhead"] is None else f"{100 * entry['cpu_overhead']:.1f} %",
-    ]
-    end = text.index(END)
-    path.write_text(text[:end] + "| " + " | ".join(cells) + " |\n" + text[end:])
 
 
 if __name__ == "__main__":

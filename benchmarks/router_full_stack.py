@@ -1,6 +1,6 @@
 """The full stack on one GPU: offline throughput workloads sent through `pagoda router` to `pagoda engine`.
 
-    python benchmarks/router_full_stack.py --shape llama-1b --num-prompts 1000 [--concurrency 256]
+    python -m benchmarks.router_full_stack --shape llama-1b --num-prompts 1000 [--concurrency 256]
 
 Takes the flags of `pagoda bench grpc` (shape, workload, batch limits, --concurrency, --stream-interval,
 --engine-core). Starts the engine service on random weights with the offline run's settings and a router
@@ -9,7 +9,7 @@ tokenizer service is not on this path; the model folder of a shape has no tokeni
 streams token ids without text), then runs the offline `LLM.generate` on the same workload in this
 process, as configured and again with max_num_seqs at --concurrency (the most the service can batch), one
 row each. The figure of merit is the ratio of generated tokens per second, via router / offline (issue 5:
-at least 0.9 for llama-1b). Results: benchmarks/results.jsonl and the router table of RESULTS.md.
+at least 0.9 for llama-1b). With --results-dir, one `router_full_stack` row per offline reference.
 """
 
 from __future__ import annotations
@@ -20,15 +20,11 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import router_results  # noqa: E402
-
-from pagoda.bench import engine_server, grpc_client, grpc_throughput, shapes, throughput, workloads  # noqa: E402
-from pagoda.bench import serve as bench  # noqa: E402
+from pagoda.bench import engine_server, grpc_client, grpc_throughput, shapes, throughput, workloads
+from pagoda.bench import serve as bench
+from pagoda.bench.peers import subprocess_env
+from pagoda.bench.results import record_result
 
 
 def free_port() -> int:
@@ -58,7 +54,7 @@ def via_router(config, args, requests: list[workloads.Request], vocab_size: int)
             "--tokenizer",
             "127.0.0.1:1",
         ],
-        cwd=REPO,
+        env=subprocess_env(),
     )
     url = f"http://127.0.0.1:{router_port}"
     try:
@@ -123,21 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             "router": routed,
             "offline": ref,
         }
-        row = [
-            entry["date"][:10],
-            card,
-            config.commit[:8],
-            f"{config.shape} full stack, {len(requests)} prompts; reference at max_num_seqs "
-            f"{ref.get('max_num_seqs', '–')}",
-            str(args.concurrency),
-            router_results.fmt(routed["output_tok_s"]),
-            router_results.fmt(ref.get("out_tok_s")),
-            router_results.fmt(ratio, 3),
-            router_results.fmt((routed["ttft_ms"] or {}).get("p50"), 1),
-            "–",
-        ]
         if config.results_dir:
-            router_results.record(entry, row, Path(config.results_dir))
+            record_result(entry, config.results_dir)
     print(
         f"via router {routed['output_tok_s']:,.0f} tok/s; ratios by offline batch limit {ratios}, "
         f"errors {routed['errors']}"

@@ -1,6 +1,6 @@
 """Router overhead: what one router process adds between an OpenAI client and an engine.
 
-    python benchmarks/router_overhead.py [--streams 256] [--output-len 512] [--tokens-per-message 4]
+    python -m benchmarks.router_overhead [--streams 256] [--output-len 512] [--tokens-per-message 4]
 
 Starts, as separate processes, an engine that streams as fast as gRPC lets it (a fake engine speaking the
 real EngineService: canned tokens, `--tokens-per-message` per message, as a busy engine batches what it
@@ -11,8 +11,7 @@ produced since its last send) and `pagoda router` in front of it. This process i
   - TTFT: `--ttft-requests` sequential requests, each timed to its first token, once straight to the engine
     over gRPC and once through the router over HTTP; the overhead is the difference of the medians.
 
-The figures go to benchmarks/results.jsonl and a row of the router table in benchmarks/RESULTS.md
-(router_results.py).
+The figures go to benchmarks/results.jsonl as a `router_overhead` row.
 Targets (issue 5): >= 20,000 streamed tokens/s across 256 streams, <= 2 ms added to median TTFT.
 """
 
@@ -31,15 +30,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
+
+from pagoda.bench import serve as bench
+from pagoda.bench.results import git_commit, record_result
+from pagoda.engine.v1 import engine_pb2 as pb
+from pagoda.engine.v1 import engine_pb2_grpc
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import grpc  # noqa: E402
-import router_results  # noqa: E402
-
-from pagoda.bench import serve as bench  # noqa: E402
-from pagoda.engine.v1 import engine_pb2 as pb  # noqa: E402
-from pagoda.engine.v1 import engine_pb2_grpc  # noqa: E402
 
 # -- the fake engine (runs in its own process) ------------------------------------------------------------
 
@@ -165,7 +163,7 @@ async def measure(args: argparse.Namespace, url: str, engine: str) -> dict:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=256)
     p.add_argument("--rounds", type=int, default=2, help="requests per stream slot in the throughput run")
@@ -175,14 +173,15 @@ def main() -> int:
     p.add_argument("--ttft-requests", type=int, default=300)
     p.add_argument("--results-dir", default=str(REPO / "benchmarks"), help="'' to record nothing")
     p.add_argument("--serve-fast-engine", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.serve_fast_engine:
         asyncio.run(serve_fast_engine(args.serve_fast_engine, args.tokens_per_message))
         return 0
     engine_port, router_port = free_port(), free_port()
     engine = spawn(
         [
-            __file__,
+            "-m",
+            "benchmarks.router_overhead",
             "--serve-fast-engine",
             str(engine_port),
             "--tokens-per-message",
@@ -219,27 +218,15 @@ def main() -> int:
         "kind": "router_overhead",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, CPU only",
-        "commit": router_results.git_commit(),
+        "commit": git_commit(REPO),
         "engine": "fake (gRPC, canned tokens)",
         "streams": args.streams,
         "tokens_per_message": args.tokens_per_message,
         "output_len": args.output_len,
         "result": {**result, "load_report": load},
     }
-    row = [
-        entry["date"][:10],
-        entry["machine"],
-        entry["commit"][:8],
-        f"fake engine, {args.tokens_per_message} tok/msg",
-        str(args.streams),
-        router_results.fmt(result["tok_s"]),
-        "–",
-        "–",
-        router_results.fmt(result["ttft_router_p50_ms"], 2),
-        router_results.fmt(result["ttft_added_ms"], 2),
-    ]
     if args.results_dir:
-        router_results.record(entry, row, Path(args.results_dir))
+        record_result(entry, args.results_dir)
     ok = result["tok_s"] >= 20_000 and result["ttft_added_ms"] <= 2.0 and not result["errors"]
     print("targets (>= 20,000 tok/s, <= 2 ms TTFT added):", "met" if ok else "NOT met")
     return 0

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("router.main", "run the OpenAI-compatible HTTP router"),
     "bench": ("pagoda.bench", "benchmarks: `throughput` (offline, in-process) and `serve` (online)"),
     "generate": ("pagoda.generate", "generate offline from a prompt (no servers)"),
+    "download": ("pagoda.download", "fetch a Hugging Face model at a pinned revision into a folder, once"),
 }
 
 

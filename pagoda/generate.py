@@ -1,9 +1,19 @@
-"""`pagoda generate --prompt TEXT`: offline generation through the LLM API (no servers); prints the text."""
+"""`pagoda generate --prompt TEXT`: offline generation through the LLM API (no servers); prints the text.
+
+Its sampling and engine flags are made from SamplingParams' and EngineConfig's fields (pagoda/cli_args.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from engine_service.core.config import EngineConfig
+from engine_service.core.sampling_params import SamplingParams
+from pagoda.cli_args import add_config_args, config_values
+
+SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
+ENGINE_FLAGS = ("device", "dtype", "num_kv_blocks")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -16,34 +26,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn"
     )
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=-1)
-    p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
-    p.add_argument("--num-kv-blocks", type=int, default=None)
+    # a short greedy answer by default
+    add_config_args(p, SamplingParams, only=SAMPLING_FLAGS, defaults={"max_tokens": 64, "temperature": 0.0})
+    add_config_args(p, EngineConfig, only=ENGINE_FLAGS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from engine_service import LLM, SamplingParams
+    from engine_service import LLM
     from pagoda.models import resolve_model
 
     try:
         model = resolve_model(args.model, args.model_cache_dir)
-        llm = LLM(str(model), device=args.device, dtype=args.dtype, num_kv_blocks=args.num_kv_blocks)
-        params = SamplingParams(
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            stop=args.stop,
-            seed=args.seed,
-        )
+        llm = LLM(str(model), **config_values(args, EngineConfig, only=ENGINE_FLAGS))
+        params = SamplingParams(**config_values(args, SamplingParams, only=SAMPLING_FLAGS))
         if args.chat:
             if llm.tokenizer is None or not getattr(llm.tokenizer, "chat_template", None):
                 raise ValueError("--chat needs a tokenizer with a chat template, and the model has none")

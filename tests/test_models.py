@@ -24,6 +24,8 @@ def test_default_model_is_a_complete_hf_folder(default_model_dir: Path):
     )
     config = json.loads((default_model_dir / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
+    # bf16, not fp32: an 8B 4-bit GGUF must become a 16 GB folder, not a 32 GB one.
+    assert config["dtype"] == "bfloat16"
     assert "quantization_config" not in config
     assert config["tie_word_embeddings"] is True
     generation = json.loads((default_model_dir / "generation_config.json").read_text())
@@ -35,6 +37,8 @@ def test_default_model_is_a_complete_hf_folder(default_model_dir: Path):
 
     with safe_open(default_model_dir / "model.safetensors", "pt") as f:
         keys = set(f.keys())
+        dtypes = {f.get_slice(k).get_dtype() for k in keys}
+    assert dtypes == {"BF16"}, dtypes
     assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys  # tied
     assert f"model.layers.{config['num_hidden_layers'] - 1}.mlp.down_proj.weight" in keys
 

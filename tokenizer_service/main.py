@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 
+from pagoda.cli_args import add_config_args, config_values
 from pagoda.telemetry.logging import setup_logging
 from pagoda.telemetry.tracing import TracingUnavailable, otlp_endpoint
 from pagoda.tls import TlsConfigError, add_server_tls_args, server_tls
@@ -23,33 +23,7 @@ log = logging.getLogger("tokenizer_service")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pagoda tokenizer", description="Run the gRPC tokenizer service.")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="a Hugging Face model folder or a .gguf file (default: SmolLM2-135M-Instruct)",
-    )
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=50052, help="gRPC port (0: any free port)")
-    p.add_argument("--metrics-port", type=int, default=9101, help="Prometheus /metrics port (0: off)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=min(4, os.cpu_count() or 1),
-        help="tokenizer threads, each with its own tokenizer (default: min(4, CPUs))",
-    )
-    p.add_argument("--log-format", choices=("text", "json"), default="text")
-    p.add_argument(
-        "--log-requests",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="log one line per RPC: request id, status, token count, duration (never the text)",
-    )
-    p.add_argument(
-        "--otlp-endpoint",
-        default=None,
-        help="export traces over OTLP/gRPC, e.g. http://otel-collector:4317 "
-        "(default: OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off)",
-    )
+    add_config_args(p, TokenizerConfig)
     add_server_tls_args(p)
     args = p.parse_args(argv)
     if args.workers < 1:
@@ -59,16 +33,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> TokenizerConfig:
     return TokenizerConfig(
-        model=args.model,
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
-        workers=args.workers,
-        log_format=args.log_format,
-        log_requests=args.log_requests,
-        otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
-        tls=server_tls(args),
-        health_port=args.health_port,
+        **{
+            **config_values(args, TokenizerConfig),
+            "otlp_endpoint": otlp_endpoint(args.otlp_endpoint),
+            "tls": server_tls(args),
+            "health_port": args.health_port,
+        }
     )
 
 

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pagoda.grpc_keepalive import server_options
 from pagoda.grpc_strict import add_servicer
 from pagoda.health_port import serve_health
 from pagoda.models import resolve_model, served_model_name
@@ -48,7 +49,11 @@ class TokenizerServer:
     async def start(self) -> None:
         size = self.config.max_message_bytes
         server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+                *server_options(self.config.grpc_min_ping_interval_s),
+            ]
         )
         # Undecodable request bytes are INVALID_ARGUMENT too (grpc alone would answer UNKNOWN).
         add_servicer(tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server, self.servicer, server)

@@ -1,1 +1,2 @@
-"""The engine's pure-Python core: the KV block manager and the scheduler (no torch here)."""
+"""The engine's pure-Python core (no torch here): the configs, the sampling fields' one definition, the
+KV block manager and the scheduler."""

@@ -1,49 +1,99 @@
-"""EngineConfig: the one frozen configuration of an engine, built once (from flags or LLM kwargs)."""
+"""EngineConfig: the one frozen configuration of an engine, built once (from flags or LLM kwargs).
+
+Each setting is defined here once, with its help: `pagoda engine` and `pagoda bench throughput` make their
+flags from these fields (pagoda/cli_args.py), and `LLM(**kwargs)` takes the same names. A new setting is a
+new field with `metadata={"help": ...}`; its flag follows.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from engine_service.core.sampling_params import MAX_LOGPROBS
+
+Device = Literal["auto", "cpu", "cuda"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model: str  # a Hugging Face folder (already resolved: see pagoda.models.resolve_model)
-    served_model_name: str | None = None
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    max_model_len: int | None = None  # default: the model's max_position_embeddings
-    block_size: int = 16
-    max_num_seqs: int = 512
-    max_num_batched_tokens: int = 8192
-    enable_prefix_caching: bool = True
-    num_kv_blocks: int | None = None  # default: from gpu_memory_utilization on GPU, 4096 tokens' worth on CPU
-    gpu_memory_utilization: float = 0.90
-    cpu_kv_cache_gib: float = 1.0  # CPU KV-cache size when num_kv_blocks is not given
-    load_format: str = "auto"  # auto | dummy (random weights)
-    seed: int = 0
-    enforce_eager: bool = False  # no CUDA graphs
-    # Schedule step n+1 while step n runs on the device (None: on for a single-process CUDA engine).
-    async_scheduling: bool | None = None
-    tensor_parallel_size: int = 1
+    # A Hugging Face folder, already resolved (pagoda.models.resolve_model): `--model` takes more forms.
+    model: str = field(metadata={"cli": False})
+    served_model_name: str | None = field(
+        default=None, metadata={"help": "the name clients use (default: from --model)"}
+    )
+    device: Device = field(default="auto", metadata={"help": "auto: cuda when a GPU is visible, else cpu"})
+    dtype: Dtype = field(
+        default="auto", metadata={"help": "weights and activations (auto: bfloat16 on cuda, float32 on cpu)"}
+    )
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "longest prompt + completion (default: the model's context length)"}
+    )
+    block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block (a power of two)"})
+    max_num_seqs: int = field(default=512, metadata={"help": "most sequences in one batch"})
+    max_num_batched_tokens: int = field(default=8192, metadata={"help": "token budget of one step"})
+    enable_prefix_caching: bool = field(
+        default=True,
+        metadata={
+            "flag": "prefix-caching",
+            "help": "keep full KV blocks cached and reuse them for prompts that share a prefix",
+        },
+    )
+    num_kv_blocks: int | None = field(
+        default=None,
+        metadata={
+            "help": "KV-cache blocks (default: from --gpu-memory-utilization on a GPU, --cpu-kv-cache-gib "
+            "on CPU)"
+        },
+    )
+    gpu_memory_utilization: float = field(
+        default=0.90, metadata={"help": "share of the GPU's memory the engine may use, KV cache included"}
+    )
+    cpu_kv_cache_gib: float = field(
+        default=1.0, metadata={"help": "CPU KV-cache size in GiB, when --num-kv-blocks is not given"}
+    )
+    load_format: Literal["auto", "dummy"] = field(default="auto", metadata={"help": "dummy: random weights"})
+    seed: int = field(
+        default=0, metadata={"help": "seeds random weights and the draws of requests that give no seed"}
+    )
+    enforce_eager: bool = field(default=False, metadata={"help": "no CUDA graphs"})
+    async_scheduling: bool | None = field(
+        default=None,
+        metadata={
+            "help": "schedule step n+1 while step n runs on the device (default: on for a single-process "
+            "CUDA engine)"
+        },
+    )
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs the model is split across"})
     # Tensor parallelism on GPUs that reach each other (peer access): decode-sized all-reduces over symmetric
-    # memory, the row-parallel ones fused with the next residual add + RMSNorm (parallel/all_reduce.py);
+    # memory, the row-parallel ones fused with the next residual add + RMSNorm (distributed/all_reduce.py);
     # NCCL for the rest, and for everything when off (RESULTS.md, tensor parallelism).
-    custom_all_reduce: bool = True
+    custom_all_reduce: bool = field(
+        default=True,
+        metadata={
+            "help": "tensor parallelism: decode-sized all-reduces over symmetric memory, fused with the next "
+            "RMSNorm where they can be (--no-custom-all-reduce: all through NCCL)"
+        },
+    )
     # Programmatic dependent launch of the Triton kernels on sm_90+ GPUs: each kernel is launched while the
     # one before it drains and waits on the device for it (ops/triton_pdl.py). No effect elsewhere.
-    pdl: bool = True
-    max_logprobs: int = 20
+    pdl: bool = field(
+        default=True,
+        metadata={
+            "help": "programmatic dependent launch of the Triton kernels on sm_90+ GPUs: each one launches "
+            "while the one before it drains (--no-pdl: plain stream order)"
+        },
+    )
+    max_logprobs: int = field(
+        default=MAX_LOGPROBS,
+        metadata={"help": f"most top logprobs a request may ask for (at most {MAX_LOGPROBS})"},
+    )
 
     def __post_init__(self) -> None:
         checks = [
-            (
-                self.device in ("auto", "cpu", "cuda"),
-                f"device must be auto, cpu or cuda, got {self.device!r}",
-            ),
-            (
-                self.dtype in ("auto", "float32", "bfloat16", "float16"),
-                f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}",
-            ),
+            *_choice_checks(self),
             (
                 self.block_size in (1, 2, 4, 8, 16, 32, 64, 128, 256),
                 f"block_size must be a power of two from 1 to 256, got {self.block_size}",
@@ -58,10 +108,6 @@ class EngineConfig:
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
             ),
             (
-                self.load_format in ("auto", "dummy"),
-                f"load_format must be auto or dummy, got {self.load_format!r}",
-            ),
-            (
                 self.num_kv_blocks is None or self.num_kv_blocks >= 1,
                 f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}",
             ),
@@ -69,7 +115,23 @@ class EngineConfig:
                 self.tensor_parallel_size >= 1,
                 f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}",
             ),
+            (
+                0 <= self.max_logprobs <= MAX_LOGPROBS,
+                f"max_logprobs must be in [0, {MAX_LOGPROBS}], got {self.max_logprobs}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+
+def _choice_checks(config) -> list[tuple[bool, str]]:
+    """(ok, message) for each Literal-typed field: its value is one of the Literal's."""
+    hints = typing.get_type_hints(type(config))
+    out = []
+    for f in fields(config):
+        if typing.get_origin(hints[f.name]) is Literal:
+            choices = typing.get_args(hints[f.name])
+            value = getattr(config, f.name)
+            out.append((value in choices, f"{f.name} must be one of {', '.join(choices)}; got {value!r}"))
+    return out

@@ -1,110 +1,163 @@
-"""SamplingParams: how one request is sampled, validated before it enters the engine loop."""
+"""SamplingParams: how one request is sampled. The one definition of the sampling fields.
+
+Each field carries its bounds and help (`spec(...)`, see sampling_spec.py); the engine's `validate()`, the
+gRPC conversion (`from_pb`) and the router's reading of OpenAI bodies all read them from here, and tests
+hold engine.proto and router/openapi.yaml to them. The bounds are OpenAI's documented ranges where OpenAI
+has the field (temperature [0, 2], top_p (0, 1], penalties [-2, 2], n >= 1, logprobs [0, 20], logit_bias
+[-100, 100], seed any signed 64-bit integer); the extensions (top_k, min_p, ...) take vLLM's meaning.
+
+An unset max_tokens means "as many as fit in the context" (max_model_len minus the prompt) offline, over
+gRPC and through the router alike: only the engine knows what fits (its context and its KV cache), so the
+default is the engine's. vLLM's offline default is 16 instead; pass max_tokens to bound a request.
+"""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass, field
+
+from engine_service.core.sampling_spec import (
+    INT32_MAX,
+    INT64_MAX,
+    INT64_MIN,
+    UINT32_MAX,
+    check_min_tokens,
+    check_range,
+    check_vocab,
+    is_greedy,
+    proto_value,
+    sampling_fields,
+    spec,
+)
+
+MAX_N = 128
+MAX_LOGPROBS = 20  # OpenAI's top_logprobs bound; EngineConfig.max_logprobs may lower it
+MAX_STOP_STRINGS = 64
 
 
 @dataclass
 class SamplingParams:
-    n: int = 1
-    max_tokens: int | None = 16  # None: as many as fit in max_model_len
-    min_tokens: int = 0
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = -1  # -1 or 0 = off
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    seed: int | None = None
-    ignore_eos: bool = False
-    stop_token_ids: list[int] = field(default_factory=list)
-    stop: list[str] = field(default_factory=list)
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
-    logprobs: int | None = None  # top-N alternatives per position; 0 = only the sampled token's logprob
+    n: int = field(default=1, metadata=spec("samples to generate for the prompt", 1, MAX_N))
+    max_tokens: int | None = field(
+        default=None,
+        metadata=spec(
+            "most tokens to generate per sample (unset: as many as fit in the model's context)", 1, UINT32_MAX
+        ),
+    )
+    min_tokens: int = field(
+        default=0,
+        metadata=spec(
+            "tokens to generate before EOS or a stop token id may end a sample", 0, UINT32_MAX, openai=False
+        ),
+    )
+    temperature: float = field(
+        default=1.0, metadata=spec("softmax temperature; below 1e-5 the sample is greedy (argmax)", 0.0, 2.0)
+    )
+    top_p: float = field(
+        default=1.0,
+        metadata=spec(
+            "nucleus sampling: draw from the most likely tokens that hold this much probability mass",
+            0.0,
+            1.0,
+            lo_open=True,
+        ),
+    )
+    top_k: int = field(
+        default=-1,
+        metadata=spec("draw from the k most likely tokens only; -1 or 0: off", -1, INT32_MAX, openai=False),
+    )
+    min_p: float = field(
+        default=0.0,
+        metadata=spec(
+            "drop tokens less likely than min_p times the most likely one (0: off)", 0.0, 1.0, openai=False
+        ),
+    )
+    presence_penalty: float = field(
+        default=0.0,
+        metadata=spec("penalty subtracted from the logit of every token already generated", -2.0, 2.0),
+    )
+    frequency_penalty: float = field(
+        default=0.0,
+        metadata=spec("penalty subtracted from a token's logit once per time it was generated", -2.0, 2.0),
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata=spec(
+            "divides the positive logits (multiplies the negative ones) of tokens in the prompt or the "
+            "output (1: off)",
+            0.0,
+            10.0,
+            lo_open=True,
+            openai=False,
+        ),
+    )
+    logit_bias: dict[int, float] = field(
+        default_factory=dict,
+        metadata=spec("token id -> bias added to its logit before sampling", -100.0, 100.0),
+    )
+    seed: int | None = field(
+        default=None,
+        metadata=spec(
+            "any signed 64-bit integer: the same seed gives the same tokens whatever else is in the batch "
+            "(unset: a random draw)",
+            INT64_MIN,
+            INT64_MAX,
+        ),
+    )
+    ignore_eos: bool = field(default=False, metadata=spec("keep generating past EOS", openai=False))
+    stop_token_ids: list[int] = field(
+        default_factory=list,
+        metadata=spec("token ids that end a sample (kept in the output)", 0, UINT32_MAX, openai=False),
+    )
+    stop: list[str] = field(
+        default_factory=list,
+        metadata=spec(
+            "strings that end a sample; the match is cut from the text", max_items=MAX_STOP_STRINGS
+        ),
+    )
+    include_stop_str_in_output: bool = field(
+        default=False, metadata=spec("keep the matched stop string in the text", openai=False)
+    )
+    skip_special_tokens: bool = field(
+        default=True, metadata=spec("leave special tokens out of the decoded text", openai=False)
+    )
+    logprobs: int | None = field(
+        default=None,
+        metadata=spec(
+            "return the sampled token's logprob and this many top alternatives per position "
+            "(0: the sampled one's only; unset: no logprobs)",
+            0,
+            MAX_LOGPROBS,
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # one stop string, as OpenAI bodies may give it
+            self.stop = [self.stop]
+
+    @classmethod
+    def from_pb(cls, msg) -> SamplingParams:
+        """From a `pagoda.engine.v1.SamplingParams` message: unset optional fields take the defaults above."""
+        return cls(**{name: proto_value(msg, f) for name, f in SAMPLING_FIELDS.items()})
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return is_greedy(self.temperature)
 
     @property
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
 
-    def validate(self, vocab_size: int, max_logprobs: int = 20) -> None:
-        """Raise ValueError naming the field and its limit."""
-        _check(isinstance(self.n, int) and self.n >= 1, f"n must be at least 1, got {self.n!r}")
-        _check(self.n <= 128, f"n must be at most 128, got {self.n}")
-        if self.max_tokens is not None:
-            _check(
-                isinstance(self.max_tokens, int) and self.max_tokens >= 1,
-                f"max_tokens must be at least 1, got {self.max_tokens!r}",
-            )
-        _check(
-            isinstance(self.min_tokens, int) and self.min_tokens >= 0,
-            f"min_tokens must be >= 0, got {self.min_tokens!r}",
-        )
-        if self.max_tokens is not None:
-            _check(
-                self.min_tokens <= self.max_tokens,
-                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
-            )
-        _check(
-            _finite(self.temperature) and self.temperature >= 0.0,
-            f"temperature must be a finite number >= 0, got {self.temperature!r}",
-        )
-        _check(
-            _finite(self.top_p) and 0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p!r}"
-        )
-        _check(
-            isinstance(self.top_k, int) and self.top_k >= -1,
-            f"top_k must be -1 (off) or >= 0, got {self.top_k!r}",
-        )
-        _check(
-            _finite(self.min_p) and 0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p!r}"
-        )
-        for name in ("presence_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            _check(_finite(value) and -2.0 <= value <= 2.0, f"{name} must be in [-2, 2], got {value!r}")
-        _check(
-            _finite(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0,
-            f"repetition_penalty must be in (0, 10], got {self.repetition_penalty!r}",
-        )
-        for token_id, bias in self.logit_bias.items():
-            _check(
-                isinstance(token_id, int) and 0 <= token_id < vocab_size,
-                f"logit_bias token id {token_id!r} is outside the vocabulary [0, {vocab_size})",
-            )
-            _check(
-                _finite(bias) and -100.0 <= bias <= 100.0,
-                f"logit_bias values must be in [-100, 100], got {bias!r}",
-            )
-        for token_id in self.stop_token_ids:
-            _check(
-                isinstance(token_id, int) and 0 <= token_id < vocab_size,
-                f"stop_token_ids entry {token_id!r} is outside the vocabulary [0, {vocab_size})",
-            )
-        if self.logprobs is not None:
-            _check(
-                isinstance(self.logprobs, int) and 0 <= self.logprobs <= max_logprobs,
-                f"logprobs must be in [0, {max_logprobs}], got {self.logprobs!r}",
-            )
-        if self.seed is not None:
-            _check(
-                isinstance(self.seed, int) and 0 <= self.seed < 2**63,
-                f"seed must be in [0, 2^63), got {self.seed!r}",
-            )
-        _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+    def validate(self, vocab_size: int, max_logprobs: int = MAX_LOGPROBS) -> None:
+        """Raise a SamplingError (a ValueError) naming the field and its bound."""
+        for name, f in SAMPLING_FIELDS.items():
+            f.check(getattr(self, name))
+        check_min_tokens(self.min_tokens, self.max_tokens)
+        check_vocab("logit_bias", self.logit_bias, vocab_size)
+        check_vocab("stop_token_ids", self.stop_token_ids, vocab_size)
+        if self.logprobs is not None and max_logprobs < MAX_LOGPROBS:  # this engine serves fewer
+            bounds = dataclasses.replace(SAMPLING_FIELDS["logprobs"].bounds, hi=max_logprobs)
+            check_range(bounds, "logprobs", self.logprobs)
 
 
-def _finite(x: float) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+SAMPLING_FIELDS = sampling_fields(SamplingParams)

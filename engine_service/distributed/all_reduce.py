@@ -11,7 +11,7 @@ bandwidth wins there.
 
 Alone, on 2x H200, it took 6.6 µs against NCCL's 17 µs (benchmarks/all_reduce.py), but in the llama-8b
 TP=2 decode graph it saved only 0.09 ms of 3.5 ms, and end-to-end throughput was lower than with NCCL in
-two of three runs (RESULTS.md, tensor parallelism): the fusion below is what made it pay.
+two of three runs (benchmarks/RESULTS.md, offline throughput): the fusion below is what made it pay.
 
 The same path fuses each row-parallel layer's all-reduce with the residual add and RMSNorm that follow
 it (ops/triton_all_reduce_norm.py: one kernel where there were two, 64 fewer launches per llama-8b
@@ -20,8 +20,8 @@ NCCL + the separate norm where the fused kernel does not apply (CPU, prefill-siz
 Its exchange pushes tagged words and never waits on a flag: on 2x H200 at one row 3.1-3.3 µs against
 8.0 (one-shot + norm) and 8.0 (NCCL + norm), and 5.1-5.6 µs for the flag handshake it replaced; llama-8b
 TP=2 batch-1 step 2.82-2.84 ms against NCCL's 3.35-3.46, throughput 1.00-1.15x NCCL's in two calls
-(RESULTS.md, seventh session). On by default (`--no-custom-all-reduce` turns it off) where every GPU
-reaches its peers.
+(docs/PERFORMANCE.md, tensor parallelism). On by default (`--no-custom-all-reduce` turns it off) where
+every GPU reaches its peers.
 
     install(device, dtype, hidden_size, max_bytes)   once per rank, after the process group is up (CUDA)
     out = all_reduce(tensor)            in the layers: the summed tensor (a new one, or `tensor` itself)

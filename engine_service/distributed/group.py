@@ -22,10 +22,9 @@ NCCL_DEFAULTS = {
 
 def check_tp_size(model_config: ModelConfig, tp_size: int, device: str) -> None:
     """Raises ValueError, naming the dimension, when the model cannot be split `tp_size` ways here."""
-    cfg = model_config.hf_config
     splits = [
         ("num_attention_heads", model_config.num_heads),
-        ("intermediate_size", cfg["intermediate_size"]),
+        ("intermediate_size", model_config.intermediate_size),
     ]
     for name, size in splits:
         if size % tp_size:

@@ -22,6 +22,7 @@ from engine_service.engine import updates_codec
 from engine_service.engine.tokenizer import load_tokenizer
 from engine_service.executor.executor import Executor
 from engine_service.executor.factory import make_executor
+from engine_service.models.registry import MODELS
 from engine_service.worker.model_runner import resolve_device, resolve_dtype
 from engine_service.worker.sampler import SampleResult
 
@@ -63,7 +64,7 @@ class EngineStats:
 class Engine:
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.model_config = mc = ModelConfig.from_dir(config.model)
+        self.model_config = mc = ModelConfig.from_dir(config.model, supported=MODELS)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         self.max_model_len = self._max_model_len(config, mc)
@@ -309,10 +310,8 @@ class Engine:
     @staticmethod
     def _max_model_len(config: EngineConfig, mc: ModelConfig) -> int:
         limit = mc.max_position_embeddings
-        cfg = mc.hf_config
-        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
-        if window:  # full attention is only exact within the window: cap the context there
-            limit = min(limit, int(window))
+        if mc.sliding_window:  # full attention is only exact within the window: cap the context there
+            limit = min(limit, mc.sliding_window)
         if config.max_model_len is not None:
             if config.max_model_len > limit:
                 raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's limit of {limit}")

@@ -94,7 +94,8 @@ class LLM:
 
     def start_profile(self, trace_dir: str) -> None:
         """Profile what follows (torch.profiler, host and device, every tensor-parallel rank) until
-        stop_profile. Between generate calls: a benchmark's tool (benchmarks/decode_timeline.py)."""
+        stop_profile, as vLLM's LLM.start_profile does. Call it between generate calls; the traces open
+        in Perfetto or chrome://tracing."""
         self.engine.executor.start_profile(trace_dir)
 
     def stop_profile(self) -> list[str]:

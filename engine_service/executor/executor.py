@@ -60,19 +60,9 @@ class Executor(ABC):
     def execute(self, out: SchedulerOutput) -> SampleResult:
         """One forward pass over the scheduled tokens; a token for each sequence that caught up."""
 
-    def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
-        """A benchmark's probe: ms per replay of the decode CUDA graph (every rank in step), None without
-        graphs. Only between steps: it overwrites the graphs' inputs."""
-        return None
-
-    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int = 20) -> list | None:
-        """A benchmark's probe: rank 0's kernels of one decode graph replay as (name, launches, µs), None
-        without graphs. Only between steps, like time_decode_graph."""
-        return None
-
     @abstractmethod
     def start_profile(self, trace_dir: str) -> None:
-        """torch.profiler on every rank (host and device) until stop_profile: a benchmark's tool."""
+        """torch.profiler on every rank (host and device) until stop_profile (LLM.start_profile)."""
 
     @abstractmethod
     def stop_profile(self) -> list[str]:

@@ -23,7 +23,7 @@ def make_executor(
         return UniProcExecutor(runner)
 
     spec = WorkerSpec(
-        model_path=model_config.path,
+        model=model_config,
         device=device.type,
         dtype=str(dtype).removeprefix("torch."),
         block_size=config.block_size,

@@ -129,13 +129,6 @@ class MultiProcExecutor(Executor):
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         self._call("capture_cuda_graphs", max_num_seqs, max_model_len)
 
-    def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
-        times = self._call("time_decode_graph", batch_size, context_len, replays)
-        return None if None in times else max(times)
-
-    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int = 20) -> list | None:
-        return self._call("profile_decode_graph", batch_size, context_len, replays)[0]
-
     def start_profile(self, trace_dir: str) -> None:
         if self._profiling:  # checked here: an error on a rank would end the engine
             raise RuntimeError("a profile is already running")

@@ -35,12 +35,6 @@ class UniProcExecutor(Executor):
     def execute(self, out: SchedulerOutput) -> SampleResult:
         return self.runner.execute(out)
 
-    def time_decode_graph(self, batch_size: int, context_len: int, replays: int = 50) -> float | None:
-        return self.runner.time_decode_graph(batch_size, context_len, replays)
-
-    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int = 20) -> list | None:
-        return self.runner.profile_decode_graph(batch_size, context_len, replays)
-
     def start_profile(self, trace_dir: str) -> None:
         self.runner.start_profile(trace_dir)
 

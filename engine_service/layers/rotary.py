@@ -1,4 +1,5 @@
-"""Rotary position embedding with the scalings Llama-family checkpoints use (default, linear, llama3)."""
+"""Rotary position embedding with the scalings Llama-family checkpoints use (default, linear, llama3).
+The parameters come parsed from config.json in ModelConfig.rope (core/model_config.py)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,6 @@ import torch
 from torch import nn
 
 from engine_service.ops import dispatch as ops
-
-
-def rope_parameters(hf_config: dict[str, Any]) -> dict[str, Any]:
-    """(theta, scaling) from transformers-5 `rope_parameters`, or the older `rope_theta` / `rope_scaling`."""
-    params = dict(hf_config.get("rope_parameters") or {})
-    if not params:
-        params = dict(hf_config.get("rope_scaling") or {})
-        params["rope_theta"] = hf_config.get("rope_theta", 10000.0)
-    params.setdefault("rope_theta", 10000.0)
-    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
-    return params
 
 
 def inverse_frequencies(head_dim: int, params: dict[str, Any]) -> torch.Tensor:

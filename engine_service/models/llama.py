@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine_service.core.model_config import ModelConfig
 from engine_service.layers.activation import SiluAndMul
 from engine_service.layers.attention import Attention, AttentionMetadata
 from engine_service.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from engine_service.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from engine_service.layers.norm import RMSNorm
-from engine_service.layers.rotary import RotaryEmbedding, rope_parameters
+from engine_service.layers.rotary import RotaryEmbedding
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -45,22 +46,21 @@ class LlamaArgs:
     tp_size: int = 1
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], tp_rank: int = 0, tp_size: int = 1, **switches: bool) -> LlamaArgs:
-        num_heads = cfg["num_attention_heads"]
-        attention_bias = bool(cfg.get("attention_bias", False))  # Llama checkpoints with biased projections
-        switches = {"qkv_bias": attention_bias, "o_bias": attention_bias, **switches}
+    def from_config(cls, c: ModelConfig, tp_rank: int = 0, tp_size: int = 1, **switches: bool) -> LlamaArgs:
+        """The model's view of `c` on one rank; `switches` (qkv_bias, qk_norm) are the architecture's."""
+        switches = {"qkv_bias": c.attention_bias, "o_bias": c.attention_bias, **switches}
         return cls(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_layers=cfg["num_hidden_layers"],
-            num_heads=num_heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // num_heads,
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            max_positions=cfg.get("max_position_embeddings", 2048),
-            rope=rope_parameters(cfg),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_layers=c.num_layers,
+            num_heads=c.num_heads,
+            num_kv_heads=c.num_kv_heads,
+            head_dim=c.head_dim,
+            rms_norm_eps=c.rms_norm_eps,
+            max_positions=c.max_position_embeddings,
+            rope=c.rope,
+            tie_word_embeddings=c.tie_word_embeddings,
             tp_rank=tp_rank,
             tp_size=tp_size,
             **switches,
@@ -185,9 +185,9 @@ class LlamaForCausalLM(nn.Module):
     }
     switches: dict[str, bool] = {}
 
-    def __init__(self, hf_config: dict[str, Any], tp_rank: int = 0, tp_size: int = 1):
+    def __init__(self, config: ModelConfig, tp_rank: int = 0, tp_size: int = 1):
         super().__init__()
-        self.args = a = LlamaArgs.from_hf(hf_config, tp_rank, tp_size, **self.switches)
+        self.args = a = LlamaArgs.from_config(config, tp_rank, tp_size, **self.switches)
         self.model = LlamaModel(a)
         self.lm_head = ParallelLMHead(a.vocab_size, a.hidden_size, a.tp_rank, a.tp_size)
         if a.tie_word_embeddings:

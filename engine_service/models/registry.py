@@ -25,3 +25,9 @@ def model_class(architecture: str) -> type[nn.Module]:
     except KeyError:
         supported = ", ".join(sorted(MODELS))
         raise ValueError(f"architecture {architecture!r} is not supported (supported: {supported})") from None
+
+
+def register_model(architecture: str, cls: type[nn.Module]) -> None:
+    """Serve the `architecture` that config.json names with `cls`, a model defined outside this package (as
+    vLLM's ModelRegistry.register_model): it is built as `cls(hf_config, tp_rank, tp_size)`."""
+    MODELS[architecture] = cls

@@ -1,7 +1,7 @@
 """Protobuf <-> engine types, so that servicer methods stay a few lines.
 
-Unset optional proto fields take the offline API's defaults, except max_tokens: unset means "as many
-as fit in max_model_len" (the proto's documented default), not SamplingParams' 16.
+Unset optional sampling fields take SamplingParams' declared defaults (the one definition), so a gRPC
+request and an offline one with the same fields sample alike; max_tokens unset means "as many as fit".
 """
 
 from __future__ import annotations
@@ -26,30 +26,7 @@ def sampling_params_from_pb(p: pb.SamplingParams) -> SamplingParams:
     """Raises ValueError for what SamplingParams cannot express; SamplingParams.validate checks the rest."""
     if p.HasField("prompt_logprobs"):
         raise ValueError("sampling_params.prompt_logprobs is not supported yet: leave it unset")
-
-    def opt(name: str, default):
-        return getattr(p, name) if p.HasField(name) else default
-
-    return SamplingParams(
-        n=opt("n", 1),
-        max_tokens=opt("max_tokens", None),
-        min_tokens=p.min_tokens,
-        temperature=opt("temperature", 1.0),
-        top_p=opt("top_p", 1.0),
-        top_k=opt("top_k", -1),
-        min_p=p.min_p,
-        presence_penalty=p.presence_penalty,
-        frequency_penalty=p.frequency_penalty,
-        repetition_penalty=opt("repetition_penalty", 1.0),
-        logit_bias=dict(p.logit_bias),
-        seed=opt("seed", None),
-        ignore_eos=p.ignore_eos,
-        stop_token_ids=list(p.stop_token_ids),
-        stop=list(p.stop),
-        include_stop_str_in_output=p.include_stop_str_in_output,
-        skip_special_tokens=opt("skip_special_tokens", True),
-        logprobs=opt("logprobs", None),
-    )
+    return SamplingParams.from_pb(p)
 
 
 def check_request_id(request_id: str) -> None:

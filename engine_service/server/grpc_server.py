@@ -32,6 +32,7 @@ from engine_service.server.servicer import EngineServicer
 from engine_service.server.serving_state import ServingState
 from engine_service.server.stats_logger import log_stats
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
+from pagoda.grpc_keepalive import server_options
 from pagoda.grpc_strict import add_servicer
 from pagoda.health_port import serve_health
 from pagoda.telemetry.tracing import setup_tracing
@@ -52,7 +53,7 @@ class EngineServer:
         self.state = ServingState()
         self.port: int | None = None
         self.exit_code: int | None = None
-        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        self._server = grpc.aio.server(options=GRPC_OPTIONS + server_options(config.grpc_min_ping_interval_s))
         self._health = health.aio.HealthServicer()
         self._health_server: grpc.aio.Server | None = None  # --health-port
         self._done = asyncio.Event()

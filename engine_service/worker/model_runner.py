@@ -67,7 +67,7 @@ class ModelRunner:
             previous = torch.get_default_dtype()
             torch.set_default_dtype(dtype)
             try:
-                self.model = model_class(model_config.architecture)(model_config.hf_config, tp_rank, tp_size)
+                self.model = model_class(model_config.architecture)(model_config, tp_rank, tp_size)
             finally:
                 torch.set_default_dtype(previous)
         if load_format == "dummy":
@@ -153,18 +153,6 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
             self.graphs.release()
             self.graphs = None
-
-    def time_decode_graph(self, batch_size: int, context_len: int, replays: int) -> float | None:
-        """The decode graph's own time (ms per replay, see DecodeGraphs.time_replay); None without graphs."""
-        if self.graphs is None or batch_size > self.graphs.max_batch_size:
-            return None
-        return self.graphs.time_replay(batch_size, context_len, replays)
-
-    def profile_decode_graph(self, batch_size: int, context_len: int, replays: int) -> list | None:
-        """The decode graph's kernels (see DecodeGraphs.profile_replay); None without graphs."""
-        if self.graphs is None or batch_size > self.graphs.max_batch_size:
-            return None
-        return self.graphs.profile_replay(batch_size, context_len, replays)
 
     def start_profile(self, trace_dir: str) -> None:
         """torch.profiler over this rank's host and device work, until stop_profile."""

@@ -20,13 +20,10 @@ import torch
 
 from engine_service.core.outputs import TokenLogprobs
 from engine_service.core.sampling_params import SamplingParams
+from engine_service.core.sampling_spec import sampler_seed
 from engine_service.core.sequence import Sequence
 from engine_service.ops import dispatch
 from engine_service.worker import host_copy
-
-# Temperatures below this are greedy, as in vLLM: 1/T would blow the scores up to inf.
-_MIN_TEMPERATURE = 1e-5
-_SEED_MASK = 2**63 - 1
 
 
 @dataclass
@@ -46,16 +43,16 @@ class RowParams:
 
     @classmethod
     def of(cls, params: SamplingParams) -> RowParams:
-        temperature = 0.0 if params.temperature < _MIN_TEMPERATURE else params.temperature
+        temperature = 0.0 if params.greedy else params.temperature
         logprobs = -1 if params.logprobs is None else params.logprobs
         return cls(temperature, _always_processed(params, temperature), params.min_tokens, logprobs)
 
 
 def sampling_seed(params: SamplingParams, index: int, rng: random.Random) -> int:
-    """A sample's noise seed, 63 bits: the request's seed + the sample's index, else one drawn from `rng`.
-    Fixed once per sequence, so its draws do not depend on the batch or on a preemption."""
+    """A sample's noise seed, 63 bits: from the request's seed and the sample's index, else one drawn from
+    `rng`. Fixed once per sequence, so its draws do not depend on the batch or on a preemption."""
     if params.seed is not None:
-        return (params.seed + index) & _SEED_MASK
+        return sampler_seed(params.seed, index)
     return rng.getrandbits(63)
 
 

@@ -50,8 +50,6 @@ CALLS = (
     "profile_num_kv_blocks",
     "allocate_kv_cache",
     "capture_cuda_graphs",
-    "time_decode_graph",
-    "profile_decode_graph",
     "start_profile",
     "stop_profile",
     "num_sequences",
@@ -62,7 +60,7 @@ CALLS = (
 class WorkerSpec:
     """What every rank needs to build its shard of the model (sent once, at start)."""
 
-    model_path: str
+    model: ModelConfig  # parsed once, by the driver
     device: str  # cpu | cuda
     dtype: str  # float32 | bfloat16 | float16
     block_size: int
@@ -83,7 +81,7 @@ class Worker:
         else:
             device = torch.device("cpu")
         init_distributed(rank, spec.tp_size, spec.store_port, device, spec.collective_timeout_s)
-        model_config = ModelConfig.from_dir(spec.model_path)
+        model_config = spec.model
         if spec.custom_all_reduce:
             all_reduce.install(device, DTYPES[spec.dtype], model_config.hidden_size)
         self.rank = rank

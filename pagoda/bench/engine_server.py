@@ -14,7 +14,7 @@ import threading
 import urllib.request
 
 from pagoda.bench import throughput
-from pagoda.bench.peers import REPO_ROOT
+from pagoda.bench.peers import subprocess_env
 
 
 def server_command(
@@ -79,8 +79,8 @@ class EngineProcess:
 
     def __init__(self, cmd: list[str]):
         # No OTEL_EXPORTER_OTLP_* from our environment: tracing is on only when --otlp-endpoint says so.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_OTLP")}
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, env=env)
+        env = {k: v for k, v in subprocess_env().items() if not k.startswith("OTEL_EXPORTER_OTLP")}
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
         self.port = self._read_port()
 
     def _read_port(self) -> int:

@@ -11,8 +11,8 @@ workload in this process (pagoda.bench.throughput.run_pagoda), as configured and
 batch limit (max_num_seqs, 512 by default) is above --concurrency, again with max_num_seqs at the streams'
 count: the service never has more requests to batch than there are streams, while the offline run queues
 every prompt at once. The figures of merit are the ratios of generated tokens per second, gRPC / offline
-and gRPC / offline at the same batch limit. One JSON object per engine core goes to results.jsonl and one
-row to the gRPC table of RESULTS.md.
+and gRPC / offline at the same batch limit. With --results-dir, one record per engine core is appended to
+results.jsonl there (pagoda.bench.results).
 
 --metrics-port turns the engine's Prometheus metrics on (scraped every --scrape-interval seconds during the
 run, as Prometheus would) and --otlp-endpoint its tracing: benchmarks/observability_overhead.py compares
@@ -34,41 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pagoda.bench import engine_server, grpc_client, report, shapes, throughput, workloads
-
-GRPC_BEGIN, GRPC_END = "<!-- grpc-results:begin -->", "<!-- grpc-results:end -->"
-COLUMNS = [
-    "date",
-    "card",
-    "commit",
-    "shape",
-    "workload",
-    "core",
-    "streams",
-    "gRPC out tok/s",
-    "offline out tok/s",
-    "ratio",
-    "offline @streams",
-    "ratio @streams",
-    "TTFT p50",
-    "TPOT p50",
-    "msgs/s",
-    "tok/msg",
-]
-GRPC_TABLE = f"""{GRPC_BEGIN}
-## Streaming through the engine gRPC service (`pagoda bench grpc`)
-
-The same workloads, sent as concurrent `Generate` streams to `python -m engine_service` on the same card;
-**ratio** = gRPC out tok/s / offline out tok/s (offline: `LLM.generate` in the same call, every prompt
-queued at once, default batch limit 512 sequences). **offline @streams**, **ratio @streams**: the offline
-run with its batch limit at the streams' count (max_num_seqs = streams), the most the service can batch.
-**core**: the engine loop in a thread of the gRPC process or in a process of its own. **tok/msg**:
-generated tokens per streamed message (the front batches every token a request produced since its last
-message).
-
-| {" | ".join(COLUMNS)} |
-|{"---|" * len(COLUMNS)}
-{GRPC_END}
-"""
+from pagoda.bench.results import record_result
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, throughput.BenchConfig]:
@@ -232,7 +198,7 @@ def build_record(
     if same_batch is None and config.max_num_seqs <= args.concurrency:
         same_batch = offline
     return {
-        "bench": "grpc",
+        "kind": "grpc",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "card": throughput.card_name(config.device),
         "commit": config.commit,
@@ -251,58 +217,6 @@ def build_record(
         "offline": offline,
         "offline_same_batch": same_batch if same_batch is not offline else "offline",
     }
-
-
-def markdown_row(record: dict[str, Any]) -> str:
-    g = record["grpc"]
-
-    def fmt(value, digits=0):
-        return "–" if value is None else f"{value:,.{digits}f}"
-
-    cells = [
-        record["date"][:10],
-        record["card"],
-        record["commit"][:8],
-        record["shape"],
-        report.workload_label(record["workload"], record["prefix_caching"]),
-        (record["engine_core"] or "–")
-        + (f", interval {g['stream_interval']}" if g.get("stream_interval", 1) > 1 else "")
-        + (f", {g['client_processes']} clients" if g.get("client_processes", 1) > 1 else "")
-        + _observability_label(g.get("observability") or {}),
-        str(record["concurrency"]),
-        "error" if "error" in g else fmt(record["out_tok_s"]),
-        fmt(record["offline_out_tok_s"]),
-        fmt(record["ratio"], 3),
-        fmt(record.get("offline_same_batch_out_tok_s")),
-        fmt(record.get("ratio_same_batch"), 3),
-        fmt((g.get("ttft_ms") or {}).get("p50"), 1),
-        fmt((g.get("tpot_ms") or {}).get("p50"), 2),
-        fmt(g.get("messages_per_s")),
-        fmt(g.get("tokens_per_message"), 2),
-    ]
-    return "| " + " | ".join(cells) + " |"
-
-
-def _observability_label(obs: dict[str, Any]) -> str:
-    on = [name for name in ("metrics", "tracing") if obs.get(name)]
-    return f", {' + '.join(on)}" if on else ""
-
-
-def append_results(record: dict[str, Any], results_dir: str | Path) -> None:
-    """One line to results.jsonl; one row to the gRPC table of RESULTS.md (created before the offline table,
-    which `pagoda bench throughput` appends to at the end of the file)."""
-    results_dir = Path(results_dir)
-    report.append_jsonl(record, results_dir)
-    table = results_dir / "RESULTS.md"
-    text = table.read_text() if table.exists() else report.RESULTS_HEADER + report.TABLE_HEAD
-    if GRPC_END not in text:
-        head = text.find(report.TABLE_HEAD.splitlines()[0])
-        head = len(text) if head < 0 else head
-        text = (
-            text[:head] + GRPC_TABLE + "\n## Offline throughput (`pagoda bench throughput`)\n\n" + text[head:]
-        )
-    end = text.index(GRPC_END)
-    table.write_text(text[:end] + markdown_row(record) + "\n" + text[end:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,7 +279,7 @@ def run_round(
         if records is not None:
             records.append(record)
         if config.results_dir:
-            append_results(record, config.results_dir)
+            record_result(record, config.results_dir)
         if config.out_json:
             Path(config.out_json).with_suffix(f".{core}.json").write_text(json.dumps(record, indent=2) + "\n")
         failed |= (

@@ -1,9 +1,9 @@
 """The vLLM peer: `python -m pagoda.bench.peer_vllm JOB.json OUT.json`, run by `pagoda bench throughput
---peer vllm` in a process of its own with vLLM's site folder on PYTHONPATH (../shared/tools/vllm-peer).
+--peer vllm` in a process of its own (with the folder --vllm-site names first on its path, if any).
 
-It runs vLLM the way `vllm bench throughput` and ../shared/tools/vllm-peer/bench_vllm_offline.py do
-(dummy weights, no tokenizer, FLASH_ATTN, token-id prompts, one timed `generate` after a short warm-up),
-on the workload the parent describes, and measures the same decode-step probe as Pagoda.
+It runs vLLM the way `vllm bench throughput` does (dummy weights, no tokenizer, FLASH_ATTN, token-id
+prompts, one timed `generate` after a short warm-up), on the workload the parent describes, and measures
+the same decode-step probe as Pagoda.
 """
 
 from __future__ import annotations

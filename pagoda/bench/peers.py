@@ -22,7 +22,17 @@ from typing import Any
 
 from pagoda.bench.workloads import WorkloadSpec
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# The folder this code is imported from (a source checkout, or site-packages): first on a subprocess's
+# path, so that the engines and peers it starts import the same Pagoda as this process.
+IMPORT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def subprocess_env(*first_on_path: str) -> dict[str, str]:
+    """This process's environment with `first_on_path`, then IMPORT_ROOT, ahead of its PYTHONPATH."""
+    env = dict(os.environ)
+    path = [*first_on_path, str(IMPORT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    return env
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,6 @@ def run_worker(
             proc = subprocess.Popen(
                 [sys.executable, "-m", module, str(job_path), str(out_path), *extra_args],
                 env=env,
-                cwd=REPO_ROOT,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -27,6 +27,7 @@ import numpy as np
 
 from pagoda.bench import client_processes
 from pagoda.bench.report import percentiles_ms
+from pagoda.bench.results import git_commit, record_result
 
 _WORDS = """time person year way day thing man world life hand part child eye woman place work week case point
 company number group problem fact water room mother area money story month lot right study book job word
@@ -348,6 +349,8 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     )
     p.add_argument("--json", help="write the report to this file")
     p.add_argument("--results-dir", help="append the report to DIR/results.jsonl")
+    p.add_argument("--commit", default=None, help="recorded with --results-dir (default: git rev-parse HEAD)")
+    p.add_argument("--card", default="unknown", help="recorded with --results-dir: what the server runs on")
     a = p.parse_args(argv)
     if (
         not 0 <= a.range_ratio < 1
@@ -390,6 +393,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.results_dir:
-        with open(Path(args.results_dir) / "results.jsonl", "a") as f:
-            f.write(json.dumps(report) + "\n")
+        record_result({**report, "commit": args.commit or git_commit(), "card": args.card}, args.results_dir)
     return 0 if report["completed"] else 1

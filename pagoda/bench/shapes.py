@@ -145,8 +145,7 @@ def write_model_dir(name: str, path: str | Path) -> Path:
 
 def dummy_llm(name: str, *, dtype: str = "bfloat16", max_model_len: int = 2048, **engine_args):
     """Pagoda's offline LLM for shape `name` with random weights (a fresh model folder in a temporary
-    directory): what the GPU probes (graph_kernels.py, decode_timeline.py, profile_step.py) build.
-    `engine_args` go to LLM as they are (max_num_seqs, tensor_parallel_size, custom_all_reduce, ...)."""
+    directory). `engine_args` go to LLM as they are (max_num_seqs, tensor_parallel_size, ...)."""
     import tempfile
 
     from engine_service import LLM

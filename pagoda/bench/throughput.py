@@ -9,16 +9,17 @@ One invocation measures one configuration (shape x workload x prefix caching):
      whole workload (EOS ignored), per-request TTFT / TPOT from the outputs' metrics, and the decode step
      at batch 1 and 256 (workloads.probe_decode_steps);
   4. the roofline floor of the same work (roofline.py) -> efficiency of every engine;
-then appends one JSON object to <results-dir>/results.jsonl and one row to <results-dir>/RESULTS.md.
+then prints a summary, and with --results-dir appends the record to <results-dir>/results.jsonl
+(pagoda.bench.results). The vLLM peer needs vLLM in this Python environment, or in the folder that
+--vllm-site names (for instance vLLM's wheels unpacked on a machine without network).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
-import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,9 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engine_service.core.config import EngineConfig
 from pagoda.bench import report, roofline, shapes, workloads
-from pagoda.bench.peers import REPO_ROOT, PeerJob, run_worker
+from pagoda.bench.peers import PeerJob, run_worker, subprocess_env
+from pagoda.bench.results import git_commit, record_result
 from pagoda.bench.workloads import WorkloadSpec
+from pagoda.cli_args import add_config_args
 
 # peer flag -> (result key, worker module, mode)
 PEERS: dict[str, list[tuple[str, str, str]]] = {
@@ -36,7 +40,8 @@ PEERS: dict[str, list[tuple[str, str, str]]] = {
     "hf": [("hf_static", "pagoda.bench.peer_hf", "static"), ("hf_cb", "pagoda.bench.peer_hf", "cb")],
 }
 
-# What ../shared/tools/vllm-peer/README.md sets for vLLM on the GPU machine (no network, no flashinfer).
+# vLLM offline on dummy weights: no hub, no usage report, its torch sampler (FlashInfer's is optional and
+# absent where vLLM runs from unpacked wheels), its compile cache in /tmp.
 VLLM_ENV = {
     "VLLM_USE_FLASHINFER_SAMPLER": "0",
     "VLLM_NO_USAGE_STATS": "1",
@@ -49,6 +54,16 @@ VLLM_ENV = {
 }
 
 BLOCK_SIZE = 16  # Pagoda's and vLLM's KV block: a cached prefix is whole blocks
+ENGINE_FLAGS = (
+    "device",
+    "dtype",
+    "enable_prefix_caching",
+    "gpu_memory_utilization",
+    "enforce_eager",
+    "tensor_parallel_size",
+    "custom_all_reduce",
+    "pdl",
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +93,7 @@ class BenchConfig:
     hf_num_prompts: int
     hf_batch_size: int
     peer_timeout_s: float
-    vllm_site: str
+    vllm_site: str | None  # a folder holding vLLM and its packages; None: this environment's vLLM
 
     @property
     def max_model_len(self) -> int:
@@ -115,7 +130,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--prefix-len", type=int, default=1024, help="shared-prefix: tokens every prompt starts with"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument(
         "--peer",
         action="append",
@@ -123,8 +137,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[],
         help="also run this engine on the same workload (repeatable)",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    # The engine settings a run shares with `pagoda engine`: flags made from EngineConfig's fields.
+    add_config_args(
+        p,
+        EngineConfig,
+        only=ENGINE_FLAGS,
+        defaults={"dtype": "bfloat16"},  # the roofline needs a real dtype: no "auto"
+        choices={"dtype": ["bfloat16", "float16", "float32"]},
+    )
     p.add_argument(
         "--max-num-seqs", type=int, default=None, help="default: Pagoda's 512; peers keep their own"
     )
@@ -134,22 +154,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="default 16384 (as vLLM's offline LLM); peers keep their own",
     )
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument(
-        "--custom-all-reduce",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Pagoda TP: decode-sized all-reduces over symmetric memory (--no-custom-all-reduce: NCCL only)",
-    )
-    p.add_argument(
-        "--pdl",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Pagoda: programmatic dependent launch of the Triton kernels on sm_90+ (--no-pdl: off)",
-    )
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--enforce-eager", action="store_true", help="Pagoda without CUDA graphs")
     p.add_argument(
         "--decode-batch-sizes",
         type=_int_list,
@@ -164,9 +169,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="where to write the weight-less model folder (default: /tmp/pagoda-bench/<shape>)",
     )
-    p.add_argument(
-        "--results-dir", default="benchmarks", help="results.jsonl and RESULTS.md go here ('' : none)"
-    )
+    p.add_argument("--results-dir", default=None, help="append the record to DIR/results.jsonl")
     p.add_argument("--out-json", default=None, help="also write this configuration's record here")
     p.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     p.add_argument(
@@ -178,23 +181,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hf-batch-size", type=int, default=64, help="HF static generate: prompts per call")
     p.add_argument("--peer-timeout", type=float, default=900.0, help="seconds before a peer is given up")
     p.add_argument(
-        "--vllm-site", default="/tmp/site", help="folder with vLLM and its packages (vllm-peer bundle)"
+        "--vllm-site",
+        default=None,
+        help="--peer vllm: a folder holding vLLM and its packages, put first on the peer's path "
+        "(default: the vLLM installed in this Python environment)",
     )
     return p.parse_args(argv)
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def build_config(args: argparse.Namespace) -> BenchConfig:
@@ -217,7 +209,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         shape=args.shape,
         workload=spec,
-        prefix_caching=not args.no_prefix_caching,
+        prefix_caching=args.enable_prefix_caching,
         peers=tuple(dict.fromkeys(args.peer)),
         device=device,
         dtype=args.dtype,
@@ -236,7 +228,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         model_dir=args.model_dir or f"/tmp/pagoda-bench/{args.shape}",
         results_dir=args.results_dir or None,
         out_json=args.out_json,
-        commit=args.commit or _git_commit(),
+        commit=args.commit or git_commit(),
         hf_num_prompts=args.hf_num_prompts,
         hf_batch_size=args.hf_batch_size,
         peer_timeout_s=args.peer_timeout,
@@ -318,12 +310,6 @@ def _measure_pagoda(llm, config: BenchConfig, requests, vocab_size: int, startup
         spec.input_len,
         vocab_size,
     )
-    # The decode graph replayed back to back: the device's step without the host loop (GPU only).
-    context = spec.input_len + spec.output_len // 2
-    graph_ms = {str(b): llm.engine.executor.time_decode_graph(b, context) for b in batch_sizes}
-    graph_ms = {b: round(ms, 4) for b, ms in graph_ms.items() if ms is not None}
-    if graph_ms:
-        print(f"[bench] decode graph alone (ms per replay): {graph_ms}", file=sys.stderr, flush=True)
     return report.engine_result(
         engine="pagoda",
         startup_s=startup_s,
@@ -337,19 +323,27 @@ def _measure_pagoda(llm, config: BenchConfig, requests, vocab_size: int, startup
         tpot_s=tpot,
         decode_step_ms=decode,
         num_cached_tokens=sum(o.num_cached_tokens for o in outs),
-        decode_graph_ms=graph_ms,
         num_steps=num_steps,
     )
 
 
 def peer_env(peer: str, config: BenchConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    path = [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    if peer == "vllm":
-        path.insert(0, config.vllm_site)
-        env.update(VLLM_ENV)
-    env["PYTHONPATH"] = os.pathsep.join(path)
+    if peer != "vllm":
+        return subprocess_env()
+    env = subprocess_env(*([config.vllm_site] if config.vllm_site else []))
+    env.update(VLLM_ENV)
     return env
+
+
+def vllm_missing(site: str | None) -> str | None:
+    """Why the vLLM peer cannot start, or None: vLLM must be in `site`, or importable here without one."""
+    if site is not None:
+        if Path(site, "vllm", "__init__.py").is_file():
+            return None
+        return f"vLLM is not in {site}: unpack vLLM and its packages there, or leave --vllm-site out"
+    if importlib.util.find_spec("vllm") is not None:
+        return None
+    return "vLLM is not installed in this Python environment: install it, or pass --vllm-site DIR"
 
 
 def run_peers(config: BenchConfig, vocab_size: int) -> dict[str, dict[str, Any]]:
@@ -379,11 +373,9 @@ def run_peers(config: BenchConfig, vocab_size: int) -> dict[str, dict[str, Any]]
                 mode=mode,
                 seed=config.workload.seed,
             )
-            if peer == "vllm" and not Path(config.vllm_site, "vllm", "__init__.py").is_file():
-                results[key] = {
-                    "error": f"vLLM is not in {config.vllm_site}: unpack the vllm-peer bundle there "
-                    "(../shared/tools/vllm-peer/README.md) or pass --vllm-site"
-                }
+            missing = vllm_missing(config.vllm_site) if peer == "vllm" else None
+            if missing:
+                results[key] = {"error": missing}
                 continue
             print(f"[bench] peer {key} on {job.num_prompts} prompts", file=sys.stderr, flush=True)
             results[key] = run_worker(module, job, peer_env(peer, config), config.peer_timeout_s)
@@ -485,6 +477,7 @@ def build_record(
         if k not in ("workload", "shape", "commit", "results_dir", "out_json", "model_dir")
     }
     return {
+        "kind": "throughput",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "card": card_name(config.device),
         "commit": config.commit,
@@ -587,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         floors = decode_floors_ms(config, dims, ceilings)
     record = build_record(config, pagoda, peers, roof, floors)
     if config.results_dir:
-        report.append_results(record, config.results_dir)
+        record_result(record, config.results_dir)
     if config.out_json:
         Path(config.out_json).write_text(json.dumps(record, indent=2) + "\n")
     print_summary(record)

@@ -9,6 +9,7 @@ from router.api.context import CONTEXT, STARTED
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.logprobs import chat_logprobs
 from router.api.openai_schema import ChatRequest, parse_chat
+from router.api.sampling import check_model
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str
 from router.upstream.dispatch import EngineStreamError
@@ -18,7 +19,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     req = parse_chat(await read_json(request))
     card = ctx.registry.resolve(req.model)
-    encoded = await ctx.tokenizer.encode_chat(
+    encoded = await ctx.tokenizers.for_model(card.name).encode_chat(
         req.messages,
         add_generation_prompt=req.add_generation_prompt,
         continue_final_message=req.continue_final_message,
@@ -26,7 +27,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chat_template=req.chat_template,
     )
     prompt_len = len(encoded.token_ids)
-    req.sampling.check(prompt_len, card, "messages")
+    check_model(req.sampling, prompt_len, card, "messages")
     sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "messages")
     session = ctx.session_key(request, req.prompt_cache_key, req.user)
     gen = await Generation.open(

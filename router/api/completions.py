@@ -11,6 +11,7 @@ from router.api.context import CONTEXT, STARTED, RouterContext
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.logprobs import CompletionLogprobs
 from router.api.openai_schema import CompletionRequest, parse_completion
+from router.api.sampling import check_model, value_of
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str
 from router.errors import bad_request
@@ -24,10 +25,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
     card = ctx.registry.resolve(req.model)
     prompts = await asyncio.gather(*(_token_ids(ctx, card, p, i) for i, p in enumerate(req.prompts)))
     for ids in prompts:
-        req.sampling.check(len(ids), card, "prompt")
+        check_model(req.sampling, len(ids), card, "prompt")
     longest = max(len(ids) for ids in prompts)
     sampling = ctx.limits.apply(req.sampling, longest, card.max_model_len, "prompt")
-    echoes = await _echo_texts(ctx, req, prompts) if req.echo else None
+    echoes = await _echo_texts(ctx, card, req, prompts) if req.echo else None
     gen = await Generation.open(
         ctx.dispatcher,
         card,
@@ -48,7 +49,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def _token_ids(ctx: RouterContext, card: ModelCard, prompt: str | list[int], i: int):
     if isinstance(prompt, str):
-        ids = (await ctx.tokenizer.encode_text(prompt)).token_ids
+        ids = (await ctx.tokenizers.for_model(card.name).encode_text(prompt)).token_ids
         if not ids:
             raise bad_request(f"'prompt' {i} encodes to no tokens.", "prompt")
         return ids
@@ -60,21 +61,25 @@ async def _token_ids(ctx: RouterContext, card: ModelCard, prompt: str | list[int
     return prompt
 
 
-async def _echo_texts(ctx: RouterContext, req: CompletionRequest, prompts) -> list[str]:
+async def _echo_texts(ctx: RouterContext, card: ModelCard, req: CompletionRequest, prompts) -> list[str]:
     """The prompts as text: as given, or decoded when given as token ids."""
 
     async def text(prompt: str | list[int], ids) -> str:
         return (
             prompt
             if isinstance(prompt, str)
-            else await ctx.tokenizer.decode(ids, req.sampling.skip_special_tokens)
+            else await ctx.tokenizers.for_model(card.name).decode(
+                ids, value_of(req.sampling, "skip_special_tokens")
+            )
         )
 
     return list(await asyncio.gather(*(text(p, ids) for p, ids in zip(req.prompts, prompts, strict=True))))
 
 
 def _choice_logprobs(req: CompletionRequest, gen: Generation) -> list[CompletionLogprobs] | None:
-    return None if req.sampling.logprobs is None else [CompletionLogprobs() for _ in range(gen.num_choices)]
+    if not req.sampling.HasField("logprobs"):
+        return None
+    return [CompletionLogprobs() for _ in range(gen.num_choices)]
 
 
 async def _collect(req: CompletionRequest, gen: Generation, echoes: list[str] | None) -> dict:

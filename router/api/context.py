@@ -13,7 +13,7 @@ from router.metrics import RouterMetrics
 from router.request_telemetry import RequestTelemetry, RouterTelemetry
 from router.upstream.dispatch import Dispatcher
 from router.upstream.engines import EngineRegistry
-from router.upstream.tokenizer import TokenizerClient
+from router.upstream.tokenizer import Tokenizers
 
 
 @dataclass
@@ -21,7 +21,7 @@ class RouterContext:
     config: RouterConfig
     registry: EngineRegistry
     dispatcher: Dispatcher
-    tokenizer: TokenizerClient
+    tokenizers: Tokenizers  # each model's tokenizer client: tokenizers.for_model(card.name)
     metrics: RouterMetrics
     api_keys: ApiKeys
     limits: RequestLimits = field(default_factory=RequestLimits)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from pagoda.engine.v1 import engine_pb2
 from router import request_telemetry
-from router.api.sampling import Sampling
+from router.api.sampling import value_of
 from router.errors import OpenAIError
 from router.metrics import RouterMetrics
 from router.upstream.dispatch import Dispatcher, EngineStream, EngineStreamError
@@ -44,7 +44,7 @@ class Generation:
         card: ModelCard,
         id_prefix: str,
         prompts: Sequence[Sequence[int]],
-        sampling: Sampling,
+        sampling: engine_pb2.SamplingParams,
         *,
         started: float,
         cache_salt: str = "",
@@ -56,12 +56,11 @@ class Generation:
         tel = request_telemetry.current()
         if tel is not None:
             tel.model = card.name
-        params = sampling.to_pb()
         requests = [
             engine_pb2.GenerateRequest(
                 request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
                 prompt_token_ids=engine_pb2.TokenIds(ids=ids),
-                sampling_params=params,
+                sampling_params=sampling,
                 cache_salt=cache_salt,
             )
             for i, ids in enumerate(prompts)
@@ -83,7 +82,7 @@ class Generation:
         dispatcher.metrics.ttft_seconds.labels(card.name).observe(ttft)
         if tel is not None:
             tel.ttft_s = ttft
-        return cls(request_id, card.name, sampling.n, streams, dispatcher.metrics)
+        return cls(request_id, card.name, value_of(sampling, "n"), streams, dispatcher.metrics)
 
     def close(self) -> None:
         for s in self.streams:

@@ -11,12 +11,11 @@ retrying cannot shorten a prompt.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from router.api.sampling import Sampling
+from pagoda.engine.v1 import engine_pb2
 from router.errors import OpenAIError, bad_request
 
 
@@ -25,9 +24,11 @@ class RequestLimits:
     max_prompt_tokens: int | None = None
     max_tokens: int | None = None
 
-    def apply(self, sampling: Sampling, prompt_len: int, max_model_len: int, param: str) -> Sampling:
-        """Checks the (longest) prompt and the completion length after `Sampling.check` passed; returns
-        `sampling` with max_tokens set when the limit must cap a request that gave none."""
+    def apply(
+        self, sampling: engine_pb2.SamplingParams, prompt_len: int, max_model_len: int, param: str
+    ) -> engine_pb2.SamplingParams:
+        """Checks the (longest) prompt and the completion length after `sampling.check_model` passed;
+        returns `sampling`, or a copy with max_tokens set when the limit must cap a request that gave none."""
         if self.max_prompt_tokens is not None and prompt_len > self.max_prompt_tokens:
             raise bad_request(
                 f"The prompt has {prompt_len} tokens; this server accepts at most {self.max_prompt_tokens}.",
@@ -36,8 +37,11 @@ class RequestLimits:
             )
         if self.max_tokens is None:
             return sampling
-        if sampling.max_tokens is None:  # "as many as fit": at most the limit
-            return dataclasses.replace(sampling, max_tokens=min(self.max_tokens, max_model_len - prompt_len))
+        if not sampling.HasField("max_tokens"):  # "as many as fit": at most the limit
+            capped = engine_pb2.SamplingParams()
+            capped.CopyFrom(sampling)
+            capped.max_tokens = min(self.max_tokens, max_model_len - prompt_len)
+            return capped
         if sampling.max_tokens > self.max_tokens:
             raise bad_request(
                 f"'max_tokens' is {sampling.max_tokens}; this server allows at most {self.max_tokens}.",

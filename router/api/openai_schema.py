@@ -1,5 +1,5 @@
 """OpenAI request bodies -> validated request objects. Everything here is pure: no I/O, no model facts
-(those are checked in `Sampling.check` once the model is resolved).
+(those are checked in `sampling.check_model` once the model is resolved).
 
 Fields are checked against allow-lists: an argument we do not know is a 400, as on OpenAI's own API, and
 an argument we know but do not serve yet (`tools`, `functions`, non-text `response_format`...) is a 400
@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from pagoda.engine.v1 import engine_pb2
 from pagoda.tokenizer.v1 import tokenizer_pb2
-from router.api.sampling import MAX_LOGPROBS, SAMPLING_FIELDS, Sampling, parse_sampling
+from router.api.sampling import SAMPLING_BODY_FIELDS, parse_sampling, read_field, value_of
 from router.api.validation import opt_bool, opt_dict, opt_int, opt_str, reject_unknown, token_ids
 from router.errors import bad_request, unsupported
 
 MAX_PROMPTS = 256
 MAX_CACHE_SALT = 1024
 
-_COMMON = SAMPLING_FIELDS | {"model", "stream", "stream_options", "user", "cache_salt"}
+_COMMON = SAMPLING_BODY_FIELDS | {"model", "stream", "stream_options", "user", "cache_salt"}
 
 # Known OpenAI fields we accept only in the value that asks for nothing we lack; a predicate says which.
 _NEUTRAL = {
@@ -83,7 +84,7 @@ Message = tokenizer_pb2.ChatMessage  # parsed straight into the tokenizer servic
 class ChatRequest:
     model: str
     messages: tuple[Message, ...]
-    sampling: Sampling
+    sampling: engine_pb2.SamplingParams  # what the engine is sent (unset fields: the engine's defaults)
     stream: bool
     include_usage: bool
     logprobs: bool
@@ -100,7 +101,7 @@ class ChatRequest:
 class CompletionRequest:
     model: str
     prompts: tuple[str | list[int], ...]  # each a text or token ids
-    sampling: Sampling
+    sampling: engine_pb2.SamplingParams
     stream: bool
     include_usage: bool
     echo: bool
@@ -112,12 +113,12 @@ def parse_chat(body: object) -> ChatRequest:
     body = _object(body)
     _check_fields(body, _CHAT_FIELDS)
     logprobs = opt_bool(body, "logprobs")
-    top = opt_int(body, "top_logprobs", lo=0, hi=MAX_LOGPROBS)
+    top = read_field(body, "logprobs", param="top_logprobs")
     if top is not None and not logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs' set to true.", "top_logprobs")
-    max_tokens = opt_int(body, "max_completion_tokens", lo=1)
+    max_tokens = read_field(body, "max_tokens", param="max_completion_tokens")
     if max_tokens is None:
-        max_tokens = opt_int(body, "max_tokens", lo=1)
+        max_tokens = read_field(body, "max_tokens")
     add_generation_prompt = opt_bool(body, "add_generation_prompt", default=True)
     continue_final = opt_bool(body, "continue_final_message")
     if add_generation_prompt and continue_final and "add_generation_prompt" in body:
@@ -148,15 +149,13 @@ def parse_completion(body: object) -> CompletionRequest:
     body = _object(body)
     _check_fields(body, _COMPLETION_FIELDS)
     sampling = parse_sampling(
-        body,
-        max_tokens=opt_int(body, "max_tokens", lo=1),
-        logprobs=opt_int(body, "logprobs", lo=0, hi=MAX_LOGPROBS),
+        body, max_tokens=read_field(body, "max_tokens"), logprobs=read_field(body, "logprobs")
     )
     best_of = opt_int(body, "best_of", lo=1)
-    if best_of is not None and best_of != sampling.n:
+    if best_of is not None and best_of != value_of(sampling, "n"):
         raise unsupported("best_of", " other than n")
     echo = opt_bool(body, "echo")
-    if echo and sampling.logprobs is not None:
+    if echo and sampling.HasField("logprobs"):
         raise unsupported("echo", " together with 'logprobs' (prompt logprobs)")
     stream, include_usage = _stream(body)
     return CompletionRequest(

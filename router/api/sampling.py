@@ -1,163 +1,115 @@
-"""The sampling fields both endpoints share: read and range-checked from the body, checked against the
-model once it is known, and turned into the engine's `SamplingParams`."""
+"""The sampling fields both endpoints share, read from an OpenAI body straight into the engine's
+`SamplingParams` message, with the types and bounds of their one definition
+(engine_service/core/sampling_params.py), and checked against the model once it is known.
+
+A field the client did not give stays unset in the message, so the engine's default applies: the same
+definition's. A value out of bounds is a 400 that names the field and quotes the value as sent.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
+from engine_service.core.sampling_params import SAMPLING_FIELDS
+from engine_service.core.sampling_spec import SamplingError, check_min_tokens, check_vocab, proto_value
 from pagoda.engine.v1 import engine_pb2
-from router.api.validation import as_float, as_int, opt_bool, opt_float, opt_int, str_list
-from router.errors import bad_request
+from router.errors import OpenAIError, bad_request
 from router.upstream.model_card import ModelCard
 
-MAX_N = 128
-MAX_LOGPROBS = 20
-MAX_STOP_STRINGS = 64
-_U64 = (1 << 64) - 1
-_U32, _I32 = (1 << 32) - 1, (1 << 31) - 1  # the proto's field widths
-
-SAMPLING_FIELDS = frozenset(
-    {
-        "n",
-        "max_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
-        # Extensions most OpenAI-compatible servers accept.
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "min_tokens",
-        "ignore_eos",
-        "stop_token_ids",
-        "skip_special_tokens",
-        "include_stop_str_in_output",
-    }
-)
+# Read under their own names by both endpoints. max_tokens and logprobs are spelled per endpoint (chat also
+# takes max_completion_tokens, and logprobs + top_logprobs) and come to parse_sampling already read.
+SHARED_FIELDS = tuple(name for name in SAMPLING_FIELDS if name not in ("max_tokens", "logprobs"))
+SAMPLING_BODY_FIELDS = frozenset(SHARED_FIELDS) | {"max_tokens"}
 
 
-@dataclass(frozen=True, slots=True)
-class Sampling:
-    n: int = 1
-    max_tokens: int | None = None  # None: whatever fits in the model's context
-    min_tokens: int = 0
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float | None = None
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    seed: int | None = None
-    ignore_eos: bool = False
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
-    logprobs: int | None = None  # top alternatives per position; None: no logprobs at all
-
-    def check(self, prompt_len: int, model: ModelCard, param: str) -> None:
-        """Checks what needs the model: the context length and token ids against the vocabulary."""
-        if prompt_len >= model.max_model_len or (
-            self.max_tokens is not None and prompt_len + self.max_tokens > model.max_model_len
-        ):
-            asked = f"{prompt_len + (self.max_tokens or 1)} tokens ({prompt_len} in the prompt, " + (
-                f"{self.max_tokens} for the completion)"
-                if self.max_tokens
-                else "at least 1 for the completion)"
-            )
-            raise bad_request(
-                f"This model's maximum context length is {model.max_model_len} tokens. "
-                f"However, you requested {asked}. Please reduce the length of the prompt or the completion.",
-                param=param,
-                code="context_length_exceeded",
-            )
-        for name, ids in (
-            ("logit_bias", [t for t, _ in self.logit_bias]),
-            ("stop_token_ids", self.stop_token_ids),
-        ):
-            for t in ids:
-                if t >= model.vocab_size:
-                    raise bad_request(
-                        f"'{name}' holds token id {t}, outside the vocabulary (size {model.vocab_size}).",
-                        param=name,
-                    )
-
-    def to_pb(self) -> engine_pb2.SamplingParams:
-        pb = engine_pb2.SamplingParams(
-            n=self.n,
-            min_tokens=self.min_tokens,
-            min_p=self.min_p,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            logit_bias=dict(self.logit_bias),
-            ignore_eos=self.ignore_eos,
-            stop_token_ids=self.stop_token_ids,
-            stop=self.stop,
-            include_stop_str_in_output=self.include_stop_str_in_output,
-            skip_special_tokens=self.skip_special_tokens,
-        )
-        # proto3 `optional` fields: unset means "the engine's default", so only set what the client gave.
-        for name in ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "logprobs"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(pb, name, value)
-        if self.seed is not None:
-            pb.seed = self.seed & _U64  # OpenAI seeds may be negative; the engine takes 64 bits
-        return pb
+def parse_sampling(body: dict, *, max_tokens: int | None, logprobs: int | None) -> engine_pb2.SamplingParams:
+    params = engine_pb2.SamplingParams()
+    for name in SHARED_FIELDS:
+        value = read_field(body, name)
+        if value is not None:
+            _set(params, name, value)
+    if max_tokens is not None:
+        params.max_tokens = max_tokens
+    if logprobs is not None:
+        params.logprobs = logprobs
+    _checked(check_min_tokens, params.min_tokens, max_tokens)
+    return params
 
 
-def parse_sampling(body: dict, *, max_tokens: int | None, logprobs: int | None) -> Sampling:
-    """Reads the shared fields; `max_tokens` and `logprobs` differ per endpoint and come in parsed."""
-    min_tokens = opt_int(body, "min_tokens", lo=0, hi=_U32) or 0
-    if max_tokens is not None and min_tokens > max_tokens:
-        raise bad_request(
-            f"'min_tokens' ({min_tokens}) must not exceed max_tokens ({max_tokens}).", "min_tokens"
-        )
-    top_k = opt_int(body, "top_k", lo=-1, hi=_I32)
-    stop = body.get("stop")
-    stop_token_ids = body.get("stop_token_ids")
-    if stop_token_ids is not None and not isinstance(stop_token_ids, list):
-        raise bad_request("'stop_token_ids' must be a list of token ids.", "stop_token_ids")
-    return Sampling(
-        n=opt_int(body, "n", lo=1, hi=MAX_N) or 1,
-        max_tokens=max_tokens,
-        min_tokens=min_tokens,
-        temperature=opt_float(body, "temperature", lo=0.0, hi=2.0),
-        top_p=opt_float(body, "top_p", lo=0.0, hi=1.0, lo_open=True),
-        top_k=None if top_k in (None, 0) else top_k,
-        min_p=opt_float(body, "min_p", lo=0.0, hi=1.0) or 0.0,
-        presence_penalty=opt_float(body, "presence_penalty", lo=-2.0, hi=2.0) or 0.0,
-        frequency_penalty=opt_float(body, "frequency_penalty", lo=-2.0, hi=2.0) or 0.0,
-        repetition_penalty=opt_float(body, "repetition_penalty", lo=0.0, hi=10.0, lo_open=True),
-        logit_bias=_logit_bias(body.get("logit_bias")),
-        seed=opt_int(body, "seed", lo=-(1 << 63), hi=_U64),
-        ignore_eos=opt_bool(body, "ignore_eos"),
-        stop=() if stop is None else str_list(stop, "stop", max_items=MAX_STOP_STRINGS),
-        stop_token_ids=tuple(as_int(t, "stop_token_ids", lo=0, hi=_U32) for t in stop_token_ids or ()),
-        include_stop_str_in_output=opt_bool(body, "include_stop_str_in_output"),
-        skip_special_tokens=opt_bool(body, "skip_special_tokens", default=True),
-        logprobs=logprobs,
-    )
-
-
-def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
+def read_field(body: dict, name: str, param: str | None = None) -> Any:
+    """Body field `param` (default: `name`) as sampling field `name` holds it; None when absent or null."""
+    param = param or name
+    value = body.get(param)
     if value is None:
-        return ()
-    if not isinstance(value, dict):
-        raise bad_request("'logit_bias' must be an object mapping token ids to biases.", "logit_bias")
-    out = []
-    for key, bias in value.items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise bad_request(f"'logit_bias' keys must be token ids, got {key!r}.", "logit_bias") from None
-        if token < 0:
-            raise bad_request(f"'logit_bias' keys must be non-negative token ids, got {key!r}.", "logit_bias")
-        out.append((token, as_float(bias, "logit_bias", lo=-100.0, hi=100.0)))
-    return tuple(out)
+        return None
+    field = SAMPLING_FIELDS[name]
+    return _checked(field.check, _from_json(field.kind, value, param), param)
+
+
+def value_of(params: engine_pb2.SamplingParams, name: str) -> Any:
+    """A field of the message, its declared default when unset."""
+    return proto_value(params, SAMPLING_FIELDS[name])
+
+
+def check_model(params: engine_pb2.SamplingParams, prompt_len: int, model: ModelCard, param: str) -> None:
+    """Checks what needs the model: the context length, and token ids against the vocabulary."""
+    max_tokens = params.max_tokens if params.HasField("max_tokens") else None
+    if prompt_len >= model.max_model_len or (
+        max_tokens is not None and prompt_len + max_tokens > model.max_model_len
+    ):
+        asked = f"{prompt_len + (max_tokens or 1)} tokens ({prompt_len} in the prompt, " + (
+            f"{max_tokens} for the completion)" if max_tokens else "at least 1 for the completion)"
+        )
+        raise bad_request(
+            f"This model's maximum context length is {model.max_model_len} tokens. "
+            f"However, you requested {asked}. Please reduce the length of the prompt or the completion.",
+            param=param,
+            code="context_length_exceeded",
+        )
+    _checked(check_vocab, "logit_bias", params.logit_bias.keys(), model.vocab_size)
+    _checked(check_vocab, "stop_token_ids", params.stop_token_ids, model.vocab_size)
+
+
+def _checked(check, *args) -> Any:
+    try:
+        return check(*args)
+    except SamplingError as err:
+        raise _bad(err) from None
+
+
+def _bad(err: SamplingError) -> OpenAIError:
+    return bad_request(str(err), param=err.param)
+
+
+def _from_json(kind: str, value: Any, param: str) -> Any:
+    """JSON's spelling of a field's value: integral numbers such as 2.0 as integers (OpenAI's own server
+    takes them), one stop string as a list, and logit_bias keys (JSON strings) as token ids."""
+    if kind == "int":
+        return _integral(value)
+    if kind == "token_ids" and isinstance(value, list):
+        return [_integral(t) for t in value]
+    if kind == "strings" and isinstance(value, str):
+        return [value]
+    if kind == "logit_bias" and isinstance(value, dict):
+        return {_token_key(key, param): bias for key, bias in value.items()}
+    return value
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _token_key(key: str, param: str) -> int:
+    try:
+        return int(key)
+    except ValueError:
+        raise bad_request(f"'{param}' keys must be token ids, got {key!r}.", param=param) from None
+
+
+def _set(params: engine_pb2.SamplingParams, name: str, value: Any) -> None:
+    if isinstance(value, dict):
+        getattr(params, name).update(value)
+    elif isinstance(value, list):
+        getattr(params, name).extend(value)
+    else:
+        setattr(params, name, value)

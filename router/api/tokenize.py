@@ -15,10 +15,11 @@ async def tokenize(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     req = parse_tokenize(await read_json(request))
     card = ctx.registry.resolve(req.model)
+    tokenizer = ctx.tokenizers.for_model(card.name)
     if req.prompt is not None:
-        encoded = await ctx.tokenizer.encode_text(req.prompt, req.add_special_tokens)
+        encoded = await tokenizer.encode_text(req.prompt, req.add_special_tokens)
     else:
-        encoded = await ctx.tokenizer.encode_chat(
+        encoded = await tokenizer.encode_chat(
             req.messages,
             add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
             continue_final_message=req.continue_final_message,
@@ -36,4 +37,5 @@ async def detokenize(request: web.Request) -> web.Response:
     card = ctx.registry.resolve(model)
     if any(t >= card.vocab_size for t in tokens):
         raise bad_request(f"'tokens' holds ids outside the vocabulary (size {card.vocab_size}).", "tokens")
-    return web.json_response({"prompt": await ctx.tokenizer.decode(tokens)}, dumps=dumps)
+    text = await ctx.tokenizers.for_model(card.name).decode(tokens)
+    return web.json_response({"prompt": text}, dumps=dumps)

@@ -1,4 +1,5 @@
 """Typed readers for JSON request fields: each returns the value or raises a 400 that names the field.
+(The sampling fields are read in sampling.py, with the bounds of their one definition.)
 
 JSON has no int/float/bool distinction that Python keeps for free (`True` is an `int`), so every reader
 checks types explicitly; integral floats such as `2.0` are accepted where an integer is expected, as
@@ -7,7 +8,6 @@ OpenAI's own server does.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from router.errors import bad_request
@@ -34,29 +34,9 @@ def as_int(value: Any, name: str, *, lo: int | None = None, hi: int | None = Non
     return value
 
 
-def as_float(
-    value: Any, name: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _type_error(name, "a number", value)
-    value = float(value)
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise bad_request(f"'{name}' must be {'>' if lo_open else '>='} {lo:g}, got {value:g}.", param=name)
-    if hi is not None and value > hi:
-        raise bad_request(f"'{name}' must be <= {hi:g}, got {value:g}.", param=name)
-    return value
-
-
 def opt_int(body: dict, name: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
     value = body.get(name)
     return None if value is None else as_int(value, name, lo=lo, hi=hi)
-
-
-def opt_float(
-    body: dict, name: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False
-) -> float | None:
-    value = body.get(name)
-    return None if value is None else as_float(value, name, lo=lo, hi=hi, lo_open=lo_open)
 
 
 def opt_bool(body: dict, name: str, default: bool = False) -> bool:
@@ -80,19 +60,6 @@ def opt_dict(body: dict, name: str) -> dict | None:
     if value is not None and not isinstance(value, dict):
         raise _type_error(name, "an object", value)
     return value
-
-
-def str_list(value: Any, name: str, *, max_items: int) -> tuple[str, ...]:
-    """A string or a list of non-empty strings (OpenAI's `stop`)."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        raise _type_error(name, "a string or a list of strings", value)
-    if len(value) > max_items:
-        raise bad_request(f"'{name}' may hold at most {max_items} strings, got {len(value)}.", param=name)
-    if any(not s for s in value):
-        raise bad_request(f"'{name}' must not contain empty strings.", param=name)
-    return tuple(value)
 
 
 def token_ids(value: Any, name: str) -> list[int]:

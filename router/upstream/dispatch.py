@@ -153,7 +153,7 @@ class Dispatcher:
         self, card: ModelCard, request: engine_pb2.GenerateRequest, session_key: str | None = None
     ) -> EngineStream:
         """An engine stream whose first message has arrived; the caller must `close()` it."""
-        route = RouteRequest(request.prompt_token_ids.ids, card.block_size, session_key)
+        route = RouteRequest(request.prompt_token_ids.ids, card.block_size, session_key, request.cache_salt)
         tel = request_telemetry.current()
         retries = self.metrics.engine_retries.labels(card.name)  # exists at 0, so that rate() sees it
         tried: set[str] = set()

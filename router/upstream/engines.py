@@ -35,8 +35,7 @@ class Engine:
 
     def __init__(self, address: str, channel: grpc.aio.Channel):
         self.address = address
-        self.channel = channel
-        self.stub = engine_pb2_grpc.EngineServiceStub(self.channel)
+        self.use_channel(channel)
         self.card: ModelCard | None = None
         self.info = engine_pb2.ServerInfo()
         self.num_outstanding = 0  # this router's requests in flight on the engine
@@ -55,6 +54,11 @@ class Engine:
     @property
     def load(self) -> float:
         return self.num_outstanding + self.info.num_waiting + KV_FULL_WEIGHT * self.info.kv_cache_usage
+
+    def use_channel(self, channel: grpc.aio.Channel) -> None:
+        """Calls from now on go over `channel` (streams already open keep theirs)."""
+        self.channel = channel
+        self.stub = engine_pb2_grpc.EngineServiceStub(channel)
 
     def eject(self, reason: str, max_backoff_s: float) -> None:
         # An engine still starting up is probed every interval, so it serves as soon as it is up;
@@ -114,8 +118,19 @@ class EngineRegistry:
         engine.removed = True
         self._tasks.pop(address).cancel()
         log.info("engine %s removed; %d live requests keep running", address, engine.num_outstanding)
+        self._close_later(engine.channel)
+
+    def reconnect(self) -> None:
+        """A new channel to every engine (the router's TLS files changed): new calls present the new
+        certificate, streams already open finish on the old channel."""
+        for engine in self._engines.values():
+            old = engine.channel
+            engine.use_channel(self._connect(engine.address))
+            self._close_later(old)
+
+    def _close_later(self, channel: grpc.aio.Channel) -> None:
         # close(grace) refuses new calls at once and cancels the live ones only after the grace period.
-        task = asyncio.create_task(engine.channel.close(grace=self.drain_grace_s))
+        task = asyncio.create_task(channel.close(grace=self.drain_grace_s))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

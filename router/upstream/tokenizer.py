@@ -1,27 +1,85 @@
-"""The router's client of the tokenizer service: chat templates and text to token ids, and back."""
+"""The router's clients of the tokenizer services: chat templates and text to token ids, and back.
+
+Each served model is tokenized by its own tokenizer service (`--tokenizer MODEL=HOST:PORT`), and models
+without one by the default (`--tokenizer HOST:PORT`): a Mistral prompt must never be tokenized with
+Qwen's vocabulary. Models that name the same address share one client.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 
 import grpc
 
 from pagoda.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from router import request_telemetry
-from router.errors import from_grpc
+from router.errors import OpenAIError, from_grpc
 from router.upstream.channels import ChannelFactory
+
+
+class Tokenizers:
+    """The tokenizer client of each model: its own address, else the default; no address at all is a 503
+    that names the flag to add."""
+
+    def __init__(
+        self,
+        default: str | None,
+        per_model: Mapping[str, str],
+        timeout_s: float,
+        connect: ChannelFactory | None = None,
+    ):
+        self._default = default
+        self._per_model = dict(per_model)
+        addresses = {*self._per_model.values(), *([default] if default else [])}
+        connect = connect or ChannelFactory()
+        self._clients = {a: TokenizerClient(a, timeout_s, connect) for a in sorted(addresses)}
+
+    def for_model(self, model: str) -> TokenizerClient:
+        address = self._per_model.get(model, self._default)
+        if address is None:
+            raise OpenAIError(
+                503,
+                f"The router has no tokenizer for model `{model}`: "
+                f"start it with --tokenizer {model}=HOST:PORT.",
+                type="server_error",
+                code="service_unavailable",
+            )
+        return self._clients[address]
+
+    def reconnect(self) -> None:
+        """New channels for every client (the TLS files changed); calls in flight finish on the old ones."""
+        for client in self._clients.values():
+            client.reconnect()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._clients.values()))
 
 
 class TokenizerClient:
     def __init__(self, target: str, timeout_s: float, connect: ChannelFactory | None = None):
-        # A DNS name with several tokenizer pods behind it is spread over with round-robin.
-        self._channel = (connect or ChannelFactory())(target, [("grpc.lb_policy_name", "round_robin")])
-        self._stub = tokenizer_pb2_grpc.TokenizerServiceStub(self._channel)
+        self._connect = connect or ChannelFactory()
         self._target = target
         self._timeout_s = timeout_s
+        self._channel, self._stub = self._open()
+        self._closing: set[asyncio.Task] = set()
+
+    def _open(self) -> tuple[grpc.aio.Channel, tokenizer_pb2_grpc.TokenizerServiceStub]:
+        # A DNS name with several tokenizer pods behind it is spread over with round-robin.
+        channel = self._connect(self._target, [("grpc.lb_policy_name", "round_robin")])
+        return channel, tokenizer_pb2_grpc.TokenizerServiceStub(channel)
+
+    def reconnect(self) -> None:
+        old = self._channel
+        self._channel, self._stub = self._open()
+        task = asyncio.create_task(old.close(grace=self._timeout_s))  # calls in flight may finish
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        await self._channel.close(grace=None)
+        for task in self._closing:
+            task.cancel()
+        await asyncio.gather(self._channel.close(grace=None), *self._closing, return_exceptions=True)
 
     async def encode_chat(
         self,

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
+from benchmarks import host_step
 from engine_service.ops import dispatch
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("host_step", REPO / "benchmarks" / "host_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_host_step_records_a_steady_decode_and_the_whole_workload(tmp_path, capsys):
-    host_step = load_benchmark()
     argv = ["--batch", "8", "--steps", "20", "--num-prompts", "20", "--results-dir", str(tmp_path)]
     assert host_step.main(argv + ["--commit", "test"]) == 0
     (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
@@ -27,4 +16,17 @@ def test_host_step_records_a_steady_decode_and_the_whole_workload(tmp_path, caps
     assert record["decode_us_per_step"]["step"] > 0 and record["decode_us_per_step"]["pack"] > 0
     # 20 prompts of 512 tokens, 256 generated each, 8 at a time: at least 20 * 256 / 8 steps.
     assert record["workload_steps"] >= 20 * 256 // 8 and record["workload_host_s"] > 0
-    assert "lambda" not in dispatch.sample_tokens.__qualname__  # the benchmark's stand-in draw is undone
+    assert "lambda" not in dispatch.sample_tokens.__qualname__  # no product function is patched
+
+
+def test_the_model_stand_in_is_served_through_the_registry(tmp_path):
+    """The engine builds the benchmark's no-work model from config.json, as it would any architecture: its
+    logits are zeros, so every greedy token is 0."""
+    from engine_service import LLM, SamplingParams
+
+    host_step.write_model_dir(str(tmp_path))
+    llm = LLM(str(tmp_path), device="cpu", dtype="float32", load_format="dummy", num_kv_blocks=16)
+    assert llm.engine.model_config.architecture == host_step.ARCHITECTURE
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    (out,) = llm.generate(prompt_token_ids=[[5, 6, 7]], sampling_params=params)
+    assert out.outputs[0].token_ids == [0, 0, 0, 0]

@@ -1,9 +1,8 @@
-"""Results files: percentiles, the JSON line and the markdown row."""
+"""Benchmark figures: percentiles, an engine's result, and the offline run's line in RESULTS.md."""
 
 from __future__ import annotations
 
-import json
-
+from benchmarks import results
 from pagoda.bench import report
 
 
@@ -58,14 +57,18 @@ def _record(**overrides):
     return record | overrides
 
 
+def markdown_row(record: dict) -> str:
+    return "| " + " | ".join(results.throughput_cells(record)) + " |"
+
+
 def test_markdown_row():
-    row = report.markdown_row(_record())
+    row = markdown_row(_record())
     assert row == (
         "| 2026-11-27 | NVIDIA H200 | 01234567 | llama-1b | shared-prefix 1000×(1024+512)/256 cache off "
         "| 21,000 | 147,000 | 0.25 | 1,500.0 | 9.87 | 1.23 (0.58) | – (–) | 12.3 | 20,034 (0.20) "
         "| error | – |"
     )
-    assert row.count("|") == len(report.COLUMNS) + 1
+    assert row.count("|") == len(results.TABLES[0].columns.split(" | ")) + 1
     random = _record(
         workload={
             "name": "random",
@@ -77,28 +80,11 @@ def test_markdown_row():
             "seed": 0,
         }
     )
-    assert "random 10×256–768/128–384" in report.markdown_row(random)
+    assert "random 10×256–768/128–384" in markdown_row(random)
 
 
-def test_append_results_writes_header_once(tmp_path):
-    report.append_results(_record(), tmp_path)
-    report.append_results(_record(shape="llama-8b"), tmp_path)
-    lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    assert [json.loads(line)["shape"] for line in lines] == ["llama-1b", "llama-8b"]
-    table = (tmp_path / "RESULTS.md").read_text()
-    assert table.count("# Throughput results") == 1 and table.count("| date |") == 1
-    assert table.splitlines()[-1].startswith("| 2026-11-27 | NVIDIA H200 | 01234567 | llama-8b |")
-
-
-def test_rows_go_to_the_end_of_the_table_not_the_file(tmp_path):
-    report.append_results(_record(), tmp_path)
-    table = tmp_path / "RESULTS.md"
-    table.write_text(table.read_text() + "\n## Notes\n\nwritten by hand\n")
-    record = _record(shape="llama-8b")
+def test_settings_and_notes_go_to_the_shape_cell():
+    record = _record(shape="llama-8b", note="second call, warm machine")
     record["settings"] = {"tensor_parallel_size": 2, "custom_all_reduce": True, "max_num_seqs": 256}
-    report.append_results(record, tmp_path)
-    lines = table.read_text().splitlines()
-    row = next(i for i, line in enumerate(lines) if line.startswith("| 2026") and "llama-8b" in line)
-    assert lines[row - 1].startswith("| 2026-11-27 | NVIDIA H200 | 01234567 | llama-1b |")
-    assert "| llama-8b, TP=2 custom all-reduce, max_num_seqs 256 |" in lines[row]
-    assert lines[-1] == "written by hand"
+    row = markdown_row(record)
+    assert "| llama-8b, TP=2 custom all-reduce, max_num_seqs 256, second call, warm machine |" in row

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from benchmarks import results
 from pagoda.bench import peers, roofline, throughput
 from pagoda.bench.workloads import build
 
@@ -20,6 +21,13 @@ def run(tmp_path, *args) -> dict:
     record = json.loads(lines[-1])
     assert code == (1 if "error" in record["pagoda"] else 0)
     return record
+
+
+def results_md_row(tmp_path) -> str:
+    """The last row's line in the offline table that `python -m benchmarks.results` builds."""
+    rows = results.read_rows(tmp_path / "results" / "results.jsonl")
+    table = results.results_markdown(rows).split("## Offline throughput")[1]
+    return next(line for line in table.splitlines() if line.startswith("| ") and "| tiny |" in line)
 
 
 def test_fixed_workload_end_to_end(tmp_path):
@@ -53,7 +61,8 @@ def test_fixed_workload_end_to_end(tmp_path):
     assert record["roofline"] is None and record["efficiency"] is None and record["itl_bs1_floor_ms"] is None
     assert (record["card"], record["commit"], record["shape"], record["peer"]) == ("cpu", "test", "tiny", {})
     assert json.loads(out_json.read_text()) == record
-    row = (tmp_path / "results" / "RESULTS.md").read_text().splitlines()[-1]
+    assert record["kind"] == "throughput"
+    row = results_md_row(tmp_path)
     assert row.startswith("| ") and "| tiny | fixed 6×16/8 |" in row
 
 
@@ -139,7 +148,7 @@ def test_a_failing_peer_is_recorded_not_raised(tmp_path):
     )
     assert "vLLM is not in" in record["peer"]["vllm"]["error"]
     assert "error" not in record["pagoda"]
-    assert "| error |" in (tmp_path / "results" / "RESULTS.md").read_text().splitlines()[-1]
+    assert "| error |" in results_md_row(tmp_path)
 
 
 def test_peer_worker_failure_keeps_the_log_tail(tmp_path):

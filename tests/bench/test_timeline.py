@@ -1,7 +1,12 @@
-"""pagoda/bench/timeline.py on hand-made traces: steps cut at the marker, busy time as the union of device
+"""benchmarks/timeline.py on hand-made traces: steps cut at the marker, busy time as the union of device
 ops, and idle gaps split by whether the host launched the next op only after the device ran dry."""
 
-from pagoda.bench import timeline
+import json
+
+import pytest
+import torch
+
+from benchmarks import timeline
 
 
 def op(name, ts, dur, corr, cat="kernel"):
@@ -75,8 +80,6 @@ def test_device_ops_outside_graphs():
 def test_dummy_llm_and_a_cpu_profile(tmp_path):
     """The engine the GPU probes build (shapes.dummy_llm), here the tiny shape on CPU, profiled the way
     decode_timeline.py does it: the trace holds the host's ops (no kernels on a CPU to cut steps at)."""
-    import json
-
     from engine_service import SamplingParams
     from pagoda.bench.shapes import dummy_llm
 
@@ -106,3 +109,44 @@ def test_critical_path_charges_add_up_to_the_span():
     got = timeline.critical_path_by_op(events, 0, 30)
     assert got == [("gemv", 2, 18.0), ("Memcpy", 1, 10.0), ("norm", 1, 2.0), ("tiny", 1, 0.0)]
     assert sum(us for _, _, us in got) == 30
+
+
+def test_ops_sum_by_kernel_family():
+    ops = [
+        ("_gemv_kernel", 128, 3500.0),
+        ("nvjet_sm90_tst_256x8", 1, 240.0),
+        ("_paged_attention_kernel", 32, 210.0),
+        ("_reduce_splits_kernel", 32, 40.0),
+        ("_all_reduce_add_rms_norm_kernel", 65, 300.0),
+        ("_rms_norm_kernel", 1, 2.0),
+        ("Memcpy HtoD (Pinned -> Device)", 1, 3.0),
+        ("mystery", 1, 1.0),
+    ]
+    families = timeline.by_family(ops)
+    assert list(families) == ["matrix products", "all-reduce+norm", "attention", "copies", "norms", "other"]
+    assert families["matrix products"] == {"us": 3740.0, "launches": 129}
+    assert families["attention"] == {"us": 250.0, "launches": 64}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_profile_of_decode_steps_shows_the_graph_kernels(tmp_path):
+    """What benchmarks/decode_timeline.py reads: LLM.start_profile around real decode steps (replayed from
+    CUDA graphs) gives steps cut at the sampler's kernel, and the kernels inside the graphs."""
+    from engine_service import SamplingParams
+    from pagoda.bench.shapes import dummy_llm
+
+    llm = dummy_llm("tiny", num_kv_blocks=128, max_num_seqs=8)
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    prompts = [[5 + i, 6, 7, 8] for i in range(3)]
+    llm.generate(prompt_token_ids=prompts, sampling_params=params)  # warm: every kernel compiled
+    llm.start_profile(str(tmp_path))
+    llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    (path,) = llm.stop_profile()
+    llm.engine.shutdown()
+    events = json.loads(open(path).read())["traceEvents"]
+    steps = timeline.device_steps(events, "_sample_kernel")
+    assert len(steps) >= 20 and all(s.busy_us > 0 for s in steps)
+    ends = timeline.marker_ends(events, "_sample_kernel")
+    families = timeline.by_family(timeline.device_time_by_op(events, ends[2], ends[-1], top=1000))
+    assert {"attention", "norms", "matrix products"} <= set(families)

@@ -95,6 +95,11 @@ def flag(args: list[str], name: str) -> str | None:
     return None
 
 
+def flags(args: list[str], name: str) -> list[str]:
+    """Every value of a repeatable `--name=value` in a container's args."""
+    return [arg.split("=", 1)[1] for arg in args if arg.startswith(f"{name}=")]
+
+
 def container(deployment: dict, name: str) -> dict:
     (found,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return found

@@ -16,7 +16,11 @@ from .chartlib import (
     ci_values,
     container,
     flag,
+    flags,
+    load_manifests,
     pod_spec,
+    run_helm,
+    template_args,
 )
 
 
@@ -142,16 +146,37 @@ def test_router_discovers_exactly_the_engines(render, values):
 
 
 @pytest.mark.parametrize("values", VALUES_CASES, ids=VALUES_IDS)
-def test_router_reaches_the_tokenizer_service(render, values):
+def test_router_reaches_each_models_own_tokenizer_service(render, values):
+    """One tokenizer Deployment and headless Service per model; the router names each model's own with
+    `--tokenizer=SERVED_NAME=SERVICE:PORT`, and each tokenizer loads that model's files."""
     rendered = render(values)
     (router,) = rendered.deployments("router")
-    (tokenizer,) = rendered.deployments("tokenizer")
-    host, port = flag(container(router, "router")["args"], "--tokenizer").rsplit(":", 1)
-    service = rendered.get("Service", host)
-    assert service["spec"]["selector"].items() <= tokenizer["spec"]["template"]["metadata"]["labels"].items()
-    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
-    assert grpc["port"] == int(port)
-    assert flag(container(tokenizer, "tokenizer")["args"], "--port") == port
+    routes = dict(v.rsplit("=", 1) for v in flags(container(router, "router")["args"], "--tokenizer"))
+    tokenizers = {d["metadata"]["labels"]["pagoda.dev/model"]: d for d in rendered.deployments("tokenizer")}
+    engines = {e["metadata"]["labels"]["pagoda.dev/model"]: e for e in rendered.deployments("engine")}
+    models = _models(values)
+    assert sorted(tokenizers) == sorted(engines) == sorted(m["name"] for m in models)
+    assert len(routes) == len(models), "one --tokenizer per model, none without a model"
+    for model in models:
+        served = model.get("servedModelName") or model["name"]
+        tokenizer = tokenizers[model["name"]]
+        host, port = routes[served].rsplit(":", 1)
+        service = rendered.get("Service", host)
+        assert service["spec"]["clusterIP"] == "None"
+        selected = [
+            d
+            for d in rendered.deployments("tokenizer")
+            if service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert selected == [tokenizer], f"{host} must select {model['name']}'s tokenizer alone"  # fmt: skip
+        grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+        assert grpc["port"] == int(port)
+        assert flag(container(tokenizer, "tokenizer")["args"], "--port") == port
+        # The tokenizer reads its model's files: the engine's own path unless tokenizerSource says otherwise.
+        engine_model = flag(container(engines[model["name"]], "engine")["args"], "--model")
+        tokenizer_model = flag(container(tokenizer, "tokenizer")["args"], "--model")
+        if "tokenizerSource" not in model:
+            assert tokenizer_model == (engine_model or f"/opt/pagoda/tokenizers/{DEFAULT_MODEL_NAME}")
 
 
 def test_pods_run_real_pagoda_commands(render):
@@ -160,8 +185,8 @@ def test_pods_run_real_pagoda_commands(render):
     for values in (None, ci_values("two-models")):
         rendered = render(values)
         for component in ("router", "tokenizer"):
-            (deployment,) = rendered.deployments(component)
-            assert container(deployment, component)["args"][0] == component
+            for deployment in rendered.deployments(component):
+                assert container(deployment, component)["args"][0] == component
             assert component in COMMANDS
         for engine in rendered.deployments("engine"):
             assert "command" not in container(engine, "engine")
@@ -293,12 +318,19 @@ def test_weights_from_an_image_or_an_object_store(render):
         assert "emptyDir" in weights
         assert any(m["name"] == "model" and not m.get("readOnly") for m in init["volumeMounts"])
         assert flag(container(engine, "engine")["args"], "--model") == f"/models/{name}"
-    # The tokenizer reads its own small hostPath folder instead of the first model's weights.
-    (tokenizer,) = rendered.deployments("tokenizer")
-    assert "initContainers" not in pod_spec(tokenizer)
-    (weights,) = [v for v in pod_spec(tokenizer)["volumes"] if v["name"] == "model"]
+    # Qwen's tokenizer reads its own small hostPath folder instead of copying the weights; Mistral's
+    # syncs only the tokenizer's files out of the store.
+    tokenizers = {d["metadata"]["labels"]["pagoda.dev/model"]: d for d in rendered.deployments("tokenizer")}
+    qwen = tokenizers["qwen-7b"]
+    assert "initContainers" not in pod_spec(qwen)
+    (weights,) = [v for v in pod_spec(qwen)["volumes"] if v["name"] == "model"]
     assert weights["hostPath"]["path"] == "/var/lib/pagoda/tokenizers/qwen2.5-7b-instruct"
-    assert flag(container(tokenizer, "tokenizer")["args"], "--model") == "/models/qwen-7b"
+    assert flag(container(qwen, "tokenizer")["args"], "--model") == "/models/qwen-7b"
+    (sync,) = pod_spec(tokenizers["mistral-7b"])["initContainers"]
+    assert sync["command"][:3] == ["aws", "s3", "sync"] and "--exclude=*" in sync["command"]
+    assert {"--include=*.json", "--include=*.jinja", "--include=tokenizer.model"} <= set(sync["command"])
+    assert not any("safetensors" in arg for arg in sync["command"])
+    assert flag(container(tokenizers["mistral-7b"], "tokenizer")["args"], "--model") == "/models/mistral-7b"
 
 
 def test_builtin_model_tokenizer_is_in_the_router_image(defaults):
@@ -313,3 +345,53 @@ def test_builtin_model_tokenizer_is_in_the_router_image(defaults):
     dockerfile = (CHART.parents[1] / "Dockerfile.router").read_text()
     assert "Path('/opt/pagoda/tokenizers') / DEFAULT_MODEL_NAME" in dockerfile
     assert "COPY --from=tokenizer-export /opt/pagoda/tokenizers /opt/pagoda/tokenizers" in dockerfile
+
+
+@pytest.mark.parametrize("values", VALUES_CASES, ids=VALUES_IDS)
+def test_each_models_engines_and_tokenizers_drain_one_at_a_time(render, values):
+    """A PodDisruptionBudget per model for its engines (maxUnavailable 1 unless the model says otherwise)
+    and for its tokenizers: `kubectl drain` of the nodes of two engines evicts one, then waits."""
+    rendered = render(values)
+    models = {m["name"]: m for m in _models(values)}
+    given = yaml.safe_load(values.read_text()) if values else {}
+    for component in ("engine", "tokenizer"):
+        if not given.get(component, {}).get("pdb", {}).get("enabled", True):
+            assert not [
+                p for p in rendered.of_kind("PodDisruptionBudget") if component in p["metadata"]["name"]
+            ]
+            continue
+        for deployment in rendered.deployments(component):
+            model = deployment["metadata"]["labels"]["pagoda.dev/model"]
+            pdb = rendered.get("PodDisruptionBudget", deployment["metadata"]["name"])
+            assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+            # The budget covers this model's pods and no other model's.
+            others = [d for d in rendered.deployments(component) if d is not deployment]
+            for other in others:
+                labels = other["spec"]["template"]["metadata"]["labels"]
+                assert not pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+            expected = models[model].get("pdb", {}).get("maxUnavailable", 1) if component == "engine" else 1
+            assert pdb["spec"]["maxUnavailable"] == expected
+
+
+def test_engine_pdb_per_model_override_and_off(render, helm, tmp_path):
+    rendered = render(ci_values("weights-pvc"))
+    budgets = {
+        p["metadata"]["name"]: p["spec"]["maxUnavailable"] for p in rendered.of_kind("PodDisruptionBudget")
+    }
+    assert budgets["pagoda-engine-llama-3-8b"] == 1 and budgets["pagoda-engine-qwen-0-5b"] == 2
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"engine": {"pdb": {"enabled": False}}}))
+    proc = run_helm(helm, *template_args(CHART, path))
+    assert proc.returncode == 0, proc.stderr
+    names = {m["metadata"]["name"] for m in load_manifests(proc.stdout) if m["kind"] == "PodDisruptionBudget"}
+    assert names == {"pagoda-router", "pagoda-tokenizer-smollm2"}
+
+
+@pytest.mark.parametrize("values", VALUES_CASES, ids=VALUES_IDS)
+def test_rollout_deadline_outlasts_the_startup_probe(render, values):
+    """A rollout is reported failed after progressDeadlineSeconds: it must outlast the start-up probe's
+    window (30 minutes of loading by default), or a model still loading reads as a failed rollout."""
+    for engine in render(values).deployments("engine"):
+        startup = container(engine, "engine")["startupProbe"]
+        window = startup["periodSeconds"] * startup["failureThreshold"]
+        assert engine["spec"]["progressDeadlineSeconds"] >= window + 300, engine["metadata"]["name"]

@@ -87,10 +87,27 @@ def test_engine_image():
     froms = [rest for word, rest in instructions("Dockerfile.engine") if word == "FROM"]
     assert all(f.startswith("${CUDA_IMAGE}") for f in froms)
     text = (ROOT / "Dockerfile.engine").read_text()
-    assert re.search(r"ARG CUDA_IMAGE=nvidia/cuda:[\d.]+-runtime-", text)
     assert re.search(r'pip install "torch==\$\{TORCH_VERSION\}" --index-url', text), (
         "torch pinned, CUDA build"
     )
+
+
+def test_engine_image_has_each_cuda_library_once():
+    """torch's CUDA wheel brings cuBLAS, cuDNN, NCCL... as pip packages: the base is CUDA's `-base`
+    flavour (no `-runtime`/`-devel` copies of them), no stage installs CUDA libraries with apt, and the
+    base's CUDA version is the one of the torch index (cu128 <-> 12.8)."""
+    text = (ROOT / "Dockerfile.engine").read_text()
+    base = re.search(r"ARG CUDA_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-(\w+)-ubuntu", text)
+    assert base, "the engine image's base is an nvidia/cuda image"
+    major, minor, flavour = base.groups()
+    assert flavour == "base", f"nvidia/cuda {flavour} duplicates the CUDA libraries torch's wheels carry"
+    index = re.search(r"ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu(\d+)", text)
+    assert index and index.group(1) == f"{major}{minor}", "torch's CUDA and the base image's CUDA differ"
+    apt = " ".join(
+        rest for word, rest in instructions("Dockerfile.engine") if word == "RUN" and "apt-get" in rest
+    )
+    for library in ("cuda-", "libcublas", "libcudnn", "libnccl", "libcusparse", "libcufft", "libnvjitlink"):
+        assert library not in apt, f"{library} comes from torch's wheels, not apt"
 
 
 def test_router_image_runs_router_and_tokenizer_without_torch():
@@ -149,7 +166,7 @@ def test_router_image_installs_what_router_and_tokenizer_import():
     listed = {_normalize(m) for m in re.findall(r'"([A-Za-z0-9_.-]+)==', build)}
     assert listed, "the router image pins its dependencies"
     files = [*(ROOT / "router").rglob("*.py"), *(ROOT / "tokenizer_service").rglob("*.py")]
-    files += [ROOT / "pagoda" / name for name in ("cli.py", "models.py", "__init__.py")]
+    files += [ROOT / "pagoda" / name for name in ("cli.py", "models.py", "__init__.py", "download.py")]
     files += [*(ROOT / "pagoda" / "engine").rglob("*.py"), *(ROOT / "pagoda" / "tokenizer").rglob("*.py")]
     local = {"router", "tokenizer_service", "pagoda", "engine_service"}
     providers = importlib.metadata.packages_distributions()
@@ -165,3 +182,15 @@ def test_router_image_installs_what_router_and_tokenizer_import():
 
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_router_image_can_run_the_weights_download():
+    """The chart's weights Job runs `pagoda download` in the router image: its Hub client, imported when
+    it runs, is huggingface_hub, which the image gets as a dependency of its pinned transformers."""
+    assert "download" in COMMANDS
+    source = (ROOT / "pagoda" / "download.py").read_text()
+    assert "from huggingface_hub import snapshot_download" in source
+    build = " ".join(rest for word, rest in stages("Dockerfile.router")[0] if word == "RUN")
+    assert '"transformers==' in build
+    requires = importlib.metadata.requires("transformers") or []
+    assert any(_normalize(r.split(";")[0]).startswith("huggingface-hub") for r in requires)

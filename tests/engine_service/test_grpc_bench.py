@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pagoda.bench import grpc_throughput, report
+from benchmarks import results
+from pagoda.bench import grpc_throughput
 
 
 @pytest.mark.parametrize("client_processes", [1, 2])
@@ -38,7 +39,7 @@ def test_64_streams_on_cpu_complete_and_are_recorded(tmp_path, client_processes)
     assert grpc_throughput.main(argv) == 0
     (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     g = record["grpc"]
-    assert (record["bench"], record["engine_core"], record["concurrency"]) == ("grpc", "process", 64)
+    assert (record["kind"], record["engine_core"], record["concurrency"]) == ("grpc", "process", 64)
     assert (g["num_incomplete"], g["num_errors"], g["num_output_tokens"]) == (0, 0, 64 * 16)
     assert g["server_exit_status"] == 0 and g["client_processes"] == client_processes
     occupancy = g["occupancy"]  # GetServerInfo polled during the run saw the streams running
@@ -54,13 +55,12 @@ def test_64_streams_on_cpu_complete_and_are_recorded(tmp_path, client_processes)
         g["out_tok_s"] / record["offline_out_tok_s"], 4
     )
     core = "process" if client_processes == 1 else f"process, {client_processes} clients"
-    assert f"| tiny | fixed 64×32/16 | {core} | 64 |" in (tmp_path / "RESULTS.md").read_text()
+    assert f"| tiny | fixed 64×32/16 | {core} | 64 |" in results.results_markdown([record])
 
 
-def test_grpc_rows_go_to_their_own_table(tmp_path):
-    offline_row = "| 2026-01-01 | cpu | abc | tiny | fixed 1×1/1 | offline-row |\n"
-    (tmp_path / "RESULTS.md").write_text(report.RESULTS_HEADER + report.TABLE_HEAD + offline_row)
+def test_grpc_rows_go_to_their_own_table():
     record = {
+        "kind": "grpc",
         "date": "2026-11-27T00:00:00",
         "card": "cpu",
         "commit": "c0ffee",
@@ -74,14 +74,15 @@ def test_grpc_rows_go_to_their_own_table(tmp_path):
         "ratio": 0.5,
         "grpc": {"stream_interval": 1},
     }
-    grpc_throughput.append_results(record, tmp_path)
-    grpc_throughput.append_results(record, tmp_path)
-    text = (tmp_path / "RESULTS.md").read_text()
+    offline = {"kind": "throughput", "date": "2026-11-27", "card": "cpu", "commit": "abc", "shape": "tiny",
+               "workload": record["workload"], "out_tok_s": 20.0, "pagoda": {}, "peer": {}}  # fmt: skip
+    text = results.results_markdown([record, offline, record])
     assert (
         text.count("| 2026-11-27 | cpu | c0ffee | tiny | fixed 2×3/4 | thread | 2 | 10 | 20 | 0.500 |") == 2
     )
-    assert text.index("c0ffee") < text.index(grpc_throughput.GRPC_END) < text.index(report.TABLE_HEAD)
-    assert text.endswith(offline_row)  # `pagoda bench throughput` keeps appending its rows at the end
+    offline_table, grpc_table = text.index("## Offline throughput"), text.index("## Streaming through")
+    assert offline_table < grpc_table < text.index("c0ffee")  # each kind in its own table
+    assert text.index("| abc |") < grpc_table
 
 
 def test_rounds_summary_gives_the_median_of_each_ratio():

@@ -14,9 +14,10 @@ IDS = pb.TokenIds(ids=[100, 200])
 CASES = [
     ("temperature", dict(sampling_params=pb.SamplingParams(temperature=-1.0)), "temperature"),
     ("temperature-nan", dict(sampling_params=pb.SamplingParams(temperature=float("nan"))), "temperature"),
+    ("temperature-above-2", dict(sampling_params=pb.SamplingParams(temperature=2.5)), "<= 2, got 2.5"),
     ("top_p", dict(sampling_params=pb.SamplingParams(top_p=0.0)), "top_p"),
     ("top_k", dict(sampling_params=pb.SamplingParams(top_k=-2)), "top_k"),
-    ("n", dict(sampling_params=pb.SamplingParams(n=0)), "n must"),
+    ("n", dict(sampling_params=pb.SamplingParams(n=0)), "'n' must"),
     ("min_p", dict(sampling_params=pb.SamplingParams(min_p=2.0)), "min_p"),
     ("presence_penalty", dict(sampling_params=pb.SamplingParams(presence_penalty=3.0)), "presence_penalty"),
     (
@@ -34,11 +35,11 @@ CASES = [
     ("stop_token_ids", dict(sampling_params=pb.SamplingParams(stop_token_ids=[10**7])), "stop_token_ids"),
     ("logprobs", dict(sampling_params=pb.SamplingParams(logprobs=1000)), "logprobs"),
     ("prompt_logprobs", dict(sampling_params=pb.SamplingParams(prompt_logprobs=1)), "prompt_logprobs"),
-    ("seed", dict(sampling_params=pb.SamplingParams(seed=2**63)), "seed"),
+    # No seed is out of range: the field is int64 and the engine takes every int64 (test_sampling_spec.py).
     ("max_tokens-zero", dict(sampling_params=pb.SamplingParams(max_tokens=0)), "max_tokens"),
     ("max_tokens-too-long", dict(sampling_params=pb.SamplingParams(max_tokens=5000)), "max_tokens"),
     ("min_tokens", dict(sampling_params=pb.SamplingParams(max_tokens=2, min_tokens=5)), "min_tokens"),
-    ("stop-empty", dict(sampling_params=pb.SamplingParams(stop=[""])), "stop strings"),
+    ("stop-empty", dict(sampling_params=pb.SamplingParams(stop=[""])), "empty strings"),
     ("no-prompt", dict(prompt_token_ids=None), "prompt is required"),
     ("empty-prompt", dict(prompt_token_ids=pb.TokenIds(ids=[])), "prompt must contain"),
     ("empty-text", dict(prompt_token_ids=None, text=""), "prompt must contain"),

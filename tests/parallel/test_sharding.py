@@ -151,11 +151,11 @@ def test_each_rank_reads_only_its_slices_of_the_checkpoint(tp_models, name, monk
         return original(self, index)
 
     for rank in range(2):
-        lazy = model_class(mc.architecture)(mc.hf_config, rank, 2)
+        lazy = model_class(mc.architecture)(mc, rank, 2)
         monkeypatch.setattr(CheckpointTensor, "__getitem__", spy)
         load_weights(lazy, mc.path)
         monkeypatch.setattr(CheckpointTensor, "__getitem__", original)
-        eager = model_class(mc.architecture)(mc.hf_config, rank, 2)
+        eager = model_class(mc.architecture)(mc, rank, 2)
         _load_whole_tensors(eager, mc.path)
         for (n, a), (_, b) in zip(lazy.named_parameters(), eager.named_parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)

@@ -1,5 +1,5 @@
 """Fixtures of the reliability suite: the scale (CPU for CI, or `--heavy`), one stack of real processes for
-the session, and the tallies that `--record-results` writes to benchmarks/RESULTS.md.
+the session, and the tallies that `--record-results` writes to benchmarks/results.jsonl.
 
     pytest tests/reliability                          CPU mode: what CI runs (a few minutes on 2 cores)
     pytest tests/reliability --heavy                  the larger run (10-minute soak, longer outputs, more

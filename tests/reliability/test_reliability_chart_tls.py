@@ -18,7 +18,6 @@ from tests.chart.chartlib import (
     CHART,
     ROOT,
     container,
-    flag,
     load_manifests,
     pod_spec,
     run_helm,
@@ -90,7 +89,8 @@ def test_services_get_tls_flags_that_parse_and_files_that_exist(manifests):
     }
     for probe in ("readinessProbe", "livenessProbe"):
         assert container(router, "router")[probe]["httpGet"]["scheme"] == "HTTPS"
-    assert flag(container(router, "router")["args"], "--tokenizer").startswith("pagoda-tokenizer:")
+    # Each model's own tokenizer Service (the default values serve one model).
+    assert dict(config.model_tokenizers) == {"SmolLM2-135M-Instruct": "pagoda-tokenizer-smollm2:50052"}
 
 
 @pytest.mark.parametrize("version", ["1.29", "1.32"])

@@ -162,7 +162,7 @@ _FIELDS = {
     "presence_penalty": (st.floats(-2, 2, width=32), _FLOATS),
     "frequency_penalty": (st.floats(-2, 2, width=32), _FLOATS),
     "repetition_penalty": (st.floats(0.5, 2, width=32), _FLOATS),
-    "seed": (st.integers(0, 2**63 - 1), st.integers(0, 2**64 - 1)),
+    "seed": (st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1)),  # int64: all served
     "logprobs": (st.integers(0, 5), _U32),
     "prompt_logprobs": (st.nothing(), _U32),  # not supported: any value is refused
     "ignore_eos": (st.booleans(), st.booleans()),

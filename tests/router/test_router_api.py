@@ -136,6 +136,13 @@ async def test_seeded_requests_reproduce(stack):
     assert stack.engines[0].requests[-1].sampling_params.seed == 8
 
 
+async def test_every_int64_seed_reaches_the_engine_as_sent(stack):
+    client = stack.client()
+    for seed in (-1, 2**63 - 1, -(2**63)):
+        await client.chat.completions.create(model="scripted", messages=MESSAGES, seed=seed, max_tokens=2)
+        assert stack.engines[0].requests[-1].sampling_params.seed == seed
+
+
 async def test_sampling_fields_reach_the_engine(stack):
     await stack.client().chat.completions.create(
         model="scripted",
@@ -162,7 +169,7 @@ async def test_sampling_fields_reach_the_engine(stack):
     assert p.temperature == pytest.approx(0.5) and p.top_p == pytest.approx(0.9) and p.top_k == 40
     assert p.min_p == pytest.approx(0.05) and p.repetition_penalty == pytest.approx(1.1)
     assert p.presence_penalty == pytest.approx(0.5) and p.frequency_penalty == pytest.approx(-0.5)
-    assert dict(p.logit_bias) == {5: 10.0, 7: -100.0} and p.seed == 2**64 - 1
+    assert dict(p.logit_bias) == {5: 10.0, 7: -100.0} and p.seed == -1
     assert (p.min_tokens, p.ignore_eos, list(p.stop_token_ids), p.skip_special_tokens) == (
         2,
         True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from conftest import wait_for
+from tests.router.conftest import wait_for
 from fake_kube import FakeKubeApi, endpoint, endpoint_slice
 from router_fakes import Script
 

@@ -196,6 +196,29 @@ def test_n_logprobs_seed_and_stop(cluster):
         assert cut.finish_reason == "stop" and cut.text == greedy[: greedy.find(stop)]
 
 
+def test_seeds_of_the_whole_int64_range_draw_as_offline(cluster, tiny_model_dir):
+    """A seed means the same through the router as in the offline API: -1, 2^63 - 1 and -2^63 included."""
+    from engine_service import LLM, SamplingParams
+
+    llm = LLM(str(tiny_model_dir), device="cpu", dtype="float32", max_model_len=512, num_kv_blocks=256)
+    client, prompt = cluster.client(), [17, 230, 1024, 5]
+    texts = {}
+    for seed in (-1, 2**63 - 1, -(2**63)):
+        params = SamplingParams(max_tokens=8, temperature=1.0, seed=seed, ignore_eos=True)
+        offline = llm.generate(prompt_token_ids=[prompt], sampling_params=params)[0].outputs[0].text
+        online = client.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            max_tokens=8,
+            temperature=1.0,
+            seed=seed,
+            extra_body={"ignore_eos": True},
+        )
+        texts[seed] = online.choices[0].text
+        assert texts[seed] == offline and offline, seed
+    assert texts[-1] != texts[-(2**63)]
+
+
 def test_traffic_spreads_and_prefixes_stick(cluster):
     client = cluster.client()
     before = cluster.engine_requests()

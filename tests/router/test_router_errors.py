@@ -30,6 +30,10 @@ BAD_CHAT_BODIES = [
     (_chat(stop=[""]), "stop", "empty"),
     (_chat(stop=5), "stop", "a string or a list"),
     (_chat(seed="1"), "seed", "an integer"),
+    # OpenAI's seed is a signed 64-bit integer: out of it, the error quotes the number the client sent.
+    (_chat(seed=2**63), "seed", "'seed' must be <= 9223372036854775807, got 9223372036854775808."),
+    (_chat(seed=-(2**63) - 1), "seed", "'seed' must be >= -9223372036854775808, got -9223372036854775809."),
+    (_chat(temperature=2.000001), "temperature", "'temperature' must be <= 2, got 2.000001."),
     (_chat(top_logprobs=2), "top_logprobs", "'logprobs'"),
     (_chat(logprobs=True, top_logprobs=21), "top_logprobs", "<= 20"),
     (_chat(stream_options={"include_usage": True}), "stream_options", "'stream'"),

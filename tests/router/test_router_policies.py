@@ -127,3 +127,36 @@ async def test_session_sticks_and_falls_back_to_least_loaded():
     assert len(homes) == 3
     es[0].num_outstanding, es[1].num_outstanding = 2, 1
     assert await policy.pick(es, RouteRequest([], 16, None)) is es[2]
+
+
+async def test_short_prompts_spread_over_idle_engines_in_turn():
+    """Requests that arrive one at a time find every engine idle: the tie is broken in turn, so 15 short
+    prompts land 5/5/5 (before: all on the first engine), and the same again from a fresh policy."""
+    es = engines(3)
+    for policy in (PrefixAffinity(), Session()):
+        picks = [(await policy.pick(es, RouteRequest([1, 2, 3], 16))).address for _ in range(15)]
+        assert Counter(picks) == {e.address: 5 for e in es}, picks
+        fresh = type(policy)()
+        assert [(await fresh.pick(es, RouteRequest([1, 2, 3], 16))).address for _ in range(15)] == picks
+    # Ties only: a less loaded engine is always taken.
+    es[1].extra_load = -1.0
+    assert {(await PrefixAffinity().pick(es, RouteRequest([1], 16))).address for _ in range(6)} == {
+        es[1].address
+    }
+
+
+async def test_prefix_affinity_key_holds_the_cache_salt():
+    policy = PrefixAffinity(max_blocks=2)
+    tokens = prompt(7)
+    plain = policy.key(RouteRequest(tokens, 16))
+    assert policy.key(RouteRequest(tokens, 16, cache_salt="")) == plain
+    salted = {policy.key(RouteRequest(tokens, 16, cache_salt=f"tenant-{i}")) for i in range(20)}
+    assert len(salted) == 20 and plain not in salted
+    # One hot prefix under many salts spreads, each salt keeping its own engine.
+    es = engines(4)
+    homes = {}
+    for i in range(40):
+        request = RouteRequest(tokens, 16, cache_salt=f"tenant-{i}")
+        homes[i] = (await policy.pick(es, request)).address
+        assert (await policy.pick(es, request)).address == homes[i]
+    assert len(set(homes.values())) == 4

@@ -10,7 +10,7 @@ import aiohttp
 import grpc
 import openai
 import pytest
-from conftest import wait_for
+from tests.router.conftest import wait_for
 from router_fakes import Script
 
 MSGS = [{"role": "user", "content": "hi"}]
@@ -234,3 +234,26 @@ async def test_failed_prompt_of_a_batch_closes_the_others(make_stack):
     await wait_for(
         lambda: all(e.num_outstanding == 0 for e in stack.ctx.registry.engines), what="no outstanding"
     )
+
+
+async def test_prefix_affinity_spreads_short_prompts_and_keys_on_cache_salt(make_stack):
+    """Through the router: short prompts (no full KV block) sent one at a time spread over the engines,
+    and one long prompt goes to one engine per cache_salt, so several salts spread it."""
+    stack = await make_stack([Script(block_size=64), Script(block_size=64), Script(block_size=64)])
+    client = stack.client()
+    for _ in range(12):
+        await client.completions.create(model="scripted", prompt="Hi", max_tokens=1)
+    assert [len(e.requests) for e in stack.engines] == [4, 4, 4]
+    long_prompt = "A long shared prompt that fills several KV blocks of the scripted engine. " * 4
+    counts = []
+    for salt in (f"tenant-{i}" for i in range(12)):
+        before = [len(e.requests) for e in stack.engines]
+        for _ in range(3):
+            await client.completions.create(
+                model="scripted", prompt=long_prompt, max_tokens=1, extra_body={"cache_salt": salt}
+            )
+        gained = [len(e.requests) - b for e, b in zip(stack.engines, before, strict=True)]
+        assert sorted(gained) == [0, 0, 3], gained  # one engine per salt
+        counts.append(gained.index(3))
+    assert len(set(counts)) > 1, "every salt landed on the same engine"
+    assert {r.cache_salt for e in stack.engines for r in e.requests[4:]} == {f"tenant-{i}" for i in range(12)}

@@ -148,14 +148,38 @@ Call with (dict "constraints" list "selector" (selector labels as a map)).
 {{- end }}
 
 {{/*
-Model sources: where an engine (or the tokenizer) finds a model. Call each with
-(dict "ctx" $ "source" <source> "name" <model name>). Weights are mounted at /models/<name>.
+Model sources: where an engine (or a tokenizer) finds a model. Call each with
+(dict "ctx" $ "source" <source> "name" <model name>); volumes are mounted at /models/<name>.
+  builtin       the SmolLM2 model inside the image; no volume
+  pvc           an existing claim, mounted read-only (ReadOnlyMany/ReadWriteMany for pods on several nodes)
+  hostPath      a folder already on every node
+  image         an init container copies a folder out of an image into an emptyDir
+  objectStore   an init container runs `aws s3 sync` into an emptyDir
+  huggingFace   a Job downloads the repo at its pinned revision into a claim once (weights-download.yaml);
+                pods mount the claim read-only and an init container waits for the Job's marker file
+  imageVolume   the image itself is mounted read-only (Kubernetes >= 1.31 `image` volumes): no copy
 */}}
-{{- define "pagoda.source.path" -}}
-{{- if ne .source.type "builtin" }}
-{{- $dir := printf "/models/%s" .name }}
-{{- if .source.file }}{{ printf "%s/%s" $dir .source.file }}{{ else }}{{ $dir }}{{ end }}
+{{- define "pagoda.source.hfDir" -}}
+{{- printf "%s/%s" .repo .revision }}
 {{- end }}
+
+{{- define "pagoda.source.path" -}}
+{{- $src := .source }}
+{{- if ne $src.type "builtin" }}
+{{- $dir := printf "/models/%s" .name }}
+{{- if eq $src.type "huggingFace" }}
+{{- $dir = printf "%s/%s" $dir (include "pagoda.source.hfDir" $src.huggingFace) }}
+{{- else if eq $src.type "imageVolume" }}
+{{- $dir = printf "%s%s" $dir (dig "path" "/model" $src.image | trimSuffix "/") }}
+{{- end }}
+{{- if $src.file }}{{ printf "%s/%s" $dir $src.file }}{{ else }}{{ $dir }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The claim a huggingFace source downloads into: its own existing claim, else the chart's. */}}
+{{- define "pagoda.weights.claimName" -}}
+{{- $storage := dig "storage" (dict) .source.huggingFace }}
+{{- default (printf "%s-weights-%s" (include "pagoda.fullname" .ctx) .name | trunc 63 | trimSuffix "-") $storage.existingClaim }}
 {{- end }}
 
 {{- define "pagoda.source.volumes" -}}
@@ -165,6 +189,19 @@ Model sources: where an engine (or the tokenizer) finds a model. Call each with
   persistentVolumeClaim:
     claimName: {{ $src.pvc.claimName }}
     readOnly: true
+{{- else if eq $src.type "huggingFace" }}
+- name: model
+  persistentVolumeClaim:
+    claimName: {{ include "pagoda.weights.claimName" . }}
+    readOnly: true
+{{- else if eq $src.type "imageVolume" }}
+{{- if not (.ctx.Capabilities.KubeVersion.Version | semverCompare ">=1.31.0-0") }}
+{{- fail (printf "models: %s: source.type imageVolume needs Kubernetes >= 1.31 (image volumes, feature gate ImageVolume); this cluster is %s" .name .ctx.Capabilities.KubeVersion.Version) }}
+{{- end }}
+- name: model
+  image:
+    reference: {{ include "pagoda.source.imageRef" $src.image }}
+    pullPolicy: {{ dig "pullPolicy" "IfNotPresent" $src.image }}
 {{- else if eq $src.type "hostPath" }}
 - name: model
   hostPath:
@@ -175,6 +212,11 @@ Model sources: where an engine (or the tokenizer) finds a model. Call each with
   emptyDir:
     sizeLimit: {{ default .ctx.Values.engine.weightsSizeLimit $src.sizeLimit }}
 {{- end }}
+{{- end }}
+
+{{/* repository:tag, or repository@digest when a digest pins it. */}}
+{{- define "pagoda.source.imageRef" -}}
+{{- if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository (default "latest" .tag) }}{{ end }}
 {{- end }}
 
 {{- define "pagoda.source.mounts" -}}
@@ -189,14 +231,18 @@ Model sources: where an engine (or the tokenizer) finds a model. Call each with
 {{- end }}
 {{- end }}
 
-{{/* An init container that fills the weights emptyDir; none for builtin, pvc and hostPath. */}}
+{{/*
+The init container that makes the weights ready, if the source needs one. Also takes "image" (the
+image of the pod's own container, which waits for a download) and "tokenizerOnly" (an objectStore
+sync for a tokenizer pod fetches the tokenizer's files, not the weights).
+*/}}
 {{- define "pagoda.source.initContainers" -}}
 {{- $src := .source }}
 {{- $dst := printf "/models/%s" .name }}
 {{- $security := .ctx.Values.security.containerSecurityContext }}
 {{- if eq $src.type "image" }}
 - name: copy-weights
-  image: {{ printf "%s:%s" $src.image.repository (default "latest" $src.image.tag) }}
+  image: {{ include "pagoda.source.imageRef" $src.image }}
   imagePullPolicy: {{ dig "pullPolicy" "IfNotPresent" $src.image }}
   # `cp -R src/. dst/` copies the folder's contents with GNU or busybox cp: no shell needed.
   command: ["cp", "-R", {{ printf "%s/." (dig "path" "/model" $src.image) | quote }}, {{ printf "%s/" $dst | quote }}]
@@ -205,6 +251,22 @@ Model sources: where an engine (or the tokenizer) finds a model. Call each with
   volumeMounts:
     - name: model
       mountPath: {{ $dst }}
+{{- else if eq $src.type "huggingFace" }}
+{{- $marker := printf "%s/.pagoda-complete" (include "pagoda.source.path" (dict "source" (omit $src "file") "name" .name)) }}
+- name: wait-weights
+  image: {{ .image }}
+  imagePullPolicy: IfNotPresent
+  # The weights Job writes the marker last; the claim is read-only here.
+  command: ["sh", "-c", "until [ -f \"$MARKER\" ]; do echo \"waiting for $MARKER: the weights Job is downloading\"; sleep 10; done"]
+  env:
+    - name: MARKER
+      value: {{ $marker | quote }}
+  securityContext:
+    {{- toYaml $security | nindent 4 }}
+  volumeMounts:
+    - name: model
+      mountPath: {{ $dst }}
+      readOnly: true
 {{- else if eq $src.type "objectStore" }}
 {{- $store := $src.objectStore }}
 {{- $image := dig "image" (dict) $store }}
@@ -222,6 +284,13 @@ Model sources: where an engine (or the tokenizer) finds a model. Call each with
     - --no-progress
     {{- with $store.endpointUrl }}
     - --endpoint-url={{ . }}
+    {{- end }}
+    {{- if and .tokenizerOnly (not $src.file) }}
+    {{- /* A tokenizer reads a few MB of the folder: leave the weights in the store. */}}
+    - --exclude=*
+    {{- range list "*.json" "*.jinja" "tokenizer.model" "*.tiktoken" "*.txt" }}
+    - --include={{ . }}
+    {{- end }}
     {{- end }}
     - {{ $store.uri | quote }}
     - {{ $dst | quote }}
@@ -256,12 +325,27 @@ Model sources: where an engine (or the tokenizer) finds a model. Call each with
 {{- end }}
 {{- end }}
 
-{{/* The source the tokenizer loads: tokenizer.source, else the first model's. */}}
+{{/* The source a model's tokenizer loads: the model's `tokenizerSource`, else its `source`. */}}
 {{- define "pagoda.tokenizer.source" -}}
-{{- $first := first .Values.models }}
-{{- $src := .Values.tokenizer.source }}
-{{- if not $src }}{{ $src = $first.source }}{{ end }}
-{{- toYaml $src }}
+{{- toYaml (default .source .tokenizerSource) }}
+{{- end }}
+
+{{/* A model's tokenizer Deployment and Service: `<fullname>-tokenizer-<model>`. */}}
+{{- define "pagoda.tokenizer.modelFullname" -}}
+{{- printf "%s-tokenizer-%s" (include "pagoda.fullname" .ctx) .model.name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The rollout deadline of an engine Deployment: longer than the start-up probe's window (loading a
+large model may take all of it), plus time to schedule, pull the image and run the init containers.
+*/}}
+{{- define "pagoda.engine.progressDeadlineSeconds" -}}
+{{- $e := .Values.engine }}
+{{- if gt (int $e.progressDeadlineSeconds) 0 }}
+{{- $e.progressDeadlineSeconds }}
+{{- else }}
+{{- add (mul $e.probes.startup.periodSeconds $e.probes.startup.failureThreshold) 600 }}
+{{- end }}
 {{- end }}
 
 {{/*

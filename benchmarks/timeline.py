@@ -10,12 +10,28 @@ the device's own (launch latency, a graph's start, a wait on another stream or a
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from statistics import median
 
 DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 LAUNCH_CATS = ("cuda_runtime", "cuda_driver")
+
+# kernel name pattern -> family; the first that matches
+FAMILIES = [
+    (r"all_reduce_add_rms_norm", "all-reduce+norm"),  # fused (ops/triton_all_reduce_norm.py)
+    (r"nccl|all_reduce|allreduce", "all-reduce"),
+    (r"paged_attention|reduce_splits", "attention"),
+    (r"gemm|gemv|nvjet|xmma|cutlass|cublas|matmul|splitk", "matrix products"),
+    (r"rms_norm", "norms"),
+    (r"rotary", "rotary"),
+    (r"kv_cache", "KV write"),
+    (r"silu", "activation"),
+    (r"embedding|index_select|indexSelect", "embedding"),
+    (r"sample", "sampling"),
+    (r"copy|Memcpy|Memset|fill|elementwise|cat", "copies"),
+]
 
 
 @dataclass
@@ -162,3 +178,19 @@ def critical_path_by_op(
         t[1] += max(0.0, op_end - covered_to)
         covered_to = max(covered_to, op_end)
     return sorted(((n, int(c), us) for n, (c, us) in totals.items()), key=lambda x: -x[2])[:top]
+
+
+def family_of(name: str) -> str:
+    return next((f for pattern, f in FAMILIES if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
+def by_family(ops: list[tuple]) -> dict[str, dict[str, float]]:
+    """The (name, launches, µs) a step of every device op, summed by kernel family, most time first. The
+    ops' own durations: under PDL they overlap, so the sum may pass the step (critical_path does not)."""
+    families: dict[str, list[float]] = {}
+    for name, launches, us in ops:
+        f = families.setdefault(family_of(name), [0.0, 0.0])
+        f[0] += launches
+        f[1] += us
+    ranked = sorted(families.items(), key=lambda kv: -kv[1][1])
+    return {name: {"us": round(us, 1), "launches": round(n, 2)} for name, (n, us) in ranked}
