@@ -106,7 +106,8 @@ def _kwargs(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
     if "metavar" in f.metadata:
         kwargs["metavar"] = f.metadata["metavar"]
     args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) and type(None) in args:  # T | None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:  # T | None
+        # (Literal[...] | None is a typing.Union, not a types.UnionType)
         (hint,) = [a for a in args if a is not type(None)]
         args = typing.get_args(hint)
     origin = typing.get_origin(hint)

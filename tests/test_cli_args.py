@@ -105,3 +105,23 @@ def test_existing_flag_spellings_still_parse():
         True,
         5.0,
     )
+
+
+def test_optional_literal_fields_make_choice_flags():
+    """`Literal[...] | None` (EngineConfig.quantization) is a choice flag defaulting to None, and the
+    FP8 settings reach the engine's config from `pagoda engine`'s flags."""
+
+    @dataclass(frozen=True)
+    class Quant:
+        method: Literal["fp8"] | None = field(default=None, metadata={"help": "a method"})
+
+    p = argparse.ArgumentParser()
+    add_config_args(p, Quant)
+    assert config_values(p.parse_args([]), Quant) == {"method": None}
+    assert config_values(p.parse_args(["--method", "fp8"]), Quant) == {"method": "fp8"}
+    with pytest.raises(SystemExit):
+        p.parse_args(["--method", "int4"])
+    args = engine_main.parse_args(["--quantization", "fp8", "--kv-cache-dtype", "fp8"])
+    assert (args.quantization, args.kv_cache_dtype) == ("fp8", "fp8")
+    with pytest.raises(SystemExit):
+        engine_main.parse_args(["--kv-cache-dtype", "int8"])

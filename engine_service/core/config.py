@@ -7,6 +7,7 @@ new field with `metadata={"help": ...}`; its flag follows.
 
 from __future__ import annotations
 
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Literal
@@ -90,6 +91,23 @@ class EngineConfig:
         default=MAX_LOGPROBS,
         metadata={"help": f"most top logprobs a request may ask for (at most {MAX_LOGPROBS})"},
     )
+    # FP8 checkpoints (fp8, compressed-tensors, modelopt) are recognised from config.json either way
+    # (ModelConfig.quantization); this quantizes a 16/32-bit one as it loads (layers/quantization).
+    quantization: Literal["fp8"] | None = field(
+        default=None,
+        metadata={
+            "help": "fp8: quantize a 16/32-bit checkpoint's linear layers to FP8 (e4m3) as it loads: "
+            "per-channel weight scales, dynamic per-token activation scales (FP8 checkpoints run as FP8 "
+            "without it)"
+        },
+    )
+    kv_cache_dtype: Literal["auto", "fp8"] = field(
+        default="auto",
+        metadata={
+            "help": "KV-cache element type: auto (the model's dtype) or fp8 (e4m3 with the checkpoint's "
+            "per-tensor k/v scales, 1.0 where it has none): twice the tokens of a 16-bit cache"
+        },
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -126,12 +144,20 @@ class EngineConfig:
 
 
 def _choice_checks(config) -> list[tuple[bool, str]]:
-    """(ok, message) for each Literal-typed field: its value is one of the Literal's."""
+    """(ok, message) for each Literal-typed field (`Literal[...] | None` too): its value is one of the
+    Literal's (or None)."""
     hints = typing.get_type_hints(type(config))
     out = []
     for f in fields(config):
-        if typing.get_origin(hints[f.name]) is Literal:
-            choices = typing.get_args(hints[f.name])
+        hint, optional = hints[f.name], False
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
+            (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+            optional = True
+        if typing.get_origin(hint) is Literal:
+            choices = typing.get_args(hint)
             value = getattr(config, f.name)
-            out.append((value in choices, f"{f.name} must be one of {', '.join(choices)}; got {value!r}"))
+            ok = value in choices or (optional and value is None)
+            listed = " or ".join(filter(None, (", ".join(choices[:-1]), choices[-1])))
+            unset = " (or unset)" if optional else ""
+            out.append((ok, f"{f.name} must be {listed}{unset}; got {value!r}"))
     return out

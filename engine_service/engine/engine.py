@@ -22,7 +22,7 @@ from engine_service.engine import updates_codec
 from engine_service.engine.tokenizer import load_tokenizer
 from engine_service.executor.executor import Executor
 from engine_service.executor.factory import make_executor
-from engine_service.models.registry import MODELS
+from engine_service.models.registry import MODELS, check_supported, max_context
 from engine_service.worker.model_runner import resolve_device, resolve_dtype
 from engine_service.worker.sampler import SampleResult
 
@@ -64,7 +64,9 @@ class EngineStats:
 class Engine:
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.model_config = mc = ModelConfig.from_dir(config.model, supported=MODELS)
+        # Whatever the checkpoint uses that Pagoda cannot run fails here, before any weight is read.
+        self.model_config = mc = ModelConfig.from_dir(config.model, MODELS, config.quantization)
+        check_supported(mc)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         self.max_model_len = self._max_model_len(config, mc)
@@ -115,8 +117,12 @@ class Engine:
         # The columns of the last collected step, when its updates were all plain and none of its sequences
         # was aborted since: a step the scheduler says has the same batch copies them (updates_codec).
         self._steady: updates_codec.SteadyRows | None = None
+        kv_dtype = str(dtype).removeprefix("torch.")
+        if config.kv_cache_dtype == "fp8":  # half the bytes of a 16-bit cache: twice the blocks
+            kv_dtype = "fp8 e4m3, 1 byte a value"
         log.info(
-            "KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens per request: %.1fx",
+            "KV cache (%s): %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens a request: %.1fx",
+            kv_dtype,
             num_blocks,
             config.block_size,
             num_blocks * self.executor.kv_bytes_per_block / 2**30,
@@ -309,9 +315,7 @@ class Engine:
 
     @staticmethod
     def _max_model_len(config: EngineConfig, mc: ModelConfig) -> int:
-        limit = mc.max_position_embeddings
-        if mc.sliding_window:  # full attention is only exact within the window: cap the context there
-            limit = min(limit, mc.sliding_window)
+        limit = max_context(mc)  # rope scaling; a window the model does not honour
         if config.max_model_len is not None:
             if config.max_model_len > limit:
                 raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's limit of {limit}")

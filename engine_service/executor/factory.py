@@ -18,7 +18,14 @@ def make_executor(
 ) -> Executor:
     if config.tensor_parallel_size == 1:
         runner = ModelRunner(
-            model_config, device, dtype, config.block_size, config.load_format, config.seed, pdl=config.pdl
+            model_config,
+            device,
+            dtype,
+            config.block_size,
+            config.load_format,
+            config.seed,
+            pdl=config.pdl,
+            kv_cache_dtype=config.kv_cache_dtype,
         )
         return UniProcExecutor(runner)
 
@@ -32,5 +39,6 @@ def make_executor(
         tp_size=config.tensor_parallel_size,
         custom_all_reduce=config.custom_all_reduce,
         pdl=config.pdl,
+        kv_cache_dtype=config.kv_cache_dtype,
     )
     return MultiProcExecutor(spec, model_config)

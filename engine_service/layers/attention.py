@@ -24,10 +24,31 @@ class AttentionMetadata:
 
 
 class Attention(nn.Module):
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int):
+    """Per layer: the softmax scale (head_dim^-0.5 unless the model says otherwise: Gemma's
+    query_pre_attn_scalar), an optional sliding window and tanh soft-cap of the scores, and the per-tensor
+    scales of an fp8 KV cache. The scales come from the checkpoint when it has them (`k_scale`, `v_scale`,
+    as vLLM's fp8, compressed-tensors and ModelOpt exports write them) and are 1.0 otherwise."""
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float | None = None,
+        sliding_window: int | None = None,
+        logit_softcap: float | None = None,
+    ):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.scale = head_dim**-0.5
+        self.scale = scale if scale is not None else head_dim**-0.5
+        self.sliding_window = sliding_window or None
+        self.logit_softcap = logit_softcap or None
+        self.k_scale = _optional_scale()
+        self.v_scale = _optional_scale()
+        self.fp8_scales = (1.0, 1.0)  # host copies of the two, read every step without a device sync
+
+    def process_weights_after_loading(self) -> None:
+        self.fp8_scales = (float(self.k_scale), float(self.v_scale))
 
     def forward(
         self,
@@ -38,7 +59,8 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T, Hq, D]
         k_cache, v_cache = kv_cache
-        ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        k_scale, v_scale = self.fp8_scales if k_cache.dtype == torch.float8_e4m3fn else (1.0, 1.0)
+        ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
         return ops.paged_attention(
             q,
             k_cache,
@@ -50,4 +72,17 @@ class Attention(nn.Module):
             max_query_len=meta.max_query_len,
             max_seq_len=meta.max_seq_len,
             num_kv_splits=meta.num_kv_splits,
+            sliding_window=self.sliding_window,
+            logit_softcap=self.logit_softcap,
+            k_scale=k_scale,
+            v_scale=v_scale,
         )
+
+
+def _optional_scale() -> nn.Parameter:
+    """A float32 scalar a checkpoint may hold (and dummy weights leave at 1.0)."""
+    param = nn.Parameter(torch.ones((), dtype=torch.float32), requires_grad=False)
+    param.optional = True  # not in every checkpoint: keeps 1.0 where absent
+    param.dummy_value = 1.0
+    param.weight_loader = lambda p, loaded: p.data.copy_(loaded[...].reshape(()))
+    return param

@@ -28,3 +28,14 @@ class RMSNorm(nn.Module):
         if self.reduce_input:
             return all_reduce_add_rms_norm(x, residual, self.weight, self.eps)
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class GemmaRMSNorm(RMSNorm):
+    """Gemma's RMSNorm scales by (1 + w): the checkpoint stores w, this layer keeps 1 + w in float32 (so
+    the shift loses nothing in a 16-bit model) and runs the same kernels as RMSNorm. Dummy weights (1.0)
+    are w = 0."""
+
+    def __init__(self, hidden_size: int, eps: float, reduce_input: bool = False):
+        super().__init__(hidden_size, eps, reduce_input)
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=torch.float32), requires_grad=False)
+        self.weight.weight_loader = lambda param, loaded: param.data.copy_(loaded[...].float() + 1.0)

@@ -4,11 +4,13 @@
       -> RMSNorm -> LM head
 
 `qkv_bias` (Qwen2) adds biases to the q/k/v projection; `qk_norm` (Qwen3) RMS-normalizes each head of
-q and k before the rotary embedding.
+q and k before the rotary embedding. The mixture-of-experts and Phi-3 files build on these classes
+(`make_mlp` puts a sparse MLP in a layer; `sliding_window` makes every layer's attention windowed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +18,13 @@ import torch
 from torch import nn
 
 from engine_service.core.model_config import ModelConfig
+from engine_service.core.quant_config import QuantConfig
 from engine_service.layers.activation import SiluAndMul
 from engine_service.layers.attention import Attention, AttentionMetadata
 from engine_service.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from engine_service.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from engine_service.layers.norm import RMSNorm
-from engine_service.layers.rotary import RotaryEmbedding
+from engine_service.layers.rotary import RotaryEmbedding, rope_max_positions
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -42,13 +45,20 @@ class LlamaArgs:
     qkv_bias: bool = False
     o_bias: bool = False
     qk_norm: bool = False
+    sliding_window: int | None = None  # every layer's attention windowed (Phi-3); None: full attention
     tp_rank: int = 0
     tp_size: int = 1
+    quant: QuantConfig | None = None
+
+    def quant_for(self, name: str) -> QuantConfig | None:
+        """The quantization of the module with checkpoint name `name` (None: unquantized)."""
+        return self.quant.for_module(name) if self.quant is not None else None
 
     @classmethod
-    def from_config(cls, c: ModelConfig, tp_rank: int = 0, tp_size: int = 1, **switches: bool) -> LlamaArgs:
-        """The model's view of `c` on one rank; `switches` (qkv_bias, qk_norm) are the architecture's."""
-        switches = {"qkv_bias": c.attention_bias, "o_bias": c.attention_bias, **switches}
+    def from_config(cls, c: ModelConfig, tp_rank: int = 0, tp_size: int = 1, **switches: Any) -> LlamaArgs:
+        """The model's view of `c` on one rank; `switches` (qkv_bias, qk_norm, sliding_window) are the
+        architecture's."""
+        switches = {"qkv_bias": c.qkv_bias, "o_bias": c.attention_bias, **switches}
         return cls(
             vocab_size=c.vocab_size,
             hidden_size=c.hidden_size,
@@ -58,30 +68,44 @@ class LlamaArgs:
             num_kv_heads=c.num_kv_heads,
             head_dim=c.head_dim,
             rms_norm_eps=c.rms_norm_eps,
-            max_positions=c.max_position_embeddings,
+            max_positions=rope_max_positions(c.rope),
             rope=c.rope,
             tie_word_embeddings=c.tie_word_embeddings,
             tp_rank=tp_rank,
             tp_size=tp_size,
+            quant=c.quantization,
             **switches,
         )
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, a: LlamaArgs, rotary: RotaryEmbedding):
+    def __init__(self, a: LlamaArgs, rotary: RotaryEmbedding, prefix: str):
         super().__init__()
         self.qkv_proj = QKVParallelLinear(
-            a.hidden_size, a.head_dim, a.num_heads, a.num_kv_heads, a.qkv_bias, a.tp_rank, a.tp_size
+            a.hidden_size,
+            a.head_dim,
+            a.num_heads,
+            a.num_kv_heads,
+            a.qkv_bias,
+            a.tp_rank,
+            a.tp_size,
+            quant=a.quant_for(f"{prefix}.q_proj"),
         )
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.head_dim = a.head_dim
         self.o_proj = RowParallelLinear(  # reduced by the post-attention norm (see LlamaDecoderLayer)
-            a.num_heads * a.head_dim, a.hidden_size, a.o_bias, a.tp_rank, a.tp_size, reduce_results=False
+            a.num_heads * a.head_dim,
+            a.hidden_size,
+            a.o_bias,
+            a.tp_rank,
+            a.tp_size,
+            reduce_results=False,
+            quant=a.quant_for(f"{prefix}.o_proj"),
         )
         self.rotary = rotary
         self.q_norm = RMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
         self.k_norm = RMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
-        self.attn = Attention(self.num_heads, self.num_kv_heads, a.head_dim)
+        self.attn = Attention(self.num_heads, self.num_kv_heads, a.head_dim, sliding_window=a.sliding_window)
 
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, kv: KVCache, meta: AttentionMetadata
@@ -101,13 +125,27 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, a: LlamaArgs):
+    """SwiGLU MLP whose down projection returns partial sums under TP (reduced by the next norm)."""
+
+    def __init__(self, a: LlamaArgs, prefix: str, intermediate_size: int | None = None):
         super().__init__()
+        intermediate = intermediate_size or a.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(
-            a.hidden_size, [a.intermediate_size] * 2, False, a.tp_rank, a.tp_size
+            a.hidden_size,
+            [intermediate] * 2,
+            False,
+            a.tp_rank,
+            a.tp_size,
+            quant=a.quant_for(f"{prefix}.gate_proj"),
         )
         self.down_proj = RowParallelLinear(  # reduced by the next layer's input norm, or the final norm
-            a.intermediate_size, a.hidden_size, False, a.tp_rank, a.tp_size, reduce_results=False
+            intermediate,
+            a.hidden_size,
+            False,
+            a.tp_rank,
+            a.tp_size,
+            reduce_results=False,
+            quant=a.quant_for(f"{prefix}.down_proj"),
         )
         self.act = SiluAndMul()
 
@@ -121,13 +159,13 @@ class LlamaDecoderLayer(nn.Module):
     where the one-shot path is installed. The first layer's input norm gets the embedding: reduced, without
     a residual, at TP=1; partial, with a zero residual, under TP (LlamaModel)."""
 
-    def __init__(self, a: LlamaArgs, rotary: RotaryEmbedding):
+    def __init__(self, a: LlamaArgs, rotary: RotaryEmbedding, mlp: nn.Module, prefix: str):
         super().__init__()
         reduce = a.tp_size > 1
         self.input_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, reduce_input=reduce)
-        self.self_attn = LlamaAttention(a, rotary)
+        self.self_attn = LlamaAttention(a, rotary, f"{prefix}.self_attn")
         self.post_attention_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, reduce_input=reduce)
-        self.mlp = LlamaMLP(a)
+        self.mlp = mlp
 
     def forward(
         self,
@@ -147,7 +185,9 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, a: LlamaArgs):
+    """`make_mlp(layer index, checkpoint prefix)` gives each layer its MLP (dense or mixture of experts)."""
+
+    def __init__(self, a: LlamaArgs, make_mlp: Callable[[int, str], nn.Module]):
         super().__init__()
         # Under TP the lookup stays partial: the first layer's input norm sums it (a zero residual), one
         # all-reduce + norm kernel where the embedding's own all-reduce and a norm were two.
@@ -156,7 +196,10 @@ class LlamaModel(nn.Module):
             a.vocab_size, a.hidden_size, a.tp_rank, a.tp_size, reduce_results=not self.partial_embedding
         )
         rotary = RotaryEmbedding(a.head_dim, a.max_positions, a.rope)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(a, rotary) for _ in range(a.num_layers))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(a, rotary, make_mlp(i, f"model.layers.{i}.mlp"), f"model.layers.{i}")
+            for i in range(a.num_layers)
+        )
         self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps, reduce_input=a.tp_size > 1)
 
     def forward(
@@ -183,12 +226,17 @@ class LlamaForCausalLM(nn.Module):
         ".gate_proj.": (".gate_up_proj.", 0),
         ".up_proj.": (".gate_up_proj.", 1),
     }
-    switches: dict[str, bool] = {}
+    switches: dict[str, Any] = {}
+    # Whether this architecture's attention honours config.json's `sliding_window` (Phi-3, Gemma). The
+    # others attend to the whole context, so the engine caps their context at the window (see max_context).
+    honours_sliding_window = False
+    # Whether FP8 checkpoints of this architecture load (mixture-of-experts weights do not yet).
+    fp8_checkpoints = True
 
     def __init__(self, config: ModelConfig, tp_rank: int = 0, tp_size: int = 1):
         super().__init__()
-        self.args = a = LlamaArgs.from_config(config, tp_rank, tp_size, **self.switches)
-        self.model = LlamaModel(a)
+        self.args = a = LlamaArgs.from_config(config, tp_rank, tp_size, **self.switches_for(config))
+        self.model = LlamaModel(a, lambda i, prefix: self.make_mlp(a, config, i, prefix))
         self.lm_head = ParallelLMHead(a.vocab_size, a.hidden_size, a.tp_rank, a.tp_size)
         if a.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -204,6 +252,23 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [B, hidden] -> [B, vocab]
         return self.lm_head(hidden)
+
+    @classmethod
+    def switches_for(cls, config: ModelConfig) -> dict[str, Any]:
+        """LlamaArgs fields this architecture sets (beyond what from_config reads)."""
+        return dict(cls.switches)
+
+    def make_mlp(self, a: LlamaArgs, config: ModelConfig, layer: int, prefix: str) -> nn.Module:
+        return LlamaMLP(a, prefix)
+
+    @classmethod
+    def max_context(cls, config: ModelConfig) -> int:
+        """The longest context the model serves: its rotary embedding's, capped at the sliding window when
+        its attention attends to everything instead (exact only within the window)."""
+        limit = min(rope_max_positions(p) for p in config.ropes)
+        if config.sliding_window and not cls.honours_sliding_window:
+            limit = min(limit, config.sliding_window)
+        return limit
 
 
 class MistralForCausalLM(LlamaForCausalLM):

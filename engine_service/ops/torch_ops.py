@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
 
 def write_kv_cache(
     k: torch.Tensor,  # [T, Hkv, D]
@@ -26,11 +28,27 @@ def write_kv_cache(
     k_cache: torch.Tensor,  # [N, B, Hkv, D]
     v_cache: torch.Tensor,  # [N, B, Hkv, D]
     slot_mapping: torch.Tensor,  # int64 [T]
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
+    """An fp8 cache stores k / k_scale and v / v_scale, saturated to e4m3's range (per-tensor scales)."""
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
-    k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)
-    v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
+    k_cache.view(-1, *k_cache.shape[2:])[slots] = _to_cache(k[keep], k_cache.dtype, k_scale)
+    v_cache.view(-1, *v_cache.shape[2:])[slots] = _to_cache(v[keep], v_cache.dtype, v_scale)
+
+
+def _to_cache(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    if dtype == torch.float8_e4m3fn:
+        return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(dtype)
+    return x.to(dtype)
+
+
+def _from_cache(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """float32 values of cached K or V: an fp8 cache's times its scale, else as the model's dtype has them."""
+    if x.dtype == torch.float8_e4m3fn:
+        return x.float() * scale
+    return x.to(dtype).float()
 
 
 def paged_attention(
@@ -41,8 +59,16 @@ def paged_attention(
     seq_lens: torch.Tensor,  # int32 [S]
     block_tables: torch.Tensor,  # int32 [S, M]
     scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:  # [T, Hq, D]
-    """Causal attention of each sequence's new queries over its paged KV (prefill chunks and decodes)."""
+    """Causal attention of each sequence's new queries over its paged KV (prefill chunks and decodes).
+
+    sliding_window W: a query at position p sees keys p - W < j <= p (W keys, itself included; Mistral,
+    Gemma, Phi-3). logit_softcap c: scores become c * tanh(scores / c) before the mask (Gemma 2).
+    k_scale / v_scale: the per-tensor scales of an fp8 cache (its values times the scale are K and V)."""
     num_heads, num_kv_heads = q.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
     block_size = k_cache.shape[1]
@@ -56,16 +82,21 @@ def paged_attention(
             continue
         num_blocks = (seq_len + block_size - 1) // block_size
         blocks = block_tables[s, :num_blocks].long()
-        k_s = k_cache[blocks].flatten(0, 1)[:seq_len].to(q.dtype)  # [C, Hkv, D]
-        v_s = v_cache[blocks].flatten(0, 1)[:seq_len].to(q.dtype)
+        k_s = _from_cache(k_cache[blocks].flatten(0, 1)[:seq_len], q.dtype, k_scale)  # fp32 [C, Hkv, D]
+        v_s = _from_cache(v_cache[blocks].flatten(0, 1)[:seq_len], q.dtype, v_scale)
         k_s = k_s.repeat_interleave(group, dim=1)  # [C, Hq, D]
         v_s = v_s.repeat_interleave(group, dim=1)
-        scores = torch.einsum("lhd,chd->hlc", q_s.float(), k_s.float()) * scale  # [Hq, L, C]
+        scores = torch.einsum("lhd,chd->hlc", q_s.float(), k_s) * scale  # [Hq, L, C]
+        if logit_softcap:
+            scores = torch.tanh(scores / logit_softcap) * logit_softcap
         q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)[:, None]  # [L, 1]
         k_pos = torch.arange(seq_len, device=q.device)[None, :]  # [1, C]
-        scores.masked_fill_(k_pos > q_pos, float("-inf"))
+        hidden = k_pos > q_pos
+        if sliding_window:
+            hidden |= k_pos <= q_pos - sliding_window
+        scores.masked_fill_(hidden, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
-        out[starts[s] : starts[s + 1]] = torch.einsum("hlc,chd->lhd", probs, v_s.float()).to(q.dtype)
+        out[starts[s] : starts[s + 1]] = torch.einsum("hlc,chd->lhd", probs, v_s).to(q.dtype)
     return out
 
 
@@ -94,16 +125,17 @@ def rotary_embedding(
     positions: torch.Tensor,  # int64 [T]
     q: torch.Tensor,  # [T, Hq, D]
     k: torch.Tensor,  # [T, Hkv, D]
-    cos_sin_cache: torch.Tensor,  # float32 [max_positions, D]: cos in [:, :D/2], sin in [:, D/2:]
+    cos_sin_cache: torch.Tensor,  # float32 [max_positions, R]: cos in [:, :R/2], sin in [:, R/2:]; R <= D
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neox-style rotary embedding (rotate halves), as Llama/Mistral/Qwen checkpoints in HF format use."""
-    half = q.shape[-1] // 2
-    cos, sin = cos_sin_cache[positions].float().split(half, dim=-1)  # [T, D/2] each
+    """Neox-style rotary embedding (rotate halves), as Llama/Mistral/Qwen checkpoints in HF format use, of
+    the first R = cos_sin_cache.shape[1] dimensions of each head (partial rotary: R < D; the rest pass)."""
+    half = cos_sin_cache.shape[-1] // 2
+    cos, sin = cos_sin_cache[positions].float().split(half, dim=-1)  # [T, R/2] each
     cos, sin = cos[:, None, :], sin[:, None, :]
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.float().split(half, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+        x1, x2, rest = x.float().split([half, half, x.shape[-1] - 2 * half], dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1).to(x.dtype)
 
     return rotate(q), rotate(k)
 
@@ -112,6 +144,88 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: [T, 2I] (gate then up) -> silu(gate) * up: [T, I]."""
     gate, up = x.chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * up
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [T, 2I] (gate then up) -> gelu(gate) * up with GELU's tanh approximation: [T, I]."""
+    gate, up = x.chunk(2, dim=-1)
+    return torch.nn.functional.gelu(gate, approximate="tanh") * up
+
+
+# ---- mixture of experts ----------------------------------------------------------------------------
+def moe_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights float32 [T, k], expert ids int64 [T, k]): softmax over the experts in float32, the top k,
+    renormalized to sum to one when the model says so (Mixtral, Qwen3-MoE; not Qwen2-MoE)."""
+    probs = torch.softmax(router_logits.float(), dim=-1)  # [T, E]
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+def fused_moe(
+    x: torch.Tensor,  # [T, H]
+    w13: torch.Tensor,  # [E, 2I, H]: gate rows then up rows of every expert
+    w2: torch.Tensor,  # [E, H, I]
+    topk_weights: torch.Tensor,  # float32 [T, k]
+    topk_ids: torch.Tensor,  # int64 [T, k]
+) -> torch.Tensor:  # [T, H]
+    """sum over a token's k experts of weight * down(silu(gate(x)) * up(x)), expert by expert as
+    transformers does (the weight rounded to x's dtype before it multiplies)."""
+    out = torch.zeros_like(x)
+    inter = w13.shape[1] // 2
+    for expert in topk_ids.unique().tolist():
+        token, slot = torch.where(topk_ids == expert)
+        gate_up = x[token] @ w13[expert].t()  # [n, 2I]
+        h = torch.nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+        y = (h @ w2[expert].t()) * topk_weights[token, slot, None].to(x.dtype)  # [n, H]
+        out.index_add_(0, token, y)
+    return out
+
+
+# ---- FP8 (e4m3) GEMM ---------------------------------------------------------------------------------
+def quantize_activations(
+    x: torch.Tensor, group: int | None = None, static_scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (fp8 [M, K], float32 scales [M, ceil(K / group)]) with x ~= q * scale: per row (group
+    None), per row and group of K, or one static scale (returned as [M, 1])."""
+    m, k = x.shape
+    group = group or k
+    pad = -k % group
+    xf = torch.nn.functional.pad(x.float(), (0, pad)).view(m, -1, group)  # [M, G, group]
+    if static_scale is not None:
+        scales = static_scale.float().reshape(1, 1).expand(m, xf.shape[1])
+    else:
+        scales = (xf.abs().amax(dim=-1) / FP8_MAX).clamp_min(1e-12)  # [M, G]
+    q = (xf / scales[..., None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q.view(m, -1)[:, :k], scales[:, :1] if static_scale is not None else scales
+
+
+def fp8_linear(
+    x: torch.Tensor,  # [..., K]
+    weight: torch.Tensor,  # fp8 [N, K]
+    weight_scale: torch.Tensor,  # float32 [N] (per row) or [ceil(N/bn), ceil(K/bk)] (block (bn, bk))
+    input_scale: torch.Tensor | None,  # float32 []: static activation scale; None: dynamic
+    block: tuple[int, int] | None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:  # [..., N]
+    """W8A8: the activations quantized as the GPU path does (per token, per 1 x bk group for block weights,
+    or the static scale), both operands dequantized, the product in float32."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k)
+    q, scales = quantize_activations(x2, block[1] if block else None, input_scale)
+    if block is None:
+        a = q.float() * scales
+        w = weight.float() * weight_scale.float()[:, None]
+    else:
+        bn, bk = block
+        a = q.float() * scales.repeat_interleave(bk, dim=1)[:, :k]
+        w_scale = weight_scale.float().repeat_interleave(bn, dim=0)[: weight.shape[0]]
+        w = weight.float() * w_scale.repeat_interleave(bk, dim=1)[:, :k]
+    out = a @ w.t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype).view(*lead, weight.shape[0])
 
 
 # ---- sampling --------------------------------------------------------------------------------------------

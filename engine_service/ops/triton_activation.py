@@ -1,4 +1,5 @@
-"""SiLU-and-multiply for gated MLPs (Triton): `torch_ops.silu_and_mul` in fp32 math with one rounding."""
+"""Gated activations for MLPs (Triton): `torch_ops.silu_and_mul` and `torch_ops.gelu_tanh_and_mul` in fp32
+math with one rounding."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def _silu_and_mul_kernel(
     stride_xt,
     INTERMEDIATE: tl.constexpr,
     BLOCK: tl.constexpr,
+    GELU: tl.constexpr,  # gelu (tanh approximation) instead of silu
     PDL: tl.constexpr,
 ):
     if PDL:
@@ -28,12 +30,25 @@ def _silu_and_mul_kernel(
     mask = offs < INTERMEDIATE
     gate = tl.load(x_ptr + row * stride_xt + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_xt + INTERMEDIATE + offs, mask=mask, other=0.0).to(tl.float32)
-    out = gate * tl.sigmoid(gate) * up
+    if GELU:  # 0.5 g (1 + tanh(y)) = g * sigmoid(2y), y = sqrt(2/pi) (g + 0.044715 g^3)
+        y = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+        out = gate * tl.sigmoid(2.0 * y) * up
+    else:
+        out = gate * tl.sigmoid(gate) * up
     tl.store(out_ptr + row * stride_ot + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: [..., 2I] (gate then up) -> silu(gate) * up: [..., I]."""
+    return _gated(x, gelu=False)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [..., 2I] (gate then up) -> gelu_tanh(gate) * up: [..., I]."""
+    return _gated(x, gelu=True)
+
+
+def _gated(x: torch.Tensor, gelu: bool) -> torch.Tensor:
     intermediate = x.shape[-1] // 2
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
@@ -48,6 +63,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
             x2.stride(0),
             INTERMEDIATE=intermediate,
             BLOCK=block,
+            GELU=gelu,
             num_warps=4,
             **launch_options(x2),
         )

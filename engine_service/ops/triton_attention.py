@@ -155,7 +155,10 @@ def _paged_attention_kernel(
     num_splits,
     min_q_len,  # this launch serves only sequences with min_q_len <= q_len <= max_q_len
     max_q_len,
-    qk_scale,  # softmax scale * log2(e)
+    qk_scale,  # softmax scale * k_scale, times log2(e) unless SOFTCAP
+    v_scale,  # an fp8 cache's V scale (1.0 otherwise)
+    window,  # SLIDING: a query at position p sees keys p - window < j <= p
+    softcap,  # SOFTCAP: scores become softcap * tanh(scores / softcap)
     stride_qt,
     stride_qh,
     stride_ot,
@@ -177,6 +180,8 @@ def _paged_attention_kernel(
     TILE_N: tl.constexpr,
     SEQ_GRID: tl.constexpr,
     SPLIT: tl.constexpr,
+    SLIDING: tl.constexpr,
+    SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
@@ -199,9 +204,9 @@ def _paged_attention_kernel(
             _attend_q_block(
                 out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
                 block_tables_ptr, seq, q_start, q_len, seq_len, q_block_local, kv_head, split, num_splits,
-                qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_kb, stride_ks, stride_kh,
-                stride_vb, stride_vs, stride_vh, stride_bt, NUM_HEADS, GROUP, HEAD_DIM, HEAD_DIM_PAD,
-                BLOCK_SIZE, BLOCK_M, BLOCK_Q, TILE_N, SPLIT, DOT_PRECISION,
+                qk_scale, v_scale, window, softcap, stride_qt, stride_qh, stride_ot, stride_oh, stride_kb,
+                stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt, NUM_HEADS, GROUP, HEAD_DIM,
+                HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_M, BLOCK_Q, TILE_N, SPLIT, SLIDING, SOFTCAP, DOT_PRECISION,
             )  # fmt: skip
     else:
         q_block = tl.program_id(0)
@@ -217,9 +222,9 @@ def _paged_attention_kernel(
         _attend_q_block(
             out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
             block_tables_ptr, seq, q_start, q_len, seq_len, q_block_local, kv_head, split, num_splits,
-            qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_kb, stride_ks, stride_kh,
-            stride_vb, stride_vs, stride_vh, stride_bt, NUM_HEADS, GROUP, HEAD_DIM, HEAD_DIM_PAD,
-            BLOCK_SIZE, BLOCK_M, BLOCK_Q, TILE_N, SPLIT, DOT_PRECISION,
+            qk_scale, v_scale, window, softcap, stride_qt, stride_qh, stride_ot, stride_oh, stride_kb,
+            stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt, NUM_HEADS, GROUP, HEAD_DIM,
+            HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_M, BLOCK_Q, TILE_N, SPLIT, SLIDING, SOFTCAP, DOT_PRECISION,
         )  # fmt: skip
 
 
@@ -227,11 +232,11 @@ def _paged_attention_kernel(
 def _attend_q_block(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
     block_tables_ptr, seq, q_start, q_len, seq_len, q_block_local, kv_head, split, num_splits,
-    qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh, stride_bt,
+    qk_scale, v_scale, window, softcap, stride_qt, stride_qh, stride_ot, stride_oh, stride_kb, stride_ks,
+    stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr,
-    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr, SLIDING: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One q-block (BLOCK_Q queries x GROUP heads) against its keys, or against one split of them."""
     context_len = seq_len - q_len
@@ -254,12 +259,15 @@ def _attend_q_block(
     kv_len = tl.minimum(seq_len, context_len + (q_block_local + 1) * BLOCK_Q)
     kv_len = tl.maximum(kv_len, 0)
     num_tiles = tl.cdiv(kv_len, TILE_N)
+    first_tile = 0
+    if SLIDING:  # tiles wholly before the window of the q-block's first query are skipped
+        first_tile = tl.maximum(context_len + q_block_local * BLOCK_Q - window + 1, 0) // TILE_N
     if SPLIT:
-        tiles_per_split = tl.cdiv(num_tiles, num_splits)
-        tile_lo = split * tiles_per_split
+        tiles_per_split = tl.cdiv(num_tiles - first_tile, num_splits)
+        tile_lo = first_tile + split * tiles_per_split
         tile_hi = tl.minimum(tile_lo + tiles_per_split, num_tiles)
     else:
-        tile_lo = 0
+        tile_lo = first_tile
         tile_hi = num_tiles
 
     m_i = tl.full([BLOCK_M], _EMPTY_MAX, dtype=tl.float32)
@@ -286,7 +294,11 @@ def _attend_q_block(
             other=0.0,
         )  # [TILE_N, D], asked for with K: both in flight while the scores are computed
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, TILE_N]
+        if SOFTCAP:  # softcap * tanh(s / softcap), tanh(x) = 2 sigmoid(2x) - 1; then into the log2 domain
+            s = (2.0 * tl.sigmoid(s * (2.0 / softcap)) - 1.0) * (softcap * 1.4426950408889634)
         visible = (offs_n[None, :] <= row_pos[:, None]) & n_valid[None, :]
+        if SLIDING:
+            visible = visible & (offs_n[None, :] > row_pos[:, None] - window)
         s = tl.where(visible, s, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -296,6 +308,7 @@ def _attend_q_block(
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
         m_i = m_new
 
+    acc = acc * v_scale
     if SPLIT:
         # Unnormalized partials; an empty split writes (acc 0, sum 0, max _EMPTY_MAX): the reduce drops it.
         part_row = (row_tok * NUM_HEADS + row_head) * num_splits + split  # [BLOCK_M]
@@ -373,8 +386,16 @@ def paged_attention(
     max_seq_len: int,
     out: torch.Tensor | None = None,  # [T, Hq, D]; rows of tokens outside every sequence are unspecified
     num_kv_splits: int | None = None,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Causal paged attention for a step mixing prefill chunks and decodes; no host sync.
+
+    sliding_window / logit_softcap / k_scale / v_scale: as in `torch_ops.paged_attention`. An fp8 cache is
+    read as it lies (converted to q's dtype on load): k_scale folds into the softmax scale, v_scale into
+    the output.
 
     max_query_len / max_seq_len: host-side upper bounds of q_len and seq_len over the batch. They only pick
     launch shapes: max_query_len chooses decode-only vs mixed launches, max_seq_len the KV split of a
@@ -393,6 +414,10 @@ def paged_attention(
         max_seq_len=max_seq_len,
         out=out,
         num_kv_splits=num_kv_splits,
+        sliding_window=sliding_window,
+        logit_softcap=logit_softcap,
+        k_scale=k_scale,
+        v_scale=v_scale,
     )
 
 
@@ -409,6 +434,10 @@ def _paged_attention(
     max_seq_len,
     out=None,
     num_kv_splits=None,
+    sliding_window=None,
+    logit_softcap=None,
+    k_scale=1.0,
+    v_scale=1.0,
     short: AttentionTiles | None = None,
     long: AttentionTiles | None = None,
 ):
@@ -428,12 +457,14 @@ def _paged_attention(
     short = short or short_tiles(group, head_dim, q.dtype)
     long = long or long_tiles(group, head_dim, q.dtype)
     short_block_q = short.block_m // group
-    args = (q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, scale, out)
+    mods = _ScoreMods(sliding_window or 0, logit_softcap or 0.0, k_scale, v_scale)
+    args = (q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, scale, out, mods)
 
     if max_query_len <= short_block_q:
         if num_kv_splits is None:
             num_sms = _num_sms(q.device.index or 0) if q.is_cuda else 1
-            num_kv_splits = choose_num_kv_splits(num_seqs, num_kv_heads, max_seq_len, num_sms, short.tile_n)
+            keys = min(max_seq_len, sliding_window) if sliding_window else max_seq_len  # keys a query reads
+            num_kv_splits = choose_num_kv_splits(num_seqs, num_kv_heads, keys, num_sms, short.tile_n)
         # Every q_len is served: a wrong hint can cost speed, never correctness.
         _launch(*args, short, seq_grid=True, min_q_len=1, max_q_len=_NO_LIMIT, num_splits=num_kv_splits)
         return out
@@ -444,9 +475,20 @@ def _paged_attention(
     return out
 
 
+@dataclass(frozen=True)
+class _ScoreMods:
+    """What a model changes in the scores: a sliding window (0: none), tanh soft-capping (0: none), and the
+    per-tensor scales of an fp8 cache."""
+
+    window: int
+    softcap: float
+    k_scale: float
+    v_scale: float
+
+
 def _launch(
-    q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, scale, out, tiles: AttentionTiles, *,
-    seq_grid: bool, min_q_len: int, max_q_len: int, num_splits: int,
+    q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, scale, out, mods: _ScoreMods,
+    tiles: AttentionTiles, *, seq_grid: bool, min_q_len: int, max_q_len: int, num_splits: int,
 ) -> None:  # fmt: skip
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
@@ -483,7 +525,10 @@ def _launch(
         num_splits,
         min_q_len,
         max_q_len,
-        scale * _LOG2E,
+        scale * mods.k_scale * (1.0 if mods.softcap else _LOG2E),
+        mods.v_scale,
+        mods.window or _NO_LIMIT,
+        mods.softcap or 1.0,
         q.stride(0),
         q.stride(1),
         out.stride(0),
@@ -505,6 +550,8 @@ def _launch(
         TILE_N=tiles.tile_n,
         SEQ_GRID=seq_grid,
         SPLIT=split,
+        SLIDING=bool(mods.window),
+        SOFTCAP=bool(mods.softcap),
         # fp32 models stay exact (no tf32); 16-bit inputs ignore this.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,

@@ -12,6 +12,11 @@ result does not depend on arrival order), adds the bias, stores y, and puts the 
 next call. The workspace is allocated once per (device, size) and kept, so a CUDA graph can hold its address;
 calls that share it must be ordered (one stream per device, as the decode step runs). Warm a shape up
 before capturing a graph, so that the workspace is not allocated inside the capture.
+
+FP8 weights (W8A16 decode): an e4m3 W streams half the bytes; each tile is widened to x's dtype before the
+dot and the product scaled by W's scales: per output row at the end (per-tensor and per-channel
+checkpoints), or per (row block, K block) as each chunk is added (block-quantized checkpoints, BLOCK_K
+dividing the scale block). The activations stay in 16 bits: no quantization step at decode.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ def _gemv_kernel(
     x_ptr,  # [M, K]
     w_ptr,  # [N, K]
     bias_ptr,  # [N] (unused without HAS_BIAS)
+    scale_ptr,  # float32 [N] (SCALE == 1) or [cdiv(N, SCALE_N), cdiv(K, SCALE_K)] (SCALE == 2)
     partial_ptr,  # [split_k, M, N] fp32 (unused without SPLIT)
     counter_ptr,  # [cdiv(N, BLOCK_N)] int32, 0 between calls (unused without SPLIT)
     M,
@@ -94,7 +100,11 @@ def _gemv_kernel(
     stride_om,
     stride_xm,
     stride_wn,
+    stride_sn,
     HAS_BIAS: tl.constexpr,
+    SCALE: tl.constexpr,  # 0: W in x's dtype; 1: fp8 W, a scale per row; 2: fp8 W, block scales
+    SCALE_N: tl.constexpr,
+    SCALE_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -123,7 +133,16 @@ def _gemv_kernel(
         x = tl.load(x_ptrs + k, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         if DOT_FP32:
             w, x = w.to(tl.float32), x.to(tl.float32)
-        acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
+        if SCALE != 0:
+            w = w.to(x.dtype)
+        if SCALE == 2:  # this chunk's (row block, K block) scales, one per output row
+            kb = (pid_k * k_per_split + k) // SCALE_K
+            s = tl.load(scale_ptr + (offs_n // SCALE_N) * stride_sn + kb, mask=n_mask, other=0.0)
+            acc += tl.dot(w, tl.trans(x), input_precision=DOT_PRECISION) * s[:, None]
+        else:
+            acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
+    if SCALE == 1:
+        acc = acc * tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)[:, None]
 
     out_ptrs = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None]
     out_mask = n_mask[:, None] & m_mask[None, :]
@@ -167,14 +186,26 @@ def _num_sms(device: torch.device) -> int:
 
 
 def gemv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config: GemvConfig | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    config: GemvConfig | None = None,
+    weight_scale: torch.Tensor | None = None,
+    block: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """x: [M, K] (M <= 16), weight: [N, K], bias: [N] or None -> x @ weight^T + bias: [M, N] in x's dtype.
 
-    fp32 accumulation; `config` overrides the table (for sweeps and tests)."""
+    fp32 accumulation; `config` overrides the table (for sweeps and tests). An fp8 weight comes with its
+    `weight_scale`: float32 [N], or [cdiv(N, bn), cdiv(K, bk)] with `block` (bn, bk)."""
     m, k = x.shape
     n = weight.shape[0]
-    if weight.shape[1] != k or m > BLOCK_M or x.dtype != weight.dtype:
+    fp8 = weight.dtype == torch.float8_e4m3fn
+    if (
+        weight.shape[1] != k
+        or m > BLOCK_M
+        or (x.dtype != weight.dtype and not fp8)
+        or fp8 != (weight_scale is not None)
+    ):
         raise ValueError(f"gemv: x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -184,6 +215,8 @@ def gemv(
     if m == 0 or n == 0:
         return out
     cfg = config or choose_config(n, k, m, x.element_size(), _num_sms(x.device))
+    if block is not None and block[1] % cfg.block_k:  # a K chunk must lie inside one scale block
+        cfg = GemvConfig(cfg.block_n, block[1], cfg.split_k, cfg.num_warps, cfg.num_stages)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = triton.cdiv(k, k_per_split)  # a split past K would only add an empty program
     blocks = triton.cdiv(n, cfg.block_n)
@@ -193,6 +226,7 @@ def gemv(
         x,
         weight,
         bias if bias is not None else out,
+        weight_scale if weight_scale is not None else out,
         partials,
         counters,
         m,
@@ -203,7 +237,11 @@ def gemv(
         out.stride(0),
         x.stride(0),
         weight.stride(0),
+        weight_scale.stride(0) if block is not None else 0,
         HAS_BIAS=bias is not None,
+        SCALE=0 if not fp8 else (2 if block is not None else 1),
+        SCALE_N=block[0] if block is not None else 1,
+        SCALE_K=block[1] if block is not None else 1,
         BLOCK_M=BLOCK_M,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,

@@ -16,6 +16,8 @@ def _write_kv_cache_kernel(
     k_cache_ptr,  # [N, B, Hkv, D]
     v_cache_ptr,  # [N, B, Hkv, D]
     slot_mapping_ptr,  # int64 [T]
+    inv_k_scale,  # 1 / k_scale: an fp8 cache stores k / k_scale (1.0 for other caches)
+    inv_v_scale,
     stride_kt,
     stride_kh,
     stride_vt,
@@ -31,6 +33,7 @@ def _write_kv_cache_kernel(
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    FP8: tl.constexpr,
     PDL: tl.constexpr,
 ):
     if PDL:
@@ -49,6 +52,9 @@ def _write_kv_cache_kernel(
     in_block = slot % BLOCK_SIZE
     k_dst = k_cache_ptr + block * stride_kcb + in_block * stride_kcs + heads * stride_kch + dims
     v_dst = v_cache_ptr + block * stride_vcb + in_block * stride_vcs + heads * stride_vch + dims
+    if FP8:  # scaled and saturated to e4m3's range, as torch_ops does
+        k = tl.clamp(k.to(tl.float32) * inv_k_scale, -448.0, 448.0)
+        v = tl.clamp(v.to(tl.float32) * inv_v_scale, -448.0, 448.0)
     tl.store(k_dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
     tl.store(v_dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
@@ -59,6 +65,8 @@ def write_kv_cache(
     k_cache: torch.Tensor,  # [N, B, Hkv, D]
     v_cache: torch.Tensor,  # [N, B, Hkv, D]
     slot_mapping: torch.Tensor,  # int64 [T]; -1 = skip
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0:
@@ -71,6 +79,8 @@ def write_kv_cache(
         k_cache,
         v_cache,
         slot_mapping,
+        1.0 / k_scale,
+        1.0 / v_scale,
         k.stride(0),
         k.stride(1),
         v.stride(0),
@@ -86,6 +96,7 @@ def write_kv_cache(
         HEAD_DIM=head_dim,
         HEAD_DIM_PAD=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=k_cache.shape[1],
+        FP8=k_cache.dtype == torch.float8_e4m3fn,
         num_warps=4,
         **launch_options(k_cache),
     )

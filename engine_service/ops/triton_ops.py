@@ -8,19 +8,25 @@ Differences from `torch_ops`, all documented at each function:
 Importing this module imports triton; `dispatch` imports it only when a CUDA tensor shows up.
 """
 
-from engine_service.ops.triton_activation import silu_and_mul
+from engine_service.ops.triton_activation import gelu_tanh_and_mul, silu_and_mul
 from engine_service.ops.triton_attention import choose_num_kv_splits, paged_attention
 from engine_service.ops.triton_embedding import vocab_slice_embedding
+from engine_service.ops.triton_fp8 import fp8_linear
 from engine_service.ops.triton_gemv import gemv
 from engine_service.ops.triton_kv_cache import write_kv_cache
+from engine_service.ops.triton_moe import fused_moe, moe_topk
 from engine_service.ops.triton_norm import fused_add_rms_norm, rms_norm
 from engine_service.ops.triton_rotary import rotary_embedding
 from engine_service.ops.triton_sampling import sample_tokens
 
 __all__ = [
     "choose_num_kv_splits",
+    "fp8_linear",
     "fused_add_rms_norm",
+    "fused_moe",
+    "gelu_tanh_and_mul",
     "gemv",
+    "moe_topk",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",

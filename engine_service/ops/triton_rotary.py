@@ -1,4 +1,5 @@
-"""Neox-style rotary embedding (Triton), in place on q and k. Same results as `torch_ops.rotary_embedding`."""
+"""Neox-style rotary embedding (Triton), in place on q and k, of the first R dimensions of each head (R: the
+cos/sin table's width; the rest are left as they are). Same results as `torch_ops.rotary_embedding`."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _rotary_kernel(
     positions_ptr,  # int64 [T]
     q_ptr,  # [T, Hq, D]
     k_ptr,  # [T, Hkv, D]
-    cos_sin_ptr,  # [max_positions, D]: cos in [:, :D/2], sin in [:, D/2:]
+    cos_sin_ptr,  # [max_positions, R]: cos in [:, :R/2], sin in [:, R/2:]; the first R dims of a head rotate
     stride_qt,
     stride_qh,
     stride_kt,
@@ -66,14 +67,14 @@ def rotary_embedding(
     positions: torch.Tensor,  # int64 [T]
     q: torch.Tensor,  # [T, Hq, D]; may be a strided view of a fused qkv output: rotated in place
     k: torch.Tensor,  # [T, Hkv, D]
-    cos_sin_cache: torch.Tensor,  # float32 [max_positions, D]
+    cos_sin_cache: torch.Tensor,  # float32 [max_positions, R], R <= D (partial rotary: R < D)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    num_tokens, num_q_heads, head_dim = q.shape
+    num_tokens, num_q_heads, _ = q.shape
     num_kv_heads = k.shape[1]
     if q.stride(2) != 1 or k.stride(2) != 1 or cos_sin_cache.stride(1) != 1:
         raise ValueError("rotary_embedding needs the head dimension contiguous")
     if num_tokens > 0:
-        half = head_dim // 2
+        half = cos_sin_cache.shape[1] // 2
         _rotary_kernel[(num_tokens,)](
             positions,
             q,

@@ -54,6 +54,7 @@ class ModelRunner:
         tp_rank: int = 0,
         tp_size: int = 1,
         pdl: bool = True,
+        kv_cache_dtype: str = "auto",
     ):
         if device.type == "cuda":  # one process serves one engine: the launch setting is the process's
             from engine_service.ops import triton_pdl
@@ -61,12 +62,14 @@ class ModelRunner:
             triton_pdl.set_enabled(pdl)
         self.model_config = model_config
         self.device, self.dtype, self.block_size = device, dtype, block_size
+        self.kv_dtype = torch.float8_e4m3fn if kv_cache_dtype == "fp8" else dtype
         self.tp_rank = tp_rank
         torch.manual_seed(seed)
         with torch.device(device):
             previous = torch.get_default_dtype()
             torch.set_default_dtype(dtype)
             try:
+                # Quantized layers (model_config.quantization) are built as the model is.
                 self.model = model_class(model_config.architecture)(model_config, tp_rank, tp_size)
             finally:
                 torch.set_default_dtype(previous)
@@ -85,7 +88,7 @@ class ModelRunner:
     @property
     def kv_bytes_per_block(self) -> int:
         attn = self.model.model.layers[0].self_attn
-        per_layer = 2 * self.block_size * attn.num_kv_heads * attn.head_dim * self.dtype.itemsize
+        per_layer = 2 * self.block_size * attn.num_kv_heads * attn.head_dim * self.kv_dtype.itemsize
         return per_layer * len(self.model.model.layers)
 
     @torch.inference_mode()
@@ -99,7 +102,7 @@ class ModelRunner:
         # cache, and writes nothing into it (every slot is -1).
         attn = self.model.model.layers[0].self_attn
         shape = (-(-T // self.block_size), self.block_size, attn.num_kv_heads, attn.head_dim)
-        caches = [(torch.empty(shape, dtype=self.dtype, device=dev),) * 2 for _ in self.model.model.layers]
+        caches = [(torch.empty(shape, dtype=self.kv_dtype, device=dev),) * 2 for _ in self.model.model.layers]
         meta = AttentionMetadata(
             slot_mapping=torch.full((T,), -1, dtype=torch.int64, device=dev),
             query_start_loc=torch.tensor([0, T], dtype=torch.int32, device=dev),
@@ -134,8 +137,8 @@ class ModelRunner:
         shape = (num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
         self.kv_caches = [
             (
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
             )
             for _ in self.model.model.layers
         ]

@@ -70,6 +70,7 @@ class WorkerSpec:
     store_port: int = 0  # the driver's TCPStore, where the ranks meet
     custom_all_reduce: bool = False  # small all-reduces over symmetric memory (CUDA; see all_reduce.py)
     pdl: bool = True  # programmatic dependent launch of the Triton kernels (sm_90+; ops/triton_pdl.py)
+    kv_cache_dtype: str = "auto"  # EngineConfig.kv_cache_dtype
     collective_timeout_s: float = 300.0
 
 
@@ -95,6 +96,7 @@ class Worker:
             rank,
             spec.tp_size,
             pdl=spec.pdl,
+            kv_cache_dtype=spec.kv_cache_dtype,
         )
 
     def launch(self, out: SchedulerOutput) -> Launched:

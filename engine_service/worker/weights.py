@@ -54,44 +54,96 @@ def iterate_weights(folder: str | Path) -> Iterator[tuple[str, CheckpointTensor]
                 yield name, CheckpointTensor(f.get_slice(name))
 
 
+# Checkpoint name fragments that vary between exporters, and ours. KV-cache scales: vLLM's fp8 format and
+# compressed-tensors write self_attn.k_scale, ModelOpt self_attn.k_proj.k_scale; ours live on the attention.
+_RENAMES = (
+    (".weight_scale_inv", ".weight_scale"),  # block-quantized fp8 (DeepSeek, Qwen3-FP8): a multiplier, too
+    (".self_attn.k_proj.k_scale", ".self_attn.attn.k_scale"),
+    (".self_attn.v_proj.v_scale", ".self_attn.attn.v_scale"),
+    (".self_attn.k_scale", ".self_attn.attn.k_scale"),
+    (".self_attn.v_scale", ".self_attn.attn.v_scale"),
+)
+_SKIPPED = ("rotary_emb.inv_freq", ".kv_scale", ".output_scale")  # derived, or unused by this engine
+
+
+def checkpoint_target(model: nn.Module, name: str) -> tuple[str, object] | None:
+    """(our parameter name, shard id or None) of a checkpoint tensor; None for tensors we do not keep.
+    A model may rename (`rename_checkpoint(name)`) and map names itself (`checkpoint_target(name)`, None
+    when it leaves a name to the default, e.g. mixture-of-experts weights), else its `stacked_params`
+    ({checkpoint fragment: (our fragment, shard id)}) fuse q/k/v and gate/up."""
+    if any(fragment in name for fragment in _SKIPPED):
+        return None
+    if getattr(model.args, "tie_word_embeddings", False) and name.startswith("lm_head."):
+        return None
+    for fragment, ours in _RENAMES:
+        if name.endswith(fragment):
+            name = name[: -len(fragment)] + ours
+    rename = getattr(model, "rename_checkpoint", None)
+    if rename is not None:
+        name = rename(name)
+    own = getattr(model, "checkpoint_target", None)
+    if own is not None:
+        mapped = own(name)
+        if mapped is not None:
+            return mapped
+    for fragment, (ours, shard_id) in getattr(model, "stacked_params", {}).items():
+        if fragment in name:
+            return name.replace(fragment, ours), shard_id
+    return name, None
+
+
 def load_weights(model: nn.Module, folder: str | Path) -> None:
     """Copy each checkpoint tensor into its parameter (through the parameter's shard-aware weight_loader)."""
     params = dict(model.named_parameters())
-    stacked: dict[str, tuple[str, object]] = getattr(model, "stacked_params", {})
-    tied = getattr(model.args, "tie_word_embeddings", False)
     loaded: set[str] = set()
     for name, tensor in iterate_weights(folder):
-        if "rotary_emb.inv_freq" in name or (tied and name.startswith("lm_head.")):
+        target = checkpoint_target(model, name)
+        if target is None:
             continue
-        for fragment, (ours, shard_id) in stacked.items():
-            if fragment in name:
-                target = name.replace(fragment, ours)
-                param = params[target]
-                param.weight_loader(param, tensor, shard_id)
-                break
+        target_name, shard_id = target
+        if target_name not in params:
+            raise ValueError(f"checkpoint tensor {name!r} matches no parameter of {type(model).__name__}")
+        param = params[target_name]
+        loader = getattr(param, "weight_loader", _copy)
+        if shard_id is None:
+            loader(param, tensor)
         else:
-            target = name
-            if target not in params:
-                raise ValueError(f"checkpoint tensor {name!r} matches no parameter of {type(model).__name__}")
-            param = params[target]
-            getattr(param, "weight_loader", _copy)(param, tensor)
-        loaded.add(target)
-    missing = set(params) - loaded
+            loader(param, tensor, shard_id)
+        loaded.add(target_name)
+    missing = {n for n, p in params.items() if n not in loaded and not getattr(p, "optional", False)}
     if missing:
         raise ValueError(
             f"checkpoint in {folder} lacks {len(missing)} parameters, e.g. {sorted(missing)[:3]}"
         )
+    finish_loading(model)
 
 
 def init_dummy_weights(model: nn.Module, seed: int) -> None:
-    """Random weights for benchmarks: small normal values, norms at one (so activations stay finite)."""
+    """Random weights for benchmarks: small normal values, norms at one (so activations stay finite).
+    FP8 weights are N(0, 1) draws in e4m3 whose scales (`dummy_value`) bring them to the same range."""
     generators: dict[torch.device, torch.Generator] = {}
     for name, param in model.named_parameters():
+        if hasattr(param, "dummy_value"):
+            param.data.fill_(param.dummy_value)
+            continue
         if "norm" in name:
             param.data.fill_(1.0)
             continue
         gen = generators.setdefault(param.device, torch.Generator(device=param.device).manual_seed(seed))
+        if param.dtype == torch.float8_e4m3fn:
+            draws = torch.empty(param.shape, dtype=torch.float32, device=param.device)
+            param.data.copy_(draws.normal_(0.0, 1.0, generator=gen).to(param.dtype))
+            continue
         param.data.normal_(0.0, 0.02, generator=gen)
+    finish_loading(model)
+
+
+def finish_loading(model: nn.Module) -> None:
+    """Let layers turn what was loaded into what they run (e.g. FP8 weights dequantized on the CPU)."""
+    for module in model.modules():
+        process = getattr(module, "process_weights_after_loading", None)
+        if process is not None:
+            process()
 
 
 def _copy(param: nn.Parameter, loaded: torch.Tensor | CheckpointTensor) -> None:
@@ -99,4 +151,4 @@ def _copy(param: nn.Parameter, loaded: torch.Tensor | CheckpointTensor) -> None:
         raise ValueError(
             f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(loaded.shape)}"
         )
-    param.data.copy_(loaded[:])
+    param.data.copy_(loaded[...])

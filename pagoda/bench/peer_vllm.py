@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if job.tensor_parallel_size > 1:
         kwargs["tensor_parallel_size"] = job.tensor_parallel_size
+    if job.quantization is not None:
+        kwargs["quantization"] = job.quantization
+    if job.kv_cache_dtype != "auto":
+        kwargs["kv_cache_dtype"] = job.kv_cache_dtype
     if job.max_num_seqs:
         kwargs["max_num_seqs"] = job.max_num_seqs
     if job.max_num_batched_tokens:

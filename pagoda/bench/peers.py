@@ -55,6 +55,8 @@ class PeerJob:
     mode: str = ""  # HF: static | cb
     seed: int = 0
     tensor_parallel_size: int = 1  # vLLM
+    quantization: str | None = None  # vLLM: fp8 quantizes a 16-bit model on load (HF peers: unquantized)
+    kv_cache_dtype: str = "auto"  # vLLM: auto | fp8 (HF peers keep their model's dtype)
 
     @property
     def spec(self) -> WorkloadSpec:

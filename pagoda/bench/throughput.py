@@ -63,6 +63,8 @@ ENGINE_FLAGS = (
     "tensor_parallel_size",
     "custom_all_reduce",
     "pdl",
+    "quantization",
+    "kv_cache_dtype",
 )
 
 
@@ -81,6 +83,8 @@ class BenchConfig:
     tensor_parallel_size: int
     custom_all_reduce: bool
     pdl: bool
+    quantization: str | None  # fp8: a 16-bit shape quantized on load (vLLM's peer gets the same)
+    kv_cache_dtype: str  # auto | fp8 (vLLM's peer gets the same)
     gpu_memory_utilization: float
     temperature: float
     enforce_eager: bool
@@ -220,6 +224,8 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         tensor_parallel_size=args.tensor_parallel_size,
         custom_all_reduce=args.custom_all_reduce,
         pdl=args.pdl,
+        quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
         gpu_memory_utilization=args.gpu_memory_utilization,
         temperature=args.temperature,
         enforce_eager=args.enforce_eager,
@@ -261,6 +267,8 @@ def run_pagoda(config: BenchConfig, requests: list[workloads.Request], vocab_siz
         gpu_memory_utilization=config.gpu_memory_utilization,
         enforce_eager=config.enforce_eager,
         pdl=config.pdl,
+        quantization=config.quantization,
+        kv_cache_dtype=config.kv_cache_dtype,
         seed=config.workload.seed,
         **extra,
     )
@@ -370,6 +378,8 @@ def run_peers(config: BenchConfig, vocab_size: int) -> dict[str, dict[str, Any]]
                 else config.workload.num_prompts,
                 batch_size=config.hf_batch_size,
                 tensor_parallel_size=config.tensor_parallel_size,
+                quantization=config.quantization,
+                kv_cache_dtype=config.kv_cache_dtype,
                 mode=mode,
                 seed=config.workload.seed,
             )

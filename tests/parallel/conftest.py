@@ -3,6 +3,9 @@
     llama   4 q / 2 kv heads (split 1 + 1 at TP=2), tied embeddings, vocab 251 (not divisible: padded shard)
     qwen2   q/k/v biases, untied LM head
     kv1     one KV head (replicated on both ranks at TP=2), Qwen3's q/k norms
+    moe     Qwen2-MoE: every expert's intermediate dimension split across the ranks, a shared expert
+    gemma2  sandwich norms (reduced before their post-norms), sliding window, soft caps
+    phi3    fused qkv_proj / gate_up_proj checkpoint tensors, cut and sharded as they load
 
 Weights are drawn wider than Hugging Face's 0.02 so that greedy decoding does not just repeat a token,
 and top-2 logit gaps stay far above float32 rounding (TP sums partial products in another order).
@@ -33,6 +36,19 @@ MODELS = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(tie_word_embeddings=True)),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(tie_word_embeddings=False)),
     "kv1": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(num_key_value_heads=1)),
+    "moe": (
+        transformers.Qwen2MoeConfig,
+        transformers.Qwen2MoeForCausalLM,
+        dict(
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48
+        ),
+    ),
+    "gemma2": (
+        transformers.Gemma2Config,
+        transformers.Gemma2ForCausalLM,
+        dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8, attn_logit_softcapping=5.0),
+    ),
+    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, dict(pad_token_id=0)),
 }
 
 

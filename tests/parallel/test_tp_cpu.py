@@ -60,7 +60,7 @@ def assert_every_finished_sequence_forgotten(llm: LLM) -> None:
     assert llm.engine.executor.num_sequences() == [pending] * 2
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "kv1"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "kv1", "moe", "gemma2", "phi3"])
 def test_greedy_tokens_equal_and_logprobs_close(engines, name):
     tp1, tp2 = engines(name)
     a = tp1.generate(prompt_token_ids=prompts(), sampling_params=GREEDY)

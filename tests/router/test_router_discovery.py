@@ -6,13 +6,13 @@ from __future__ import annotations
 import socket
 
 import pytest
-from tests.router.conftest import wait_for
 from fake_kube import FakeKubeApi, endpoint, endpoint_slice
 from router_fakes import Script
 
 from router.upstream.discovery import host_port
 from router.upstream.discovery.dns import DnsDiscovery
 from router.upstream.discovery.kubernetes import ready_addresses
+from tests.router.conftest import wait_for
 
 MSGS = [{"role": "user", "content": "hi"}]
 

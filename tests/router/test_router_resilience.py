@@ -10,8 +10,9 @@ import aiohttp
 import grpc
 import openai
 import pytest
-from tests.router.conftest import wait_for
 from router_fakes import Script
+
+from tests.router.conftest import wait_for
 
 MSGS = [{"role": "user", "content": "hi"}]
 
