@@ -17,6 +17,10 @@
 #   grpc       llama-1b through the engine gRPC service at 256 streams, then offline      grpc
 #              (GRPC_REPEAT rounds; the engine needs grpcio-health-checking: `extras` first)
 #   fullstack  llama-1b through router + engine at 256 streams, then offline             router_full_stack
+#   online     llama-1b served by Pagoda (tokenizer + engine + router, with and without Multiplex), driven
+#              by `vllm bench serve` and `pagoda bench serve` (1 and 4 processes) at 256 and 16 streams
+#              (benchmarks/online_serving.sh; needs the vLLM bundle for its client and the model folder)  serve
+#   online-vllm  the same clients against `vllm serve` on the same folder (a call of its own)
 #   kernels    decode attention and sampling (beside torch), the batch-1 KV split sweep, the decode GEMV
 #              (beside cuBLAS)                                          rows: kernels, attention_splits, gemv
 #   timeline   llama-8b batch-1 decode steps on the device timeline (TP=1; TP=2 too on two GPUs), llama-1b
@@ -104,6 +108,8 @@ stage() {
     fullstack)
       python3 -m benchmarks.router_full_stack "${REC[@]}" --shape llama-1b --num-prompts "$NUM_PROMPTS" \
         --concurrency 256 --client-processes "${GRPC_CLIENTS:-1}" ${BENCH_ARGS:-} ;;
+    online) RES=$RES COMMIT=$COMMIT OUT=$OUT VLLM_SITE=$VLLM_SITE bash benchmarks/online_serving.sh pagoda ;;
+    online-vllm) OUT=$OUT VLLM_SITE=$VLLM_SITE bash benchmarks/online_serving.sh vllm ;;
     kernels)
       python3 -m benchmarks.kernels "${REC[@]}" || rc=$?
       python3 -m benchmarks.kernels "${REC[@]}" --splits-only || rc=$?

@@ -40,11 +40,13 @@ class _Capture:
 
 
 def _strict(handler):
+    lenient = _lenient(handler.request_deserializer)
+    if handler.stream_stream is not None:  # each message of the request stream is checked as it comes
+        guarded = _guard_requests(handler.stream_stream)
+        return handler._replace(request_deserializer=lenient, stream_stream=guarded)
     kind = "unary_stream" if handler.unary_stream else "unary_unary"
-    assert getattr(handler, kind) is not None, "only unary requests are guarded"
-    return handler._replace(
-        request_deserializer=_lenient(handler.request_deserializer), **{kind: _guard(getattr(handler, kind))}
-    )
+    assert getattr(handler, kind) is not None, "only unary requests and bidirectional streams are guarded"
+    return handler._replace(request_deserializer=lenient, **{kind: _guard(getattr(handler, kind))})
 
 
 def _lenient(deserialize):
@@ -61,6 +63,22 @@ def _refuse(request: Undecodable, context):
     return context.abort(
         grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message: {request.error}"
     )
+
+
+def _guard_requests(behavior):
+    """A request-streaming method sees only decodable requests; an undecodable one raises ValueError in
+    its reader (the servicer's error mapping makes that INVALID_ARGUMENT)."""
+
+    async def checked(requests):
+        async for request in requests:
+            if isinstance(request, Undecodable):
+                raise ValueError(f"the request is not a valid message: {request.error}")
+            yield request
+
+    async def guarded(requests, context):
+        return await behavior(checked(requests), context)
+
+    return guarded
 
 
 def _guard(behavior):

@@ -65,6 +65,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             max_attempts=config.max_attempts,
             connect_timeout_s=config.connect_timeout_s,
             first_token_timeout_s=config.first_token_timeout_s,
+            multiplex=config.engine_stream == "multiplex",
         )
         tokenizers = Tokenizers(
             config.tokenizer, dict(config.model_tokenizers), config.tokenizer_timeout_s, connect

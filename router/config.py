@@ -127,6 +127,14 @@ class RouterConfig:
     max_attempts: int = field(
         default=3, metadata={"group": ROUTING, "help": "engines tried for one request before its first token"}
     )
+    engine_stream: Literal["multiplex", "generate"] = field(
+        default="multiplex",
+        metadata={
+            "group": ROUTING,
+            "help": "how requests reach an engine: multiplex (one stream per engine carries every request's "
+            "tokens, one message per engine step) or generate (a Generate call per request)",
+        },
+    )
     drain_grace_s: float = field(
         default=600.0,
         metadata={"group": ROUTING, "help": "seconds streams keep running on an engine discovery dropped"},

@@ -3,10 +3,13 @@
       add_request: validate, register ──▶ core.submit ──▶  engine loop (thread or process)
       abort / stop-string aborts        ──▶ core.submit
       _on_step: detokenize, stop strings ◀── publish(updates, stats), once per loop iteration
-      RequestStream.get(): all deltas queued for the request, one merged delta per sample
+      RequestStream.get() / take(): all deltas queued for the request, one merged delta per sample
 
-Every step's updates reach the event loop in one callback, and a stream sends everything queued for it
-in one message per sample: when the front falls behind, messages carry more tokens instead of piling up.
+Every step's updates reach the event loop in one callback, as the engine built them (columns for the
+plain one-token updates: no object per token on the way), and a stream sends everything queued for it in
+one message per sample: when the front falls behind, messages carry more tokens instead of piling up.
+A stream is read either by its own consumer (Generate's loop awaits `get()`) or through an outlet that
+serves many streams at once (Multiplex: one writer takes every ready stream's deltas per wake-up).
 
 Each stream also keeps its request's times (arrival here; first scheduled, from the loop; first token
 and end, at the step that produced them) for metrics, the request's log line and its trace span.
@@ -25,8 +28,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from engine_service.core.outputs import SequenceUpdate
 from engine_service.core.sampling_params import SamplingParams
+from engine_service.engine import updates_codec
 from engine_service.engine.engine import EngineStats
 from engine_service.engine.engine_loop import AbortRequest, AddRequest, ProcessCore, StepTimes, ThreadCore
 from engine_service.engine.errors import EngineDeadError, EngineOverloadedError
@@ -44,16 +47,29 @@ class MetricsSink(Protocol):
     def finished(self, stream: RequestStream) -> None: ...
 
 
+class Outlet(Protocol):
+    """Reads many streams at once: told when each has something to send (or failed)."""
+
+    def ready(self, stream: RequestStream) -> None: ...
+
+
 # ---- the asyncio side ------------------------------------------------------------------------------
 class RequestStream:
     """What the engine produced for one request and its consumer has not taken yet.
 
     The consumer is woken for the first output, for every finish, and otherwise once `stream_interval`
     tokens are waiting (1: every step). A larger interval sends fewer, bigger messages: less host work
-    per token for the front, at the cost of smoothness (as vLLM's --stream-interval).
+    per token for the front, at the cost of smoothness (as vLLM's --stream-interval). With an `outlet`
+    the outlet is told instead, and takes the deltas with `take()`.
     """
 
-    def __init__(self, request_id: str, stream_interval: int = 1, num_prompt_tokens: int = 0):
+    def __init__(
+        self,
+        request_id: str,
+        stream_interval: int = 1,
+        num_prompt_tokens: int = 0,
+        outlet: Outlet | None = None,
+    ):
         self.request_id = request_id
         self.num_prompt_tokens = num_prompt_tokens
         self.started = False  # a first token (or any output) arrived
@@ -70,7 +86,9 @@ class RequestStream:
         self._held = 0  # tokens queued and not yet taken by the consumer
         self._deltas: list[SampleDelta] = []
         self._error: BaseException | None = None
-        self._ready = asyncio.Event()
+        self.outlet = outlet
+        self.tag: object = None  # the outlet's name for this stream (a Multiplex handle)
+        self._ready = asyncio.Event() if outlet is None else None
 
     def put(self, delta: SampleDelta) -> None:
         first = not self.started
@@ -79,19 +97,32 @@ class RequestStream:
         self.finished = delta.usage is not None
         self._held += len(delta.token_ids)
         if first or delta.finish_reason is not None or self._held >= self._interval:
-            self._ready.set()
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
         self._error = error
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.outlet is None:
+            self._ready.set()
+        else:
+            self.outlet.ready(self)
 
     async def get(self) -> list[SampleDelta]:
-        """Everything queued since the last call, merged into one delta per sample (usage last)."""
+        """Waits for output, then `take()`s it."""
         await self._ready.wait()
         self._ready.clear()
+        return self.take()
+
+    def take(self) -> list[SampleDelta]:
+        """Everything queued since the last take, merged into one delta per sample (usage last); raises
+        the stream's error once it failed."""
         if self._error is not None:
             raise self._error
         deltas, self._deltas, self._held = self._deltas, [], 0
+        if len(deltas) == 1:
+            return deltas
         merged: dict[int, SampleDelta] = {}
         for d in deltas:
             if d.index in merged:
@@ -195,8 +226,10 @@ class AsyncEngine:
         prompt_token_ids: list[int],
         params: SamplingParams,
         cache_salt: str | None = None,
+        outlet: Outlet | None = None,
     ) -> RequestStream:
-        """Validates and queues a request; raises ValueError (bad input) or EngineOverloadedError."""
+        """Validates and queues a request; raises ValueError (bad input) or EngineOverloadedError.
+        `outlet`: who reads the stream (see RequestStream); None, its own consumer."""
         if self.error is not None:
             raise EngineDeadError(self.error)
         if request_id in self._streams:
@@ -209,7 +242,7 @@ class AsyncEngine:
         self._processor.add_request(request_id, prompt_token_ids, params)
         if not self._streams:  # the loop was idle: it owes an iteration from now on
             self._last_progress = time.monotonic()
-        stream = RequestStream(request_id, self._stream_interval, len(prompt_token_ids))
+        stream = RequestStream(request_id, self._stream_interval, len(prompt_token_ids), outlet)
         self._streams[request_id] = stream
         self._num_waiting += 1
         self._core.submit(AddRequest(request_id, list(prompt_token_ids), params, cache_salt))
@@ -250,7 +283,7 @@ class AsyncEngine:
 
     def _on_step(
         self,
-        updates: list[SequenceUpdate],
+        updates: updates_codec.PackedUpdates,
         stats: EngineStats,
         rejected: list[tuple[str, str]],
         times: StepTimes,
@@ -262,12 +295,12 @@ class AsyncEngine:
         self.meter.record(stats.num_generation_tokens)
         if times.started:  # before the deltas: a request may finish in the step of its first token
             self._started(times.started)
-        deltas, aborts = self._processor.process(updates)
+        deltas, aborts = self._processor.process_packed(updates)
         for request_id, index in aborts:  # stop strings
             self._core.submit(AbortRequest(request_id, index))
         self._deliver(deltas, times.time)
         if self.metrics is not None:
-            self.metrics.step(stats, times, len(updates))
+            self.metrics.step(stats, times, len(updates.request_ids) + len(updates.other))
         for request_id, message in rejected:
             self._processor.abort(request_id)
             stream = self._streams.pop(request_id, None)

@@ -11,6 +11,14 @@ each step is O(total). So, as in vLLM and TGI, we decode a short window of recen
 When the new text ends in U+FFFD the window is left to grow until the character completes. The
 window only spans the tokens since the last clean decode, so a step costs O(new tokens).
 
+The gRPC front detokenizes every token of every stream, so this is its largest per-token cost. For a
+byte-level BPE tokenizer (GPT-2's decoder alone: Llama 3, Qwen, SmolLM...) the text of a sequence is the
+UTF-8 decoding of its tokens' bytes joined, so after clean text a token whose bytes are a complete
+character sequence adds exactly its own text: each token's text is decoded once per process
+(`PieceTexts`) and reused, without a decode call. Incomplete characters, other decoders (SentencePiece
+drops a leading space at the start, so context matters) and everything after an incomplete character
+take the window above.
+
 Stop strings: text that is decoded but not yet sent ("pending") is kept only while its tail could
 still begin a stop string, so a stop string can never start inside text already sent, and
 searching `pending` alone finds every match, however the stop string is split across tokens.
@@ -50,6 +58,7 @@ class IncrementalDetokenizer:
         min_tokens: int = 0,
     ) -> None:
         self._decode = _decode_fn(tokenizer, skip_special_tokens)
+        self._pieces = PieceTexts.of(tokenizer, skip_special_tokens)  # None: no byte-level decoder
         self._stop = tuple(s for s in stop if s)
         self._include_stop = include_stop_str_in_output
         self._min_tokens = min_tokens
@@ -79,6 +88,13 @@ class IncrementalDetokenizer:
         """
         if self.finished:
             return Delta("", 0, self.stop_str, True)
+        if not self._stop and not finished and len(new_token_ids) == 1:  # a decode step: the hot path
+            self._ids.append(new_token_ids[0])
+            self.num_output_tokens += 1
+            text = self._decode_new()
+            if text:
+                self._sent.append(text)
+            return Delta(text, 1)
         ids = list(new_token_ids)
         if stop_token_ended and ids and not self._include_stop:
             ids = ids[:-1]
@@ -95,8 +111,14 @@ class IncrementalDetokenizer:
 
     def _decode_new(self, flush: bool = False) -> str:
         """The text the ids since read_offset add; "" while it ends in an incomplete character."""
-        if self._read_offset == len(self._ids):
+        n = len(self._ids)
+        if self._read_offset == n:
             return ""
+        if self._read_offset == n - 1 and self._pieces is not None:  # one new token after clean text
+            text = self._pieces.text(self._ids[-1])
+            if text is not None:  # what the window would find: prefix = that token, its text
+                self._prefix_offset, self._read_offset, self._prefix_text = n - 1, n, text
+                return text
         text = self._decode(self._ids[self._prefix_offset :])
         if len(text) <= len(self._prefix_text) or (text.endswith(REPLACEMENT_CHAR) and not flush):
             return ""
@@ -151,6 +173,40 @@ def _longest_stop_prefix_suffix(text: str, stops: tuple[str, ...]) -> int:
                 longest = k
                 break
     return longest
+
+
+class PieceTexts:
+    """Each token's own text, decoded once per process, for a tokenizer whose decoder is byte-level BPE
+    alone. `text(id)` is None for a token whose bytes are not complete UTF-8 (part of a character)."""
+
+    _cache: dict[tuple[int, bool], tuple[object, PieceTexts]] = {}  # (id(backend), skip) -> the table
+
+    def __init__(self, decode: Callable[[list[int]], str]):
+        self._decode = decode
+        self._texts: dict[int, str | None] = {}
+
+    @classmethod
+    def of(cls, tokenizer, skip_special_tokens: bool) -> PieceTexts | None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        try:
+            from tokenizers import Tokenizer, decoders
+        except ImportError:
+            return None
+        if not isinstance(backend, Tokenizer) or type(backend.decoder) is not decoders.ByteLevel:
+            return None
+        key = (id(backend), skip_special_tokens)
+        held = cls._cache.get(key)
+        if held is None or held[0] is not backend:  # (the backend is held: its id stays its own)
+            held = cls._cache[key] = (backend, cls(_decode_fn(tokenizer, skip_special_tokens)))
+        return held[1]
+
+    def text(self, token_id: int) -> str | None:
+        try:
+            return self._texts[token_id]
+        except KeyError:
+            text = self._decode([token_id])
+            text = self._texts[token_id] = None if REPLACEMENT_CHAR in text else text
+            return text
 
 
 def _decode_fn(tokenizer, skip_special_tokens: bool) -> Callable[[list[int]], str]:

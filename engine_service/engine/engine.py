@@ -62,7 +62,9 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, executor_factory=make_executor):
+        """`executor_factory(config, model_config, device, dtype)` builds the executor: make_executor, or a
+        benchmark rig's stand-in for the device (benchmarks/serving_rig.py)."""
         self.config = config
         # Whatever the checkpoint uses that Pagoda cannot run fails here, before any weight is read.
         self.model_config = mc = ModelConfig.from_dir(config.model, MODELS, config.quantization)
@@ -71,7 +73,7 @@ class Engine:
         dtype = resolve_dtype(config.dtype, device)
         self.max_model_len = self._max_model_len(config, mc)
         # The model, its KV cache and the sampler: here (TP=1) or in one worker process per rank.
-        self.executor: Executor = make_executor(config, mc, device, dtype)
+        self.executor: Executor = executor_factory(config, mc, device, dtype)
         try:
             num_blocks = self._num_kv_blocks(config)
             self.executor.allocate_kv_cache(num_blocks)

@@ -33,7 +33,6 @@ from multiprocessing.connection import Connection
 from typing import NamedTuple
 
 from engine_service.core.config import EngineConfig
-from engine_service.core.outputs import SequenceUpdate
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.engine import updates_codec
 from engine_service.engine.engine import Engine, EngineStats, ModelInfo
@@ -68,16 +67,13 @@ class StepTimes(NamedTuple):
     started: list[tuple[str, float, float, float]]
 
 
-# One iteration's result: new tokens, a stats snapshot, rejected (request_id, message) adds, timings.
-Publish = Callable[[list[SequenceUpdate], EngineStats, list[tuple[str, str]], StepTimes], None]
+# One iteration's result: new tokens (as the engine built them: updates_codec), a stats snapshot, rejected
+# (request_id, message) adds, timings. The front reads the columns as they are: no object per token.
+Publish = Callable[[updates_codec.PackedUpdates, EngineStats, list[tuple[str, str]], StepTimes], None]
 OnExit = Callable[[BaseException | None], None]
 
 
-# What the loop hands its publisher: the same, with the updates as the engine built them (updates_codec).
-PublishPacked = Callable[[updates_codec.PackedUpdates, EngineStats, list[tuple[str, str]], StepTimes], None]
-
-
-def run_loop(engine: Engine, receive: Callable[[bool], list], publish: PublishPacked) -> None:
+def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) -> None:
     """Runs until STOP. `receive(block)` returns the pending commands; when block is true it waits for one,
     at most IDLE_CHECK_S: an idle engine checks each quiet second that it can still run (a tensor-parallel
     worker may have died), so health turns NOT_SERVING without waiting for the next request."""
@@ -181,11 +177,8 @@ class ThreadCore:
         def run() -> None:
             error = None
 
-            def publish_unpacked(packed, stats, rejected, times) -> None:
-                publish(updates_codec.unpack(packed), stats, rejected, times)
-
             try:
-                run_loop(self.engine, self._receive, publish_unpacked)
+                run_loop(self.engine, self._receive, publish)
             except BaseException as e:  # noqa: BLE001 (whatever ends the loop must reach the watchdog)
                 error = e
             on_exit(error)
@@ -223,14 +216,20 @@ class ThreadCore:
 class ProcessCore:
     """The loop in a spawned process: builds the Engine there, warms it up, then serves commands."""
 
-    def __init__(self, config: EngineConfig, log_format: str = "text"):
+    def __init__(
+        self,
+        config: EngineConfig,
+        log_format: str = "text",
+        engine_factory: Callable[[EngineConfig], Engine] = Engine,
+    ):
+        """`engine_factory` builds the Engine in the child: it must pickle (a class, a module's function)."""
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
         self._commands_rx, self._commands_tx = ctx.Pipe(duplex=False)
         self._results_rx, self._results_tx = ctx.Pipe(duplex=False)
         _widen(self._results_tx)
         self._process = ctx.Process(
             target=_process_main,
-            args=(config, log_format, self._commands_rx, self._results_tx),
+            args=(engine_factory, config, log_format, self._commands_rx, self._results_tx),
             name="engine-core",
             daemon=True,
         )
@@ -263,8 +262,7 @@ class ProcessCore:
                 while True:
                     kind, payload = self._results_rx.recv()
                     if kind == "step":
-                        packed, stats, rejected, times = payload
-                        publish(updates_codec.unpack(packed), stats, rejected, times)
+                        publish(*payload)  # (packed updates, stats, rejected, times)
                     else:  # "exit": the loop ended (payload: None or the error's text)
                         error = RuntimeError(payload) if payload else None
                         break
@@ -321,7 +319,13 @@ def _widen(conn: Connection) -> None:
         log.debug("could not widen the results pipe; it keeps the system's default size")
 
 
-def _process_main(config: EngineConfig, log_format: str, commands: Connection, results: Connection) -> None:
+def _process_main(
+    engine_factory: Callable[[EngineConfig], Engine],
+    config: EngineConfig,
+    log_format: str,
+    commands: Connection,
+    results: Connection,
+) -> None:
     from pagoda.telemetry.logging import setup_logging
 
     # The front owns shutdown: it drains on SIGTERM and then sends STOP; Ctrl-C reaches the whole group.
@@ -329,7 +333,7 @@ def _process_main(config: EngineConfig, log_format: str, commands: Connection, r
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(log_format, "engine")
     try:
-        engine = Engine(config)
+        engine = engine_factory(config)
         warm_up(engine)
         freeze_startup_objects()
     except Exception as e:

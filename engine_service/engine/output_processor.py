@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from engine_service.core.outputs import SequenceUpdate, TokenLogprobs
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.engine.detokenizer import IncrementalDetokenizer
+from engine_service.engine.updates_codec import PackedUpdates
 
 
 @dataclass(frozen=True)
@@ -101,17 +102,41 @@ class OutputProcessor:
         """Returns the deltas to deliver, and the (request_id, index) samples to abort in the engine."""
         deltas: list[SampleDelta] = []
         aborts: list[tuple[str, int]] = []
-        for update in updates:
-            request = self._requests.get(update.request_id)
-            if request is None or request.samples[update.index].finished:
-                continue
-            request.num_cached_tokens = update.num_cached_tokens
-            delta = self._apply(request, update)
-            if delta.finish_reason == "stop" and update.finish_reason is None:
-                aborts.append((update.request_id, update.index))  # ended by a stop string
-            if delta.finish_reason is not None:
-                self._finish_sample(update.request_id, request, delta)
-            deltas.append(delta)
+        for u in updates:
+            self._process(
+                u.request_id,
+                u.index,
+                u.new_token_ids,
+                u.new_logprobs,
+                u.finish_reason,
+                u.stop_reason,
+                u.num_cached_tokens,
+                deltas,
+                aborts,
+            )
+        return deltas, aborts
+
+    def process_packed(self, packed: PackedUpdates) -> tuple[list[SampleDelta], list[tuple[str, int]]]:
+        """`process` over a step's updates as the engine built them: the plain rows (one token for
+        sample 0, nothing else) straight from their columns, with no SequenceUpdate made for them."""
+        deltas: list[SampleDelta] = []
+        aborts: list[tuple[str, int]] = []
+        process = self._process
+        rows = zip(packed.request_ids, packed.token_ids, packed.num_cached_tokens, strict=True)
+        for request_id, token, cached in rows:  # hot: once per token of the step
+            process(request_id, 0, (token,), None, None, None, cached, deltas, aborts)
+        for u in packed.other:
+            process(
+                u.request_id,
+                u.index,
+                u.new_token_ids,
+                u.new_logprobs,
+                u.finish_reason,
+                u.stop_reason,
+                u.num_cached_tokens,
+                deltas,
+                aborts,
+            )
         return deltas, aborts
 
     def abort(self, request_id: str) -> list[SampleDelta]:
@@ -144,10 +169,44 @@ class OutputProcessor:
             min_tokens=params.min_tokens,
         )
 
-    def _apply(self, request: _Request, update: SequenceUpdate) -> SampleDelta:
-        sample = request.samples[update.index]
-        token_ids, logprobs = update.new_token_ids, update.new_logprobs
-        finish_reason, stop_reason, text = update.finish_reason, update.stop_reason, ""
+    def _process(
+        self,
+        request_id: str,
+        index: int,
+        token_ids: Sequence[int],
+        logprobs: list[TokenLogprobs] | None,
+        finish_reason: str | None,
+        stop_reason: int | str | None,
+        num_cached_tokens: int,
+        deltas: list[SampleDelta],
+        aborts: list[tuple[str, int]],
+    ) -> None:
+        """One update (its fields): its delta to `deltas`, a stop-string end to `aborts`."""
+        request = self._requests.get(request_id)
+        if request is None:
+            return
+        sample = request.samples[index]
+        if sample.finished:
+            return
+        request.num_cached_tokens = num_cached_tokens
+        delta = self._apply(request_id, sample, index, token_ids, logprobs, finish_reason, stop_reason)
+        if delta.finish_reason is not None:
+            if finish_reason is None:  # ended by a stop string: the engine does not know yet
+                aborts.append((request_id, index))
+            self._finish_sample(request_id, request, delta)
+        deltas.append(delta)
+
+    @staticmethod
+    def _apply(
+        request_id: str,
+        sample: _Sample,
+        index: int,
+        token_ids: Sequence[int],
+        logprobs: list[TokenLogprobs] | None,
+        finish_reason: str | None,
+        stop_reason: int | str | None,
+    ) -> SampleDelta:
+        text = ""
         if sample.detokenizer is not None:
             d = sample.detokenizer.update(
                 token_ids,
@@ -160,9 +219,7 @@ class OutputProcessor:
                 logprobs = logprobs[: d.num_token_ids] if logprobs is not None else None
                 finish_reason, stop_reason = "stop", d.stop_str
         sample.num_tokens += len(token_ids)
-        return SampleDelta(
-            update.request_id, update.index, list(token_ids), text, logprobs, finish_reason, stop_reason
-        )
+        return SampleDelta(request_id, index, list(token_ids), text, logprobs, finish_reason, stop_reason)
 
     def _finish_sample(self, request_id: str, request: _Request, delta: SampleDelta) -> None:
         request.samples[delta.index].finished = True

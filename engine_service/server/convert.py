@@ -50,7 +50,16 @@ class TokenTexts:
 
 
 def delta_to_pb(d: SampleDelta, token_text: TokenTexts) -> pb.GenerateResponse:
-    msg = pb.GenerateResponse(index=d.index, token_ids=d.token_ids, text=d.text)
+    return fill_response(pb.GenerateResponse(), d, token_text)
+
+
+def fill_response(msg: pb.GenerateResponse, d: SampleDelta, token_text: TokenTexts) -> pb.GenerateResponse:
+    """Sets an empty GenerateResponse (a new one, or one inside a MultiplexResponse) from a delta."""
+    if d.index:
+        msg.index = d.index
+    msg.token_ids.extend(d.token_ids)
+    if d.text:
+        msg.text = d.text
     if d.logprobs:
         msg.logprobs.extend(_position_logprobs(lp, token_text) for lp in d.logprobs)
     if d.finish_reason is not None:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine_service.core.config import EngineConfig
 from engine_service.engine.async_engine import AsyncEngine
 from engine_service.engine.engine import Engine
 from engine_service.engine.engine_loop import ProcessCore, ThreadCore, warm_up
@@ -48,8 +50,13 @@ GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.so_reuse
 
 
 class EngineServer:
-    def __init__(self, config: EngineServiceConfig):
+    def __init__(
+        self, config: EngineServiceConfig, engine_factory: Callable[[EngineConfig], Engine] = Engine
+    ):
+        """`engine_factory` builds the Engine (in the engine process with --engine-core process, so it must
+        pickle): Engine, or a benchmark rig's engine over a stand-in device (benchmarks/serving_rig.py)."""
         self.config = config
+        self._engine_factory = engine_factory
         self.state = ServingState()
         self.port: int | None = None
         self.exit_code: int | None = None
@@ -103,12 +110,12 @@ class EngineServer:
         """
         config = self.config
         if engine is None and config.engine_core == "process":
-            core = ProcessCore(config.engine, config.log_format)
+            core = ProcessCore(config.engine, config.log_format, self._engine_factory)
             await asyncio.to_thread(core.load)
             tokenizer = await asyncio.to_thread(load_tokenizer, config.engine.model)
         else:
             if engine is None:
-                engine = await asyncio.to_thread(Engine, config.engine)
+                engine = await asyncio.to_thread(self._engine_factory, config.engine)
             # No gc.freeze() here (the process core does it): this process is shared with its embedder.
             await asyncio.to_thread(warm_up, engine)
             core, tokenizer = ThreadCore(engine), engine.tokenizer

@@ -10,6 +10,7 @@ import grpc
 from engine_service.engine.async_engine import AsyncEngine
 from engine_service.server import convert
 from engine_service.server.errors import grpc_errors
+from engine_service.server.multiplex import MultiplexCall
 from engine_service.server.request_telemetry import RequestTelemetry
 from engine_service.server.serving_state import ServingState
 from pagoda.engine.v1 import engine_pb2 as pb
@@ -39,6 +40,11 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             finally:
                 if not done:  # cancelled by the client, or the write failed
                     engine.abort(request_id)
+
+    @grpc_errors
+    async def Multiplex(self, requests, context: grpc.aio.ServicerContext) -> None:
+        """Generations over one stream (multiplex.py): a router's way in."""
+        await MultiplexCall(self.state, self.telemetry, self._prompt).serve(requests, context)
 
     @grpc_errors
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:

@@ -3,11 +3,23 @@
     pagoda bench serve --url http://127.0.0.1:8000 --num-prompts 500 --input-len 512 --output-len 128 \\
         --request-rate 20            # Poisson arrivals; or --max-concurrency 64 (or both)
 
-Every request streams (`stream_options.include_usage`, so token counts are the server's own), which gives
-time to first token (TTFT), the gaps between streamed chunks (ITL), time per output token after the first
-(TPOT) and end-to-end latency per request. Prompts are random token ids (`/v1/completions`, fixed or
-random lengths), random words (`--endpoint chat`), or a JSONL file with one `{"prompt": ...}` or
-`{"messages": [...]}` object a line (optionally `"max_tokens"`).
+Every request streams (`stream_options.include_usage`, so token counts are the server's own). Prompts are
+random token ids (`/v1/completions`, fixed or random lengths), random words (`--endpoint chat`), or a
+JSONL file with one `{"prompt": ...}` or `{"messages": [...]}` object a line (optionally `"max_tokens"`).
+
+The measures are `vllm bench serve`'s (vllm/benchmarks/serve.py and lib/endpoint_request_func.py, v0.26.0),
+so that the two clients report the same quantities on the same server:
+  event        an SSE chunk whose `choices` is not empty (a finish chunk with no text counts; the usage
+               chunk, whose choices are empty, does not)
+  TTFT         request sent -> its first event
+  ITL          the gap between a stream's consecutive events, pooled over every stream ("inter-token"
+               latency by name, but an event may carry several tokens)
+  E2EL         request sent -> its last event (`e2e_ms`)
+  TPOT         (E2EL - TTFT) / (completion tokens - 1), per request
+  output tok/s completion tokens (the server's usage) / the run's wall time (first send -> last reply)
+Percentiles interpolate linearly between ranks (numpy's, as vLLM's). Two more say how smooth the streams
+are, which the pooled ITL hides: tokens per event, and each stream's own p99 gap (its distribution over
+the streams, `stream_p99_gap_ms`).
 """
 
 from __future__ import annotations
@@ -26,7 +38,6 @@ import aiohttp
 import numpy as np
 
 from pagoda.bench import client_processes
-from pagoda.bench.report import percentiles_ms
 from pagoda.bench.results import git_commit, record_result
 
 _WORDS = """time person year way day thing man world life hand part child eye woman place work week case point
@@ -68,9 +79,9 @@ class Request:
 class Outcome:
     ok: bool = False
     error: str | None = None
-    ttft_s: float | None = None
-    e2e_s: float = 0.0
-    itl_s: list[float] = field(default_factory=list)
+    ttft_s: float | None = None  # sent -> first event
+    e2e_s: float = 0.0  # sent -> last event
+    itl_s: list[float] = field(default_factory=list)  # gaps between consecutive events
     prompt_tokens: int = 0
     output_tokens: int = 0
 
@@ -146,7 +157,7 @@ async def send(session: aiohttp.ClientSession, config: BenchConfig, model: str, 
                 if chunk.get("usage"):
                     out.prompt_tokens = chunk["usage"]["prompt_tokens"]
                     out.output_tokens = chunk["usage"]["completion_tokens"]
-                if any(_carries_tokens(c) for c in chunk.get("choices") or ()):
+                if chunk.get("choices"):  # an event (vLLM's rule: see the module's docstring)
                     now = time.perf_counter()
                     if out.ttft_s is None:
                         out.ttft_s = now - start
@@ -156,20 +167,11 @@ async def send(session: aiohttp.ClientSession, config: BenchConfig, model: str, 
     except (aiohttp.ClientError, TimeoutError) as err:
         out.error = f"{type(err).__name__}: {err}"
         return out
-    out.e2e_s = time.perf_counter() - start
+    out.e2e_s = last - start
     out.ok = out.ttft_s is not None
     if not out.ok:
         out.error = "no tokens streamed"
     return out
-
-
-def _carries_tokens(choice: dict) -> bool:
-    """A chunk of generated text: not chat's opening role chunk and not a finish chunk. Its text may be
-    empty (a model folder without a tokenizer streams token ids and no text)."""
-    if choice.get("finish_reason"):
-        return bool(choice.get("text") or (choice.get("delta") or {}).get("content"))
-    delta = choice.get("delta")
-    return "text" in choice if delta is None else "content" in delta and "role" not in delta
 
 
 class Progress:
@@ -280,6 +282,7 @@ def summarize(config: BenchConfig, model: str, outcomes: list[Outcome], duration
     out_tokens = sum(o.output_tokens for o in ok)
     in_tokens = sum(o.prompt_tokens for o in ok)
     tpot = [(o.e2e_s - o.ttft_s) / (o.output_tokens - 1) for o in ok if o.output_tokens > 1]
+    num_events = sum(len(o.itl_s) + 1 for o in ok)
     errors = [o.error for o in outcomes if not o.ok]
     return {
         "kind": "serve",
@@ -302,6 +305,20 @@ def summarize(config: BenchConfig, model: str, outcomes: list[Outcome], duration
         "itl_ms": percentiles_ms([gap for o in ok for gap in o.itl_s]),
         "tpot_ms": percentiles_ms(tpot),
         "e2e_ms": percentiles_ms([o.e2e_s for o in ok]),
+        "tokens_per_event": round(out_tokens / num_events, 3) if num_events else None,
+        # Each stream's p99 gap, over the streams: a stream that stalls shows here even when the pooled
+        # ITL is dominated by the smooth ones.
+        "stream_p99_gap_ms": percentiles_ms([float(np.percentile(o.itl_s, 99)) for o in ok if o.itl_s]),
+    }
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float] | None:
+    """p50 / p90 / p99 / mean in milliseconds, interpolated between ranks as numpy (and vLLM) do."""
+    if not seconds:
+        return None
+    p50, p90, p99 = np.percentile(seconds, [50, 90, 99])
+    return {k: round(float(v) * 1e3, 3) for k, v in (("p50", p50), ("p90", p90), ("p99", p99))} | {
+        "mean": round(float(np.mean(seconds)) * 1e3, 3)
     }
 
 
@@ -313,10 +330,16 @@ def format_report(report: dict) -> str:
         f"total tok/s {report['total_tok_s']:,.0f}",
         f"  {'ms':<6}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}",
     ]
-    for name in ("ttft", "itl", "tpot", "e2e"):
-        p = report[f"{name}_ms"]
+    for name, key in (("ttft", "ttft"), ("itl", "itl"), ("tpot", "tpot"), ("e2el", "e2e")):
+        p = report[f"{key}_ms"]
         if p:
             lines.append(f"  {name:<6}" + "".join(f"{p[k]:>10.2f}" for k in ("p50", "p90", "p99", "mean")))
+    gap = report.get("stream_p99_gap_ms")
+    if gap:
+        lines.append(
+            f"  tokens per event {report['tokens_per_event']:.2f}   each stream's p99 gap: p50 "
+            f"{gap['p50']:.1f} ms, p99 {gap['p99']:.1f} ms"
+        )
     lines += [f"  error: {e}" for e in report["error_examples"]]
     return "\n".join(lines)
 

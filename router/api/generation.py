@@ -117,6 +117,8 @@ class Generation:
             yield i * self.n + msg.index, msg
 
     def _check(self, msg: engine_pb2.GenerateResponse) -> None:
+        if not msg.finish_reason:  # the common message: usage and aborts come with a sample's end
+            return
         if msg.HasField("usage"):
             self._add_usage(msg.usage)
         if msg.finish_reason == _ABORT:

@@ -36,7 +36,7 @@ async def stream_choices(
         try:
             async for i, msg in gen.messages():
                 out = b""
-                if msg.token_ids or msg.text:  # a message can carry tokens whose text is held back
+                if msg.text or msg.token_ids:  # a message can carry tokens whose text is held back
                     out = chunks.choice(content(i, msg))
                 if msg.finish_reason:
                     out += chunks.choice(finish(i, f'"{FINISH_REASONS[msg.finish_reason]}"'))

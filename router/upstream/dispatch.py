@@ -1,8 +1,14 @@
-"""Sending one prompt to an engine: pick, open `Generate`, retry elsewhere until the first message arrives.
+"""Sending one prompt to an engine: pick, start the generation, retry elsewhere until the first message
+arrives.
 
 Before the first message nothing has reached the client, so any engine-side failure (unreachable, timed
 out, pushed back, crashed) is retried on another engine, at most `max_attempts` engines in all. After it,
 a failure ends the stream: the handler turns `EngineStreamError` into an error event.
+
+A generation goes over the engine's multiplexed stream (multiplex.py: one call per engine for every
+request, one message per engine step), or with `multiplex=False` over a `Generate` call of its own, the
+way an engine without `Multiplex` (UNIMPLEMENTED: an older version) is served too. Both give the same
+messages and the same errors.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from router.errors import ENGINE_DOWN, RETRYABLE, OpenAIError, from_grpc, no_eng
 from router.metrics import RouterMetrics
 from router.upstream.engines import Engine, EngineRegistry
 from router.upstream.model_card import ModelCard
+from router.upstream.multiplex import Sink
 from router.upstream.policies import Policy, RouteRequest
 
 log = logging.getLogger(__name__)
@@ -42,13 +49,22 @@ class _Retry(Exception):
 
 
 class EngineStream:
-    """One `Generate` call on one engine; counts as the engine's outstanding request until `close()`."""
+    """One generation on one engine; counts as the engine's outstanding request until `close()`."""
 
-    def __init__(self, engine: Engine, registry: EngineRegistry, request: engine_pb2.GenerateRequest):
+    def __init__(
+        self,
+        engine: Engine,
+        registry: EngineRegistry,
+        request: engine_pb2.GenerateRequest,
+        multiplex: bool = True,
+    ):
         self.engine = engine
         self._registry = registry
         self._request = request
-        self._call = None
+        self._multiplex = multiplex and not engine.multiplexer.unsupported
+        self._call = None  # the Generate call, or
+        self._sink: Sink | None = None  # the generation on the engine's multiplexed stream
+        self._pending: list[engine_pb2.GenerateResponse] = []  # taken from the sink, not yet read
         self._first: engine_pb2.GenerateResponse | None = None
         self._abandoned = False
         self._closed = False
@@ -66,9 +82,8 @@ class EngineStream:
                     await engine.channel.channel_ready()
             if self._abandoned:
                 raise EngineStreamError(_STOPPED_RESPONDING)
-            self._call = engine.stub.Generate(self._request, metadata=self._metadata)
             async with asyncio.timeout(first_token_timeout_s):
-                first = await self._read()
+                first = await self._open()
         except TimeoutError:
             self._registry.request_failed(engine, "no first token in time")
             error = OpenAIError(503, "The engine did not answer in time.", type="server_error")
@@ -102,7 +117,24 @@ class EngineStream:
                 self._registry.request_failed(self.engine, self._error)
             raise EngineStreamError(from_grpc(err, "engine")) from None
 
+    async def _open(self):
+        """Starts the generation and returns its first message (or EOF)."""
+        if self._multiplex:
+            self._sink = self.engine.multiplexer.open(self._request, self._metadata)
+            try:
+                return await self._read()
+            except grpc.aio.AioRpcError as err:
+                if err.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self.engine.multiplexer.unsupported = True  # an older engine: Generate from now on
+                log.warning("engine %s has no Multiplex: one Generate call per request", self.engine.address)
+                self._sink = None
+        self._call = self.engine.stub.Generate(self._request, metadata=self._metadata)
+        return await self._read()
+
     async def _read(self):
+        if self._sink is not None:
+            return await self._read_sink()
         try:
             return await self._call.read()
         except asyncio.CancelledError:
@@ -112,19 +144,36 @@ class EngineStream:
                 raise EngineStreamError(_STOPPED_RESPONDING) from None
             raise
 
+    async def _read_sink(self):
+        if not self._pending:
+            try:
+                self._pending = await self._sink.get()
+            except grpc.aio.AioRpcError:
+                if self._abandoned:  # the multiplexed call was ended because the engine hung
+                    raise EngineStreamError(_STOPPED_RESPONDING) from None
+                raise
+            if not self._pending:
+                return grpc.aio.EOF
+            self._pending.reverse()  # popped from the end, in order
+        return self._pending.pop()
+
     def abandon(self) -> None:
         """The engine stopped answering health probes: end this stream instead of waiting forever."""
         self._abandoned = True
         if self._call is not None:
             self._call.cancel()
+        if self._sink is not None:
+            self.engine.multiplexer.abandon()  # every generation on it ends (the engine is hung)
 
     def close(self, error: str | None = None) -> None:
-        """Ends the call (`error`: why it failed, for its trace span)."""
+        """Ends the generation (`error`: why it failed, for its trace span)."""
         if self._closed:
             return
         self._closed = True
         if self._call is not None:
             self._call.cancel()  # a no-op once finished; aborts the request on the engine otherwise
+        if self._sink is not None:
+            self.engine.multiplexer.cancel(self._sink)  # likewise
         self.engine.num_outstanding -= 1
         self.engine.streams.discard(self)
         if self._span is not None:
@@ -141,7 +190,9 @@ class Dispatcher:
         max_attempts: int,
         connect_timeout_s: float,
         first_token_timeout_s: float,
+        multiplex: bool = True,
     ):
+        self.multiplex = multiplex  # generations over each engine's Multiplex stream, else Generate calls
         self.registry = registry
         self.policy = policy
         self.metrics = metrics
@@ -165,7 +216,7 @@ class Dispatcher:
             engine = await self.policy.pick(candidates, route)
             self.metrics.engine_picks.labels(engine.address, self.policy.name).inc()
             tried.add(engine.address)
-            stream = EngineStream(engine, self.registry, request)
+            stream = EngineStream(engine, self.registry, request, self.multiplex)
             if tel is not None:
                 tel.engine = engine.address
             try:

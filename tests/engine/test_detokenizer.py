@@ -3,13 +3,14 @@ emoji and CJK characters across tokens)."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from engine_service.engine.detokenizer import REPLACEMENT_CHAR, IncrementalDetokenizer
+from engine_service.engine.detokenizer import REPLACEMENT_CHAR, IncrementalDetokenizer, PieceTexts
 
 MIXED = "Hello 👋🏽 world! 日本語のテキスト and 中文 ✨ done."
 
@@ -162,6 +163,50 @@ def test_each_step_decodes_a_short_window(tokenizer):
     detok = IncrementalDetokenizer(CountingTokenizer, prompt, stop=["never matches"])
     assert "".join(stream(detok, ids)) == MIXED * 50
     assert len(ids) > 1000 and max(windows) <= 12
+
+
+class WindowOnly:
+    """The same tokenizer seen without its Rust backend: the window diffing alone, the reference."""
+
+    backend_tokenizer = None
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def decode(self, ids, skip_special_tokens):
+        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_per_token_texts_give_what_the_window_gives(tokenizer, skip):
+    """Random ids over the whole vocabulary (byte tokens that split characters, special tokens), one or
+    several a step: the byte-level fast path (each token's own text, cached) and the window agree."""
+    assert PieceTexts.of(tokenizer, skip) is not None  # the fast path is on for this one
+    rng = random.Random(0)
+    vocab = len(tokenizer)
+    for trial in range(60):
+        low = trial % 3 == 0  # mostly byte tokens: characters split across tokens all the time
+        ids = [rng.randrange(300 if low else vocab) for _ in range(40)]
+        prompt = encode(tokenizer, "Some prompt:")
+        per_step = 1 + trial % 4
+        fast = IncrementalDetokenizer(tokenizer, prompt, skip_special_tokens=skip)
+        window = IncrementalDetokenizer(WindowOnly(tokenizer), prompt, skip_special_tokens=skip)
+        assert stream(fast, ids, per_step) == stream(window, ids, per_step)
+        assert fast.text == tokenizer.decode(ids, skip_special_tokens=skip)
+
+
+def test_per_token_texts_only_for_a_byte_level_decoder(tokenizer):
+    from tokenizers import decoders
+
+    assert PieceTexts.of(WindowOnly(tokenizer), True) is None
+    backend = tokenizer.backend_tokenizer
+    assert PieceTexts.of(tokenizer, True) is PieceTexts.of(tokenizer, True)  # one table per tokenizer
+    saved = backend.decoder
+    backend.decoder = decoders.Metaspace()  # SentencePiece's: a token's text depends on its place
+    try:
+        assert PieceTexts.of(tokenizer, True) is None
+    finally:
+        backend.decoder = saved
 
 
 def test_the_module_does_not_import_torch():

@@ -82,8 +82,10 @@ class Script:
     delay_s: float = 0.0  # between messages
     fail_before_first: grpc.StatusCode | None = None
     fail_after_messages: int | None = None  # abort with UNAVAILABLE after this many messages
+    fail_only: str | None = None  # with fail_after_messages: only prompts that hold this text fail
     hang: bool = False  # accept the call and never answer
     draining: bool = False
+    multiplex: bool = True  # serve Multiplex (False: UNIMPLEMENTED, as an engine from before it)
     max_model_len: int = 512
     block_size: int = 4
     model: str = "scripted"
@@ -96,6 +98,7 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
     active: set[str] = field(default_factory=set)
     cancelled: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=lambda: {"Generate": 0, "Multiplex": 0})
 
     async def GetModelInfo(self, request, context):
         s = self.script
@@ -144,12 +147,13 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
         samples = [self._sample(request, j, max_tokens) for j in range(n)]
         sent = completion = 0
         positions = [0] * n
+        fails = s.fail_after_messages is not None and (s.fail_only is None or s.fail_only in decode(prompt))
         while any(pos is not None for pos in positions):
             for j, (ids, reason, text_of) in enumerate(samples):
                 pos = positions[j]
                 if pos is None:
                     continue
-                if s.fail_after_messages is not None and sent >= s.fail_after_messages:
+                if fails and sent >= s.fail_after_messages:
                     raise _Abort()
                 chunk = ids[pos : pos + s.tokens_per_message]
                 positions[j] = pos + len(chunk) if pos + len(chunk) < len(ids) else None
@@ -248,8 +252,70 @@ class _AbortAdapter(engine_pb2_grpc.EngineServiceServicer):
         return await self.engine.GetServerInfo(request, context)
 
     async def Generate(self, request, context):
+        self.engine.calls["Generate"] += 1
         try:
             async for msg in self.engine.Generate(request, context):
                 yield msg
         except _Abort:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted crash")
+
+    async def Multiplex(self, requests, context):
+        """Each generation runs the scripted Generate; its messages go out as they come, several a
+        response when they pile up, and a failure is its `error_code` (as the real engine's)."""
+        self.engine.calls["Multiplex"] += 1
+        if not self.engine.script.multiplex:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        out: asyncio.Queue = asyncio.Queue()
+        tasks: dict[int, asyncio.Task] = {}
+
+        async def generation(handle: int, request) -> None:
+            try:
+                async for msg in self.engine.Generate(request, _GenerationContext()):
+                    out.put_nowait(engine_pb2.MultiplexedMessage(handle=handle, response=msg))
+            except _Status as status:
+                out.put_nowait(_error(handle, status.code, status.details))
+            except _Abort:
+                out.put_nowait(_error(handle, grpc.StatusCode.UNAVAILABLE, "scripted crash"))
+            finally:
+                tasks.pop(handle, None)
+                out.put_nowait(None)  # the writer may be waiting for the last generation to end
+
+        async def read() -> None:
+            async for r in requests:
+                if r.WhichOneof("action") == "generate":
+                    tasks[r.handle] = asyncio.create_task(generation(r.handle, r.generate))
+                elif r.handle in tasks:
+                    tasks[r.handle].cancel()
+
+        reader = asyncio.create_task(read())
+        reader.add_done_callback(lambda _: out.put_nowait(None))
+        try:
+            while True:  # as the real engine: until the caller closed its side and every generation ended
+                batch = [await out.get()]
+                while not out.empty():
+                    batch.append(out.get_nowait())
+                batch = [m for m in batch if m is not None]
+                if batch:
+                    await context.write(engine_pb2.MultiplexResponse(messages=batch))
+                if reader.done() and not tasks and out.empty():
+                    return
+        finally:
+            reader.cancel()
+            for task in list(tasks.values()):
+                task.cancel()
+
+
+class _Status(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        self.code, self.details = code, details
+
+
+class _GenerationContext:
+    """What the scripted Generate uses of its call's context, for one generation of a Multiplex call."""
+
+    async def abort(self, code: grpc.StatusCode, details: str):
+        raise _Status(code, details)
+
+
+def _error(handle: int, code: grpc.StatusCode, details: str) -> engine_pb2.MultiplexedMessage:
+    return engine_pb2.MultiplexedMessage(handle=handle, error_code=code.value[0], error_message=details)

@@ -39,6 +39,11 @@ class EngineServiceStub:
                 request_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Multiplex = channel.stream_stream(
+                '/pagoda.engine.v1.EngineService/Multiplex',
+                request_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.MultiplexRequest.SerializeToString,
+                response_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.MultiplexResponse.FromString,
+                _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/pagoda.engine.v1.EngineService/Abort',
                 request_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.AbortRequest.SerializeToString,
@@ -68,6 +73,18 @@ class EngineServiceServicer:
         """Generates completions for one prompt. Each message carries every token produced for one sample
         since that sample's previous message; a sample's last message carries its finish reason, and the
         request's last message carries usage. Cancelling the call aborts the request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Multiplex(self, request_iterator, context):
+        """Many generations over one stream: what a router uses. Each request message starts or cancels one
+        generation; each response message carries, for every generation that produced something since the
+        previous response, what Generate would have sent (one message per sample, every token since its
+        previous message). The engine sends one response per engine step while the caller keeps up, and puts
+        more steps in each when the stream's flow control holds it back, so a slow reader gets fewer, larger
+        messages instead of a growing queue. Cancelling the call cancels every generation on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +125,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.GenerateRequest.FromString,
                     response_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Multiplex': grpc.stream_stream_rpc_method_handler(
+                    servicer.Multiplex,
+                    request_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.MultiplexRequest.FromString,
+                    response_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.MultiplexResponse.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
@@ -157,6 +179,33 @@ class EngineService:
             '/pagoda.engine.v1.EngineService/Generate',
             pagoda_dot_engine_dot_v1_dot_engine__pb2.GenerateRequest.SerializeToString,
             pagoda_dot_engine_dot_v1_dot_engine__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Multiplex(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pagoda.engine.v1.EngineService/Multiplex',
+            pagoda_dot_engine_dot_v1_dot_engine__pb2.MultiplexRequest.SerializeToString,
+            pagoda_dot_engine_dot_v1_dot_engine__pb2.MultiplexResponse.FromString,
             options,
             channel_credentials,
             insecure,
