@@ -5,7 +5,8 @@
 #     bash benchmarks/online_serving.sh pagoda|vllm
 #
 # Both servers load one folder of random bf16 weights with a tokenizer, written by the vLLM bundle's
-# make_dummy_model.py (DUMMY_MODEL_SCRIPT) from ONLINE_CONFIG (default /tmp/vx/llama-1b.json) into ONLINE_MODEL (/tmp/s1b). At each
+# make_dummy_model.py (DUMMY_MODEL_SCRIPT) from ONLINE_CONFIG (default /tmp/vx/llama-1b.json; empty: the
+# Llama-3.1-8B shape, e.g. ONLINE_CONFIG= ONLINE_MODEL=/tmp/s8b) into ONLINE_MODEL (/tmp/s1b). At each
 # concurrency of ONLINE_CONCURRENCY ("256 16") three clients run in turn, each with a seed of its own (so no run
 # hits the prefix cache of another), random ONLINE_INPUT_LEN (512) in / ONLINE_OUTPUT_LEN (256) out, EOS ignored,
 # ONLINE_PROMPTS (1000) prompts:
@@ -100,7 +101,7 @@ clients() {  # clients SERVER_LABEL BASE_URL METRICS_URL METRIC: every client at
             --save-result --result-dir "$DIR" --result-filename "$(basename "$file")" ;;
         pagoda-*)
           local procs=${run#pagoda-}; procs=${procs%p} rec=()
-          [ -z "${RES:-}" ] || rec=(--results-dir "$RES" --commit "$COMMIT" --card "${CARD:-unknown}")
+          [ -z "${RES:-}" ] || rec=(--results-dir "$RES" --commit "$COMMIT" --card "${CARD:-unknown}" --note "$label")
           python3 -m pagoda.cli bench serve --url "$url" --model "$NAME" --num-prompts "$PROMPTS" \
             --input-len "$IN" --output-len "$OUT_LEN" --max-concurrency "$c" --temperature 0 --seed "$seed" \
             --processes "$procs" --no-progress --json "$file" ${rec[@]+"${rec[@]}"} ;;
@@ -131,9 +132,10 @@ EOF
 
 python3 - <<EOF || exit 1
 import os, subprocess, sys
+config = "${ONLINE_CONFIG-/tmp/vx/llama-1b.json}"  # empty: make_dummy_model.py's own, the Llama-3.1-8B shape
 if not os.path.exists("$MODEL/tokenizer.json"):
-    subprocess.run([sys.executable, "${DUMMY_MODEL_SCRIPT:-/tmp/vx/make_dummy_model.py}", "$MODEL", "--config",
-                    os.environ.get("ONLINE_CONFIG", "/tmp/vx/llama-1b.json")], check=True)
+    subprocess.run([sys.executable, "${DUMMY_MODEL_SCRIPT:-/tmp/vx/make_dummy_model.py}", "$MODEL"]
+                   + (["--config", config] if config else []), check=True)
 EOF
 
 case $SERVER in

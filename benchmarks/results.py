@@ -187,19 +187,27 @@ def full_stack_cells(row: Row) -> Cells:
 @table(
     "Serving (`pagoda bench serve`)",
     "serve",
-    "model | requests | concurrency | out tok/s | req/s | TTFT p50 ms | ITL p50 ms | completed",
+    "model | server | requests | concurrency | clients | out tok/s | req/s | TTFT p50 ms | ITL p50 ms "
+    "| ITL p99 ms | tok/event | stream p99 gap, p99 ms | completed",
 )
 def serve_cells(row: Row) -> Cells:
     c = row.get("config") or {}
     requests = f"{c.get('num_prompts')}×{c.get('input_len')}/{c.get('output_len')}"
     figures = [num(row.get("output_tok_s")), num(row.get("request_throughput"), 1)]
-    figures += [num(dig(row, "ttft_ms.p50"), 1), num(dig(row, "itl_ms.p50"), 2)]
+    figures += [
+        num(dig(row, "ttft_ms.p50"), 1),
+        num(dig(row, "itl_ms.p50"), 2),
+        num(dig(row, "itl_ms.p99"), 1),
+    ]
+    figures += [num(row.get("tokens_per_event"), 2), num(dig(row, "stream_p99_gap_ms.p99"), 1)]
     done = f"{row.get('completed')}/{row.get('num_requests')}"
     return [
         *stamp(row),
         str(row.get("model")),
+        str(row.get("note") or "–"),
         requests,
         str(c.get("max_concurrency") or "∞"),
+        str(c.get("processes") or 1),
         *figures,
         done,
     ]

@@ -374,6 +374,9 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     p.add_argument("--results-dir", help="append the report to DIR/results.jsonl")
     p.add_argument("--commit", default=None, help="recorded with --results-dir (default: git rev-parse HEAD)")
     p.add_argument("--card", default="unknown", help="recorded with --results-dir: what the server runs on")
+    p.add_argument(
+        "--note", default=None, help="recorded with --results-dir: which server or setting this was"
+    )
     a = p.parse_args(argv)
     if (
         not 0 <= a.range_ratio < 1
@@ -416,5 +419,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.results_dir:
-        record_result({**report, "commit": args.commit or git_commit(), "card": args.card}, args.results_dir)
+        row = {**report, "commit": args.commit or git_commit(), "card": args.card}
+        record_result(row | ({"note": args.note} if args.note else {}), args.results_dir)
     return 0 if report["completed"] else 1

@@ -186,8 +186,9 @@ class Multiplexer:
         """The consumer is gone before the generation ended: the engine aborts it (and frees its blocks);
         the other generations on the call go on."""
         call = sink.call
-        if call.release(sink.handle) is not None and not sink.done:
+        if sink.handle in call.sinks and not sink.done:
             call.requests.put_nowait(pb.MultiplexRequest(handle=sink.handle, cancel=True))
+        call.release(sink.handle)  # after the cancel: on a retired call it may close the request side
 
     def abandon(self) -> None:
         """The engine stopped answering probes: end its calls (their sinks fail), not wait on them."""

@@ -169,6 +169,21 @@ async def test_reconnected_channels_finish_open_generations_on_the_old_call(make
     )
 
 
+async def test_a_client_that_leaves_a_retired_call_still_cancels_its_generation(make_stack):
+    stack = await make_stack([Script(delay_s=0.01, reply="x" * 300)])
+    engine = stack.engines[0]
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "scripted", "messages": MSGS, "stream": True}
+        async with session.post(stack.url + "/v1/chat/completions", json=body) as r:
+            await r.content.readline()
+            stack.ctx.registry.reconnect()  # the call it runs on takes no new generations now
+            await r.content.readline()
+    await wait_for(lambda: engine.cancelled, what="the engine to abort the generation")
+    assert not engine.finished
+    mux = registry_engine(stack, 0).multiplexer
+    await wait_for(lambda: not mux._calls, what="the retired call to end")
+
+
 def registry_engine(stack, i: int):
     """The router's Engine for the stack's i-th scripted engine (the registry's order is its own)."""
     address = f"127.0.0.1:{stack.engine_ports[i]}"
