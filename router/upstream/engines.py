@@ -22,6 +22,8 @@ import grpc
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
 from router.errors import model_not_found, no_engine
 from router.upstream.channels import ChannelFactory
+from router.upstream.kv_events import KvEventFollower
+from router.upstream.kv_index import KvIndex
 from router.upstream.model_card import ModelCard
 from router.upstream.multiplex import CHANNEL_OPTIONS as MULTIPLEX_OPTIONS
 from router.upstream.multiplex import Multiplexer
@@ -35,9 +37,10 @@ KV_FULL_WEIGHT = 4.0
 class Engine:
     """One engine endpoint. `ready` is what routing looks at; the rest feeds `load` and the health state."""
 
-    def __init__(self, address: str, channel: grpc.aio.Channel):
+    def __init__(self, address: str, channel: grpc.aio.Channel, metadata: tuple = ()):
         self.address = address
-        self.multiplexer = Multiplexer(address)  # its call opens with the first generation
+        self.metadata = metadata  # on every call: the gRPC token (pagoda/grpc_auth.py), if any
+        self.multiplexer = Multiplexer(address, metadata)  # its call opens with the first generation
         self.use_channel(channel)
         self.card: ModelCard | None = None
         self.info = engine_pb2.ServerInfo()
@@ -49,6 +52,7 @@ class Engine:
         self.probe_failures = 0
         self.removed = False
         self.streams: set = set()  # live EngineStreams, ended when the engine is found hung
+        self.kv_index: KvIndex | None = None  # its prefix cache, from its KV events (the kv_aware policy)
 
     @property
     def ready(self) -> bool:
@@ -92,6 +96,7 @@ class EngineRegistry:
         max_backoff_s: float,
         drain_grace_s: float,
         connect: Callable[[str, list], grpc.aio.Channel] | None = None,
+        kv_events: bool = False,
     ):
         self.interval_s = interval_s
         self.probe_timeout_s = probe_timeout_s
@@ -102,6 +107,8 @@ class EngineRegistry:
         self._engines: dict[str, Engine] = {}
         self._sources: dict[str, frozenset[str]] = {}
         self._tasks: dict[str, asyncio.Task] = {}
+        self.kv_events = kv_events  # follow each engine's KV-cache events (kv_events.py)
+        self._kv_tasks: dict[str, asyncio.Task] = {}
         self._closing: set[asyncio.Task] = set()
 
     # -- discovery side ---------------------------------------------------------------------------------
@@ -111,8 +118,14 @@ class EngineRegistry:
         self._sources[source] = frozenset(addresses)
         wanted = frozenset().union(*self._sources.values())
         for address in wanted - self._engines.keys():
-            engine = self._engines[address] = Engine(address, self._connect(address, MULTIPLEX_OPTIONS))
+            metadata = getattr(self._connect, "metadata", ())
+            channel = self._connect(address, MULTIPLEX_OPTIONS)
+            engine = self._engines[address] = Engine(address, channel, metadata)
             self._tasks[address] = asyncio.create_task(self._probe_loop(engine), name=f"probe {address}")
+            if self.kv_events:
+                engine.kv_index = KvIndex()
+                follower = KvEventFollower(engine, self.interval_s, self.max_backoff_s)
+                self._kv_tasks[address] = asyncio.create_task(follower.run(), name=f"kv events {address}")
             log.info("engine %s discovered", address)
         for address in self._engines.keys() - wanted:
             self._remove(address)
@@ -121,6 +134,9 @@ class EngineRegistry:
         engine = self._engines.pop(address)
         engine.removed = True
         self._tasks.pop(address).cancel()
+        kv_task = self._kv_tasks.pop(address, None)
+        if kv_task is not None:
+            kv_task.cancel()
         log.info("engine %s removed; %d live requests keep running", address, engine.num_outstanding)
         self._close_later(engine.channel)
 
@@ -139,11 +155,11 @@ class EngineRegistry:
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        for task in self._tasks.values():
+        for task in (*self._tasks.values(), *self._kv_tasks.values(), *self._closing):
             task.cancel()
-        for task in self._closing:
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), *self._closing, return_exceptions=True)
+        await asyncio.gather(
+            *self._tasks.values(), *self._kv_tasks.values(), *self._closing, return_exceptions=True
+        )
         await asyncio.gather(
             *(e.channel.close(grace=None) for e in self._engines.values()), return_exceptions=True
         )
@@ -192,13 +208,15 @@ class EngineRegistry:
             if engine.ejected:
                 # Fetched again after every ejection: the address may now be a different engine.
                 info = await engine.stub.GetModelInfo(
-                    engine_pb2.GetModelInfoRequest(), timeout=self.probe_timeout_s
+                    engine_pb2.GetModelInfoRequest(), timeout=self.probe_timeout_s, metadata=engine.metadata
                 )
                 engine.card = ModelCard.from_pb(info)
             engine.info = await engine.stub.GetServerInfo(
-                engine_pb2.GetServerInfoRequest(), timeout=self.probe_timeout_s
+                engine_pb2.GetServerInfoRequest(), timeout=self.probe_timeout_s, metadata=engine.metadata
             )
         except grpc.aio.AioRpcError as err:
+            if err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and not engine.ejected:
+                return  # busy (its backlog of calls is full), not dead: it answered; keep its last figures
             engine.probe_failures += 1
             if engine.probe_failures >= self.failures_to_eject or engine.ejected:
                 was_serving = not engine.ejected
