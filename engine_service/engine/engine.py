@@ -119,6 +119,13 @@ class Engine:
         # The columns of the last collected step, when its updates were all plain and none of its sequences
         # was aborted since: a step the scheduler says has the same batch copies them (updates_codec).
         self._steady: updates_codec.SteadyRows | None = None
+        quant = mc.quantization
+        log.info(
+            "Model %s: %s weights%s",
+            mc.architecture,
+            str(dtype).removeprefix("torch."),
+            "" if quant is None else f", linear layers in FP8 e4m3 ({quant.method})",
+        )
         kv_dtype = str(dtype).removeprefix("torch.")
         if config.kv_cache_dtype == "fp8":  # half the bytes of a 16-bit cache: twice the blocks
             kv_dtype = "fp8 e4m3, 1 byte a value"
