@@ -14,6 +14,7 @@ Every figure is recorded by `pagoda.bench.results.record_result` (one row to ben
     all_reduce              the one-shot and fused all-reduces beside NCCL (two GPUs or more)
     router_overhead         what one router process adds between a client and an engine (CPU)
     router_full_stack       router + engine beside the offline run (GPU)
+    kv_routing              kv_aware vs prefix_affinity vs least_requests on multi-turn chats, two engines
     observability_overhead  metrics and tracing on, against off
     results                 RESULTS.md and docs/PERFORMANCE.md from results.jsonl
 """

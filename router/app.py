@@ -53,6 +53,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             max_backoff_s=config.max_backoff_s,
             drain_grace_s=config.drain_grace_s,
             connect=connect,
+            kv_events=config.policy == "kv_aware",
         )
         metrics = RouterMetrics()
         metrics.watch_engines(lambda: registry.engines)

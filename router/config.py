@@ -101,6 +101,15 @@ class RouterConfig:
         },
     )
 
+    kv_load_threshold: float = field(
+        default=4.0,
+        metadata={
+            "group": ROUTING,
+            "help": "kv_aware: engines whose load is more than this above the least loaded one's are passed "
+            "over, however much of the prompt they have cached",
+        },
+    )
+
     # Health and timeouts.
     health_interval_s: float = field(
         default=1.0, metadata={"group": ROUTING, "help": "seconds between engine probes"}

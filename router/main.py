@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     default_tokenizer, model_tokenizers = _tokenizers(p, a.tokenizer)
     if a.affinity_blocks < 1 or a.affinity_load_factor < 1.0 or a.max_attempts < 1:
         p.error("--prefix-affinity-blocks and --max-attempts must be >= 1, --load-factor >= 1.0")
+    if not a.kv_load_threshold >= 0:
+        p.error("--kv-load-threshold must be >= 0")
     if a.grpc_keepalive_time_s <= 0 or a.tls_reload_interval_s <= 0:
         p.error("--grpc-keepalive-time and --tls-reload-interval must be > 0")
     for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens_limit", "max_concurrent_streams_per_key"):

@@ -12,6 +12,8 @@ run several routers in one process). Latencies are as clients see them: from the
                                                                    over the load bound; none: no key
     pagoda_router_engines_known / _engines_ready{model}            engines discovered / taking requests
     pagoda_router_engine_{ready, outstanding_requests, load}{engine}
+    pagoda_router_engine_kv_cached_blocks{engine}                  blocks its KV events say it holds
+                                                                   (kv_aware, while its stream is live)
     pagoda_router_stream_errors_total, _client_disconnects_total
     pagoda_router_event_loop_tasks                                 asyncio tasks alive (a leak grows it)
 
@@ -133,8 +135,16 @@ class _EngineCollector:
         ready_by_model = GaugeMetricFamily(
             "pagoda_router_engines_ready", "Engines taking requests, by model.", labels=["model"]
         )
+        kv_blocks = GaugeMetricFamily(
+            "pagoda_router_engine_kv_cached_blocks",
+            "KV blocks an engine's KV-cache events say it holds (kv_aware; only while its stream is live).",
+            labels=["engine"],
+        )
         known, up = Tally(), Tally()
         for e in self._engines_fn():
+            index = getattr(e, "kv_index", None)
+            if index is not None and index.live:
+                kv_blocks.add_metric([e.address], len(index))
             model = e.card.name if e.card else ""
             known[model] += 1
             up[model] += e.ready
@@ -144,7 +154,7 @@ class _EngineCollector:
         for model, count in known.items():
             known_by_model.add_metric([model], count)
             ready_by_model.add_metric([model], up[model])
-        yield from (ready, outstanding, load, known_by_model, ready_by_model)
+        yield from (ready, outstanding, load, kv_blocks, known_by_model, ready_by_model)
 
 
 class _PolicyCollector:

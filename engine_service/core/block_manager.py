@@ -12,6 +12,11 @@ A full block is keyed by SHA-256(parent key, its token ids, salt): equal keys me
 A cryptographic hash, because a key collision would hand one request another's cached KV: Python's
 hash() of a tuple of ints is fast but easy to collide on purpose, so a tenant could read (or poison)
 another's cached prompt. Partial blocks are never shared.
+
+KV-cache events (off until `start_events`): a block whose key enters the cache appends
+("stored", key, parent key, token ids), a cached block reused for other tokens ("removed", key), a reset
+("cleared",). The engine loop takes them once per step (`take_events`) for the event stream routers
+index (engine/kv_event_hub.py): one append per full block, nothing per token.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class BlockManager:
         self._keys: dict[str, list[bytes]] = {}  # seq id -> keys of its leading full blocks
         self.num_query_tokens = 0  # prompt tokens looked up in the prefix cache
         self.num_hit_tokens = 0  # of which were found
+        self.events: list[tuple] | None = None  # KV-cache events since the last take_events; None: off
 
     # ---- queries -------------------------------------------------------------------------------
     @property
@@ -161,6 +167,23 @@ class BlockManager:
         for block_id in self._cached.values():
             self.blocks[block_id].key = None
         self._cached.clear()
+        if self.events is not None:
+            self.events.append(("cleared",))
+
+    def start_events(self) -> None:
+        """Record KV-cache events from now on, starting from an empty cache (what was cached before,
+        the warm-up's prompts, is forgotten), so that the events alone tell what is cached."""
+        self.events = None
+        self.reset_prefix_cache()
+        self.events = []
+
+    def take_events(self) -> list[tuple]:
+        """The events since the last call (once per engine step)."""
+        events = self.events
+        if not events:
+            return []
+        self.events = []
+        return events
 
     def check_all_free(self) -> None:
         """With no sequence left, every block is free or cached. O(1): what the engine checks each time it
@@ -201,16 +224,19 @@ class BlockManager:
         keys = self._keys.setdefault(seq.seq_id, [])
         table = self._tables[seq.seq_id]
         bs = self.block_size
+        events = self.events
         while len(keys) < num_full:
             i = len(keys)
-            key = block_key(
-                keys[-1] if keys else None, seq.token_ids_slice(i * bs, (i + 1) * bs), seq.cache_salt
-            )
+            parent = keys[-1] if keys else None
+            tokens = seq.token_ids_slice(i * bs, (i + 1) * bs)
+            key = block_key(parent, tokens, seq.cache_salt)
             keys.append(key)
             block = self.blocks[table[i]]
             if block.key is None and key not in self._cached:
                 block.key = key
                 self._cached[key] = block.block_id
+                if events is not None:
+                    events.append(("stored", key, parent, tokens))
 
     def _take(self, block_id: int) -> None:
         block = self.blocks[block_id]
@@ -224,6 +250,8 @@ class BlockManager:
         if block.key is not None:
             if self._cached.get(block.key) == block_id:
                 del self._cached[block.key]
+                if self.events is not None:
+                    self.events.append(("removed", block.key))
             block.key = None
         block.ref_count = 1
         return block_id

@@ -3,6 +3,7 @@
       add_request: validate, register ──▶ core.submit ──▶  engine loop (thread or process)
       abort / stop-string aborts        ──▶ core.submit
       _on_step: detokenize, stop strings ◀── publish(updates, stats), once per loop iteration
+      kv_events (KvEventHub)             ◀── the step's KV-cache events, for SubscribeKvEvents
       RequestStream.get() / take(): all deltas queued for the request, one merged delta per sample
 
 Every step's updates reach the event loop in one callback, as the engine built them (columns for the
@@ -32,7 +33,8 @@ from engine_service.core.sampling_params import SamplingParams
 from engine_service.engine import updates_codec
 from engine_service.engine.engine import EngineStats
 from engine_service.engine.engine_loop import AbortRequest, AddRequest, ProcessCore, StepTimes, ThreadCore
-from engine_service.engine.errors import EngineDeadError, EngineOverloadedError
+from engine_service.engine.errors import EngineDeadError, EngineOverloadedError, EngineUnavailableError
+from engine_service.engine.kv_event_hub import KvEventHub
 from engine_service.engine.output_processor import OutputProcessor, SampleDelta, Usage
 
 log = logging.getLogger(__name__)
@@ -205,6 +207,8 @@ class AsyncEngine:
         self._loop = asyncio.get_running_loop()
         self._core = core
         self._watchdog: asyncio.Task | None = None
+        # The KV-cache events of every step, for SubscribeKvEvents (routers' cache-aware routing).
+        self.kv_events = KvEventHub(self.model_info.block_size)
 
     def start(self) -> None:
         self._core.start(self._publish_threadsafe, self._on_core_exit)
@@ -264,6 +268,7 @@ class AsyncEngine:
         """Aborts what is left and stops the loop."""
         self._stopping = True
         self.abort_all()
+        self.kv_events.close(EngineUnavailableError("the engine is shutting down"))
         self._core.stop()
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -293,6 +298,8 @@ class AsyncEngine:
         self._last_progress = time.monotonic()
         self.stats = stats
         self.meter.record(stats.num_generation_tokens)
+        if times.kv_events:
+            self.kv_events.publish(times.kv_events)
         if times.started:  # before the deltas: a request may finish in the step of its first token
             self._started(times.started)
         deltas, aborts = self._processor.process_packed(updates)
@@ -369,4 +376,5 @@ class AsyncEngine:
         streams, self._streams, self._num_waiting = self._streams, {}, 0
         for stream in streams.values():
             stream.fail(EngineDeadError(f"engine failed: {reason}"))
+        self.kv_events.close(EngineDeadError(f"engine failed: {reason}"))
         self._on_fatal(reason)

@@ -27,7 +27,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import NamedTuple
@@ -60,11 +60,13 @@ IDLE_CHECK_S = 1.0  # how often an idle loop checks that the engine can still ru
 
 
 class StepTimes(NamedTuple):
-    """One iteration's timings (time.monotonic(), which is system-wide: comparable across processes)."""
+    """One iteration's timings (time.monotonic(), which is system-wide: comparable across processes), and
+    the KV-cache events of its step (BlockManager.take_events), for the event stream."""
 
     time: float  # when the iteration's step returned (its tokens were sampled just before)
     # Sequences that got their first token in this step: (request_id, queued, first scheduled, first token).
     started: list[tuple[str, float, float, float]]
+    kv_events: Sequence[tuple] = ()  # ("stored", key, parent, token ids) | ("removed", key) | ("cleared",)
 
 
 # One iteration's result: new tokens (as the engine built them: updates_codec), a stats snapshot, rejected
@@ -79,6 +81,7 @@ def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) 
     worker may have died), so health turns NOT_SERVING without waiting for the next request."""
     changed = False  # since the last integrity check
     engine.started = []
+    engine.block_manager.start_events()
     while True:
         idle = not engine.has_unfinished()
         if idle and changed:  # nothing left (the last request may have been aborted): no block in use
@@ -95,7 +98,8 @@ def run_loop(engine: Engine, receive: Callable[[bool], list], publish: Publish) 
             rejected += _apply(engine, command)
         changed = True
         updates = engine.step_packed() if engine.has_unfinished() else updates_codec.empty()
-        publish(updates, engine.stats(), rejected, StepTimes(time.monotonic(), _started(engine)))
+        times = StepTimes(time.monotonic(), _started(engine), engine.block_manager.take_events())
+        publish(updates, engine.stats(), rejected, times)
 
 
 def _started(engine: Engine) -> list[tuple[str, float, float, float]]:

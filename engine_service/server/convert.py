@@ -9,6 +9,7 @@ from __future__ import annotations
 from engine_service.core.outputs import TokenLogprobs
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.engine.engine import EngineStats, ModelInfo
+from engine_service.engine.kv_event_hub import KvEventBatch, KvSnapshot
 from engine_service.engine.output_processor import SampleDelta
 from pagoda.engine.v1 import engine_pb2 as pb
 
@@ -114,3 +115,39 @@ def server_info_to_pb(stats: EngineStats, generation_tokens_per_s: float, draini
         num_total_blocks=stats.num_total_blocks,
         num_steps=stats.num_steps,
     )
+
+
+SNAPSHOT_CHUNK = 4096  # hashes per snapshot message (~140 KiB): far below any gRPC message limit
+
+
+def kv_events_to_pb(
+    item: KvSnapshot | KvEventBatch, block_size: int, include_token_ids: bool
+) -> list[pb.KvEventsResponse]:
+    """A hub item as the messages of SubscribeKvEvents: a snapshot in chunks, a batch in one message."""
+    if isinstance(item, KvSnapshot):
+        keys = item.keys
+        starts = range(0, len(keys), SNAPSHOT_CHUNK) if keys else [0]
+        return [
+            pb.KvEventsResponse(
+                snapshot=pb.KvCacheSnapshot(
+                    seq=item.seq,
+                    block_size=block_size,
+                    block_hashes=keys[i : i + SNAPSHOT_CHUNK],
+                    last=i + SNAPSHOT_CHUNK >= len(keys),
+                )
+            )
+            for i in starts
+        ]
+    events = []
+    for event in item.events:
+        if event[0] == "stored":
+            _, keys, parent, tokens = event
+            stored = pb.KvBlocksStored(block_hashes=keys, parent_block_hash=parent or b"")
+            if include_token_ids:
+                stored.token_ids.extend(tokens)
+            events.append(pb.KvEvent(stored=stored))
+        elif event[0] == "removed":
+            events.append(pb.KvEvent(removed=pb.KvBlocksRemoved(block_hashes=event[1])))
+        else:
+            events.append(pb.KvEvent(cleared=pb.KvAllBlocksCleared()))
+    return [pb.KvEventsResponse(batch=pb.KvEventBatch(seq=item.seq, timestamp=item.time, events=events))]

@@ -67,6 +67,19 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             await context.write(self._server_info())
             await asyncio.sleep(interval_s)
 
+    @grpc_errors
+    async def SubscribeKvEvents(self, request: pb.SubscribeKvEventsRequest, context) -> None:
+        engine = self.state.ready()
+        hub = engine.kv_events
+        subscription = hub.subscribe()
+        try:
+            while True:
+                item = await subscription.next()
+                for message in convert.kv_events_to_pb(item, hub.block_size, request.include_token_ids):
+                    await context.write(message)
+        finally:
+            subscription.close()
+
     def _server_info(self) -> pb.ServerInfo:
         engine = self.state.ready()
         return convert.server_info_to_pb(engine.stats, engine.meter.rate(), self.state.draining)

@@ -22,6 +22,8 @@ import grpc
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
 from router.errors import model_not_found, no_engine
 from router.upstream.channels import ChannelFactory
+from router.upstream.kv_events import KvEventFollower
+from router.upstream.kv_index import KvIndex
 from router.upstream.model_card import ModelCard
 from router.upstream.multiplex import CHANNEL_OPTIONS as MULTIPLEX_OPTIONS
 from router.upstream.multiplex import Multiplexer
@@ -49,6 +51,7 @@ class Engine:
         self.probe_failures = 0
         self.removed = False
         self.streams: set = set()  # live EngineStreams, ended when the engine is found hung
+        self.kv_index: KvIndex | None = None  # its prefix cache, from its KV events (the kv_aware policy)
 
     @property
     def ready(self) -> bool:
@@ -92,6 +95,7 @@ class EngineRegistry:
         max_backoff_s: float,
         drain_grace_s: float,
         connect: Callable[[str, list], grpc.aio.Channel] | None = None,
+        kv_events: bool = False,
     ):
         self.interval_s = interval_s
         self.probe_timeout_s = probe_timeout_s
@@ -102,6 +106,8 @@ class EngineRegistry:
         self._engines: dict[str, Engine] = {}
         self._sources: dict[str, frozenset[str]] = {}
         self._tasks: dict[str, asyncio.Task] = {}
+        self.kv_events = kv_events  # follow each engine's KV-cache events (kv_events.py)
+        self._kv_tasks: dict[str, asyncio.Task] = {}
         self._closing: set[asyncio.Task] = set()
 
     # -- discovery side ---------------------------------------------------------------------------------
@@ -113,6 +119,10 @@ class EngineRegistry:
         for address in wanted - self._engines.keys():
             engine = self._engines[address] = Engine(address, self._connect(address, MULTIPLEX_OPTIONS))
             self._tasks[address] = asyncio.create_task(self._probe_loop(engine), name=f"probe {address}")
+            if self.kv_events:
+                engine.kv_index = KvIndex()
+                follower = KvEventFollower(engine, self.interval_s, self.max_backoff_s)
+                self._kv_tasks[address] = asyncio.create_task(follower.run(), name=f"kv events {address}")
             log.info("engine %s discovered", address)
         for address in self._engines.keys() - wanted:
             self._remove(address)
@@ -121,6 +131,9 @@ class EngineRegistry:
         engine = self._engines.pop(address)
         engine.removed = True
         self._tasks.pop(address).cancel()
+        kv_task = self._kv_tasks.pop(address, None)
+        if kv_task is not None:
+            kv_task.cancel()
         log.info("engine %s removed; %d live requests keep running", address, engine.num_outstanding)
         self._close_later(engine.channel)
 
@@ -139,11 +152,11 @@ class EngineRegistry:
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        for task in self._tasks.values():
+        for task in (*self._tasks.values(), *self._kv_tasks.values(), *self._closing):
             task.cancel()
-        for task in self._closing:
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), *self._closing, return_exceptions=True)
+        await asyncio.gather(
+            *self._tasks.values(), *self._kv_tasks.values(), *self._closing, return_exceptions=True
+        )
         await asyncio.gather(
             *(e.channel.close(grace=None) for e in self._engines.values()), return_exceptions=True
         )

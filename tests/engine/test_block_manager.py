@@ -141,3 +141,88 @@ def test_block_keys_are_sha256_chained_and_salted():
     assert second == hashlib.sha256(first + array("q", [5, 6, 7, 8]).tobytes() + b"tenant-a").digest()
     assert block_key(first, [5, 6, 7, 8], "tenant-b") != second
     assert block_key(None, [5, 6, 7, 8], "tenant-a") != second  # the parent is part of the key
+
+
+# ---- KV-cache events ------------------------------------------------------------------------------------
+def chain(tokens: list[int], block_size: int, salt: str | None = None) -> list[bytes]:
+    """The keys of `tokens`' full blocks, computed apart from the block manager."""
+    import hashlib
+    import struct
+
+    keys, parent = [], b"\0" * 32
+    for i in range(len(tokens) // block_size):
+        block = tokens[i * block_size : (i + 1) * block_size]
+        h = hashlib.sha256(parent + struct.pack(f"<{len(block)}q", *block))
+        if salt is not None:
+            h.update(salt.encode())
+        parent = h.digest()
+        keys.append(parent)
+    return keys
+
+
+def test_no_events_until_started():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    admit(bm, seq("a", list(range(10))))
+    assert bm.events is None and bm.take_events() == []
+
+
+def test_start_events_forgets_what_was_cached_before():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = seq("a", list(range(8)))
+    admit(bm, a)
+    bm.free(a)
+    bm.start_events()
+    assert bm.take_events() == []  # the event stream starts from an empty cache
+    assert bm.get_computed_blocks(seq("b", list(range(9)))) == []  # the warm-up's blocks are no hits
+
+
+def test_stored_events_carry_exact_chained_hashes_parents_and_tokens():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    bm.start_events()
+    tokens = list(range(100, 110))  # 2 full blocks + 2 tokens
+    admit(bm, seq("a", tokens, salt="tenant"))
+    k0, k1 = chain(tokens, 4, "tenant")
+    assert bm.take_events() == [
+        ("stored", k0, None, tokens[0:4]),
+        ("stored", k1, k0, tokens[4:8]),
+    ]
+    assert bm.take_events() == []  # drained
+    # The same prompt unsalted is another chain; a shared prefix stores nothing new.
+    admit(bm, seq("b", tokens[:8] + [1, 2, 3, 4]))
+    u0, u1, u2 = chain(tokens[:8] + [1, 2, 3, 4], 4)
+    assert u0 != k0
+    assert [e[1] for e in bm.take_events()] == [u0, u1, u2]
+    admit(bm, seq("c", tokens[:8] + [1, 2, 3, 4, 5]))  # hits u0, u1 (the last block is recomputed)
+    assert bm.take_events() == []
+
+
+def test_a_block_filled_by_decoding_is_stored_when_its_last_token_is_known():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    bm.start_events()
+    s = seq("a", [1, 2, 3])
+    admit(bm, s)
+    assert bm.take_events() == []
+    s.output_token_ids.append(9)  # the 4th token, sampled
+    s.num_computed_tokens = 4
+    bm.register_computed(s)
+    (k0,) = chain([1, 2, 3, 9], 4)
+    assert bm.take_events() == [("stored", k0, None, [1, 2, 3, 9])]
+
+
+def test_eviction_removes_the_reused_blocks_tail_first_and_reset_clears():
+    bm = BlockManager(num_blocks=4, block_size=4)
+    bm.start_events()
+    a = seq("a", list(range(12)))  # 3 full blocks, cached once freed
+    admit(bm, a)
+    keys = chain(list(range(12)), 4)
+    assert [e[1] for e in bm.take_events()] == keys
+    bm.free(a)
+    b = seq("b", list(range(50, 58)))  # 2 blocks: the free one, then a's tail (evicted first)
+    admit(bm, b)
+    events = bm.take_events()
+    assert events[0] == ("removed", keys[2])
+    assert [e[0] for e in events[1:]] == ["stored", "stored"]
+    bm.free(b)
+    bm.reset_prefix_cache()
+    assert bm.take_events() == [("cleared",)]
+    bm.check_integrity()

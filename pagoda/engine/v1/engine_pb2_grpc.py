@@ -64,6 +64,11 @@ class EngineServiceStub:
                 request_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.WatchServerInfoRequest.SerializeToString,
                 response_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.SubscribeKvEvents = channel.unary_stream(
+                '/pagoda.engine.v1.EngineService/SubscribeKvEvents',
+                request_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.SubscribeKvEventsRequest.SerializeToString,
+                response_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.KvEventsResponse.FromString,
+                _registered_method=True)
 
 
 class EngineServiceServicer:
@@ -118,6 +123,17 @@ class EngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubscribeKvEvents(self, request, context):
+        """The prefix cache's KV-block events, for cache-aware routers: first a snapshot of every cached block's
+        hash (one or more messages, the last with `last` set), then one batch per engine step that stored or
+        evicted blocks, numbered without gaps. A subscriber that falls behind gets a new snapshot in the same
+        stream (its missed batches are dropped, never waited for). Runs until the caller cancels or the
+        engine stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +166,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.WatchServerInfo,
                     request_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.WatchServerInfoRequest.FromString,
                     response_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.ServerInfo.SerializeToString,
+            ),
+            'SubscribeKvEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeKvEvents,
+                    request_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.SubscribeKvEventsRequest.FromString,
+                    response_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.KvEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +335,33 @@ class EngineService:
             '/pagoda.engine.v1.EngineService/WatchServerInfo',
             pagoda_dot_engine_dot_v1_dot_engine__pb2.WatchServerInfoRequest.SerializeToString,
             pagoda_dot_engine_dot_v1_dot_engine__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeKvEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pagoda.engine.v1.EngineService/SubscribeKvEvents',
+            pagoda_dot_engine_dot_v1_dot_engine__pb2.SubscribeKvEventsRequest.SerializeToString,
+            pagoda_dot_engine_dot_v1_dot_engine__pb2.KvEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
