@@ -15,11 +15,14 @@ from aiohttp import web
 from pagoda.telemetry.tracing import setup_tracing
 from router.api import chat, completions, status, tokenize
 from router.api.auth import OPEN_PATHS, ApiKeys
+from router.api.body import expect_handler
+from router.api.body_pool import BodyPool
 from router.api.context import CONTEXT, KEY_ID, STARTED, TELEMETRY, RouterContext
 from router.api.limits import RequestLimits, StreamLimiter
 from router.api.streaming import ClientGone
 from router.config import RouterConfig
 from router.errors import OpenAIError
+from router.http_server import CappedSite, connection_cap
 from router.metrics import RouterMetrics
 from router.request_telemetry import RouterTelemetry
 from router.upstream.channels import ChannelFactory
@@ -37,9 +40,13 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
     """`k8s_api_client` overrides the in-cluster / kubeconfig client (tests point it at a fake API server)."""
     api_keys = ApiKeys(config.api_keys, config.api_key_file)
     policy = make_policy(config)
-    # Reads the TLS files now: a bad one fails start-up.
-    connect = ChannelFactory(config.channel_tls(), config.grpc_keepalive_time_s)
-    limits = RequestLimits(config.max_prompt_tokens, config.max_tokens_limit)
+    connect = config.channel_factory()  # reads the TLS and token files now: a bad one fails start-up
+    limits = RequestLimits(
+        config.max_prompt_tokens,
+        config.max_tokens_limit,
+        config.max_sequences_per_request,
+        config.max_response_bytes,
+    )
     app = web.Application(middlewares=[_middleware], client_max_size=config.max_body_bytes)
     app.on_response_prepare.append(_request_id_header)
     tracing = setup_tracing("pagoda-router", config.otlp_endpoint)
@@ -71,9 +78,10 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
         tokenizers = Tokenizers(
             config.tokenizer, dict(config.model_tokenizers), config.tokenizer_timeout_s, connect
         )
-        streams = StreamLimiter(config.max_concurrent_streams_per_key)
+        streams = StreamLimiter(config.max_concurrent_streams_per_key, config.max_concurrent_tokens_per_key)
+        body_pool = BodyPool(config.body_parse_workers)
         app[CONTEXT] = RouterContext(
-            config, registry, dispatcher, tokenizers, metrics, api_keys, limits, streams, telemetry
+            config, registry, dispatcher, tokenizers, metrics, api_keys, limits, streams, telemetry, body_pool
         )
         tasks = [
             asyncio.create_task(source.run(functools.partial(registry.update, name)), name=name)
@@ -89,18 +97,20 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
         await asyncio.gather(*tasks, return_exceptions=True)
         await registry.close()
         await tokenizers.close()
+        body_pool.close()
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)  # sends the spans still queued
 
     app.cleanup_ctx.append(lifecycle)
+    # expect_handler: `Expect: 100-continue` with a body over the limit gets its 413 before the body.
     app.add_routes(
         [
-            web.post("/v1/chat/completions", _counted(chat.chat_completions)),
-            web.post("/v1/completions", _counted(completions.completions)),
+            web.post("/v1/chat/completions", chat.chat_completions, expect_handler=expect_handler),
+            web.post("/v1/completions", completions.completions, expect_handler=expect_handler),
             web.get("/v1/models", status.list_models),
             web.get("/v1/models/{model:.+}", status.get_model),
-            web.post("/tokenize", tokenize.tokenize),
-            web.post("/detokenize", tokenize.detokenize),
+            web.post("/tokenize", tokenize.tokenize, expect_handler=expect_handler),
+            web.post("/detokenize", tokenize.detokenize, expect_handler=expect_handler),
             web.get("/health", status.health),
             web.get("/version", status.version),
         ]
@@ -193,17 +203,6 @@ async def _request_id_header(request: web.Request, response: web.StreamResponse)
         response.headers["X-Request-Id"] = tel.request_id
 
 
-def _counted(handler):
-    """A generation route: the request counts against its API key's concurrent-stream budget while it runs."""
-
-    @functools.wraps(handler)
-    async def counted(request: web.Request) -> web.StreamResponse:
-        with request.app[CONTEXT].streams.hold(request.get(KEY_ID, "")):
-            return await handler(request)
-
-    return counted
-
-
 async def start(config: RouterConfig, **app_kwargs) -> web.AppRunner:
     """Starts the router on config.host:config.port (0: a free port; see `runner.addresses`), over HTTPS
     with --tls-cert/--tls-key."""
@@ -213,14 +212,31 @@ async def start(config: RouterConfig, **app_kwargs) -> web.AppRunner:
 
         ssl_context = http_server_context(config.tls_cert, config.tls_key)
     # handler_cancellation: a client that disconnects cancels its handler, which cancels the gRPC call.
-    runner = web.AppRunner(build_app(config, **app_kwargs), handler_cancellation=True, access_log=None)
+    # keepalive_timeout closes idle connections and those slow to send their headers (http_server.py).
+    # auto_decompress off: body.py decodes Content-Encoding itself, bounded by the body limit.
+    runner = web.AppRunner(
+        build_app(config, **app_kwargs),
+        handler_cancellation=True,
+        access_log=None,
+        keepalive_timeout=config.idle_timeout_s,
+        auto_decompress=False,
+    )
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.port, backlog=1024, ssl_context=ssl_context).start()
+    site = CappedSite(
+        runner,
+        config.host,
+        config.port,
+        max_connections=connection_cap(config.max_connections),
+        backlog=1024,
+        ssl_context=ssl_context,
+    )
+    await site.start()
     return runner
 
 
 async def serve(config: RouterConfig) -> None:
     runner = await start(config)
+    runner.app[CONTEXT].body_pool.warm()
     host, port = runner.addresses[0][:2]
     log.info("router listening on %s://%s:%d", "https" if config.tls_cert else "http", host, port)
     stop = asyncio.Event()

@@ -15,6 +15,7 @@ ROUTING = "routing and health"
 SECURITY = "security and observability"
 TLS = "TLS"
 LIMITS = "limits"
+CONNECTIONS = "connections"
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,12 @@ class RouterConfig:
     # Security and observability.
     api_keys: tuple[str, ...] = field(
         default=(),
-        metadata={"flag": "api-key", "group": SECURITY, "help": "accepted API key (repeatable)"},
+        metadata={
+            "flag": "api-key",
+            "group": SECURITY,
+            "help": "accepted API key (repeatable; visible to other users in `ps`: prefer --api-key-file or "
+            "the PAGODA_API_KEY environment variable)",
+        },
     )
     api_key_file: str | None = field(
         default=None,
@@ -214,6 +220,14 @@ class RouterConfig:
             "set it when engines are found by IP)",
         },
     )
+    grpc_token_file: str | None = field(
+        default=None,
+        metadata={
+            "group": TLS,
+            "help": "send `authorization: Bearer TOKEN` to engines and the tokenizer, TOKEN being the file's "
+            "first line (the services' own --grpc-token-file)",
+        },
+    )
     tls_reload_interval_s: float = field(
         default=5.0,
         metadata={
@@ -228,6 +242,35 @@ class RouterConfig:
         metadata={
             "group": ROUTING,
             "help": "seconds between keepalive pings to engines and tokenizers (they accept >= 5 s)",
+        },
+    )
+
+    # Connections: past max_connections (None: as many as the descriptor limit allows, see
+    # http_server.py) a new connection gets a 503; a connection idle, or still sending its request's
+    # headers, for idle_timeout_s is closed; a body that takes longer than body_timeout_s is a 408.
+    max_connections: int | None = field(
+        default=None,
+        metadata={
+            "group": CONNECTIONS,
+            "help": "open client connections; more get a 503 (default: what the descriptor limit allows)",
+        },
+    )
+    idle_timeout_s: float = field(
+        default=30.0,
+        metadata={
+            "group": CONNECTIONS,
+            "help": "seconds before closing a connection that is idle or has not sent its request's headers",
+        },
+    )
+    body_timeout_s: float = field(
+        default=60.0,
+        metadata={"group": CONNECTIONS, "help": "seconds a request body may take to arrive (408)"},
+    )
+    body_parse_workers: int = field(
+        default=1,
+        metadata={
+            "group": CONNECTIONS,
+            "help": "processes that parse request bodies over 256 KiB, off the event loop",
         },
     )
 
@@ -246,14 +289,48 @@ class RouterConfig:
         default=None,
         metadata={
             "group": LIMITS,
-            "help": "generation requests in flight per API key (all callers share one budget without keys); "
-            "more get a 429 with Retry-After",
+            "help": "sequences (prompts x n) in flight per API key (all callers share one budget without "
+            "keys); more get a 429 with Retry-After",
+        },
+    )
+    max_concurrent_tokens_per_key: int | None = field(
+        default=None,
+        metadata={
+            "group": LIMITS,
+            "help": "tokens in flight per API key (a sequence counts its prompt and max_tokens); more: 429",
+        },
+    )
+    max_sequences_per_request: int = field(
+        default=256, metadata={"group": LIMITS, "help": "prompts x n in one request; more get a 400"}
+    )
+    max_response_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={
+            "group": LIMITS,
+            "help": "a non-streaming answer larger than this is a 400 (ask for less, or stream it)",
+        },
+    )
+    trust_request_chat_template: bool = field(
+        default=False,
+        metadata={
+            "group": LIMITS,
+            "help": "accept a request's own `chat_template` (the tokenizer service must allow it too); "
+            "without it such a request is a 400",
         },
     )
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys) or self.api_key_file is not None
+
+    def channel_factory(self):
+        """Channels to engines and tokenizer: TLS and the gRPC token as configured (reads the files now, so
+        a bad one fails start-up)."""
+        from pagoda.grpc_auth import read_tokens
+        from router.upstream.channels import ChannelFactory
+
+        token = read_tokens(self.grpc_token_file)[0] if self.grpc_token_file else None
+        return ChannelFactory(self.channel_tls(), self.grpc_keepalive_time_s, token)
 
     def channel_tls(self):
         """The router's side of TLS to engines and tokenizer, or None for plaintext."""

@@ -23,6 +23,7 @@ class OpenAIError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after_s: int | None = None,
+        close_connection: bool = False,
     ):
         super().__init__(message)
         self.status = status
@@ -31,15 +32,29 @@ class OpenAIError(Exception):
         self.param = param
         self.code = code
         self.retry_after_s = retry_after_s
+        self.close_connection = close_connection  # e.g. a body left unread: do not keep the connection
+
+    def __reduce__(self):
+        # Crosses from the body pool's process (body_pool.py): keyword arguments survive pickling.
+        return _rebuild, (self.status, self.message, self.__dict__)
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> web.Response:
         headers = {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else None
-        return web.Response(
+        response = web.Response(
             status=self.status, text=json.dumps(self.body()), content_type="application/json", headers=headers
         )
+        if self.close_connection:
+            response.force_close()
+        return response
+
+
+def _rebuild(status: int, message: str, state: dict) -> OpenAIError:
+    error = OpenAIError(status, message)
+    error.__dict__.update(state)
+    return error
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:

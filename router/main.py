@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from router.config import RouterConfig
 from router.upstream.policies import POLICIES
 
 _NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+API_KEY_ENV = "PAGODA_API_KEY"  # an API key from the environment: not in `ps` like --api-key
 
 
-def parse_args(argv: list[str] | None = None) -> RouterConfig:
+def parse_args(argv: list[str] | None = None, environ: dict | None = None) -> RouterConfig:
     p = argparse.ArgumentParser(
         prog="pagoda router",
         description="OpenAI-compatible HTTP router in front of the tokenizer and engines.",
@@ -31,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         "model that has none of its own (default 127.0.0.1:50052 when no --tokenizer is given)",
     )
     a = p.parse_args(argv)
+    env_key = (os.environ if environ is None else environ).get(API_KEY_ENV, "").strip()
+    if env_key:
+        a.api_keys.append(env_key)
     default_tokenizer, model_tokenizers = _tokenizers(p, a.tokenizer)
     if a.affinity_blocks < 1 or a.affinity_load_factor < 1.0 or a.max_attempts < 1:
         p.error("--prefix-affinity-blocks and --max-attempts must be >= 1, --load-factor >= 1.0")
@@ -38,9 +43,22 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         p.error("--kv-load-threshold must be >= 0")
     if a.grpc_keepalive_time_s <= 0 or a.tls_reload_interval_s <= 0:
         p.error("--grpc-keepalive-time and --tls-reload-interval must be > 0")
-    for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens_limit", "max_concurrent_streams_per_key"):
+    positive = (
+        "max_body_bytes",
+        "max_prompt_tokens",
+        "max_tokens_limit",
+        "max_concurrent_streams_per_key",
+        "max_concurrent_tokens_per_key",
+        "max_sequences_per_request",
+        "max_response_bytes",
+        "max_connections",
+        "body_parse_workers",
+    )
+    for name in positive:
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.idle_timeout_s <= 0 or a.body_timeout_s <= 0:
+        p.error("--idle-timeout and --body-timeout must be > 0")
     if (a.tls_cert is None) != (a.tls_key is None):
         p.error("--tls-cert and --tls-key go together")
     if (a.grpc_tls_cert is None) != (a.grpc_tls_key is None):
@@ -95,13 +113,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from pagoda.grpc_auth import TokenFileError
     from pagoda.telemetry.tracing import TracingUnavailable
     from pagoda.tls import TlsConfigError
     from router.app import serve
+    from router.http_server import raise_fd_limit
 
+    raise_fd_limit()  # connections are descriptors: take what the system allows (see http_server.py)
     try:
         asyncio.run(serve(config))
-    except (TlsConfigError, TracingUnavailable) as err:
+    except (TlsConfigError, TracingUnavailable, TokenFileError) as err:
         print(f"pagoda router: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. the port is taken

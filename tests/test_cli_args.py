@@ -12,6 +12,7 @@ import pytest
 from engine_service.core.config import EngineConfig
 from engine_service.server import main as engine_main
 from engine_service.server.service_config import EngineServiceConfig
+from pagoda import serve
 from pagoda.cli_args import add_config_args, config_values
 from router import main as router_main
 from router.config import RouterConfig
@@ -105,6 +106,28 @@ def test_existing_flag_spellings_still_parse():
         True,
         5.0,
     )
+
+
+def test_serve_and_hardening_flags_come_from_the_configs():
+    """`pagoda serve`'s flags are ServeConfig's fields; the hardening flags (issue 25) are fields too."""
+    assert serve.parse_args([]) == serve.ServeConfig()
+    config = serve.parse_args(
+        ["--api-key", "a", "--api-key", "b", "--startup-timeout", "5", "--device", "cpu"]
+    )
+    assert (config.api_keys, config.startup_timeout_s, config.device) == (("a", "b"), 5.0, "cpu")
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--api-key", "a", "--api-key-file", "keys"])  # one or the other
+    router = router_main.parse_args(
+        ["--idle-timeout", "5", "--max-connections", "64", "--max-sequences-per-request", "8"]
+        + ["--trust-request-chat-template", "--grpc-token-file", "t"],
+        environ={"PAGODA_API_KEY": "k"},
+    )
+    assert (router.idle_timeout_s, router.max_connections, router.max_sequences_per_request) == (5.0, 64, 8)
+    assert router.trust_request_chat_template and router.grpc_token_file == "t" and router.api_keys == ("k",)
+    tokenizer = tokenizer_main.parse_args(["--template-timeout", "1.5", "--trust-request-chat-template"])
+    assert (tokenizer.template_timeout_s, tokenizer.trust_request_chat_template) == (1.5, True)
+    engine = engine_main.parse_args(["--liveness-timeout", "3", "--grpc-token-file", "t"])
+    assert (engine.liveness_timeout_s, engine.grpc_token_file, engine.host) == (3.0, "t", "127.0.0.1")
 
 
 def test_optional_literal_fields_make_choice_flags():

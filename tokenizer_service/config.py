@@ -25,7 +25,11 @@ class TokenizerConfig:
         default=None,
         metadata={"help": "a Hugging Face model folder or a .gguf file (default: SmolLM2-135M-Instruct)"},
     )
-    host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC server listens on"})
+    # Loopback unless told: the chart (and anyone serving other machines) passes --host 0.0.0.0.
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "address the gRPC server listens on (0.0.0.0: every interface)"},
+    )
     port: int = field(default=50052, metadata={"help": "gRPC port (0: any free port)"})
     metrics_port: int = field(default=9101, metadata={"help": "Prometheus /metrics port (0: off)"})
     # Worker threads, each with its own tokenizer: tokenization never runs on the event loop.
@@ -60,6 +64,43 @@ class TokenizerConfig:
     # A plaintext port that serves only grpc.health.v1, for kubelet probes when gRPC is TLS; 0: none. Its
     # flag is one of the TLS flags both gRPC services share (pagoda/tls.py).
     health_port: int = field(default=0, metadata={"cli": False})
+    # The most tokens any Encode may produce (longer input: OUT_OF_RANGE, from its byte length where the
+    # tokenizer allows, before tokenizing). None: the model's context length (the larger of the
+    # tokenizer's model_max_length and config.json's max_position_embeddings).
+    max_input_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "the most tokens one Encode may produce; longer input is refused before it is tokenized "
+            "where its length in bytes tells (default: the model's context length)"
+        },
+    )
+    # Callers must send `authorization: Bearer TOKEN` with a token of this file (pagoda/grpc_auth.py).
+    grpc_token_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "accept only callers with `authorization: Bearer TOKEN` for a token of this file (one a "
+            "line); grpc.health.v1 stays open"
+        },
+    )
+    # A request's own chat template (ChatInput.chat_template) is refused unless this is set; then it
+    # renders in a worker process (template_sandbox.py) under these limits.
+    trust_request_chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "render a request's own chat template (in sandboxed worker processes, with the "
+            "--template-* limits); without it such a request is INVALID_ARGUMENT"
+        },
+    )
+    template_workers: int = field(default=2, metadata={"help": "processes rendering request templates"})
+    template_timeout_s: float = field(
+        default=2.0, metadata={"help": "seconds one request template may take to render"}
+    )
+    template_memory_mb: int = field(
+        default=256, metadata={"help": "memory one request template's worker may use, in MiB"}
+    )
+    template_max_output_bytes: int = field(
+        default=8 * 2**20, metadata={"help": "the longest prompt one request template may render, in bytes"}
+    )
     # Clients' keepalive pings this far apart or more are accepted, calls or not (pagoda/grpc_keepalive.py).
     grpc_min_ping_interval_s: float = field(
         default=SERVER_MIN_PING_INTERVAL_S,

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from pagoda.cli_args import add_config_args, config_values
+from pagoda.grpc_auth import TokenFileError, read_tokens
 from pagoda.telemetry.logging import setup_logging
 from pagoda.telemetry.tracing import TracingUnavailable, otlp_endpoint
 from pagoda.tls import TlsConfigError, add_server_tls_args, server_tls
@@ -28,6 +29,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")
+    if args.template_workers < 1:
+        p.error("--template-workers must be at least 1")
+    if args.max_input_tokens is not None and args.max_input_tokens < 1:
+        p.error("--max-input-tokens must be at least 1")
+    if args.template_max_output_bytes < 1:
+        p.error("--template-max-output-bytes must be at least 1")
+    if args.template_timeout_s <= 0 or args.template_memory_mb < 16:
+        p.error("--template-timeout must be > 0 and --template-memory-mb at least 16")
     return args
 
 
@@ -45,7 +54,9 @@ def build_config(args: argparse.Namespace) -> TokenizerConfig:
 def main(argv: list[str] | None = None) -> int:
     try:
         config = build_config(parse_args(argv))
-    except TlsConfigError as err:
+        if config.grpc_token_file:
+            read_tokens(config.grpc_token_file)  # a missing or empty file fails now, not at the first call
+    except (TlsConfigError, TokenFileError) as err:
         print(f"pagoda tokenizer: {err}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, "tokenizer")

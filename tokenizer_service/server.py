@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pagoda.grpc_auth import server_interceptors
 from pagoda.grpc_keepalive import server_options
 from pagoda.grpc_strict import add_servicer
 from pagoda.health_port import serve_health
@@ -26,6 +27,7 @@ from tokenizer_service.metrics import TokenizerMetrics
 from tokenizer_service.pool import TokenizerPool
 from tokenizer_service.rpc_telemetry import RpcTelemetry
 from tokenizer_service.servicer import TokenizerServicer
+from tokenizer_service.template_sandbox import SandboxLimits, TemplateSandbox
 
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -38,9 +40,12 @@ class TokenizerServer:
         self.config = config
         self.metrics = TokenizerMetrics()
         self.tracing = setup_tracing("pagoda-tokenizer", config.otlp_endpoint)
-        self.servicer = TokenizerServicer(self.metrics, RpcTelemetry(self.tracing, config.log_requests))
+        self.servicer = TokenizerServicer(
+            self.metrics, RpcTelemetry(self.tracing, config.log_requests), config.max_input_tokens
+        )
         self.health = health.aio.HealthServicer()
         self.pool: TokenizerPool | None = None
+        self.sandbox: TemplateSandbox | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -53,7 +58,8 @@ class TokenizerServer:
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
                 *server_options(self.config.grpc_min_ping_interval_s),
-            ]
+            ],
+            interceptors=server_interceptors(self.config.grpc_token_file),
         )
         # Undecodable request bytes are INVALID_ARGUMENT too (grpc alone would answer UNKNOWN).
         add_servicer(tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server, self.servicer, server)
@@ -87,14 +93,28 @@ class TokenizerServer:
         pool = await asyncio.to_thread(TokenizerPool.load, model_dir, config.workers)
         info = pool.first.describe(model_dir, served_model_name(config.model))
         self.pool = pool
-        self.servicer.set_ready(pool, info)
+        if config.trust_request_chat_template:
+            limits = SandboxLimits(
+                config.template_workers,
+                config.template_timeout_s,
+                config.template_memory_mb * 2**20,
+                config.template_max_output_bytes,
+            )
+            self.sandbox = TemplateSandbox(limits, dict(pool.first.hf.special_tokens_map))
+            await self.sandbox.start()
+        ceiling = pool.first.context_length(model_dir) or None
+        self.servicer.set_ready(pool, info, ceiling, self.sandbox)
         await self._set_health(SERVING)
         log.info(
-            "loaded the tokenizer of %s (%d workers, vocabulary %d, chat template: %s)",
+            "loaded the tokenizer of %s (%d workers, vocabulary %d, chat template: %s, at most %s input "
+            "tokens, refused from their length in bytes: %s, request templates: %s)",
             model_dir,
             config.workers,
             info.vocab_size,
             "yes" if info.has_chat_template else "no",
+            config.max_input_tokens or ceiling or "any number of",
+            f"over {pool.first.bytes_per_token} bytes a token" if pool.first.bytes_per_token else "no",
+            f"{config.template_workers} sandboxed workers" if self.sandbox else "refused",
         )
 
     async def stop(self, grace: float | None = None) -> None:
@@ -107,6 +127,8 @@ class TokenizerServer:
             self._health_server = None
         if self.pool is not None:
             self.pool.close()
+        if self.sandbox is not None:
+            self.sandbox.close()
         self.metrics.close()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)  # sends the spans still queued

@@ -19,7 +19,8 @@ from pagoda.tokenizer.v1 import tokenizer_pb2_grpc
 from tokenizer_service.metrics import TokenizerMetrics
 from tokenizer_service.pool import TokenizerPool
 from tokenizer_service.rpc_telemetry import RpcTelemetry
-from tokenizer_service.tokenizer import ChatRequest, InvalidInput, NoChatTemplate, TokenizerInfo
+from tokenizer_service.template_sandbox import TemplateSandbox
+from tokenizer_service.tokenizer import ChatRequest, InvalidInput, NoChatTemplate, TokenizerInfo, TooLong
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ def _rpc(method):
         try:
             response = await method(self, request)
             return response
+        except TooLong as e:
+            code, message = grpc.StatusCode.OUT_OF_RANGE, str(e)
         except InvalidInput as e:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(e)
         except NoChatTemplate as e:
@@ -61,14 +64,30 @@ def _rpc(method):
 
 
 class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
-    def __init__(self, metrics: TokenizerMetrics, telemetry: RpcTelemetry | None = None) -> None:
+    def __init__(
+        self,
+        metrics: TokenizerMetrics,
+        telemetry: RpcTelemetry | None = None,
+        max_input_tokens: int | None = None,
+    ) -> None:
         self.metrics = metrics
         self.telemetry = telemetry or RpcTelemetry()
         self._pool: TokenizerPool | None = None
         self._info: pb.InfoResponse | None = None
+        self._max_input_tokens = max_input_tokens  # the ceiling of every Encode (None: none)
+        self._sandbox: TemplateSandbox | None = None  # None: request templates are refused
 
-    def set_ready(self, pool: TokenizerPool, info: TokenizerInfo) -> None:
+    def set_ready(
+        self,
+        pool: TokenizerPool,
+        info: TokenizerInfo,
+        max_input_tokens: int | None = None,
+        sandbox: TemplateSandbox | None = None,
+    ) -> None:
         self._pool, self._info = pool, info_to_pb(info)
+        if self._max_input_tokens is None:
+            self._max_input_tokens = max_input_tokens
+        self._sandbox = sandbox
 
     @property
     def pool(self) -> TokenizerPool:
@@ -83,20 +102,42 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
             raise InvalidInput("input", "set text or chat")
         # Defaults: special tokens for plain text, none for chat (the template writes them).
         add_special = request.add_special_tokens if request.HasField("add_special_tokens") else kind == "text"
+        limit = self._limit(request)
         if kind == "text":
             text = request.text
-            encoded = await self.pool.run(lambda t: t.encode_text(text, add_special))
+            encoded = await self.pool.run(lambda t: t.encode_text(text, add_special, limit))
+        elif request.chat.chat_template:
+            encoded = await self._encode_with_request_template(chat_from_pb(request.chat), add_special, limit)
         else:
             chat = chat_from_pb(request.chat)
-            encoded = await self.pool.run(lambda t: t.encode_chat(chat, add_special))
+            encoded = await self.pool.run(lambda t: t.encode_chat(chat, add_special, limit))
         self.metrics.tokens_encoded.labels(kind).inc(len(encoded.token_ids))
         return pb.EncodeResponse(
             token_ids=encoded.token_ids, num_tokens=len(encoded.token_ids), prompt_text=encoded.prompt_text
         )
 
+    def _limit(self, request: pb.EncodeRequest) -> int | None:
+        """The most tokens this Encode may produce: the caller's max_tokens within the service's ceiling."""
+        asked = request.max_tokens if request.HasField("max_tokens") else None
+        limits = [n for n in (asked, self._max_input_tokens) if n is not None]
+        return min(limits) if limits else None
+
+    async def _encode_with_request_template(self, chat: ChatRequest, add_special: bool, limit: int | None):
+        if self._sandbox is None:
+            raise InvalidInput(
+                "chat.chat_template",
+                "request templates are not accepted by this service (the operator may allow them with "
+                "--trust-request-chat-template)",
+            )
+        self.pool.first.check_chat(chat)
+        prompt = await self._sandbox.render(chat)
+        return await self.pool.run(lambda t: t.encode_rendered(prompt, add_special, limit))
+
     @_rpc
     async def Decode(self, request: pb.DecodeRequest) -> pb.DecodeResponse:
         ids = list(request.token_ids)
+        if self._max_input_tokens is not None and len(ids) > self._max_input_tokens:
+            raise TooLong("token_ids", self._max_input_tokens, len(ids))
         skip = request.skip_special_tokens if request.HasField("skip_special_tokens") else True
         return pb.DecodeResponse(text=await self.pool.run(lambda t: t.decode(ids, skip)))
 

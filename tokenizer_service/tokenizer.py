@@ -14,6 +14,8 @@ from typing import Any
 
 import jinja2
 
+from pagoda.prompt_bound import max_bytes_per_token, refuses
+
 # transformers' "no limit" sentinel for model_max_length is about 1e30; anything past 2^32 is that.
 _NO_LIMIT = 2**32
 
@@ -24,6 +26,15 @@ class InvalidInput(ValueError):
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
+
+
+class TooLong(InvalidInput):
+    """The input encodes to more tokens than the caller (or the service) takes (gRPC OUT_OF_RANGE)."""
+
+    def __init__(self, field_name: str, max_tokens: int, num_tokens: int | None = None):
+        found = f"{num_tokens} tokens" if num_tokens is not None else "more, judged from its length in bytes"
+        super().__init__(field_name, f"the input is longer than {max_tokens} tokens ({found})")
+        self.max_tokens = max_tokens
 
 
 class NoChatTemplate(RuntimeError):
@@ -72,19 +83,36 @@ class ModelTokenizer:
         # controlled by the request's own fields (or must stay as they are, like `tokenize`).
         params = set(inspect.signature(hf_tokenizer.apply_chat_template).parameters)
         self._reserved_kwargs = params - {"tools", "documents", "kwargs"}
+        # The most input bytes one token covers (pagoda/prompt_bound.py); None: no honest bound.
+        self.bytes_per_token = max_bytes_per_token(hf_tokenizer)
 
     @property
     def has_chat_template(self) -> bool:
         return bool(self.hf.chat_template)
 
-    def encode_text(self, text: str, add_special_tokens: bool = True) -> Encoded:
-        return Encoded(self.hf.encode(text, add_special_tokens=add_special_tokens))
+    def encode_text(
+        self, text: str, add_special_tokens: bool = True, max_tokens: int | None = None, field: str = "text"
+    ) -> Encoded:
+        """`max_tokens`: a longer input raises TooLong, from its byte length when that already says so."""
+        if max_tokens is not None and refuses(text, max_tokens, self.bytes_per_token):
+            raise TooLong(field, max_tokens)
+        ids = self.hf.encode(text, add_special_tokens=add_special_tokens)
+        if max_tokens is not None and len(ids) > max_tokens:
+            raise TooLong(field, max_tokens, len(ids))
+        return Encoded(ids)
 
-    def encode_chat(self, chat: ChatRequest, add_special_tokens: bool = False) -> Encoded:
-        prompt = self.render_chat(chat)
-        return Encoded(self.hf.encode(prompt, add_special_tokens=add_special_tokens), prompt)
+    def encode_chat(
+        self, chat: ChatRequest, add_special_tokens: bool = False, max_tokens: int | None = None
+    ) -> Encoded:
+        return self.encode_rendered(self.render_chat(chat), add_special_tokens, max_tokens)
 
-    def render_chat(self, chat: ChatRequest) -> str:
+    def encode_rendered(self, prompt: str, add_special_tokens: bool, max_tokens: int | None) -> Encoded:
+        """A chat rendered already (by the model's template, or a request's in the sandbox)."""
+        encoded = self.encode_text(prompt, add_special_tokens, max_tokens, field="chat.messages")
+        return Encoded(encoded.token_ids, prompt)
+
+    def check_chat(self, chat: ChatRequest) -> None:
+        """What every chat must pass before it renders, with either template."""
         if chat.chat_template is None and not self.has_chat_template:
             raise NoChatTemplate(
                 "this model has no chat template: send plain text, or a template in chat.chat_template"
@@ -94,6 +122,11 @@ class ModelTokenizer:
             raise InvalidInput(
                 "chat.chat_template_kwargs_json", f"{', '.join(reserved)} cannot be set as template variables"
             )
+
+    def render_chat(self, chat: ChatRequest) -> str:
+        """Renders with the model's own template (in this process) or, in tests and offline use, a given one;
+        the service renders a request's own template in the sandbox instead (template_sandbox.py)."""
+        self.check_chat(chat)
         field_name = "chat.messages" if chat.chat_template is None else "chat.chat_template"
         try:
             return self.hf.apply_chat_template(
@@ -106,10 +139,16 @@ class ModelTokenizer:
             )
         except jinja2.TemplateSyntaxError as e:
             raise InvalidInput("chat.chat_template", f"not a valid Jinja template: {e}") from e
-        except jinja2.TemplateError as e:
-            # Templates reject conversations they do not support with raise_exception(...).
-            raise InvalidInput(field_name, f"the chat template failed to render: {e}") from e
-        except (ValueError, TypeError, KeyError, IndexError) as e:
+        except (
+            jinja2.TemplateError,
+            ArithmeticError,
+            LookupError,
+            ValueError,
+            TypeError,
+            AttributeError,
+        ) as e:
+            # Templates reject conversations they do not support with raise_exception(...); the variables
+            # a request sets (chat_template_kwargs) can make any expression fail.
             raise InvalidInput(field_name, f"the chat template failed to render: {e}") from e
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -119,6 +158,17 @@ class ModelTokenizer:
                     f"token_ids[{i}]", f"{token_id} is outside the vocabulary [0, {self.vocab_size})"
                 )
         return self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def context_length(self, model_dir: Path) -> int:
+        """The longest input the model takes, as generously as its files say (0: unknown): the larger of
+        the tokenizer's model_max_length and config.json's max_position_embeddings."""
+        config = _read_json(model_dir / "config.json")
+        own = (
+            self.hf.model_max_length
+            if self.hf.model_max_length and self.hf.model_max_length < _NO_LIMIT
+            else 0
+        )
+        return max(int(own), int(config.get("max_position_embeddings") or 0))
 
     def describe(self, model_dir: Path, model_name: str) -> TokenizerInfo:
         config = _read_json(model_dir / "config.json")

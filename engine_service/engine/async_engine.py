@@ -17,7 +17,14 @@ and end, at the step that produced them) for metrics, the request's log line and
 
 A watchdog fails the engine (every stream ends with INTERNAL, `on_fatal` is called) when the loop exits
 or dies, or when requests are outstanding and the loop has not finished an iteration for
-`step_timeout_s`.
+`step_timeout_s`. It also watches the engine process's heartbeat (engine_loop.ProcessCore): silent for
+`liveness_timeout_s`, the process is frozen (stopped, swapped out, stuck holding the GIL) and the engine
+is `unresponsive`: its streams end with UNAVAILABLE (a router retries elsewhere and ejects it), new
+requests are refused, `on_liveness(False)` turns health NOT_SERVING; when it beats again, it serves again.
+
+Why two clocks: a step's length is the model's business (a long prefill of a large model takes seconds on
+a GPU, minutes on a CPU), so no few-second step limit is safe; a heartbeat from a thread of the engine
+process keeps beating through any step, and stops only when the process does.
 """
 
 from __future__ import annotations
@@ -71,9 +78,12 @@ class RequestStream:
         stream_interval: int = 1,
         num_prompt_tokens: int = 0,
         outlet: Outlet | None = None,
+        num_sequences: int = 1,
     ):
         self.request_id = request_id
         self.num_prompt_tokens = num_prompt_tokens
+        self.num_sequences = num_sequences  # the request's n
+        self.owner: str | None = None  # who asked for it (the only caller whose Abort may end it)
         self.started = False  # a first token (or any output) arrived
         self.finished = False  # the request's last delta (with usage) was queued
         # The request's life, in time.monotonic() (the engine loop's clock too): None until it happens.
@@ -183,6 +193,8 @@ class AsyncEngine:
         stream_interval: int = 1,
         on_fatal: Callable[[str], None] = lambda reason: None,
         metrics: MetricsSink | None = None,
+        liveness_timeout_s: float = 5.0,
+        on_liveness: Callable[[bool], None] = lambda alive: None,
     ):
         self.model_info = core.info.model_info
         self.tokenizer = tokenizer
@@ -193,10 +205,15 @@ class AsyncEngine:
         self._max_waiting = max_waiting
         self._stream_interval = stream_interval
         self._step_timeout_s = step_timeout_s
+        self._liveness_timeout_s = liveness_timeout_s
+        self._on_liveness = on_liveness
+        self.unresponsive: str | None = None  # why the engine process seems frozen; None: it beats
         self._on_fatal = on_fatal
         self._processor = OutputProcessor(tokenizer)
         self._streams: dict[str, RequestStream] = {}
-        self._num_waiting = 0  # streams with no output yet: bounded by max_waiting
+        # Sequences (each request's n samples) with no output yet: bounded by max_waiting. Counting requests
+        # would let one request of n=128 weigh as much as one of n=1.
+        self._num_waiting = 0
         self.stats: EngineStats = core.info.stats
         self.initial_stats = core.info.stats  # after the warm-up: counters reported to metrics start here
         self.metrics = metrics  # None: no Prometheus metrics (--metrics-port 0)
@@ -221,7 +238,7 @@ class AsyncEngine:
 
     @property
     def num_waiting(self) -> int:
-        """Requests accepted that have produced nothing yet (queued, or in their prefill)."""
+        """Sequences accepted that have produced nothing yet (queued, or in their prefill)."""
         return self._num_waiting
 
     def add_request(
@@ -231,30 +248,38 @@ class AsyncEngine:
         params: SamplingParams,
         cache_salt: str | None = None,
         outlet: Outlet | None = None,
+        owner: str | None = None,
     ) -> RequestStream:
         """Validates and queues a request; raises ValueError (bad input) or EngineOverloadedError.
-        `outlet`: who reads the stream (see RequestStream); None, its own consumer."""
+        `outlet`: who reads the stream (see RequestStream); None, its own consumer. `owner`: who asked
+        (pagoda/grpc_auth.caller_identity), the only one whose Abort may end it."""
         if self.error is not None:
             raise EngineDeadError(self.error)
+        if self.unresponsive is not None:
+            raise EngineUnavailableError(self.unresponsive)
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
         self._validate(prompt_token_ids, params)
-        if self._num_waiting >= self._max_waiting:
+        if self._num_waiting and self._num_waiting + params.n > self._max_waiting:
             raise EngineOverloadedError(
-                f"the engine has {self._max_waiting} requests waiting (--max-waiting): retry later"
+                f"the engine has {self._num_waiting} sequences waiting, and takes at most "
+                f"{self._max_waiting} (--max-waiting): retry later"
             )
         self._processor.add_request(request_id, prompt_token_ids, params)
         if not self._streams:  # the loop was idle: it owes an iteration from now on
             self._last_progress = time.monotonic()
-        stream = RequestStream(request_id, self._stream_interval, len(prompt_token_ids), outlet)
+        stream = RequestStream(request_id, self._stream_interval, len(prompt_token_ids), outlet, params.n)
+        stream.owner = owner
         self._streams[request_id] = stream
-        self._num_waiting += 1
+        self._num_waiting += params.n
         self._core.submit(AddRequest(request_id, list(prompt_token_ids), params, cache_salt))
         return stream
 
-    def abort(self, request_id: str) -> bool:
-        """Ends the request's stream now (finish_reason "abort"); the engine frees its blocks next step."""
-        if request_id not in self._streams:
+    def abort(self, request_id: str, owner: str | None = None) -> bool:
+        """Ends the request's stream now (finish_reason "abort"); the engine frees its blocks next step.
+        With `owner`, only a request of that owner (another's is as unknown: False)."""
+        stream = self._streams.get(request_id)
+        if stream is None or (owner is not None and stream.owner != owner):
             return False
         self._core.submit(AbortRequest(request_id))
         self._deliver(self._processor.abort(request_id), time.monotonic())
@@ -312,7 +337,7 @@ class AsyncEngine:
             self._processor.abort(request_id)
             stream = self._streams.pop(request_id, None)
             if stream is not None:
-                self._num_waiting -= not stream.started
+                self._num_waiting -= 0 if stream.started else stream.num_sequences
                 stream.fail(ValueError(message))
 
     def _started(self, started: list[tuple[str, float, float, float]]) -> None:
@@ -330,7 +355,7 @@ class AsyncEngine:
             if stream is None:
                 continue
             if not stream.started:
-                self._num_waiting -= 1
+                self._num_waiting -= stream.num_sequences
                 if d.token_ids:
                     stream.first_token_time = now
                     if self.metrics is not None:
@@ -358,13 +383,31 @@ class AsyncEngine:
 
     # ---- failure -------------------------------------------------------------------------------
     async def _watch(self) -> None:
-        interval = min(1.0, self._step_timeout_s / 4)
+        interval = min(1.0, self._step_timeout_s / 4, self._liveness_timeout_s / 4)
         while self.error is None:
             await asyncio.sleep(interval)
             self.meter.record(self.stats.num_generation_tokens)  # keeps the rate falling while idle
             silent_s = time.monotonic() - self._last_progress
             if self._streams and silent_s > self._step_timeout_s:
                 self._fail(f"the engine loop has not finished a step for {silent_s:.1f} s (stalled)")
+            self._check_heartbeat()
+
+    def _check_heartbeat(self) -> None:
+        age = self._core.heartbeat_age()
+        if age > self._liveness_timeout_s and self.unresponsive is None and not self._stopping:
+            self.unresponsive = f"the engine process has not responded for {age:.1f} s (frozen)"
+            log.error("%s: refusing requests, ending %d streams", self.unresponsive, len(self._streams))
+            for request_id in list(self._streams):  # aborted in the engine once it runs again
+                self._core.submit(AbortRequest(request_id))
+                self._processor.abort(request_id)
+            streams, self._streams, self._num_waiting = self._streams, {}, 0
+            for stream in streams.values():
+                stream.fail(EngineUnavailableError(self.unresponsive))
+            self._on_liveness(False)
+        elif age <= self._liveness_timeout_s and self.unresponsive is not None:
+            log.warning("the engine process responds again (%s); serving", self.unresponsive)
+            self.unresponsive = None
+            self._on_liveness(True)
 
     def _fail(self, reason: str) -> None:
         if self.error is not None or self._stopping:

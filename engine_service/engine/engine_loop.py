@@ -57,6 +57,7 @@ class AbortRequest:
 STOP = "stop"  # the command that ends the loop
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
 IDLE_CHECK_S = 1.0  # how often an idle loop checks that the engine can still run
+HEARTBEAT_S = 0.25  # how often the engine process says it is alive (ProcessCore.heartbeat_age)
 
 
 class StepTimes(NamedTuple):
@@ -203,6 +204,10 @@ class ThreadCore:
     def kill(self) -> None:
         pass  # a thread cannot be killed; it is a daemon, and the process exits
 
+    def heartbeat_age(self) -> float:
+        """0: the loop shares this process, whose own liveness is what health checks see."""
+        return 0.0
+
     def _receive(self, block: bool) -> list:
         commands = []
         if block:
@@ -231,9 +236,11 @@ class ProcessCore:
         self._commands_rx, self._commands_tx = ctx.Pipe(duplex=False)
         self._results_rx, self._results_tx = ctx.Pipe(duplex=False)
         _widen(self._results_tx)
+        # Shared memory the process's heartbeat thread stamps with time.monotonic() (system-wide).
+        self._heartbeat = ctx.RawValue("d", time.monotonic())
         self._process = ctx.Process(
             target=_process_main,
-            args=(engine_factory, config, log_format, self._commands_rx, self._results_tx),
+            args=(engine_factory, config, log_format, self._commands_rx, self._results_tx, self._heartbeat),
             name="engine-core",
             daemon=True,
         )
@@ -309,6 +316,18 @@ class ProcessCore:
         if self._process.is_alive():
             self._process.kill()
 
+    def heartbeat_age(self) -> float:
+        """Seconds since the engine process last showed a sign of life. A thread of its own stamps the
+        time every HEARTBEAT_S, whatever the loop is doing: a long step goes on beating (the GIL is free
+        while kernels run), a process that is stopped, swapped out or stuck holding the GIL does not."""
+        return time.monotonic() - self._heartbeat.value
+
+
+def _beat(heartbeat) -> None:
+    while True:
+        heartbeat.value = time.monotonic()
+        time.sleep(HEARTBEAT_S)
+
 
 PIPE_BYTES = 1 << 20
 
@@ -329,9 +348,11 @@ def _process_main(
     log_format: str,
     commands: Connection,
     results: Connection,
+    heartbeat,
 ) -> None:
     from pagoda.telemetry.logging import setup_logging
 
+    threading.Thread(target=_beat, args=(heartbeat,), name="engine-heartbeat", daemon=True).start()
     # The front owns shutdown: it drains on SIGTERM and then sends STOP; Ctrl-C reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

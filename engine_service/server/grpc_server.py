@@ -34,9 +34,11 @@ from engine_service.server.servicer import EngineServicer
 from engine_service.server.serving_state import ServingState
 from engine_service.server.stats_logger import log_stats
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
+from pagoda.grpc_auth import server_interceptors
 from pagoda.grpc_keepalive import server_options
 from pagoda.grpc_strict import add_servicer
 from pagoda.health_port import serve_health
+from pagoda.prompt_bound import max_bytes_per_token
 from pagoda.telemetry.tracing import setup_tracing
 
 if TYPE_CHECKING:
@@ -46,7 +48,19 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 # Generate streams to hundreds of clients at once; the default limits suit that. Messages are small.
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.so_reuseport", 0)]
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 2**20),
+    ("grpc.so_reuseport", 0),
+    # A call waits in grpc until the event loop takes it, one at a time. In a flood (3,000 streams on one
+    # channel) hundreds used to end as a bare CANCELLED that the service never saw nor logged: grpc
+    # cancels calls past its backlog of waiting calls (1,000, then at random up to 3,000), and those that
+    # wait 30 s. With a large backlog and no time limit, every call is taken, then served or refused by
+    # the service itself (RESOURCE_EXHAUSTED past --max-waiting, in its log). (A limit on streams per
+    # connection would not do: a client that opens thousands at once gets REFUSED_STREAM, UNAVAILABLE.)
+    ("grpc.server.max_pending_requests", 16384),
+    ("grpc.server.max_pending_requests_hard_limit", 32768),
+    ("grpc.server_max_unrequested_time_in_server", 3600),
+]
 
 
 class EngineServer:
@@ -60,7 +74,10 @@ class EngineServer:
         self.state = ServingState()
         self.port: int | None = None
         self.exit_code: int | None = None
-        self._server = grpc.aio.server(options=GRPC_OPTIONS + server_options(config.grpc_min_ping_interval_s))
+        self._server = grpc.aio.server(
+            options=GRPC_OPTIONS + server_options(config.grpc_min_ping_interval_s),
+            interceptors=server_interceptors(config.grpc_token_file),
+        )
         self._health = health.aio.HealthServicer()
         self._health_server: grpc.aio.Server | None = None  # --health-port
         self._done = asyncio.Event()
@@ -131,6 +148,8 @@ class EngineServer:
             stream_interval=config.stream_interval,
             on_fatal=self._on_fatal,
             metrics=self._metrics(core),
+            liveness_timeout_s=config.liveness_timeout_s,
+            on_liveness=self._on_liveness,
         )
         async_engine.start()
         if config.log_stats_interval_s:
@@ -138,6 +157,7 @@ class EngineServer:
                 log_stats(lambda: async_engine.stats, config.log_stats_interval_s), name="engine-stats-log"
             )
         self.state.token_texts = convert.TokenTexts(tokenizer)
+        self.state.bytes_per_token = max_bytes_per_token(tokenizer) if tokenizer is not None else None
         self.state.engine = async_engine
         await self._set_health(serving=True)
         info = async_engine.model_info
@@ -203,6 +223,11 @@ class EngineServer:
     async def _until_idle(self, engine: AsyncEngine) -> None:
         while engine.num_requests and not self._force.is_set() and engine.error is None:
             await asyncio.sleep(0.05)
+
+    def _on_liveness(self, alive: bool) -> None:
+        """The engine process froze (False) or responds again (True): health follows."""
+        if not self.state.draining and not self._done.is_set():
+            asyncio.get_running_loop().create_task(self._set_health(serving=alive))
 
     def _on_fatal(self, reason: str) -> None:
         # Kubernetes restarts the pod when the process exits non-zero.

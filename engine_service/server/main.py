@@ -16,6 +16,7 @@ import signal
 import sys
 
 from pagoda.cli_args import add_config_args, config_values
+from pagoda.grpc_auth import read_tokens
 from pagoda.telemetry.logging import setup_logging
 from pagoda.telemetry.tracing import TracingUnavailable, otlp_endpoint
 from pagoda.tls import add_server_tls_args, server_tls
@@ -45,6 +46,8 @@ def build_config(args: argparse.Namespace):
     from engine_service.server.service_config import EngineServiceConfig
     from pagoda.models import resolve_model, served_model_name
 
+    if args.grpc_token_file:
+        read_tokens(args.grpc_token_file)  # a missing or empty file fails here, before the model loads
     engine = EngineConfig(
         **{
             **config_values(args, EngineConfig),

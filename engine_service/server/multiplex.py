@@ -34,6 +34,7 @@ from engine_service.server.errors import status_code
 from engine_service.server.request_telemetry import RequestTelemetry
 from engine_service.server.serving_state import ServingState
 from pagoda.engine.v1 import engine_pb2 as pb
+from pagoda.grpc_auth import caller_identity
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class MultiplexCall:
         self._ready: dict[RequestStream, None] = {}  # streams with output to send, in order (a set)
         self._errors: list[pb.MultiplexedMessage] = []  # generations that failed, to tell the caller
         self._wake = asyncio.Event()
+        self._owner: str | None = None  # the caller (pagoda/grpc_auth.py): its Abort alone ends these
 
     # ---- the outlet --------------------------------------------------------------------------------
     def ready(self, stream: RequestStream) -> None:
@@ -70,6 +72,7 @@ class MultiplexCall:
     # ---- the call ----------------------------------------------------------------------------------
     async def serve(self, requests: AsyncIterator[pb.MultiplexRequest], context) -> None:
         """Until the caller has closed its side and every generation ended (or the call is cancelled)."""
+        self._owner = caller_identity(context)
         reader = asyncio.create_task(self._read(requests), name="multiplex-reader")
         reader.add_done_callback(lambda _: self._wake.set())
         try:
@@ -114,7 +117,9 @@ class MultiplexCall:
                 params = convert.sampling_params_from_pb(gen.sampling_params)
                 prompt = await self._prompt_of(gen, engine)
                 generation.sent_last = asyncio.get_running_loop().create_future()
-                stream = engine.add_request(request_id, prompt, params, gen.cache_salt or None, outlet=self)
+                stream = engine.add_request(
+                    request_id, prompt, params, gen.cache_salt or None, outlet=self, owner=self._owner
+                )
                 stream.tag = generation
                 generation.stream = call.stream = stream
                 await generation.sent_last

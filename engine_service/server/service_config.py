@@ -17,11 +17,18 @@ from pagoda.tls import ServerTls
 @dataclass(frozen=True)
 class EngineServiceConfig:
     engine: EngineConfig = field(metadata={"cli": False})
-    host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC server listens on"})
+    # Loopback unless told: the chart (and anyone serving other machines) passes --host 0.0.0.0.
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "address the gRPC server listens on (0.0.0.0: every interface)"},
+    )
     port: int = field(default=50051, metadata={"help": "gRPC port (0: any free port)"})
     metrics_port: int = field(default=9100, metadata={"help": "Prometheus /metrics port (0: off)"})
     max_waiting: int = field(
-        default=1024, metadata={"help": "accepted requests with no output yet; past it, RESOURCE_EXHAUSTED"}
+        default=1024,
+        metadata={
+            "help": "accepted sequences (requests x n) with no output yet; past it, RESOURCE_EXHAUSTED"
+        },
     )
     shutdown_grace_period_s: float = field(
         default=30.0, metadata={"help": "seconds in-flight requests get to finish after SIGTERM"}
@@ -43,6 +50,15 @@ class EngineServiceConfig:
     step_timeout_s: float = field(
         default=300.0,
         metadata={"help": "an engine step running longer than this many seconds fails the engine (exit 1)"},
+    )
+    # The engine process's heartbeat silent this long: it is frozen (health NOT_SERVING, streams end
+    # UNAVAILABLE) until it beats again. Steps may take minutes; the heartbeat never stops for one.
+    liveness_timeout_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "the engine process silent this many seconds (stopped, swapped out, stuck) is frozen: "
+            "health NOT_SERVING and its streams end UNAVAILABLE, until it responds again"
+        },
     )
     log_format: Literal["text", "json"] = field(default="text", metadata={"help": "log line format"})
     log_requests: bool = field(
@@ -69,6 +85,14 @@ class EngineServiceConfig:
     # A plaintext port that serves only grpc.health.v1, for kubelet probes when gRPC is TLS; 0: none. Its
     # flag is one of the TLS flags both gRPC services share (pagoda/tls.py).
     health_port: int = field(default=0, metadata={"cli": False})
+    # Callers must send `authorization: Bearer TOKEN` with a token of this file (pagoda/grpc_auth.py).
+    grpc_token_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "accept only callers with `authorization: Bearer TOKEN` for a token of this file (one a "
+            "line); grpc.health.v1 stays open"
+        },
+    )
     # Clients' keepalive pings this far apart or more are accepted, calls or not (pagoda/grpc_keepalive.py).
     grpc_min_ping_interval_s: float = field(
         default=SERVER_MIN_PING_INTERVAL_S,
@@ -94,6 +118,7 @@ class EngineServiceConfig:
             ),
             (self.stream_interval >= 1, f"stream_interval must be >= 1, got {self.stream_interval}"),
             (self.step_timeout_s > 0, f"step_timeout must be > 0, got {self.step_timeout_s}"),
+            (self.liveness_timeout_s > 0, f"liveness_timeout must be > 0, got {self.liveness_timeout_s}"),
             (
                 self.log_stats_interval_s >= 0,
                 f"log_stats_interval must be >= 0, got {self.log_stats_interval_s}",

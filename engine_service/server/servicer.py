@@ -15,6 +15,8 @@ from engine_service.server.request_telemetry import RequestTelemetry
 from engine_service.server.serving_state import ServingState
 from pagoda.engine.v1 import engine_pb2 as pb
 from pagoda.engine.v1 import engine_pb2_grpc
+from pagoda.grpc_auth import caller_identity
+from pagoda.prompt_bound import refuses
 
 
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
@@ -29,8 +31,10 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             engine = self.state.accepting()
             convert.check_request_id(request_id)
             params = convert.sampling_params_from_pb(request.sampling_params)
-            prompt = await self._prompt(request, engine)
-            stream = call.stream = engine.add_request(request_id, prompt, params, request.cache_salt or None)
+            prompt = await self._prompt(request, engine, self.state.bytes_per_token)
+            stream = call.stream = engine.add_request(
+                request_id, prompt, params, request.cache_salt or None, owner=caller_identity(context)
+            )
             done = False  # the request's last message (with usage) was sent
             try:
                 while not done:
@@ -44,11 +48,18 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     @grpc_errors
     async def Multiplex(self, requests, context: grpc.aio.ServicerContext) -> None:
         """Generations over one stream (multiplex.py): a router's way in."""
-        await MultiplexCall(self.state, self.telemetry, self._prompt).serve(requests, context)
+
+        # The prompt as Generate reads it, text that cannot fit refused from its length (bytes_per_token).
+        def prompt_of(request: pb.GenerateRequest, engine: AsyncEngine):
+            return self._prompt(request, engine, self.state.bytes_per_token)
+
+        await MultiplexCall(self.state, self.telemetry, prompt_of).serve(requests, context)
 
     @grpc_errors
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:
-        return pb.AbortResponse(found=self.state.ready().abort(request.request_id))
+        """Only the caller's own requests: another caller's request id reads as unknown (found=false)."""
+        engine = self.state.ready()
+        return pb.AbortResponse(found=engine.abort(request.request_id, owner=caller_identity(context)))
 
     @grpc_errors
     async def GetModelInfo(self, request, context) -> pb.ModelInfo:
@@ -85,7 +96,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         return convert.server_info_to_pb(engine.stats, engine.meter.rate(), self.state.draining)
 
     @staticmethod
-    async def _prompt(request: pb.GenerateRequest, engine: AsyncEngine) -> list[int]:
+    async def _prompt(
+        request: pb.GenerateRequest, engine: AsyncEngine, bytes_per_token: int | None
+    ) -> list[int]:
         which = request.WhichOneof("prompt")
         if which == "prompt_token_ids":
             return list(request.prompt_token_ids.ids)
@@ -94,6 +107,12 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         if engine.tokenizer is None:
             raise ValueError(
                 "text needs the model's tokenizer, and the model folder has none: send prompt_token_ids"
+            )
+        max_model_len = engine.model_info.max_model_len
+        if refuses(request.text, max_model_len - 1, bytes_per_token):  # never tokenize what cannot fit
+            raise ValueError(
+                f"text is longer than this model's context of {max_model_len} tokens (judged from its "
+                f"{len(request.text)} characters, at most {bytes_per_token} bytes a token)"
             )
         # Off the event loop: a long text takes milliseconds to encode.
         return await asyncio.to_thread(engine.tokenizer.encode, request.text)

@@ -13,6 +13,9 @@ class ServingState:
     def __init__(self):
         self.engine: AsyncEngine | None = None  # set once the model is loaded and warm
         self.token_texts: TokenTexts | None = None
+        # The most input bytes one token of the model's tokenizer covers (pagoda/prompt_bound.py): a text
+        # prompt longer than the context times this is refused before it is tokenized. None: no bound.
+        self.bytes_per_token: int | None = None
         self.draining = False
 
     def ready(self) -> AsyncEngine:
@@ -20,6 +23,8 @@ class ServingState:
             raise EngineUnavailableError("the engine is still loading its model")
         if self.engine.error is not None:
             raise EngineDeadError(f"engine failed: {self.engine.error}")
+        if self.engine.unresponsive is not None:  # a router's probe fails, and it moves away
+            raise EngineUnavailableError(self.engine.unresponsive)
         return self.engine
 
     def accepting(self) -> AsyncEngine:

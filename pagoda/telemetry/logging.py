@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -132,11 +133,47 @@ def _text(value) -> str:
     return str(value)
 
 
+class RepeatFilter(logging.Filter):
+    """Lets through at most `burst` warnings or errors of one kind (logger, message template, exception
+    type) per `window_s`, then one line saying how many were held back.
+
+    A fault that repeats per connection or per request (descriptors exhausted, an engine refusing every
+    call) would otherwise write a traceback per occurrence: megabytes a second of one message, drowning
+    the rest and filling the disk. Info lines (one per request, by design) are never held back.
+    """
+
+    def __init__(self, burst: int = 10, window_s: float = 60.0, max_kinds: int = 1024):
+        super().__init__()
+        self.burst, self.window_s, self.max_kinds = burst, window_s, max_kinds
+        self._seen: dict[tuple, list] = {}  # kind -> [window start, count in the window]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else None
+        kind = (record.name, record.levelno, str(record.msg), exc)
+        now = record.created
+        with self._lock:
+            seen = self._seen.get(kind)
+            if seen is None or now - seen[0] >= self.window_s:
+                held = seen[1] - self.burst if seen is not None and seen[1] > self.burst else 0
+                if len(self._seen) >= self.max_kinds:
+                    self._seen.clear()
+                self._seen[kind] = [now, 1]
+                if held:
+                    record.msg = f"{record.msg} ({held} more like this in the last {self.window_s:.0f} s)"
+                return True
+            seen[1] += 1
+            return seen[1] <= self.burst
+
+
 def setup_logging(log_format: str, service: str, level: int = logging.INFO) -> None:
-    """Root logging for a service's process: `text` or `json` lines on stderr."""
+    """Root logging for a service's process: `text` or `json` lines on stderr, repeats held back."""
     if log_format not in ("text", "json"):
         raise ValueError(f"log format must be text or json, got {log_format!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service) if log_format == "json" else TextFormatter())
     handler.addFilter(_RequestIds())
+    handler.addFilter(RepeatFilter())
     logging.basicConfig(level=level, handlers=[handler], force=True)

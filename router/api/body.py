@@ -1,6 +1,13 @@
-"""Reading a request body as JSON, defensively: every way a body can be wrong is a 4xx in OpenAI's format.
+"""Reading a request body, defensively: every way a body can be wrong is a 4xx in OpenAI's format, and no
+body, however large or slow, holds up the event loop that serves every other client.
 
-    too large (over --max-body-bytes)          413 (aiohttp stops reading at the limit)
+    Content-Length over --max-body-bytes       413 at once, before a byte is read (also as the answer to
+                                               `Expect: 100-continue`: see `expect_handler`)
+    a body that takes over --body-timeout      408
+    larger than --max-body-bytes as it comes   413
+    Content-Encoding gzip / deflate            decoded in a thread, at most --max-body-bytes of output (a
+                                               zip bomb is a 413, a body that is not what it claims a 400)
+    another Content-Encoding                   415
     a non-JSON Content-Type (form, text...)    415
     not JSON, or not UTF-8                     400
     nested deeper than MAX_DEPTH               400 (a deep body would otherwise exhaust Python's recursion
@@ -8,29 +15,58 @@
     a string holding a lone UTF-16 surrogate   400 (valid JSON, but no UTF-8 encoding exists for it, so
                                                protobuf would fail to send it on)
 
-The checks after parsing cost nothing for ordinary bodies: each runs only when a cheap byte count says the
-body could fail it.
+Parsing holds the GIL: `json.loads` of a 57 MB body takes from 0.2 s (one string) to 3 s (a list of ints)
+in one C call, during which no other thread of the process runs Python. So a body up to INLINE_BYTES is
+parsed on the event loop (under ~25 ms at worst), and a larger one, decoding and the route's own request
+parser included, in a worker process (body_pool.py): what comes back is the parsed request or its error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import zlib
+from collections.abc import Callable
+from typing import TypeVar
 
 from aiohttp import web
 
 from router.errors import OpenAIError, bad_request
 
+T = TypeVar("T")
+
 MAX_DEPTH = 32  # the deepest legitimate body (chat_template_kwargs inside a request) is a few levels
+INLINE_BYTES = 256 * 1024  # larger bodies are parsed in the body pool's process
 
 # Content types read as JSON: JSON itself, and "unknown" (none given, or the generic byte stream that some
 # clients send for raw bytes). Anything else is a different format the client meant to send.
 _JSON_TYPES = frozenset({"application/json", "application/octet-stream", ""})
+# zlib's wbits: gzip framing, or zlib framing ("deflate" as HTTP means it, RFC 9110), or raw deflate.
+_ENCODINGS = {
+    "gzip": (16 + zlib.MAX_WBITS,),
+    "x-gzip": (16 + zlib.MAX_WBITS,),
+    "deflate": (zlib.MAX_WBITS, -15),
+}
 # A JSON escape of a UTF-16 surrogate; a surrogate pair (an escaped emoji) decodes to one valid character.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-async def read_json(request: web.Request) -> object:
+async def read_request(request: web.Request, parse: Callable[[object], T]) -> T:
+    """The body read, decoded, parsed as JSON and handed to `parse` (a pure, module-level function such as
+    openai_schema.parse_chat, so that it can run in the body pool's process too)."""
+    from router.api.context import CONTEXT
+
+    ctx = request.app[CONTEXT]
+    raw = await read_bytes(request, ctx.config.body_timeout_s)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if len(raw) <= INLINE_BYTES and encoding == "identity":
+        return parse(parse_json(raw))
+    return await ctx.body_pool.parse(parse, raw, encoding, request.client_max_size)
+
+
+async def read_bytes(request: web.Request, timeout_s: float) -> bytes:
+    """The raw body, within the size limit and the body timeout."""
     content_type = request.content_type if request.headers.get("Content-Type") else ""
     if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
         raise OpenAIError(
@@ -38,14 +74,74 @@ async def read_json(request: web.Request) -> object:
             f"The request body must be JSON (Content-Type: application/json), got {content_type!r}.",
             code="unsupported_media_type",
         )
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity" and encoding not in _ENCODINGS:
         raise OpenAIError(
-            413,
-            f"The request body is larger than this server's limit of {request.client_max_size} bytes.",
-            code="request_too_large",
+            415,
+            f"Content-Encoding {encoding!r} is not supported: send the body as is, or gzip or deflate it.",
+            code="unsupported_media_type",
+        )
+    length = request.content_length
+    if length is not None and length > request.client_max_size:
+        raise too_large(request.client_max_size)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large(request.client_max_size) from None
+    except TimeoutError:
+        raise OpenAIError(
+            408,
+            f"The request body did not arrive within {timeout_s:g} s.",
+            code="request_timeout",
+            close_connection=True,
         ) from None
+
+
+def too_large(limit: int) -> OpenAIError:
+    # Closing the connection spares reading (and discarding) the rest of a body nobody will use.
+    return OpenAIError(
+        413,
+        f"The request body is larger than this server's limit of {limit} bytes.",
+        code="request_too_large",
+        close_connection=True,
+    )
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: a body announced larger than the limit gets its 413 instead of a go-ahead."""
+    length = request.content_length
+    if length is not None and length > request.client_max_size:
+        return too_large(request.client_max_size).response()
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return OpenAIError(417, "Only `Expect: 100-continue` is understood.").response()
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
+
+
+# ---- pure functions: on the event loop for small bodies, in the body pool's process for large ones ----
+
+
+def decode(raw: bytes, encoding: str, limit: int) -> bytes:
+    """The body with its Content-Encoding undone, never more than `limit` bytes of output."""
+    if encoding == "identity":
+        return raw
+    for wbits in _ENCODINGS[encoding]:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(raw, limit + 1)  # at most limit + 1 bytes, whatever the ratio
+        except zlib.error:
+            continue  # "deflate" may also be raw deflate: try the next framing
+        if len(out) > limit:
+            raise too_large(limit)
+        if not inflater.eof or inflater.unused_data:
+            raise bad_request(f"The request body is not one complete {encoding} stream (Content-Encoding).")
+        return out
+    raise bad_request(f"The request body is not {encoding} data, as its Content-Encoding says.")
+
+
+def parse_json(raw: bytes) -> object:
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:

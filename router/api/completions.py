@@ -6,9 +6,10 @@ import asyncio
 
 from aiohttp import web
 
-from router.api.body import read_json
-from router.api.context import CONTEXT, STARTED, RouterContext
+from router.api.body import read_request
+from router.api.context import CONTEXT, KEY_ID, STARTED, RouterContext
 from router.api.generation import FINISH_REASONS, Generation
+from router.api.limits import ResponseBudget
 from router.api.logprobs import CompletionLogprobs
 from router.api.openai_schema import CompletionRequest, parse_completion
 from router.api.sampling import check_model, value_of
@@ -21,44 +22,61 @@ from router.upstream.model_card import ModelCard
 
 async def completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    req = parse_completion(await read_json(request))
+    req = await read_request(request, parse_completion)
+    n = value_of(req.sampling, "n")
+    ctx.limits.check_sequences(len(req.prompts), n)
     card = ctx.registry.resolve(req.model)
-    prompts = await asyncio.gather(*(_token_ids(ctx, card, p, i) for i, p in enumerate(req.prompts)))
-    for ids in prompts:
-        check_model(req.sampling, len(ids), card, "prompt")
+    prompts = await asyncio.gather(
+        *(_token_ids(ctx, card, req.sampling, p, i) for i, p in enumerate(req.prompts))
+    )
     longest = max(len(ids) for ids in prompts)
     sampling = ctx.limits.apply(req.sampling, longest, card.max_model_len, "prompt")
-    echoes = await _echo_texts(ctx, card, req, prompts) if req.echo else None
-    gen = await Generation.open(
-        ctx.dispatcher,
-        card,
-        "cmpl",
-        prompts,
-        sampling,
-        started=request[STARTED],
-        cache_salt=ctx.cache_salt(request, req.cache_salt),
-        session_key=ctx.session_key(request, req.user),
-    )
-    try:
-        if req.stream:
-            return await _stream(request, req, gen, echoes)
-        return web.json_response(await _collect(req, gen, echoes), dumps=dumps)
-    finally:
-        gen.close()
+    sequences = len(prompts) * n
+
+    def completion_len(prompt_len: int) -> int:  # at most: as asked, else as many as fit
+        return sampling.max_tokens if sampling.HasField("max_tokens") else card.max_model_len - prompt_len
+
+    if not req.stream:
+        ctx.limits.check_response(sequences, completion_len(min(len(ids) for ids in prompts)), sampling)
+    tokens = n * sum(len(ids) + completion_len(len(ids)) for ids in prompts)
+    with ctx.streams.hold(request.get(KEY_ID, ""), sequences, tokens):
+        echoes = await _echo_texts(ctx, card, req, prompts) if req.echo else None
+        gen = await Generation.open(
+            ctx.dispatcher,
+            card,
+            "cmpl",
+            prompts,
+            sampling,
+            started=request[STARTED],
+            cache_salt=ctx.cache_salt(request, req.cache_salt),
+            session_key=ctx.session_key(request, req.user),
+        )
+        try:
+            if req.stream:
+                return await _stream(request, req, gen, echoes)
+            return web.json_response(await _collect(req, gen, echoes, ctx.limits.budget()), dumps=dumps)
+        finally:
+            gen.close()
 
 
-async def _token_ids(ctx: RouterContext, card: ModelCard, prompt: str | list[int], i: int):
+async def _token_ids(ctx: RouterContext, card: ModelCard, sampling, prompt, i: int):
+    """A prompt's token ids, checked against the model's context (before anything else is done with them:
+    a prompt that cannot fit costs no more) and vocabulary."""
     if isinstance(prompt, str):
-        ids = (await ctx.tokenizers.for_model(card.name).encode_text(prompt)).token_ids
+        tokenizer = ctx.tokenizers.for_model(card.name)
+        ids = (await tokenizer.encode_text(prompt, max_tokens=card.max_model_len - 1)).token_ids
         if not ids:
             raise bad_request(f"'prompt' {i} encodes to no tokens.", "prompt")
-        return ids
-    for t in prompt:
-        if t >= card.vocab_size:
+    else:
+        ids = prompt
+    check_model(sampling, len(ids), card, "prompt")
+    if not isinstance(prompt, str):
+        top = max(ids)
+        if top >= card.vocab_size:
             raise bad_request(
-                f"'prompt' holds token id {t}, outside the vocabulary (size {card.vocab_size}).", "prompt"
+                f"'prompt' holds token id {top}, outside the vocabulary (size {card.vocab_size}).", "prompt"
             )
-    return prompt
+    return ids
 
 
 async def _echo_texts(ctx: RouterContext, card: ModelCard, req: CompletionRequest, prompts) -> list[str]:
@@ -82,12 +100,17 @@ def _choice_logprobs(req: CompletionRequest, gen: Generation) -> list[Completion
     return [CompletionLogprobs() for _ in range(gen.num_choices)]
 
 
-async def _collect(req: CompletionRequest, gen: Generation, echoes: list[str] | None) -> dict:
+async def _collect(
+    req: CompletionRequest, gen: Generation, echoes: list[str] | None, budget: ResponseBudget
+) -> dict:
     texts = [[echoes[i // gen.n]] if echoes else [] for i in range(gen.num_choices)]
     logprobs = _choice_logprobs(req, gen)
     finish: list[str | None] = [None] * gen.num_choices
+    for echo in texts:
+        budget.charge("".join(echo))
     try:
         async for i, msg in gen.messages():
+            budget.charge(msg.text, msg.logprobs if logprobs else ())
             texts[i].append(msg.text)
             if logprobs:
                 logprobs[i].add(msg.logprobs)

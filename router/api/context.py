@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from router.api.auth import ApiKeys
+from router.api.body_pool import BodyPool
 from router.api.limits import RequestLimits, StreamLimiter
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
@@ -27,6 +28,7 @@ class RouterContext:
     limits: RequestLimits = field(default_factory=RequestLimits)
     streams: StreamLimiter = field(default_factory=lambda: StreamLimiter(None))
     telemetry: RouterTelemetry = field(default_factory=lambda: RouterTelemetry(None))
+    body_pool: BodyPool = field(default_factory=BodyPool)
 
     def session_key(self, request: web.Request, *fallbacks: str | None) -> str | None:
         """The session policy's key: the session header, else the first body field given (`user`...)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from router.api.body import read_json
+from router.api.body import read_request
 from router.api.context import CONTEXT
 from router.api.openai_schema import parse_detokenize, parse_tokenize
 from router.api.streaming import dumps
@@ -13,17 +13,19 @@ from router.errors import bad_request
 
 async def tokenize(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    req = parse_tokenize(await read_json(request))
+    req = await read_request(request, parse_tokenize)
     card = ctx.registry.resolve(req.model)
     tokenizer = ctx.tokenizers.for_model(card.name)
+    # The same limit as generation (the model's context), so counting a prompt costs no more than using it.
     if req.prompt is not None:
-        encoded = await tokenizer.encode_text(req.prompt, req.add_special_tokens)
+        encoded = await tokenizer.encode_text(req.prompt, req.add_special_tokens, card.max_model_len)
     else:
         encoded = await tokenizer.encode_chat(
             req.messages,
             add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
             continue_final_message=req.continue_final_message,
             chat_template_kwargs_json=req.chat_template_kwargs_json,
+            max_tokens=card.max_model_len,
         )
     tokens = list(encoded.token_ids)
     return web.json_response(
@@ -33,9 +35,13 @@ async def tokenize(request: web.Request) -> web.Response:
 
 async def detokenize(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    model, tokens = parse_detokenize(await read_json(request))
+    model, tokens = await read_request(request, parse_detokenize)
     card = ctx.registry.resolve(model)
-    if any(t >= card.vocab_size for t in tokens):
+    if len(tokens) > card.max_model_len:
+        raise bad_request(
+            f"'tokens' holds {len(tokens)} ids; this model's context is {card.max_model_len}.", "tokens"
+        )
+    if max(tokens) >= card.vocab_size:
         raise bad_request(f"'tokens' holds ids outside the vocabulary (size {card.vocab_size}).", "tokens")
     text = await ctx.tokenizers.for_model(card.name).decode(tokens)
     return web.json_response({"prompt": text}, dumps=dumps)

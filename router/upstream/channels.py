@@ -11,6 +11,7 @@ import logging
 
 import grpc
 
+from pagoda.grpc_auth import call_metadata
 from pagoda.grpc_keepalive import CLIENT_TIME_S, client_options
 from pagoda.tls import ChannelTls, FileWatch, TlsConfigError, check_key_matches
 
@@ -27,14 +28,21 @@ CHANNEL_OPTIONS = [
 
 class ChannelFactory:
     """Opens channels with the router's options; with `tls`, verified TLS (mutual when it has a cert).
-    The credentials are built once and rebuilt by `refresh()` when the PEM files change."""
+    The credentials are built once and rebuilt by `refresh()` when the PEM files change. `token`: the gRPC
+    token engines and tokenizers ask for (--grpc-token-file); every call carries `metadata`."""
 
-    def __init__(self, tls: ChannelTls | None = None, keepalive_time_s: float = CLIENT_TIME_S):
+    def __init__(
+        self,
+        tls: ChannelTls | None = None,
+        keepalive_time_s: float = CLIENT_TIME_S,
+        token: str | None = None,
+    ):
         self._tls = tls
         self._options = [*client_options(keepalive_time_s), *CHANNEL_OPTIONS]
         self._watch = FileWatch(tls.paths) if tls is not None else None
         self._credentials = _credentials(tls) if tls is not None else None
         self.generation = 0  # moves on each time the credentials are rebuilt
+        self.metadata: tuple[tuple[str, str], ...] = call_metadata(token)
 
     def __call__(self, target: str, extra_options: list[tuple[str, object]] = ()) -> grpc.aio.Channel:
         options = [*self._options, *extra_options]

@@ -69,7 +69,8 @@ class EngineStream:
         self._abandoned = False
         self._closed = False
         self._error: str | None = None  # why the stream failed, for its trace span
-        self._metadata, self._span = request_telemetry.outgoing("EngineService/Generate", engine.address)
+        metadata, self._span = request_telemetry.outgoing("EngineService/Generate", engine.address)
+        self._metadata = (*metadata, *engine.metadata)
         engine.num_outstanding += 1
         engine.streams.add(self)
 
@@ -85,7 +86,8 @@ class EngineStream:
             async with asyncio.timeout(first_token_timeout_s):
                 first = await self._open()
         except TimeoutError:
-            self._registry.request_failed(engine, "no first token in time")
+            # Slow is not dead: the engine may be busy with a long queue, and its probes say whether it
+            # is alive. Try another engine, but leave this one in service.
             error = OpenAIError(503, "The engine did not answer in time.", type="server_error")
             raise _Retry(error, pushed_back=False) from None
         except EngineStreamError as err:  # abandoned: the engine stopped answering probes meanwhile

@@ -37,9 +37,10 @@ KV_FULL_WEIGHT = 4.0
 class Engine:
     """One engine endpoint. `ready` is what routing looks at; the rest feeds `load` and the health state."""
 
-    def __init__(self, address: str, channel: grpc.aio.Channel):
+    def __init__(self, address: str, channel: grpc.aio.Channel, metadata: tuple = ()):
         self.address = address
-        self.multiplexer = Multiplexer(address)  # its call opens with the first generation
+        self.metadata = metadata  # on every call: the gRPC token (pagoda/grpc_auth.py), if any
+        self.multiplexer = Multiplexer(address, metadata)  # its call opens with the first generation
         self.use_channel(channel)
         self.card: ModelCard | None = None
         self.info = engine_pb2.ServerInfo()
@@ -117,7 +118,9 @@ class EngineRegistry:
         self._sources[source] = frozenset(addresses)
         wanted = frozenset().union(*self._sources.values())
         for address in wanted - self._engines.keys():
-            engine = self._engines[address] = Engine(address, self._connect(address, MULTIPLEX_OPTIONS))
+            metadata = getattr(self._connect, "metadata", ())
+            channel = self._connect(address, MULTIPLEX_OPTIONS)
+            engine = self._engines[address] = Engine(address, channel, metadata)
             self._tasks[address] = asyncio.create_task(self._probe_loop(engine), name=f"probe {address}")
             if self.kv_events:
                 engine.kv_index = KvIndex()
@@ -205,13 +208,15 @@ class EngineRegistry:
             if engine.ejected:
                 # Fetched again after every ejection: the address may now be a different engine.
                 info = await engine.stub.GetModelInfo(
-                    engine_pb2.GetModelInfoRequest(), timeout=self.probe_timeout_s
+                    engine_pb2.GetModelInfoRequest(), timeout=self.probe_timeout_s, metadata=engine.metadata
                 )
                 engine.card = ModelCard.from_pb(info)
             engine.info = await engine.stub.GetServerInfo(
-                engine_pb2.GetServerInfoRequest(), timeout=self.probe_timeout_s
+                engine_pb2.GetServerInfoRequest(), timeout=self.probe_timeout_s, metadata=engine.metadata
             )
         except grpc.aio.AioRpcError as err:
+            if err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and not engine.ejected:
+                return  # busy (its backlog of calls is full), not dead: it answered; keep its last figures
             engine.probe_failures += 1
             if engine.probe_failures >= self.failures_to_eject or engine.ejected:
                 was_serving = not engine.ejected

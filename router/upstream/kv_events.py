@@ -50,7 +50,10 @@ class KvEventFollower:
             backoff = min(self.max_retry_s, backoff * 2)
 
     async def _follow(self) -> None:
-        call = self.engine.stub.SubscribeKvEvents(engine_pb2.SubscribeKvEventsRequest())
+        # The gRPC token too, when engines ask for one (pagoda/grpc_auth.py).
+        call = self.engine.stub.SubscribeKvEvents(
+            engine_pb2.SubscribeKvEventsRequest(), metadata=self.engine.metadata
+        )
         index = self.index
         try:
             async for message in call:

@@ -14,7 +14,7 @@ import grpc
 
 from pagoda.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from router import request_telemetry
-from router.errors import OpenAIError, from_grpc
+from router.errors import OpenAIError, bad_request, from_grpc
 from router.upstream.channels import ChannelFactory
 
 
@@ -59,6 +59,7 @@ class Tokenizers:
 class TokenizerClient:
     def __init__(self, target: str, timeout_s: float, connect: ChannelFactory | None = None):
         self._connect = connect or ChannelFactory()
+        self._auth = self._connect.metadata
         self._target = target
         self._timeout_s = timeout_s
         self._channel, self._stub = self._open()
@@ -89,7 +90,10 @@ class TokenizerClient:
         continue_final_message: bool,
         chat_template_kwargs_json: str = "",
         chat_template: str = "",
+        max_tokens: int | None = None,
     ) -> tokenizer_pb2.EncodeResponse:
+        """`max_tokens`: a longer prompt is a 400 (context_length_exceeded), refused by the tokenizer
+        before it is tokenized where its length in bytes already tells."""
         chat = tokenizer_pb2.ChatInput(
             messages=messages,
             add_generation_prompt=add_generation_prompt,
@@ -97,29 +101,53 @@ class TokenizerClient:
             chat_template_kwargs_json=chat_template_kwargs_json,
             chat_template=chat_template,
         )
-        return await self._call("Encode", tokenizer_pb2.EncodeRequest(chat=chat))
+        request = tokenizer_pb2.EncodeRequest(chat=chat, max_tokens=max_tokens)
+        return await self._call("Encode", request, param="messages")
 
     async def encode_text(
-        self, text: str, add_special_tokens: bool | None = None
+        self, text: str, add_special_tokens: bool | None = None, max_tokens: int | None = None
     ) -> tokenizer_pb2.EncodeResponse:
-        request = tokenizer_pb2.EncodeRequest(text=text)
+        request = tokenizer_pb2.EncodeRequest(text=text, max_tokens=max_tokens)
         if add_special_tokens is not None:
             request.add_special_tokens = add_special_tokens
-        return await self._call("Encode", request)
+        return await self._call("Encode", request, param="prompt")
 
     async def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         request = tokenizer_pb2.DecodeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)
         return (await self._call("Decode", request)).text
 
-    async def _call(self, method: str, request):
+    async def _call(self, method: str, request, param: str | None = None):
         """Calls `method` with the request's id and trace context; its errors become OpenAIErrors."""
         metadata, span = request_telemetry.outgoing(f"TokenizerService/{method}", self._target)
         error = None
         try:
-            return await getattr(self._stub, method)(request, timeout=self._timeout_s, metadata=metadata)
+            return await getattr(self._stub, method)(
+                request, timeout=self._timeout_s, metadata=(*metadata, *self._auth)
+            )
         except grpc.aio.AioRpcError as err:
             error = f"{err.code().name}: {err.details()}"
-            raise from_grpc(err, "tokenizer") from None
+            raise _client_error(err, param) from None
         finally:
             if span is not None:
                 span.end(error)
+
+
+# The tokenizer's messages start with the request field at fault: the body field it came from.
+_PARAMS = {
+    "chat.chat_template": "chat_template",
+    "chat.chat_template_kwargs_json": "chat_template_kwargs",
+    "chat.messages": "messages",
+    "text": "prompt",
+}
+
+
+def _client_error(err: grpc.aio.AioRpcError, param: str | None) -> OpenAIError:
+    if err.code() is grpc.StatusCode.OUT_OF_RANGE:  # the prompt cannot fit: no retry will help
+        return bad_request(
+            f"The prompt is too long for this model: {err.details()}.", param, code="context_length_exceeded"
+        )
+    error = from_grpc(err, "tokenizer")
+    if err.code() is grpc.StatusCode.INVALID_ARGUMENT:
+        field = (err.details() or "").split(":", 1)[0]
+        error.param = _PARAMS.get(field, error.param)
+    return error

@@ -83,7 +83,10 @@ def test_default_install_is_one_engine_on_one_gpu(defaults):
     assert flag(args, "--device") == "cuda"
     assert pod_spec(engine)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "initContainers" not in pod_spec(engine)
-    assert {v["name"] for v in pod_spec(engine)["volumes"]} == {"dshm", "model-cache", "tmp", "home"}
+    # grpc-token: the shared gRPC token (grpcAuth, on by default: only the router may call engines).
+    volumes = {v["name"] for v in pod_spec(engine)["volumes"]}
+    assert volumes == {"dshm", "model-cache", "tmp", "home", "grpc-token"}
+    assert flag(args, "--grpc-token-file") == "/secrets/grpc-token/token"
 
 
 def test_keda_scaled_object(render):
@@ -205,3 +208,15 @@ def test_notes_tell_how_to_reach_the_api(helm):
     assert "scale deployment/pagoda-engine-smollm2" in notes
     ingress = render_notes(helm, ci_values("ingress"))
     assert "BASE_URL=https://llm.example.com/v1" in ingress
+
+
+def test_grpc_token_is_shared_by_router_engines_and_tokenizer(defaults, render):
+    """One Secret; engines and tokenizer accept its token, the router sends it; off, none of it."""
+    (secret,) = [m for m in defaults.of_kind("Secret") if m["metadata"]["name"].endswith("-grpc-token")]
+    name = secret["metadata"]["name"]
+    for component in ("engine", "tokenizer", "router"):
+        for deployment in defaults.deployments(component):
+            spec = pod_spec(deployment)
+            assert flag(spec["containers"][0]["args"], "--grpc-token-file") == "/secrets/grpc-token/token"
+            (volume,) = [v for v in spec["volumes"] if v["name"] == "grpc-token"]
+            assert volume["secret"]["secretName"] == name, component

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from pagoda.engine.v1 import engine_pb2 as pb
+from pagoda.engine.v1 import engine_pb2_grpc
 from tests.engine_service.server_thread import ServerThread, tiny_engine
 
 
@@ -78,3 +79,39 @@ def test_waiting_queue_bound_gives_resource_exhausted(tiny_model_dir, scripts):
         for f in waiting:
             f.cancel()
         assert wait_for_free_blocks(s.stub).kv_cache_usage == 0.0
+
+
+def test_waiting_bound_counts_sequences_not_requests(tiny_model_dir, scripts):
+    """A request of n=2 waits as two sequences: with room for two, the next request is refused (issue 25:
+    one request of n=128 used to weigh as much as one of n=1)."""
+    with ServerThread(tiny_engine(tiny_model_dir, max_num_seqs=1), max_waiting=2) as s:
+        first = s.stub.Generate(long_request(scripts, request_id="running"), timeout=30)
+        next(first)
+        pair = s.stub.Generate(long_request(scripts, request_id="pair", n=2), timeout=30)
+        deadline = time.monotonic() + 5
+        while server_info(s.stub).num_waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(grpc.RpcError) as e:
+            list(s.stub.Generate(long_request(scripts, request_id="refused"), timeout=30))
+        assert (
+            e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and "2 sequences waiting" in e.value.details()
+        )
+        first.cancel()
+        pair.cancel()
+        assert wait_for_free_blocks(s.stub).kv_cache_usage == 0.0
+
+
+def test_abort_only_ends_the_callers_own_requests(server, scripts):
+    """Another connection (a local user who learned or guessed the id) cannot abort a request; its owner
+    can (issue 25: any caller could abort anyone's requests)."""
+    stream = server.stub.Generate(long_request(scripts, request_id="mine"), timeout=30)
+    next(stream)
+    # A connection of its own (grpc would share this process's connection between channels otherwise).
+    with grpc.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)]) as other:
+        stranger = engine_pb2_grpc.EngineServiceStub(other)
+        assert not stranger.Abort(pb.AbortRequest(request_id="mine")).found
+    assert next(stream).token_ids  # still streaming
+    assert server.stub.Abort(pb.AbortRequest(request_id="mine")).found
+    assert list(stream)[-1].finish_reason == pb.FINISH_REASON_ABORT
+    wait_for_free_blocks(server.stub)

@@ -198,3 +198,21 @@ def test_an_engine_process_that_dies_fails_every_generation_with_generates_error
         assert {h: code for h, (code, _) in errors.items()} == {1: internal, 2: internal}
         assert all("engine process died" in message for _, message in errors.values())
         assert s.wait() == 1
+
+
+def test_text_that_cannot_fit_is_refused_unread_as_by_generate(server, scripts):
+    """Issue 25, break 2, on Multiplex too: a text prompt longer than the context could ever hold is
+    INVALID_ARGUMENT from its length alone (it used to be tokenized whole first), the stream goes on."""
+    huge = "lorem ipsum dolor sit amet " * 200_000  # 5.4 MB against a tiny context
+    request = pb.GenerateRequest(text=huge, sampling_params=pb.SamplingParams(max_tokens=1))
+    mux = Mux(server.stub)
+    started = time.monotonic()
+    mux.send(handle=1, generate=request)
+    _, errors, _ = mux.collect({1})
+    assert errors[1][0] == grpc.StatusCode.INVALID_ARGUMENT.value[0], errors
+    assert "longer than this model's context" in errors[1][1], errors
+    assert time.monotonic() - started < 5
+    mux.send(handle=2, generate=generate(scripts["loop"][:1], max_tokens=2))
+    messages, errors, _ = mux.collect({2})
+    mux.close()
+    assert not errors and len(tokens(messages[2])) == 2

@@ -44,10 +44,12 @@ class Scale:
     http_fuzz_cases: int
     grpc_fuzz_cases: int
     client_timeout_s: float  # a request with no end after this long counts as hung
+    tokenizer_fuzz_cases: int = 300
+    envelope_fuzz_cases: int = 300  # HTTP bodies with odd encodings, types and lengths
 
 
-CPU = Scale("cpu", "cpu", 1000, 8, 30, 12, 16, 120, 2500, 400, 120)
-HEAVY = Scale("heavy", "auto", 1000, 64, 600, 64, 64, 1000, 10000, 3000, 300)
+CPU = Scale("cpu", "cpu", 1000, 8, 30, 12, 16, 120, 2500, 400, 120, 300, 300)
+HEAVY = Scale("heavy", "auto", 1000, 64, 600, 64, 64, 1000, 10000, 3000, 300, 3000, 3000)
 
 
 @pytest.fixture(scope="session")

@@ -90,6 +90,9 @@ class Stack:
     device: str = "cpu"
     engine_args: tuple[str, ...] = ()
     tls: Tls | None = None
+    # gRPC token files (pagoda/grpc_auth.py): what engines and tokenizer accept, and what routers send.
+    accepted_tokens: Path | None = None
+    router_token: Path | None = None
     tokenizer_port: int = field(default_factory=free_port)
     engine_ports: list[int] = field(default_factory=list)
     health_ports: list[int] = field(default_factory=list)  # with TLS: each engine's plaintext health port
@@ -103,8 +106,12 @@ class Stack:
         self.health_ports = [free_port() for _ in range(self.num_engines)] if self.tls else []
         self.tokenizer = self._start_tokenizer()
         self.engines = [self._start_engine(i) for i in range(self.num_engines)]
-        for i in range(self.num_engines):
-            self.wait_engine(i)
+        try:
+            for i in range(self.num_engines):
+                self.wait_engine(i)
+        except BaseException:
+            self.stop()  # no process outlives a stack that failed to start
+            raise
 
     @property
     def addresses(self) -> list[str]:
@@ -117,10 +124,11 @@ class Stack:
     # -- starting ---------------------------------------------------------------------------------------
 
     def _server_tls_args(self) -> list[str]:
+        auth = ["--grpc-token-file", str(self.accepted_tokens)] if self.accepted_tokens else []
         if self.tls is None:
-            return []
+            return auth
         args = ["--tls-cert", str(self.tls.server_cert), "--tls-key", str(self.tls.server_key)]
-        return args + (["--tls-client-ca", str(self.tls.ca)] if self.tls.client_cert else [])
+        return auth + args + (["--tls-client-ca", str(self.tls.ca)] if self.tls.client_cert else [])
 
     def _name(self, base: str) -> str:
         self._starts += 1
@@ -140,11 +148,18 @@ class Stack:
             args += ["--health-port", str(self.health_ports[i])]
         return Process(args, self.log_dir, self._name(f"engine{i}"))
 
-    def start_router(self, *extra: str, client_ssl: ssl.SSLContext | None = None) -> Router:
-        """A router over every engine, with `extra` flags; `client_ssl` trusts its certificate (HTTPS)."""
+    def start_router(
+        self, *extra: str, client_ssl: ssl.SSLContext | None = None, env: dict | None = None
+    ) -> Router:
+        """A router over every engine, with `extra` flags (and `env`); `client_ssl` trusts its certificate
+        (HTTPS). A `--tokenizer` among `extra` replaces the stack's own."""
         port = free_port()
         args = ["router", "--host", "127.0.0.1", "--port", str(port)]
-        args += ["--tokenizer", f"127.0.0.1:{self.tokenizer_port}", "--health-interval", "0.5"]
+        if self.router_token is not None:
+            args += ["--grpc-token-file", str(self.router_token)]
+        if "--tokenizer" not in extra:
+            args += ["--tokenizer", f"127.0.0.1:{self.tokenizer_port}"]
+        args += ["--health-interval", "0.5"]
         for address in self.addresses:
             args += ["--engine", address]
         if self.tls is not None:
@@ -159,18 +174,24 @@ class Stack:
             if self.tls.server_name:
                 args += ["--grpc-tls-server-name", self.tls.server_name]
         scheme = "https" if "--tls-cert" in extra else "http"
-        process = Process(args + list(extra), self.log_dir, self._name("router"))
+        process = Process(args + list(extra), self.log_dir, self._name("router"), env)
         router = Router(process, f"{scheme}://127.0.0.1:{port}", client_ssl)
         self.routers.append(router)
-        self.wait_router(router, self.num_engines)
+        try:
+            self.wait_router(router, self.num_engines)
+        except BaseException:
+            process.stop()
+            self.routers.remove(router)
+            raise
         return router
 
     # -- waiting ----------------------------------------------------------------------------------------
 
-    def wait_engine(self, i: int, timeout_s: float = 120) -> None:
+    def wait_engine(self, i: int, timeout_s: float = 300) -> None:  # a loaded 2-core machine: minutes
         if self.tls is not None:
             return  # probed through the router instead
-        wait_until(lambda: engine_ready(self.addresses[i]), timeout_s, f"engine {i}", self.processes)
+        ready = engine_serving if self.accepted_tokens is not None else engine_ready  # health needs no token
+        wait_until(lambda: ready(self.addresses[i]), timeout_s, f"engine {i}", self.processes)
 
     def wait_router(self, router: Router, num_ready: int, timeout_s: float = 60) -> None:
         wait_until(
@@ -243,6 +264,15 @@ class Stack:
 
     def wait_idle(self, timeout_s: float = 15) -> None:
         wait_until(self.engines_idle, timeout_s, "every engine idle with all KV blocks free", self.processes)
+
+
+def engine_serving(address: str) -> bool:
+    """grpc.health.v1 says SERVING (open to callers without the gRPC token)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ def test_services_get_tls_flags_that_parse_and_files_that_exist(manifests):
         "/secrets/api-keys": "pagoda-api-keys",
         "/secrets/router-tls": "pagoda-router-tls",
         "/secrets/grpc-tls": "pagoda-grpc-tls",
+        "/secrets/grpc-token": "pagoda-grpc-token",  # grpcAuth: the gRPC token, on beside TLS by default
     }
     for probe in ("readinessProbe", "livenessProbe"):
         assert container(router, "router")[probe]["httpGet"]["scheme"] == "HTTPS"

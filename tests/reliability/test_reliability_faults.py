@@ -8,8 +8,10 @@ but nothing hangs and nothing is lost, and at the end every engine is idle with 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
+import signal
 import time
 
 import aiohttp
@@ -115,6 +117,60 @@ async def test_engine_frozen_mid_stream(stack, scale, tally):
         {
             "ejected after s": f"{ejected_s:.2f}",
             "streams ended with an error": len(cut),
+            "serving again s after SIGCONT": f"{back_s:.2f}",
+            "frozen for s": f"{time.monotonic() - frozen_at - back_s:.1f}",
+        }
+    )
+
+
+def engine_core_pid(stack, i: int) -> int:
+    """The pid of engine i's engine loop process (a spawned child of its gRPC front)."""
+    import psutil
+
+    for child in psutil.Process(stack.engines[i].popen.pid).children():
+        cmdline = " ".join(child.cmdline())
+        if "spawn_main" in cmdline and "resource_tracker" not in cmdline:
+            return child.pid
+    raise AssertionError("engine 0 has no engine loop process")
+
+
+async def test_engine_loop_frozen_mid_stream(stack, scale, tally):
+    """The engine loop's own process SIGSTOPped while the gRPC front still answers probes (issue 25: the
+    router kept it ready and its streams froze for as long as it did). Its heartbeat goes silent, the engine
+    says so (streams end UNAVAILABLE, probes fail, health NOT_SERVING), the router ejects it within
+    seconds; after SIGCONT it serves again and frees every block."""
+    t = tally("fault: engine loop process SIGSTOPped mid-stream (its gRPC front alive), then SIGCONT")
+    router, url = stack.routers[0], stack.routers[0].url + "/v1/chat/completions"
+    core = engine_core_pid(stack, 0)
+    try:
+        async with session() as s:
+            streaming = await burst(s, url, 0, scale.fault_streams, LONG, scale.client_timeout_s)
+            await seconds_until(started_on_both(stack), 30, "streams running on both engines")
+            os.kill(core, signal.SIGSTOP)
+            frozen_at = time.monotonic()
+            ejected_s = await seconds_until(ready(router, 1), 20, "the router to eject the frozen engine")
+            streamed = await asyncio.gather(*streaming)
+            t.extend(streamed)
+            cut = [o for o in streamed if o.kind == "error"]
+            os.kill(core, signal.SIGCONT)
+            back_s = await seconds_until(ready(router, 2), 30, "the router to take the engine back")
+            after = await asyncio.gather(*await burst(s, url, 2000, 4 * scale.fault_streams, 4, 60))
+            t.extend(after)
+    finally:
+        os.kill(core, signal.SIGCONT)
+    t.assert_none_hung_or_lost()
+    assert cut and all("not responded" in o.detail or "unavailable" in o.detail for o in cut), t.details(
+        "error"
+    )
+    ended_s = max(o.seconds for o in cut)  # the cut streams started just before the freeze
+    assert ended_s < 20, f"a stream on the frozen engine took {ended_s:.1f} s to end"
+    assert all(o.kind == "ok" for o in after), t.details("error")
+    stack.wait_idle()
+    t.figures.update(
+        {
+            "ejected after s": f"{ejected_s:.2f}",
+            "streams ended with an error": len(cut),
+            "longest of them s": f"{ended_s:.1f}",
             "serving again s after SIGCONT": f"{back_s:.2f}",
             "frozen for s": f"{time.monotonic() - frozen_at - back_s:.1f}",
         }

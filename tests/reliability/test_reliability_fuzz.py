@@ -12,6 +12,7 @@ served or refused with INVALID_ARGUMENT, never another status; the engine still 
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import subprocess
@@ -253,3 +254,213 @@ def test_generate_fuzz(fuzzed_engine, scale, tally):
     assert sum(len(m.token_ids) for m in last) == 2, "the engine stopped serving"
     t.figures.update({"refused": ", ".join(f"{n} {code}" for code, n in codes.items()) or "none"})
     t.figures["served after"] = "yes"
+
+
+# ---- the tokenizer's gRPC API ---------------------------------------------------------------------------
+
+# Templates from harmless to hostile (issue 25): errors, loops, huge numbers, huge strings, huge lists.
+_TEMPLATES = st.sampled_from(
+    [
+        "{{ messages[0].content }}",
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<a>{% endif %}",
+        "{{ 1/0 }}",
+        "{{ raise_exception('no') }}",
+        "{{ messages[99].content }}",
+        "{{ (7 ** 30000000) % 10 }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        "{{ 'a' * 10**10 }}",
+        "{% set x = ['a'] * 10**8 %}{{ x | length }}",
+        "{{ foo.bar.baz }}",
+        "{% for %}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    ]
+)
+_TOKENIZER_PROPER = {"OK", "INVALID_ARGUMENT", "OUT_OF_RANGE", "FAILED_PRECONDITION"}
+
+
+@st.composite
+def tokenizer_requests(draw) -> tuple[str, bytes]:
+    """(method, request bytes): Encode (text or chat: messages, roles, template kwargs, a template, a
+    token limit), Decode (ids in and out of the vocabulary), or bytes that are no message."""
+    from pagoda.tokenizer.v1 import tokenizer_pb2 as tpb
+
+    kind = draw(st.sampled_from(["text", "chat", "decode", "garbage"]))
+    if kind == "garbage":
+        return draw(st.sampled_from(["Encode", "Decode", "Info"])), draw(st.binary(min_size=1, max_size=48))
+    if kind == "decode":
+        ids = draw(st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 49151), max_size=20))
+        return "Decode", tpb.DecodeRequest(token_ids=ids).SerializeToString()
+    request = tpb.EncodeRequest()
+    if draw(st.booleans()):
+        request.max_tokens = draw(st.integers(0, 2**32 - 1) | st.integers(0, 64))
+    if draw(st.booleans()):
+        request.add_special_tokens = draw(st.booleans())
+    if kind == "text":
+        request.text = draw(st.text(max_size=200) | st.just("lorem ipsum " * 20_000))
+        return "Encode", request.SerializeToString()
+    messages = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["user", "assistant", "system", "tool", "", "x"]), st.text(max_size=40)
+            ),
+            max_size=4,
+        )
+    )
+    request.chat.messages.extend(tpb.ChatMessage(role=r, content=c) for r, c in messages)
+    if draw(st.booleans()):
+        request.chat.chat_template = draw(_TEMPLATES | st.text(max_size=30))
+    if draw(st.booleans()):
+        request.chat.chat_template_kwargs_json = draw(
+            st.sampled_from(['{"a": 1}', "[1]", "{oops", '{"tokenize": true}', '{"messages": []}', ""])
+        )
+    if draw(st.booleans()):
+        request.chat.add_generation_prompt = draw(st.booleans())
+    request.chat.continue_final_message = draw(st.booleans())
+    return "Encode", request.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def fuzzed_tokenizer(tiny_model_dir):
+    from tests.tokenizer_service.conftest import ServerThread, config_for
+
+    config = config_for(
+        tiny_model_dir,
+        workers=2,
+        trust_request_chat_template=True,
+        template_workers=2,
+        template_timeout_s=1.0,
+    )
+    with ServerThread(config) as server:
+        yield server
+
+
+def test_tokenizer_fuzz(fuzzed_tokenizer, scale, tally):
+    t = tally(
+        "bad input: tokenizer gRPC fuzzed, request templates allowed "
+        f"(hypothesis, {scale.tokenizer_fuzz_cases} requests)"
+    )
+    channel = fuzzed_tokenizer.channel()
+    methods = {
+        name: channel.unary_unary(f"/pagoda.tokenizer.v1.TokenizerService/{name}")
+        for name in ("Encode", "Decode", "Info")
+    }
+    codes: dict[str, int] = {}
+
+    @settings(
+        max_examples=scale.tokenizer_fuzz_cases,
+        deadline=None,
+        database=None,
+        derandomize=scale.mode == "cpu",
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=tokenizer_requests())
+    def one(case):
+        method, request = case
+        try:
+            methods[method](request, timeout=60)
+            code = "OK"
+        except grpc.RpcError as err:
+            code = err.code().name
+            detail = err.details()
+        codes[code] = codes.get(code, 0) + 1
+        outcome = Outcome(
+            "ok" if code == "OK" else "error" if code in _TOKENIZER_PROPER else "lost", None, code
+        )
+        t.add(outcome)
+        assert outcome.kind in ("ok", "error"), (method, request[:200], code, detail)
+
+    one()
+    from pagoda.tokenizer.v1 import tokenizer_pb2 as tpb
+
+    hello = methods["Encode"](tpb.EncodeRequest(text="hello").SerializeToString(), timeout=10)
+    assert tpb.EncodeResponse.FromString(hello).num_tokens >= 1, "the tokenizer stopped serving"
+    channel.close()
+    t.figures.update(
+        {"codes": ", ".join(f"{n} {c}" for c, n in sorted(codes.items())), "served after": "yes"}
+    )
+
+
+# ---- the HTTP envelope: encodings, types, lengths ----------------------------------------------------------
+
+
+@functools.cache
+def _bomb() -> bytes:
+    """70 MB of spaces in about 70 KB of gzip: past the router's body limit once inflated."""
+    import gzip
+
+    return gzip.compress(b" " * (70 << 20), compresslevel=9)
+
+
+@st.composite
+def envelopes(draw) -> tuple[str, bytes, dict]:
+    """A valid or broken body under odd headers: Content-Encoding (right, wrong, unknown, a bomb),
+    Content-Type, Expect; each must be answered 2xx or 4xx, never 5xx."""
+    import gzip
+    import zlib
+
+    path = draw(st.sampled_from(FUZZED))
+    body = json.dumps({"model": "scripted", "prompt": "hi", "max_tokens": 2}).encode()
+    body = draw(st.just(body) | st.binary(max_size=64) | st.just(b"[" * 5000))
+    encoding = draw(
+        st.sampled_from(["gzip", "deflate", "identity", "br", "gzip, gzip", "x-gzip", "", "zstd"])
+    )
+    packed = draw(st.sampled_from(["right", "raw", "bomb", "truncated"]))
+    if packed == "right" and encoding in ("gzip", "x-gzip"):
+        body = gzip.compress(body)
+    elif packed == "right" and encoding == "deflate":
+        body = zlib.compress(body)
+    elif packed == "bomb":
+        body = _bomb()
+    elif packed == "truncated":
+        body = gzip.compress(body)[:-5]
+    headers = {
+        "Content-Type": draw(st.sampled_from(["application/json", "text/plain", "", "application/x+json"]))
+    }
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    if draw(st.booleans()):
+        headers["Expect"] = draw(st.sampled_from(["100-continue", "something-else"]))
+    return path, body, headers
+
+
+def test_http_envelope_fuzz(fuzz_router, scale, tally):
+    t = tally(
+        "bad input: HTTP bodies under odd encodings, types and Expect "
+        f"(hypothesis, {scale.envelope_fuzz_cases} cases)"
+    )
+    statuses: dict[int, int] = {}
+
+    @settings(
+        max_examples=scale.envelope_fuzz_cases,
+        deadline=None,
+        database=None,
+        derandomize=scale.mode == "cpu",
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=envelopes())
+    def one(case):
+        path, body, headers = case
+        conn = http.client.HTTPConnection("127.0.0.1", fuzz_router, timeout=60)
+        try:
+            conn.request("POST", path, body, headers)
+            r = conn.getresponse()
+            raw = r.read()
+        finally:
+            conn.close()
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+        outcome = t.add(
+            judge(r.status, r.getheader("Content-Type", ""), raw, dict(r.getheaders()), choices=False)
+        )
+        assert r.status < 500, (path, headers, body[:100], r.status, raw[:300])
+        assert outcome.kind in ("ok", "error"), (path, headers, outcome)
+
+    one()
+    alive = http_json(f"http://127.0.0.1:{fuzz_router}/health")
+    assert alive[0] == 200, alive
+    t.figures.update(
+        {
+            "statuses": ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items())),
+            "router healthy after": "yes",
+        }
+    )

@@ -144,3 +144,53 @@ async def test_soak_with_a_steady_mix(stack, scale, tally):
         )
         assert end[name].fds <= settled[name].fds + 4, (name, settled[name], end[name])
         assert end[name].threads <= settled[name].threads + 2, (name, settled[name], end[name])
+
+
+async def test_grpc_flood_every_call_is_answered_and_logged(stack, tally):
+    """3,000 Generate streams at once, straight to one engine over one channel: each is served or refused
+    RESOURCE_EXHAUSTED by the engine (past --max-waiting), with a line in its log. (Issue 25: 707 of them
+    ended as a bare CANCELLED the engine never saw: grpc cancels calls past its backlog of calls that wait
+    for the event loop to take them.)"""
+    import grpc
+    from reliability_client import Outcome
+
+    from pagoda.engine.v1 import engine_pb2 as pb
+    from pagoda.engine.v1 import engine_pb2_grpc
+
+    n = 3000
+    t = tally(f"load: {n} gRPC Generate streams at once, one channel, straight to one engine")
+    codes: dict[str, int] = {}
+    params = pb.SamplingParams(max_tokens=1, temperature=0.0)
+
+    async def one(stub, i: int) -> None:
+        request = pb.GenerateRequest(
+            request_id=f"flood-{i}",
+            prompt_token_ids=pb.TokenIds(ids=[5 + i % 97, 6, 7]),
+            sampling_params=params,
+        )
+        try:
+            async for _ in stub.Generate(request, timeout=600):
+                pass
+            code = "OK"
+        except grpc.aio.AioRpcError as err:
+            code = err.code().name
+        codes[code] = codes.get(code, 0) + 1
+        t.add(Outcome({"OK": "ok", "RESOURCE_EXHAUSTED": "error"}.get(code, "lost"), None, code))
+
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(stack.addresses[0]) as channel:
+        stub = engine_pb2_grpc.EngineServiceStub(channel)
+        await asyncio.gather(*(one(stub, i) for i in range(n)))
+    seconds = time.monotonic() - started
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    logged = set(re.findall(r"request_id=(flood-\d+) ", stack.engines[0].log_tail(10**8)))
+    assert len(logged) == n, f"{n - len(logged)} calls left no line in the engine's log"
+    stack.wait_idle()
+    t.figures.update(
+        {
+            "seconds": f"{seconds:.1f}",
+            "served": codes.get("OK", 0),
+            "refused RESOURCE_EXHAUSTED": codes.get("RESOURCE_EXHAUSTED", 0),
+            "logged by the engine": len(logged),
+        }
+    )

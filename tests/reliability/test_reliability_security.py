@@ -19,6 +19,7 @@ from reliability_client import Outcome, post
 from reliability_stack import MODEL, Stack, Tls, chat_body
 
 from pagoda.engine.v1 import engine_pb2, engine_pb2_grpc
+from pagoda.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 KEYS = ("sk-alpha-0123456789", "sk-beta-9876543210")
 FILE_KEY, NEW_FILE_KEY = "sk-from-file-1111", "sk-from-file-2222"
@@ -278,3 +279,175 @@ def test_engine_refuses_clients_without_a_trusted_certificate(tls_stack, tally):
             )
         assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
     t.figures["refused"] = ", ".join(cases)
+
+
+# ---- the gRPC ports (issue 25, break 8) ---------------------------------------------------------------
+
+ROUTER_TOKEN, OTHER_TOKEN = "grpc-token-router-0123456789", "grpc-token-other-9876543210"
+
+
+@pytest.fixture(scope="module")
+def token_stack(tiny_model_dir, tmp_path_factory):
+    """A tokenizer and one engine that take only callers with a token of theirs (two: the router's and
+    another client's), and a router that sends its own."""
+    folder = tmp_path_factory.mktemp("grpc-tokens")
+    accepted, router_token = folder / "accepted", folder / "router"
+    accepted.write_text(f"# one a line\n{ROUTER_TOKEN}\n{OTHER_TOKEN}\n")
+    router_token.write_text(f"{ROUTER_TOKEN}\n")
+    stack = Stack(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("token-logs"),
+        num_engines=1,
+        accepted_tokens=accepted,
+        router_token=router_token,
+    )
+    stack.start_router()
+    yield stack
+    stack.stop()
+
+
+def call(method, request, token: str | None = None, **kw):
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    return method(request, timeout=10, metadata=metadata, **kw)
+
+
+def test_grpc_ports_need_the_token(token_stack, tally):
+    t = tally("security: engine and tokenizer gRPC need the shared token (none, wrong: UNAUTHENTICATED)")
+    engine, tokenizer = token_stack.addresses[0], f"127.0.0.1:{token_stack.tokenizer_port}"
+    router = token_stack.routers[0]
+    import urllib.request
+
+    body = json.dumps(chat_body(1, 4, stream=False)).encode()
+    request = urllib.request.Request(
+        router.url + "/v1/chat/completions", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as r:  # the router has the token
+        assert r.status == 200
+    t.add(Outcome("ok", 200))
+    ids = engine_pb2.TokenIds(ids=[5, 6, 7])
+    generate = engine_pb2.GenerateRequest(
+        prompt_token_ids=ids, sampling_params=engine_pb2.SamplingParams(max_tokens=2)
+    )
+    with grpc.insecure_channel(engine) as e_channel, grpc.insecure_channel(tokenizer) as t_channel:
+        e, tok = (
+            engine_pb2_grpc.EngineServiceStub(e_channel),
+            tokenizer_pb2_grpc.TokenizerServiceStub(t_channel),
+        )
+        for token in (None, "wrong-token", ROUTER_TOKEN[:-1]):
+            for what, attempt in {
+                "Generate": lambda tk=token: list(call(e.Generate, generate, tk)),
+                "GetServerInfo": lambda tk=token: call(
+                    e.GetServerInfo, engine_pb2.GetServerInfoRequest(), tk
+                ),
+                "Abort": lambda tk=token: call(e.Abort, engine_pb2.AbortRequest(request_id="x"), tk),
+                "Encode": lambda tk=token: call(tok.Encode, tokenizer_pb2.EncodeRequest(text="hi"), tk),
+            }.items():
+                with pytest.raises(grpc.RpcError) as err:
+                    attempt()
+                assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED, (what, token, err.value)
+                t.add(Outcome("error", None, f"{what} UNAUTHENTICATED"))
+        # Health stays open: kubelet's probes carry no token.
+        answer = health_pb2_grpc.HealthStub(e_channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        # With a token: served.
+        assert len(list(call(e.Generate, generate, OTHER_TOKEN))) >= 1
+        assert call(tok.Encode, tokenizer_pb2.EncodeRequest(text="hi"), OTHER_TOKEN).num_tokens
+        t.extend([Outcome("ok"), Outcome("ok")])
+    t.figures["refused"] = (
+        "no token, a wrong token, a token one character short (Generate, GetServerInfo, Abort, Encode)"
+    )
+
+
+def test_abort_is_for_the_requests_own_caller(token_stack, stack, tally):
+    """A token holder cannot abort another's requests, nor can a stranger on a service without tokens."""
+    t = tally("security: Abort from another caller (another token, another connection) finds nothing")
+    long = engine_pb2.SamplingParams(max_tokens=300, temperature=0.0, ignore_eos=True)
+    cases = [
+        (token_stack.addresses[0], ROUTER_TOKEN, OTHER_TOKEN),  # tokens
+        (stack.addresses[0], None, None),  # no tokens: the connection is the caller
+    ]
+    for target, owner, stranger in cases:
+        own = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        other = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        with own, other:
+            mine, theirs = engine_pb2_grpc.EngineServiceStub(own), engine_pb2_grpc.EngineServiceStub(other)
+            rid = f"victim-{owner is None}"
+            request = engine_pb2.GenerateRequest(
+                request_id=rid, prompt_token_ids=engine_pb2.TokenIds(ids=[5, 6, 7]), sampling_params=long
+            )
+            stream = call(mine.Generate, request, owner)
+            next(stream)
+            assert not call(theirs.Abort, engine_pb2.AbortRequest(request_id=rid), stranger).found
+            assert next(stream).token_ids  # still streaming
+            assert call(mine.Abort, engine_pb2.AbortRequest(request_id=rid), owner).found
+            assert list(stream)[-1].finish_reason == engine_pb2.FINISH_REASON_ABORT
+        t.extend([Outcome("error", None, "stranger's Abort: found=false"), Outcome("ok", None, "own Abort")])
+
+
+def test_api_key_from_the_environment_is_not_on_the_command_line(stack, tally):
+    t = tally("security: router API key from PAGODA_API_KEY (not in ps), refused without it")
+    key = "sk-from-the-environment-42"
+    router = stack.start_router(env={"PAGODA_API_KEY": key})
+    try:
+        import urllib.error
+        import urllib.request
+
+        body = json.dumps(chat_body(2, 2, stream=False)).encode()
+        for sent, expected in ((None, 401), (key, 200)):
+            headers = {
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {sent}"} if sent else {}),
+            }
+            request = urllib.request.Request(router.url + "/v1/chat/completions", body, headers)
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:
+                    status = r.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+            assert status == expected, (sent, status)
+            t.add(Outcome("ok" if status == 200 else "error", status))
+        cmdline = open(f"/proc/{router.process.popen.pid}/cmdline", "rb").read()
+        assert key.encode() not in cmdline
+        assert key not in router.process.log_tail(10**6)
+    finally:
+        router.process.stop()
+        stack.routers.remove(router)
+
+
+def test_standalone_services_listen_on_loopback_unless_told(tiny_model_dir, tmp_path):
+    """Issue 25, break 8: `pagoda engine` and `pagoda tokenizer` without --host listened on 0.0.0.0, so
+    anyone who could reach the machine could generate text or abort others' requests. Now they listen on
+    127.0.0.1 alone unless given --host (the chart passes --host 0.0.0.0)."""
+    import psutil
+
+    from tests.router.router_processes import Process, free_port, wait_until
+
+    ports = {"engine": free_port(), "tokenizer": free_port(), "told": free_port()}
+    common = ["--model", str(tiny_model_dir), "--metrics-port", "0"]
+    processes = {
+        "engine": Process(
+            ["engine", *common, "--device", "cpu", "--port", str(ports["engine"])], tmp_path, "engine"
+        ),
+        "tokenizer": Process(
+            ["tokenizer", *common, "--port", str(ports["tokenizer"])], tmp_path, "tokenizer"
+        ),
+        "told": Process(
+            ["tokenizer", *common, "--port", str(ports["told"]), "--host", "0.0.0.0"], tmp_path, "told"
+        ),
+    }
+    try:
+
+        def listening(name: str) -> set[str]:
+            connections = psutil.Process(processes[name].popen.pid).net_connections(kind="tcp")
+            # gRPC may bind an IPv6 socket: 127.0.0.1 then shows as ::ffff:127.0.0.1.
+            ips = {c.laddr.ip for c in connections if c.status == "LISTEN" and c.laddr.port == ports[name]}
+            return {ip.removeprefix("::ffff:") for ip in ips}
+
+        for name in processes:
+            wait_until(lambda n=name: listening(n), 120, f"{name} to listen", list(processes.values()))
+        assert listening("engine") == {"127.0.0.1"}
+        assert listening("tokenizer") == {"127.0.0.1"}
+        assert listening("told") & {"0.0.0.0", "::"}
+    finally:
+        for p in processes.values():
+            p.stop()

@@ -84,6 +84,8 @@ class Script:
     fail_after_messages: int | None = None  # abort with UNAVAILABLE after this many messages
     fail_only: str | None = None  # with fail_after_messages: only prompts that hold this text fail
     hang: bool = False  # accept the call and never answer
+    first_token_delay_s: float = 0.0  # a busy engine: probes answer at once, the first token waits
+    probe_error: grpc.StatusCode | None = None  # GetServerInfo answers with this status
     draining: bool = False
     multiplex: bool = True  # serve Multiplex (False: UNIMPLEMENTED, as an engine from before it)
     max_model_len: int = 512
@@ -118,6 +120,8 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
     async def GetServerInfo(self, request, context):
         if self.script.hang:
             await asyncio.Event().wait()
+        if self.script.probe_error is not None:
+            await context.abort(self.script.probe_error, "scripted probe failure")
         return engine_pb2.ServerInfo(num_running=len(self.active), draining=self.script.draining)
 
     async def Generate(self, request, context):
@@ -127,6 +131,8 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
             await asyncio.Event().wait()
         if s.fail_before_first is not None:
             await context.abort(s.fail_before_first, "scripted failure")
+        if s.first_token_delay_s:
+            await asyncio.sleep(s.first_token_delay_s)
         rid = request.request_id
         self.active.add(rid)
         try:

@@ -33,10 +33,10 @@ class Process:
         self.log_path = log_dir / f"{name}.log"
         # One torch thread per process: two cores are shared by every process of the test.
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Through pagoda.supervised: the process dies with this one (the test run), even if it is killed.
+        command = [sys.executable, "-m", "pagoda.supervised", str(os.getpid()), *args]
         with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "pagoda.cli", *args], cwd=REPO, env=full_env, stdout=log, stderr=log
-            )
+            self.popen = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log, stderr=log)
 
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]

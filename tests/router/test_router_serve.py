@@ -47,7 +47,10 @@ def test_plan_engines():
     ]
     with pytest.raises(SystemExit):
         plan_engines("cuda", 2, 2, tp_size=2)
-    assert "Authorization: Bearer k" in example("http://127.0.0.1:8000", "m", "k")
+    # The banner names where the key lives, never the key itself (issue 25: serve printed it).
+    banner = example("http://127.0.0.1:8000", "m", True)
+    assert 'Authorization: Bearer $PAGODA_API_KEY"' in banner and "PAGODA_API_KEY" in banner
+    assert "Authorization" not in example("http://127.0.0.1:8000", "m", False)
 
 
 @pytest.mark.slow

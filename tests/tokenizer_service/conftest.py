@@ -79,7 +79,11 @@ def make_tokenizer_server():
 
 @pytest.fixture(scope="module")
 def tokenizer_server(make_tokenizer_server, default_model_dir: Path):
-    with make_tokenizer_server(default_model_dir, workers=2) as server:
+    # Inputs far past the model's context (8192 tokens) are allowed here: the lifecycle tests load a
+    # worker with a 126k-token text on purpose. Request templates are allowed (the RPC tests bring some).
+    with make_tokenizer_server(
+        default_model_dir, workers=2, max_input_tokens=1_000_000, trust_request_chat_template=True
+    ) as server:
         yield server
 
 

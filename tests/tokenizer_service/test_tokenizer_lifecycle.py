@@ -97,6 +97,7 @@ def test_sigterm_turns_health_not_serving_and_finishes_calls_in_flight(
     """The service as the router image runs it (no torch): start, serve, SIGTERM, drain, exit 0."""
     command = [sys.executable, "-S", "-m", "tokenizer_service", "--model", str(default_model_dir)]
     command += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", str(free_port), "--workers", "2"]
+    command += ["--max-input-tokens", "1000000"]  # BIG_TEXT is past the model's context on purpose
     process = subprocess.Popen(command, env=torch_free_env, stderr=subprocess.PIPE, text=True)
     try:
         port = int(_wait_for_line(process, r"listening on 127\.0\.0\.1:(\d+)").group(1))

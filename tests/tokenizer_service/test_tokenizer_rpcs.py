@@ -182,7 +182,10 @@ def model_without_template(default_model_dir: Path, hf_tokenizer, tmp_path_facto
 def test_chat_without_a_template_is_a_failed_precondition(
     make_tokenizer_server, model_without_template: Path
 ):
-    with make_tokenizer_server(model_without_template, workers=1) as server, server.channel() as channel:
+    with (
+        make_tokenizer_server(model_without_template, workers=1, trust_request_chat_template=True) as server,
+        server.channel() as channel,
+    ):
         stub = tokenizer_pb2_grpc.TokenizerServiceStub(channel)
         assert stub.Info(pb.InfoRequest()).has_chat_template is False
         with pytest.raises(grpc.RpcError) as error:

@@ -408,3 +408,34 @@ the router trusts ca.crt and presents tls.crt with `mutual`.
     defaultMode: 0440
 {{- end }}
 {{- end }}
+
+{{/*
+The shared gRPC token (pagoda/grpc_auth.py): engines and tokenizer accept the tokens of the file, the router
+sends its first line. Health stays open, so kubelet's probes need none.
+*/}}
+{{- define "pagoda.grpcAuth.secretName" -}}
+{{- .Values.grpcAuth.existingSecret | default (printf "%s-grpc-token" (include "pagoda.fullname" .)) }}
+{{- end }}
+
+{{- define "pagoda.grpcAuth.args" -}}
+{{- if .Values.grpcAuth.enabled }}
+- --grpc-token-file=/secrets/grpc-token/{{ .Values.grpcAuth.secretKey }}
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.grpcAuth.mount" -}}
+{{- if .Values.grpcAuth.enabled }}
+- name: grpc-token
+  mountPath: /secrets/grpc-token
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "pagoda.grpcAuth.volume" -}}
+{{- if .Values.grpcAuth.enabled }}
+- name: grpc-token
+  secret:
+    secretName: {{ include "pagoda.grpcAuth.secretName" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
