@@ -13,6 +13,13 @@
 #   random     llama-1b, input 256-768, output 128-384 (+ PEERS)                           throughput
 #   qwen       qwen-0.5b, fixed (+ PEERS)                                                  throughput
 #   hf         llama-1b, fixed, beside transformers (static generate, continuous batching) throughput
+#   moe        qwen3-30b-a3b (128 experts, top-8; 61 GB in bf16), fixed (+ PEERS)                  throughput
+#   gemma      gemma-2-9b, then gemma-3-1b, fixed (+ PEERS)                                       throughput
+#   phi        phi-4-mini, fixed (+ PEERS)                                                        throughput
+#   fp8        llama-8b with FP8 weights: per-tensor, then 128x128 blocks (+ PEERS; the bf16 row is
+#              offline's)                                                                         throughput
+#   fp8-more   llama-8b quantized on load (--quantization fp8), then bf16 weights with an FP8 KV cache
+#              (--kv-cache-dtype fp8) (+ PEERS, with the same settings)                           throughput
 #   quick      llama-1b, fixed, QUICK_PROMPTS prompts, Pagoda alone                        throughput
 #   grpc       llama-1b through the engine gRPC service at 256 streams, then offline      grpc
 #              (GRPC_REPEAT rounds; the engine needs grpcio-health-checking: `extras` first)
@@ -27,6 +34,8 @@
 #              at batch 256; the traces go to $OUT/traces.tar.gz                          decode_timeline
 #   timeline-no-pdl  the same with the Triton kernels in plain stream order               decode_timeline
 #   host-step  the engine loop's host work per step, on this machine's CPU                host_step
+#   moe-tune   the fused MoE kernel's launch shapes per token count, for each of $MOE_TUNE_SHAPES
+#              (default qwen3-30b-a3b; one shape a call): prints the ops/triton_moe.py table   moe_tune
 #   tp         two GPUs: llama-8b, TP_PROMPTS prompts at TP=1, TP=2 NCCL only, TP=2 custom all-reduce;
 #              then the all-reduces alone                                  rows: throughput, all_reduce
 # Test stages (logs to $OUT):
@@ -100,6 +109,20 @@ stage() {
       return $rc ;;
     random) bench --shape llama-1b --workload random --num-prompts "$NUM_PROMPTS" ;;
     qwen) bench --shape qwen-0.5b --num-prompts "$NUM_PROMPTS" ;;
+    moe) bench --shape qwen3-30b-a3b --num-prompts "$NUM_PROMPTS" ;;
+    gemma)
+      bench --shape gemma-2-9b --num-prompts "$NUM_PROMPTS" || rc=$?
+      bench --shape gemma-3-1b --num-prompts "$NUM_PROMPTS" || rc=$?
+      return $rc ;;
+    phi) bench --shape phi-4-mini --num-prompts "$NUM_PROMPTS" ;;
+    fp8)
+      bench --shape llama-8b-fp8 --num-prompts "$NUM_PROMPTS" || rc=$?
+      bench --shape llama-8b-fp8-block --num-prompts "$NUM_PROMPTS" || rc=$?
+      return $rc ;;
+    fp8-more)
+      bench --shape llama-8b --num-prompts "$NUM_PROMPTS" --quantization fp8 || rc=$?
+      bench --shape llama-8b --num-prompts "$NUM_PROMPTS" --kv-cache-dtype fp8 || rc=$?
+      return $rc ;;
     hf) PEERS=hf bench --shape llama-1b --num-prompts "$NUM_PROMPTS" --hf-num-prompts "${HF_PROMPTS:-256}" ;;
     quick) PEERS="" bench --shape llama-1b --num-prompts "${QUICK_PROMPTS:-200}" ;;
     grpc)  # each round: gRPC, then offline as configured and at the streams' batch limit
@@ -126,6 +149,7 @@ stage() {
       tar -czf "$OUT/traces.tar.gz" -C "$TRACES" . || rc=$?
       return $rc ;;
     host-step) python3 -m benchmarks.host_step "${REC[@]}" ;;
+    moe-tune) python3 -m benchmarks.tune_moe "${REC[@]}" --shapes ${MOE_TUNE_SHAPES:-qwen3-30b-a3b} ;;
     tp)
       [ "$(num_gpus)" -ge 2 ] || { echo "tp needs two GPUs"; return 2; }
       local tp=(--shape llama-8b --num-prompts "${TP_PROMPTS:-500}" --decode-batch-sizes 1)

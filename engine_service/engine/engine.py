@@ -118,6 +118,13 @@ class Engine:
         self._inflight = None  # (SchedulerOutput, pending result) of the step on the device
         # The last batch whose updates were all plain, while none of its sequences finished or was aborted.
         self._steady: updates_codec.SteadyRows | None = None
+        quant = mc.quantization
+        log.info(
+            "Model %s: %s weights%s",
+            mc.architecture,
+            str(dtype).removeprefix("torch."),
+            "" if quant is None else f", linear layers in FP8 e4m3 ({quant.method})",
+        )
         kv_dtype = str(dtype).removeprefix("torch.")
         if config.kv_cache_dtype == "fp8":  # half the bytes of a 16-bit cache: twice the blocks
             kv_dtype = "fp8 e4m3, 1 byte a value"

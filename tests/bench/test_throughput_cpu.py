@@ -4,6 +4,7 @@ peer launcher. The GPU figures themselves come from benchmarks/gpu_session.sh.""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -271,3 +272,31 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_fp8_settings_reach_the_engine_and_the_row(tmp_path, caplog):
+    """--quantization fp8 and --kv-cache-dtype fp8 build Pagoda's engine with them (FP8 weights and KV cache,
+    dequantized on CPU) and are recorded with the row, so FP8 rows are told apart from 16-bit ones."""
+    caplog.set_level(logging.INFO)
+    record = run(
+        tmp_path,
+        "--num-prompts",
+        "2",
+        "--input-len",
+        "8",
+        "--output-len",
+        "4",
+        "--decode-batch-sizes",
+        "1",
+        "--decode-tokens",
+        "2,4",
+        "--quantization",
+        "fp8",
+        "--kv-cache-dtype",
+        "fp8",
+    )
+    assert "error" not in record["pagoda"], record["pagoda"]
+    assert record["pagoda"]["num_output_tokens"] == 8
+    assert (record["settings"]["quantization"], record["settings"]["kv_cache_dtype"]) == ("fp8", "fp8")
+    # the engine's start-up lines: it was built with FP8 weights and an FP8 cache
+    assert "linear layers in FP8 e4m3 (online)" in caplog.text and "KV cache (fp8 e4m3" in caplog.text
