@@ -15,13 +15,15 @@ import numpy as np
 import torch
 
 from engine_service.core.model_config import ModelConfig
+from engine_service.core.pooling import PoolingConfig
 from engine_service.core.scheduler import SchedulerOutput
 from engine_service.core.sequence import PLACEHOLDER
 from engine_service.layers.attention import AttentionMetadata
 from engine_service.models.registry import model_class
-from engine_service.worker import host_copy
+from engine_service.worker import host_copy, prompt_logprobs
 from engine_service.worker.block_table_rows import BlockTableRows
 from engine_service.worker.cuda_graphs import DecodeGraphs
+from engine_service.worker.pooler import Pooler
 from engine_service.worker.sampler import PendingSample, Sampler, SampleResult
 from engine_service.worker.weights import init_dummy_weights, load_weights
 
@@ -56,6 +58,7 @@ class ModelRunner:
         tp_rank: int = 0,
         tp_size: int = 1,
         pdl: bool = True,
+        pooling: PoolingConfig | None = None,
         kv_cache_dtype: str = "auto",
     ):
         if device.type == "cuda":  # one process serves one engine: the launch setting is the process's
@@ -81,6 +84,7 @@ class ModelRunner:
             load_weights(self.model, model_config.path)
         self.model.eval()
         self.sampler = Sampler(device, model_config.eos_token_ids, seed)
+        self.pooler = Pooler(pooling) if pooling is not None else None  # an embedding model pools instead
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs: DecodeGraphs | None = None
         self.block_rows = BlockTableRows()
@@ -202,6 +206,7 @@ class ModelRunner:
         fixup = self._placeholder_fixup(step, seq_ids)
         self.block_rows.forget(seq.seq_id for seq in out.preempted)
         table = self.block_rows.gather(seq_ids, block_tables)
+        scored = None  # prompt logprobs: only a step with a prompt chunk (never a decode graph's) has any
         if self.graphs is not None and step.is_decode and len(items) <= self.graphs.max_batch_size:
             hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, table, fixup)
             logits = self.model.compute_logits(hidden)  # [B, vocab]
@@ -210,21 +215,36 @@ class ModelRunner:
             if fixup is not None:
                 fixup(input_ids)
             hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
+            if self.pooler is not None:
+                return self.pooler.launch(out, step.query_start, hidden)
+            scored = self._score_prompts(out, step, hidden)
             if not items:
-                return PendingSample.empty()
+                return PendingSample.empty(scored)
             logits = self.model.compute_logits(hidden[indices])  # [B, vocab]
         # With tensor parallelism every rank samples: the gathered logits and the counter-based noise are
         # the same on every rank, so each holds the step's tokens on its device for the next step's
         # placeholders. Only rank 0's tokens go to the host (its worker alone calls result()).
         positions = [it.start + it.num_new_tokens - it.seq.num_prompt_tokens for it in items]
         pending = self.sampler.launch(logits, [it.seq for it in items], positions)
+        pending.prompt_logprobs = scored
         sampled_ids = seq_ids if len(items) == len(seq_ids) else [it.seq.seq_id for it in items]
         self._last_sampled = (pending.tokens, sampled_ids)
         return pending
 
+    def _score_prompts(self, out: SchedulerOutput, step: _HostStep, hidden: torch.Tensor):
+        """Prompt logprobs of the step's prompt chunks that asked for them (worker/prompt_logprobs.py), or
+        None. A step whose every sequence samples one token has no prompt chunk: no scan then."""
+        if step.max_query_len == 1 and len(step.logits_indices) == len(out.scheduled):
+            return None
+        spans = prompt_logprobs.find_spans(out, step.query_start)
+        return prompt_logprobs.launch(self.model, hidden, spans) if spans else None
+
     def forget(self, seq_ids) -> None:
         """Sequences that finished or were aborted: their block-table rows are free."""
+        seq_ids = list(seq_ids)
         self.block_rows.forget(seq_ids)
+        if self.pooler is not None:
+            self.pooler.forget(seq_ids)
 
     def _placeholder_fixup(self, step: _HostStep, seq_ids: list[str]):
         """A function that writes the previous launch's sampled ids over this step's placeholders, or None.
