@@ -80,6 +80,13 @@ class ServeConfig:
         default=None,
         metadata={"help": "require one of the API keys of this file (one a line, re-read live)"},
     )
+    embedding_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "also serve this embedding model (a sentence-transformers decoder folder) on "
+            "/v1/embeddings, with one more engine (on the CPU)"
+        },
+    )
     startup_timeout_s: float = field(default=900.0, metadata={"help": "seconds to wait for every engine"})
 
 
@@ -230,11 +237,25 @@ def write_private(folder: Path, name: str, text: str) -> str:
 
 
 class Stack:
-    def __init__(self, model: str, name: str, args: ServeConfig, api_keys: list[str]):
+    def __init__(
+        self,
+        model: str,
+        name: str,
+        args: ServeConfig,
+        api_keys: list[str],
+        embedding: tuple[str, str] | None = None,
+    ):
+        """`embedding`: (folder, served name) of an embedding model to serve beside, on an engine of its own
+        on the CPU (a GPU's memory belongs to the generation engines); the router routes by model name."""
         num_gpus = count_gpus() if args.device != "cpu" else 0
         plan = plan_engines(args.device, args.engines, num_gpus, args.tensor_parallel_size)
+        models = [(model, name)] * len(plan)
+        if embedding is not None:
+            plan, models = [*plan, ("cpu", {})], [*models, embedding]
         tokenizer_port = free_port()
         engine_ports = [free_port() for _ in plan]
+        # Each engine serves its metrics on loopback; the router appends them to its own /metrics.
+        metrics_ports = [free_port() for _ in plan]
         self.secrets = Path(tempfile.mkdtemp(prefix="pagoda-serve-"))  # mode 0700
         token = write_private(self.secrets, "grpc-token", secrets.token_urlsafe(32) + "\n")
         auth = ["--grpc-token-file", token]
@@ -259,9 +280,9 @@ class Stack:
                 [
                     "engine",
                     "--model",
-                    model,
+                    engine_model,
                     "--served-model-name",
-                    name,
+                    engine_name,
                     "--device",
                     device,
                     "--host",
@@ -269,16 +290,23 @@ class Stack:
                     "--port",
                     str(port),
                     "--metrics-port",
-                    "0",
+                    str(metrics_port),
                     "--tensor-parallel-size",
                     str(args.tensor_parallel_size if device == "cuda" else 1),
                     *auth,
                 ],
                 env,
             )
-            for i, ((device, env), port) in enumerate(zip(plan, engine_ports, strict=True))
+            for i, ((device, env), port, metrics_port, (engine_model, engine_name)) in enumerate(
+                zip(plan, engine_ports, metrics_ports, models, strict=True)
+            )
         ]
         engine_flags = [flag for port in engine_ports for flag in ("--engine", f"127.0.0.1:{port}")]
+        engine_flags += [
+            flag
+            for port in metrics_ports
+            for flag in ("--engine-metrics-url", f"http://127.0.0.1:{port}/metrics")
+        ]
         key_flags = []
         if args.api_key_file:
             key_flags = ["--api-key-file", str(Path(args.api_key_file).resolve())]
@@ -381,7 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stack = Stack(model, name, args, api_keys)
+    embedding = None
+    if args.embedding_model:
+        try:
+            embedding = (str(resolve_model(args.embedding_model)), served_model_name(args.embedding_model))
+        except ModelNotFoundError as err:
+            print(f"pagoda serve: {err}", file=sys.stderr)
+            return 2
+    stack = Stack(model, name, args, api_keys, embedding)
     try:
         if not stack.wait_ready(args.startup_timeout_s, stop):
             return 0 if stop.is_set() else 1

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from pagoda.telemetry.tracing import setup_tracing
-from router.api import chat, completions, status, tokenize
+from router.api import chat, completions, embeddings, responses, status, tokenize
 from router.api.auth import OPEN_PATHS, ApiKeys
 from router.api.body import expect_handler
 from router.api.body_pool import BodyPool
@@ -29,6 +29,7 @@ from router.upstream.channels import ChannelFactory
 from router.upstream.discovery.dns import DnsDiscovery
 from router.upstream.discovery.static import StaticDiscovery
 from router.upstream.dispatch import Dispatcher
+from router.upstream.engine_metrics import EngineMetrics
 from router.upstream.engines import EngineRegistry
 from router.upstream.policies import make_policy
 from router.upstream.tokenizer import Tokenizers
@@ -81,7 +82,17 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
         streams = StreamLimiter(config.max_concurrent_streams_per_key, config.max_concurrent_tokens_per_key)
         body_pool = BodyPool(config.body_parse_workers)
         app[CONTEXT] = RouterContext(
-            config, registry, dispatcher, tokenizers, metrics, api_keys, limits, streams, telemetry, body_pool
+            config,
+            registry,
+            dispatcher,
+            tokenizers,
+            metrics,
+            api_keys,
+            limits,
+            streams,
+            telemetry,
+            body_pool,
+            EngineMetrics(config.engine_metrics_urls),
         )
         tasks = [
             asyncio.create_task(source.run(functools.partial(registry.update, name)), name=name)
@@ -107,6 +118,8 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
         [
             web.post("/v1/chat/completions", chat.chat_completions, expect_handler=expect_handler),
             web.post("/v1/completions", completions.completions, expect_handler=expect_handler),
+            web.post("/v1/responses", responses.create_response, expect_handler=expect_handler),
+            web.post("/v1/embeddings", embeddings.embeddings, expect_handler=expect_handler),
             web.get("/v1/models", status.list_models),
             web.get("/v1/models/{model:.+}", status.get_model),
             web.post("/tokenize", tokenize.tokenize, expect_handler=expect_handler),

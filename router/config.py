@@ -165,6 +165,17 @@ class RouterConfig:
         metadata={"group": SECURITY, "help": "file with one API key per line, re-read when it changes"},
     )
     metrics: bool = field(default=True, metadata={"group": SECURITY, "help": "serve /metrics"})
+    # Engines' /metrics URLs whose families /metrics appends, labelled by engine (upstream/engine_metrics.py).
+    engine_metrics_urls: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "flag": "engine-metrics-url",
+            "metavar": "URL",
+            "group": SECURITY,
+            "help": "an engine's /metrics URL whose metrics /metrics appends, labelled by engine "
+            "(repeatable; pagoda serve passes its engines')",
+        },
+    )
     log_format: Literal["text", "json"] = field(
         default="text", metadata={"group": SECURITY, "help": "log line format"}
     )

@@ -200,4 +200,7 @@ def info_to_pb(info: TokenizerInfo) -> pb.InfoResponse:
         has_chat_template=info.has_chat_template,
         model_max_length=info.model_max_length,
         model_name=info.model_name,
+        fim=pb.FimTokens(prefix=info.fim_tokens[0], suffix=info.fim_tokens[1], middle=info.fim_tokens[2])
+        if info.fim_tokens
+        else None,
     )

@@ -19,6 +19,15 @@ from pagoda.prompt_bound import max_bytes_per_token, refuses
 # transformers' "no limit" sentinel for model_max_length is about 1e30; anything past 2^32 is that.
 _NO_LIMIT = 2**32
 
+# Fill-in-the-middle token sets (prefix, suffix, middle) of the model families that have them, in PSM
+# order: StarCoder / SantaCoder, Qwen2.5-Coder, DeepSeek-Coder. Each is an added token, so its text
+# encodes to it wherever it stands. (CodeLlama's ▁<PRE>-style tokens need spacing rules of their own.)
+FIM_FAMILIES = (
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
+)
+
 
 class InvalidInput(ValueError):
     """The request is wrong; the message starts with the field at fault."""
@@ -65,6 +74,7 @@ class TokenizerInfo:
     has_chat_template: bool
     model_max_length: int  # 0 when unknown
     model_name: str
+    fim_tokens: tuple[str, str, str] | None = None  # (prefix, suffix, middle); None: no full set
 
 
 def load_hf_tokenizer(model_dir: Path):
@@ -185,7 +195,13 @@ class ModelTokenizer:
             has_chat_template=self.has_chat_template,
             model_max_length=int(max_len),
             model_name=model_name,
+            fim_tokens=self.fim_tokens(),
         )
+
+    def fim_tokens(self) -> tuple[str, str, str] | None:
+        """The first family of FIM_FAMILIES whose three tokens are all in the vocabulary."""
+        vocab = self.hf.get_vocab()
+        return next((family for family in FIM_FAMILIES if all(t in vocab for t in family)), None)
 
 
 def _read_json(path: Path) -> dict:

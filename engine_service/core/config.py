@@ -91,6 +91,13 @@ class EngineConfig:
         default=MAX_LOGPROBS,
         metadata={"help": f"most top logprobs a request may ask for (at most {MAX_LOGPROBS})"},
     )
+    runner: Literal["auto", "generate", "pooling"] = field(
+        default="auto",
+        metadata={
+            "help": "what to serve: generation, or embeddings (pooling: one prefill per input, the Embed "
+            "RPC); auto: embeddings for a sentence-transformers folder or a bare ...Model architecture"
+        },
+    )
     # FP8 checkpoints (fp8, compressed-tensors, modelopt) are recognised from config.json either way
     # (ModelConfig.quantization); this quantizes a 16/32-bit one as it loads (layers/quantization).
     quantization: Literal["fp8"] | None = field(

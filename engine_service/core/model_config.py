@@ -110,6 +110,9 @@ class ModelConfig:
     moe: MoeConfig | None = None  # None: a dense model
     # The checkpoint's quantization, or the on-load one EngineConfig.quantization asked for; None: none.
     quantization: QuantConfig | None = None
+    # Embedding models (core/pooling.py): may their vectors be shortened, and to which lengths (empty: any)?
+    is_matryoshka: bool = False
+    matryoshka_dimensions: tuple[int, ...] = ()
 
     @property
     def ropes(self) -> tuple[dict[str, Any], ...]:
@@ -182,6 +185,8 @@ class ModelConfig:
             final_logit_softcapping=cfg.get("final_logit_softcapping"),
             moe=_moe(cfg),
             quantization=parse_quantization(cfg.get("quantization_config"), quantization),
+            is_matryoshka=bool(cfg.get("is_matryoshka", False)),
+            matryoshka_dimensions=tuple(int(d) for d in cfg.get("matryoshka_dimensions") or ()),
         )
 
 

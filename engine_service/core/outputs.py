@@ -12,6 +12,7 @@ class TokenLogprobs:
     token_id: int
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)
+    rank: int = 0  # 1-based rank of token_id at its position (1: the most likely); 0: not computed
 
 
 @dataclass(slots=True)
@@ -26,6 +27,10 @@ class SequenceUpdate:
     stop_reason: int | str | None
     num_prompt_tokens: int
     num_cached_tokens: int
+    # With the first token of a sample that asked for prompt logprobs: prompt tokens 1..P-1's logprobs.
+    prompt_logprobs: list[TokenLogprobs] | None = None
+    # An embedding model's pooled vector (its one update, with no token).
+    embedding: list[float] | None = None
 
 
 @dataclass
@@ -54,6 +59,7 @@ class RequestOutput:
     num_cached_tokens: int
     metrics: RequestMetrics
     prompt: str | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None  # prompt tokens 1..P-1, when asked for
 
     @property
     def finished(self) -> bool:

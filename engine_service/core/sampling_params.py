@@ -7,8 +7,9 @@ has the field (temperature [0, 2], top_p (0, 1], penalties [-2, 2], n >= 1, logp
 [-100, 100], seed any signed 64-bit integer); the extensions (top_k, min_p, ...) take vLLM's meaning.
 
 An unset max_tokens means "as many as fit in the context" (max_model_len minus the prompt) offline, over
-gRPC and through the router alike: only the engine knows what fits (its context and its KV cache), so the
-default is the engine's. vLLM's offline default is 16 instead; pass max_tokens to bound a request.
+gRPC and through the router's chat alike: only the engine knows what fits (its context and its KV cache), so
+the default is the engine's. vLLM's offline default is 16 instead; pass max_tokens to bound a request. The
+router's legacy completions send 16 (or what fits of it) when the client gives none: OpenAI's default there.
 """
 
 from __future__ import annotations
@@ -130,6 +131,17 @@ class SamplingParams:
             MAX_LOGPROBS,
         ),
     )
+    # Such a request's prompt skips the prefix cache until its first token (core/prompt_logprobs.py).
+    prompt_logprobs: int | None = field(
+        default=None,
+        metadata=spec(
+            "return the logprob of every prompt token (the first has none) and this many top alternatives "
+            "per position (0: the prompt token's own only; unset: none)",
+            0,
+            MAX_LOGPROBS,
+            openai=False,
+        ),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # one stop string, as OpenAI bodies may give it
@@ -155,9 +167,11 @@ class SamplingParams:
         check_min_tokens(self.min_tokens, self.max_tokens)
         check_vocab("logit_bias", self.logit_bias, vocab_size)
         check_vocab("stop_token_ids", self.stop_token_ids, vocab_size)
-        if self.logprobs is not None and max_logprobs < MAX_LOGPROBS:  # this engine serves fewer
-            bounds = dataclasses.replace(SAMPLING_FIELDS["logprobs"].bounds, hi=max_logprobs)
-            check_range(bounds, "logprobs", self.logprobs)
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and max_logprobs < MAX_LOGPROBS:  # this engine serves fewer
+                bounds = dataclasses.replace(SAMPLING_FIELDS[name].bounds, hi=max_logprobs)
+                check_range(bounds, name, value)
 
 
 SAMPLING_FIELDS = sampling_fields(SamplingParams)

@@ -137,7 +137,10 @@ class Scheduler:
         admitted = False
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
             seq = self.waiting[0]
-            hits = bm.get_computed_blocks(seq)
+            # A prompt that needs the logits or hidden state of every position skips the prefix cache
+            # until its first token: a cached block has no logits (core/prompt_logprobs.py).
+            every = seq.reads_every_position and not seq.output_token_ids
+            hits = [] if every else bm.get_computed_blocks(seq)
             num_computed = len(hits) * bm.block_size
             num_new = min(seq.num_tokens - num_computed, budget)
             if not bm.can_allocate(seq, num_new, hits):

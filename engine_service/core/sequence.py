@@ -34,6 +34,9 @@ class Sequence:
     prompt_token_ids: list[int]
     params: SamplingParams
     cache_salt: str | None = None
+    # Its prompt's every position is computed (prompt logprobs, mean pooling): it skips the prefix cache
+    # until its first token (see core/prompt_logprobs.py).
+    reads_every_position: bool = False
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1  # prompt tokens found in the prefix cache at first scheduling (-1: not yet)

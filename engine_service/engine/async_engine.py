@@ -36,6 +36,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from engine_service.core.outputs import SequenceUpdate
+from engine_service.core.pooling import pooling_params
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.engine import updates_codec
 from engine_service.engine.engine import EngineStats
@@ -79,10 +81,12 @@ class RequestStream:
         num_prompt_tokens: int = 0,
         outlet: Outlet | None = None,
         num_sequences: int = 1,
+        params_max_tokens: int = 0,
     ):
         self.request_id = request_id
         self.num_prompt_tokens = num_prompt_tokens
         self.num_sequences = num_sequences  # the request's n
+        self.params_max_tokens = params_max_tokens  # its max_tokens (or what fits), for metrics
         self.owner: str | None = None  # who asked for it (the only caller whose Abort may end it)
         self.started = False  # a first token (or any output) arrived
         self.finished = False  # the request's last delta (with usage) was queued
@@ -128,8 +132,9 @@ class RequestStream:
         return self.take()
 
     def take(self) -> list[SampleDelta]:
-        """Everything queued since the last take, merged into one delta per sample (usage last); raises
-        the stream's error once it failed."""
+        """Everything queued since the last take, merged into one delta per sample: prompt logprobs first
+        (so they lead the request's first message; sample 0, which carries them, is never behind its
+        siblings in the scheduler), usage last. Raises the stream's error once it failed."""
         if self._error is not None:
             raise self._error
         deltas, self._deltas, self._held = self._deltas, [], 0
@@ -141,7 +146,7 @@ class RequestStream:
                 merged[d.index].merge(d)
             else:
                 merged[d.index] = d
-        return sorted(merged.values(), key=lambda d: d.usage is not None)
+        return sorted(merged.values(), key=lambda d: (d.usage is not None, d.prompt_logprobs is None))
 
 
 class RateMeter:
@@ -211,6 +216,7 @@ class AsyncEngine:
         self._on_fatal = on_fatal
         self._processor = OutputProcessor(tokenizer)
         self._streams: dict[str, RequestStream] = {}
+        self._embeds: dict[str, asyncio.Future] = {}  # an embedding model's inputs: their vectors
         # Sequences (each request's n samples) with no output yet: bounded by max_waiting. Counting requests
         # would let one request of n=128 weigh as much as one of n=1.
         self._num_waiting = 0
@@ -268,12 +274,46 @@ class AsyncEngine:
         self._processor.add_request(request_id, prompt_token_ids, params)
         if not self._streams:  # the loop was idle: it owes an iteration from now on
             self._last_progress = time.monotonic()
-        stream = RequestStream(request_id, self._stream_interval, len(prompt_token_ids), outlet, params.n)
+        max_tokens = params.max_tokens or self.model_info.max_model_len - len(prompt_token_ids)
+        stream = RequestStream(
+            request_id, self._stream_interval, len(prompt_token_ids), outlet, params.n, max_tokens
+        )
         stream.owner = owner
         self._streams[request_id] = stream
         self._num_waiting += params.n
         self._core.submit(AddRequest(request_id, list(prompt_token_ids), params, cache_salt))
         return stream
+
+    def embed(
+        self, request_id: str, prompts: list[list[int]], cache_salt: str | None = None
+    ) -> list[asyncio.Future]:
+        """Queues each prompt as request `<request_id>-<i>` of an embedding model; each future resolves to
+        its pooled vector (or raises ValueError if the engine refused it)."""
+        if self.error is not None:
+            raise EngineDeadError(self.error)
+        if self.unresponsive is not None:
+            raise EngineUnavailableError(self.unresponsive)
+        params = pooling_params()
+        ids = [f"{request_id}-{i}" for i in range(len(prompts))]
+        for rid, prompt in zip(ids, prompts, strict=True):
+            if rid in self._embeds or rid in self._streams:
+                raise ValueError(f"request_id {rid!r} is already in use")
+            self._validate(prompt, params)
+        if not self._streams and not self._embeds:  # the loop was idle: it owes an iteration from now on
+            self._last_progress = time.monotonic()
+        futures = []
+        for rid, prompt in zip(ids, prompts, strict=True):
+            futures.append(self._embeds.setdefault(rid, self._loop.create_future()))
+            self._core.submit(AddRequest(rid, list(prompt), params, cache_salt))
+        return futures
+
+    def abort_embeds(self, request_id: str, count: int) -> None:
+        """Drops the inputs of `embed(request_id, ...)` still running (the caller went away)."""
+        for i in range(count):
+            future = self._embeds.pop(f"{request_id}-{i}", None)
+            if future is not None:
+                future.cancel()
+                self._core.submit(AbortRequest(f"{request_id}-{i}"))
 
     def abort(self, request_id: str, owner: str | None = None) -> bool:
         """Ends the request's stream now (finish_reason "abort"); the engine frees its blocks next step.
@@ -327,6 +367,8 @@ class AsyncEngine:
             self.kv_events.publish(times.kv_events)
         if times.started:  # before the deltas: a request may finish in the step of its first token
             self._started(times.started)
+        if self._embeds:
+            self._deliver_embeddings(updates.other, rejected)
         deltas, aborts = self._processor.process_packed(updates)
         for request_id, index in aborts:  # stop strings
             self._core.submit(AbortRequest(request_id, index))
@@ -339,6 +381,17 @@ class AsyncEngine:
             if stream is not None:
                 self._num_waiting -= 0 if stream.started else stream.num_sequences
                 stream.fail(ValueError(message))
+
+    def _deliver_embeddings(self, updates: list[SequenceUpdate], rejected: list[tuple[str, str]]) -> None:
+        for u in updates:
+            if u.embedding is not None:
+                future = self._embeds.pop(u.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(u.embedding)
+        for request_id, message in rejected:
+            future = self._embeds.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(ValueError(message))
 
     def _started(self, started: list[tuple[str, float, float, float]]) -> None:
         for request_id, queued, scheduled, first_token in started:
@@ -388,7 +441,7 @@ class AsyncEngine:
             await asyncio.sleep(interval)
             self.meter.record(self.stats.num_generation_tokens)  # keeps the rate falling while idle
             silent_s = time.monotonic() - self._last_progress
-            if self._streams and silent_s > self._step_timeout_s:
+            if (self._streams or self._embeds) and silent_s > self._step_timeout_s:
                 self._fail(f"the engine loop has not finished a step for {silent_s:.1f} s (stalled)")
             self._check_heartbeat()
 
@@ -403,6 +456,11 @@ class AsyncEngine:
             streams, self._streams, self._num_waiting = self._streams, {}, 0
             for stream in streams.values():
                 stream.fail(EngineUnavailableError(self.unresponsive))
+            embeds, self._embeds = self._embeds, {}
+            for request_id, future in embeds.items():
+                self._core.submit(AbortRequest(request_id))
+                if not future.done():
+                    future.set_exception(EngineUnavailableError(self.unresponsive))
             self._on_liveness(False)
         elif age <= self._liveness_timeout_s and self.unresponsive is not None:
             log.warning("the engine process responds again (%s); serving", self.unresponsive)
@@ -419,5 +477,9 @@ class AsyncEngine:
         streams, self._streams, self._num_waiting = self._streams, {}, 0
         for stream in streams.values():
             stream.fail(EngineDeadError(f"engine failed: {reason}"))
+        embeds, self._embeds = self._embeds, {}
+        for future in embeds.values():
+            if not future.done():
+                future.set_exception(EngineDeadError(f"engine failed: {reason}"))
         self.kv_events.close(EngineDeadError(f"engine failed: {reason}"))
         self._on_fatal(reason)

@@ -15,6 +15,8 @@ from engine_service.core.block_manager import BlockManager
 from engine_service.core.config import EngineConfig
 from engine_service.core.model_config import ModelConfig
 from engine_service.core.outputs import SequenceUpdate
+from engine_service.core.pooling import pooling_config, pooling_params, resolve_task
+from engine_service.core.prompt_logprobs import PromptLogprobsAccumulator, wants_prompt_logprobs
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.core.scheduler import Scheduler
 from engine_service.core.sequence import Sequence, SequenceStatus
@@ -43,6 +45,10 @@ class ModelInfo:
     tensor_parallel_size: int
     max_num_seqs: int
     num_kv_blocks: int
+    task: str = "generate"  # generate | embed (core/pooling.py)
+    embedding_size: int = 0
+    matryoshka: bool = False
+    matryoshka_dimensions: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,8 @@ class EngineStats:
 
 class Engine:
     def __init__(self, config: EngineConfig, executor_factory=make_executor):
-        """`executor_factory(config, model_config, device, dtype)` builds the executor: make_executor, or a
-        benchmark rig's stand-in for the device (benchmarks/serving_rig.py)."""
+        """`executor_factory(config, model_config, device, dtype, pooling)` builds the executor:
+        make_executor, or a benchmark rig's stand-in for the device (benchmarks/serving_rig.py)."""
         self.config = config
         # Whatever the checkpoint uses that Pagoda cannot run fails here, before any weight is read.
         self.model_config = mc = ModelConfig.from_dir(config.model, MODELS, config.quantization)
@@ -72,12 +78,19 @@ class Engine:
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         self.max_model_len = self._max_model_len(config, mc)
+        self.task = resolve_task(config.runner, mc.path, mc.architecture)
+        self.pooling = (
+            pooling_config(mc.path, mc.is_matryoshka, mc.matryoshka_dimensions)
+            if self.task == "embed"
+            else None
+        )
         # The model, its KV cache and the sampler: here (TP=1) or in one worker process per rank.
-        self.executor: Executor = executor_factory(config, mc, device, dtype)
+        self.executor: Executor = executor_factory(config, mc, device, dtype, self.pooling)
         try:
             num_blocks = self._num_kv_blocks(config)
             self.executor.allocate_kv_cache(num_blocks)
-            if device.type == "cuda" and not config.enforce_eager:
+            # An embedding model never decodes: no decode graphs.
+            if device.type == "cuda" and not config.enforce_eager and self.pooling is None:
                 self.executor.capture_cuda_graphs(config.max_num_seqs, self.max_model_len)
         except BaseException:
             self.executor.shutdown()
@@ -104,8 +117,13 @@ class Engine:
             tensor_parallel_size=config.tensor_parallel_size,
             max_num_seqs=config.max_num_seqs,
             num_kv_blocks=num_blocks,
+            task=self.task,
+            embedding_size=mc.hidden_size if self.pooling else 0,
+            matryoshka=bool(self.pooling and self.pooling.matryoshka),
+            matryoshka_dimensions=self.pooling.matryoshka_dimensions if self.pooling else (),
         )
         self._requests: dict[str, list[Sequence]] = {}
+        self._prompt_logprobs = PromptLogprobsAccumulator()  # received, until the sample's first update
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
         self.num_steps = 0
@@ -150,9 +168,20 @@ class Engine:
         """Validate and queue a request; raises ValueError naming the field and its limit."""
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        if self.pooling is not None:  # an embedding: one prefill, pooled (see pooling_params)
+            params = pooling_params()
         self.validate(prompt_token_ids, params)
+        every = self.pooling is not None and self.pooling.reads_every_position
         seqs = [
-            Sequence(f"{request_id}#{i}", request_id, i, list(prompt_token_ids), params, cache_salt)
+            Sequence(
+                f"{request_id}#{i}",
+                request_id,
+                i,
+                list(prompt_token_ids),
+                params,
+                cache_salt,
+                reads_every_position=every or wants_prompt_logprobs(i, params.prompt_logprobs),
+            )
             for i in range(params.n)
         ]
         self._requests[request_id] = seqs
@@ -166,6 +195,7 @@ class Engine:
         targets = [s for s in seqs if index is None or s.index == index]
         self.scheduler.abort(targets)  # the model runner hears of it with the next step
         self._steady = None  # an in-flight token of theirs is void
+        self._prompt_logprobs.forget(s.seq_id for s in targets)
         self._forget_finished(request_id)
         return bool(targets)
 
@@ -218,17 +248,24 @@ class Engine:
         out, pending = self._inflight
         self._inflight = None
         result = pending.result()
+        if result.prompt_logprobs:  # before the updates: a prompt's last chunk comes with its first token
+            self._prompt_logprobs.add(out.seq_ids, result.prompt_logprobs)
         sampling = out.sampled_seqs()
         finished = self.scheduler.update_from_output(sampling, result.token_ids)
         self.num_prompt_tokens += out.num_prompt_tokens
         steady = self._steady
-        if out.same_batch and steady is not None and not finished:
+        if result.pooled:
+            packed = self._embedding_updates(sampling, result.pooled)
+        elif out.same_batch and steady is not None and not finished:
             # The previous step's sequences, in its order (the scheduler's word), all of whose updates were
             # plain, none finished or aborted since: only the token ids differ.
             packed = steady.packed(result.token_ids)
         else:
             packed = self._build_updates(sampling, result, finished)
-        self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
+        if not result.pooled:  # an embedding generates nothing
+            self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
+        if self._prompt_logprobs:
+            self._prompt_logprobs.forget(seq.seq_id for seq in finished)
         for seq in finished:
             self._forget_finished(seq.request_id)
         return packed
@@ -251,12 +288,15 @@ class Engine:
             is_done = seq.status is FINISHED
             if is_done and seq not in done:
                 continue  # aborted, or stopped by an earlier step's token: this one is void
+            prompt_logprobs = None
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 if self.started is not None:
                     self.started.append(seq)
+                if seq.reads_every_position:  # its prompt logprobs ride on its first update
+                    prompt_logprobs = self._prompt_logprobs.pop(seq.seq_id)
             num_cached = seq.num_cached_tokens if seq.num_cached_tokens > 0 else 0
-            if seq.index == 0 and not is_done and logprobs is None:
+            if seq.index == 0 and not is_done and logprobs is None and prompt_logprobs is None:
                 request_ids(seq.request_id)
                 token_ids(token)
                 cached(num_cached)
@@ -272,10 +312,38 @@ class Engine:
                     seq.stop_reason if is_done else None,
                     seq.num_prompt_tokens,
                     num_cached,
+                    prompt_logprobs,
                 )
             )
         all_plain = not finished and len(packed.request_ids) == len(sampling)  # no void, no other update
         self._steady = updates_codec.SteadyRows(packed) if all_plain else None
+        return packed
+
+    def _embedding_updates(
+        self, sampling: list[Sequence], pooled: list[list[float]]
+    ) -> updates_codec.PackedUpdates:
+        """An embedding model's sequences end with their prompt: each update carries its vector, no token."""
+        packed = updates_codec.empty()
+        now = time.monotonic()
+        for seq, vector in zip(sampling, pooled, strict=True):
+            if seq.finish_reason == "abort":
+                continue
+            seq.first_token_time = now
+            num_cached = max(seq.num_cached_tokens, 0)
+            packed.other.append(
+                SequenceUpdate(
+                    seq.request_id,
+                    seq.index,
+                    [],
+                    None,
+                    "length",
+                    None,
+                    seq.num_prompt_tokens,
+                    num_cached,
+                    embedding=vector,
+                )
+            )
+        self._steady = None
         return packed
 
     def stats(self) -> EngineStats:
@@ -316,6 +384,10 @@ class Engine:
                 f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the limit of "
                 f"{capacity} tokens (max_model_len {self.max_model_len})"
             )
+
+    @property
+    def is_embedding_model(self) -> bool:
+        return self.pooling is not None
 
     def _forget_finished(self, request_id: str) -> None:
         seqs = self._requests.get(request_id)

@@ -83,6 +83,8 @@ class LLM:
                     out.text += delta.text
                 if delta.logprobs is not None:
                     out.logprobs += delta.logprobs
+                if delta.prompt_logprobs is not None:
+                    result.prompt_logprobs = delta.prompt_logprobs
                 if result.metrics.first_token_time is None:
                     result.metrics.first_token_time = time.monotonic()
                 if delta.finish_reason is not None:

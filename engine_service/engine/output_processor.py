@@ -40,6 +40,7 @@ class SampleDelta:
     finish_reason: str | None = None  # None | "stop" | "length" | "abort"
     stop_reason: int | str | None = None  # the stop token id or stop string that ended the sample
     usage: Usage | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None  # on sample 0's first delta, when asked for
 
     def merge(self, later: SampleDelta) -> None:
         """Append a later delta of the same sample (to send several steps' tokens in one message)."""
@@ -49,6 +50,7 @@ class SampleDelta:
             self.logprobs = (self.logprobs or []) + later.logprobs
         self.finish_reason, self.stop_reason = later.finish_reason, later.stop_reason
         self.usage = later.usage or self.usage
+        self.prompt_logprobs = self.prompt_logprobs or later.prompt_logprobs
 
 
 class _Sample:
@@ -113,6 +115,7 @@ class OutputProcessor:
                 u.num_cached_tokens,
                 deltas,
                 aborts,
+                u.prompt_logprobs,
             )
         return deltas, aborts
 
@@ -136,6 +139,7 @@ class OutputProcessor:
                 u.num_cached_tokens,
                 deltas,
                 aborts,
+                u.prompt_logprobs,
             )
         return deltas, aborts
 
@@ -180,6 +184,7 @@ class OutputProcessor:
         num_cached_tokens: int,
         deltas: list[SampleDelta],
         aborts: list[tuple[str, int]],
+        prompt_logprobs: list[TokenLogprobs] | None = None,
     ) -> None:
         """One update (its fields): its delta to `deltas`, a stop-string end to `aborts`."""
         request = self._requests.get(request_id)
@@ -189,7 +194,9 @@ class OutputProcessor:
         if sample.finished:
             return
         request.num_cached_tokens = num_cached_tokens
-        delta = self._apply(request_id, sample, index, token_ids, logprobs, finish_reason, stop_reason)
+        delta = self._apply(
+            request_id, sample, index, token_ids, logprobs, finish_reason, stop_reason, prompt_logprobs
+        )
         if delta.finish_reason is not None:
             if finish_reason is None:  # ended by a stop string: the engine does not know yet
                 aborts.append((request_id, index))
@@ -205,6 +212,7 @@ class OutputProcessor:
         logprobs: list[TokenLogprobs] | None,
         finish_reason: str | None,
         stop_reason: int | str | None,
+        prompt_logprobs: list[TokenLogprobs] | None,
     ) -> SampleDelta:
         text = ""
         if sample.detokenizer is not None:
@@ -219,7 +227,16 @@ class OutputProcessor:
                 logprobs = logprobs[: d.num_token_ids] if logprobs is not None else None
                 finish_reason, stop_reason = "stop", d.stop_str
         sample.num_tokens += len(token_ids)
-        return SampleDelta(request_id, index, list(token_ids), text, logprobs, finish_reason, stop_reason)
+        return SampleDelta(
+            request_id,
+            index,
+            list(token_ids),
+            text,
+            logprobs,
+            finish_reason,
+            stop_reason,
+            prompt_logprobs=prompt_logprobs,
+        )
 
     def _finish_sample(self, request_id: str, request: _Request, delta: SampleDelta) -> None:
         request.samples[delta.index].finished = True

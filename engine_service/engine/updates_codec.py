@@ -3,9 +3,10 @@ from the engine process to the gRPC front.
 
 Nearly every update of a step is the same shape: one new token for sample 0 of a request, no logprobs,
 not finished. Those are kept as columns (request ids, token ids, prompt and cached prompt tokens); the
-rest (finishes, logprobs, n > 1) as SequenceUpdate objects. The engine appends to the columns as it
-collects a step (`Engine.step_packed`), so the engine loop never builds an object per token; the columns
-pickle compactly, and the front (or `Engine.step`, for callers in the same process) rebuilds the objects.
+rest (finishes, logprobs, prompt logprobs, n > 1) as SequenceUpdate objects. The engine appends to the
+columns as it collects a step (`Engine.step_packed`), so the engine loop never builds an object per
+token; the columns pickle compactly, and the front (or `Engine.step`, for callers in the same process)
+rebuilds the objects.
 """
 
 from __future__ import annotations
@@ -56,7 +57,13 @@ def pack(updates: list[SequenceUpdate]) -> PackedUpdates:
     rule for a plain update inlined in its per-token loop.)"""
     packed = empty()
     for u in updates:
-        if u.index == 0 and u.finish_reason is None and u.new_logprobs is None and len(u.new_token_ids) == 1:
+        if (
+            u.index == 0
+            and u.finish_reason is None
+            and u.new_logprobs is None
+            and u.prompt_logprobs is None
+            and len(u.new_token_ids) == 1
+        ):
             packed.request_ids.append(u.request_id)
             packed.token_ids.append(u.new_token_ids[0])
             packed.num_cached_tokens.append(u.num_cached_tokens)

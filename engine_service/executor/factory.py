@@ -6,6 +6,7 @@ import torch
 
 from engine_service.core.config import EngineConfig
 from engine_service.core.model_config import ModelConfig
+from engine_service.core.pooling import PoolingConfig
 from engine_service.executor.executor import Executor
 from engine_service.executor.multiproc import MultiProcExecutor
 from engine_service.executor.uniproc import UniProcExecutor
@@ -14,8 +15,13 @@ from engine_service.worker.tp_worker import WorkerSpec
 
 
 def make_executor(
-    config: EngineConfig, model_config: ModelConfig, device: torch.device, dtype: torch.dtype
+    config: EngineConfig,
+    model_config: ModelConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    pooling: PoolingConfig | None = None,
 ) -> Executor:
+    """`pooling`: an embedding model's pooling (tensor parallelism 1 only, for now)."""
     if config.tensor_parallel_size == 1:
         runner = ModelRunner(
             model_config,
@@ -25,9 +31,12 @@ def make_executor(
             config.load_format,
             config.seed,
             pdl=config.pdl,
+            pooling=pooling,
             kv_cache_dtype=config.kv_cache_dtype,
         )
         return UniProcExecutor(runner)
+    if pooling is not None:
+        raise ValueError("embedding models run at tensor_parallel_size 1 (pooling is not sharded yet)")
 
     spec = WorkerSpec(
         model=model_config,

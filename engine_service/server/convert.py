@@ -14,6 +14,7 @@ from engine_service.engine.output_processor import SampleDelta
 from pagoda.engine.v1 import engine_pb2 as pb
 
 MAX_REQUEST_ID_LEN = 256
+MAX_EMBED_INPUTS = 2048  # OpenAI's limit on one embeddings request
 
 FINISH_REASONS = {
     None: pb.FINISH_REASON_UNSPECIFIED,
@@ -25,9 +26,13 @@ FINISH_REASONS = {
 
 def sampling_params_from_pb(p: pb.SamplingParams) -> SamplingParams:
     """Raises ValueError for what SamplingParams cannot express; SamplingParams.validate checks the rest."""
-    if p.HasField("prompt_logprobs"):
-        raise ValueError("sampling_params.prompt_logprobs is not supported yet: leave it unset")
     return SamplingParams.from_pb(p)
+
+
+def check_generates(info) -> None:
+    """Generate and Multiplex need a generating engine (an embedding model's answers Embed only)."""
+    if info.task == "embed":
+        raise ValueError("this engine serves an embedding model: call Embed, not Generate")
 
 
 def check_request_id(request_id: str) -> None:
@@ -63,6 +68,8 @@ def fill_response(msg: pb.GenerateResponse, d: SampleDelta, token_text: TokenTex
         msg.text = d.text
     if d.logprobs:
         msg.logprobs.extend(_position_logprobs(lp, token_text) for lp in d.logprobs)
+    if d.prompt_logprobs:
+        msg.prompt_logprobs.extend(_position_logprobs(lp, token_text) for lp in d.prompt_logprobs)
     if d.finish_reason is not None:
         msg.finish_reason = FINISH_REASONS[d.finish_reason]
         if d.stop_reason is not None:
@@ -80,10 +87,14 @@ def fill_response(msg: pb.GenerateResponse, d: SampleDelta, token_text: TokenTex
 
 
 def _position_logprobs(lp: TokenLogprobs, token_text: TokenTexts) -> pb.PositionLogprobs:
-    return pb.PositionLogprobs(
-        sampled=pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, token=token_text(lp.token_id)),
-        top=[pb.TokenLogprob(token_id=t, logprob=v, token=token_text(t)) for t, v in lp.top],
+    sampled = pb.TokenLogprob(
+        token_id=lp.token_id, logprob=lp.logprob, token=token_text(lp.token_id), rank=lp.rank
     )
+    top = [
+        pb.TokenLogprob(token_id=t, logprob=v, token=token_text(t), rank=r)
+        for r, (t, v) in enumerate(lp.top, 1)
+    ]
+    return pb.PositionLogprobs(sampled=sampled, top=top)
 
 
 def model_info_to_pb(info: ModelInfo) -> pb.ModelInfo:
@@ -100,7 +111,38 @@ def model_info_to_pb(info: ModelInfo) -> pb.ModelInfo:
         tensor_parallel_size=info.tensor_parallel_size,
         max_num_seqs=info.max_num_seqs,
         num_kv_blocks=info.num_kv_blocks,
+        task=pb.MODEL_TASK_EMBED if info.task == "embed" else pb.MODEL_TASK_GENERATE,
+        embedding_size=info.embedding_size,
+        matryoshka=info.matryoshka,
+        matryoshka_dimensions=list(info.matryoshka_dimensions),
     )
+
+
+def check_embed_request(request: pb.EmbedRequest, info: ModelInfo, dimensions: int | None) -> None:
+    n = len(request.inputs)
+    if not 1 <= n <= MAX_EMBED_INPUTS:
+        raise ValueError(f"inputs must hold 1 to {MAX_EMBED_INPUTS} inputs, got {n}")
+    if dimensions is None:
+        return
+    if not info.matryoshka:
+        raise ValueError("dimensions: this model's embeddings cannot be shortened (not a Matryoshka model)")
+    allowed = info.matryoshka_dimensions
+    if allowed and dimensions not in allowed:
+        raise ValueError(f"dimensions must be one of {list(allowed)}, got {dimensions}")
+    if not 1 <= dimensions <= info.embedding_size:
+        raise ValueError(f"dimensions must be in [1, {info.embedding_size}], got {dimensions}")
+
+
+def embed_response(vectors: list[list[float]], prompts: list[list[int]], dimensions: int | None):
+    """The vectors, shortened to `dimensions` and renormalised (Matryoshka), with token counts."""
+    out = pb.EmbedResponse(prompt_tokens=sum(len(p) for p in prompts))
+    for vector, prompt in zip(vectors, prompts, strict=True):
+        if dimensions is not None:
+            vector = vector[:dimensions]
+            norm = sum(v * v for v in vector) ** 0.5
+            vector = [v / norm for v in vector] if norm > 0 else vector
+        out.embeddings.append(pb.Embedding(values=vector, num_tokens=len(prompt)))
+    return out
 
 
 def server_info_to_pb(stats: EngineStats, generation_tokens_per_s: float, draining: bool) -> pb.ServerInfo:

@@ -45,6 +45,7 @@ REQUEST_LATENCY_BUCKETS = (
 )
 # fmt: on
 FINISH_REASONS = ("stop", "length", "abort")
+N_BUCKETS = (1, 2, 5, 10, 20)  # vLLM's request_params_n buckets
 
 
 def buckets_1_2_5(limit: int) -> tuple[int, ...]:
@@ -83,6 +84,8 @@ class EngineMetrics:
         self.request_prompt_tokens = Histogram(tokens)
         self.request_generation_tokens = Histogram(tokens)
         self.iteration_tokens = Histogram(iteration_buckets(max_num_batched_tokens))
+        self.request_params_n = Histogram(N_BUCKETS)
+        self.request_params_max_tokens = Histogram(tokens)
         self.num_prompt_tokens = 0  # of requests that got their first token (as vLLM counts them)
         self.num_finished = dict.fromkeys(FINISH_REASONS, 0)
         self._num_computed = baseline.num_prompt_tokens + baseline.num_generation_tokens
@@ -108,6 +111,8 @@ class EngineMetrics:
             self.inference.observe(end - stream.first_scheduled_time)
         reason = stream.finish_reason if stream.finish_reason in self.num_finished else "abort"
         self.num_finished[reason] += 1
+        self.request_params_n.observe(stream.num_sequences)
+        self.request_params_max_tokens.observe(stream.params_max_tokens)
         usage = stream.usage
         if usage is not None:
             self.request_prompt_tokens.observe(usage.prompt_tokens)
@@ -168,6 +173,15 @@ class EngineCollector:
         s = engine.stats
         yield self._gauge("pagoda:num_requests_running", "Requests in the running batch.", s.num_running)
         yield self._gauge("pagoda:num_requests_waiting", "Requests queued, not yet scheduled.", s.num_waiting)
+        by_reason = GaugeMetricFamily(
+            "pagoda:num_requests_waiting_by_reason",
+            "Requests waiting, by reason: capacity (KV blocks, batch slots, the step's token budget) or "
+            "deferred (waiting on something else; none in this engine yet).",
+            labels=["model_name", "reason"],
+        )
+        by_reason.add_metric([self._model, "capacity"], float(s.num_waiting))
+        by_reason.add_metric([self._model, "deferred"], 0.0)
+        yield by_reason
         yield self._gauge(
             "pagoda:kv_cache_usage_perc", "Share of KV-cache blocks in use (1 = full).", s.kv_cache_usage
         )
@@ -224,6 +238,12 @@ class EngineCollector:
                 "iteration_tokens",
                 "Tokens computed per engine step (prompt chunks + decodes).",
                 m.iteration_tokens,
+            ),
+            ("request_params_n", "The n (samples) of each finished request.", m.request_params_n),
+            (
+                "request_params_max_tokens",
+                "The max_tokens of each finished request (what fits in the context when unset).",
+                m.request_params_max_tokens,
             ),
         ):
             family = HistogramMetricFamily(f"pagoda:{name}", doc, labels=["model_name"])

@@ -113,6 +113,7 @@ class MultiplexCall:
         try:
             with self._telemetry.generate(request_id, list(request.metadata.items())) as call:
                 engine = self._state.accepting()
+                convert.check_generates(engine.model_info)
                 convert.check_request_id(request_id)
                 params = convert.sampling_params_from_pb(gen.sampling_params)
                 prompt = await self._prompt_of(gen, engine)

@@ -29,6 +29,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         request_id = request.request_id or uuid.uuid4().hex
         with self.telemetry.generate(request_id, context.invocation_metadata()) as call:
             engine = self.state.accepting()
+            convert.check_generates(engine.model_info)
             convert.check_request_id(request_id)
             params = convert.sampling_params_from_pb(request.sampling_params)
             prompt = await self._prompt(request, engine, self.state.bytes_per_token)
@@ -54,6 +55,37 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             return self._prompt(request, engine, self.state.bytes_per_token)
 
         await MultiplexCall(self.state, self.telemetry, prompt_of).serve(requests, context)
+
+    @grpc_errors
+    async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
+        engine = self.state.accepting()
+        info = engine.model_info
+        if info.task != "embed":
+            raise ValueError("this engine serves a generative model: Embed needs an embedding model")
+        request_id = request.request_id or uuid.uuid4().hex
+        convert.check_request_id(request_id)
+        dimensions = request.dimensions if request.HasField("dimensions") else None
+        convert.check_embed_request(request, info, dimensions)
+        prompts = [await self._embed_input(x, engine, i) for i, x in enumerate(request.inputs)]
+        futures = engine.embed(request_id, prompts, request.cache_salt or None)
+        try:
+            vectors = await asyncio.gather(*futures)
+        finally:
+            engine.abort_embeds(request_id, len(prompts))  # those still running, if the call was cancelled
+        return convert.embed_response(vectors, prompts, dimensions)
+
+    @staticmethod
+    async def _embed_input(x: pb.EmbedInput, engine: AsyncEngine, i: int) -> list[int]:
+        which = x.WhichOneof("input")
+        if which == "token_ids":
+            return list(x.token_ids.ids)
+        if which is None:
+            raise ValueError(f"inputs[{i}] is empty: set token_ids or text")
+        if engine.tokenizer is None:
+            raise ValueError(
+                "text needs the model's tokenizer, and the model folder has none: send token_ids"
+            )
+        return await asyncio.to_thread(engine.tokenizer.encode, x.text)
 
     @grpc_errors
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from engine_service.core.sampling_params import SamplingParams
-from engine_service.core.scheduler_output import SchedulerOutput
+from engine_service.core.scheduler_output import ScheduledSequence, SchedulerOutput
 from engine_service.worker import host_copy
 from engine_service.worker.block_table import BlockTable
 from engine_service.worker.sampler import RowParams, SamplingBatch, sampling_seed
@@ -45,6 +45,10 @@ class CachedSequence:
     # (penalties: those run without placeholders, see Engine.step_packed).
     output_token_ids: list[int] = field(default_factory=list)
     row: int = -1  # its row while in the batch; -1 while preempted
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
 
 
 class InputBatch:
@@ -109,6 +113,17 @@ class InputBatch:
             self._lay_out(out)
         if self.history:
             self._record_outputs(out)
+
+    def scheduled(self, out: SchedulerOutput) -> list[ScheduledSequence]:
+        """The step's entries as views over the kept sequences (.seq: a CachedSequence), in batch order: for
+        the per-entry work of prefill steps (prompt logprobs, pooling), on every tensor-parallel rank."""
+        skip = set(out.partial)
+        states = self.states
+        columns = zip(out.seq_ids, out.num_new_tokens, out.num_computed_tokens, strict=True)
+        return [
+            ScheduledSequence(states[seq_id], n, start, i not in skip)
+            for i, (seq_id, n, start) in enumerate(columns)
+        ]
 
     def record_sampled(self, tokens: torch.Tensor | None) -> None:
         """The step's sampled tokens ([S], in the order of its sampling entries) become their rows' last."""

@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 
 from engine_service.core.model_config import ModelConfig
+from engine_service.core.pooling import PoolingConfig
 from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.layers.attention import AttentionMetadata
 from engine_service.models.registry import model_class
-from engine_service.worker import host_copy
+from engine_service.worker import host_copy, prompt_logprobs
 from engine_service.worker.cuda_graphs import DecodeGraphs
 from engine_service.worker.input_batch import InputBatch
+from engine_service.worker.pooler import Pooler
 from engine_service.worker.sampler import PendingSample, Sampler, SampleResult
 from engine_service.worker.step_inputs import StepInputs
 from engine_service.worker.weights import init_dummy_weights, load_weights
@@ -54,6 +56,7 @@ class ModelRunner:
         tp_rank: int = 0,
         tp_size: int = 1,
         pdl: bool = True,
+        pooling: PoolingConfig | None = None,
         kv_cache_dtype: str = "auto",
     ):
         if device.type == "cuda":  # one process serves one engine: the launch setting is the process's
@@ -79,6 +82,7 @@ class ModelRunner:
             load_weights(self.model, model_config.path)
         self.model.eval()
         self.sampler = Sampler(device, model_config.eos_token_ids, seed)
+        self.pooler = Pooler(pooling) if pooling is not None else None  # an embedding model pools instead
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs: DecodeGraphs | None = None
         self.batch = InputBatch(device, seed)
@@ -198,7 +202,10 @@ class ModelRunner:
         """
         batch = self.batch
         batch.update(out)
+        if self.pooler is not None and out.finished_seq_ids:
+            self.pooler.forget(out.finished_seq_ids)
         step = StepInputs.build(out, batch, self.block_size)
+        scored = None  # prompt logprobs: only a step with a prompt chunk (never a decode graph's) has any
         if self.graphs is not None and step.is_decode and len(step.seq_lens) <= self.graphs.max_batch_size:
             fixup = self._placeholder_fixup(step)
             hidden = self.graphs.run(
@@ -211,15 +218,29 @@ class ModelRunner:
             if fixup is not None:
                 fixup(input_ids)
             hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
+            if self.pooler is not None:  # zeros for tokens, in the sampling rows' order
+                pending = self.pooler.launch(batch.scheduled(out), step.query_start.tolist(), hidden)
+                batch.record_sampled(pending.tokens)
+                return pending
+            scored = self._score_prompts(out, step, hidden)
             if not len(indices):
-                return PendingSample.empty()
+                return PendingSample.empty(scored)
             logits = self.model.compute_logits(hidden[indices])  # [S, vocab]
         # With tensor parallelism every rank samples: the gathered logits and the counter-based noise are
         # the same on every rank, so each holds the step's tokens on its device for the next step's
         # placeholders. Only rank 0's tokens go to the host (its worker alone calls result()).
         pending = self.sampler.launch(logits, batch.sampling, step.sample_positions)
+        pending.prompt_logprobs = scored
         batch.record_sampled(pending.tokens)
         return pending
+
+    def _score_prompts(self, out: SchedulerOutput, step: StepInputs, hidden: torch.Tensor):
+        """Prompt logprobs of the step's prompt chunks that asked for them (worker/prompt_logprobs.py), or
+        None. A step whose every sequence samples one token has no prompt chunk: no scan then."""
+        if step.max_query_len == 1 and len(step.logits_indices) == len(out.seq_ids):
+            return None
+        spans = prompt_logprobs.find_spans(self.batch.scheduled(out), step.query_start.tolist())
+        return prompt_logprobs.launch(self.model, hidden, spans) if spans else None
 
     def _placeholder_fixup(self, step: StepInputs, at: torch.Tensor | None = None, rows=None):
         """A function that writes the rows' last sampled tokens over the step's PLACEHOLDER input ids, or

@@ -13,12 +13,13 @@ processing, the LM head's logits (bf16 on a GPU) go to the kernel as they are: n
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from engine_service.core.outputs import TokenLogprobs
+from engine_service.core.prompt_logprobs import PromptLogprobsChunk
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.core.sampling_spec import sampler_seed
 from engine_service.core.sequence import Sequence
@@ -30,6 +31,10 @@ from engine_service.worker import host_copy
 class SampleResult:
     token_ids: list[int]
     logprobs: list[TokenLogprobs | None]
+    # The step's scored prompt chunks (worker/prompt_logprobs.py), for requests that asked.
+    prompt_logprobs: list[PromptLogprobsChunk] = field(default_factory=list)
+    # Embedding models: each sampling row's pooled vector, instead of a drawn token (worker/pooler.py).
+    pooled: list[list[float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +234,8 @@ class PendingSample:
 
     def __init__(self, tokens: torch.Tensor | None, raw_logprobs: torch.Tensor | None, num_logprobs: list):
         self.tokens, self.raw_logprobs, self.num_logprobs = tokens, raw_logprobs, num_logprobs
+        self.prompt_logprobs = None  # a PendingPromptLogprobs, set by the model runner when a step has any
+        self.pooled: torch.Tensor | None = None  # [B, H]: an embedding model's vectors (worker/pooler.py)
         self._host: torch.Tensor | None = None
         self._ready: torch.cuda.Event | None = None
         if tokens is not None and tokens.is_cuda:
@@ -238,12 +245,15 @@ class PendingSample:
             self._ready.record()
 
     @classmethod
-    def empty(cls) -> PendingSample:
-        return cls(None, None, [])
+    def empty(cls, prompt_logprobs=None) -> PendingSample:
+        pending = cls(None, None, [])
+        pending.prompt_logprobs = prompt_logprobs
+        return pending
 
     def result(self) -> SampleResult:
+        scored = self.prompt_logprobs.result() if self.prompt_logprobs is not None else []
         if self.tokens is None:
-            return SampleResult([], [])
+            return SampleResult([], [], scored)
         if self._ready is not None:
             self._ready.synchronize()
             token_list = self._host.tolist()
@@ -252,7 +262,8 @@ class PendingSample:
         logprobs: list[TokenLogprobs | None] = [None] * len(token_list)
         if self.raw_logprobs is not None:
             logprobs = self._gather_logprobs(token_list)
-        return SampleResult(token_list, logprobs)
+        pooled = self.pooled.tolist() if self.pooled is not None else []
+        return SampleResult(token_list, logprobs, scored, pooled)
 
     def _gather_logprobs(self, token_list: list[int]) -> list[TokenLogprobs | None]:
         logprobs, wanted = self.raw_logprobs, self.num_logprobs

@@ -13,6 +13,7 @@ from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.request_telemetry import RequestTelemetry, RouterTelemetry
 from router.upstream.dispatch import Dispatcher
+from router.upstream.engine_metrics import EngineMetrics
 from router.upstream.engines import EngineRegistry
 from router.upstream.tokenizer import Tokenizers
 
@@ -29,6 +30,7 @@ class RouterContext:
     streams: StreamLimiter = field(default_factory=lambda: StreamLimiter(None))
     telemetry: RouterTelemetry = field(default_factory=lambda: RouterTelemetry(None))
     body_pool: BodyPool = field(default_factory=BodyPool)
+    engine_metrics: EngineMetrics = field(default_factory=lambda: EngineMetrics(()))
 
     def session_key(self, request: web.Request, *fallbacks: str | None) -> str | None:
         """The session policy's key: the session header, else the first body field given (`user`...)."""

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from pagoda.engine.v1 import engine_pb2
 from router import request_telemetry
 from router.api.sampling import value_of
-from router.errors import OpenAIError
+from router.errors import OpenAIError, bad_request
 from router.metrics import RouterMetrics
 from router.upstream.dispatch import Dispatcher, EngineStream, EngineStreamError
 from router.upstream.model_card import ModelCard
@@ -35,6 +35,7 @@ class Generation:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.hide_completion = False  # the tokens are drawn but not returned (max_tokens 0 with echo)
         self._metrics = metrics
 
     @classmethod
@@ -52,6 +53,8 @@ class Generation:
     ) -> Generation:
         """Opens every prompt's engine stream; returns once each has its first message. `started` is the
         request's arrival (time.perf_counter()), for the time-to-first-token metric."""
+        if card.is_embedding:
+            raise bad_request(f"The model `{card.name}` is an embedding model: use /v1/embeddings.", "model")
         request_id = f"{id_prefix}-{uuid.uuid4().hex}"
         tel = request_telemetry.current()
         if tel is not None:
@@ -96,10 +99,11 @@ class Generation:
 
     @property
     def usage(self) -> dict:
+        completion = 0 if self.hide_completion else self.completion_tokens
         usage = {
             "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
         }
         if self.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}

@@ -25,22 +25,36 @@ def chat_logprobs(positions: Iterable[engine_pb2.PositionLogprobs]) -> list[dict
 
 
 class CompletionLogprobs:
-    """A completion choice's `logprobs` lists; `text_offset` counts characters from the choice's start."""
+    """A completion choice's `logprobs` lists, as OpenAI's legacy API gives them: `top_logprobs` holds the
+    `num_top` most likely tokens and always the chosen one (so logprobs=0 gives the chosen token's alone);
+    with echo, the prompt's tokens come first, the first of them with null logprob and top_logprobs (it
+    has no context). `text_offset` counts characters from the choice's start, token text by token text."""
 
-    def __init__(self, offset: int = 0):
+    def __init__(self, num_top: int, offset: int = 0):
+        self.num_top = num_top
         self.offset = offset
         self.tokens: list[str] = []
-        self.token_logprobs: list[float] = []
-        self.top_logprobs: list[dict[str, float]] = []
+        self.token_logprobs: list[float | None] = []
+        self.top_logprobs: list[dict[str, float] | None] = []
         self.text_offset: list[int] = []
+
+    def add_prompt(self, first_token: str, positions: Iterable[engine_pb2.PositionLogprobs]) -> None:
+        """The echoed prompt: its first token's text, then the engine's prompt logprobs (tokens 1..)."""
+        self._append(first_token, None, None)
+        self.add(positions)
 
     def add(self, positions: Iterable[engine_pb2.PositionLogprobs]) -> None:
         for p in positions:
-            self.tokens.append(p.sampled.token)
-            self.token_logprobs.append(_lp(p.sampled.logprob))
-            self.top_logprobs.append({t.token: _lp(t.logprob) for t in p.top})
-            self.text_offset.append(self.offset)
-            self.offset += len(p.sampled.token)
+            top = {t.token: _lp(t.logprob) for t in p.top[: self.num_top]}
+            top.setdefault(p.sampled.token, _lp(p.sampled.logprob))
+            self._append(p.sampled.token, _lp(p.sampled.logprob), top)
+
+    def _append(self, token: str, logprob: float | None, top: dict[str, float] | None) -> None:
+        self.tokens.append(token)
+        self.token_logprobs.append(logprob)
+        self.top_logprobs.append(top)
+        self.text_offset.append(self.offset)
+        self.offset += len(token)
 
     def take(self) -> dict:
         """The lists gathered so far, then starts empty again at the same offset (for stream chunks)."""
@@ -52,3 +66,23 @@ class CompletionLogprobs:
         }
         self.tokens, self.token_logprobs, self.top_logprobs, self.text_offset = [], [], [], []
         return out
+
+
+def vllm_prompt_logprobs(positions: Iterable[engine_pb2.PositionLogprobs], num_top: int) -> list[dict | None]:
+    """vLLM's `prompt_logprobs`: null for the first prompt token, then per token a map from token id to
+    {logprob, rank, decoded_token} holding the prompt token and the `num_top` most likely ones."""
+    out: list[dict | None] = [None]
+    for p in positions:
+        entry = {str(t.token_id): _vllm_entry(t, rank) for rank, t in enumerate(p.top[:num_top], 1)}
+        entry.setdefault(str(p.sampled.token_id), _vllm_entry(p.sampled, p.sampled.rank))
+        out.append(entry)
+    return out
+
+
+def _vllm_entry(t: engine_pb2.TokenLogprob, rank: int) -> dict:
+    return {"logprob": _lp(t.logprob), "rank": rank, "decoded_token": t.token}
+
+
+def cumulative_logprob(positions: Iterable[engine_pb2.PositionLogprobs]) -> float:
+    """The sum of the chosen tokens' logprobs (best_of ranks samples by it)."""
+    return sum(p.sampled.logprob for p in positions)

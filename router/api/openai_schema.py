@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from engine_service.core.sampling_params import MAX_N
 from pagoda.engine.v1 import engine_pb2
 from pagoda.tokenizer.v1 import tokenizer_pb2
 from router.api.sampling import SAMPLING_BODY_FIELDS, parse_sampling, read_field, value_of
@@ -18,11 +19,26 @@ from router.api.validation import opt_bool, opt_dict, opt_int, opt_str, reject_u
 from router.errors import bad_request, unsupported
 
 MAX_PROMPTS = 256
+# OpenAI's (and vLLM's) default max_tokens for legacy completions; chat's is whatever fits.
+DEFAULT_COMPLETION_MAX_TOKENS = 16
 MAX_CACHE_SALT = 1024
 
-_COMMON = SAMPLING_BODY_FIELDS | {"model", "stream", "stream_options", "user", "cache_salt"}
+_COMMON = SAMPLING_BODY_FIELDS | {
+    "model",
+    "stream",
+    "stream_options",
+    "user",
+    "cache_salt",
+    # vLLM's extension: token ids beside the text (prompt_logprobs, vLLM's too, is a sampling field).
+    "return_token_ids",
+}
+
+# OpenAI's reasoning_effort values: "none" turns the chat template's thinking off, the others on.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 # Known OpenAI fields we accept only in the value that asks for nothing we lack; a predicate says which.
+# Fields that change nothing about generation (metadata, service_tier, verbosity...) are accepted and
+# ignored; reasoning_effort is mapped onto the chat template's switch (see template_kwargs).
 _NEUTRAL = {
     "tools": lambda v: not v,
     "functions": lambda v: not v,
@@ -30,15 +46,15 @@ _NEUTRAL = {
     "function_call": lambda v: v in ("none", "auto"),
     "parallel_tool_calls": lambda v: isinstance(v, bool),
     "response_format": lambda v: isinstance(v, dict) and v.get("type") == "text" and len(v) == 1,
-    "store": lambda v: v is False,
-    "metadata": lambda v: not v,
-    "service_tier": lambda v: v in ("auto", "default"),
+    "store": lambda v: v is False,  # nothing is stored: `true` would promise what is not kept
+    "metadata": lambda v: isinstance(v, dict) and len(v) <= 16,
+    "service_tier": lambda v: v in ("auto", "default", "flex", "scale", "priority"),
     "modalities": lambda v: v == ["text"],
     "audio": lambda v: False,
     "prediction": lambda v: False,
-    "reasoning_effort": lambda v: False,
+    "reasoning_effort": lambda v: v in REASONING_EFFORTS,
+    "verbosity": lambda v: v in ("low", "medium", "high"),
     "web_search_options": lambda v: False,
-    "suffix": lambda v: v == "",
 }
 
 _CHAT_FIELDS = (
@@ -53,9 +69,11 @@ _CHAT_FIELDS = (
         "continue_final_message",
         "chat_template",
         "prompt_cache_key",
+        "prompt_cache_retention",
         "safety_identifier",
+        "echo",  # vLLM's: the final assistant message before the reply
     }
-    | (_NEUTRAL.keys() - {"suffix"})
+    | _NEUTRAL.keys()
 )
 
 _COMPLETION_FIELDS = _COMMON | {"prompt", "logprobs", "echo", "best_of", "suffix"}
@@ -87,6 +105,7 @@ class ChatRequest:
     sampling: engine_pb2.SamplingParams  # what the engine is sent (unset fields: the engine's defaults)
     stream: bool
     include_usage: bool
+    continuous_usage: bool  # stream_options.continuous_usage_stats: usage on every chunk
     logprobs: bool
     add_generation_prompt: bool
     continue_final_message: bool
@@ -95,18 +114,32 @@ class ChatRequest:
     user: str | None
     prompt_cache_key: str | None  # OpenAI's hint that requests share a prefix: a session key for routing
     cache_salt: str
+    return_token_ids: bool = False  # vLLM's: prompt_token_ids on the response, token_ids on each choice
+    # vLLM's echo: the final message's text when it is the assistant's (the reply continues it), put before
+    # each choice's content; "" otherwise.
+    echo: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
     model: str
     prompts: tuple[str | list[int], ...]  # each a text or token ids
+    # What the engine is sent (best_of samples; prompt logprobs for echo; unset fields: the engine's defaults)
     sampling: engine_pb2.SamplingParams
     stream: bool
     include_usage: bool
     echo: bool
     user: str | None
     cache_salt: str
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage on every chunk
+    n: int = 1  # choices returned per prompt (the engine draws best_of of them)
+    best_of: int = 1
+    logprobs: int | None = None  # as the client asked (the engine may be asked for more, for best_of)
+    prompt_only: bool = False  # max_tokens 0 with echo: the prompt (and its logprobs) alone
+    suffix: str = ""  # text after the gap, for fill-in-the-middle models
+    prompt_logprobs: int | None = None  # vLLM's field, as asked
+    return_token_ids: bool = False
+    default_max_tokens: bool = False  # max_tokens not given: 16, or what fits of it
 
 
 def parse_chat(body: object) -> ChatRequest:
@@ -126,14 +159,19 @@ def parse_chat(body: object) -> ChatRequest:
             "'continue_final_message' and 'add_generation_prompt' cannot both be true.",
             "continue_final_message",
         )
-    kwargs = opt_dict(body, "chat_template_kwargs")
-    stream, include_usage = _stream(body)
+    kwargs = template_kwargs(opt_dict(body, "chat_template_kwargs"), body.get("reasoning_effort"))
+    stream, include_usage, continuous = _stream(body)
+    sampling = parse_sampling(body, max_tokens=max_tokens, logprobs=(top or 0) if logprobs else None)
+    _set_prompt_logprobs(sampling, _prompt_logprobs(body))
+    messages = _messages(body.get("messages"))
+    echo = opt_bool(body, "echo") and messages[-1].role == "assistant"
     return ChatRequest(
         model=_model(body),
-        messages=_messages(body.get("messages")),
-        sampling=parse_sampling(body, max_tokens=max_tokens, logprobs=(top or 0) if logprobs else None),
+        messages=messages,
+        sampling=sampling,
         stream=stream,
         include_usage=include_usage,
+        continuous_usage=continuous,
         logprobs=logprobs,
         add_generation_prompt=add_generation_prompt and not continue_final,
         continue_final_message=continue_final,
@@ -142,22 +180,77 @@ def parse_chat(body: object) -> ChatRequest:
         user=opt_str(body, "user"),
         prompt_cache_key=opt_str(body, "prompt_cache_key"),
         cache_salt=_cache_salt(body),
+        return_token_ids=opt_bool(body, "return_token_ids"),
+        echo=messages[-1].content if echo else "",
     )
+
+
+def template_kwargs(kwargs: dict | None, reasoning_effort: str | None) -> dict:
+    """The chat template's variables: the request's own, and OpenAI's reasoning_effort as the switch that
+    reasoning templates read (Qwen3's `enable_thinking`; gpt-oss-style templates read `reasoning_effort`
+    itself). What the request set itself wins."""
+    kwargs = dict(kwargs or {})
+    if reasoning_effort is not None:
+        kwargs.setdefault("enable_thinking", reasoning_effort != "none")
+        kwargs.setdefault("reasoning_effort", reasoning_effort)
+    return kwargs
+
+
+def _prompt_logprobs(body: dict) -> int | None:
+    """vLLM's prompt_logprobs; as vLLM, a stream carries none (0 with a stream is accepted, and moot)."""
+    k = read_field(body, "prompt_logprobs")
+    if k and body.get("stream"):
+        raise bad_request("'prompt_logprobs' is not available when 'stream' is true.", "prompt_logprobs")
+    return None if body.get("stream") else k
+
+
+def _set_prompt_logprobs(sampling: engine_pb2.SamplingParams, k: int | None) -> None:
+    if k is not None:
+        sampling.prompt_logprobs = k
+
+
+def _completion_max_tokens(body: dict, echo: bool) -> int | None:
+    """max_tokens as completions take it: 0 is the prompt alone (with echo only); None: not given."""
+    value = body.get("max_tokens")
+    if value == 0 and not isinstance(value, bool):
+        if not echo:
+            raise bad_request(
+                "'max_tokens' must be >= 1 (0 only with 'echo': the prompt alone).", "max_tokens"
+            )
+        return 0
+    return read_field(body, "max_tokens")
 
 
 def parse_completion(body: object) -> CompletionRequest:
+    """OpenAI's legacy completions, as its API does them: `echo` with `logprobs` scores the prompt (its first
+    token's logprob null), `max_tokens` 0 with echo returns the prompt alone, `best_of` draws that many and
+    returns the n most likely, `suffix` fills in the middle (models with FIM tokens)."""
     body = _object(body)
     _check_fields(body, _COMPLETION_FIELDS)
-    sampling = parse_sampling(
-        body, max_tokens=read_field(body, "max_tokens"), logprobs=read_field(body, "logprobs")
-    )
-    best_of = opt_int(body, "best_of", lo=1)
-    if best_of is not None and best_of != value_of(sampling, "n"):
-        raise unsupported("best_of", " other than n")
     echo = opt_bool(body, "echo")
-    if echo and sampling.HasField("logprobs"):
-        raise unsupported("echo", " together with 'logprobs' (prompt logprobs)")
-    stream, include_usage = _stream(body)
+    max_tokens = _completion_max_tokens(body, echo)
+    default_max_tokens = max_tokens is None
+    if default_max_tokens:
+        max_tokens = DEFAULT_COMPLETION_MAX_TOKENS
+    logprobs = read_field(body, "logprobs")
+    # max_tokens 0: the engine still samples one token with the prompt's last position; it is dropped.
+    sampling = parse_sampling(body, max_tokens=max(max_tokens, 1), logprobs=logprobs)
+    n = value_of(sampling, "n")
+    best_of = opt_int(body, "best_of", lo=1, hi=MAX_N) or n
+    if best_of < n:
+        raise bad_request(f"'best_of' ({best_of}) must be at least n ({n}).", "best_of")
+    stream, include_usage, continuous = _stream(body)
+    if best_of > n and stream:
+        raise bad_request("'best_of' greater than n cannot be streamed.", "best_of")
+    suffix = opt_str(body, "suffix") or ""
+    if suffix and echo:
+        raise bad_request("'suffix' cannot be combined with 'echo'.", "suffix")
+    prompt_logprobs = _prompt_logprobs(body)
+    asked = [k for k in (logprobs if echo else None, prompt_logprobs) if k is not None]
+    _set_prompt_logprobs(sampling, max(asked, default=None))
+    if best_of > n:  # ranking reads each sample's logprobs
+        sampling.n = best_of
+        sampling.logprobs = logprobs or 0
     return CompletionRequest(
         model=_model(body),
         prompts=_prompts(body.get("prompt")),
@@ -167,6 +260,15 @@ def parse_completion(body: object) -> CompletionRequest:
         echo=echo,
         user=opt_str(body, "user"),
         cache_salt=_cache_salt(body),
+        continuous_usage=continuous,
+        n=n,
+        best_of=best_of,
+        logprobs=logprobs,
+        prompt_only=max_tokens == 0,
+        suffix=suffix,
+        prompt_logprobs=prompt_logprobs,
+        return_token_ids=opt_bool(body, "return_token_ids"),
+        default_max_tokens=default_max_tokens,
     )
 
 
@@ -190,12 +292,16 @@ def _check_fields(body: dict, known: frozenset[str]) -> None:
     for name, neutral in _NEUTRAL.items():
         value = body.get(name)
         if value is not None and name in known and not neutral(value):
-            what = (
-                f" of type {value.get('type')!r}"
-                if name == "response_format" and isinstance(value, dict)
-                else ""
-            )
-            raise unsupported(name, what)
+            raise unsupported(name, _what(name, value))
+
+
+def _what(name: str, value: object) -> str:
+    """The refused value, in the words of the error message."""
+    if name == "response_format" and isinstance(value, dict):
+        return f" of type {value.get('type')!r}"
+    if name in ("store", "service_tier", "reasoning_effort", "verbosity", "modalities"):
+        return f" set to {json.dumps(value)[:60]}"
+    return ""
 
 
 def _model(body: dict) -> str:
@@ -205,17 +311,18 @@ def _model(body: dict) -> str:
     return model
 
 
-def _stream(body: dict) -> tuple[bool, bool]:
+def _stream(body: dict) -> tuple[bool, bool, bool]:
+    """(stream, include_usage, continuous_usage_stats). As vLLM: usage on every chunk only together with
+    include_usage (the final usage chunk still comes last)."""
     stream = opt_bool(body, "stream")
     options = opt_dict(body, "stream_options")
     if options is None:
-        return stream, False
+        return stream, False, False
     if not stream:
         raise bad_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
     reject_unknown(options, frozenset({"include_usage", "continuous_usage_stats", "include_obfuscation"}))
-    if options.get("continuous_usage_stats"):
-        raise unsupported("stream_options.continuous_usage_stats")
-    return stream, opt_bool(options, "include_usage")
+    include_usage = opt_bool(options, "include_usage")
+    return stream, include_usage, include_usage and opt_bool(options, "continuous_usage_stats")
 
 
 def _messages(value: object) -> tuple[Message, ...]:

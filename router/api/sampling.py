@@ -17,9 +17,11 @@ from router.errors import OpenAIError, bad_request
 from router.upstream.model_card import ModelCard
 
 # Read under their own names by both endpoints. max_tokens and logprobs are spelled per endpoint (chat also
-# takes max_completion_tokens, and logprobs + top_logprobs) and come to parse_sampling already read.
-SHARED_FIELDS = tuple(name for name in SAMPLING_FIELDS if name not in ("max_tokens", "logprobs"))
-SAMPLING_BODY_FIELDS = frozenset(SHARED_FIELDS) | {"max_tokens"}
+# takes max_completion_tokens, and logprobs + top_logprobs) and come to parse_sampling already read;
+# prompt_logprobs (vLLM's) is read by each endpoint too: completions' echo asks the engine for it as well.
+_PER_ENDPOINT = ("max_tokens", "logprobs", "prompt_logprobs")
+SHARED_FIELDS = tuple(name for name in SAMPLING_FIELDS if name not in _PER_ENDPOINT)
+SAMPLING_BODY_FIELDS = frozenset(SHARED_FIELDS) | {"max_tokens", "prompt_logprobs"}
 
 
 def parse_sampling(body: dict, *, max_tokens: int | None, logprobs: int | None) -> engine_pb2.SamplingParams:

@@ -50,7 +50,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[CONTEXT].metrics.render()
+    """The router's metrics, then the engines' named by --engine-metrics-url (upstream/engine_metrics.py)."""
+    ctx = request.app[CONTEXT]
+    body = ctx.metrics.render() + await ctx.engine_metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -30,11 +30,24 @@ class Chunks:
         # With include_usage, OpenAI sends "usage": null on every chunk but the last.
         self._tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
 
-    def choice(self, choice: str) -> bytes:
+    def choice(self, choice: str, usage: dict | None = None) -> bytes:
+        """One choice's chunk; `usage`: its running usage (stream_options.continuous_usage_stats)."""
+        if usage is not None:
+            return self._choices + f'{choice}],"usage":{dumps(usage)}}}\n\n'.encode()
         return self._choices + choice.encode() + self._tail
 
     def usage(self, usage: dict) -> bytes:
         return f'{self._head}"choices":[],"usage":{dumps(usage)}}}\n\n'.encode()
+
+
+def running_usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    """A chunk's usage under continuous_usage_stats: its prompt's tokens and its choice's tokens so far
+    (vLLM's shape; the final usage chunk sums every choice)."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def dumps(obj: object) -> str:

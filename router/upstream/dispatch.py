@@ -107,6 +107,12 @@ class EngineStream:
             )
         self._first = first
 
+    @property
+    def first(self) -> engine_pb2.GenerateResponse | None:
+        """The first message, until iteration takes it: what a handler needs before streaming (the
+        prompt logprobs ride on it)."""
+        return self._first
+
     async def __aiter__(self) -> AsyncIterator[engine_pb2.GenerateResponse]:
         first, self._first = self._first, None
         yield first
@@ -246,3 +252,40 @@ class Dispatcher:
         if all(e.pushed_back for e in errors):
             raise overloaded()
         raise errors[-1].error
+
+    async def embed(self, card: ModelCard, request: engine_pb2.EmbedRequest) -> engine_pb2.EmbedResponse:
+        """One `Embed` call, on engines serving `card` picked by the policy; retried elsewhere (at most
+        `max_attempts` engines) on failures another engine may not have."""
+        route = RouteRequest((), card.block_size, None)
+        errors: list[OpenAIError] = []
+        pushed_back = True
+        tried: set[str] = set()
+        for _ in range(self.max_attempts):
+            candidates = [e for e in self.registry.ready_for(card.name) if e.address not in tried]
+            if not candidates:
+                break
+            engine = await self.policy.pick(candidates, route)
+            tried.add(engine.address)
+            metadata, span = request_telemetry.outgoing("EngineService/Embed", engine.address)
+            engine.num_outstanding += 1
+            error = None
+            try:
+                return await engine.stub.Embed(request, metadata=metadata, timeout=self.first_token_timeout_s)
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+                error = f"{code.name}: {err.details()}"
+                if code in ENGINE_DOWN:
+                    self.registry.request_failed(engine, error)
+                if code not in RETRYABLE:
+                    raise from_grpc(err, "engine") from None
+                errors.append(from_grpc(err, "engine"))
+                pushed_back &= code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            finally:
+                engine.num_outstanding -= 1
+                if span is not None:
+                    span.end(error)
+        if not errors:
+            raise no_engine(card.name)
+        if pushed_back:
+            raise overloaded()
+        raise errors[-1]

@@ -62,6 +62,7 @@ class TokenizerClient:
         self._auth = self._connect.metadata
         self._target = target
         self._timeout_s = timeout_s
+        self._info: tokenizer_pb2.InfoResponse | None = None
         self._channel, self._stub = self._open()
         self._closing: set[asyncio.Task] = set()
 
@@ -115,6 +116,12 @@ class TokenizerClient:
     async def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         request = tokenizer_pb2.DecodeRequest(token_ids=token_ids, skip_special_tokens=skip_special_tokens)
         return (await self._call("Decode", request)).text
+
+    async def info(self) -> tokenizer_pb2.InfoResponse:
+        """The tokenizer's facts (vocabulary, special and FIM tokens), asked once: they never change."""
+        if self._info is None:
+            self._info = await self._call("Info", tokenizer_pb2.InfoRequest())
+        return self._info
 
     async def _call(self, method: str, request, param: str | None = None):
         """Calls `method` with the request's id and trace context; its errors become OpenAIErrors."""

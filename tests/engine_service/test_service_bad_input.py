@@ -34,7 +34,7 @@ CASES = [
     ("logit_bias-value", dict(sampling_params=pb.SamplingParams(logit_bias={5: 1000.0})), "logit_bias"),
     ("stop_token_ids", dict(sampling_params=pb.SamplingParams(stop_token_ids=[10**7])), "stop_token_ids"),
     ("logprobs", dict(sampling_params=pb.SamplingParams(logprobs=1000)), "logprobs"),
-    ("prompt_logprobs", dict(sampling_params=pb.SamplingParams(prompt_logprobs=1)), "prompt_logprobs"),
+    ("prompt_logprobs", dict(sampling_params=pb.SamplingParams(prompt_logprobs=1000)), "prompt_logprobs"),
     # No seed is out of range: the field is int64 and the engine takes every int64 (test_sampling_spec.py).
     ("max_tokens-zero", dict(sampling_params=pb.SamplingParams(max_tokens=0)), "max_tokens"),
     ("max_tokens-too-long", dict(sampling_params=pb.SamplingParams(max_tokens=5000)), "max_tokens"),

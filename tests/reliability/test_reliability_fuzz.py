@@ -165,7 +165,7 @@ _FIELDS = {
     "repetition_penalty": (st.floats(0.5, 2, width=32), _FLOATS),
     "seed": (st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1)),  # int64: all served
     "logprobs": (st.integers(0, 5), _U32),
-    "prompt_logprobs": (st.nothing(), _U32),  # not supported: any value is refused
+    "prompt_logprobs": (st.integers(0, 5), _U32),
     "ignore_eos": (st.booleans(), st.booleans()),
     "skip_special_tokens": (st.booleans(), st.booleans()),
     "include_stop_str_in_output": (st.booleans(), st.booleans()),

@@ -3,7 +3,8 @@
 The scripted tokenizer maps UTF-8 bytes to ids (byte + 3; 1 = BOS, 2 = EOS) and renders chat as
 `<|role|>content\n` lines. The scripted engine answers every prompt with its `reply` text, one byte-token
 at a time, then EOS; a seeded request at temperature > 0 gets letters drawn from the seed instead. It
-applies max_tokens, stop strings, logprobs and usage like the real engine, and can be told to fail.
+applies max_tokens, stop strings, logprobs, prompt logprobs and usage like the real engine, and can be told
+to fail.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def render_chat(chat: tokenizer_pb2.ChatInput) -> str:
 class ScriptedTokenizer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     def __init__(self) -> None:
         self.requests: list[tokenizer_pb2.EncodeRequest] = []
+        self.fim: tuple[str, str, str] | None = None  # the FIM tokens Info reports (their texts)
 
     async def Encode(self, request, context):
         self.requests.append(request)
@@ -68,8 +70,13 @@ class ScriptedTokenizer(tokenizer_pb2_grpc.TokenizerServiceServicer):
         return tokenizer_pb2.DecodeResponse(text=decode(request.token_ids, skip))
 
     async def Info(self, request, context):
+        fim = (
+            tokenizer_pb2.FimTokens(prefix=self.fim[0], suffix=self.fim[1], middle=self.fim[2])
+            if self.fim
+            else None
+        )
         return tokenizer_pb2.InfoResponse(
-            vocab_size=VOCAB, bos_token_id=BOS, eos_token_ids=[EOS], model_name="x"
+            vocab_size=VOCAB, bos_token_id=BOS, eos_token_ids=[EOS], model_name="x", fim=fim
         )
 
 
@@ -169,6 +176,8 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
                 )
                 if p.HasField("logprobs"):
                     msg.logprobs.extend(_logprobs(t, p.logprobs) for t in chunk)
+                if p.HasField("prompt_logprobs") and j == 0 and pos == 0:  # sample 0's first message
+                    msg.prompt_logprobs.extend(_logprobs(t, p.prompt_logprobs, rank=2) for t in prompt[1:])
                 if positions[j] is None:
                     msg.finish_reason = reason
                     if all(q is None for q in positions):
@@ -216,12 +225,17 @@ class _Abort(Exception):
     pass
 
 
-def _logprobs(token: int, k: int) -> engine_pb2.PositionLogprobs:
+def _logprobs(token: int, k: int, rank: int = 0) -> engine_pb2.PositionLogprobs:
     top = [
-        engine_pb2.TokenLogprob(token_id=token + i, logprob=-0.25 * (i + 1), token=decode([token + i]))
+        engine_pb2.TokenLogprob(
+            token_id=(token + i) % VOCAB,
+            logprob=-0.25 * (i + 1),
+            token=decode([(token + i) % VOCAB]),
+            rank=i + 1,
+        )
         for i in range(k)
     ]
-    sampled = engine_pb2.TokenLogprob(token_id=token, logprob=-0.25, token=decode([token]))
+    sampled = engine_pb2.TokenLogprob(token_id=token, logprob=-0.25, token=decode([token]), rank=rank)
     return engine_pb2.PositionLogprobs(sampled=sampled, top=top)
 
 

@@ -64,6 +64,11 @@ class EngineServiceStub:
                 request_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.WatchServerInfoRequest.SerializeToString,
                 response_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/pagoda.engine.v1.EngineService/Embed',
+                request_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.EmbedResponse.FromString,
+                _registered_method=True)
         self.SubscribeKvEvents = channel.unary_stream(
                 '/pagoda.engine.v1.EngineService/SubscribeKvEvents',
                 request_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.SubscribeKvEventsRequest.SerializeToString,
@@ -123,6 +128,15 @@ class EngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeds inputs with an embedding model (an engine whose ModelInfo.task is TASK_EMBED): one prefill
+        pass per input, its hidden states pooled as the model's configuration says and normalised. The
+        KV blocks of an input are freed as soon as it is pooled. A generating engine answers INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubscribeKvEvents(self, request, context):
         """The prefix cache's KV-block events, for cache-aware routers: first a snapshot of every cached block's
         hash (one or more messages, the last with `last` set), then one batch per engine step that stored or
@@ -166,6 +180,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.WatchServerInfo,
                     request_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.WatchServerInfoRequest.FromString,
                     response_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.ServerInfo.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.EmbedRequest.FromString,
+                    response_serializer=pagoda_dot_engine_dot_v1_dot_engine__pb2.EmbedResponse.SerializeToString,
             ),
             'SubscribeKvEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.SubscribeKvEvents,
@@ -335,6 +354,33 @@ class EngineService:
             '/pagoda.engine.v1.EngineService/WatchServerInfo',
             pagoda_dot_engine_dot_v1_dot_engine__pb2.WatchServerInfoRequest.SerializeToString,
             pagoda_dot_engine_dot_v1_dot_engine__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pagoda.engine.v1.EngineService/Embed',
+            pagoda_dot_engine_dot_v1_dot_engine__pb2.EmbedRequest.SerializeToString,
+            pagoda_dot_engine_dot_v1_dot_engine__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,7 +71,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("vocab_size", "bos_token_id", "eos_token_ids", "special_tokens", "has_chat_template", "model_max_length", "model_name")
+    __slots__ = ("vocab_size", "bos_token_id", "eos_token_ids", "special_tokens", "has_chat_template", "model_max_length", "model_name", "fim")
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     BOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class InfoResponse(_message.Message):
     HAS_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     MODEL_MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    FIM_FIELD_NUMBER: _ClassVar[int]
     vocab_size: int
     bos_token_id: int
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -86,4 +87,15 @@ class InfoResponse(_message.Message):
     has_chat_template: bool
     model_max_length: int
     model_name: str
-    def __init__(self, vocab_size: _Optional[int] = ..., bos_token_id: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., special_tokens: _Optional[_Iterable[str]] = ..., has_chat_template: _Optional[bool] = ..., model_max_length: _Optional[int] = ..., model_name: _Optional[str] = ...) -> None: ...
+    fim: FimTokens
+    def __init__(self, vocab_size: _Optional[int] = ..., bos_token_id: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., special_tokens: _Optional[_Iterable[str]] = ..., has_chat_template: _Optional[bool] = ..., model_max_length: _Optional[int] = ..., model_name: _Optional[str] = ..., fim: _Optional[_Union[FimTokens, _Mapping]] = ...) -> None: ...
+
+class FimTokens(_message.Message):
+    __slots__ = ("prefix", "suffix", "middle")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SUFFIX_FIELD_NUMBER: _ClassVar[int]
+    MIDDLE_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    suffix: str
+    middle: str
+    def __init__(self, prefix: _Optional[str] = ..., suffix: _Optional[str] = ..., middle: _Optional[str] = ...) -> None: ...
