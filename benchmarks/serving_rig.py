@@ -85,16 +85,16 @@ class TimedExecutor(Executor):
         self._rng = random.Random(seed)
         self.num_steps = 0
 
-    def launch(self, out: SchedulerOutput, block_tables: list[list[int]]) -> _Pending:
+    def launch(self, out: SchedulerOutput) -> _Pending:
         start = max(time.monotonic(), self._free_at)
         self._free_at = start + self.step_s + self.prefill_s_per_token * out.num_prompt_tokens
-        n = sum(1 for s in out.scheduled if s.samples)
+        n = len(out.seq_ids) - len(out.partial)  # the entries that sample
         tokens = [self._rng.randrange(*TOKEN_RANGE) for _ in range(n)]
         self.num_steps += 1
         return _Pending(self._free_at, SampleResult(tokens, [None] * n))
 
-    def execute(self, out: SchedulerOutput, block_tables: list[list[int]]) -> SampleResult:
-        return self.launch(out, block_tables).result()
+    def execute(self, out: SchedulerOutput) -> SampleResult:
+        return self.launch(out).result()
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -114,9 +114,6 @@ class TimedExecutor(Executor):
 
     def stop_profile(self) -> list[str]:
         return []
-
-    def forget(self, seq_ids) -> None:
-        pass
 
     def check_alive(self) -> None:
         pass

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -78,11 +78,6 @@ class BlockManager:
     def block_table(self, seq: Sequence) -> list[int]:
         return self._tables.get(seq.seq_id, [])
 
-    def block_tables(self, seqs: Iterable[Sequence]) -> list[list[int]]:
-        """The live tables of sequences that hold blocks (every scheduled one), in order: once per step."""
-        tables = self._tables
-        return [tables[seq.seq_id] for seq in seqs]
-
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
@@ -110,8 +105,10 @@ class BlockManager:
         return need <= len(self._lru) - revived
 
     # ---- actions -------------------------------------------------------------------------------
-    def allocate(self, seq: Sequence, num_new_tokens: int, computed_blocks: Seq[int] = ()) -> None:
-        """Give `seq` blocks for `num_new_tokens` more tokens (after taking `computed_blocks` as its prefix).
+    def allocate(self, seq: Sequence, num_new_tokens: int, computed_blocks: Seq[int] = ()) -> list[int]:
+        """Give `seq` blocks for `num_new_tokens` more tokens (after taking `computed_blocks` as its prefix);
+        returns the ids of the blocks it took from the free pool, in table order (what the model runner's
+        copy of the table lacks; `computed_blocks` come before them).
 
         Full blocks among the tokens computed this step are registered in the prefix cache at once: the
         forward pass writes every new token's KV before any attention reads it, so a sequence scheduled
@@ -133,9 +130,11 @@ class BlockManager:
             seq.num_computed_tokens = len(computed_blocks) * self.block_size
             self._keys[seq.seq_id] = [self.blocks[b].key for b in computed_blocks]  # hits are cached blocks
         num_tokens = seq.num_computed_tokens + num_new_tokens
+        num_before = len(table)
         while len(table) < self.blocks_for(num_tokens):
             table.append(self._pop_free())
         self.register_computed(seq, num_tokens)
+        return table[num_before:]
 
     def register_computed(self, seq: Sequence, num_computed: int | None = None) -> None:
         """Key the full blocks among `seq`'s computed tokens whose ids are all known (no placeholder).

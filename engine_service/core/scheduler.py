@@ -10,10 +10,15 @@ So the engine may schedule step n+1 before step n's tokens reach the host (async
 feeds the placeholder, whose value the model runner takes from step n's sampled tokens on the device.
 
     output_token_ids:  [t0 t1 t2 | P(step n) P(step n+1)]      num_pending = 2
-                        resolved   sampled, not yet known Running sequences are served first,
-oldest first; when KV blocks run out, the newest running sequence is preempted (its blocks are freed, and
-it is recomputed later, mostly from the prefix cache). Waiting sequences are admitted in arrival order
-while the budget, `max_num_seqs` and the free blocks allow.
+                        resolved   sampled, not yet known
+
+Running sequences are served first, oldest first; when KV blocks run out, the newest running sequence is
+preempted (its blocks are freed, and it is recomputed later, mostly from the prefix cache). Waiting
+sequences are admitted in arrival order while the budget, `max_num_seqs` and the free blocks allow.
+
+The step's SchedulerOutput says what changed since the previous one (scheduler_output.py): sequences
+scheduled for the first time whole, the others as new blocks, resumed or preempted, and the ids of those
+that finished meanwhile; so the model runner keeps one persistent batch instead of rebuilding it.
 """
 
 from __future__ import annotations
@@ -21,33 +26,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from engine_service.core.block_manager import BlockManager
+from engine_service.core.scheduler_output import NewSequenceData, ScheduledSequence, SchedulerOutput
 from engine_service.core.sequence import PLACEHOLDER, Sequence, SequenceStatus
 
-
-@dataclass(slots=True)
-class ScheduledSequence:
-    seq: Sequence
-    num_new_tokens: int
-    start: int  # num_computed_tokens before this step (positions start..start+num_new_tokens-1)
-    samples: bool  # this step brings the sequence up to date, so a token is sampled for it
-
-
-@dataclass
-class SchedulerOutput:
-    scheduled: list[ScheduledSequence] = field(default_factory=list)
-    preempted: list[Sequence] = field(default_factory=list)
-    num_prompt_tokens: int = 0  # of the scheduled tokens, those of prompts (the rest are output tokens)
-
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
+__all__ = ["NewSequenceData", "ScheduledSequence", "Scheduler", "SchedulerOutput"]
 
 
 class Scheduler:
@@ -68,6 +52,10 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preemptions = 0
         self.num_with_penalties = 0  # unfinished sequences whose sampling reads their output tokens
+        # What the next step's output reports (see _report_changes):
+        self._finished_ids: list[str] = []  # scheduled sequences that finished or were aborted since
+        self._batch_changed = True  # a sequence left since the last step
+        self._last_full = False  # the last step's batch was every running sequence, each sampling
 
     # ---- requests in and out -------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -98,11 +86,16 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         bm = self.block_manager
+        bs = bm.block_size
+        # The batch's columns (see SchedulerOutput), appended to once per scheduled sequence.
+        add_seq, add_id = out.seqs.append, out.seq_ids.append
+        add_start, add_new = out.num_computed_tokens.append, out.num_new_tokens.append
+        tokens = out.output_token_ids
+        add_token = tokens.append
+        new_block_ids = out.new_block_ids
 
         # 1. Running sequences, oldest first. Preempt from the newest end when blocks run out: the victims
         # are popped off the list's end, so the iteration never reaches them.
-        append = out.scheduled.append
-        bs = bm.block_size
         for seq in self.running:  # hot: once per running sequence per step
             if budget <= 0:
                 break
@@ -119,18 +112,29 @@ class Scheduler:
             if not (num_new == 1 and 0 < start % bs < bs - 1):
                 if not self._make_room(seq, num_new, out):
                     break  # `seq` itself was preempted: nothing behind it is left
-                bm.allocate(seq, num_new)
+                blocks = bm.allocate(seq, num_new)
+                if blocks:
+                    new_block_ids[seq.seq_id] = blocks
             seq.num_computed_tokens = start + num_new
             budget -= num_new
             if start < num_prompt:  # a chunk of its prompt
                 out.num_prompt_tokens += min(start + num_new, num_prompt) - start
-            samples = start + num_new == num_tokens
-            append(ScheduledSequence(seq, num_new, start, samples))
-            if samples:  # its placeholder, at once: the block manager only counts resolved tokens
-                outputs.append(PLACEHOLDER)
+            if num_new == 1 and start >= num_prompt:  # a decode: its input is its newest output token
+                add_token(outputs[start - num_prompt])
+            else:
+                _add_output_tokens(tokens, seq, start, num_new)
+            add_seq(seq)
+            add_id(seq.seq_id)
+            add_start(start)
+            add_new(num_new)
+            if start + num_new == num_tokens:  # it samples: its placeholder, at once (the block manager
+                outputs.append(PLACEHOLDER)  # only counts resolved tokens)
                 seq.num_pending += 1
+            else:
+                out.partial.append(len(out.seqs) - 1)
 
         # 2. Waiting sequences, in arrival order, unless this step had to preempt.
+        admitted = False
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
             seq = self.waiting[0]
             # A prompt that needs the logits or hidden state of every position skips the prefix cache
@@ -143,21 +147,53 @@ class Scheduler:
                 break
             out.num_prompt_tokens += max(0, min(num_computed + num_new, seq.num_prompt_tokens) - num_computed)
             self.waiting.popleft()
-            if seq.num_cached_tokens < 0:  # first scheduling: count the prefix-cache lookup
+            first_time = seq.num_cached_tokens < 0
+            if first_time:  # count the prefix-cache lookup
                 seq.num_cached_tokens = num_computed
                 seq.first_scheduled_time = time.monotonic()
                 bm.record_lookup(seq.num_prompt_tokens, num_computed)
             samples = num_computed + num_new == seq.num_tokens
-            out.scheduled.append(ScheduledSequence(seq, num_new, num_computed, samples))
             bm.allocate(seq, num_new, hits)
+            table = list(bm.block_table(seq))  # a copy: the block manager appends to its own
+            if first_time:
+                out.new_seqs.append(
+                    NewSequenceData(seq.seq_id, seq.index, seq.prompt_token_ids, seq.params, table)
+                )
+            else:  # back from a preemption: its new table replaces the old one
+                out.resumed_seq_ids.append(seq.seq_id)
+                new_block_ids[seq.seq_id] = table
+            _add_output_tokens(tokens, seq, num_computed, num_new)
+            add_seq(seq)
+            add_id(seq.seq_id)
+            add_start(num_computed)
+            add_new(num_new)
             seq.num_computed_tokens += num_new
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
+            admitted = True
             budget -= num_new
             if samples:
                 seq.output_token_ids.append(PLACEHOLDER)
                 seq.num_pending += 1
+            else:
+                out.partial.append(len(out.seqs) - 1)
+        self._report_changes(out, admitted)
         return out
+
+    def _report_changes(self, out: SchedulerOutput, admitted: bool) -> None:
+        """Set what the step's output says changed since the previous step.
+
+        A step is `full` when its batch is every running sequence and each one samples. Two full steps with
+        no sequence admitted, preempted, finished or aborted between them have the same batch, in the same
+        order (the running list's): `same_batch`, which the runner and the engine key their reuse on.
+        """
+        full = not out.partial and len(out.seqs) == len(self.running)
+        changed = self._batch_changed or admitted or bool(out.preempted)
+        out.same_batch = full and self._last_full and not changed
+        self._last_full = full and bool(out.seqs)
+        self._batch_changed = False
+        if out.seqs:  # an empty step is not launched: its news wait for the next one
+            out.finished_seq_ids, self._finished_ids = self._finished_ids, []
 
     def _make_room(self, seq: Sequence, num_new: int, out: SchedulerOutput) -> bool:
         """Preempt running sequences, newest first, until `seq` can get `num_new` more tokens' blocks.
@@ -166,6 +202,7 @@ class Scheduler:
             victim = self.running.pop()
             self._preempt(victim)
             out.preempted.append(victim)
+            out.preempted_seq_ids.append(victim.seq_id)
             if victim is seq:
                 return False
         return True
@@ -229,5 +266,17 @@ class Scheduler:
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        if seq.num_cached_tokens >= 0:  # it was scheduled: the runner keeps it until told
+            self._finished_ids.append(seq.seq_id)
+        self._batch_changed = True
         self.num_with_penalties -= seq.params.has_penalties
         self.block_manager.free(seq)
+
+
+def _add_output_tokens(tokens: list[int], seq: Sequence, start: int, num_new: int) -> None:
+    """Append the output tokens among `seq`'s inputs [start, start + num_new) (the runner has the prompt)."""
+    num_prompt = seq.num_prompt_tokens
+    first = start if start > num_prompt else num_prompt
+    end = start + num_new
+    if end > first:
+        tokens += seq.output_token_ids[first - num_prompt : end - num_prompt]

@@ -50,7 +50,7 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1  # prompt tokens found in the prefix cache at first scheduling (-1: not yet)
-    sampling_seed: int | None = None  # the sampler's noise seed, fixed at the first draw
+    sampling_seed: int | None = None  # its noise seed when sampled directly (Sampler.__call__)
     num_pending: int = 0  # trailing output tokens that are PLACEHOLDERs, sampled but not yet resolved
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None

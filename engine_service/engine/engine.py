@@ -147,7 +147,8 @@ class Engine:
             config.async_scheduling if config.async_scheduling is not None else device.type == "cuda"
         )
         self._inflight = None  # (SchedulerOutput, pending result) of the step on the device
-        # The last batch whose updates were all plain, while none of its sequences finished or was aborted.
+        # The columns of the last collected step, when its updates were all plain and none of its sequences
+        # was aborted since: a step the scheduler says has the same batch copies them (updates_codec).
         self._steady: updates_codec.SteadyRows | None = None
         quant = mc.quantization
         log.info(
@@ -212,9 +213,8 @@ class Engine:
         if self.structured.drop(request_id) is not None:  # still waiting for its grammar: never scheduled
             for seq in seqs:
                 seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
-        self.scheduler.abort(targets)
+        self.scheduler.abort(targets)  # the model runner hears of it with the next step
         self._steady = None  # an in-flight token of theirs is void
-        self.executor.forget(s.seq_id for s in targets)
         self.structured.forget(targets)
         self._prompt_logprobs.forget(s.seq_id for s in targets)
         self._forget_finished(request_id)
@@ -262,9 +262,8 @@ class Engine:
         out = self.scheduler.schedule()
         launched = None
         if not out.is_empty:
-            tables = self.block_manager.block_tables(s.seq for s in out.scheduled)
             mask = self._grammar_mask(out, updates) if self.structured.constrains(out) else None
-            launched = (out, self.executor.launch(out, tables, mask))
+            launched = (out, self.executor.launch(out, mask))
             self.num_steps += 1
         if self._inflight is not None:
             updates_codec.extend(updates, self._collect())
@@ -309,20 +308,21 @@ class Engine:
         self._inflight = None
         result = pending.result()
         if result.prompt_logprobs:  # before the updates: a prompt's last chunk comes with its first token
-            self._prompt_logprobs.add([s.seq.seq_id for s in out.scheduled], result.prompt_logprobs)
-        sampling = [s.seq for s in out.scheduled if s.samples]
+            self._prompt_logprobs.add(out.seq_ids, result.prompt_logprobs)
+        sampling = out.sampled_seqs()
         finished = self.scheduler.update_from_output(sampling, result.token_ids)
         self.num_prompt_tokens += out.num_prompt_tokens
         steady = self._steady
         if result.pooled:
             packed = self._embedding_updates(sampling, result.pooled)
-        elif finished or steady is None or steady.seqs != sampling:  # (list !=: identity, at C speed)
-            packed = self._build_updates(sampling, result, finished)
-        else:  # the sequences of an earlier step whose updates were all plain, none finished since
+        elif out.same_batch and steady is not None and not finished:
+            # The previous step's sequences, in its order (the scheduler's word), all of whose updates were
+            # plain, none finished or aborted since: only the token ids differ.
             packed = steady.packed(result.token_ids)
+        else:
+            packed = self._build_updates(sampling, result, finished)
         if not result.pooled:  # an embedding generates nothing
             self.num_generation_tokens += len(packed.request_ids) + len(packed.other)
-        self.executor.forget(seq.seq_id for seq in finished)
         if self.structured.num_live:
             self.structured.forget(finished)
         if self._prompt_logprobs:
@@ -334,8 +334,8 @@ class Engine:
     def _build_updates(
         self, sampling: list[Sequence], result: SampleResult, finished: list[Sequence]
     ) -> updates_codec.PackedUpdates:
-        """The step's updates, row by row. When every one is plain (and nothing finished), the batch is
-        kept as steady: later steps of the same sequences copy its columns (see updates_codec.SteadyRows)."""
+        """The step's updates, row by row. When every one is plain (and nothing finished), its columns are
+        kept: a later step of the same batch copies them (see updates_codec.SteadyRows)."""
         done = set(finished)
         now = time.monotonic()
         packed = updates_codec.empty()
@@ -377,7 +377,7 @@ class Engine:
                 )
             )
         all_plain = not finished and len(packed.request_ids) == len(sampling)  # no void, no other update
-        self._steady = updates_codec.SteadyRows(sampling, packed) if all_plain else None
+        self._steady = updates_codec.SteadyRows(packed) if all_plain else None
         return packed
 
     def _embedding_updates(

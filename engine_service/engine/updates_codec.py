@@ -26,13 +26,13 @@ class PackedUpdates(NamedTuple):
 
 
 class SteadyRows:
-    """The columns of a step whose every update was plain, for the same sequences' later steps: in a steady
-    decode only the token ids change from step to step, so the rest is copied, not rebuilt row by row. The
-    engine drops it when one of them finishes or is aborted (its token would be void)."""
+    """The columns of a step whose every update was plain, for later steps of the same batch (the scheduler
+    says so: SchedulerOutput.same_batch): in a steady decode only the token ids change from step to step,
+    so the rest is copied, not rebuilt row by row. The engine drops it when one of the sequences finishes
+    or is aborted (its token would be void)."""
 
-    def __init__(self, seqs: list, packed: PackedUpdates):
-        self.seqs = list(seqs)  # copies, here and in `packed`: the caller may extend what it was given
-        self.request_ids = list(packed.request_ids)
+    def __init__(self, packed: PackedUpdates):
+        self.request_ids = list(packed.request_ids)  # copies: the caller may extend what it was given
         self.num_cached_tokens = array("q", packed.num_cached_tokens)
         self.num_prompt_tokens = array("q", packed.num_prompt_tokens)
 

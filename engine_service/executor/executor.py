@@ -1,22 +1,23 @@
 """The executor: what the Engine runs the model through, on one device or across tensor-parallel ranks.
 
-    Engine ── schedule ──▶ executor.execute(SchedulerOutput, block tables) ──▶ SampleResult
+    Engine ── schedule ──▶ executor.launch(SchedulerOutput) ──▶ .result(): SampleResult
                               UniProcExecutor    one ModelRunner in this process (TP=1)
                               MultiProcExecutor  one worker process per rank (multiproc.py)
 
 The Engine keeps the scheduler, the block manager and the requests; the executor keeps the model, its KV
 cache and the sampler. Start-up goes: kv_bytes_per_block / profile_num_kv_blocks (sizing),
-allocate_kv_cache, capture_cuda_graphs; then one execute per step.
+allocate_kv_cache, capture_cuda_graphs; then one launch per step. A step's SchedulerOutput says what
+changed since the last one (new, resumed, preempted and finished sequences, new blocks): the model runner
+keeps its persistent batch from it, so the executor keeps nothing per sequence.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 
 import torch
 
-from engine_service.core.scheduler import SchedulerOutput
+from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.worker.model_runner import GrammarMask
 from engine_service.worker.sampler import SampleResult
 
@@ -37,13 +38,11 @@ class Executor(ABC):
     # the next step meanwhile (the placeholders of the sampled tokens are filled on the device).
     supports_async: bool = False
 
-    def launch(
-        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
-    ):
+    def launch(self, out: SchedulerOutput, grammar_mask: GrammarMask | None = None):
         """Queue a step; `.result()` of what is returned gives its SampleResult. `grammar_mask` is called
         before the step's draw, after its forward pass is queued where the executor can overlap them
         (ModelRunner.launch)."""
-        return _Done(self.execute(out, block_tables, grammar_mask))
+        return _Done(self.execute(out, grammar_mask))
 
     @property
     @abstractmethod
@@ -61,9 +60,7 @@ class Executor(ABC):
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None: ...
 
     @abstractmethod
-    def execute(
-        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
-    ) -> SampleResult:
+    def execute(self, out: SchedulerOutput, grammar_mask: GrammarMask | None = None) -> SampleResult:
         """One forward pass over the scheduled tokens; a token for each sequence that caught up."""
 
     @abstractmethod
@@ -73,10 +70,6 @@ class Executor(ABC):
     @abstractmethod
     def stop_profile(self) -> list[str]:
         """Stop the profile; every rank writes its Chrome trace to trace_dir. Returns their paths."""
-
-    @abstractmethod
-    def forget(self, seq_ids: Iterable[str]) -> None:
-        """These sequences finished or were aborted: drop what the executor keeps per sequence."""
 
     @abstractmethod
     def check_alive(self) -> None:

@@ -1,9 +1,13 @@
 """MultiProcExecutor: one worker process per tensor-parallel rank; the scheduler stays with the driver.
 
     driver (the Engine's process)                 workers, one per GPU (or CPU + gloo)
-      schedule ─▶ StepEncoder ─▶ one pickled ──────▶ rank 0: mirror ▸ forward (all-reduces) ▸ sample
-                                 message per step ─▶ rank 1: mirror ▸ forward (all-reduces) ▸ sample
+      schedule ─▶ SchedulerOutput, ──────────────────▶ rank 0: batch ▸ forward (all-reduces) ▸ sample
+                  pickled once per step ─────────────▶ rank 1: batch ▸ forward (all-reduces) ▸ sample
       SampleResult ◀──────────────────────────────── rank 0 only
+
+The step message is the SchedulerOutput itself, without the driver's Sequence objects: new sequences
+whole, the others as a diff. Each rank's model runner keeps its persistent batch from it, as a single
+process does, so the driver keeps nothing per sequence.
 
 Every rank samples (the same tokens: the logits are gathered whole on each rank and the noise is
 counter-based), so with async scheduling each rank fills step n+1's placeholders from step n's tokens
@@ -39,12 +43,11 @@ import torch
 import torch.distributed as dist
 
 from engine_service.core.model_config import ModelConfig
-from engine_service.core.scheduler import SchedulerOutput
+from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.distributed.group import check_tp_size, cpu_threads_per_rank, worker_env
 from engine_service.executor.executor import Executor
 from engine_service.worker.model_runner import GrammarMask
 from engine_service.worker.sampler import SampleResult
-from engine_service.worker.step_message import StepEncoder
 from engine_service.worker.tp_worker import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -92,7 +95,6 @@ class MultiProcExecutor(Executor):
         check_tp_size(model_config, spec.tp_size, spec.device)
         self.device = torch.device(spec.device)
         self.tp_size = spec.tp_size
-        self._encoder = StepEncoder()
         self._error: str | None = None
         self._num_unanswered = 0  # steps launched whose tokens have not been collected
         self._profiling = False
@@ -140,25 +142,22 @@ class MultiProcExecutor(Executor):
         self._profiling = False
         return self._call("stop_profile")
 
-    def launch(
-        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
-    ) -> RankZeroAnswer:
-        message = self._encoder.encode(out, block_tables)
-        if grammar_mask is not None:
-            # Worked out before the step is sent (no overlap with its forward pass across processes): every
-            # rank draws, so every rank needs the mask.
-            message = replace(message, bitmask=grammar_mask())
-        self._broadcast(("step", message))
+    def launch(self, out: SchedulerOutput, grammar_mask: GrammarMask | None = None) -> RankZeroAnswer:
+        # The grammar mask is worked out before the step is sent (no overlap with its forward pass across
+        # processes): every rank draws, so every rank needs it.
+        mask = grammar_mask() if grammar_mask is not None else None
+        self._broadcast(
+            ("step", (out, mask))
+        )  # out pickled as the runner's fields (SchedulerOutput.__reduce__)
         self._num_unanswered += 1
         return RankZeroAnswer(self)
 
-    def execute(
-        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
-    ) -> SampleResult:
-        return self.launch(out, block_tables, grammar_mask).result()
+    def execute(self, out: SchedulerOutput, grammar_mask: GrammarMask | None = None) -> SampleResult:
+        return self.launch(out, grammar_mask).result()
 
-    def forget(self, seq_ids: Iterable[str]) -> None:
-        self._encoder.forget(seq_ids)  # the workers hear of it with the next step
+    def num_sequences(self) -> list[int]:
+        """Sequences each rank's model runner keeps (a test's probe: they must agree, and not leak)."""
+        return self._call("num_sequences")
 
     def check_alive(self) -> None:
         if self._error is not None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from engine_service.core.scheduler import SchedulerOutput
+from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.executor.executor import Executor
 from engine_service.worker.model_runner import GrammarMask, ModelRunner
 from engine_service.worker.sampler import SampleResult
@@ -18,10 +16,8 @@ class UniProcExecutor(Executor):
         self.device = runner.device
         self.supports_async = True
 
-    def launch(
-        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
-    ):
-        return self.runner.launch(out, block_tables, grammar_mask)
+    def launch(self, out: SchedulerOutput, grammar_mask: GrammarMask | None = None):
+        return self.runner.launch(out, grammar_mask)
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -36,19 +32,14 @@ class UniProcExecutor(Executor):
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         self.runner.capture_cuda_graphs(max_num_seqs, max_model_len)
 
-    def execute(
-        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
-    ) -> SampleResult:
-        return self.runner.execute(out, block_tables, grammar_mask)
+    def execute(self, out: SchedulerOutput, grammar_mask: GrammarMask | None = None) -> SampleResult:
+        return self.runner.execute(out, grammar_mask)
 
     def start_profile(self, trace_dir: str) -> None:
         self.runner.start_profile(trace_dir)
 
     def stop_profile(self) -> list[str]:
         return [self.runner.stop_profile()]
-
-    def forget(self, seq_ids: Iterable[str]) -> None:
-        self.runner.forget(seq_ids)
 
     def check_alive(self) -> None:
         pass  # nothing here can die on its own

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import xgrammar as xgr
 
-from engine_service.core.scheduler import SchedulerOutput
+from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.core.sequence import Sequence
 from engine_service.core.structured_outputs import StructuredOutputsParams
 from engine_service.structured import grammar

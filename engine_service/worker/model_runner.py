@@ -1,31 +1,29 @@
 """The model runner: the only place that turns scheduled sequences into tensors.
 
-It owns the model, the KV cache and the sampler. Each step it lays the scheduled tokens out as one flat
-batch (see engine_service/ops/torch_ops.py for the layout), runs one forward pass, computes logits only
-for the sequences that caught up, and samples them.
+It owns the model, the KV cache, the sampler and the persistent batch (input_batch.py), which each step's
+SchedulerOutput updates. Each step it lays the scheduled tokens out as one flat batch (step_inputs.py),
+runs one forward pass, computes logits only for the sequences that caught up, and samples them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from engine_service.core.model_config import ModelConfig
 from engine_service.core.pooling import PoolingConfig
-from engine_service.core.scheduler import SchedulerOutput
-from engine_service.core.sequence import PLACEHOLDER
+from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.layers.attention import AttentionMetadata
 from engine_service.models.registry import model_class
 from engine_service.worker import host_copy, prompt_logprobs
-from engine_service.worker.block_table_rows import BlockTableRows
 from engine_service.worker.cuda_graphs import DecodeGraphs
+from engine_service.worker.input_batch import InputBatch
 from engine_service.worker.pooler import Pooler
 from engine_service.worker.sampler import PendingSample, Sampler, SampleResult
+from engine_service.worker.step_inputs import StepInputs
 from engine_service.worker.token_bitmask import TokenBitmask
 from engine_service.worker.weights import init_dummy_weights, load_weights
 
@@ -92,9 +90,7 @@ class ModelRunner:
         self.pooler = Pooler(pooling) if pooling is not None else None  # an embedding model pools instead
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs: DecodeGraphs | None = None
-        self.block_rows = BlockTableRows()
-        # The previous launch's sampled tokens on the device, and the seq_id of each of their rows.
-        self._last_sampled: tuple[torch.Tensor | None, list[str]] = (None, [])
+        self.batch = InputBatch(device, seed)
         self._profiler: tuple[torch.profiler.profile, str] | None = None
 
     # ---- KV cache ------------------------------------------------------------------------------
@@ -194,203 +190,85 @@ class ModelRunner:
         profiler.export_chrome_trace(path)
         return path
 
-    def execute(
-        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
-    ) -> SampleResult:
+    def num_sequences(self) -> int:
+        """Sequences this runner keeps (running, preempted, or finished and not yet reported so)."""
+        return len(self.batch.states)
+
+    def execute(self, out: SchedulerOutput, grammar_mask: GrammarMask | None = None) -> SampleResult:
         """Run the scheduled tokens and wait for the sampled ones."""
-        return self.launch(out, block_tables, grammar_mask).result()
+        return self.launch(out, grammar_mask).result()
 
     @torch.inference_mode()
-    def launch(
-        self, out: SchedulerOutput, block_tables: list[list[int]], grammar_mask: GrammarMask | None = None
-    ) -> PendingSample:
-        """Queue the step on the device; `block_tables[i]` is the i-th scheduled sequence's block table.
+    def launch(self, out: SchedulerOutput, grammar_mask: GrammarMask | None = None) -> PendingSample:
+        """Apply the step's diff to the persistent batch and queue the step on the device.
 
         A fed token may be a PLACEHOLDER for a token the previous launch sampled and the host has not
-        seen yet (async scheduling): its id is copied on the device from that launch's sampled tokens.
+        seen yet (async scheduling): its id is copied on the device from its row's last sampled token.
         `grammar_mask`, for a step with structured-output rows, is called once the forward pass is queued
         and before the draw: the host works out the mask (it may first wait for the previous step's
         tokens) while the device runs this step's forward pass.
         """
-        step = _HostStep.build(out, block_tables, self.block_size)
-        items = [s for s in out.scheduled if s.samples]
-        seq_ids = [s.seq.seq_id for s in out.scheduled]
-        fixup = self._placeholder_fixup(step, seq_ids)
-        self.block_rows.forget(seq.seq_id for seq in out.preempted)
-        table = self.block_rows.gather(seq_ids, block_tables)
+        batch = self.batch
+        batch.update(out)
+        if self.pooler is not None and out.finished_seq_ids:
+            self.pooler.forget(out.finished_seq_ids)
+        step = StepInputs.build(out, batch, self.block_size)
         scored = None  # prompt logprobs: only a step with a prompt chunk (never a decode graph's) has any
-        if self.graphs is not None and step.is_decode and len(items) <= self.graphs.max_batch_size:
-            hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, table, fixup)
+        if self.graphs is not None and step.is_decode and len(step.seq_lens) <= self.graphs.max_batch_size:
+            fixup = self._placeholder_fixup(step)
+            hidden = self.graphs.run(
+                step.input_ids, step.positions, step.slots, step.seq_lens, step.table, fixup
+            )
             logits = self.model.compute_logits(hidden)  # [B, vocab]
         else:
-            input_ids, positions, meta, indices = step.to_device(table, self.device)
+            input_ids, positions, meta, (indices, at, rows) = step.to_device(self.device)
+            fixup = self._placeholder_fixup(step, at, rows)
             if fixup is not None:
                 fixup(input_ids)
             hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
-            if self.pooler is not None:
-                return self.pooler.launch(out, step.query_start, hidden)
+            if self.pooler is not None:  # zeros for tokens, in the sampling rows' order
+                pending = self.pooler.launch(batch.scheduled(out), step.query_start.tolist(), hidden)
+                batch.record_sampled(pending.tokens)
+                return pending
             scored = self._score_prompts(out, step, hidden)
-            if not items:
+            if not len(indices):
                 return PendingSample.empty(scored)
-            logits = self.model.compute_logits(hidden[indices])  # [B, vocab]
+            logits = self.model.compute_logits(hidden[indices])  # [S, vocab]
         # With tensor parallelism every rank samples: the gathered logits and the counter-based noise are
         # the same on every rank, so each holds the step's tokens on its device for the next step's
         # placeholders. Only rank 0's tokens go to the host (its worker alone calls result()).
-        positions = [it.start + it.num_new_tokens - it.seq.num_prompt_tokens for it in items]
         bitmask = grammar_mask() if grammar_mask is not None else None
-        pending = self.sampler.launch(logits, [it.seq for it in items], positions, bitmask)
+        pending = self.sampler.launch(logits, batch.sampling, step.sample_positions, bitmask)
         pending.prompt_logprobs = scored
-        sampled_ids = seq_ids if len(items) == len(seq_ids) else [it.seq.seq_id for it in items]
-        self._last_sampled = (pending.tokens, sampled_ids)
+        batch.record_sampled(pending.tokens)
         return pending
 
-    def _score_prompts(self, out: SchedulerOutput, step: _HostStep, hidden: torch.Tensor):
+    def _score_prompts(self, out: SchedulerOutput, step: StepInputs, hidden: torch.Tensor):
         """Prompt logprobs of the step's prompt chunks that asked for them (worker/prompt_logprobs.py), or
         None. A step whose every sequence samples one token has no prompt chunk: no scan then."""
-        if step.max_query_len == 1 and len(step.logits_indices) == len(out.scheduled):
+        if step.max_query_len == 1 and len(step.logits_indices) == len(out.seq_ids):
             return None
-        spans = prompt_logprobs.find_spans(out, step.query_start)
+        spans = prompt_logprobs.find_spans(self.batch.scheduled(out), step.query_start.tolist())
         return prompt_logprobs.launch(self.model, hidden, spans) if spans else None
 
-    def forget(self, seq_ids) -> None:
-        """Sequences that finished or were aborted: their block-table rows are free."""
-        seq_ids = list(seq_ids)
-        self.block_rows.forget(seq_ids)
-        if self.pooler is not None:
-            self.pooler.forget(seq_ids)
-
-    def _placeholder_fixup(self, step: _HostStep, seq_ids: list[str]):
-        """A function that writes the previous launch's sampled ids over this step's placeholders, or None.
-        `seq_ids`: the scheduled sequences' ids, in order."""
-        if not step.placeholder_at:
+    def _placeholder_fixup(self, step: StepInputs, at: torch.Tensor | None = None, rows=None):
+        """A function that writes the rows' last sampled tokens over the step's PLACEHOLDER input ids, or
+        None. `at`, `rows`: the placeholders' flat indices and rows on the device, if already copied."""
+        if not step.num_placeholders:
             return None
-        tokens, sampled_ids = self._last_sampled
-        n = len(step.input_ids)
-        if len(step.placeholder_at) == n and seq_ids == sampled_ids:
-            # Steady decode: every input is a placeholder, one per sequence, and the previous step sampled
-            # exactly these sequences in this order: its tokens are this step's input ids, as they lie.
-            def copy_all(input_ids: torch.Tensor) -> None:
-                input_ids[:n].copy_(tokens)
+        last = self.batch.last_token
+        if step.all_placeholders:  # an async decode: every input is its own row's last token
+            batch_rows = self.batch.rows_device  # [B]
+            n = len(batch_rows)
 
-            return copy_all
-        rows = {sid: row for row, sid in enumerate(sampled_ids)}
-        wanted = [seq_ids[i] for i in step.placeholder_seq]
-        missing = [sid for sid in wanted if sid not in rows]
-        if missing:
-            raise RuntimeError(f"placeholders for {missing} match no token of the previous step")
-        at, row = host_copy.int64_parts([step.placeholder_at, [rows[sid] for sid in wanted]], self.device)
+            def gather_all(input_ids: torch.Tensor) -> None:
+                torch.index_select(last, 0, batch_rows, out=input_ids[:n])
+
+            return gather_all
+        if at is None:
+            at, rows = host_copy.int64_parts([step.placeholder_at, step.placeholder_rows], self.device)
 
         def fix(input_ids: torch.Tensor) -> None:
-            input_ids[at] = tokens[row]
+            input_ids[at] = last[rows]
 
         return fix
-
-
-@dataclass
-class _HostStep:
-    """A step's inputs as host lists: tokens, their positions and KV slots, per-sequence lengths."""
-
-    input_ids: list[int]
-    positions: list[int]
-    slots: list[int]
-    query_start: list[int]
-    seq_lens: list[int]
-    logits_indices: list[int]
-    max_query_len: int
-    placeholder_at: list[int] = field(default_factory=list)  # flat indices of PLACEHOLDER input ids
-    placeholder_seq: list[int] = field(default_factory=list)  # ... and the scheduled item each belongs to
-
-    @property
-    def is_decode(self) -> bool:
-        return self.max_query_len == 1 and len(self.logits_indices) == len(self.seq_lens)
-
-    @classmethod
-    def build(cls, out: SchedulerOutput, block_tables: list[list[int]], bs: int) -> _HostStep:
-        max_query_len = max(s.num_new_tokens for s in out.scheduled)
-        if max_query_len == 1:
-            return cls._build_decode(out, block_tables, bs)
-        step = cls([], [], [], [0], [], [], max_query_len)
-        input_ids, positions, slots = step.input_ids, step.positions, step.slots
-        query_start, seq_lens, logits_indices = step.query_start, step.seq_lens, step.logits_indices
-        num_tokens = 0
-        for i, (item, table) in enumerate(zip(out.scheduled, block_tables, strict=True)):
-            seq, start, n = item.seq, item.start, item.num_new_tokens
-            end = start + n
-            if n == 1:  # a decode: the hot case, one token
-                p = seq.num_prompt_tokens
-                token = seq.output_token_ids[start - p] if start >= p else seq.prompt_token_ids[start]
-                input_ids.append(token)
-                positions.append(start)
-                slots.append(table[start // bs] * bs + start % bs)
-            else:
-                ids = seq.token_ids_slice(start, end)
-                token = ids[-1]
-                input_ids += ids
-                positions += range(start, end)
-                slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
-            num_tokens += n
-            if token == PLACEHOLDER:  # only the newest token can be one (see Scheduler)
-                step.placeholder_at.append(num_tokens - 1)
-                step.placeholder_seq.append(i)
-            query_start.append(num_tokens)
-            seq_lens.append(end)
-            if item.samples:
-                logits_indices.append(num_tokens - 1)
-        return step
-
-    @classmethod
-    def _build_decode(cls, out: SchedulerOutput, block_tables: list[list[int]], bs: int) -> _HostStep:
-        """`build` for a step of one token per sequence (steady decode), a column at a time: the same lists,
-        in comprehensions rather than a loop of appends."""
-        scheduled = out.scheduled
-        starts = [item.start for item in scheduled]  # the one token's position
-        seqs = [item.seq for item in scheduled]
-        input_ids = [
-            seq.output_token_ids[p - seq.num_prompt_tokens]
-            if p >= seq.num_prompt_tokens
-            else seq.prompt_token_ids[p]
-            for seq, p in zip(seqs, starts, strict=True)
-        ]
-        slots = [table[p // bs] * bs + p % bs for table, p in zip(block_tables, starts, strict=True)]
-        n = len(scheduled)
-        if input_ids.count(PLACEHOLDER) == n:  # async steady decode: every input is the last step's token
-            placeholder_at = list(range(n))
-        else:
-            placeholder_at = [i for i, token in enumerate(input_ids) if token == PLACEHOLDER]
-        samples = [i for i, item in enumerate(scheduled) if item.samples]
-        return cls(
-            input_ids=input_ids,
-            positions=starts,
-            slots=slots,
-            query_start=list(range(n + 1)),
-            seq_lens=[p + 1 for p in starts],
-            logits_indices=samples,
-            max_query_len=1,
-            placeholder_at=placeholder_at,
-            placeholder_seq=list(placeholder_at),  # one token per sequence: the flat index is the item's
-        )
-
-    def to_device(self, table: np.ndarray, dev: torch.device):
-        """(input ids, positions, attention metadata, logits indices) on `dev`, in one copy that does not
-        wait for the device (see host_copy); `table` is the step's [B, width] block table."""
-        input_ids, positions, slots, query_start, seq_lens, indices, flat_table = host_copy.int64_parts(
-            [
-                self.input_ids,
-                self.positions,
-                self.slots,
-                self.query_start,
-                self.seq_lens,
-                self.logits_indices,
-                table.reshape(-1),
-            ],
-            dev,
-        )
-        meta = AttentionMetadata(
-            slot_mapping=slots,
-            query_start_loc=query_start.to(torch.int32),
-            seq_lens=seq_lens.to(torch.int32),
-            block_tables=flat_table.view(table.shape).to(torch.int32),
-            max_query_len=self.max_query_len,
-            max_seq_len=max(self.seq_lens),
-        )
-        return input_ids, positions, meta, indices

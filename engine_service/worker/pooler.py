@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from engine_service.core.pooling import PoolingConfig
-from engine_service.core.scheduler import SchedulerOutput
+from engine_service.core.scheduler_output import ScheduledSequence
 from engine_service.worker.sampler import PendingSample
 
 
@@ -22,10 +22,13 @@ class Pooler:
         self.config = config
         self._partial: dict[str, torch.Tensor] = {}  # seq_id -> mean's running sum, or the cls state
 
-    def launch(self, out: SchedulerOutput, query_start: list[int], hidden: torch.Tensor) -> PendingSample:
-        """hidden: [T, H], the step's flat batch; query_start[i]: the first row of scheduled sequence i."""
+    def launch(
+        self, scheduled: list[ScheduledSequence], query_start: list[int], hidden: torch.Tensor
+    ) -> PendingSample:
+        """hidden: [T, H], the step's flat batch; `scheduled`: its entries, over the runner's kept sequences
+        (InputBatch.scheduled); query_start[i]: the first row of scheduled sequence i."""
         vectors = []
-        for i, item in enumerate(out.scheduled):
+        for i, item in enumerate(scheduled):
             rows = hidden[query_start[i] : query_start[i + 1]]  # [n, H]
             seq_id = item.seq.seq_id
             if self.config.method == "mean":

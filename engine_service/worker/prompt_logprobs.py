@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from engine_service.core.prompt_logprobs import PromptLogprobsChunk, wants_prompt_logprobs
-from engine_service.core.scheduler import SchedulerOutput
+from engine_service.core.scheduler_output import ScheduledSequence
 from engine_service.worker import host_copy
 
 MAX_ROWS = 256  # rows through the LM head at once: [256, vocab] float32 logits is 128 MiB at 128k tokens
@@ -31,13 +31,14 @@ class _Span:
     k: int  # top alternatives wanted
 
 
-def find_spans(out: SchedulerOutput, query_start: list[int]) -> list[_Span]:
-    """The scored rows of the step: `query_start[i]` is the flat row of scheduled sequence i's first token.
+def find_spans(scheduled: list[ScheduledSequence], query_start: list[int]) -> list[_Span]:
+    """The scored rows of the step (`scheduled`: its entries, over the runner's kept sequences,
+    InputBatch.scheduled): `query_start[i]` is the flat row of scheduled sequence i's first token.
 
     Only a step with a prompt chunk can have any (a step of one sampled token per sequence has none), so
     the caller skips the scan for steady decode steps."""
     spans = []
-    for i, item in enumerate(out.scheduled):
+    for i, item in enumerate(scheduled):
         seq = item.seq
         k = seq.params.prompt_logprobs
         if not wants_prompt_logprobs(seq.index, k):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from engine_service.core.outputs import TokenLogprobs
@@ -37,28 +38,81 @@ class SampleResult:
     pooled: list[list[float]] = field(default_factory=list)
 
 
-@dataclass
-class _BatchRows:
-    """What a batch's rows ask of the draw, apart from their positions: fixed by their params and seeds, so
-    the sampler keeps it (its tensors already on the device) while the same sequences come in the same
-    order, as in every step of a steady decode."""
+@dataclass(frozen=True, slots=True)
+class RowParams:
+    """What one row asks of every draw, worked out once from its params (InputBatch keeps it per row)."""
 
-    seqs: list[Sequence]
-    temperatures: list[float]  # 0.0 for a greedy row
-    temperature: torch.Tensor  # the same, float32 on the device
-    seeds: torch.Tensor  # int64 on the device
+    temperature: float  # 0.0 for a greedy row
+    always_processed: bool  # logit_bias, penalties or a filter: its logits change before every draw
+    min_tokens: int  # below it, its stop tokens are masked (processed) too
+    num_logprobs: int  # -1: none
+
+    @classmethod
+    def of(cls, params: SamplingParams) -> RowParams:
+        temperature = 0.0 if params.greedy else params.temperature
+        logprobs = -1 if params.logprobs is None else params.logprobs
+        return cls(temperature, _always_processed(params, temperature), params.min_tokens, logprobs)
+
+
+def sampling_seed(params: SamplingParams, index: int, rng: random.Random) -> int:
+    """A sample's noise seed, 63 bits: from the request's seed and the sample's index, else one drawn from
+    `rng`. Fixed once per sequence, so its draws do not depend on the batch or on a preemption."""
+    if params.seed is not None:
+        return sampler_seed(params.seed, index)
+    return rng.getrandbits(63)
+
+
+@dataclass
+class SamplingBatch:
+    """A step's sampling rows as the draw needs them, apart from their positions: fixed by the rows' params
+    and seeds, so the runner keeps it (its tensors already on the device) while the scheduler says the batch
+    is the same (SchedulerOutput.same_batch), as in every step of a steady decode."""
+
+    states: list  # per row, what processing reads: .params, .prompt_token_ids, .output_token_ids
+    temperatures: np.ndarray  # [S] float32, 0.0 for a greedy row
+    temperature: torch.Tensor  # the same, on the device
+    seeds: torch.Tensor  # [S] int64 on the device
     num_logprobs: list[int | None]
     any_logprobs: bool
     always_processed: bool  # a row has logit_bias, penalties or a filter: its logits change every draw
-    max_min_tokens: int  # a row below its min_tokens has its stop tokens masked (processed) too
+    min_tokens: np.ndarray | None  # [S], when a row has min_tokens (it is processed below them)
+
+    @classmethod
+    def build(
+        cls,
+        states: list,
+        temperatures: np.ndarray,
+        seeds: np.ndarray,
+        processed: np.ndarray,
+        min_tokens: np.ndarray,
+        num_logprobs: np.ndarray,
+        device: torch.device,
+    ) -> SamplingBatch:
+        """From the rows' columns (RowParams), gathered in batch order: temperatures [S] float32, seeds [S]
+        int64, processed [S] bool, min_tokens [S] and num_logprobs [S] int64 (-1: none)."""
+        any_logprobs = bool((num_logprobs >= 0).any())
+        (seeds_on_device,) = host_copy.int64_parts([seeds], device)
+        return cls(
+            states=states,
+            temperatures=temperatures,
+            temperature=host_copy.float32(temperatures, device),
+            seeds=seeds_on_device,
+            num_logprobs=[None if n < 0 else n for n in num_logprobs.tolist()] if any_logprobs else [],
+            any_logprobs=any_logprobs,
+            always_processed=bool(processed.any()),
+            min_tokens=min_tokens if min_tokens.any() else None,
+        )
+
+    def below_min_tokens(self, positions) -> bool:
+        """Whether a row draws before its min_tokens-th token (its EOS and stop ids are masked then)."""
+        return self.min_tokens is not None and bool((np.asarray(positions) < self.min_tokens).any())
 
 
 class Sampler:
     def __init__(self, device: torch.device, eos_token_ids: tuple[int, ...], seed: int):
         self.device = device
         self.eos_token_ids = eos_token_ids
-        self._rng = random.Random(seed)  # seeds of sequences whose request has none
-        self._rows: _BatchRows | None = None  # the last batch's rows, kept while the batch stays the same
+        self._rng = random.Random(seed)  # seeds of sequences sampled directly whose request has none
 
     def __call__(
         self,
@@ -67,75 +121,51 @@ class Sampler:
         positions: list[int] | None = None,
         bitmask: TokenBitmask | None = None,
     ) -> SampleResult:
-        return self.launch(logits, seqs, positions, bitmask).result()
+        """Sample Sequences directly (tests, tools): their rows are worked out for this one draw; a sequence
+        keeps the seed drawn for it (`sampling_seed`). `positions` and `bitmask` as in `launch`; the default
+        position is each one's next token, len(output_token_ids)."""
+        if positions is None:
+            positions = [len(s.output_token_ids) for s in seqs]
+        for seq in seqs:
+            if seq.sampling_seed is None:
+                seq.sampling_seed = sampling_seed(seq.params, seq.index, self._rng)
+        rows = [RowParams.of(s.params) for s in seqs]
+        batch = SamplingBatch.build(
+            list(seqs),
+            np.array([r.temperature for r in rows], dtype=np.float32),
+            np.array([s.sampling_seed for s in seqs], dtype=np.int64),
+            np.array([r.always_processed for r in rows], dtype=bool),
+            np.array([r.min_tokens for r in rows], dtype=np.int64),
+            np.array([r.num_logprobs for r in rows], dtype=np.int64),
+            self.device,
+        )
+        return self.launch(logits, batch, positions, bitmask).result()
 
     def launch(
-        self,
-        logits: torch.Tensor,
-        seqs: list[Sequence],
-        positions: list[int] | None = None,
-        bitmask: TokenBitmask | None = None,
+        self, logits: torch.Tensor, rows: SamplingBatch, positions, bitmask: TokenBitmask | None = None
     ) -> PendingSample:
         """Queue the draw on the device; the tokens reach the host when `result()` is called.
 
-        logits: [B, V]; positions[i]: which output token of seqs[i] this draws (0 = the first), which is
-        also the counter of its noise and the length of the output history its penalties read. The
-        default, for sequences that hold no placeholder, is the next one: len(output_token_ids).
+        logits: [S, V]; positions[i] ([S] ints): which output token of row i this draws (0 = the first),
+        which is also the counter of its noise and the length of the output history its penalties read.
         bitmask: the grammar masks of the structured-output rows, applied to the logits (in place) after
         the raw logprobs are taken and before everything else, so filters and the draw see the grammar.
         """
-        if positions is None:
-            positions = [len(s.output_token_ids) for s in seqs]
-        rows = self._rows
-        if rows is None or rows.seqs != seqs:  # by identity, element by element, at C speed
-            rows = self._rows = self._batch_rows(seqs)
-        processing = rows.always_processed or (rows.max_min_tokens > 0 and _below_min_tokens(seqs, positions))
+        processing = rows.always_processed or rows.below_min_tokens(positions)
         raw_logprobs = None
         if rows.any_logprobs:
-            raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [B, V]
+            raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [S, V]
         if bitmask is not None:
             logits = logits if logits.stride(1) == 1 else logits.contiguous()
             dispatch.apply_token_bitmask(logits, *bitmask.to_device(self.device))
         if processing:
-            logits = self._process(logits.to(torch.float32, copy=True), seqs, positions)  # a copy, always
-            self._exclude_filtered(logits, seqs, rows.temperatures)
+            logits = self._process(
+                logits.to(torch.float32, copy=True), rows.states, positions
+            )  # a copy, always
+            self._exclude_filtered(logits, rows.states, rows.temperatures)
         (counters,) = host_copy.int64_parts([positions], self.device)
-        tokens = dispatch.sample_tokens(logits, rows.temperature, rows.seeds, counters)  # [B]
+        tokens = dispatch.sample_tokens(logits, rows.temperature, rows.seeds, counters)  # [S]
         return PendingSample(tokens, raw_logprobs, rows.num_logprobs)
-
-    def _batch_rows(self, seqs: list[Sequence]) -> _BatchRows:
-        """What the rows of `seqs` ask of every draw: one pass, once per batch (not per step)."""
-        temperatures, seeds, num_logprobs = [], [], []
-        always_processed = False
-        for seq in seqs:
-            params = seq.params
-            temperature = 0.0 if params.greedy else params.temperature
-            temperatures.append(temperature)
-            seeds.append(self._seed(seq))
-            num_logprobs.append(params.logprobs)
-            always_processed = always_processed or _always_processed(params, temperature)
-        (seeds_on_device,) = host_copy.int64_parts([seeds], self.device)
-        return _BatchRows(
-            seqs=list(seqs),  # a copy: the caller may reuse its list
-            temperatures=temperatures,
-            temperature=host_copy.float32(temperatures, self.device),
-            seeds=seeds_on_device,
-            num_logprobs=num_logprobs,
-            any_logprobs=any(n is not None for n in num_logprobs),
-            always_processed=always_processed,
-            max_min_tokens=max((s.params.min_tokens for s in seqs), default=0),
-        )
-
-    def _seed(self, seq: Sequence) -> int:
-        """63 bits: from the request's seed and the sample's index, else drawn once from the sampler's RNG."""
-        seed = seq.sampling_seed
-        if seed is None:
-            if seq.params.seed is not None:
-                seed = sampler_seed(seq.params.seed, seq.index)
-            else:
-                seed = self._rng.getrandbits(63)
-            seq.sampling_seed = seed
-        return seed
 
     # ---- logits processing ---------------------------------------------------------------------
     def _process(
@@ -178,7 +208,7 @@ class Sampler:
         return logits - freq * counts - pres * (counts > 0).float()
 
     # ---- filtering ---------------------------------------------------------------------------------
-    def _exclude_filtered(self, logits: torch.Tensor, seqs: list[Sequence], temps: list[float]) -> None:
+    def _exclude_filtered(self, logits: torch.Tensor, seqs: list[Sequence], temps: np.ndarray) -> None:
         """-inf, in place, where min_p / top-k / top-p exclude a token of a sampling row."""
         rows = [i for i, s in enumerate(seqs) if temps[i] > 0 and _filters(s.params)]
         if not rows:
@@ -268,12 +298,7 @@ def _filters(params: SamplingParams) -> bool:
     return params.min_p > 0.0 or params.top_k > 0 or params.top_p < 1.0
 
 
-def _below_min_tokens(seqs: list[Sequence], positions: list[int]) -> bool:
-    """Whether a row draws before its min_tokens-th token (its EOS and stop ids are masked then)."""
-    return any(pos < s.params.min_tokens for s, pos in zip(seqs, positions, strict=True))
-
-
 def _always_processed(p: SamplingParams, temperature: float) -> bool:
     """Whether some logit of this row changes before every draw (the fp32 copy is made only then); a row
-    below its min_tokens is processed as well (see `launch`)."""
+    below its min_tokens is processed as well (see `Sampler.launch`)."""
     return bool(p.logit_bias or p.has_penalties or (temperature > 0 and _filters(p)))

@@ -7,7 +7,9 @@ worker joins the process group, builds its ModelRunner (reading only its slices 
 answers ("ok", kv_bytes_per_block). Then, until "stop" or the driver's end closes:
 
     ("call", name, args)   every rank runs ModelRunner.<name>(*args) and answers ("ok", result)
-    ("step", StepMessage)  every rank launches the step (forward pass and sampling, on its device);
+    ("step", (out, mask))  every rank applies the SchedulerOutput's diff to the persistent batch and
+                           launches the step (forward pass and sampling, on its device; `mask`, a
+                           TokenBitmask or None: the step's grammar masks, for every rank's draw);
                            rank 0 answers ("ok", SampleResult), one answer per step, in order
     ("stop",)              drop the CUDA graphs, leave the process group and exit 0
 
@@ -37,11 +39,12 @@ import torch
 import torch.distributed as dist
 
 from engine_service.core.model_config import ModelConfig
+from engine_service.core.scheduler_output import SchedulerOutput
 from engine_service.distributed import all_reduce
 from engine_service.distributed.group import init_distributed
 from engine_service.worker.model_runner import DTYPES, ModelRunner
 from engine_service.worker.sampler import PendingSample
-from engine_service.worker.step_message import SequenceMirror, StepMessage
+from engine_service.worker.token_bitmask import TokenBitmask
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ CALLS = (
     "capture_cuda_graphs",
     "start_profile",
     "stop_profile",
+    "num_sequences",
 )
 
 
@@ -96,14 +100,11 @@ class Worker:
             pdl=spec.pdl,
             kv_cache_dtype=spec.kv_cache_dtype,
         )
-        self.mirror = SequenceMirror()
 
-    def launch(self, message: StepMessage) -> Launched:
-        out, tables, forgotten = self.mirror.apply(message)  # the mirror drops forgotten sequences itself
-        self.runner.forget(forgotten)
-        mask = message.bitmask
+    def launch(self, step: tuple[SchedulerOutput, TokenBitmask | None]) -> Launched:
+        out, mask = step
         grammar_mask = (lambda: mask) if mask is not None else None
-        return Launched(self.runner.launch(out, tables, grammar_mask), self.runner.device)
+        return Launched(self.runner.launch(out, grammar_mask), self.runner.device)
 
     def call(self, name: str, args: tuple):
         if name not in CALLS:

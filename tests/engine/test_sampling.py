@@ -154,8 +154,9 @@ def test_logprobs_return_top_n_best_first():
 
 
 def test_batch_rows_kept_only_while_the_batch_is_the_same():
-    """The sampler keeps a batch's temperatures, seeds and flags between draws: a new order, a new member or
-    a list the caller changed in place must each be drawn as by a fresh sampler."""
+    """One sampler drawing for one batch after another (a new order, a new member, a list the caller changed
+    in place) draws each as a fresh sampler would. (The model runner keeps a batch's sampling rows while the
+    scheduler says the batch is the same: tests/engine/test_input_batch.py.)"""
     logits = torch.randn(3, V, generator=torch.Generator().manual_seed(0))
     params = [
         SamplingParams(temperature=1.0, seed=1),

@@ -54,6 +54,12 @@ def engines(tp_models):
         tp2.engine.shutdown()
 
 
+def assert_every_finished_sequence_forgotten(llm: LLM) -> None:
+    """Every rank keeps only the sequences that finished since the last step (the next one reports them)."""
+    pending = len(llm.engine.scheduler._finished_ids)
+    assert llm.engine.executor.num_sequences() == [pending] * 2
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen2", "kv1", "moe", "gemma2", "phi3"])
 def test_greedy_tokens_equal_and_logprobs_close(engines, name):
     tp1, tp2 = engines(name)
@@ -66,7 +72,7 @@ def test_greedy_tokens_equal_and_logprobs_close(engines, name):
             assert max(abs(vx - vy) for (_, vx), (_, vy) in zip(lx.top, ly.top, strict=True)) < 1e-4
     scheduler = tp2.engine.scheduler
     assert scheduler.num_preemptions > 0 and tp2.engine.block_manager.num_hit_tokens > 0
-    assert tp2.engine.executor._encoder.num_known == 0  # every finished sequence was forgotten
+    assert_every_finished_sequence_forgotten(tp2)
 
 
 def test_seeded_sampling_with_penalties_equal(engines):
@@ -135,7 +141,7 @@ def test_abort_mid_generation_then_continue(engines):
         assert engine.abort("gone")
         while engine.has_unfinished():
             engine.step()
-    assert tp2.engine.executor._encoder.num_known == 0
+    assert_every_finished_sequence_forgotten(tp2)
     a = tp1.generate(prompt_token_ids=prompts(3), sampling_params=GREEDY)
     b = tp2.generate(prompt_token_ids=prompts(3), sampling_params=GREEDY)
     assert [o.outputs[0].token_ids for o in b] == [o.outputs[0].token_ids for o in a]
@@ -213,3 +219,19 @@ def test_an_explicit_nccl_setting_in_the_engine_environment_wins():
     env = worker_env({"NCCL_NVLS_ENABLE": "1", "OMP_NUM_THREADS": "3"}, num_threads=1)
     assert env["NCCL_NVLS_ENABLE"] == "1" and env["NVSHMEM_DISABLE_NVLS"] == "1"
     assert env["OMP_NUM_THREADS"] == "3"
+
+
+def test_prompt_logprobs_under_tensor_parallelism(engines):
+    """Every rank scores the prompt chunks from its own persistent batch (the step message carries no
+    Sequence): TP=2 gives TP=1's prompt logprobs through chunked prefill and preemption."""
+    tp1, tp2 = engines("llama")
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True, prompt_logprobs=2)
+    a = tp1.generate(prompt_token_ids=prompts(1), sampling_params=params)
+    b = tp2.generate(prompt_token_ids=prompts(1), sampling_params=params)
+    assert samples(b) == samples(a)
+    for x, y in zip(a, b, strict=True):
+        assert len(y.prompt_logprobs) == len(x.prompt_logprobs) == len(x.prompt_token_ids) - 1
+        for lx, ly in zip(x.prompt_logprobs, y.prompt_logprobs, strict=True):
+            assert [t for t, _ in ly.top] == [t for t, _ in lx.top]
+            assert max(abs(vx - vy) for (_, vx), (_, vy) in zip(lx.top, ly.top, strict=True)) < 1e-4
+    assert_every_finished_sequence_forgotten(tp2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -250,3 +251,23 @@ async def seconds_until(predicate, timeout_s: float, what: str, interval_s: floa
         if time.monotonic() - started > timeout_s:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+def engine_picks(router) -> dict[str, float]:
+    pattern = r'^pagoda_router_engine_picks_total\{engine="([^"]+)"[^}]*\} ([0-9.e+]+)$'
+    return {address: float(n) for address, n in re.findall(pattern, router.metrics(), re.M)}
+
+
+async def open_every_multiplex_call(stack, router, url: str, body) -> None:
+    """A router keeps one Multiplex call open to each engine that is up (a reader task and gRPC's own
+    for it), opened by the first request there; an engine restarted by an earlier test has none yet.
+    Requests (`body(i)`: a short one) until every engine served one, so that a count of the router's
+    tasks compares only what requests leave behind."""
+    before = engine_picks(router)
+    async with aiohttp.ClientSession() as s:
+        for i in range(64):
+            now = engine_picks(router)
+            if sum(n > before.get(address, 0.0) for address, n in now.items()) >= stack.num_engines:
+                return
+            await post(s, url, body(10_000 + i))
+    raise AssertionError(f"requests reached only some engines: {engine_picks(router)}")

@@ -15,7 +15,7 @@ import signal
 import time
 
 import aiohttp
-from reliability_client import Outcome, Tally, post, seconds_until
+from reliability_client import Outcome, Tally, open_every_multiplex_call, post, seconds_until
 from reliability_stack import MODEL, chat_body
 
 LONG = 400  # tokens: a stream that lasts seconds on the tiny model (CPU or GPU), so a fault lands mid-way
@@ -270,6 +270,7 @@ async def test_client_disconnects_free_every_block(stack, scale, tally):
     t = tally("fault: clients disconnecting at random points")
     router, url = stack.routers[0], stack.routers[0].url + "/v1/chat/completions"
     rng = random.Random(0)
+    await open_every_multiplex_call(stack, router, url, lambda i: chat_body(i, 1))
     tasks_before = router.counter("pagoda_router_event_loop_tasks")
 
     async def one(i: int, s) -> None:

@@ -13,7 +13,7 @@ import re
 import time
 
 import aiohttp
-from reliability_client import post
+from reliability_client import open_every_multiplex_call, post
 from reliability_stack import Usage
 from reliability_stack import chat_body as chat
 
@@ -50,6 +50,8 @@ def outstanding(router) -> float:
 async def test_a_thousand_concurrent_streaming_clients(stack, scale, tally):
     t = tally(f"load: {scale.clients} concurrent streaming clients, 2 engines, 2 rounds")
     url = stack.routers[0].url + "/v1/chat/completions"
+    stack.wait_idle()
+    await open_every_multiplex_call(stack, stack.routers[0], url, lambda i: chat(i, 1))
     stack.wait_idle()
     before, tasks_before = usage(stack), await idle_tasks(stack.routers[0])
     rounds = []
