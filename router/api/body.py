@@ -27,14 +27,10 @@ import asyncio
 import json
 import re
 import zlib
-from collections.abc import Callable
-from typing import TypeVar
 
 from aiohttp import web
 
 from router.errors import OpenAIError, bad_request
-
-T = TypeVar("T")
 
 MAX_DEPTH = 32  # the deepest legitimate body (chat_template_kwargs inside a request) is a few levels
 INLINE_BYTES = 256 * 1024  # larger bodies are parsed in the body pool's process
@@ -50,19 +46,6 @@ _ENCODINGS = {
 }
 # A JSON escape of a UTF-16 surrogate; a surrogate pair (an escaped emoji) decodes to one valid character.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-async def read_request(request: web.Request, parse: Callable[[object], T]) -> T:
-    """The body read, decoded, parsed as JSON and handed to `parse` (a pure, module-level function such as
-    openai_schema.parse_chat, so that it can run in the body pool's process too)."""
-    from router.api.context import CONTEXT
-
-    ctx = request.app[CONTEXT]
-    raw = await read_bytes(request, ctx.config.body_timeout_s)
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if len(raw) <= INLINE_BYTES and encoding == "identity":
-        return parse(parse_json(raw))
-    return await ctx.body_pool.parse(parse, raw, encoding, request.client_max_size)
 
 
 async def read_bytes(request: web.Request, timeout_s: float) -> bytes:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from pagoda.engine.v1 import engine_pb2
-from router.api.body import read_request
 from router.api.chat_output import ChoiceOutput, Piece
 from router.api.context import CONTEXT, KEY_ID, STARTED, RouterContext
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.limits import ResponseBudget
 from router.api.logprobs import chat_logprobs, vllm_prompt_logprobs
 from router.api.openai_schema import ChatRequest, parse_chat
+from router.api.request_body import read_request
 from router.api.sampling import check_model, value_of
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str, running_usage

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from pagoda.engine.v1 import engine_pb2
-from router.api.body import read_request
 from router.api.context import CONTEXT
+from router.api.request_body import read_request
 from router.api.streaming import dumps
 from router.api.validation import opt_int, opt_str, reject_unknown, token_ids
 from router.errors import bad_request

@@ -21,9 +21,9 @@ import uuid
 
 from aiohttp import web
 
-from router.api.body import read_request
 from router.api.context import CONTEXT, KEY_ID, STARTED
 from router.api.generation import FINISH_REASONS, Generation
+from router.api.request_body import read_request
 from router.api.responses_schema import ResponsesRequest, parse_responses
 from router.api.sampling import check_model
 from router.api.streaming import ClientGone, dumps, open_sse, write

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from router.api.body import read_request
 from router.api.context import CONTEXT
 from router.api.openai_schema import parse_detokenize, parse_tokenize
+from router.api.request_body import read_request
 from router.api.streaming import dumps
 from router.errors import bad_request
 
