@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from pagoda.grpc_auth import read_tokens
 from pagoda.telemetry.tracing import setup_tracing
+from pagoda.tls import ChannelTls
 from router.api import chat, completions, embeddings, responses, status, tokenize
 from router.api.auth import OPEN_PATHS, ApiKeys
 from router.api.body import expect_handler
@@ -37,11 +39,26 @@ from router.upstream.tokenizer import Tokenizers
 log = logging.getLogger(__name__)
 
 
+def channel_factory(config: RouterConfig) -> ChannelFactory:
+    """Channels to engines and tokenizers: TLS and the gRPC token as configured (reads the files now, so a bad
+    one fails start-up)."""
+    token = read_tokens(config.grpc_token_file)[0] if config.grpc_token_file else None
+    return ChannelFactory(channel_tls(config), config.grpc_keepalive_time_s, token)
+
+
+def channel_tls(config: RouterConfig) -> ChannelTls | None:
+    """The router's side of TLS to engines and tokenizers, or None for plaintext."""
+    if config.grpc_tls_ca is None:
+        return None
+    c = config
+    return ChannelTls(c.grpc_tls_ca, c.grpc_tls_cert, c.grpc_tls_key, c.grpc_tls_server_name)
+
+
 def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
     """`k8s_api_client` overrides the in-cluster / kubeconfig client (tests point it at a fake API server)."""
     api_keys = ApiKeys(config.api_keys, config.api_key_file)
     policy = make_policy(config)
-    connect = config.channel_factory()  # reads the TLS and token files now: a bad one fails start-up
+    connect = channel_factory(config)  # reads the TLS and token files now: a bad one fails start-up
     limits = RequestLimits(
         config.max_prompt_tokens,
         config.max_tokens_limit,
@@ -99,7 +116,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             for name, source in _discovery_sources(config, k8s_api_client)
         ]
         tasks.append(asyncio.create_task(api_keys.watch_file()))
-        if config.channel_tls() is not None:
+        if channel_tls(config) is not None:
             watch = _watch_channel_tls(connect, registry, tokenizers, config.tls_reload_interval_s)
             tasks.append(asyncio.create_task(watch, name="grpc-tls-reload"))
         yield

@@ -352,20 +352,3 @@ class RouterConfig:
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys) or self.api_key_file is not None
-
-    def channel_factory(self):
-        """Channels to engines and tokenizer: TLS and the gRPC token as configured (reads the files now, so
-        a bad one fails start-up)."""
-        from pagoda.grpc_auth import read_tokens
-        from router.upstream.channels import ChannelFactory
-
-        token = read_tokens(self.grpc_token_file)[0] if self.grpc_token_file else None
-        return ChannelFactory(self.channel_tls(), self.grpc_keepalive_time_s, token)
-
-    def channel_tls(self):
-        """The router's side of TLS to engines and tokenizer, or None for plaintext."""
-        from pagoda.tls import ChannelTls
-
-        if self.grpc_tls_ca is None:
-            return None
-        return ChannelTls(self.grpc_tls_ca, self.grpc_tls_cert, self.grpc_tls_key, self.grpc_tls_server_name)
