@@ -25,6 +25,9 @@ def config(stack, **kw) -> bench.BenchConfig:
 
 
 async def test_completions_workload_reports_exact_counts_and_latencies(stack):
+    # Tokens a step apart (as a real engine sends them), so that each is an event of its own and the
+    # inter-token latencies exist: with no pause the engine's Multiplex stream packs them into one message.
+    stack.engines[0].script.delay_s = 0.002
     report = await bench.run(config(stack))
     assert (report["completed"], report["errors"], report["model"]) == (12, 0, "scripted"), report[
         "error_examples"
