@@ -213,6 +213,11 @@ class Stack:
     def resume_engine(self, i: int) -> None:
         self.engines[i].popen.send_signal(signal.SIGCONT)
 
+    def start_engine(self, i: int) -> None:
+        """Starts engine i (stopped), without waiting. Call it from the thread that outlives the engine: it
+        dies with the thread that started it (pagoda.supervised)."""
+        self.engines[i] = self._start_engine(i)
+
     def restart_engine(self, i: int) -> None:
         if self.engines[i].alive():
             self.resume_engine(i)

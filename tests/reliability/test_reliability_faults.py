@@ -253,7 +253,10 @@ async def test_rolling_restart_loses_nothing(stack, scale, tally):
             code = await asyncio.to_thread(stack.engines[i].stop, 60)  # SIGTERM: drain, then exit
             assert code == 0, stack.engines[i].log_tail()
             drained = time.monotonic()
-            await asyncio.to_thread(stack.restart_engine, i)
+            # Started from this thread, not a worker thread: the engine dies with the thread that started it
+            # (PR_SET_PDEATHSIG, pagoda.supervised), and asyncio's worker threads end with the test's loop.
+            stack.start_engine(i)
+            await asyncio.to_thread(stack.wait_engine, i)
             up = time.monotonic()
             await seconds_until(ready(router, stack.num_engines), 60, f"engine {i} back in the router")
             restarts.append((drained - started, up - drained, time.monotonic() - up))
