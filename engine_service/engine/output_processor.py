@@ -105,18 +105,7 @@ class OutputProcessor:
         deltas: list[SampleDelta] = []
         aborts: list[tuple[str, int]] = []
         for u in updates:
-            self._process(
-                u.request_id,
-                u.index,
-                u.new_token_ids,
-                u.new_logprobs,
-                u.finish_reason,
-                u.stop_reason,
-                u.num_cached_tokens,
-                deltas,
-                aborts,
-                u.prompt_logprobs,
-            )
+            self._process_update(u, deltas, aborts)
         return deltas, aborts
 
     def process_packed(self, packed: PackedUpdates) -> tuple[list[SampleDelta], list[tuple[str, int]]]:
@@ -129,19 +118,24 @@ class OutputProcessor:
         for request_id, token, cached in rows:  # hot: once per token of the step
             process(request_id, 0, (token,), None, None, None, cached, deltas, aborts)
         for u in packed.other:
-            process(
-                u.request_id,
-                u.index,
-                u.new_token_ids,
-                u.new_logprobs,
-                u.finish_reason,
-                u.stop_reason,
-                u.num_cached_tokens,
-                deltas,
-                aborts,
-                u.prompt_logprobs,
-            )
+            self._process_update(u, deltas, aborts)
         return deltas, aborts
+
+    def _process_update(
+        self, u: SequenceUpdate, deltas: list[SampleDelta], aborts: list[tuple[str, int]]
+    ) -> None:
+        self._process(
+            u.request_id,
+            u.index,
+            u.new_token_ids,
+            u.new_logprobs,
+            u.finish_reason,
+            u.stop_reason,
+            u.num_cached_tokens,
+            deltas,
+            aborts,
+            u.prompt_logprobs,
+        )
 
     def abort(self, request_id: str) -> list[SampleDelta]:
         """Ends every open sample of the request with finish_reason "abort" (flushing held-back text)."""
