@@ -134,7 +134,7 @@ async def _collect(
             texts[i].append(msg.text)
             token_ids[i] += msg.token_ids
             if req.logprobs:
-                logprobs[i].extend(chat_logprobs(msg.logprobs))
+                logprobs[i].extend(chat_logprobs(msg.logprobs, req.tokens_as_ids))
             if msg.prompt_logprobs:
                 prompt_positions = list(msg.prompt_logprobs)
             if msg.finish_reason:
@@ -192,7 +192,7 @@ async def _stream(
     )
 
     def content(i: int, msg, finish_reason: str) -> str | list[str]:
-        lp = dumps({"content": chat_logprobs(msg.logprobs)}) if req.logprobs else "null"
+        lp = dumps({"content": chat_logprobs(msg.logprobs, req.tokens_as_ids)}) if req.logprobs else "null"
         ids = f',"token_ids":{dumps(list(msg.token_ids))}' if req.return_token_ids else ""
         if not outputs:
             return _delta(i, f'"content":{json_str(msg.text)}', lp, finish_reason, extra=ids)

@@ -111,9 +111,10 @@ class _Echo:
     and with logprobs the text of its first token on its own (the engine's prompt logprobs start at the
     second)."""
 
-    def __init__(self, texts: list[str], first_tokens: list[str] | None):
+    def __init__(self, texts: list[str], first_tokens: list[str] | None, first_ids: list[int]):
         self.texts = texts
         self.first_tokens = first_tokens
+        self.first_ids = first_ids
 
     @classmethod
     async def make(cls, ctx: RouterContext, card: ModelCard, req: CompletionRequest, prompts) -> _Echo:
@@ -125,14 +126,16 @@ class _Echo:
             return await tokenizer.decode(ids, False)  # the prompt as it was, its special tokens too
 
         texts = asyncio.gather(*(text(p, ids) for p, ids in zip(req.prompts, prompts, strict=True)))
+        first_ids = [ids[0] for ids in prompts]
         if req.logprobs is None:
-            return cls(list(await texts), None)
+            return cls(list(await texts), None, first_ids)
         firsts = asyncio.gather(*(tokenizer.decode(ids[:1], False) for ids in prompts))
-        return cls(*(list(x) for x in await asyncio.gather(texts, firsts)))
+        texts_done, firsts_done = await asyncio.gather(texts, firsts)
+        return cls(list(texts_done), list(firsts_done), first_ids)
 
-    def logprobs(self, prompt: int, num_top: int, positions) -> CompletionLogprobs:
-        lp = CompletionLogprobs(num_top)
-        lp.add_prompt(self.first_tokens[prompt], positions)
+    def logprobs(self, prompt: int, num_top: int, positions, as_ids: bool) -> CompletionLogprobs:
+        lp = CompletionLogprobs(num_top, as_ids=as_ids)
+        lp.add_prompt(self.first_tokens[prompt], self.first_ids[prompt], positions)
         return lp
 
 
@@ -201,9 +204,9 @@ def _choice_body(
     text = "" if req.prompt_only else "".join(s.texts)
     logprobs = None
     if req.logprobs is not None:
-        logprobs = CompletionLogprobs(req.logprobs)
+        logprobs = CompletionLogprobs(req.logprobs, as_ids=req.tokens_as_ids)
         if echo:
-            logprobs = echo.logprobs(prompt, req.logprobs, positions)
+            logprobs = echo.logprobs(prompt, req.logprobs, positions, req.tokens_as_ids)
         if not req.prompt_only:
             logprobs.add(s.positions)
     body = {
@@ -234,14 +237,17 @@ async def _stream(
 ) -> web.StreamResponse:
     chunks = Chunks(gen.id, "text_completion", gen.created, gen.model, req.include_usage)
     num_top = req.logprobs
-    logprobs = None if num_top is None else [CompletionLogprobs(num_top) for _ in range(gen.num_choices)]
+    logprobs = None
+    if num_top is not None:
+        logprobs = [CompletionLogprobs(num_top, as_ids=req.tokens_as_ids) for _ in range(gen.num_choices)]
     opening = b""
     if echo:  # each choice opens with its prompt; its logprobs came on the prompt's first message
         for i in range(gen.num_choices):
             p = i // gen.n
             lp = "null"
             if logprobs is not None:
-                logprobs[i] = echo.logprobs(p, num_top, _prompt_positions(gen.streams[p].first))
+                positions = _prompt_positions(gen.streams[p].first)
+                logprobs[i] = echo.logprobs(p, num_top, positions, req.tokens_as_ids)
                 lp = dumps(_logprobs_body(logprobs[i]))
                 logprobs[i] = _continue(logprobs[i])
             opening += chunks.choice(_choice(i, echo.texts[p], lp, extra=_prompt_ids(req, prompts[p])))
@@ -283,7 +289,7 @@ def _prompt_positions(msg: engine_pb2.GenerateResponse | None) -> list:
 
 def _continue(lp: CompletionLogprobs) -> CompletionLogprobs:
     """A fresh list for the next chunk, at the offset where `lp` ended."""
-    return CompletionLogprobs(lp.num_top, lp.offset)
+    return CompletionLogprobs(lp.num_top, lp.offset, lp.as_ids)
 
 
 def _prompt_ids(req: CompletionRequest, ids) -> str:

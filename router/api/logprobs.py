@@ -15,46 +15,64 @@ def _lp(value: float) -> float:
     return value if math.isfinite(value) else _FLOOR
 
 
-def _chat_token(t: engine_pb2.TokenLogprob) -> dict:
-    return {"token": t.token, "logprob": _lp(t.logprob), "bytes": list(t.token.encode())}
+def token_name(t: engine_pb2.TokenLogprob, as_ids: bool) -> str:
+    """A token as logprobs name it: its text, or with vLLM's `return_tokens_as_token_ids` "token_id:N", which
+    stays exact where a token's text alone is not (half of a multi-byte character, two ids of one text)."""
+    return f"token_id:{t.token_id}" if as_ids else t.token
 
 
-def chat_logprobs(positions: Iterable[engine_pb2.PositionLogprobs]) -> list[dict]:
-    """The items of a chat choice's `logprobs.content`."""
-    return [{**_chat_token(p.sampled), "top_logprobs": [_chat_token(t) for t in p.top]} for p in positions]
+def _chat_token(t: engine_pb2.TokenLogprob, as_ids: bool) -> dict:
+    name = token_name(t, as_ids)
+    return {"token": name, "logprob": _lp(t.logprob), "bytes": list(name.encode())}
+
+
+def chat_logprobs(positions: Iterable[engine_pb2.PositionLogprobs], as_ids: bool = False) -> list[dict]:
+    """The items of a chat choice's `logprobs.content` (`as_ids`: tokens named "token_id:N", as vLLM)."""
+    return [
+        {**_chat_token(p.sampled, as_ids), "top_logprobs": [_chat_token(t, as_ids) for t in p.top]}
+        for p in positions
+    ]
 
 
 class CompletionLogprobs:
     """A completion choice's `logprobs` lists, as OpenAI's legacy API gives them: `top_logprobs` holds the
     `num_top` most likely tokens and always the chosen one (so logprobs=0 gives the chosen token's alone);
     with echo, the prompt's tokens come first, the first of them with null logprob and top_logprobs (it
-    has no context). `text_offset` counts characters from the choice's start, token text by token text."""
+    has no context). `text_offset` counts characters from the choice's start, token text by token text.
+    `as_ids` (vLLM's `return_tokens_as_token_ids`): tokens and top_logprobs keys are "token_id:N"; the
+    offsets still count the tokens' text, so that they index `text`."""
 
-    def __init__(self, num_top: int, offset: int = 0):
+    def __init__(self, num_top: int, offset: int = 0, as_ids: bool = False):
         self.num_top = num_top
         self.offset = offset
+        self.as_ids = as_ids
         self.tokens: list[str] = []
         self.token_logprobs: list[float | None] = []
         self.top_logprobs: list[dict[str, float] | None] = []
         self.text_offset: list[int] = []
 
-    def add_prompt(self, first_token: str, positions: Iterable[engine_pb2.PositionLogprobs]) -> None:
-        """The echoed prompt: its first token's text, then the engine's prompt logprobs (tokens 1..)."""
-        self._append(first_token, None, None)
+    def add_prompt(
+        self, first_token: str, first_id: int, positions: Iterable[engine_pb2.PositionLogprobs]
+    ) -> None:
+        """The echoed prompt: its first token (text and id), then the engine's prompt logprobs (1..)."""
+        first = engine_pb2.TokenLogprob(token_id=first_id, token=first_token)
+        self._append(first, None, None)
         self.add(positions)
 
     def add(self, positions: Iterable[engine_pb2.PositionLogprobs]) -> None:
         for p in positions:
-            top = {t.token: _lp(t.logprob) for t in p.top[: self.num_top]}
-            top.setdefault(p.sampled.token, _lp(p.sampled.logprob))
-            self._append(p.sampled.token, _lp(p.sampled.logprob), top)
+            top = {token_name(t, self.as_ids): _lp(t.logprob) for t in p.top[: self.num_top]}
+            top.setdefault(token_name(p.sampled, self.as_ids), _lp(p.sampled.logprob))
+            self._append(p.sampled, _lp(p.sampled.logprob), top)
 
-    def _append(self, token: str, logprob: float | None, top: dict[str, float] | None) -> None:
-        self.tokens.append(token)
+    def _append(
+        self, token: engine_pb2.TokenLogprob, logprob: float | None, top: dict[str, float] | None
+    ) -> None:
+        self.tokens.append(token_name(token, self.as_ids))
         self.token_logprobs.append(logprob)
         self.top_logprobs.append(top)
         self.text_offset.append(self.offset)
-        self.offset += len(token)
+        self.offset += len(token.token)
 
     def take(self) -> dict:
         """The lists gathered so far, then starts empty again at the same offset (for stream chunks)."""

@@ -38,6 +38,7 @@ _COMMON = (
         "cache_salt",
         # vLLM's extension: token ids beside the text (prompt_logprobs, vLLM's too, is a sampling field).
         "return_token_ids",
+        "return_tokens_as_token_ids",  # vLLM's: logprobs name tokens "token_id:N"
     }
 )
 
@@ -124,6 +125,7 @@ class ChatRequest:
     tools: ToolRequest = ToolRequest()
     constraint: Constraint | None = None  # response_format / structured_outputs
     return_token_ids: bool = False  # vLLM's: prompt_token_ids on the response, token_ids on each choice
+    tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:N"
     # vLLM's echo: the final message's text when it is the assistant's (the reply continues it), put before
     # each choice's content; "" otherwise.
     echo: str = ""
@@ -149,6 +151,7 @@ class CompletionRequest:
     suffix: str = ""  # text after the gap, for fill-in-the-middle models
     prompt_logprobs: int | None = None  # vLLM's field, as asked
     return_token_ids: bool = False
+    tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:N"
     default_max_tokens: bool = False  # max_tokens not given: 16, or what fits of it
 
 
@@ -193,6 +196,7 @@ def parse_chat(body: object) -> ChatRequest:
         tools=parse_tools(body),
         constraint=structured_outputs.parse(body),
         return_token_ids=opt_bool(body, "return_token_ids"),
+        tokens_as_ids=opt_bool(body, "return_tokens_as_token_ids"),
         echo=messages[-1].content if echo else "",
     )
 
@@ -281,6 +285,7 @@ def parse_completion(body: object) -> CompletionRequest:
         suffix=suffix,
         prompt_logprobs=prompt_logprobs,
         return_token_ids=opt_bool(body, "return_token_ids"),
+        tokens_as_ids=opt_bool(body, "return_tokens_as_token_ids"),
         default_max_tokens=default_max_tokens,
     )
 

@@ -1,0 +1,100 @@
+"""vLLM's request extensions that its own clients send (found by running vLLM's OpenAI-server tests against
+`pagoda serve`), end to end against real processes (tokenizer, one CPU engine with a tiny random Llama and
+SmolLM2's tokenizer, router) through the openai SDK: `return_tokens_as_token_ids`."""
+
+from __future__ import annotations
+
+import pytest
+from api_stack import ApiStack
+
+MODEL = "tiny-vllm-fields"
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_chat_model_dir, tmp_path_factory):
+    s = ApiStack(
+        tiny_chat_model_dir,
+        tmp_path_factory.mktemp("vllm-fields"),
+        MODEL,
+        ["--max-model-len", "512", "--num-kv-blocks", "64", "--block-size", "16"],
+    )
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+def token_id(name: str) -> int:
+    assert name.startswith("token_id:"), name
+    return int(name.removeprefix("token_id:"))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_logprobs_name_tokens_by_id(stack, stream):
+    """Echoed prompt and completion, tokens and top_logprobs keys "token_id:N" (the first prompt token's
+    too), the ids those of the prompt and of the completion; text_offset still indexes the text."""
+    prompt = "Say 'Hello, world! 🎉'"
+    common = dict(model=MODEL, prompt=prompt, echo=True, temperature=0, max_tokens=6, logprobs=1)
+    body = {"return_tokens_as_token_ids": True, "return_token_ids": True}
+    client = stack.client()
+    if stream:
+        tokens, tops, offsets, text, prompt_ids, completion_ids = [], [], [], "", None, []
+        for chunk in client.completions.create(**common, stream=True, extra_body=body):
+            c = chunk.choices[0]
+            text += c.text
+            completion_ids += getattr(c, "token_ids", None) or []
+            prompt_ids = getattr(c, "prompt_token_ids", None) or prompt_ids  # on the opening chunk
+            if c.logprobs is not None:
+                tokens += c.logprobs.tokens
+                tops += c.logprobs.top_logprobs
+                offsets += c.logprobs.text_offset
+    else:
+        c = client.completions.create(**common, extra_body=body).choices[0]
+        tokens, tops, offsets, text = (
+            c.logprobs.tokens,
+            c.logprobs.top_logprobs,
+            c.logprobs.text_offset,
+            c.text,
+        )
+        prompt_ids, completion_ids = c.prompt_token_ids, c.token_ids
+    assert [token_id(t) for t in tokens] == list(prompt_ids) + list(completion_ids)
+    assert tops[0] is None  # the first token has no context
+    for name, top in zip(tokens[1:], tops[1:], strict=True):
+        assert name in top and all(key.startswith("token_id:") for key in top)
+    assert offsets[0] == 0 and offsets == sorted(offsets) and len(offsets) == len(tokens)
+    assert text.startswith(prompt)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_logprobs_name_tokens_by_id(stack, stream):
+    common = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Please write some emojis: 🐱🐶🎉"}],
+        temperature=0,
+        max_tokens=6,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True},
+    )
+    client = stack.client()
+    if stream:
+        items, ids = [], []
+        for chunk in client.chat.completions.create(**common, stream=True):
+            for c in chunk.choices:
+                items += c.logprobs.content if c.logprobs else []
+                ids += getattr(c, "token_ids", None) or []
+    else:
+        c = client.chat.completions.create(**common).choices[0]
+        items, ids = c.logprobs.content, c.token_ids
+    assert [token_id(i.token) for i in items] == ids and len(ids) == 6
+    for item in items:
+        assert item.bytes == list(item.token.encode())
+        assert len(item.top_logprobs) == 2 and all(t.token.startswith("token_id:") for t in item.top_logprobs)
+
+
+def test_logprobs_name_tokens_by_text_by_default(stack):
+    c = stack.client().completions.create(
+        model=MODEL, prompt="Hello", max_tokens=3, temperature=0, logprobs=1
+    )
+    assert "".join(c.choices[0].logprobs.tokens) == c.choices[0].text
