@@ -42,9 +42,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chat_template_kwargs_json=req.chat_template_kwargs_json,
         chat_template=req.chat_template,
         tools_json=req.tools.tools_json,
-        max_tokens=card.max_model_len - 1,  # at least one token must fit after the prompt
+        # at least one token must fit after the prompt (a truncated prompt: the tokenizer's own ceiling)
+        max_tokens=None if req.truncation else card.max_model_len - 1,
     )
-    prompt_len = len(encoded.token_ids)
+    prompt_ids = encoded.token_ids
+    if req.truncation is not None:
+        prompt_ids = req.truncation.apply(prompt_ids, card.max_model_len)
+    prompt_len = len(prompt_ids)
     check_model(req.sampling, prompt_len, card, "messages")
     sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "messages")
     outputs = await _outputs(ctx, req, card.name, tokenizer)
@@ -61,7 +65,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 ctx.dispatcher,
                 card,
                 "chatcmpl",
-                [encoded.token_ids],
+                [prompt_ids],
                 sampling,
                 started=request[STARTED],
                 cache_salt=ctx.cache_salt(request, req.cache_salt),
@@ -72,8 +76,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise client_error(err, constraint) from None
         try:
             if req.stream:
-                return await _stream(request, req, gen, encoded.token_ids, outputs)
-            body = await _collect(req, gen, encoded.token_ids, ctx.limits.budget(), outputs)
+                return await _stream(request, req, gen, prompt_ids, outputs)
+            body = await _collect(req, gen, prompt_ids, ctx.limits.budget(), outputs)
             return web.json_response(body, dumps=dumps)
         finally:
             gen.close()

@@ -88,12 +88,15 @@ async def _token_ids(ctx: RouterContext, card: ModelCard, req: CompletionRequest
     if isinstance(prompt, str):
         tokenizer = ctx.tokenizers.for_model(card.name)
         text = await fim_prompt(tokenizer, prompt, req.suffix) if req.suffix else prompt
-        ids = (await tokenizer.encode_text(text, max_tokens=card.max_model_len - 1)).token_ids
+        limit = None if req.truncation else card.max_model_len - 1  # truncated: the tokenizer's ceiling
+        ids = (await tokenizer.encode_text(text, max_tokens=limit)).token_ids
         if not ids:
             raise bad_request(f"'prompt' {i} encodes to no tokens.", "prompt")
-        return ids
+        return req.truncation.apply(ids, card.max_model_len) if req.truncation else ids
     if req.suffix:
         raise bad_request("'suffix' needs text prompts (the gap's tokens are the model's own).", "suffix")
+    if req.truncation is not None:
+        prompt = list(req.truncation.apply(prompt, card.max_model_len))
     check_model(_PROMPT_ONLY, len(prompt), card, "prompt")
     top = max(prompt)
     if top >= card.vocab_size:
@@ -121,7 +124,7 @@ class _Echo:
         tokenizer = ctx.tokenizers.for_model(card.name)
 
         async def text(prompt: str | list[int], ids) -> str:
-            if isinstance(prompt, str):
+            if isinstance(prompt, str) and req.truncation is None:
                 return prompt
             return await tokenizer.decode(ids, False)  # the prompt as it was, its special tokens too
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from engine_service.core.sampling_params import MAX_N
 from pagoda.engine.v1 import engine_pb2
 from pagoda.tokenizer.v1 import tokenizer_pb2
-from router.api import structured_outputs
+from router.api import structured_outputs, truncation
 from router.api.sampling import SAMPLING_BODY_FIELDS, parse_sampling, read_field, value_of
 from router.api.structured_outputs import Constraint
 from router.api.tools import ToolRequest, message_tool_fields, parse_tools
+from router.api.truncation import Truncation
 from router.api.validation import opt_bool, opt_dict, opt_int, opt_str, reject_unknown, token_ids
 from router.errors import bad_request, unsupported
 
@@ -30,6 +31,7 @@ MAX_CACHE_SALT = 1024
 _COMMON = (
     SAMPLING_BODY_FIELDS
     | structured_outputs.FIELDS
+    | truncation.FIELDS
     | {
         "model",
         "stream",
@@ -126,6 +128,7 @@ class ChatRequest:
     constraint: Constraint | None = None  # response_format / structured_outputs
     return_token_ids: bool = False  # vLLM's: prompt_token_ids on the response, token_ids on each choice
     tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:N"
+    truncation: Truncation | None = None  # vLLM's truncate_prompt_tokens / truncation_side
     # vLLM's echo: the final message's text when it is the assistant's (the reply continues it), put before
     # each choice's content; "" otherwise.
     echo: str = ""
@@ -152,6 +155,7 @@ class CompletionRequest:
     prompt_logprobs: int | None = None  # vLLM's field, as asked
     return_token_ids: bool = False
     tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:N"
+    truncation: Truncation | None = None  # vLLM's truncate_prompt_tokens / truncation_side
     default_max_tokens: bool = False  # max_tokens not given: 16, or what fits of it
 
 
@@ -197,6 +201,7 @@ def parse_chat(body: object) -> ChatRequest:
         constraint=structured_outputs.parse(body),
         return_token_ids=opt_bool(body, "return_token_ids"),
         tokens_as_ids=opt_bool(body, "return_tokens_as_token_ids"),
+        truncation=truncation.parse(body),
         echo=messages[-1].content if echo else "",
     )
 
@@ -286,6 +291,7 @@ def parse_completion(body: object) -> CompletionRequest:
         prompt_logprobs=prompt_logprobs,
         return_token_ids=opt_bool(body, "return_token_ids"),
         tokens_as_ids=opt_bool(body, "return_tokens_as_token_ids"),
+        truncation=truncation.parse(body),
         default_max_tokens=default_max_tokens,
     )
 

@@ -1,9 +1,11 @@
 """vLLM's request extensions that its own clients send (found by running vLLM's OpenAI-server tests against
 `pagoda serve`), end to end against real processes (tokenizer, one CPU engine with a tiny random Llama and
-SmolLM2's tokenizer, router) through the openai SDK: `return_tokens_as_token_ids`."""
+SmolLM2's tokenizer, router) through the openai SDK: `return_tokens_as_token_ids`, `truncate_prompt_tokens`
+and `truncation_side`."""
 
 from __future__ import annotations
 
+import openai
 import pytest
 from api_stack import ApiStack
 
@@ -98,3 +100,68 @@ def test_logprobs_name_tokens_by_text_by_default(stack):
         model=MODEL, prompt="Hello", max_tokens=3, temperature=0, logprobs=1
     )
     assert "".join(c.choices[0].logprobs.tokens) == c.choices[0].text
+
+
+def test_truncate_prompt_tokens_keeps_the_end_or_the_start(stack):
+    client = stack.client()
+    ids = list(range(100, 120))
+    common = dict(model=MODEL, prompt=ids, max_tokens=1, temperature=0)
+    for side, kept in ((None, ids[-4:]), ("left", ids[-4:]), ("right", ids[:4])):
+        body = {"return_token_ids": True, "truncate_prompt_tokens": 4}
+        if side:
+            body["truncation_side"] = side
+        r = client.completions.create(**common, extra_body=body)
+        assert r.choices[0].prompt_token_ids == kept and r.usage.prompt_tokens == 4
+    r = client.completions.create(
+        **common, extra_body={"return_token_ids": True, "truncate_prompt_tokens": -1}
+    )
+    assert r.choices[0].prompt_token_ids == ids  # -1: the model's context, which it fits
+
+
+def test_truncate_prompt_tokens_on_text_chat_and_echo(stack):
+    client = stack.client()
+    full = client.completions.create(
+        model=MODEL,
+        prompt="one two three four five six seven",
+        max_tokens=1,
+        extra_body={"return_token_ids": True},
+    ).choices[0]
+    r = client.completions.create(
+        model=MODEL,
+        prompt="one two three four five six seven",
+        max_tokens=1,
+        echo=True,
+        logprobs=0,
+        extra_body={"return_token_ids": True, "truncate_prompt_tokens": 3},
+    ).choices[0]
+    assert r.prompt_token_ids == full.prompt_token_ids[-3:]
+    assert len(r.logprobs.tokens) == 4 and r.text.startswith(
+        "".join(r.logprobs.tokens[:3])
+    )  # the echo is cut
+    messages = [{"role": "user", "content": "a fairly long message that the template wraps in its markers"}]
+    whole = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=1, extra_body={"return_token_ids": True}
+    )
+    cut = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=1,
+        extra_body={"return_token_ids": True, "truncate_prompt_tokens": 5},
+    )
+    assert cut.prompt_token_ids == whole.prompt_token_ids[-5:] and cut.usage.prompt_tokens == 5
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"truncate_prompt_tokens": 0},
+        {"truncate_prompt_tokens": -2},
+        {"truncate_prompt_tokens": "4"},
+        {"truncate_prompt_tokens": 4, "truncation_side": "middle"},
+        {"truncate_prompt_tokens": 513},  # over the model's context (512)
+    ],
+)
+def test_truncate_prompt_tokens_refusals_name_the_field(stack, body):
+    with pytest.raises(openai.BadRequestError) as err:
+        stack.client().completions.create(model=MODEL, prompt=[1, 2, 3], max_tokens=1, extra_body=body)
+    assert err.value.body["param"] in body
