@@ -113,8 +113,15 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
             chat = chat_from_pb(request.chat)
             encoded = await self.pool.run(lambda t: t.encode_chat(chat, add_special, limit))
         self.metrics.tokens_encoded.labels(kind).inc(len(encoded.token_ids))
+        token_strs = None
+        if request.return_token_strs:
+            ids = list(encoded.token_ids)
+            token_strs = await self.pool.run(lambda t: t.hf.convert_ids_to_tokens(ids))
         return pb.EncodeResponse(
-            token_ids=encoded.token_ids, num_tokens=len(encoded.token_ids), prompt_text=encoded.prompt_text
+            token_ids=encoded.token_ids,
+            num_tokens=len(encoded.token_ids),
+            prompt_text=encoded.prompt_text,
+            token_strs=token_strs,
         )
 
     def _limit(self, request: pb.EncodeRequest) -> int | None:

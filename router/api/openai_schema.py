@@ -427,6 +427,8 @@ class TokenizeRequest:
     add_generation_prompt: bool
     continue_final_message: bool
     chat_template_kwargs_json: str
+    tools_json: str = ""  # the chat template's tools (vLLM's /tokenize renders them as chat does)
+    return_token_strs: bool = False  # vLLM's: each token's vocabulary string beside its id
 
 
 def parse_tokenize(body: object) -> TokenizeRequest:
@@ -443,10 +445,14 @@ def parse_tokenize(body: object) -> TokenizeRequest:
                 "add_generation_prompt",
                 "continue_final_message",
                 "chat_template_kwargs",
+                "tools",
+                "return_token_strs",
             }
         ),
     )
     prompt = opt_str(body, "prompt")
+    if prompt is not None and body.get("tools") is not None:
+        raise bad_request("'tools' needs 'messages' (the chat template renders them).", "tools")
     if (prompt is None) == (body.get("messages") is None):
         raise bad_request("Give exactly one of 'prompt' and 'messages'.", "prompt")
     kwargs = opt_dict(body, "chat_template_kwargs")
@@ -459,6 +465,8 @@ def parse_tokenize(body: object) -> TokenizeRequest:
         add_generation_prompt=opt_bool(body, "add_generation_prompt", default=True),
         continue_final_message=opt_bool(body, "continue_final_message"),
         chat_template_kwargs_json=json.dumps(kwargs) if kwargs else "",
+        tools_json=parse_tools(body).tools_json,
+        return_token_strs=opt_bool(body, "return_token_strs"),
     )
 
 

@@ -18,19 +18,28 @@ async def tokenize(request: web.Request) -> web.Response:
     tokenizer = ctx.tokenizers.for_model(card.name)
     # The same limit as generation (the model's context), so counting a prompt costs no more than using it.
     if req.prompt is not None:
-        encoded = await tokenizer.encode_text(req.prompt, req.add_special_tokens, card.max_model_len)
+        encoded = await tokenizer.encode_text(
+            req.prompt, req.add_special_tokens, card.max_model_len, return_token_strs=req.return_token_strs
+        )
     else:
         encoded = await tokenizer.encode_chat(
             req.messages,
             add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
             continue_final_message=req.continue_final_message,
             chat_template_kwargs_json=req.chat_template_kwargs_json,
+            tools_json=req.tools_json,
             max_tokens=card.max_model_len,
+            return_token_strs=req.return_token_strs,
         )
     tokens = list(encoded.token_ids)
-    return web.json_response(
-        {"count": len(tokens), "max_model_len": card.max_model_len, "tokens": tokens}, dumps=dumps
-    )
+    body = {
+        "count": len(tokens),
+        "max_model_len": card.max_model_len,
+        "tokens": tokens,
+        # vLLM's: each token's vocabulary string when asked (return_token_strs), else null.
+        "token_strs": list(encoded.token_strs) if req.return_token_strs else None,
+    }
+    return web.json_response(body, dumps=dumps)
 
 
 async def detokenize(request: web.Request) -> web.Response:

@@ -93,6 +93,7 @@ class TokenizerClient:
         chat_template: str = "",
         tools_json: str = "",
         max_tokens: int | None = None,
+        return_token_strs: bool = False,
     ) -> tokenizer_pb2.EncodeResponse:
         """`max_tokens`: a longer prompt is a 400 (context_length_exceeded), refused by the tokenizer
         before it is tokenized where its length in bytes already tells."""
@@ -104,13 +105,21 @@ class TokenizerClient:
             chat_template=chat_template,
             tools_json=tools_json,
         )
-        request = tokenizer_pb2.EncodeRequest(chat=chat, max_tokens=max_tokens)
+        request = tokenizer_pb2.EncodeRequest(
+            chat=chat, max_tokens=max_tokens, return_token_strs=return_token_strs
+        )
         return await self._call("Encode", request, param="messages")
 
     async def encode_text(
-        self, text: str, add_special_tokens: bool | None = None, max_tokens: int | None = None
+        self,
+        text: str,
+        add_special_tokens: bool | None = None,
+        max_tokens: int | None = None,
+        return_token_strs: bool = False,
     ) -> tokenizer_pb2.EncodeResponse:
-        request = tokenizer_pb2.EncodeRequest(text=text, max_tokens=max_tokens)
+        request = tokenizer_pb2.EncodeRequest(
+            text=text, max_tokens=max_tokens, return_token_strs=return_token_strs
+        )
         if add_special_tokens is not None:
             request.add_special_tokens = add_special_tokens
         return await self._call("Encode", request, param="prompt")

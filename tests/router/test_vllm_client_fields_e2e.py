@@ -1,13 +1,13 @@
 """vLLM's request extensions that its own clients send (found by running vLLM's OpenAI-server tests against
 `pagoda serve`), end to end against real processes (tokenizer, one CPU engine with a tiny random Llama and
 SmolLM2's tokenizer, router) through the openai SDK: `return_tokens_as_token_ids`, `truncate_prompt_tokens`
-and `truncation_side`."""
+and `truncation_side`; `/tokenize` with `tools` and `return_token_strs`."""
 
 from __future__ import annotations
 
 import openai
 import pytest
-from api_stack import ApiStack
+from api_stack import ApiStack, post_json
 
 MODEL = "tiny-vllm-fields"
 
@@ -165,3 +165,50 @@ def test_truncate_prompt_tokens_refusals_name_the_field(stack, body):
     with pytest.raises(openai.BadRequestError) as err:
         stack.client().completions.create(model=MODEL, prompt=[1, 2, 3], max_tokens=1, extra_body=body)
     assert err.value.body["param"] in body
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(tiny_chat_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+
+
+def test_tokenize_returns_token_strs_as_vllm(stack, hf_tokenizer):
+    prompt = "This is a token_strs test prompt! 🎉"
+    status, body = post_json(stack.url + "/tokenize", {"model": MODEL, "prompt": prompt})
+    assert status == 200 and body["token_strs"] is None  # vLLM's field, null unless asked
+    status, body = post_json(
+        stack.url + "/tokenize", {"model": MODEL, "prompt": prompt, "return_token_strs": True}
+    )
+    ids = hf_tokenizer.encode(prompt)
+    assert status == 200 and body["tokens"] == ids
+    assert body["token_strs"] == hf_tokenizer.convert_ids_to_tokens(ids)
+    messages = [{"role": "user", "content": "Hi there!"}]
+    status, body = post_json(
+        stack.url + "/tokenize", {"model": MODEL, "messages": messages, "return_token_strs": True}
+    )
+    assert status == 200 and body["token_strs"] == hf_tokenizer.convert_ids_to_tokens(body["tokens"])
+
+
+def test_tokenize_renders_tools_as_chat_does(stack):
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+            },
+        }
+    ]
+    messages = [{"role": "user", "content": "What's the weather like in Paris today?"}]
+    status, body = post_json(stack.url + "/tokenize", {"model": MODEL, "messages": messages, "tools": tools})
+    assert status == 200, body
+    chat = stack.client().chat.completions.create(
+        model=MODEL, messages=messages, tools=tools, max_tokens=1, extra_body={"return_token_ids": True}
+    )
+    assert body["tokens"] == chat.prompt_token_ids  # the prompt chat would run, tools described
+    _, bare = post_json(stack.url + "/tokenize", {"model": MODEL, "messages": messages})
+    assert len(bare["tokens"]) < len(body["tokens"])
+    status, body = post_json(stack.url + "/tokenize", {"model": MODEL, "prompt": "hi", "tools": tools})
+    assert status == 400 and body["error"]["param"] == "tools"

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#pagoda/tokenizer/v1/tokenizer.proto\x12\x13pagoda.tokenizer.v1\"\xa7\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x31\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1d.pagoda.tokenizer.v1.ToolCall\x12\x19\n\x0ctool_call_id\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_nameB\x0f\n\r_tool_call_id\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"\xeb\x01\n\tChatInput\x12\x32\n\x08messages\x18\x01 \x03(\x0b\x32 .pagoda.tokenizer.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x1e\n\x16\x63ontinue_final_message\x18\x03 \x01(\x08\x12!\n\x19\x63hat_template_kwargs_json\x18\x04 \x01(\t\x12\x15\n\rchat_template\x18\x05 \x01(\t\x12\x12\n\ntools_json\x18\x06 \x01(\tB\x18\n\x16_add_generation_prompt\"\xb8\x01\n\rEncodeRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12.\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1e.pagoda.tokenizer.v1.ChatInputH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x02\x88\x01\x01\x42\x07\n\x05inputB\x15\n\x13_add_special_tokensB\r\n\x0b_max_tokens\"L\n\x0e\x45ncodeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x13\n\x0bprompt_text\x18\x03 \x01(\t\"\\\n\rDecodeRequest\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12 \n\x13skip_special_tokens\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_skip_special_tokens\"\x1e\n\x0e\x44\x65\x63odeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\r\n\x0bInfoRequest\"\x8a\x02\n\x0cInfoResponse\x12\x12\n\nvocab_size\x18\x01 \x01(\r\x12\x19\n\x0c\x62os_token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x15\n\reos_token_ids\x18\x03 \x03(\r\x12\x16\n\x0especial_tokens\x18\x04 \x03(\t\x12\x19\n\x11has_chat_template\x18\x05 \x01(\x08\x12\x18\n\x10model_max_length\x18\x06 \x01(\r\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12+\n\x03\x66im\x18\x08 \x01(\x0b\x32\x1e.pagoda.tokenizer.v1.FimTokens\x12\x15\n\rchat_template\x18\t \x01(\tB\x0f\n\r_bos_token_id\";\n\tFimTokens\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x0e\n\x06suffix\x18\x02 \x01(\t\x12\x0e\n\x06middle\x18\x03 \x01(\t2\x85\x02\n\x10TokenizerService\x12Q\n\x06\x45ncode\x12\".pagoda.tokenizer.v1.EncodeRequest\x1a#.pagoda.tokenizer.v1.EncodeResponse\x12Q\n\x06\x44\x65\x63ode\x12\".pagoda.tokenizer.v1.DecodeRequest\x1a#.pagoda.tokenizer.v1.DecodeResponse\x12K\n\x04Info\x12 .pagoda.tokenizer.v1.InfoRequest\x1a!.pagoda.tokenizer.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#pagoda/tokenizer/v1/tokenizer.proto\x12\x13pagoda.tokenizer.v1\"\xa7\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x31\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1d.pagoda.tokenizer.v1.ToolCall\x12\x19\n\x0ctool_call_id\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_nameB\x0f\n\r_tool_call_id\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"\xeb\x01\n\tChatInput\x12\x32\n\x08messages\x18\x01 \x03(\x0b\x32 .pagoda.tokenizer.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x1e\n\x16\x63ontinue_final_message\x18\x03 \x01(\x08\x12!\n\x19\x63hat_template_kwargs_json\x18\x04 \x01(\t\x12\x15\n\rchat_template\x18\x05 \x01(\t\x12\x12\n\ntools_json\x18\x06 \x01(\tB\x18\n\x16_add_generation_prompt\"\xd3\x01\n\rEncodeRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12.\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1e.pagoda.tokenizer.v1.ChatInputH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x19\n\x11return_token_strs\x18\x05 \x01(\x08\x42\x07\n\x05inputB\x15\n\x13_add_special_tokensB\r\n\x0b_max_tokens\"`\n\x0e\x45ncodeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x13\n\x0bprompt_text\x18\x03 \x01(\t\x12\x12\n\ntoken_strs\x18\x04 \x03(\t\"\\\n\rDecodeRequest\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12 \n\x13skip_special_tokens\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_skip_special_tokens\"\x1e\n\x0e\x44\x65\x63odeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\r\n\x0bInfoRequest\"\x8a\x02\n\x0cInfoResponse\x12\x12\n\nvocab_size\x18\x01 \x01(\r\x12\x19\n\x0c\x62os_token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x15\n\reos_token_ids\x18\x03 \x03(\r\x12\x16\n\x0especial_tokens\x18\x04 \x03(\t\x12\x19\n\x11has_chat_template\x18\x05 \x01(\x08\x12\x18\n\x10model_max_length\x18\x06 \x01(\r\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12+\n\x03\x66im\x18\x08 \x01(\x0b\x32\x1e.pagoda.tokenizer.v1.FimTokens\x12\x15\n\rchat_template\x18\t \x01(\tB\x0f\n\r_bos_token_id\";\n\tFimTokens\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x0e\n\x06suffix\x18\x02 \x01(\t\x12\x0e\n\x06middle\x18\x03 \x01(\t2\x85\x02\n\x10TokenizerService\x12Q\n\x06\x45ncode\x12\".pagoda.tokenizer.v1.EncodeRequest\x1a#.pagoda.tokenizer.v1.EncodeResponse\x12Q\n\x06\x44\x65\x63ode\x12\".pagoda.tokenizer.v1.DecodeRequest\x1a#.pagoda.tokenizer.v1.DecodeResponse\x12K\n\x04Info\x12 .pagoda.tokenizer.v1.InfoRequest\x1a!.pagoda.tokenizer.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATINPUT']._serialized_start=288
   _globals['_CHATINPUT']._serialized_end=523
   _globals['_ENCODEREQUEST']._serialized_start=526
-  _globals['_ENCODEREQUEST']._serialized_end=710
-  _globals['_ENCODERESPONSE']._serialized_start=712
-  _globals['_ENCODERESPONSE']._serialized_end=788
-  _globals['_DECODEREQUEST']._serialized_start=790
-  _globals['_DECODEREQUEST']._serialized_end=882
-  _globals['_DECODERESPONSE']._serialized_start=884
-  _globals['_DECODERESPONSE']._serialized_end=914
-  _globals['_INFOREQUEST']._serialized_start=916
-  _globals['_INFOREQUEST']._serialized_end=929
-  _globals['_INFORESPONSE']._serialized_start=932
-  _globals['_INFORESPONSE']._serialized_end=1198
-  _globals['_FIMTOKENS']._serialized_start=1200
-  _globals['_FIMTOKENS']._serialized_end=1259
-  _globals['_TOKENIZERSERVICE']._serialized_start=1262
-  _globals['_TOKENIZERSERVICE']._serialized_end=1523
+  _globals['_ENCODEREQUEST']._serialized_end=737
+  _globals['_ENCODERESPONSE']._serialized_start=739
+  _globals['_ENCODERESPONSE']._serialized_end=835
+  _globals['_DECODEREQUEST']._serialized_start=837
+  _globals['_DECODEREQUEST']._serialized_end=929
+  _globals['_DECODERESPONSE']._serialized_start=931
+  _globals['_DECODERESPONSE']._serialized_end=961
+  _globals['_INFOREQUEST']._serialized_start=963
+  _globals['_INFOREQUEST']._serialized_end=976
+  _globals['_INFORESPONSE']._serialized_start=979
+  _globals['_INFORESPONSE']._serialized_end=1245
+  _globals['_FIMTOKENS']._serialized_start=1247
+  _globals['_FIMTOKENS']._serialized_end=1306
+  _globals['_TOKENIZERSERVICE']._serialized_start=1309
+  _globals['_TOKENIZERSERVICE']._serialized_end=1570
 # @@protoc_insertion_point(module_scope)
