@@ -134,6 +134,9 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
     app.add_routes(
         [
             web.post("/v1/chat/completions", chat.chat_completions, expect_handler=expect_handler),
+            web.post(
+                "/v1/chat/completions/batch", chat.chat_completions_batch, expect_handler=expect_handler
+            ),
             web.post("/v1/completions", completions.completions, expect_handler=expect_handler),
             web.post("/v1/responses", responses.create_response, expect_handler=expect_handler),
             web.post("/v1/embeddings", embeddings.embeddings, expect_handler=expect_handler),

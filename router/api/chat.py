@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from pagoda.engine.v1 import engine_pb2
@@ -10,7 +13,7 @@ from router.api.context import CONTEXT, KEY_ID, STARTED, RouterContext
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.limits import ResponseBudget
 from router.api.logprobs import chat_logprobs, vllm_prompt_logprobs
-from router.api.openai_schema import ChatRequest, parse_chat
+from router.api.openai_schema import ChatRequest, parse_chat, parse_chat_batch
 from router.api.request_body import read_request
 from router.api.sampling import check_model, value_of
 from router.api.stream_choices import stream_choices
@@ -18,12 +21,29 @@ from router.api.streaming import Chunks, dumps, json_str, running_usage
 from router.api.structured_outputs import Constraint, client_error
 from router.errors import OpenAIError, bad_request
 from router.upstream.dispatch import EngineStreamError
+from router.upstream.model_card import ModelCard
 from router.upstream.tokenizer import TokenizerClient
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     req = await read_request(request, parse_chat)
+    return await _complete(request, ctx, [req])
+
+
+async def chat_completions_batch(request: web.Request) -> web.StreamResponse:
+    """vLLM's POST /v1/chat/completions/batch: one response whose choice c * n + k is conversation c's
+    sample k (not streamed; each choice carries its own prompt_token_ids with return_token_ids)."""
+    ctx = request.app[CONTEXT]
+    reqs = await read_request(request, parse_chat_batch)
+    return await _complete(request, ctx, list(reqs), batch=True)
+
+
+async def _complete(
+    request: web.Request, ctx: RouterContext, reqs: list[ChatRequest], batch: bool = False
+) -> web.StreamResponse:
+    """Answers one conversation, or (batch) several that share every field but their messages."""
+    req = reqs[0]
     if req.chat_template and not ctx.config.trust_request_chat_template:
         raise bad_request(
             "'chat_template' is not accepted by this server: it renders the model's own template "
@@ -31,41 +51,33 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             param="chat_template",
         )
     n = value_of(req.sampling, "n")
-    ctx.limits.check_sequences(1, n)
+    ctx.limits.check_sequences(len(reqs), n)
     card = ctx.registry.resolve(req.model)
     constraint = _constraint(ctx, req)
     tokenizer = ctx.tokenizers.for_model(card.name)
-    encoded = await tokenizer.encode_chat(
-        req.messages,
-        add_generation_prompt=req.add_generation_prompt,
-        continue_final_message=req.continue_final_message,
-        chat_template_kwargs_json=req.chat_template_kwargs_json,
-        chat_template=req.chat_template,
-        tools_json=req.tools.tools_json,
-        # at least one token must fit after the prompt (a truncated prompt: the tokenizer's own ceiling)
-        max_tokens=None if req.truncation else card.max_model_len - 1,
-    )
-    prompt_ids = encoded.token_ids
-    if req.truncation is not None:
-        prompt_ids = req.truncation.apply(prompt_ids, card.max_model_len)
-    prompt_len = len(prompt_ids)
-    check_model(req.sampling, prompt_len, card, "messages")
-    sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "messages")
-    outputs = await _outputs(ctx, req, card.name, tokenizer)
+    prompts = list(await asyncio.gather(*(_prompt_ids(r, card, tokenizer) for r in reqs)))
+    for ids in prompts:
+        check_model(req.sampling, len(ids), card, "messages")
+    longest = max(len(ids) for ids in prompts)
+    sampling = ctx.limits.apply(req.sampling, longest, card.max_model_len, "messages")
+    outputs = await _outputs(ctx, req, card.name, tokenizer, len(reqs) * n)
     if outputs and any(o.needs_special_tokens for o in outputs):
         sampling = _keeping_special_tokens(sampling)
-    max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else card.max_model_len - prompt_len
+
+    def completion_len(prompt_len: int) -> int:  # at most: as asked, else as many as fit
+        return sampling.max_tokens if sampling.HasField("max_tokens") else card.max_model_len - prompt_len
+
     if not req.stream:
-        ctx.limits.check_response(n, max_tokens, sampling)
+        ctx.limits.check_response(len(reqs) * n, completion_len(min(len(ids) for ids in prompts)), sampling)
     session = ctx.session_key(request, req.prompt_cache_key, req.user)
-    tokens = n * (prompt_len + max_tokens)
-    with ctx.streams.hold(request.get(KEY_ID, ""), n, tokens):
+    tokens = n * sum(len(ids) + completion_len(len(ids)) for ids in prompts)
+    with ctx.streams.hold(request.get(KEY_ID, ""), len(reqs) * n, tokens):
         try:
             gen = await Generation.open(
                 ctx.dispatcher,
                 card,
                 "chatcmpl",
-                [prompt_ids],
+                prompts,
                 sampling,
                 started=request[STARTED],
                 cache_salt=ctx.cache_salt(request, req.cache_salt),
@@ -76,11 +88,28 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise client_error(err, constraint) from None
         try:
             if req.stream:
-                return await _stream(request, req, gen, prompt_ids, outputs)
-            body = await _collect(req, gen, prompt_ids, ctx.limits.budget(), outputs)
+                return await _stream(request, req, gen, prompts[0], outputs)
+            body = await _collect(req, gen, prompts, ctx.limits.budget(), outputs, batch)
             return web.json_response(body, dumps=dumps)
         finally:
             gen.close()
+
+
+async def _prompt_ids(req: ChatRequest, card: ModelCard, tokenizer: TokenizerClient) -> Sequence[int]:
+    """The conversation rendered by the chat template and tokenized (then truncated, when asked)."""
+    encoded = await tokenizer.encode_chat(
+        req.messages,
+        add_generation_prompt=req.add_generation_prompt,
+        continue_final_message=req.continue_final_message,
+        chat_template_kwargs_json=req.chat_template_kwargs_json,
+        chat_template=req.chat_template,
+        tools_json=req.tools.tools_json,
+        # at least one token must fit after the prompt (a truncated prompt: the tokenizer's own ceiling)
+        max_tokens=None if req.truncation else card.max_model_len - 1,
+    )
+    if req.truncation is not None:
+        return req.truncation.apply(encoded.token_ids, card.max_model_len)
+    return encoded.token_ids
 
 
 def _constraint(ctx: RouterContext, req: ChatRequest) -> Constraint | None:
@@ -101,7 +130,7 @@ def _constraint(ctx: RouterContext, req: ChatRequest) -> Constraint | None:
 
 
 async def _outputs(
-    ctx: RouterContext, req: ChatRequest, model: str, tokenizer: TokenizerClient
+    ctx: RouterContext, req: ChatRequest, model: str, tokenizer: TokenizerClient, choices: int
 ) -> list[ChoiceOutput]:
     """Each choice's output parsers (an empty list: the text goes out as it is)."""
     tools = req.tools
@@ -109,8 +138,7 @@ async def _outputs(
         return []
     auto = tools.choice == "auto" and tools.active
     family = await ctx.parsers.tool_family(model, tokenizer) if auto else "hermes"
-    n = value_of(req.sampling, "n")
-    return [ChoiceOutput(ctx.parsers.reasoning_parser(), tools.parser(family)) for _ in range(n)]
+    return [ChoiceOutput(ctx.parsers.reasoning_parser(), tools.parser(family)) for _ in range(choices)]
 
 
 def _keeping_special_tokens(sampling: engine_pb2.SamplingParams) -> engine_pb2.SamplingParams:
@@ -123,7 +151,12 @@ def _keeping_special_tokens(sampling: engine_pb2.SamplingParams) -> engine_pb2.S
 
 
 async def _collect(
-    req: ChatRequest, gen: Generation, prompt_ids, budget: ResponseBudget, outputs: list[ChoiceOutput]
+    req: ChatRequest,
+    gen: Generation,
+    prompts: list,
+    budget: ResponseBudget,
+    outputs: list[ChoiceOutput],
+    batch: bool = False,
 ) -> dict:
     texts: list[list[str]] = [[] for _ in range(gen.num_choices)]
     token_ids: list[list[int]] = [[] for _ in range(gen.num_choices)]
@@ -165,8 +198,10 @@ async def _collect(
             }
         )
     if req.return_token_ids:  # vLLM's extension
-        for choice, ids in zip(choices, token_ids, strict=True):
+        for i, (choice, ids) in enumerate(zip(choices, token_ids, strict=True)):
             choice["token_ids"] = ids
+            if batch:  # each conversation's own prompt
+                choice["prompt_token_ids"] = list(prompts[i // gen.n])
     body = {
         "id": gen.id,
         "object": "chat.completion",
@@ -177,8 +212,8 @@ async def _collect(
     }
     if req.sampling.HasField("prompt_logprobs"):  # vLLM's extension
         body["prompt_logprobs"] = vllm_prompt_logprobs(prompt_positions, req.sampling.prompt_logprobs)
-    if req.return_token_ids:
-        body["prompt_token_ids"] = list(prompt_ids)
+    if req.return_token_ids and not batch:
+        body["prompt_token_ids"] = list(prompts[0])
     return body
 
 

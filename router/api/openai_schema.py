@@ -206,6 +206,28 @@ def parse_chat(body: object) -> ChatRequest:
     )
 
 
+def parse_chat_batch(body: object) -> tuple[ChatRequest, ...]:
+    """vLLM's POST /v1/chat/completions/batch: `messages` is a list of conversations, each read as one chat
+    request's messages, every other field shared. Not streamed, as vLLM's; `echo` and `prompt_logprobs`
+    (one prompt's, on the response) stay chat's own."""
+    body = _object(body)
+    conversations = body.get("messages")
+    if (
+        not isinstance(conversations, list)
+        or not conversations
+        or not all(isinstance(c, list) for c in conversations)
+    ):
+        raise bad_request(
+            "'messages' must be a non-empty list of conversations (lists of messages).", "messages"
+        )
+    if len(conversations) > MAX_PROMPTS:
+        raise bad_request(f"'messages' may hold at most {MAX_PROMPTS} conversations.", "messages")
+    for name in ("stream", "echo", "prompt_logprobs"):
+        if body.get(name) is not None and body.get(name) is not False:
+            raise bad_request(f"'{name}' is not available on /v1/chat/completions/batch.", name)
+    return tuple(parse_chat({**body, "messages": c}) for c in conversations)
+
+
 def template_kwargs(kwargs: dict | None, reasoning_effort: str | None) -> dict:
     """The chat template's variables: the request's own, and OpenAI's reasoning_effort as the switch that
     reasoning templates read (Qwen3's `enable_thinking`; gpt-oss-style templates read `reasoning_effort`

@@ -234,7 +234,12 @@ async def test_models_list_and_retrieve(stack):
 
 async def test_tokenize_and_detokenize(stack):
     status, body, _ = await stack.post("/tokenize", {"model": "scripted", "prompt": "hi"})
-    assert status == 200 and body == {"count": 3, "max_model_len": 512, "tokens": [1, *encode("hi")]}
+    assert status == 200 and body == {
+        "count": 3,
+        "max_model_len": 512,
+        "tokens": [1, *encode("hi")],
+        "token_strs": None,
+    }
     status, body, _ = await stack.post("/tokenize", {"model": "scripted", "messages": MESSAGES})
     assert status == 200 and body["count"] == PROMPT_LEN
     status, body, _ = await stack.post("/detokenize", {"model": "scripted", "tokens": encode("hey")})

@@ -1,9 +1,11 @@
 """vLLM's request extensions that its own clients send (found by running vLLM's OpenAI-server tests against
 `pagoda serve`), end to end against real processes (tokenizer, one CPU engine with a tiny random Llama and
-SmolLM2's tokenizer, router) through the openai SDK: `return_tokens_as_token_ids`, `truncate_prompt_tokens`
-and `truncation_side`; `/tokenize` with `tools` and `return_token_strs`."""
+SmolLM2's tokenizer, router): `return_tokens_as_token_ids`, `truncate_prompt_tokens` and `truncation_side`
+(openai SDK); `/tokenize` with `tools` and `return_token_strs`; `/v1/chat/completions/batch`."""
 
 from __future__ import annotations
+
+import json
 
 import openai
 import pytest
@@ -212,3 +214,73 @@ def test_tokenize_renders_tools_as_chat_does(stack):
     assert len(bare["tokens"]) < len(body["tokens"])
     status, body = post_json(stack.url + "/tokenize", {"model": MODEL, "prompt": "hi", "tools": tools})
     assert status == 400 and body["error"]["param"] == "tools"
+
+
+def test_chat_batch_answers_each_conversation_as_its_own_chat(stack):
+    """vLLM's /v1/chat/completions/batch: choice c answers conversation c, as chat would alone (greedy)."""
+    conversations = [
+        [{"role": "user", "content": "Reply with exactly the word: alpha"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Is fire cold?"}],
+    ]
+    common = {"model": MODEL, "max_tokens": 5, "temperature": 0, "logprobs": True, "top_logprobs": 1}
+    common["return_token_ids"] = True
+    status, body = post_json(stack.url + "/v1/chat/completions/batch", {**common, "messages": conversations})
+    assert status == 200, body
+    assert body["object"] == "chat.completion" and [c["index"] for c in body["choices"]] == [0, 1]
+    for conversation, choice in zip(conversations, body["choices"], strict=True):
+        _, alone = post_json(stack.url + "/v1/chat/completions", {**common, "messages": conversation})
+        assert choice["message"] == alone["choices"][0]["message"]
+        assert choice["token_ids"] == alone["choices"][0]["token_ids"]
+        assert choice["prompt_token_ids"] == alone["prompt_token_ids"]  # each conversation's own prompt
+        assert not any(e["token"].startswith("token_id:") for e in choice["logprobs"]["content"])
+    assert body["usage"]["prompt_tokens"] == sum(len(c["prompt_token_ids"]) for c in body["choices"])
+    status, body = post_json(
+        stack.url + "/v1/chat/completions/batch",
+        {**common, "messages": conversations, "n": 2, "return_tokens_as_token_ids": True},
+    )
+    assert status == 200 and len(body["choices"]) == 4
+    assert all(e["token"].startswith("token_id:") for c in body["choices"] for e in c["logprobs"]["content"])
+
+
+def test_chat_batch_with_a_json_schema_constrains_every_conversation(stack):
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    status, body = post_json(
+        stack.url + "/v1/chat/completions/batch",
+        {
+            "model": MODEL,
+            "messages": [
+                [{"role": "user", "content": "Is the sky blue?"}],
+                [{"role": "user", "content": "Is fire cold?"}],
+            ],
+            "max_tokens": 40,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+        },
+    )
+    assert status == 200, body
+    assert [json.loads(c["message"]["content"])["answer"] in ("yes", "no") for c in body["choices"]] == [
+        True
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        (
+            {"messages": [{"role": "user", "content": "hi"}]},
+            "messages",
+        ),  # one conversation, not a list of them
+        ({"messages": []}, "messages"),
+        ({"stream": True}, "stream"),
+        ({"echo": True}, "echo"),
+        ({"prompt_logprobs": 0}, "prompt_logprobs"),
+    ],
+)
+def test_chat_batch_refusals_name_the_field(stack, extra, param):
+    body = {"model": MODEL, "messages": [[{"role": "user", "content": "hi"}]], "max_tokens": 2, **extra}
+    status, error = post_json(stack.url + "/v1/chat/completions/batch", body)
+    assert status == 400 and error["error"]["param"] == param, error
