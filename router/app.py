@@ -15,7 +15,7 @@ from aiohttp import web
 from pagoda.grpc_auth import read_tokens
 from pagoda.telemetry.tracing import setup_tracing
 from pagoda.tls import ChannelTls
-from router.api import chat, completions, embeddings, responses, status, tokenize
+from router.api import chat, completions, embeddings, invocations, responses, status, tokenize
 from router.api.auth import OPEN_PATHS, ApiKeys
 from router.api.body import expect_handler
 from router.api.body_pool import BodyPool
@@ -140,6 +140,7 @@ def build_app(config: RouterConfig, *, k8s_api_client=None) -> web.Application:
             web.post("/v1/completions", completions.completions, expect_handler=expect_handler),
             web.post("/v1/responses", responses.create_response, expect_handler=expect_handler),
             web.post("/v1/embeddings", embeddings.embeddings, expect_handler=expect_handler),
+            web.post("/invocations", invocations.invocations, expect_handler=expect_handler),
             web.get("/v1/models", status.list_models),
             web.get("/v1/models/{model:.+}", status.get_model),
             web.post("/tokenize", tokenize.tokenize, expect_handler=expect_handler),

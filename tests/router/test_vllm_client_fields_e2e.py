@@ -1,7 +1,8 @@
 """vLLM's request extensions that its own clients send (found by running vLLM's OpenAI-server tests against
 `pagoda serve`), end to end against real processes (tokenizer, one CPU engine with a tiny random Llama and
 SmolLM2's tokenizer, router): `return_tokens_as_token_ids`, `truncate_prompt_tokens` and `truncation_side`
-(openai SDK); `/tokenize` with `tools` and `return_token_strs`; `/v1/chat/completions/batch`."""
+(openai SDK); `/tokenize` with `tools` and `return_token_strs`; `/v1/chat/completions/batch`;
+`/invocations`."""
 
 from __future__ import annotations
 
@@ -284,3 +285,18 @@ def test_chat_batch_refusals_name_the_field(stack, extra, param):
     body = {"model": MODEL, "messages": [[{"role": "user", "content": "hi"}]], "max_tokens": 2, **extra}
     status, error = post_json(stack.url + "/v1/chat/completions/batch", body)
     assert status == 400 and error["error"]["param"] == param, error
+
+
+def test_invocations_answers_as_the_route_its_body_names(stack):
+    """SageMaker's /invocations (vLLM serves it): a chat body is answered as /v1/chat/completions would, a
+    completions body as /v1/completions; a body that names neither is a 400."""
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "what is 1+1?"}], "max_tokens": 5}
+    completion = {"model": MODEL, "prompt": "1 + 1 =", "max_tokens": 5}
+    for route, body in (("/v1/chat/completions", chat), ("/v1/completions", completion)):
+        body = {**body, "temperature": 0}
+        status, direct = post_json(stack.url + route, body)
+        status_inv, invoked = post_json(stack.url + "/invocations", body)
+        assert status == status_inv == 200, invoked
+        assert invoked["object"] == direct["object"] and invoked["choices"] == direct["choices"]
+    status, error = post_json(stack.url + "/invocations", {"model": MODEL})
+    assert status == 400 and "/invocations" in error["error"]["message"]
