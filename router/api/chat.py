@@ -223,10 +223,15 @@ async def _stream(
     chunks = Chunks(gen.id, "chat.completion.chunk", gen.created, gen.model, req.include_usage)
     usage = running_usage(len(prompt_ids), 0) if req.continuous_usage else None
     # OpenAI opens every choice with the assistant role before any content (vLLM's return_token_ids: the
-    # prompt's ids ride on the opening; vLLM's echo: the echoed assistant message is its content).
+    # prompt's ids on the first chunk, at its top level as vLLM sends them; vLLM's echo: the echoed
+    # assistant message is the opening's content).
     prompt = f',"prompt_token_ids":{dumps(list(prompt_ids))}' if req.return_token_ids else ""
     opening = b"".join(
-        chunks.choice(_delta(i, f'"role":"assistant","content":{json_str(req.echo)}', extra=prompt), usage)
+        chunks.choice(
+            _delta(i, f'"role":"assistant","content":{json_str(req.echo)}'),
+            usage,
+            top=prompt if i == 0 else "",
+        )
         for i in range(gen.num_choices)
     )
 

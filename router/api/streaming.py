@@ -30,10 +30,13 @@ class Chunks:
         # With include_usage, OpenAI sends "usage": null on every chunk but the last.
         self._tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
 
-    def choice(self, choice: str, usage: dict | None = None) -> bytes:
-        """One choice's chunk; `usage`: its running usage (stream_options.continuous_usage_stats)."""
+    def choice(self, choice: str, usage: dict | None = None, top: str = "") -> bytes:
+        """One choice's chunk; `usage`: its running usage (stream_options.continuous_usage_stats); `top`: more
+        top-level fields, as ',"name":value' (vLLM's prompt_token_ids on a chat stream's first chunk)."""
         if usage is not None:
-            return self._choices + f'{choice}],"usage":{dumps(usage)}}}\n\n'.encode()
+            return self._choices + f'{choice}]{top},"usage":{dumps(usage)}}}\n\n'.encode()
+        if top:
+            return self._choices + f"{choice}]{top}".encode() + self._tail[1:]  # the tail opens with "]"
         return self._choices + choice.encode() + self._tail
 
     def usage(self, usage: dict) -> bytes:

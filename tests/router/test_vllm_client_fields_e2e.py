@@ -300,3 +300,23 @@ def test_invocations_answers_as_the_route_its_body_names(stack):
         assert invoked["object"] == direct["object"] and invoked["choices"] == direct["choices"]
     status, error = post_json(stack.url + "/invocations", {"model": MODEL})
     assert status == 400 and "/invocations" in error["error"]["message"]
+
+
+def test_chat_stream_sends_prompt_token_ids_on_its_first_chunk_top_level(stack):
+    """vLLM's return_token_ids on a chat stream: prompt_token_ids at the top level of the first chunk only
+    (where vLLM's clients read it), each choice's token_ids on its content chunks."""
+    common = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say 🎉"}],
+        max_tokens=5,
+        temperature=0,
+        extra_body={"return_token_ids": True},
+    )
+    client = stack.client()
+    whole = client.chat.completions.create(**common)
+    chunks = [c.model_dump() for c in client.chat.completions.create(**common, stream=True)]
+    assert chunks[0]["prompt_token_ids"] == whole.prompt_token_ids
+    assert all("prompt_token_ids" not in c for c in chunks[1:])
+    assert all("prompt_token_ids" not in choice for c in chunks for choice in c["choices"])
+    ids = [t for c in chunks for choice in c["choices"] for t in choice.get("token_ids") or []]
+    assert ids == whole.choices[0].token_ids
