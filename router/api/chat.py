@@ -7,18 +7,18 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from pagoda.engine.v1 import engine_pb2
 from router.api.chat_output import ChoiceOutput, Piece
 from router.api.context import CONTEXT, KEY_ID, STARTED, RouterContext
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.limits import ResponseBudget
 from router.api.logprobs import chat_logprobs, vllm_prompt_logprobs
 from router.api.openai_schema import ChatRequest, parse_chat, parse_chat_batch
+from router.api.output_parsers import keeping_special_tokens
 from router.api.request_body import read_request
 from router.api.sampling import check_model, value_of
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str, running_usage
-from router.api.structured_outputs import Constraint, client_error
+from router.api.structured_outputs import client_error
 from router.errors import OpenAIError, bad_request
 from router.upstream.dispatch import EngineStreamError
 from router.upstream.model_card import ModelCard
@@ -53,16 +53,17 @@ async def _complete(
     n = value_of(req.sampling, "n")
     ctx.limits.check_sequences(len(reqs), n)
     card = ctx.registry.resolve(req.model)
-    constraint = _constraint(ctx, req)
+    constraint = ctx.parsers.constraint(
+        req.tools, req.constraint, "'response_format' or 'structured_outputs'"
+    )
     tokenizer = ctx.tokenizers.for_model(card.name)
     prompts = list(await asyncio.gather(*(_prompt_ids(r, card, tokenizer) for r in reqs)))
     for ids in prompts:
         check_model(req.sampling, len(ids), card, "messages")
     longest = max(len(ids) for ids in prompts)
     sampling = ctx.limits.apply(req.sampling, longest, card.max_model_len, "messages")
-    outputs = await _outputs(ctx, req, card.name, tokenizer, len(reqs) * n)
-    if outputs and any(o.needs_special_tokens for o in outputs):
-        sampling = _keeping_special_tokens(sampling)
+    outputs = await ctx.parsers.outputs(req.tools, card.name, tokenizer, len(reqs) * n)
+    sampling = keeping_special_tokens(sampling, outputs)
 
     def completion_len(prompt_len: int) -> int:  # at most: as asked, else as many as fit
         return sampling.max_tokens if sampling.HasField("max_tokens") else card.max_model_len - prompt_len
@@ -110,44 +111,6 @@ async def _prompt_ids(req: ChatRequest, card: ModelCard, tokenizer: TokenizerCli
     if req.truncation is not None:
         return req.truncation.apply(encoded.token_ids, card.max_model_len)
     return encoded.token_ids
-
-
-def _constraint(ctx: RouterContext, req: ChatRequest) -> Constraint | None:
-    """The grammar of a forced tool_choice or of response_format / structured_outputs (never both); with a
-    reasoning parser, it starts after the thinking."""
-    forced = req.tools.constraint()
-    if forced is not None and req.constraint is not None:
-        raise bad_request(
-            "A forced 'tool_choice' ('required' or a named function) cannot be combined with "
-            "'response_format' or 'structured_outputs'.",
-            "tool_choice",
-        )
-    constraint = forced or req.constraint
-    spec = ctx.parsers.reasoning
-    if constraint is not None and spec is not None:
-        constraint = constraint.with_reasoning(spec.start, spec.end)
-    return constraint
-
-
-async def _outputs(
-    ctx: RouterContext, req: ChatRequest, model: str, tokenizer: TokenizerClient, choices: int
-) -> list[ChoiceOutput]:
-    """Each choice's output parsers (an empty list: the text goes out as it is)."""
-    tools = req.tools
-    if not tools.active and ctx.parsers.reasoning is None:
-        return []
-    auto = tools.choice == "auto" and tools.active
-    family = await ctx.parsers.tool_family(model, tokenizer) if auto else "hermes"
-    return [ChoiceOutput(ctx.parsers.reasoning_parser(), tools.parser(family)) for _ in range(choices)]
-
-
-def _keeping_special_tokens(sampling: engine_pb2.SamplingParams) -> engine_pb2.SamplingParams:
-    """A copy that keeps special tokens in the text: the parsers read markers that are special tokens
-    (Mistral's [TOOL_CALLS], Llama's <|python_tag|>)."""
-    kept = engine_pb2.SamplingParams()
-    kept.CopyFrom(sampling)
-    kept.skip_special_tokens = False
-    return kept
 
 
 async def _collect(
