@@ -177,6 +177,8 @@ class Scheduler:
                 seq.num_pending += 1
             else:
                 out.partial.append(len(out.seqs) - 1)
+        if bm.sliding is not None:  # a hybrid model: its sliding group's tables changed too
+            out.sliding_block_changes = bm.sliding.take_changes()
         self._report_changes(out, admitted)
         return out
 
