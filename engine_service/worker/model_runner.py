@@ -250,15 +250,10 @@ class ModelRunner:
         scored = None  # prompt logprobs: only a step with a prompt chunk (never a decode graph's) has any
         if self.graphs is not None and step.is_decode and len(step.seq_lens) <= self.graphs.max_batch_size:
             fixup = self._placeholder_fixup(step)
+            # a hybrid model's sliding group: its slots and table too
+            sliding = () if step.sliding_table is None else (step.sliding_slots, step.sliding_table)
             hidden = self.graphs.run(
-                step.input_ids,
-                step.positions,
-                step.slots,
-                step.seq_lens,
-                step.table,
-                fixup,
-                step.sliding_slots,
-                step.sliding_table,
+                step.input_ids, step.positions, step.slots, step.seq_lens, step.table, fixup, *sliding
             )
             logits = self.model.compute_logits(hidden)  # [B, vocab]
         else:
