@@ -10,7 +10,7 @@ as one value: the experts of a mixture-of-experts model (MoeConfig), the checkpo
 
 Parsing is also where a checkpoint Pagoda cannot run is refused, in one sentence that names what it uses:
 an architecture outside `supported`, a quantization method or scheme, a rope scaling type. (Whether a model
-class runs what parsed, e.g. FP8 expert weights, is the model registry's check_supported.)
+class runs what parsed, e.g. FP8 weights, is the model registry's check_supported.)
 """
 
 from __future__ import annotations

@@ -12,8 +12,6 @@ from engine_service.models.llama import LlamaArgs, LlamaForCausalLM
 
 
 class MixtralForCausalLM(LlamaForCausalLM):
-    fp8_checkpoints = False
-
     def make_mlp(self, a: LlamaArgs, config: ModelConfig, layer: int, prefix: str) -> nn.Module:
         moe = config.moe  # num_local_experts is never 0 for Mixtral (transformers' default: 8)
         return SparseMoeBlock(
@@ -24,6 +22,7 @@ class MixtralForCausalLM(LlamaForCausalLM):
             moe.norm_topk_prob,  # Mixtral: True (its family default: transformers always renormalizes)
             a.tp_rank,
             a.tp_size,
+            quant=a.quant_for(f"{prefix}.experts"),
         )
 
     def rename_checkpoint(self, name: str) -> str:

@@ -31,4 +31,5 @@ class Qwen2MoeForCausalLM(Qwen3MoeForCausalLM):
             a.tp_rank,
             a.tp_size,
             shared_expert=shared,
+            quant=a.quant_for(f"{prefix}.experts"),
         )

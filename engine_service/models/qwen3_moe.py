@@ -14,7 +14,6 @@ from engine_service.models.llama import LlamaArgs, LlamaForCausalLM, LlamaMLP
 
 class Qwen3MoeForCausalLM(LlamaForCausalLM):
     switches = {"qk_norm": True}
-    fp8_checkpoints = False
 
     def make_mlp(self, a: LlamaArgs, config: ModelConfig, layer: int, prefix: str) -> nn.Module:
         moe = config.moe
@@ -28,6 +27,7 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
             moe.norm_topk_prob,
             a.tp_rank,
             a.tp_size,
+            quant=a.quant_for(f"{prefix}.experts"),
         )
 
     def checkpoint_target(self, name: str) -> tuple[str, object] | None:

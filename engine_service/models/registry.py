@@ -53,15 +53,14 @@ def register_model(architecture: str, cls: type[nn.Module]) -> None:
 
 
 def check_supported(config: ModelConfig) -> None:
-    """Raise one ValueError sentence when the model class cannot run what the checkpoint uses (FP8 expert
-    weights), before any weight is read."""
+    """Raise one ValueError sentence when the model class cannot run what the checkpoint uses (FP8 weights,
+    for a registered class that sets fp8_checkpoints False), before any weight is read."""
     cls = model_class(config.architecture)
     quant = config.quantization
     if quant is not None and not quant.online and not cls.fp8_checkpoints:
         raise ValueError(
-            f"FP8 checkpoints ({quant.method} format) of {config.architecture} are not supported yet (FP8 "
-            "expert weights): use its bf16 checkpoint, with quantization='fp8' to quantize the attention "
-            "layers"
+            f"FP8 checkpoints ({quant.method} format) of {config.architecture} are not supported: use its "
+            "bf16 checkpoint"
         )
 
 

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pagoda.engine.v1 import engine_pb2
 from router.api.chat_output import ChoiceOutput, Piece
-from router.api.context import CONTEXT, KEY_ID, STARTED, RouterContext
+from router.api.context import CONTEXT, KEY_ID, STARTED
 from router.api.generation import FINISH_REASONS, Generation
 from router.api.limits import ResponseBudget
 from router.api.logprobs import chat_logprobs, vllm_prompt_logprobs
 from router.api.openai_schema import ChatRequest, parse_chat
+from router.api.output_parsers import keeping_special_tokens
 from router.api.request_body import read_request
 from router.api.sampling import check_model, value_of
 from router.api.stream_choices import stream_choices
 from router.api.streaming import Chunks, dumps, json_str, running_usage
-from router.api.structured_outputs import Constraint, client_error
+from router.api.structured_outputs import client_error
 from router.errors import OpenAIError, bad_request
 from router.upstream.dispatch import EngineStreamError
-from router.upstream.tokenizer import TokenizerClient
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -33,7 +32,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     n = value_of(req.sampling, "n")
     ctx.limits.check_sequences(1, n)
     card = ctx.registry.resolve(req.model)
-    constraint = _constraint(ctx, req)
+    constraint = ctx.parsers.constraint(
+        req.tools, req.constraint, "'response_format' or 'structured_outputs'"
+    )
     tokenizer = ctx.tokenizers.for_model(card.name)
     encoded = await tokenizer.encode_chat(
         req.messages,
@@ -47,9 +48,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     prompt_len = len(encoded.token_ids)
     check_model(req.sampling, prompt_len, card, "messages")
     sampling = ctx.limits.apply(req.sampling, prompt_len, card.max_model_len, "messages")
-    outputs = await _outputs(ctx, req, card.name, tokenizer)
-    if outputs and any(o.needs_special_tokens for o in outputs):
-        sampling = _keeping_special_tokens(sampling)
+    outputs = await ctx.parsers.outputs(req.tools, card.name, tokenizer, n)
+    sampling = keeping_special_tokens(sampling, outputs)
     max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else card.max_model_len - prompt_len
     if not req.stream:
         ctx.limits.check_response(n, max_tokens, sampling)
@@ -77,45 +77,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             return web.json_response(body, dumps=dumps)
         finally:
             gen.close()
-
-
-def _constraint(ctx: RouterContext, req: ChatRequest) -> Constraint | None:
-    """The grammar of a forced tool_choice or of response_format / structured_outputs (never both); with a
-    reasoning parser, it starts after the thinking."""
-    forced = req.tools.constraint()
-    if forced is not None and req.constraint is not None:
-        raise bad_request(
-            "A forced 'tool_choice' ('required' or a named function) cannot be combined with "
-            "'response_format' or 'structured_outputs'.",
-            "tool_choice",
-        )
-    constraint = forced or req.constraint
-    spec = ctx.parsers.reasoning
-    if constraint is not None and spec is not None:
-        constraint = constraint.with_reasoning(spec.start, spec.end)
-    return constraint
-
-
-async def _outputs(
-    ctx: RouterContext, req: ChatRequest, model: str, tokenizer: TokenizerClient
-) -> list[ChoiceOutput]:
-    """Each choice's output parsers (an empty list: the text goes out as it is)."""
-    tools = req.tools
-    if not tools.active and ctx.parsers.reasoning is None:
-        return []
-    auto = tools.choice == "auto" and tools.active
-    family = await ctx.parsers.tool_family(model, tokenizer) if auto else "hermes"
-    n = value_of(req.sampling, "n")
-    return [ChoiceOutput(ctx.parsers.reasoning_parser(), tools.parser(family)) for _ in range(n)]
-
-
-def _keeping_special_tokens(sampling: engine_pb2.SamplingParams) -> engine_pb2.SamplingParams:
-    """A copy that keeps special tokens in the text: the parsers read markers that are special tokens
-    (Mistral's [TOOL_CALLS], Llama's <|python_tag|>)."""
-    kept = engine_pb2.SamplingParams()
-    kept.CopyFrom(sampling)
-    kept.skip_special_tokens = False
-    return kept
 
 
 async def _collect(

@@ -1,4 +1,6 @@
-"""Which tool-call format and reasoning parser this router reads a model's output with.
+"""Which tool-call format and reasoning parser this router reads a model's output with, and a request's
+output setup: the grammar (`constraint`) and each choice's parsers (`outputs`), for chat completions and
+Responses alike.
 
 `--tool-call-parser auto` (the default) asks each model's tokenizer service for its chat template once
 and reads its markers (tool_parsers.detect): models behind one router may speak different formats (each
@@ -10,9 +12,14 @@ from __future__ import annotations
 
 import asyncio
 
+from pagoda.engine.v1 import engine_pb2
+from router.api.chat_output import ChoiceOutput
 from router.api.reasoning import PARSERS as REASONING_PARSERS
 from router.api.reasoning import ReasoningParser, ReasoningSpec
+from router.api.structured_outputs import Constraint
 from router.api.tool_parsers import detect
+from router.api.tools import ToolRequest
+from router.errors import bad_request
 from router.upstream.tokenizer import TokenizerClient
 
 
@@ -38,3 +45,40 @@ class OutputParsers:
 
     def reasoning_parser(self) -> ReasoningParser | None:
         return ReasoningParser(self.reasoning) if self.reasoning is not None else None
+
+    def constraint(self, tools: ToolRequest, constraint: Constraint | None, field: str) -> Constraint | None:
+        """The grammar of a forced tool_choice or of the requested format (`field`; never both); with a
+        reasoning parser, it starts after the thinking."""
+        forced = tools.constraint()
+        if forced is not None and constraint is not None:
+            raise bad_request(
+                f"A forced 'tool_choice' ('required' or a named function) cannot be combined with {field}.",
+                "tool_choice",
+            )
+        constraint = forced or constraint
+        if constraint is not None and self.reasoning is not None:
+            constraint = constraint.with_reasoning(self.reasoning.start, self.reasoning.end)
+        return constraint
+
+    async def outputs(
+        self, tools: ToolRequest, model: str, tokenizer: TokenizerClient, n: int
+    ) -> list[ChoiceOutput]:
+        """Each of the n choices' output parsers (an empty list: the text goes out as it is)."""
+        if not tools.active and self.reasoning is None:
+            return []
+        auto = tools.choice == "auto" and tools.active
+        family = await self.tool_family(model, tokenizer) if auto else "hermes"
+        return [ChoiceOutput(self.reasoning_parser(), tools.parser(family)) for _ in range(n)]
+
+
+def keeping_special_tokens(
+    sampling: engine_pb2.SamplingParams, outputs: list[ChoiceOutput]
+) -> engine_pb2.SamplingParams:
+    """`sampling`, or a copy that keeps special tokens in the text when a parser reads markers that are
+    special tokens (Mistral's [TOOL_CALLS], Llama's <|python_tag|>)."""
+    if not any(o.needs_special_tokens for o in outputs):
+        return sampling
+    kept = engine_pb2.SamplingParams()
+    kept.CopyFrom(sampling)
+    kept.skip_special_tokens = False
+    return kept

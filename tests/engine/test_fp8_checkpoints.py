@@ -174,12 +174,30 @@ LAYOUTS = {
 }
 
 
-def write_fp8_checkpoint(folder: Path, layout: str, seed: int = 0) -> transformers.PreTrainedModel:
-    """The checkpoint in `folder`, and the transformers model with its dequantized weights."""
-    quantize, scale_name, scale_shape, extra, quant_config = LAYOUTS[layout]
+# A mixture of experts shaped like CONFIG: a sparse layer (8 experts, top 2) and a dense one. Its experts'
+# gate/up/down are FP8 in the checkpoint, the router (mlp.gate) is not, as in Qwen3-30B-A3B-FP8.
+MOE_CONFIG = dict(
+    CONFIG,
+    num_experts=8,
+    num_experts_per_tok=2,
+    moe_intermediate_size=96,  # not a multiple of 128: the last block of each expert matrix is partial
+    norm_topk_prob=True,
+    mlp_only_layers=[1],
+)
+
+
+def write_fp8_checkpoint(
+    folder: Path, layout: str, seed: int = 0, moe: bool = False
+) -> transformers.PreTrainedModel:
+    """The checkpoint in `folder`, and the transformers model with its dequantized weights (a Llama, or a
+    Qwen3-MoE with `moe`)."""
+    quantize, _, _, _, quant_config = LAYOUTS[layout]
     block = 128 if quantize is per_block else None
     torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**CONFIG)).eval()
+    if moe:
+        model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(**MOE_CONFIG)).eval()
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**CONFIG)).eval()
     tensors = {}
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -188,21 +206,18 @@ def write_fp8_checkpoint(folder: Path, layout: str, seed: int = 0) -> transforme
                 tensors[name] = param.detach().clone()
                 continue
             param.normal_(0.0, 0.1)
+            if name.endswith((".experts.gate_up_proj", ".experts.down_proj")):
+                _write_experts(tensors, name, param, layout, block)
+                continue
             module = name.rsplit(".", 2)[-2] if name.endswith(".weight") else ""
             if module not in LINEARS:
                 tensors[name] = param.detach().clone()
                 continue
-            q, scale = quantize(param.detach())
-            param.copy_(dequantize(q, scale, block))  # the reference runs exactly these values
-            prefix = name[: -len(".weight")]
-            tensors[f"{prefix}.weight"] = q
-            tensors[f"{prefix}.{scale_name}"] = scale.reshape(scale_shape) if scale_shape else scale
-            for key, value in extra.items():
-                tensors[f"{prefix}.{key}"] = value.clone()
+            _write_linear(tensors, name[: -len(".weight")], param, layout, block)
             if layout == "modelopt" and module in ("k_proj", "v_proj"):
-                tensors[f"{prefix}.{module[0]}_scale"] = torch.tensor(1.0)
+                tensors[f"{name[: -len('.weight')]}.{module[0]}_scale"] = torch.tensor(1.0)
     save_file(tensors, str(folder / "model.safetensors"))
-    config = {**model.config.to_dict(), "architectures": ["LlamaForCausalLM"]}
+    config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
     if quant_config is not None:
         config["quantization_config"] = quant_config
     else:
@@ -212,11 +227,56 @@ def write_fp8_checkpoint(folder: Path, layout: str, seed: int = 0) -> transforme
     return model
 
 
+def _write_linear(tensors: dict, prefix: str, weight: torch.Tensor, layout: str, block: int | None) -> None:
+    """`prefix`.weight in FP8 with its scale (and the layout's extra tensors); `weight` (a parameter, or a
+    view into one) becomes the dequantized values the reference runs."""
+    quantize, scale_name, scale_shape, extra, _ = LAYOUTS[layout]
+    q, scale = quantize(weight.detach())
+    weight.copy_(dequantize(q, scale, block))
+    tensors[f"{prefix}.weight"] = q.contiguous()
+    tensors[f"{prefix}.{scale_name}"] = scale.reshape(scale_shape) if scale_shape else scale
+    for key, value in extra.items():
+        tensors[f"{prefix}.{key}"] = value.clone()
+
+
+def _write_experts(tensors: dict, name: str, param: torch.Tensor, layout: str, block: int | None) -> None:
+    """transformers 5 keeps the experts stacked (gate_up_proj [E, 2I, H], down_proj [E, H, I]); published
+    checkpoints hold one tensor per expert matrix (experts.{e}.gate_proj.weight ...), as written here."""
+    prefix = name.rsplit(".", 1)[0]
+    for e in range(param.shape[0]):
+        if name.endswith("down_proj"):
+            _write_linear(tensors, f"{prefix}.{e}.down_proj", param[e], layout, block)
+            continue
+        inter = param.shape[1] // 2
+        _write_linear(tensors, f"{prefix}.{e}.gate_proj", param[e, :inter], layout, block)
+        _write_linear(tensors, f"{prefix}.{e}.up_proj", param[e, inter:], layout, block)
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_fp8_checkpoint_matches_its_dequantized_model(tmp_path, layout):
     reference = write_fp8_checkpoint(tmp_path, layout)
     llm = LLM(str(tmp_path), device="cpu", dtype="float32", num_kv_blocks=64)
     check(llm, reference, prompts_of([3, 17, 30], seed=2))
+
+
+@pytest.mark.parametrize("layout", ["fp8-block", "compressed-tensors-channel", "fp8-tensor-static"])
+def test_fp8_mixture_of_experts_checkpoint_matches_its_dequantized_model(tmp_path, layout):
+    """Expert matrices in FP8 (each with its own scales) load into the stacked experts, dequantized."""
+    reference = write_fp8_checkpoint(tmp_path, layout, moe=True)
+    names = load_file(str(tmp_path / "model.safetensors")).keys()
+    assert "model.layers.0.mlp.experts.7.down_proj.weight" in names
+    assert "model.layers.0.mlp.gate.weight" in names  # the router stays 16/32-bit
+    llm = LLM(str(tmp_path), device="cpu", dtype="float32", num_kv_blocks=64)
+    check(llm, reference, prompts_of([3, 17, 30], seed=2))
+
+
+def test_fp8_expert_weight_without_its_scale_is_a_clear_error(tmp_path):
+    write_fp8_checkpoint(tmp_path, "fp8-block", moe=True)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    del tensors["model.layers.0.mlp.experts.3.up_proj.weight_scale_inv"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="lacks the weight_scale of expert 3 w3"):
+        LLM(str(tmp_path), device="cpu", dtype="float32", num_kv_blocks=64)
 
 
 def test_quantization_fp8_quantizes_a_float_checkpoint_on_load(tmp_path, tiny_models):

@@ -287,9 +287,14 @@ def test_responses_stream_events(stack):
     [
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
         ({"store": True}, "store"),
-        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input[0].type"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),  # OpenAI's built-in tools: not here
+        ({"tools": [{"type": "function", "name": "f", "extra": 1}]}, "extra"),
+        ({"tool_choice": {"type": "file_search"}}, "tool_choice"),
+        ({"text": {"format": {"type": "yaml"}}}, "text.format"),
+        ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format"),
+        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "nope"}}}}, "text"),
+        ({"input": [{"type": "computer_call", "call_id": "c"}]}, "input[0].type"),
+        ({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "input"),
     ],
 )
 def test_responses_refusals_name_the_field(stack, extra, param):

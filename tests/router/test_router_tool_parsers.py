@@ -236,3 +236,116 @@ async def test_response_format_and_structured_outputs_reach_the_engine(make_stac
         model="scripted", prompt="x", extra_body={"structured_outputs": {"choice": ["yes", "no"]}}
     )
     assert list(stack.engines[0].requests[-1].structured_output.choice.values) == ["yes", "no"]
+
+
+# ---- the same parts through /v1/responses ----------------------------------------------------------------
+
+RESPONSES_WEATHER = {"type": "function", **WEATHER["function"]}  # Responses' tools are flat
+
+
+async def streamed_response(client, **kw):
+    """(the streamed events' types, the final response, every output item assembled from the events)."""
+    items: dict[int, dict] = {}
+    types = []
+    async with client.responses.stream(**kw) as stream:
+        async for event in stream:
+            types.append(event.type)
+            if event.type == "response.output_item.added":
+                items[event.output_index] = event.item.to_dict()
+            elif event.type == "response.output_text.delta":
+                items[event.output_index].setdefault("text", "")
+                items[event.output_index]["text"] += event.delta
+            elif event.type == "response.reasoning_text.delta":
+                items[event.output_index].setdefault("reasoning", "")
+                items[event.output_index]["reasoning"] += event.delta
+            elif event.type == "response.function_call_arguments.delta":
+                items[event.output_index]["arguments"] += event.delta
+            elif event.type == "response.output_item.done":
+                assert items[event.output_index]["id"] == event.item.id
+        final = await stream.get_final_response()
+    return types, final, [items[i] for i in sorted(items)]
+
+
+@pytest.mark.parametrize("tokens_per_message", [1, 6])
+async def test_responses_tool_calls_and_reasoning(make_stack, tokens_per_message):
+    """Reasoning, the answer and two calls become a reasoning item, a message and two function_call items,
+    streamed and not; assembled from the stream's events they equal the non-streamed output."""
+    reply = "<think>Two cities.</think>" + CASES["hermes"][0]
+    stack = await make_stack(
+        [Script(reply=reply, tokens_per_message=tokens_per_message)],
+        tool_call_parser="hermes",
+        reasoning_parser="qwen3",
+        engine_stream="generate",
+    )
+    client = stack.client()
+    kw = dict(model="scripted", input="Weather in Paris and Rome?", tools=[RESPONSES_WEATHER])
+    r = await client.responses.create(**kw)
+    assert [o.type for o in r.output] == ["reasoning", "message", "function_call", "function_call"]
+    assert r.output[0].content[0].text == "Two cities." and r.output_text == CASES["hermes"][1]
+    calls = [(o.name, json.loads(o.arguments)) for o in r.output[2:]]
+    assert calls == CASES["hermes"][2] and r.status == "completed"
+    assert all(o.call_id.startswith("call_") and o.id.startswith("fc_") for o in r.output[2:])
+    assert r.tools[0].name == "get_weather" and r.tools[0].type == "function"
+    types, final, items = await streamed_response(client, **kw)
+    assert [i["type"] for i in items] == ["reasoning", "message", "function_call", "function_call"]
+    assert items[0]["reasoning"] == "Two cities." and items[1]["text"] == CASES["hermes"][1]
+    assert [(i["name"], json.loads(i["arguments"])) for i in items[2:]] == calls
+    assert [(o.name, json.loads(o.arguments)) for o in final.output[2:]] == calls
+    assert types.count("response.output_item.added") == types.count("response.output_item.done") == 4
+    assert types[-1] == "response.completed" and "response.function_call_arguments.done" in types
+    # The tools reached the chat template, in chat's spelling.
+    sent = json.loads(stack.tokenizer.requests[-1].chat.tools_json)
+    assert sent == [WEATHER]
+
+
+async def test_responses_function_call_items_become_the_chat_history(make_stack):
+    """A previous response's function_call items and the client's function_call_output items are the
+    assistant's tool calls and the tool messages of the chat template's conversation."""
+    stack = await make_stack([Script(reply="It is sunny.")])
+    client = stack.client()
+    paris, rome = '{"city":"Paris"}', '{"city":"Rome"}'
+    paris, rome = '{"city":"Paris"}', '{"city":"Rome"}'
+    rome_output = [{"type": "input_text", "text": "25 C"}]
+    history = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": paris},
+        {"type": "function_call", "call_id": "call_2", "name": "get_weather", "arguments": rome},
+        {"type": "function_call_output", "call_id": "call_1", "output": "22 C"},
+        {"type": "function_call_output", "call_id": "call_2", "output": rome_output},
+    ]
+    with pytest.raises(Exception) as info:  # the scripted tokenizer's template has no tool role
+        await client.responses.create(model="scripted", input=history, tools=[RESPONSES_WEATHER])
+    assert "tool role" in str(info.value)
+    sent = stack.tokenizer.requests[-1].chat.messages
+    assert [m.role for m in sent] == ["user", "assistant", "tool", "tool"]
+    assert [(c.id, c.name, c.arguments) for c in sent[1].tool_calls] == [
+        ("call_1", "get_weather", paris),
+        ("call_2", "get_weather", rome),
+    ]
+    assert [(m.tool_call_id, m.content) for m in sent[2:]] == [("call_1", "22 C"), ("call_2", "25 C")]
+
+
+async def test_responses_text_format_and_forced_tools_reach_the_engine(make_stack):
+    stack = await make_stack([Script(reply='{"city": "Oslo"}')])
+    client = stack.client()
+    schema = WEATHER["function"]["parameters"]
+    fmt = {"type": "json_schema", "name": "w", "schema": schema, "strict": True}
+    r = await client.responses.create(model="scripted", input="x", text={"format": fmt})
+    assert json.loads(stack.engines[0].requests[-1].structured_output.json_schema) == schema
+    assert r.output_text == '{"city": "Oslo"}' and r.text.format.type == "json_schema"
+    await client.responses.create(model="scripted", input="x", text={"format": {"type": "json_object"}})
+    assert stack.engines[0].requests[-1].structured_output.json_object
+    named = {"type": "function", "name": "get_weather"}
+    r = await client.responses.create(
+        model="scripted", input="x", tools=[RESPONSES_WEATHER], tool_choice=named
+    )
+    assert json.loads(stack.engines[0].requests[-1].structured_output.json_schema) == schema
+    assert [(o.type, o.name, json.loads(o.arguments)) for o in r.output] == [
+        ("function_call", "get_weather", {"city": "Oslo"})
+    ]
+    with pytest.raises(Exception) as info:
+        await client.responses.create(
+            model="scripted", input="x", tools=[RESPONSES_WEATHER], tool_choice=named, text={"format": fmt}
+        )
+    assert info.value.status_code == 400 and info.value.body["param"] == "tool_choice"

@@ -199,3 +199,29 @@ def test_agent_round_trip_with_the_default_model(default_model_dir, tmp_path_fac
         assert answer.message.tool_calls is None
     finally:
         s.stop()
+
+
+def test_responses_parse_and_forced_tools(stack):
+    """The openai SDK's Responses helpers: `responses.parse(text_format=...)` gets an object that validates,
+    and a forced function tool gives a function_call whose arguments fit its parameters, streamed and not."""
+    client = stack.client()
+    r = client.responses.parse(
+        model=MODEL, input="Describe a person.", text_format=Person, max_output_tokens=120
+    )
+    assert isinstance(r.output_parsed, Person) and r.status == "completed"
+    tool = {"type": "function", **WEATHER["function"]}
+    # One call (parallel_tool_calls false): a random model's list of calls could run past any budget.
+    kw = dict(model=MODEL, input="Weather?", tools=[tool], tool_choice="required", max_output_tokens=120)
+    kw.update(parallel_tool_calls=False, temperature=1.0)
+    for final in (client.responses.create(**kw), _final_streamed_response(client, **kw)):
+        calls = [o for o in final.output if o.type == "function_call"]
+        assert final.status == "completed" and len(calls) == 1 and calls[0].name == "get_weather"
+        for call in calls:
+            jsonschema.validate(json.loads(call.arguments), WEATHER["function"]["parameters"])
+
+
+def _final_streamed_response(client, **kw):
+    with client.responses.stream(**kw) as stream:
+        for _ in stream:
+            pass
+        return stream.get_final_response()
