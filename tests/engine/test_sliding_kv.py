@@ -185,3 +185,21 @@ def test_decode_graph_buffers_carry_the_sliding_table(gemma_models):
     got = [o.outputs[0].token_ids for o in llm.generate(prompt_token_ids=prompts, sampling_params=params)]
     assert got == expected
     assert {4, 3, 2, 1} <= set(calls)
+
+
+def test_async_scheduling_past_the_window(gemma_models):
+    """Step n + 1 is scheduled (and its out-of-window blocks released) before step n's tokens arrive."""
+    folder, model = gemma_models("gemma3")
+    llm = LLM(
+        str(folder),
+        device="cpu",
+        dtype="float32",
+        num_kv_blocks=32,
+        block_size=BLOCK,
+        max_num_batched_tokens=12,
+        async_scheduling=True,
+    )
+    assert llm.engine.async_scheduling
+    watch = SlidingWatch(llm, chunk=12)
+    check(llm, model, prompts_of([5, 27, 14], seed=8))
+    assert watch.num_nulls >= 5
