@@ -243,3 +243,39 @@ def test_random_workload_keeps_both_groups_consistent(window):
     assert all(s.is_finished for s in seqs)
     assert bm.num_hit_tokens > 0
     bm.check_all_free()
+
+
+def test_the_runners_tables_mirror_both_groups_through_preemption_and_prefix_hits():
+    """The persistent batch (worker/input_batch.py), fed only the scheduler's diffs, holds exactly the block
+    manager's tables of both groups for every scheduled sequence, every step; rows start at 1 and grow."""
+    import random
+
+    import torch
+
+    from engine_service.worker.input_batch import InputBatch
+
+    rng = random.Random(3)
+    bm = make_bm(num_full=24, num_sliding=10, window=6)
+    sched = make_scheduler(bm, budget=9, max_num_seqs=5)
+    batch = InputBatch(torch.device("cpu"), seed=0, rows=1)
+    batch.enable_sliding_table(null_block=bm.sliding.null_block)
+    shared = [rng.randrange(3, 50) for _ in range(13)]
+    for i in range(10):
+        tail = [rng.randrange(3, 50) for _ in range(rng.randrange(1, 9))]
+        sched.add(seq(f"r{i}", shared + tail if i % 3 else tail, max_tokens=rng.randrange(2, 20)))
+    steps = 0
+    while sched.num_unfinished:
+        out = sched.schedule()
+        batch.update(out)
+        full = batch.block_table.gather(batch.rows)
+        sliding = batch.sliding_table.gather(batch.rows)
+        for i, s in enumerate(out.seqs):
+            n = len(bm.block_table(s))
+            assert full[i, :n].tolist() == bm.block_table(s), (steps, s.seq_id)
+            assert sliding[i, :n].tolist() == bm.sliding.block_table(s.seq_id), (steps, s.seq_id)
+        sampled = out.sampled_seqs()
+        sched.update_from_output(sampled, [rng.randrange(3, 50) for _ in sampled])
+        steps += 1
+    assert sched.num_preemptions > 0 and bm.num_hit_tokens > 0
+    assert batch.num_rows > 1
+    bm.check_all_free()
