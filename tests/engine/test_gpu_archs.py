@@ -83,6 +83,17 @@ def test_fp8_checkpoint_runs_w8a8_close_to_its_dequantized_model(tmp_path, layou
     check_top5(llm, reference, prompts_of([3, 17, 60], seed=2), tolerance=0.15)
 
 
+@pytest.mark.parametrize("layout", ["fp8-block", "compressed-tensors-channel"])
+def test_fp8_moe_checkpoint_close_to_its_dequantized_model(tmp_path, layout):
+    """FP8 experts dequantized on load into the fused MoE kernel's stacked weights; attention stays FP8."""
+    reference = write_fp8_checkpoint(tmp_path, layout, moe=True)
+    llm = LLM(str(tmp_path), device="cuda", dtype="bfloat16", num_kv_blocks=128)
+    layers = llm.engine.runner.model.model.layers
+    assert layers[0].self_attn.qkv_proj.weight.dtype == torch.float8_e4m3fn
+    assert layers[0].mlp.experts.w13_weight.dtype == torch.bfloat16
+    check_top5(llm, reference, prompts_of([3, 17, 60], seed=2), tolerance=0.15)
+
+
 def test_quantization_fp8_on_gpu_and_fp8_kv_cache(tiny_models):
     folder, model = tiny_models["llama"]
     ps = prompts_of([5, 64, 200], seed=4)

@@ -192,6 +192,21 @@ def judge(
     return _judge_json(raw)
 
 
+def judge_response_events(status: int, content_type: str, raw: bytes, headers) -> Outcome:
+    """A Responses answer: an error, a JSON response object, or an event stream whose every event is JSON
+    and whose last is response.completed (or an error event)."""
+    if status != 200 or not content_type.startswith("text/event-stream"):
+        return judge(status, content_type, raw, headers, choices=False)
+    try:
+        events = [json.loads(line[5:]) for line in raw.splitlines() if line.startswith(b"data:")]
+    except ValueError:
+        return Outcome("lost", 200, f"an event that is not JSON: {raw[:120]!r}")
+    last = events[-1].get("type") if events else None
+    if last not in ("response.completed", "error"):
+        return Outcome("lost", 200, f"the stream ended with {last!r}")
+    return Outcome("ok", 200)
+
+
 @dataclass
 class Tally:
     """Outcomes of one scenario, counted; `figures` holds the scenario's measurements for the record."""

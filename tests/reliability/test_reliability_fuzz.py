@@ -26,13 +26,13 @@ hypothesis = pytest.importorskip("hypothesis")  # the GPU machine may lack it; C
 import reliability_openapi as spec  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from reliability_client import Outcome, judge  # noqa: E402
+from reliability_client import Outcome, judge, judge_response_events  # noqa: E402
 
 from pagoda.engine.v1 import engine_pb2 as pb  # noqa: E402
 from tests.router.router_processes import Process, free_port, http_json, wait_until  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-FUZZED = ["/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"]
+FUZZED = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize", "/detokenize"]
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +124,12 @@ def test_openapi_fuzz(fuzz_router, scale, tally):
             outcome = t.add(Outcome("lost", None, f"connection: {err}"))
         else:
             on_event = lambda e: problem(path, "text/event-stream", e)  # noqa: E731
-            outcome = t.add(
-                judge(status, content_type, raw, headers, on_event, choices=path.startswith("/v1/"))
-            )
+            if path == "/v1/responses":
+                outcome = t.add(judge_response_events(status, content_type, raw, headers))
+            else:
+                outcome = t.add(
+                    judge(status, content_type, raw, headers, on_event, choices=path.startswith("/v1/"))
+                )
             if outcome.kind == "ok" and not content_type.startswith("text/event-stream"):
                 found = problem(path, "application/json", json.loads(raw))
                 if found:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import openai
 import pytest
 
 from router.api.sampling import value_of
@@ -349,3 +350,41 @@ async def test_responses_text_format_and_forced_tools_reach_the_engine(make_stac
             model="scripted", input="x", tools=[RESPONSES_WEATHER], tool_choice=named, text={"format": fmt}
         )
     assert info.value.status_code == 400 and info.value.body["param"] == "tool_choice"
+
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"tools": "get_weather"}, "tools"),
+        ({"tools": [1]}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools"),  # no name
+        ({"tools": [{"type": "function", "name": "f", "parameters": "x"}]}, "tools"),
+        ({"tools": [{"type": "function", "name": "f"}] * 129}, "tools"),
+        ({"tool_choice": {"type": "function"}}, "tool_choice"),
+        ({"tools": [RESPONSES_WEATHER], "tool_choice": {"type": "function", "name": "g"}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"text": "json"}, "text"),
+        ({"text": {"format": "json"}}, "text.format"),
+        ({"text": {"format": {"type": "json_schema", "name": 1, "schema": {}}}}, "text.format"),
+        ({"input": [{"type": "function_call", "call_id": 1, "name": "f", "arguments": "{}"}]}, "input"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": 5}]}, "input"),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input"),
+        (
+            {
+                "input": [
+                    {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image"}]}
+                ]
+            },
+            "input[0].output.content[0].type",
+        ),
+        ({"input": [{"type": "reasoning", "secret": 1}]}, "secret"),
+    ],
+)
+async def test_responses_bad_tools_formats_and_items_are_400s(make_stack, extra, param):
+    stack = await make_stack([Script()])
+    client = stack.client()
+    body = {"model": "scripted", "input": "hi", **extra}
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.post("/responses", body=body, cast_to=object)
+    assert info.value.body["param"] == param, info.value.body
+    assert not stack.engines[0].requests  # refused before anything reached an engine
