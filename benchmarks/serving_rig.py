@@ -103,7 +103,7 @@ class TimedExecutor(Executor):
     def profile_num_kv_blocks(self, gpu_memory_utilization: float, max_num_batched_tokens: int) -> int:
         raise NotImplementedError("give --num-kv-blocks")
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
+    def allocate_kv_cache(self, num_blocks: int, num_sliding_blocks: int | None = None) -> None:
         pass
 
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:

@@ -17,6 +17,16 @@ KV-cache events (off until `start_events`): a block whose key enters the cache a
 ("stored", key, parent key, token ids), a cached block reused for other tokens ("removed", key), a reset
 ("cleared",). The engine loop takes them once per step (`take_events`) for the event stream routers
 index (engine/kv_event_hub.py): one append per full block, nothing per token.
+
+KV-cache groups (core/kv_cache_groups.py). The blocks above are a model's only group, or the global
+(full-attention) group of a hybrid model such as Gemma 2/3. A hybrid model's sliding-window layers are a
+second group with a pool of their own (`sliding`, core/sliding_blocks.py; its blocks cost only the sliding
+layers' bytes): every allocation and free is done in both, admission and preemption need room in both
+(can_allocate), and a sequence keeps only its window's blocks there. The two groups share one hash chain:
+the global group computes a block's key, the sliding group files the same key for its block of those
+positions. A prefix hit is used up to where the sliding group still holds the window before it
+(get_computed_blocks), never beyond. Only the global group emits KV-cache events and counts in the stats'
+block numbers; `usage` is the fuller group's.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 from engine_service.core.sequence import Sequence
+from engine_service.core.sliding_blocks import SlidingBlocks
 
 
 @dataclass
@@ -48,7 +59,13 @@ def block_key(parent: bytes | None, token_ids: Seq[int], salt: str | None) -> by
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool = True,
+        sliding: SlidingBlocks | None = None,
+    ):
         if num_blocks < 1 or block_size < 1:
             raise ValueError(
                 f"need at least one block of at least one token, got {num_blocks} x {block_size}"
@@ -64,6 +81,8 @@ class BlockManager:
         self.num_query_tokens = 0  # prompt tokens looked up in the prefix cache
         self.num_hit_tokens = 0  # of which were found
         self.events: list[tuple] | None = None  # KV-cache events since the last take_events; None: off
+        self.sliding = sliding  # a hybrid model's sliding-window group; None: one group
+        self._sliding_hits: tuple[str, int, list[int]] = ("", 0, [])  # the last lookup's (seq, h, ids)
 
     # ---- queries -------------------------------------------------------------------------------
     @property
@@ -73,7 +92,8 @@ class BlockManager:
 
     @property
     def usage(self) -> float:
-        return 1.0 - len(self._lru) / self.num_blocks
+        usage = 1.0 - len(self._lru) / self.num_blocks
+        return usage if self.sliding is None else max(usage, self.sliding.usage)
 
     def block_table(self, seq: Sequence) -> list[int]:
         return self._tables.get(seq.seq_id, [])
@@ -87,22 +107,39 @@ class BlockManager:
             return []
         max_blocks = (seq.num_tokens - 1) // self.block_size
         hits: list[int] = []
+        keys: list[bytes] = []
         for key in self._full_block_keys(seq, max_blocks):  # hashed lazily: the first miss ends the walk
             block_id = self._cached.get(key)
             if block_id is None:
                 break
             hits.append(block_id)
+            keys.append(key)
+        if self.sliding is not None and hits:
+            # Only as far as the sliding group still holds the window before the hit point; its blocks
+            # are kept for can_allocate and allocate, which the scheduler calls next for this sequence.
+            h, sliding_ids = self.sliding.hits(keys)
+            self._sliding_hits = (seq.seq_id, h, sliding_ids)
+            del hits[h:]
         return hits
 
     def can_allocate(self, seq: Sequence, num_new_tokens: int, computed_blocks: Seq[int] = ()) -> bool:
         if not computed_blocks:  # the common case (a running sequence): is there room for its new tokens?
-            need = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size)
-            return need - len(self._tables.get(seq.seq_id, ())) <= len(self._lru)
+            start = seq.num_computed_tokens
+            need = -(-(start + num_new_tokens) // self.block_size)
+            if need - len(self._tables.get(seq.seq_id, ())) > len(self._lru):
+                return False
+            sliding = self.sliding
+            return sliding is None or sliding.can_allocate(seq.seq_id, start, start + num_new_tokens)
         have = len(self._tables.get(seq.seq_id, ())) + len(computed_blocks)
         num_computed = seq.num_computed_tokens + len(computed_blocks) * self.block_size
         need = self.blocks_for(num_computed + num_new_tokens) - have
         revived = sum(1 for b in computed_blocks if self.blocks[b].ref_count == 0)
-        return need <= len(self._lru) - revived
+        if need > len(self._lru) - revived:
+            return False
+        if self.sliding is None:
+            return True
+        hit_ids = self._sliding_hit_ids(seq, computed_blocks)
+        return self.sliding.can_allocate(seq.seq_id, num_computed, num_computed + num_new_tokens, hit_ids)
 
     # ---- actions -------------------------------------------------------------------------------
     def allocate(self, seq: Sequence, num_new_tokens: int, computed_blocks: Seq[int] = ()) -> list[int]:
@@ -133,6 +170,9 @@ class BlockManager:
         num_before = len(table)
         while len(table) < self.blocks_for(num_tokens):
             table.append(self._pop_free())
+        if self.sliding is not None:  # before register_computed, which keys the sliding blocks too
+            hit_ids = self._sliding_hit_ids(seq, computed_blocks) if computed_blocks else ()
+            self.sliding.allocate(seq.seq_id, seq.num_computed_tokens, num_tokens, hit_ids)
         self.register_computed(seq, num_tokens)
         return table[num_before:]
 
@@ -161,11 +201,15 @@ class BlockManager:
             if block.ref_count == 0:
                 self._lru[block_id] = None
         self._keys.pop(seq.seq_id, None)
+        if self.sliding is not None:
+            self.sliding.free(seq.seq_id)
 
     def reset_prefix_cache(self) -> None:
         for block_id in self._cached.values():
             self.blocks[block_id].key = None
         self._cached.clear()
+        if self.sliding is not None:
+            self.sliding.reset_prefix_cache()
         if self.events is not None:
             self.events.append(("cleared",))
 
@@ -189,6 +233,8 @@ class BlockManager:
         runs dry (check_integrity walks every block, which takes a large cache tenths of a second)."""
         assert not self._tables, f"{len(self._tables)} sequences still hold blocks"
         assert len(self._lru) == self.num_blocks, f"{self.num_blocks - len(self._lru)} blocks still in use"
+        if self.sliding is not None:
+            self.sliding.check_all_free()
 
     def check_integrity(self) -> None:
         """free + cached + in use == total, and every index agrees with the blocks' own state."""
@@ -210,6 +256,8 @@ class BlockManager:
         free = sum(1 for b in self.blocks if b.ref_count == 0 and b.key is None)
         assert free + cached + in_use == self.num_blocks
         assert free + cached == len(self._lru)
+        if self.sliding is not None:
+            self.sliding.check_integrity()
 
     # ---- internals -----------------------------------------------------------------------------
     def _full_block_keys(self, seq: Sequence, num_blocks: int) -> Iterator[bytes]:
@@ -224,18 +272,27 @@ class BlockManager:
         table = self._tables[seq.seq_id]
         bs = self.block_size
         events = self.events
+        sliding = self.sliding
         while len(keys) < num_full:
             i = len(keys)
             parent = keys[-1] if keys else None
             tokens = seq.token_ids_slice(i * bs, (i + 1) * bs)
             key = block_key(parent, tokens, seq.cache_salt)
             keys.append(key)
+            if sliding is not None:
+                sliding.register(seq.seq_id, i, key)
             block = self.blocks[table[i]]
             if block.key is None and key not in self._cached:
                 block.key = key
                 self._cached[key] = block.block_id
                 if events is not None:
                     events.append(("stored", key, parent, tokens))
+
+    def _sliding_hit_ids(self, seq: Sequence, computed_blocks: Seq[int]) -> list[int]:
+        """The sliding group's blocks for the prefix hit `computed_blocks` (get_computed_blocks's)."""
+        seq_id, h, ids = self._sliding_hits
+        assert seq_id == seq.seq_id and h == len(computed_blocks), "hits come from get_computed_blocks"
+        return ids
 
     def _take(self, block_id: int) -> None:
         block = self.blocks[block_id]

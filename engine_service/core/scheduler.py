@@ -14,7 +14,9 @@ feeds the placeholder, whose value the model runner takes from step n's sampled 
 
 Running sequences are served first, oldest first; when KV blocks run out, the newest running sequence is
 preempted (its blocks are freed, and it is recomputed later, mostly from the prefix cache). Waiting
-sequences are admitted in arrival order while the budget, `max_num_seqs` and the free blocks allow.
+sequences are admitted in arrival order while the budget, `max_num_seqs` and the free blocks allow. For a
+hybrid model (Gemma 2/3) "free blocks" means in both KV-cache groups: the block manager's can_allocate asks
+its sliding-window group too, which counts what the sequence's window leaves behind as free.
 
 The step's SchedulerOutput says what changed since the previous one (scheduler_output.py): sequences
 scheduled for the first time whole, the others as new blocks, resumed or preempted, and the ids of those
@@ -177,6 +179,8 @@ class Scheduler:
                 seq.num_pending += 1
             else:
                 out.partial.append(len(out.seqs) - 1)
+        if bm.sliding is not None:  # a hybrid model: its sliding group's tables changed too
+            out.sliding_block_changes = bm.sliding.take_changes()
         self._report_changes(out, admitted)
         return out
 

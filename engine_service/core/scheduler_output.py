@@ -11,6 +11,9 @@ finished. Every other step carries it as a diff:
     resumed_seq_ids    back from a preemption: it rejoins the batch with a new table
     preempted_seq_ids  left the batch this step (their blocks were freed; the runner keeps their state)
     finished_seq_ids   finished or aborted since the last step: the runner drops them
+    sliding_block_changes   a hybrid model's sliding-window group (core/sliding_blocks.py): per sequence
+                       whose table there changed, (its leading null entries, the ids appended); a new or
+                       resumed sequence's whole table
     same_batch         the same sequences as the previous step, in the same order, each one sampling in
                        both: a steady decode, where only positions, tokens and a few blocks moved
 
@@ -62,6 +65,7 @@ class SchedulerOutput:
     preempted_seq_ids: list[str] = field(default_factory=list)
     finished_seq_ids: list[str] = field(default_factory=list)
     same_batch: bool = False
+    sliding_block_changes: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
     # ---- the driver's own (never sent to workers) ----
     seqs: list[Sequence] = field(default_factory=list)  # the batch's sequences
     preempted: list[Sequence] = field(default_factory=list)
@@ -102,6 +106,7 @@ class SchedulerOutput:
             self.preempted_seq_ids,
             self.finished_seq_ids,
             self.same_batch,
+            self.sliding_block_changes,
         )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from engine_service.core.block_manager import BlockManager
 from engine_service.core.config import EngineConfig
 from engine_service.core.generation_config import sampling_defaults
+from engine_service.core.kv_cache_groups import KVCacheGroups, kv_cache_groups, sliding_demand, split_blocks
 from engine_service.core.model_config import ModelConfig
 from engine_service.core.outputs import SequenceUpdate
 from engine_service.core.pooling import pooling_config, pooling_params, resolve_task
@@ -21,11 +22,12 @@ from engine_service.core.prompt_logprobs import PromptLogprobsAccumulator, wants
 from engine_service.core.sampling_params import SamplingParams
 from engine_service.core.scheduler import Scheduler
 from engine_service.core.sequence import Sequence, SequenceStatus
+from engine_service.core.sliding_blocks import SlidingBlocks
 from engine_service.engine import updates_codec
 from engine_service.engine.tokenizer import load_tokenizer
 from engine_service.executor.executor import Executor
 from engine_service.executor.factory import make_executor
-from engine_service.models.registry import MODELS, check_supported, max_context
+from engine_service.models.registry import MODELS, check_supported, max_context, model_class
 from engine_service.structured.manager import StructuredOutputManager
 from engine_service.worker.model_runner import resolve_device, resolve_dtype
 from engine_service.worker.sampler import SampleResult
@@ -90,16 +92,30 @@ class Engine:
         )
         # The model, its KV cache and the sampler: here (TP=1) or in one worker process per rank.
         self.executor: Executor = executor_factory(config, mc, device, dtype, self.pooling)
+        # A hybrid model's sliding-window layers keep only their window's blocks, in a pool of their own.
+        groups = kv_cache_groups(
+            mc.layer_types, mc.sliding_window, model_class(mc.architecture).honours_sliding_window
+        )
+        num_sliding_blocks = None
         try:
             num_blocks = self._num_kv_blocks(config)
-            self.executor.allocate_kv_cache(num_blocks)
+            if groups is not None:
+                num_blocks, num_sliding_blocks = self._split_kv_blocks(config, groups, num_blocks)
+            self.executor.allocate_kv_cache(num_blocks, num_sliding_blocks)
             # An embedding model never decodes: no decode graphs.
             if device.type == "cuda" and not config.enforce_eager and self.pooling is None:
                 self.executor.capture_cuda_graphs(config.max_num_seqs, self.max_model_len)
         except BaseException:
             self.executor.shutdown()
             raise
-        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        sliding = None
+        if groups is not None:
+            sliding = SlidingBlocks(
+                num_sliding_blocks, config.block_size, groups.sliding_window, config.enable_prefix_caching
+            )
+        self.block_manager = BlockManager(
+            num_blocks, config.block_size, config.enable_prefix_caching, sliding=sliding
+        )
         self.scheduler = Scheduler(
             self.block_manager,
             config.max_num_seqs,
@@ -160,12 +176,26 @@ class Engine:
         kv_dtype = str(dtype).removeprefix("torch.")
         if config.kv_cache_dtype == "fp8":  # half the bytes of a 16-bit cache: twice the blocks
             kv_dtype = "fp8 e4m3, 1 byte a value"
+        kv_bytes = num_blocks * self.executor.kv_bytes_per_block
+        if groups is not None:  # the global layers' blocks, then the sliding layers' (and their null block)
+            per_layer = self.executor.kv_bytes_per_block // groups.num_layers
+            kv_bytes = per_layer * (
+                num_blocks * len(groups.full_layers) + (num_sliding_blocks + 1) * len(groups.sliding_layers)
+            )
+            log.info(
+                "KV cache groups: %d global layers, %d blocks; %d sliding layers (window %d), %d blocks",
+                len(groups.full_layers),
+                num_blocks,
+                len(groups.sliding_layers),
+                groups.sliding_window,
+                num_sliding_blocks,
+            )
         log.info(
             "KV cache (%s): %d blocks of %d tokens (%.2f GiB); max concurrency at %d tokens a request: %.1fx",
             kv_dtype,
             num_blocks,
             config.block_size,
-            num_blocks * self.executor.kv_bytes_per_block / 2**30,
+            kv_bytes / 2**30,
             self.max_model_len,
             num_blocks * config.block_size / self.max_model_len,
         )
@@ -473,3 +503,22 @@ class Engine:
                 config.gpu_memory_utilization, config.max_num_batched_tokens
             )
         return max(1, int(config.cpu_kv_cache_gib * 2**30) // per_block)
+
+    @staticmethod
+    def _split_kv_blocks(config: EngineConfig, groups: KVCacheGroups, num_blocks: int) -> tuple[int, int]:
+        """(global blocks, sliding blocks) for a hybrid model, from `num_blocks` blocks of every layer.
+
+        A given num_kv_blocks is the global group's (the context it holds, as for any model); the sliding
+        group gets what it can use at most. Otherwise the memory of `num_blocks` all-layer blocks is split:
+        the sliding group gets what it can use (core/kv_cache_groups.py), its null block included, and the
+        global group the rest, so the saving shows as more global blocks."""
+        demand = sliding_demand(
+            groups.sliding_window, config.block_size, config.max_num_seqs, config.max_num_batched_tokens
+        )
+        if config.num_kv_blocks is not None:
+            return num_blocks, min(num_blocks, demand)
+        layer_blocks = num_blocks * groups.num_layers - len(groups.sliding_layers)  # less the null blocks
+        num_full, num_sliding = split_blocks(layer_blocks, groups, demand)
+        if num_full < 1 or num_sliding < 1:
+            raise ValueError(f"no room for the KV cache: {num_blocks} blocks of all layers")
+        return num_full, num_sliding

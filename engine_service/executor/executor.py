@@ -54,7 +54,8 @@ class Executor(ABC):
         """KV blocks that fit on every rank's GPU after the weights and a peak-activation pass."""
 
     @abstractmethod
-    def allocate_kv_cache(self, num_blocks: int) -> None: ...
+    def allocate_kv_cache(self, num_blocks: int, num_sliding_blocks: int | None = None) -> None:
+        """`num_blocks` per layer; a hybrid model's sliding layers `num_sliding_blocks` (kv_cache_groups)."""
 
     @abstractmethod
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None: ...

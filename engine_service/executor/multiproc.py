@@ -124,8 +124,8 @@ class MultiProcExecutor(Executor):
         # Every rank holds the same number of blocks; the tightest GPU decides.
         return min(self._call("profile_num_kv_blocks", gpu_memory_utilization, max_num_batched_tokens))
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
-        self._call("allocate_kv_cache", num_blocks)
+    def allocate_kv_cache(self, num_blocks: int, num_sliding_blocks: int | None = None) -> None:
+        self._call("allocate_kv_cache", num_blocks, num_sliding_blocks)
 
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         self._call("capture_cuda_graphs", max_num_seqs, max_model_len)

@@ -26,8 +26,8 @@ class UniProcExecutor(Executor):
     def profile_num_kv_blocks(self, gpu_memory_utilization: float, max_num_batched_tokens: int) -> int:
         return self.runner.profile_num_kv_blocks(gpu_memory_utilization, max_num_batched_tokens)
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
-        self.runner.allocate_kv_cache(num_blocks)
+    def allocate_kv_cache(self, num_blocks: int, num_sliding_blocks: int | None = None) -> None:
+        self.runner.allocate_kv_cache(num_blocks, num_sliding_blocks)
 
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         self.runner.capture_cuda_graphs(max_num_seqs, max_model_len)

@@ -21,13 +21,18 @@ class AttentionMetadata:
     max_query_len: int  # host-side upper bounds: launch-shape hints for the GPU kernels
     max_seq_len: int
     num_kv_splits: int | None = None  # fixed split-KV count for decode steps captured in CUDA graphs
+    # A hybrid model's other KV-cache groups (core/kv_cache_groups.py): (slot_mapping, block_tables) of
+    # group g at [g - 1], for the layers of that group; the fields above are group 0's.
+    groups: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
 
 class Attention(nn.Module):
     """Per layer: the softmax scale (head_dim^-0.5 unless the model says otherwise: Gemma's
     query_pre_attn_scalar), an optional sliding window and tanh soft-cap of the scores, and the per-tensor
     scales of an fp8 KV cache. The scales come from the checkpoint when it has them (`k_scale`, `v_scale`,
-    as vLLM's fp8, compressed-tensors and ModelOpt exports write them) and are 1.0 otherwise."""
+    as vLLM's fp8, compressed-tensors and ModelOpt exports write them) and are 1.0 otherwise.
+    `kv_group`: the KV-cache group whose slots and block table the layer reads (set by the model runner
+    for a hybrid model's sliding layers; 0 otherwise)."""
 
     def __init__(
         self,
@@ -46,6 +51,7 @@ class Attention(nn.Module):
         self.k_scale = _optional_scale()
         self.v_scale = _optional_scale()
         self.fp8_scales = (1.0, 1.0)  # host copies of the two, read every step without a device sync
+        self.kv_group = 0
 
     def process_weights_after_loading(self) -> None:
         self.fp8_scales = (float(self.k_scale), float(self.v_scale))
@@ -60,14 +66,18 @@ class Attention(nn.Module):
     ) -> torch.Tensor:  # [T, Hq, D]
         k_cache, v_cache = kv_cache
         k_scale, v_scale = self.fp8_scales if k_cache.dtype == torch.float8_e4m3fn else (1.0, 1.0)
-        ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
+        if self.kv_group:
+            slot_mapping, block_tables = meta.groups[self.kv_group - 1]
+        else:
+            slot_mapping, block_tables = meta.slot_mapping, meta.block_tables
+        ops.write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
         return ops.paged_attention(
             q,
             k_cache,
             v_cache,
             meta.query_start_loc,
             meta.seq_lens,
-            meta.block_tables,
+            block_tables,
             self.scale,
             max_query_len=meta.max_query_len,
             max_seq_len=meta.max_seq_len,

@@ -5,6 +5,8 @@ CachedSequence (prompt, params, noise seed) until a step reports it finished. Wh
 holds a row, stable from step to step:
 
     row r   block_table[r]        its block ids: written when it joins, appended to as blocks come
+            sliding_table[r]      a hybrid model's sliding-window group's (core/sliding_blocks.py): the
+                                  same positions, the blocks before its window the null block
             prompt_len[r], the    what its draws ask (RowParams: temperature, seed, processed,
             sampling columns      min_tokens, num_logprobs), set once when it joins
             last_token[r]         the last token it sampled, on the device: what fills a PLACEHOLDER input
@@ -58,6 +60,8 @@ class InputBatch:
         self.states: dict[str, CachedSequence] = {}
         self.row_of: dict[str, int] = {}  # seq_id -> row, for the sequences in the batch
         self.block_table = BlockTable(rows)
+        self.sliding_table: BlockTable | None = None  # a hybrid model's (enable_sliding_table)
+        self.sliding_null = 0  # the sliding group's null block
         self.row_states: list[CachedSequence | None] = [None] * rows
         self.prompt_len = np.zeros(rows, dtype=np.int64)
         self.temperature = np.zeros(rows, dtype=np.float32)
@@ -80,6 +84,11 @@ class InputBatch:
     @property
     def num_rows(self) -> int:
         return len(self.row_states)
+
+    def enable_sliding_table(self, null_block: int) -> None:
+        """Keep a second table per row, for a hybrid model's sliding-window group (before any step)."""
+        self.sliding_table = BlockTable(self.num_rows)
+        self.sliding_null = null_block
 
     # ---- the diff -----------------------------------------------------------------------------------
     def update(self, out: SchedulerOutput) -> None:
@@ -109,6 +118,8 @@ class InputBatch:
         for seq_id, block_ids in out.new_block_ids.items():
             if not (resumed and seq_id in resumed):
                 table.append(row_of[seq_id], block_ids)
+        if out.sliding_block_changes:
+            self._apply_sliding_changes(out)
         if not out.same_batch:
             self._lay_out(out)
         if self.history:
@@ -131,6 +142,19 @@ class InputBatch:
             self.last_token.index_copy_(0, self.sample_rows_device, tokens)
 
     # ---- internals -----------------------------------------------------------------------------------
+    def _apply_sliding_changes(self, out: SchedulerOutput) -> None:
+        """The sliding group's changes: a new or resumed row starts empty (its change is its whole table);
+        then ids are appended, and the entries before the window point at the null block."""
+        sliding, row_of = self.sliding_table, self.row_of
+        fresh = {new.seq_id for new in out.new_seqs}.union(out.resumed_seq_ids)
+        for seq_id, (num_null, block_ids) in out.sliding_block_changes.items():
+            row = row_of[seq_id]
+            if seq_id in fresh:
+                sliding.set_row(row, block_ids)
+            else:
+                sliding.append(row, block_ids)
+            sliding.array[row, :num_null] = self.sliding_null
+
     def _lay_out(self, out: SchedulerOutput) -> None:
         row_of = self.row_of
         self.rows = rows = np.array([row_of[seq_id] for seq_id in out.seq_ids], dtype=np.int64)
@@ -209,6 +233,8 @@ class InputBatch:
             setattr(self, name, grown)
         self.num_logprobs[old:] = -1
         self.block_table.grow_rows(new)
+        if self.sliding_table is not None:
+            self.sliding_table.grow_rows(new)
         self.row_states += [None] * old
         last = torch.zeros(new, dtype=torch.int64, device=self.device)
         last[:old] = self.last_token

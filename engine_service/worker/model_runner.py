@@ -3,6 +3,10 @@
 It owns the model, the KV cache, the sampler and the persistent batch (input_batch.py), which each step's
 SchedulerOutput updates. Each step it lays the scheduled tokens out as one flat batch (step_inputs.py),
 runs one forward pass, computes logits only for the sequences that caught up, and samples them.
+
+A hybrid model's KV cache has two groups (core/kv_cache_groups.py): the sliding layers' tensors hold their
+own pool (plus the null block), and each of those layers reads the sliding group's slots and block table
+(Attention.kv_group, AttentionMetadata.groups).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from pathlib import Path
 
 import torch
 
+from engine_service.core.kv_cache_groups import KVCacheGroups, kv_cache_groups
 from engine_service.core.model_config import ModelConfig
 from engine_service.core.pooling import PoolingConfig
 from engine_service.core.scheduler_output import SchedulerOutput
-from engine_service.layers.attention import AttentionMetadata
+from engine_service.layers.attention import Attention, AttentionMetadata
 from engine_service.models.registry import model_class
 from engine_service.worker import host_copy, prompt_logprobs
 from engine_service.worker.cuda_graphs import DecodeGraphs
@@ -78,7 +83,8 @@ class ModelRunner:
             torch.set_default_dtype(dtype)
             try:
                 # Quantized layers (model_config.quantization) are built as the model is.
-                self.model = model_class(model_config.architecture)(model_config, tp_rank, tp_size)
+                model_cls = model_class(model_config.architecture)
+                self.model = model_cls(model_config, tp_rank, tp_size)
             finally:
                 torch.set_default_dtype(previous)
         if load_format == "dummy":
@@ -89,6 +95,10 @@ class ModelRunner:
         self.sampler = Sampler(device, model_config.eos_token_ids, seed)
         self.pooler = Pooler(pooling) if pooling is not None else None  # an embedding model pools instead
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        mc = model_config
+        self.kv_groups: KVCacheGroups | None = kv_cache_groups(
+            mc.layer_types, mc.sliding_window, model_cls.honours_sliding_window
+        )
         self.graphs: DecodeGraphs | None = None
         self.batch = InputBatch(device, seed)
         self._profiler: tuple[torch.profiler.profile, str] | None = None
@@ -141,21 +151,45 @@ class ModelRunner:
             )
         return num_blocks
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
+    def allocate_kv_cache(self, num_blocks: int, num_sliding_blocks: int | None = None) -> None:
+        """Zeroed K and V caches per layer: `num_blocks` blocks, or for a hybrid model's sliding layers
+        `num_sliding_blocks` and their null block (the last, never written: zeros, so a masked key a kernel
+        loads from it is finite)."""
         attn = self.model.model.layers[0].self_attn
-        shape = (num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
-                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
-            )
-            for _ in self.model.model.layers
-        ]
+        groups = self.kv_groups
+        sliding = frozenset(groups.sliding_layers) if groups is not None else frozenset()
+        if sliding:
+            assert num_sliding_blocks is not None, "a hybrid model needs its sliding group's block count"
+            self._assign_kv_groups(groups)
+            self.batch.enable_sliding_table(null_block=num_sliding_blocks)
+
+        def cache(layer: int) -> torch.Tensor:
+            n = num_sliding_blocks + 1 if layer in sliding else num_blocks
+            shape = (n, self.block_size, attn.num_kv_heads, attn.head_dim)
+            return torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+
+        self.kv_caches = [(cache(i), cache(i)) for i in range(len(self.model.model.layers))]
+
+    def _assign_kv_groups(self, groups: KVCacheGroups) -> None:
+        """Point each sliding layer's attention at group 1 (the layers' Attention modules, in layer order)."""
+        attns = [m for m in self.model.modules() if isinstance(m, Attention)]
+        assert len(attns) == groups.num_layers, f"{len(attns)} attention layers, {groups.num_layers} types"
+        for i in groups.sliding_layers:
+            assert attns[i].sliding_window == groups.sliding_window, f"layer {i} is not a sliding layer"
+            attns[i].kv_group = 1
+        for i in groups.full_layers:
+            assert attns[i].sliding_window is None, f"layer {i} is not a global layer"
 
     # ---- one step ------------------------------------------------------------------------------
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         self.graphs = DecodeGraphs(
-            self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size, self.device
+            self.model,
+            self.kv_caches,
+            max_num_seqs,
+            max_model_len,
+            self.block_size,
+            self.device,
+            sliding=self.kv_groups is not None,
         )
         self.graphs.capture()
 
@@ -216,8 +250,10 @@ class ModelRunner:
         scored = None  # prompt logprobs: only a step with a prompt chunk (never a decode graph's) has any
         if self.graphs is not None and step.is_decode and len(step.seq_lens) <= self.graphs.max_batch_size:
             fixup = self._placeholder_fixup(step)
+            # a hybrid model's sliding group: its slots and table too
+            sliding = () if step.sliding_table is None else (step.sliding_slots, step.sliding_table)
             hidden = self.graphs.run(
-                step.input_ids, step.positions, step.slots, step.seq_lens, step.table, fixup
+                step.input_ids, step.positions, step.slots, step.seq_lens, step.table, fixup, *sliding
             )
             logits = self.model.compute_logits(hidden)  # [B, vocab]
         else:

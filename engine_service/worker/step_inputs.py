@@ -37,6 +37,9 @@ class StepInputs:
     num_placeholders: int  # PLACEHOLDER input ids: filled on the device from their rows' last tokens
     placeholder_at: np.ndarray  # [P] their flat indices (unset when every input is one, in a decode)
     placeholder_rows: np.ndarray  # [P] and their batch rows
+    # A hybrid model's sliding-window group (input_batch.py): its KV slots [T] and block tables [B, width]
+    sliding_slots: np.ndarray | None = None
+    sliding_table: np.ndarray | None = None
 
     @property
     def is_decode(self) -> bool:
@@ -66,6 +69,10 @@ class StepInputs:
         input_ids = _input_ids(out, batch)
         at = np.flatnonzero(input_ids == PLACEHOLDER)
         entries = batch.sample_entries
+        sliding_slots = sliding_table = None
+        if batch.sliding_table is not None:
+            sliding_table = batch.sliding_table.gather(rows)
+            sliding_slots = sliding_table[entry, positions // bs] * bs + positions % bs
         return cls(
             input_ids=input_ids,
             positions=positions,
@@ -79,6 +86,8 @@ class StepInputs:
             num_placeholders=len(at),
             placeholder_at=at,
             placeholder_rows=rows[entry[at]],
+            sliding_slots=sliding_slots,
+            sliding_table=sliding_table,
         )
 
     @classmethod
@@ -101,6 +110,10 @@ class StepInputs:
             rows_at = rows[at]
         entries = batch.sample_entries
         seq_lens = starts + 1
+        sliding_slots = sliding_table = None
+        if batch.sliding_table is not None:
+            sliding_table = batch.sliding_table.gather(rows)
+            sliding_slots = sliding_table[np.arange(B), starts // bs] * bs + starts % bs
         return cls(
             input_ids=input_ids,
             positions=starts,
@@ -114,26 +127,32 @@ class StepInputs:
             num_placeholders=num_placeholders,
             placeholder_at=at,
             placeholder_rows=rows_at,
+            sliding_slots=sliding_slots,
+            sliding_table=sliding_table,
         )
 
     def to_device(self, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list]:
         """(input ids, positions, attention metadata, [logits indices, placeholder at, placeholder rows]) on
         `dev`, in one copy that does not wait for the device (see host_copy)."""
-        parts = host_copy.int64_parts(
-            [
-                self.input_ids,
-                self.positions,
-                self.slots,
-                self.query_start,
-                self.seq_lens,
-                self.logits_indices,
-                self.table.reshape(-1),
-                self.placeholder_at,
-                self.placeholder_rows,
-            ],
-            dev,
-        )
-        input_ids, positions, slots, query_start, seq_lens, indices, flat_table, at_dev, rows_dev = parts
+        host = [
+            self.input_ids,
+            self.positions,
+            self.slots,
+            self.query_start,
+            self.seq_lens,
+            self.logits_indices,
+            self.table.reshape(-1),
+            self.placeholder_at,
+            self.placeholder_rows,
+        ]
+        if self.sliding_table is not None:  # a hybrid model: the sliding group's, in the same copy
+            host += [self.sliding_slots, self.sliding_table.reshape(-1)]
+        parts = host_copy.int64_parts(host, dev)
+        input_ids, positions, slots, query_start, seq_lens, indices, flat_table, at_dev, rows_dev = parts[:9]
+        groups = ()
+        if self.sliding_table is not None:
+            sliding_slots, sliding_flat = parts[9:]
+            groups = ((sliding_slots, sliding_flat.view(self.sliding_table.shape).to(torch.int32)),)
         meta = AttentionMetadata(
             slot_mapping=slots,
             query_start_loc=query_start.to(torch.int32),
@@ -141,6 +160,7 @@ class StepInputs:
             block_tables=flat_table.view(self.table.shape).to(torch.int32),
             max_query_len=self.max_query_len,
             max_seq_len=int(self.seq_lens.max()),
+            groups=groups,
         )
         return input_ids, positions, meta, [indices, at_dev, rows_dev]
 

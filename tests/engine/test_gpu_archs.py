@@ -35,6 +35,29 @@ def test_gpu_float32_equals_cpu(tmp_path, arch):
     assert tokens(graphs, ps) == cpu
 
 
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_gpu_sliding_group_from_the_profiled_budget_equals_cpu(tmp_path, arch):
+    """A hybrid model on the GPU: the profiled budget split between the KV-cache groups, the sliding group's
+    table through the Triton kernels and the decode graphs' static buffers, far past the window (8 keys,
+    blocks of 4): the CPU path's tokens."""
+    make_arch_model(tmp_path, arch)
+    ps = prompts_of([3, 21, 40], seed=4)
+    params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+    common = dict(dtype="float32", block_size=4, max_model_len=128, max_num_seqs=8)
+    cpu = LLM(str(tmp_path), device="cpu", num_kv_blocks=128, **common).generate(
+        prompt_token_ids=ps, sampling_params=params
+    )
+    gpu = LLM(str(tmp_path), device="cuda", gpu_memory_utilization=0.3, **common)
+    bm = gpu.engine.block_manager
+    assert gpu.engine.runner.graphs is not None
+    assert (
+        bm.sliding is not None and bm.sliding.num_blocks < bm.num_blocks
+    )  # the saving went to the global group
+    got = gpu.generate(prompt_token_ids=ps, sampling_params=params)
+    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in cpu]
+    bm.check_all_free()
+
+
 @pytest.mark.parametrize("arch", ["gemma2", "qwen3_moe", "phi3"])
 def test_gpu_bf16_close_to_transformers(tmp_path, arch):
     model = make_arch_model(tmp_path, arch)

@@ -61,6 +61,43 @@ def test_split_decode_with_window_skips_old_tiles(splits):
     assert rel_err(got, ref) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize("stale", ["zeros", "large"])
+@pytest.mark.parametrize("splits", [None, 3])
+def test_out_of_window_entries_may_point_at_the_null_block(stale, splits):
+    """A hybrid model's sliding layers (core/sliding_blocks.py) point a sequence's blocks wholly before the
+    window of its step's first query at one null block (zeros, never written), and their old blocks are
+    reused by others: the scores of those keys are masked to -inf before the softmax, so neither zeros nor
+    another sequence's (finite) values there change a thing."""
+    window, bs = 8, 4
+    q_lens, seq_lens = [1, 1, 20, 0, 7, 1], [70, 9, 61, 0, 30, 13]
+    batch = make_paged_batch(
+        q_lens, seq_lens, num_heads=4, num_kv_heads=2, head_dim=32, block_size=bs, dtype=torch.float32,
+        device=DEVICE,
+    )  # fmt: skip
+    kw = dict(sliding_window=window, logit_softcap=2.0)
+    ref = torch_ops.paged_attention(*batch.args(), 0.3, **kw)
+    null = batch.k_cache.shape[0]  # one more block, past the others: the null block
+    fill = torch.zeros if stale == "zeros" else lambda *shape, **k: torch.full(shape, 50.0, **k)
+    extra = fill(1, *batch.k_cache.shape[1:], dtype=torch.float32, device=DEVICE)
+    batch.k_cache = torch.cat([batch.k_cache, extra])
+    batch.v_cache = torch.cat([batch.v_cache, extra])
+    tables = batch.block_tables.clone()
+    nulled = 0
+    for s, (q_len, seq_len) in enumerate(zip(q_lens, seq_lens, strict=True)):
+        cut = max(0, (seq_len - q_len - window + 1) // bs)  # blocks the first query no longer sees
+        tables[s, :cut] = null
+        nulled += cut
+    assert nulled >= 20
+    batch.block_tables = tables
+    torch.testing.assert_close(torch_ops.paged_attention(*batch.args(), 0.3, **kw), ref, rtol=0, atol=0)
+    got = ta._paged_attention(
+        *batch.args(), 0.3, max_query_len=batch.max_query_len, max_seq_len=batch.max_seq_len,
+        num_kv_splits=splits, **kw,
+    )  # fmt: skip
+    assert not got.isnan().any()
+    assert rel_err(got, ref) < TOL[torch.float32]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gelu_tanh_and_mul(dtype):
     x = randn(5, 2 * 72, dtype=dtype, seed=3)
