@@ -8,6 +8,8 @@ import json
 import pytest
 
 from engine_service import LLM
+from engine_service.models.llama import LlamaForCausalLM
+from engine_service.models.registry import MODELS
 
 LLAMA = {
     "architectures": ["LlamaForCausalLM"],
@@ -55,15 +57,6 @@ CASES = {
         {"rope_scaling": {"rope_type": "mrope", "mrope_section": [16, 24, 24]}},
         "rope scaling type 'mrope' is not supported",
     ),
-    "fp8 experts": (
-        {
-            "architectures": ["MixtralForCausalLM"],
-            "num_local_experts": 4,
-            "num_experts_per_tok": 2,
-            "quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic"},
-        },
-        r"FP8 checkpoints \(fp8 format\) of MixtralForCausalLM are not supported yet",
-    ),
 }
 
 
@@ -75,6 +68,23 @@ def test_fails_at_start_naming_what_is_unsupported(tmp_path, case):
     with pytest.raises(ValueError, match=message) as err:
         LLM(str(tmp_path), device="cpu")
     assert "matches no parameter" not in str(err.value)
+
+
+def test_a_registered_model_without_fp8_support_refuses_an_fp8_checkpoint(tmp_path, monkeypatch):
+    """A model class registered from outside says whether it loads FP8 weights; if not, the engine refuses
+    the checkpoint at start in one sentence (every built-in architecture loads them)."""
+
+    class NoFp8ForCausalLM(LlamaForCausalLM):
+        fp8_checkpoints = False
+
+    monkeypatch.setitem(MODELS, "NoFp8ForCausalLM", NoFp8ForCausalLM)
+    quant = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+    config = {**LLAMA, "architectures": ["NoFp8ForCausalLM"], "quantization_config": quant}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"FP8 checkpoints \(fp8 format\) of NoFp8ForCausalLM are not supported"
+    ):
+        LLM(str(tmp_path), device="cpu")
 
 
 def test_unknown_quantization_and_kv_cache_dtype_flags(tmp_path):
