@@ -27,13 +27,11 @@ from torch import nn
 from engine_service.core.model_config import FULL, SLIDING, ModelConfig
 from engine_service.core.quant_config import QuantConfig
 from engine_service.layers.activation import GeluTanhAndMul
-from engine_service.layers.attention import Attention, AttentionMetadata
+from engine_service.layers.attention import AttentionMetadata
 from engine_service.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from engine_service.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from engine_service.layers.norm import GemmaRMSNorm
 from engine_service.layers.rotary import RotaryEmbedding, rope_max_positions
-
-KVCache = tuple[torch.Tensor, torch.Tensor]
+from engine_service.models.llama import KVCache, LlamaAttention, LlamaForCausalLM, LlamaMLP
 
 
 @dataclass(frozen=True)
@@ -47,12 +45,14 @@ class GemmaArgs:
     head_dim: int
     rms_norm_eps: float
     query_pre_attn_scalar: float
-    sliding_window: int | None
+    sliding_window: int | None  # the sliding layers' (GemmaAttention gives it to those alone)
     layer_types: tuple[str, ...]
     attn_softcap: float | None
     final_softcap: float | None
     qk_norm: bool
     tie_word_embeddings: bool = True  # Gemma always ties them (an lm_head.weight in a checkpoint is skipped)
+    qkv_bias: bool = False  # what LlamaAttention reads: Gemma has no biases
+    o_bias: bool = False
     tp_rank: int = 0
     tp_size: int = 1
     quant: QuantConfig | None = None
@@ -87,80 +87,22 @@ class GemmaArgs:
         )
 
 
-class GemmaAttention(nn.Module):
+class GemmaAttention(LlamaAttention):
+    """Llama's attention with Gemma's (1 + w) q/k norms (Gemma 3), query_pre_attn_scalar as the softmax
+    scale, soft-capped scores, and the window on sliding layers; o_proj reduces itself (the sandwich norm
+    after it needs the full sum)."""
+
     def __init__(self, a: GemmaArgs, rotary: RotaryEmbedding, sliding: bool, prefix: str):
-        super().__init__()
-        self.qkv_proj = QKVParallelLinear(
-            a.hidden_size,
-            a.head_dim,
-            a.num_heads,
-            a.num_kv_heads,
-            False,
-            a.tp_rank,
-            a.tp_size,
-            quant=a.quant_for(f"{prefix}.q_proj"),
-        )
-        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
-        self.head_dim = a.head_dim
-        self.o_proj = RowParallelLinear(
-            a.num_heads * a.head_dim,
-            a.hidden_size,
-            False,
-            a.tp_rank,
-            a.tp_size,
-            quant=a.quant_for(f"{prefix}.o_proj"),
-        )
-        self.rotary = rotary
-        self.q_norm = GemmaRMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
-        self.k_norm = GemmaRMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
-        self.attn = Attention(
-            self.num_heads,
-            self.num_kv_heads,
-            a.head_dim,
+        super().__init__(
+            a,
+            rotary,
+            prefix,
+            norm=GemmaRMSNorm,
             scale=a.query_pre_attn_scalar**-0.5,
             sliding_window=a.sliding_window if sliding else None,
             logit_softcap=a.attn_softcap,
+            reduce_results=True,
         )
-
-    def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, kv: KVCache, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        T = x.shape[0]
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = q.reshape(T, self.num_heads, self.head_dim)  # [T, Hq, D]
-        k = k.reshape(T, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        v = v.reshape(T, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        out = self.attn(q, k, v, kv, meta)  # [T, Hq, D]
-        return self.o_proj(out.reshape(T, q_size))
-
-
-class GemmaMLP(nn.Module):
-    def __init__(self, a: GemmaArgs, prefix: str):
-        super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(
-            a.hidden_size,
-            [a.intermediate_size] * 2,
-            False,
-            a.tp_rank,
-            a.tp_size,
-            quant=a.quant_for(f"{prefix}.gate_proj"),
-        )
-        self.down_proj = RowParallelLinear(
-            a.intermediate_size,
-            a.hidden_size,
-            False,
-            a.tp_rank,
-            a.tp_size,
-            quant=a.quant_for(f"{prefix}.down_proj"),
-        )
-        self.act = GeluTanhAndMul()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class GemmaDecoderLayer(nn.Module):
@@ -170,7 +112,7 @@ class GemmaDecoderLayer(nn.Module):
         self.self_attn = GemmaAttention(a, rotary, sliding, f"{prefix}.self_attn")
         self.post_attention_layernorm = GemmaRMSNorm(a.hidden_size, a.rms_norm_eps)
         self.pre_feedforward_layernorm = GemmaRMSNorm(a.hidden_size, a.rms_norm_eps)
-        self.mlp = GemmaMLP(a, f"{prefix}.mlp")
+        self.mlp = LlamaMLP(a, f"{prefix}.mlp", act=GeluTanhAndMul(), reduce_results=True)
         self.post_feedforward_layernorm = GemmaRMSNorm(a.hidden_size, a.rms_norm_eps)
 
     def forward(
@@ -219,13 +161,7 @@ class GemmaModel(nn.Module):
 
 
 class Gemma2ForCausalLM(nn.Module):
-    stacked_params = {
-        ".q_proj.": (".qkv_proj.", "q"),
-        ".k_proj.": (".qkv_proj.", "k"),
-        ".v_proj.": (".qkv_proj.", "v"),
-        ".gate_proj.": (".gate_up_proj.", 0),
-        ".up_proj.": (".gate_up_proj.", 1),
-    }
+    stacked_params = LlamaForCausalLM.stacked_params  # the same fused qkv and gate_up
     qk_norm = False
     honours_sliding_window = True
     fp8_checkpoints = True

@@ -79,7 +79,22 @@ class LlamaArgs:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, a: LlamaArgs, rotary: RotaryEmbedding, prefix: str):
+    """q/k/v, rotary, paged attention, o. What other families change comes as keywords: the q/k norm's
+    class, the softmax scale, a window and a soft cap of the scores, and whether o_proj reduces itself
+    (Gemma's sandwich norms take a full sum; Llama's residual-add norm reduces it instead)."""
+
+    def __init__(
+        self,
+        a: LlamaArgs,
+        rotary: RotaryEmbedding,
+        prefix: str,
+        *,
+        norm: type[nn.Module] = RMSNorm,
+        scale: float | None = None,
+        sliding_window: int | None = None,
+        logit_softcap: float | None = None,
+        reduce_results: bool = False,
+    ):
         super().__init__()
         self.qkv_proj = QKVParallelLinear(
             a.hidden_size,
@@ -93,19 +108,26 @@ class LlamaAttention(nn.Module):
         )
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.head_dim = a.head_dim
-        self.o_proj = RowParallelLinear(  # reduced by the post-attention norm (see LlamaDecoderLayer)
+        self.o_proj = RowParallelLinear(  # unreduced: the post-attention norm sums it (LlamaDecoderLayer)
             a.num_heads * a.head_dim,
             a.hidden_size,
             a.o_bias,
             a.tp_rank,
             a.tp_size,
-            reduce_results=False,
+            reduce_results=reduce_results,
             quant=a.quant_for(f"{prefix}.o_proj"),
         )
         self.rotary = rotary
-        self.q_norm = RMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
-        self.k_norm = RMSNorm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
-        self.attn = Attention(self.num_heads, self.num_kv_heads, a.head_dim, sliding_window=a.sliding_window)
+        self.q_norm = norm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
+        self.k_norm = norm(a.head_dim, a.rms_norm_eps) if a.qk_norm else None
+        self.attn = Attention(
+            self.num_heads,
+            self.num_kv_heads,
+            a.head_dim,
+            scale=scale,
+            sliding_window=sliding_window,
+            logit_softcap=logit_softcap,
+        )
 
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, kv: KVCache, meta: AttentionMetadata
@@ -125,9 +147,18 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """SwiGLU MLP whose down projection returns partial sums under TP (reduced by the next norm)."""
+    """Gated MLP (SwiGLU unless `act` says otherwise: Gemma's GELU-tanh) whose down projection returns
+    partial sums under TP, reduced by the next norm (`reduce_results`: it reduces itself)."""
 
-    def __init__(self, a: LlamaArgs, prefix: str, intermediate_size: int | None = None):
+    def __init__(
+        self,
+        a: LlamaArgs,
+        prefix: str,
+        intermediate_size: int | None = None,
+        *,
+        act: nn.Module | None = None,
+        reduce_results: bool = False,
+    ):
         super().__init__()
         intermediate = intermediate_size or a.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(
@@ -138,16 +169,16 @@ class LlamaMLP(nn.Module):
             a.tp_size,
             quant=a.quant_for(f"{prefix}.gate_proj"),
         )
-        self.down_proj = RowParallelLinear(  # reduced by the next layer's input norm, or the final norm
+        self.down_proj = RowParallelLinear(  # unreduced: the next input norm (or the final norm) sums it
             intermediate,
             a.hidden_size,
             False,
             a.tp_rank,
             a.tp_size,
-            reduce_results=False,
+            reduce_results=reduce_results,
             quant=a.quant_for(f"{prefix}.down_proj"),
         )
-        self.act = SiluAndMul()
+        self.act = act if act is not None else SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -163,7 +194,7 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         reduce = a.tp_size > 1
         self.input_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, reduce_input=reduce)
-        self.self_attn = LlamaAttention(a, rotary, f"{prefix}.self_attn")
+        self.self_attn = LlamaAttention(a, rotary, f"{prefix}.self_attn", sliding_window=a.sliding_window)
         self.post_attention_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, reduce_input=reduce)
         self.mlp = mlp
 
@@ -230,7 +261,8 @@ class LlamaForCausalLM(nn.Module):
     # Whether this architecture's attention honours config.json's `sliding_window` (Phi-3, Gemma). The
     # others attend to the whole context, so the engine caps their context at the window (see max_context).
     honours_sliding_window = False
-    # Whether FP8 checkpoints of this architecture load (mixture-of-experts weights do not yet).
+    # Whether FP8 checkpoints of this architecture load (all built-in ones do; a class registered from
+    # outside may say no, and the engine then refuses such a checkpoint at start).
     fp8_checkpoints = True
 
     def __init__(self, config: ModelConfig, tp_rank: int = 0, tp_size: int = 1):
