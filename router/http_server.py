@@ -64,13 +64,15 @@ def refusal_cap() -> int:
 def connection_cap(configured: int | None) -> int:
     """The connections the router accepts at once: as configured, but always within the descriptors, so
     that accept() never fails for want of one. Besides the served ones, descriptors go to the reserve,
-    to refusals in flight, and to one burst of accept() (asyncio accepts up to `backlog` connections
-    before it asks the protocol factory about any of them: CappedSite passes refusal_cap() as backlog)."""
+    to refusals in flight, and to the accept() bursts not yet refused: asyncio accepts up to `backlog`
+    connections per wake-up (CappedSite passes refusal_cap() as backlog), makes their transports a loop
+    iteration later, and a refused one's descriptor closes another iteration after its abort(), so up to
+    three bursts hold descriptors beside the refusals lingering."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         within = 1 << 20
     else:
-        within = max(4, soft - min(FD_RESERVE, soft // 4) - 2 * refusal_cap())
+        within = max(4, soft - min(FD_RESERVE, soft // 4) - 4 * refusal_cap())
     return min(configured, within) if configured is not None else within
 
 

@@ -50,6 +50,7 @@ class TemplateSandbox:
         self.limits = limits
         self._special_tokens = special_tokens
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._busy: set[_Worker] = set()  # rendering now: close() kills them too, mid-render
         self._closed = False
 
     async def start(self) -> None:
@@ -79,6 +80,7 @@ class TemplateSandbox:
             chat.continue_final_message,
             {**self._special_tokens, **chat.template_kwargs, **tool_kwargs},
         )
+        self._busy.add(worker)
         try:
             ok, value = await worker.call(job, limits.timeout_s)
         except TimeoutError:
@@ -91,12 +93,17 @@ class TemplateSandbox:
             worker.kill()
             self._replace()
             raise InvalidInput(_FIELD, "the template's render failed (the worker process died)") from None
+        finally:
+            self._busy.discard(worker)
         self._idle.put_nowait(worker)
         if not ok:
             raise InvalidInput(_FIELD, f"the template failed to render: {value}")
         return value
 
     def _replace(self) -> None:
+        if self._closed:  # stopping: no new worker
+            return
+
         async def respawn() -> None:
             worker = await asyncio.to_thread(_Worker.spawn, self.limits)
             if self._closed:
@@ -107,9 +114,13 @@ class TemplateSandbox:
         asyncio.get_running_loop().create_task(respawn())
 
     def close(self) -> None:
+        """Kills every worker, a stuck render's too: the service does not wait on a template (nor count on
+        the parent-death signal alone, which a loaded machine delivers late)."""
         self._closed = True
         while not self._idle.empty():
             self._idle.get_nowait().kill()
+        for worker in list(self._busy):
+            worker.kill()
 
 
 class _Worker:

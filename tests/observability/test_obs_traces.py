@@ -67,7 +67,9 @@ def test_a_request_is_one_trace_across_the_three_services(stack):
     # The spans nest in time as they do in the tree (clocks of one machine).
     assert http.start_ns <= encode_call.start_ns <= encode.start_ns <= encode.end_ns <= encode_call.end_ns
     assert encode_call.end_ns <= generate_call.start_ns <= generate.start_ns
-    assert generate.end_ns <= http.end_ns
+    # The engine's answer was complete before the router's response ended; its server span may close a
+    # moment later (the stream's teardown after the last message), so the "finished" event is compared.
+    assert times[-1] <= http.end_ns
 
 
 def test_a_request_without_trace_context_starts_its_own_trace(stack):
