@@ -9,6 +9,7 @@ structured_outputs.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -225,7 +226,9 @@ def parse_chat_batch(body: object) -> tuple[ChatRequest, ...]:
     for name in ("stream", "echo", "prompt_logprobs"):
         if body.get(name) is not None and body.get(name) is not False:
             raise bad_request(f"'{name}' is not available on /v1/chat/completions/batch.", name)
-    return tuple(parse_chat({**body, "messages": c}) for c in conversations)
+    # The shared fields (tools, sampling, formats) are read once; each conversation brings only its messages.
+    first = parse_chat({**body, "messages": conversations[0]})
+    return (first, *(dataclasses.replace(first, messages=_messages(c)) for c in conversations[1:]))
 
 
 def template_kwargs(kwargs: dict | None, reasoning_effort: str | None) -> dict:

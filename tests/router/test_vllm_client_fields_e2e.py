@@ -320,3 +320,25 @@ def test_chat_stream_sends_prompt_token_ids_on_its_first_chunk_top_level(stack):
     assert all("prompt_token_ids" not in choice for c in chunks for choice in c["choices"])
     ids = [t for c in chunks for choice in c["choices"] for t in choice.get("token_ids") or []]
     assert ids == whole.choices[0].token_ids
+
+
+def test_chat_batch_reads_the_shared_fields_once():
+    """A batch of the most conversations with the largest tools list: the tools (and every other shared
+    field) are parsed once and shared, not once per conversation (256 x 1 MiB of tools JSON otherwise)."""
+    from router.api.openai_schema import MAX_PROMPTS, parse_chat_batch
+    from router.errors import OpenAIError
+
+    described = {"description": "x" * 7000}
+    tools = [{"type": "function", "function": {"name": f"f{i}", **described}} for i in range(128)]
+    body = {
+        "model": MODEL,
+        "messages": [[{"role": "user", "content": f"hi {i}"}] for i in range(MAX_PROMPTS)],
+        "tools": tools,
+    }
+    reqs = parse_chat_batch(body)
+    assert len(reqs) == MAX_PROMPTS and len(reqs[0].tools.tools_json) > 800_000
+    assert all(r.tools is reqs[0].tools and r.sampling is reqs[0].sampling for r in reqs)
+    assert [r.messages[0].content for r in reqs[:3]] == ["hi 0", "hi 1", "hi 2"]
+    with pytest.raises(OpenAIError) as info:
+        parse_chat_batch({**body, "messages": body["messages"] + [[{"role": "user", "content": "x"}]]})
+    assert info.value.status == 400 and info.value.param == "messages"
