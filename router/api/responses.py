@@ -80,7 +80,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             response = _Response(req, gen)
             if req.stream:
                 return await _stream(request, response, gen, parser)
-            items, finish, budget = _Items(_Events()), None, ctx.limits.budget()
+            items, finish, budget = _Items(_Events(streamed=False)), None, ctx.limits.budget()
             try:
                 async for _, msg in gen.messages():
                     budget.charge(msg.text)
@@ -136,12 +136,16 @@ class _Response:
 
 
 class _Events:
-    """SSE events with OpenAI's `event:` line and a growing sequence_number."""
+    """SSE events with OpenAI's `event:` line and a growing sequence_number; `streamed` False: a
+    non-streamed response, whose item builder sends nothing (no event is encoded)."""
 
-    def __init__(self) -> None:
+    def __init__(self, streamed: bool = True) -> None:
         self.number = 0
+        self.streamed = streamed
 
     def __call__(self, type_: str, **fields) -> bytes:
+        if not self.streamed:
+            return b""
         payload = dumps({"type": type_, "sequence_number": self.number, **fields})
         self.number += 1
         return f"event: {type_}\ndata: {payload}\n\n".encode()
